@@ -1,0 +1,116 @@
+"""Timing configuration and the cross-field rules that keep leases safe (DESIGN §3 rule 6).
+
+All durations are seconds of a node's own monotonic clock. `max_clock_drift` (ρ) bounds every
+clock's rate to [1 − ρ, 1 + ρ] of real time; leases are only as safe as that bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run safely. The message names the offending field."""
+
+
+class ReadMode(Enum):
+    LEASE = "lease"
+    READ_INDEX = "read_index"
+
+
+@dataclass(frozen=True, slots=True)
+class TimingConfig:
+    election_timeout_min: float
+    election_timeout_max: float
+    heartbeat_interval: float
+    lease_duration: float
+    max_clock_drift: float
+    read_mode: ReadMode = ReadMode.LEASE
+    # Most entries one AppendEntries carries; bounds message size and follower catch-up bursts.
+    max_entries_per_message: int = 512
+
+    @property
+    def leader_lease_span(self) -> float:
+        """How long after a round's send time the leader may trust a majority's acknowledgement."""
+        rho = self.max_clock_drift
+        return self.lease_duration * (1 - rho) / (1 + rho)
+
+    @property
+    def drift_stretch(self) -> float:
+        """Factor that turns a duration measured on one clock into a safe bound on another."""
+        rho = self.max_clock_drift
+        return (1 + rho) / (1 - rho)
+
+    def validate(self) -> list[str]:
+        """Raise ConfigError for unsafe timings; return warnings for safe but slow ones."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            is_number = isinstance(value, float | int) and not isinstance(value, bool)
+            if is_number and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+        for name in (
+            "election_timeout_min",
+            "election_timeout_max",
+            "heartbeat_interval",
+            "lease_duration",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.max_clock_drift < 0.5:
+            raise ConfigError(f"max_clock_drift must be in [0, 0.5), got {self.max_clock_drift!r}")
+        if self.election_timeout_max < self.election_timeout_min:
+            raise ConfigError(
+                f"election_timeout_max ({self.election_timeout_max}) must be at least "
+                f"election_timeout_min ({self.election_timeout_min})"
+            )
+        if self.max_entries_per_message < 1:
+            raise ConfigError("max_entries_per_message must be at least 1")
+        if self.heartbeat_interval >= self.leader_lease_span:
+            raise ConfigError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
+                f"lease_duration·(1−ρ)/(1+ρ) ({self.leader_lease_span:.4f}): "
+                "the lease would lapse between heartbeats"
+            )
+        warnings = []
+        worst_wait = self.lease_duration * self.drift_stretch + self.heartbeat_interval
+        if worst_wait >= self.election_timeout_min:
+            warnings.append(
+                f"lease_duration·(1+ρ)/(1−ρ) + heartbeat_interval ({worst_wait:.3f}) ≥ "
+                f"election_timeout_min ({self.election_timeout_min}): safe, but every failover "
+                "will wait for the old leader's lease"
+            )
+        return warnings
+
+    def with_read_mode(self, mode: ReadMode) -> TimingConfig:
+        return replace(self, read_mode=mode)
+
+
+# The original assignment's timings: election 5–10 s, heartbeat 1 s, lease in 2–10 s.
+SEED_PROFILE = TimingConfig(
+    election_timeout_min=5.0,
+    election_timeout_max=10.0,
+    heartbeat_interval=1.0,
+    lease_duration=3.5,
+    max_clock_drift=0.01,
+)
+
+# Local clusters and tests: fail over in well under a second and a half.
+FAST_PROFILE = TimingConfig(
+    election_timeout_min=0.4,
+    election_timeout_max=0.8,
+    heartbeat_interval=0.05,
+    lease_duration=0.3,
+    max_clock_drift=0.01,
+)
+
+PROFILES: dict[str, TimingConfig] = {"seed": SEED_PROFILE, "fast": FAST_PROFILE}
+
+
+def profile(name: str) -> TimingConfig:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ConfigError(f"unknown timing profile {name!r} (known: {known})") from None

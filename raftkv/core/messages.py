@@ -1,0 +1,152 @@
+"""Values that flow into and out of the core: log entries, Raft RPCs, client results.
+
+Every value is a frozen, slotted dataclass so that the simulator can hand the same message to
+two nodes (duplication) without either being able to change what the other sees.
+
+Indexing follows the paper: log index 1 is the first entry; index 0 is the empty prefix and has
+term 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+NodeId = int
+
+
+@dataclass(frozen=True, slots=True)
+class SetCommand:
+    """Set `key` to `value`. `client_id`/`seq` make a retried SET apply once ("" = no dedup)."""
+
+    key: str
+    value: str
+    client_id: str = ""
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NoOpCommand:
+    """Appended by every new leader so that entries of earlier terms commit with it."""
+
+
+Command = SetCommand | NoOpCommand
+NO_OP = NoOpCommand()
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    term: int
+    command: Command
+
+
+# ---------------------------------------------------------------------------------------------
+# Raft RPCs. `round` numbers a leader's broadcast; replies echo it so that the leader knows which
+# send time an acknowledgement vouches for (DESIGN §3 rule 1).
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    term: int
+    leader_id: NodeId
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[LogEntry, ...]
+    leader_commit: int
+    lease_duration: float
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesReply:
+    term: int
+    follower_id: NodeId
+    success: bool
+    # On success: the index of the last entry known to match the leader's log.
+    match_index: int
+    # On failure: where the leader should try next (fast back-off, one step per term).
+    conflict_index: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    term: int
+    candidate_id: NodeId
+    last_log_index: int
+    last_log_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteReply:
+    term: int
+    voter_id: NodeId
+    granted: bool
+    # Time the voter still owes to the longest leader lease it has seen (voter's clock).
+    old_lease_remaining: float
+
+
+Message = AppendEntries | AppendEntriesReply | RequestVote | RequestVoteReply
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    to: NodeId
+    message: Message
+
+
+# ---------------------------------------------------------------------------------------------
+# Client-facing results.
+
+
+class Refusal(Enum):
+    """Why a request was not served. Each is safe to retry (at the hinted leader)."""
+
+    NOT_LEADER = "not the leader"
+    NO_LEASE = "leader holds no valid lease"
+    NOT_READY = "leader has not committed an entry of its term yet"
+    WAITING_OLD_LEASE = "new leader is waiting for the old leader's lease to end"
+    ENTRY_LOST = "entry was overwritten by another leader"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: Refusal
+    leader_hint: NodeId | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadValue:
+    """A linearizable read. `value` is None when the key has never been set."""
+
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPending:
+    """read_index mode: the answer comes later as a ClientReply with the same token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A proposal was appended at `index` in `term`; a ClientReply follows once it applies."""
+
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteDone:
+    index: int
+
+
+ReadResult = ReadValue | ReadPending | Refused
+ProposeResult = Accepted | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply:
+    """The deferred answer to a proposal or a read_index read, keyed by the caller's token."""
+
+    token: int
+    result: WriteDone | ReadValue | Refused

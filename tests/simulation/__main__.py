@@ -1,0 +1,147 @@
+"""Run many seeded simulated clusters: `python -m tests.simulation --seeds 500`.
+
+Prints one line per failing seed with the command that replays it, then `N passed, M failed`.
+Exit status 1 when any seed failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from raftkv.core.config import ReadMode
+from raftkv.core.node import UnsafeSwitches
+
+from .cluster import ALL_FAULTS, SIM_PROFILES, make_scenario, run_scenario
+
+
+@dataclass(frozen=True)
+class Options:
+    nodes: int | None
+    profile: str | None
+    faults: frozenset[str]
+    read_mode: ReadMode | None
+    unsafe: UnsafeSwitches
+
+
+@dataclass(frozen=True)
+class SeedOutcome:
+    seed: int
+    ok: bool
+    description: str
+    failure: str
+    operations: int
+
+
+def run_seed(seed: int, options: Options) -> SeedOutcome:
+    scenario = make_scenario(
+        seed,
+        nodes=options.nodes,
+        profile=options.profile,
+        faults=options.faults,
+        read_mode=options.read_mode,
+        unsafe=options.unsafe,
+    )
+    result = run_scenario(scenario)
+    return SeedOutcome(seed, result.ok, scenario.describe(), result.failure, result.operations)
+
+
+def run_seeds(seeds: range, options: Options, jobs: int) -> list[SeedOutcome]:
+    if jobs <= 1:
+        return [run_seed(seed, options) for seed in seeds]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(run_seed, seeds, [options] * len(seeds), chunksize=4))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.simulation", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--nodes", type=int, choices=[1, 3, 5, 7], help="cluster size")
+    parser.add_argument("--profile", choices=sorted(SIM_PROFILES), help="timing profile")
+    parser.add_argument("--read-mode", choices=[m.value for m in ReadMode])
+    parser.add_argument(
+        "--faults",
+        default=",".join(sorted(ALL_FAULTS)),
+        help=f"comma-separated subset of {','.join(sorted(ALL_FAULTS))}, or 'none'",
+    )
+    parser.add_argument(
+        "--unsafe",
+        default="",
+        help="comma-separated negative-control switches: " + ",".join(UnsafeSwitches.__slots__),
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument("--trace", action="store_true", help="print the event trace of each seed")
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    faults = frozenset() if args.faults == "none" else frozenset(args.faults.split(","))
+    unknown = faults - ALL_FAULTS
+    if unknown:
+        raise SystemExit(f"unknown faults: {', '.join(sorted(unknown))}")
+    switches = [s for s in args.unsafe.split(",") if s]
+    bad = [s for s in switches if s not in UnsafeSwitches.__slots__]
+    if bad:
+        raise SystemExit(f"unknown unsafe switches: {', '.join(bad)}")
+    return Options(
+        nodes=args.nodes,
+        profile=args.profile,
+        faults=faults,
+        read_mode=ReadMode(args.read_mode) if args.read_mode else None,
+        unsafe=UnsafeSwitches(**{s: True for s in switches}),
+    )
+
+
+def replay_command(seed: int, args: argparse.Namespace) -> str:
+    parts = ["python -m tests.simulation", f"--start {seed}", "--seeds 1", "--trace"]
+    for flag in ("nodes", "profile", "read_mode"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts.append(f"--{flag.replace('_', '-')} {value}")
+    if args.faults != ",".join(sorted(ALL_FAULTS)):
+        parts.append(f"--faults {args.faults}")
+    if args.unsafe:
+        parts.append(f"--unsafe {args.unsafe}")
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    options = options_from(args)
+    seeds = range(args.start, args.start + args.seeds)
+    started = time.monotonic()
+    if args.trace:
+        any_failed = False
+        for seed in seeds:
+            scenario = make_scenario(
+                seed,
+                nodes=options.nodes,
+                profile=options.profile,
+                faults=options.faults,
+                read_mode=options.read_mode,
+                unsafe=options.unsafe,
+            )
+            result = run_scenario(scenario, trace=True)
+            print("\n".join(result.trace or []))
+            print(scenario.describe(), "OK" if result.ok else f"FAILED: {result.failure}")
+            any_failed = any_failed or not result.ok
+        return 1 if any_failed else 0
+    outcomes = run_seeds(seeds, options, args.jobs)
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        headline = outcome.failure.splitlines()[0] if outcome.failure else "failed"
+        print(f"seed {outcome.seed} FAILED ({outcome.description}): {headline}")
+        print(f"  replay: {replay_command(outcome.seed, args)}")
+    operations = sum(o.operations for o in outcomes)
+    elapsed = time.monotonic() - started
+    print(f"{operations} client operations checked in {elapsed:.1f}s")
+    print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

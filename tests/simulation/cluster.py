@@ -1,0 +1,745 @@
+"""One seeded simulated cluster: nodes, network, clients and a nemesis, judged at the end."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
+from raftkv.core.messages import (
+    Accepted,
+    ClientReply,
+    Envelope,
+    ReadPending,
+    ReadValue,
+    Refused,
+    SetCommand,
+    WriteDone,
+)
+from raftkv.core.node import SAFE, RaftNode, Ready, Role, UnsafeSwitches
+from tests.support.linearizability import Operation, Outcome, check_history
+
+from .invariants import SafetyChecker
+from .world import (
+    ClientRequest,
+    ClientResponse,
+    DriftingClock,
+    InvariantViolationError,
+    NetworkProfile,
+    SimNode,
+    World,
+)
+
+ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pause", "drift"})
+
+# Timings the simulator draws from. Ratios matter, not absolute values: the long-lease profile
+# makes leases outlive election timeouts, so that every failover has to wait one out.
+SIM_PROFILES: dict[str, TimingConfig] = {
+    "fast": FAST_PROFILE,
+    "seed": SEED_PROFILE,
+    "long-lease": TimingConfig(
+        election_timeout_min=0.15,
+        election_timeout_max=0.3,
+        heartbeat_interval=0.03,
+        lease_duration=0.6,
+        max_clock_drift=0.05,
+    ),
+    "high-drift": TimingConfig(
+        election_timeout_min=0.3,
+        election_timeout_max=0.6,
+        heartbeat_interval=0.04,
+        lease_duration=0.5,
+        max_clock_drift=0.2,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything a seed decides up front (the rest is drawn while it runs)."""
+
+    seed: int
+    nodes: int
+    profile: str
+    timing: TimingConfig
+    faults: frozenset[str]
+    clients: int
+    keys: int
+    duration: float
+    unsafe: UnsafeSwitches = SAFE
+
+    def describe(self) -> str:
+        unsafe = ",".join(self.unsafe.enabled()) or "none"
+        return (
+            f"seed={self.seed} nodes={self.nodes} profile={self.profile} "
+            f"read_mode={self.timing.read_mode.value} faults={','.join(sorted(self.faults))} "
+            f"unsafe={unsafe}"
+        )
+
+
+def make_scenario(
+    seed: int,
+    *,
+    nodes: int | None = None,
+    profile: str | None = None,
+    faults: frozenset[str] = ALL_FAULTS,
+    read_mode: ReadMode | None = None,
+    unsafe: UnsafeSwitches = SAFE,
+) -> Scenario:
+    rng = random.Random(f"scenario-{seed}")
+    chosen_nodes = nodes or rng.choice([3, 3, 5, 5, 7])
+    chosen_profile = profile or rng.choice(["fast", "fast", "long-lease", "high-drift", "seed"])
+    timing = SIM_PROFILES[chosen_profile]
+    mode = read_mode or (ReadMode.READ_INDEX if rng.random() < 0.15 else ReadMode.LEASE)
+    timing = replace(timing, read_mode=mode, max_entries_per_message=rng.choice([2, 16, 512]))
+    return Scenario(
+        seed=seed,
+        nodes=chosen_nodes,
+        profile=chosen_profile,
+        timing=timing,
+        faults=faults,
+        clients=rng.randint(2, 5),
+        keys=rng.randint(1, 4),
+        duration=timing.election_timeout_max * 40,
+        unsafe=unsafe,
+    )
+
+
+@dataclass
+class _ClientOp:
+    op_id: int
+    kind: str
+    key: str
+    value: str
+    seq: int
+    invoke: float
+    deadline: float
+    attempt: int = 0
+
+
+@dataclass
+class _Client:
+    client_id: int
+    target: int
+    next_seq: int = 1
+    current: _ClientOp | None = None
+    done: bool = False
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    ok: bool
+    failure: str = ""
+    operations: int = 0
+    history: list[Operation] = field(default_factory=list)
+    trace: list[str] | None = None
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, *, trace: bool = False) -> None:
+        self.scenario = scenario
+        self.config = scenario.timing
+        self.rng = random.Random(scenario.seed)
+        self.world = World(scenario.seed, self.rng)
+        if trace:
+            self.world.trace = []
+        self.ids = list(range(1, scenario.nodes + 1))
+        self.quorum = scenario.nodes // 2 + 1
+        self.checker = SafetyChecker(self.quorum)
+        self.blocked: set[tuple[int, int]] = set()
+        # Extra one-way delay per link (congestion, a slow route): (from, to) -> seconds.
+        self.slow_links: dict[tuple[int, int], float] = {}
+        self.network = self._draw_network()
+        self.nodes = {i: SimNode(i, self._draw_clock()) for i in self.ids}
+        self.clients = [_Client(c, self.rng.choice(self.ids)) for c in range(scenario.clients)]
+        self.history: list[Operation] = []
+        self._op_ids = iter(range(1, 10**9))
+        self._tokens = iter(range(1, 10**9))
+        self._values = iter(range(1, 10**9))
+        self.faults_active = True
+        self.settling = False
+
+    # ------------------------------------------------------------------------------------------
+    # Set-up draws
+
+    def _draw_network(self) -> NetworkProfile:
+        f = self.scenario.faults
+        rng = self.rng
+        base = self.config.heartbeat_interval
+        return NetworkProfile(
+            loss=rng.choice([0.0, 0.01, 0.05]) if "loss" in f else 0.0,
+            duplicate=rng.choice([0.0, 0.01, 0.03]) if "duplicate" in f else 0.0,
+            min_delay=base * 0.01,
+            max_delay=base * rng.choice([0.1, 0.5, 1.0]) if "delay" in f else base * 0.02,
+            spike_probability=rng.choice([0.0, 0.01, 0.03]) if "delay" in f else 0.0,
+            spike_max=self.config.lease_duration * 0.6,
+        )
+
+    def _draw_rate(self) -> float:
+        if "drift" not in self.scenario.faults:
+            return 1.0
+        rho = self.config.max_clock_drift
+        return self.rng.choice([1 - rho, 1 + rho, self.rng.uniform(1 - rho, 1 + rho)])
+
+    def _draw_clock(self) -> DriftingClock:
+        return DriftingClock(offset=self.rng.uniform(0, 1000), rate=self._draw_rate())
+
+    # ------------------------------------------------------------------------------------------
+    # Running
+
+    def run(self) -> RunResult:
+        try:
+            self._run()
+            self._check_linearizable()
+        except InvariantViolationError as failure:
+            return self._result(False, f"t={self.world.now:.4f}: {failure}")
+        return self._result(True)
+
+    def _result(self, ok: bool, failure: str = "") -> RunResult:
+        return RunResult(
+            self.scenario, ok, failure, len(self.history), self.history, self.world.trace
+        )
+
+    def _run(self) -> None:
+        for node in self.nodes.values():
+            self._start_node(node)
+        for client in self.clients:
+            self.world.after(
+                self.rng.uniform(0, self.config.election_timeout_max), self._next_op_for(client)
+            )
+        self._schedule_nemesis()
+        self.world.run_until(self.scenario.duration)
+
+        # Heal everything and demand that the cluster recovers and converges.
+        self.faults_active = False
+        self.settling = True
+        self.blocked.clear()
+        self.slow_links.clear()
+        for node in self.nodes.values():
+            if node.paused:
+                self._resume(node)
+            if not node.up:
+                self._start_node(node)
+            else:
+                self._process(node)
+        settle = 30 * self.config.election_timeout_max + 10 * self.config.lease_duration
+        for client in self.clients:
+            client.done = True  # finish the current operation, start no new one
+        converged = self.world.run_until(self.world.now + settle, self._converged)
+        if not converged:
+            raise InvariantViolationError(self._no_progress_report())
+        self.checker.check_durability({i: n.durable.entries for i, n in self.nodes.items()})
+
+    def _converged(self) -> bool:
+        if any(c.current is not None for c in self.clients):
+            return False
+        leaders = [
+            n.core for n in self.nodes.values() if n.core is not None and n.core.role is Role.LEADER
+        ]
+        if len(leaders) != 1:
+            return False
+        leader = leaders[0]
+        noop_committed = any(e.term == leader.term for e in leader.log[: leader.commit_length])
+        return noop_committed and all(
+            n.core is not None and n.core.commit_length == leader.commit_length
+            for n in self.nodes.values()
+        )
+
+    def _no_progress_report(self) -> str:
+        states = ", ".join(
+            f"{n.node_id}:{n.core.role.value}/t{n.core.term}/c{n.core.commit_length}"
+            if n.core
+            else f"{n.node_id}:down"
+            for n in self.nodes.values()
+        )
+        return f"liveness: no converged leader after healing all faults ({states})"
+
+    # ------------------------------------------------------------------------------------------
+    # Node lifecycle (the simulator plays the shell)
+
+    def _local(self, node: SimNode) -> float:
+        return node.clock.local(self.world.now)
+
+    def _start_node(self, node: SimNode) -> None:
+        node.core = RaftNode(
+            node.node_id,
+            [i for i in self.ids if i != node.node_id],
+            self.config,
+            random.Random(self.rng.random()),
+            self._local(node),
+            persisted=node.durable.snapshot(),
+            unsafe=self.scenario.unsafe,
+        )
+        node.pending_ready = None
+        node.inbox.clear()
+        node.waiting.clear()
+        self.world.log(f"node {node.node_id} started (log {len(node.durable.entries)})")
+        self._process(node)
+
+    def _crash(self, node: SimNode) -> None:
+        if not node.up:
+            return
+        ready = node.pending_ready
+        if ready is not None and ready.log_changed and self.rng.random() < 0.5:
+            # Torn persist: part of the log write reached the disk, the metadata did not.
+            node.durable.write_log(ready, keep=self.rng.randint(0, len(ready.entries)))
+        node.core = None
+        node.pending_ready = None
+        node.inbox.clear()
+        node.waiting.clear()
+        node.paused = False
+        node.resume_action = None
+        node.timer_generation += 1
+        self.world.log(f"node {node.node_id} crashed")
+        self.checker.check_durability({i: n.durable.entries for i, n in self.nodes.items()})
+
+    def _process(self, node: SimNode) -> None:
+        """Feed queued inputs and timers, then start persisting the next Ready."""
+        core = node.core
+        if core is None or node.paused or node.pending_ready is not None:
+            return
+        now = self._local(node)
+        while node.inbox:
+            kind, payload = node.inbox.popleft()
+            if kind == "message":
+                core.step(payload, now)
+            elif kind == "get":
+                self._serve_read(node, core, payload, now)
+            else:
+                self._propose(node, core, payload, now)
+        if now >= core.next_deadline():
+            core.tick(now)
+        self.checker.on_step(node.node_id, core)
+        self._check_leases()
+        if core.has_ready():
+            ready = core.take_ready()
+            for event in ready.events:
+                self.world.log(f"[{node.node_id}] {event}")
+            self.checker.on_ready(node.node_id, core, ready, now)
+            if ready.needs_persist:
+                node.pending_ready = ready
+                disk = self.rng.choice([0.0, 0.0001, 0.001, self.config.heartbeat_interval * 0.2])
+                self.world.after(disk, lambda: self._persisted(node, core, ready))
+                return
+            self._deliver(node, ready)
+            core.advance(ready)
+            self._process(node)
+            return
+        self._arm_timer(node, core)
+
+    def _persisted(self, node: SimNode, core: RaftNode, ready: Ready) -> None:
+        if node.core is not core or node.pending_ready is not ready:
+            return  # crashed meanwhile
+        if node.paused:
+            # A stopped process sends nothing; finish this persist when it resumes.
+            node.resume_action = lambda: self._persisted(node, core, ready)
+            return
+        node.durable.write_log(ready)
+        if ready.hard_state is not None:
+            node.durable.hard_state = ready.hard_state
+        node.durable.commit_hint = ready.commit_length
+        node.pending_ready = None
+        self._deliver(node, ready)
+        core.advance(ready)
+        self._process(node)
+
+    def _deliver(self, node: SimNode, ready: Ready) -> None:
+        for envelope in ready.messages:
+            self._send_to_node(node.node_id, envelope)
+        for reply in ready.replies:
+            self._answer_later(node, reply)
+
+    def _arm_timer(self, node: SimNode, core: RaftNode) -> None:
+        node.timer_generation += 1
+        generation = node.timer_generation
+        deadline = core.next_deadline()
+        if deadline == float("inf"):
+            return
+        when = node.clock.real_for(deadline, self.world.now)
+
+        def fire() -> None:
+            if node.timer_generation == generation and node.core is core:
+                self._process(node)
+
+        self.world.at(when, fire)
+
+    def _check_leases(self) -> None:
+        if self.config.read_mode is not ReadMode.LEASE:
+            return
+        holders = [
+            n.node_id
+            for n in self.nodes.values()
+            if n.core is not None and n.core.serves_lease_reads(self._local(n))
+        ]
+        self.checker.check_leases(holders, self.world.now)
+
+    # ------------------------------------------------------------------------------------------
+    # Network
+
+    def _send_to_node(self, source: int, envelope: Envelope) -> None:
+        link = (source, envelope.to)
+        if link in self.blocked:
+            return
+        extra = self.slow_links.get(link, 0.0)
+        target = self.nodes[envelope.to]
+        message = envelope.message
+        for delay in self._delivery_delays(extra):
+            self.world.after(delay, lambda: self._arrive(target, message))
+
+    def _delivery_delays(self, extra: float = 0.0) -> list[float]:
+        net = self.network
+        if not self.faults_active:
+            return [self.rng.uniform(net.min_delay, net.min_delay * 3)]
+        if self.rng.random() < net.loss:
+            return []
+        copies = 2 if self.rng.random() < net.duplicate else 1
+        delays = []
+        for _ in range(copies):
+            delay = extra + self.rng.uniform(net.min_delay, net.max_delay)
+            if self.rng.random() < net.spike_probability:
+                delay += self.rng.uniform(0, net.spike_max)
+            delays.append(delay)
+        return delays
+
+    def _arrive(self, node: SimNode, message: object) -> None:
+        if not node.up:
+            return
+        node.inbox.append(("message", message))
+        self._process(node)
+
+    # ------------------------------------------------------------------------------------------
+    # Clients
+
+    def _next_op_for(self, client: _Client) -> Callable[[], None]:
+        def start() -> None:
+            if client.done:
+                return
+            kind = "get" if self.rng.random() < 0.5 else "set"
+            key = f"k{self.rng.randrange(self.scenario.keys)}"
+            value = f"v{next(self._values)}" if kind == "set" else ""
+            seq = 0
+            if kind == "set":
+                seq = client.next_seq
+                client.next_seq += 1
+            op_timeout = 6 * self.config.election_timeout_max + 3 * self.config.lease_duration
+            client.current = _ClientOp(
+                next(self._op_ids),
+                kind,
+                key,
+                value,
+                seq,
+                self.world.now,
+                self.world.now + op_timeout,
+            )
+            self._attempt(client)
+
+        return start
+
+    def _attempt(self, client: _Client) -> None:
+        op = client.current
+        assert op is not None
+        op.attempt += 1
+        request = ClientRequest(client.client_id, op.op_id, op.kind, op.key, op.value, op.seq)
+        target = self.nodes[client.target]
+        for delay in self._delivery_delays():
+            self.world.after(delay, lambda: self._client_request_arrives(target, request))
+        attempt = op.attempt
+        per_try = max(4 * self.config.heartbeat_interval, self.config.election_timeout_max)
+        self.world.after(per_try, lambda: self._attempt_timed_out(client, op, attempt))
+
+    def _attempt_timed_out(self, client: _Client, op: _ClientOp, attempt: int) -> None:
+        if client.current is not op or op.attempt != attempt:
+            return
+        client.target = self.rng.choice(self.ids)
+        self._retry_or_give_up(client, op)
+
+    def _retry_or_give_up(self, client: _Client, op: _ClientOp) -> None:
+        if self.world.now >= op.deadline:
+            self._finish(client, op, Outcome.INFO, None)
+        else:
+            self._attempt(client)
+
+    def _client_response(self, client: _Client, response: ClientResponse) -> None:
+        op = client.current
+        if op is None or op.op_id != response.op_id:
+            return
+        if response.ok:
+            self._finish(client, op, Outcome.OK, response.value)
+            return
+        client.target = (
+            response.leader_hint
+            if response.leader_hint is not None and response.leader_hint != client.target
+            else self.rng.choice(self.ids)
+        )
+        op.attempt += 1  # the pending per-try timer is now stale
+        backoff = self.rng.uniform(0.5, 1.5) * self.config.heartbeat_interval
+        self.world.after(backoff, lambda: self._retry_if_current(client, op))
+
+    def _retry_if_current(self, client: _Client, op: _ClientOp) -> None:
+        if client.current is op:
+            self._retry_or_give_up(client, op)
+
+    def _finish(self, client: _Client, op: _ClientOp, outcome: Outcome, value: str | None) -> None:
+        client.current = None
+        completed = self.world.now if outcome is not Outcome.INFO else None
+        recorded_value = op.value if op.kind == "set" else value
+        self.history.append(
+            Operation(
+                f"c{client.client_id}",
+                op.kind,
+                op.key,
+                recorded_value,
+                op.invoke,
+                completed,
+                outcome,
+            )
+        )
+        self.world.log(
+            f"client {client.client_id} {op.kind} {op.key} -> {outcome.value} {recorded_value}"
+        )
+        if not client.done:
+            think = self.rng.uniform(0, self.config.heartbeat_interval * 2)
+            self.world.after(think, self._next_op_for(client))
+
+    def _respond(self, node: SimNode, request: ClientRequest, response: ClientResponse) -> None:
+        client = self.clients[request.client]
+        for delay in self._delivery_delays():
+            self.world.after(delay, lambda: self._client_response(client, response))
+
+    def _client_request_arrives(self, node: SimNode, request: ClientRequest) -> None:
+        core = node.core
+        if core is None:
+            return
+        if request.kind == "get" and not node.paused:
+            # Reads bypass the input queue, as in the shell: answered at the moment they arrive.
+            self._serve_read(node, core, request, self._local(node))
+            if core.has_ready():
+                self._process(node)
+            return
+        # A paused process leaves requests in its socket buffer until it resumes.
+        node.inbox.append((request.kind, request))
+        self._process(node)
+
+    def _serve_read(
+        self, node: SimNode, core: RaftNode, request: ClientRequest, now: float
+    ) -> None:
+        token = next(self._tokens)
+        result = core.read(request.key, now, token)
+        if isinstance(result, ReadPending):
+            node.waiting[token] = (request.client, request.op_id)
+        else:
+            self._respond(node, request, self._to_response(request.op_id, result))
+
+    def _propose(self, node: SimNode, core: RaftNode, request: ClientRequest, now: float) -> None:
+        token = next(self._tokens)
+        command = SetCommand(request.key, request.value, f"c{request.client}", request.seq)
+        result = core.propose(command, now, token)
+        if isinstance(result, Accepted):
+            node.waiting[token] = (request.client, request.op_id)
+        else:
+            self._respond(node, request, self._to_response(request.op_id, result))
+
+    def _answer_later(self, node: SimNode, reply: ClientReply) -> None:
+        waiter = node.waiting.pop(reply.token, None)
+        if waiter is None:
+            return
+        client_id, op_id = waiter
+        client = self.clients[client_id]
+        response = self._to_response(op_id, reply.result)
+        for delay in self._delivery_delays():
+            self.world.after(delay, lambda: self._client_response(client, response))
+
+    @staticmethod
+    def _to_response(op_id: int, result: object) -> ClientResponse:
+        if isinstance(result, ReadValue):
+            return ClientResponse(op_id, True, result.value, None, False)
+        if isinstance(result, WriteDone):
+            return ClientResponse(op_id, True, None, None, False)
+        assert isinstance(result, Refused)
+        return ClientResponse(op_id, False, None, result.leader_hint, False)
+
+    # ------------------------------------------------------------------------------------------
+    # Nemesis
+
+    def _schedule_nemesis(self) -> None:
+        interval = self.config.election_timeout_max
+        self.world.after(self.rng.uniform(1, 3) * interval, self._nemesis_step)
+
+    def _nemesis_step(self) -> None:
+        if not self.faults_active:
+            return
+        actions = []
+        f = self.scenario.faults
+        if "partition" in f:
+            actions += [self._partition, self._partition, self._heal]
+        if "delay" in f:
+            actions += [self._slow_links_into_leader]
+        if "partition" in f and "crash" in f:
+            actions += [self._restart_all_but_isolated_leader]
+        if "crash" in f:
+            actions += [self._crash_random, self._crash_leader]
+        if "pause" in f:
+            actions += [self._pause_random]
+        if "drift" in f:
+            actions += [self._change_rate]
+        if actions:
+            self.rng.choice(actions)()
+        self._schedule_nemesis()
+
+    def _leader_id(self) -> int | None:
+        leaders = [
+            n for n in self.nodes.values() if n.core is not None and n.core.role is Role.LEADER
+        ]
+        if not leaders:
+            return None
+        return max(leaders, key=lambda n: n.core.term if n.core else 0).node_id
+
+    def _partition(self) -> None:
+        ids = list(self.ids)
+        self.rng.shuffle(ids)
+        shape = self.rng.choice(["isolate", "isolate-leader", "split", "one-way", "ring"])
+        self.blocked.clear()
+        if shape == "isolate-leader" and self._leader_id() is not None:
+            leader = self._leader_id()
+            assert leader is not None
+            groups = [[leader], [i for i in self.ids if i != leader]]
+        elif shape in ("isolate", "isolate-leader"):
+            groups = [ids[:1], ids[1:]]
+        elif shape == "split":
+            cut = self.rng.randint(1, len(ids) // 2)
+            groups = [ids[:cut], ids[cut:]]
+        elif shape == "one-way":
+            for _ in range(self.rng.randint(1, len(ids))):
+                a, b = self.rng.sample(self.ids, 2)
+                self.blocked.add((a, b))
+            self.world.log(f"nemesis one-way {sorted(self.blocked)}")
+            return
+        else:
+            # Each node reaches only its ring neighbours: overlapping majorities (for n ≥ 5 no
+            # two nodes see the same majority), the classic Jepsen "majorities ring".
+            reach = len(ids) // 2
+            position = {node: p for p, node in enumerate(ids)}
+            for a in ids:
+                for b in ids:
+                    distance = abs(position[a] - position[b])
+                    if a != b and min(distance, len(ids) - distance) > reach // 2 + (reach % 2):
+                        self.blocked.add((a, b))
+            self.world.log(f"nemesis ring {ids}")
+            return
+        for group in groups:
+            for other in groups:
+                if other is not group:
+                    self.blocked.update((a, b) for a in group for b in other)
+        self.world.log(f"nemesis partition {groups}")
+
+    def _heal(self) -> None:
+        self.blocked.clear()
+        self.slow_links.clear()
+        self.world.log("nemesis heal")
+
+    def _slow_links_into_leader(self) -> None:
+        """Acknowledgements crawl back to the leader: what a lease must be measured against."""
+        leader = self._leader_id()
+        if leader is None:
+            return
+        extra = self.rng.uniform(0.1, 0.5) * self.config.lease_duration
+        for other in self.ids:
+            if other != leader:
+                self.slow_links[(other, leader)] = extra
+        self.world.log(f"nemesis slow links into {leader} (+{extra:.4f}s)")
+        if self.rng.random() < 0.5:
+            # Congestion often precedes a partition: cut the leader off while acks are late.
+            self.world.after(
+                extra + self.rng.uniform(1, 3) * self.config.heartbeat_interval,
+                lambda: self._isolate(leader),
+            )
+
+    def _isolate(self, node_id: int) -> None:
+        if not self.faults_active:
+            return
+        self.blocked = {(a, b) for a in self.ids for b in self.ids if node_id in (a, b) and a != b}
+        self.world.log(f"nemesis isolate {node_id}")
+
+    def _restart_all_but_isolated_leader(self) -> None:
+        """The leader is cut off while every other node restarts, forgetting what it saw."""
+        leader = self._leader_id()
+        if leader is None:
+            return
+        self._isolate(leader)
+        for node_id in self.ids:
+            if node_id != leader:
+                self._crash_and_restart(
+                    node_id, self.rng.uniform(0, 0.5) * self.config.lease_duration
+                )
+
+    def _crash_random(self) -> None:
+        self._crash_and_restart(self.rng.choice(self.ids))
+
+    def _crash_leader(self) -> None:
+        leader = self._leader_id()
+        self._crash_and_restart(leader if leader is not None else self.rng.choice(self.ids))
+
+    def _crash_and_restart(self, node_id: int, downtime: float | None = None) -> None:
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        self._crash(node)
+        if downtime is None:
+            downtime = self.rng.uniform(0, 3) * self.config.election_timeout_max
+
+        def restart() -> None:
+            if not node.up and self.faults_active:
+                self._start_node(node)
+
+        self.world.after(downtime, restart)
+
+    def _pause_random(self) -> None:
+        candidates = [n for n in self.nodes.values() if n.up and not n.paused]
+        if not candidates:
+            return
+        leader = self._leader_id()
+        node = (
+            self.nodes[leader]
+            if leader is not None and self.rng.random() < 0.5
+            else self.rng.choice(candidates)
+        )
+        if not node.up or node.paused:
+            return
+        node.paused = True
+        self.world.log(f"nemesis pause {node.node_id}")
+        duration = self.rng.uniform(0.5, 3) * self.config.lease_duration
+
+        def resume() -> None:
+            if node.paused:
+                self._resume(node)
+
+        self.world.after(duration, resume)
+
+    def _resume(self, node: SimNode) -> None:
+        node.paused = False
+        self.world.log(f"nemesis resume {node.node_id}")
+        action, node.resume_action = node.resume_action, None
+        if action is not None:
+            action()
+        else:
+            self._process(node)
+
+    def _change_rate(self) -> None:
+        node = self.nodes[self.rng.choice(self.ids)]
+        node.clock.set_rate(self._draw_rate(), self.world.now)
+        if node.core is not None:
+            self._arm_timer(node, node.core)
+
+    # ------------------------------------------------------------------------------------------
+    # Final judgement
+
+    def _check_linearizable(self) -> None:
+        result = check_history(self.history)
+        if not result.ok:
+            raise InvariantViolationError(f"linearizability: {result.explanation}")
+
+
+def run_scenario(scenario: Scenario, *, trace: bool = False) -> RunResult:
+    return Simulation(scenario, trace=trace).run()

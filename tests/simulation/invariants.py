@@ -1,0 +1,90 @@
+"""Safety properties checked after every simulated event (Raft paper Figure 3, plus leases)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from raftkv.core.messages import Command, LogEntry
+from raftkv.core.node import RaftNode, Ready, Role
+
+from .world import InvariantViolationError
+
+
+class SafetyChecker:
+    def __init__(self, quorum: int) -> None:
+        self.quorum = quorum
+        self.leader_of_term: dict[int, int] = {}
+        # (index, term) -> (previous entry's term, command): equal keys must mean equal prefixes.
+        self._entry_identity: dict[tuple[int, int], tuple[int, Command]] = {}
+        # index -> entry applied there by anyone: every node must apply the same.
+        self.committed: dict[int, LogEntry] = {}
+        # index -> term of the leader that committed it (the first node to apply an entry is
+        # the leader that committed it: followers learn of commits from leaders).
+        self.committed_in_term: dict[int, int] = {}
+        self._leader_seen: set[tuple[int, int]] = set()
+
+    def on_ready(self, node_id: int, core: RaftNode, ready: Ready, now: float) -> None:
+        if ready.log_changed:
+            log = core.log
+            for offset, entry in enumerate(ready.entries):
+                index = ready.first_index + offset
+                prev_term = log[index - 2].term if index > 1 else 0
+                identity = (prev_term, entry.command)
+                known = self._entry_identity.setdefault((index, entry.term), identity)
+                if known != identity:
+                    raise InvariantViolationError(
+                        f"log matching: node {node_id} holds {entry} at index {index} "
+                        f"after term {prev_term}, another log has {known} there"
+                    )
+        for index, entry in ready.applied:
+            self.committed_in_term.setdefault(index, core.term)
+            known_entry = self.committed.setdefault(index, entry)
+            if known_entry != entry:
+                raise InvariantViolationError(
+                    f"state machine safety: node {node_id} applied {entry} at index {index}, "
+                    f"another node applied {known_entry}"
+                )
+
+    def on_step(self, node_id: int, core: RaftNode) -> None:
+        if core.role is not Role.LEADER:
+            return
+        holder = self.leader_of_term.setdefault(core.term, node_id)
+        if holder != node_id:
+            raise InvariantViolationError(
+                f"election safety: nodes {holder} and {node_id} both led term {core.term}"
+            )
+        if (node_id, core.term) not in self._leader_seen:
+            self._leader_seen.add((node_id, core.term))
+            self._check_leader_completeness(node_id, core)
+
+    def _check_leader_completeness(self, node_id: int, core: RaftNode) -> None:
+        # Figure 3: an entry committed in term T is in the log of every leader of a term > T.
+        log = core.log
+        for index, entry in self.committed.items():
+            if self.committed_in_term[index] >= core.term:
+                continue
+            if index > len(log) or log[index - 1] != entry:
+                raise InvariantViolationError(
+                    f"leader completeness: node {node_id}, leader of term {core.term}, lacks "
+                    f"committed entry {entry} at index {index}"
+                )
+
+    def check_leases(self, holders: Iterable[int], real_now: float) -> None:
+        holders = list(holders)
+        if len(holders) > 1:
+            raise InvariantViolationError(
+                f"lease safety: nodes {holders} all hold a valid lease at real time {real_now:.6f}"
+            )
+
+    def check_durability(self, durable_logs: dict[int, list[LogEntry]]) -> None:
+        for index, entry in self.committed.items():
+            holders = [
+                node_id
+                for node_id, log in durable_logs.items()
+                if index <= len(log) and log[index - 1] == entry
+            ]
+            if len(holders) < self.quorum:
+                raise InvariantViolationError(
+                    f"durability: committed entry {entry} at index {index} is durable only on "
+                    f"nodes {holders}, fewer than a majority"
+                )

@@ -1,0 +1,165 @@
+"""The simulated world: real time, drifting node clocks, a faulty network, disks and clients.
+
+Everything is decided by one `random.Random(seed)`, so a failing seed replays exactly. The
+simulator plays the part of the asyncio shell for each core — persist the Ready, then send, then
+advance — and can crash a node between those steps, losing what was not yet durable.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftkv.core.messages import (
+    LogEntry,
+)
+from raftkv.core.node import (
+    HardState,
+    PersistentState,
+    RaftNode,
+    Ready,
+)
+
+
+class InvariantViolationError(AssertionError):
+    """A safety property failed; the message says which and when."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Clocks
+
+
+class DriftingClock:
+    """A monotonic clock whose rate stays within [1 − ρ, 1 + ρ] of real time, piecewise."""
+
+    def __init__(self, offset: float, rate: float) -> None:
+        self._base_real = 0.0
+        self._base_local = offset
+        self.rate = rate
+
+    def local(self, real: float) -> float:
+        return self._base_local + (real - self._base_real) * self.rate
+
+    def real_for(self, local: float, now_real: float) -> float:
+        """When, at the current rate, this clock will read `local` (never before now_real)."""
+        return max(now_real, now_real + (local - self.local(now_real)) / self.rate)
+
+    def set_rate(self, rate: float, now_real: float) -> None:
+        self._base_local = self.local(now_real)
+        self._base_real = now_real
+        self.rate = rate
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+
+
+@dataclass
+class NetworkProfile:
+    loss: float
+    duplicate: float
+    min_delay: float
+    max_delay: float
+    spike_probability: float
+    spike_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    client: int
+    op_id: int
+    kind: str  # "get" | "set"
+    key: str
+    value: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResponse:
+    op_id: int
+    ok: bool
+    value: str | None
+    leader_hint: int | None
+    definite_failure: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+
+@dataclass
+class Durable:
+    """What survives a crash: the fsynced log and metadata."""
+
+    hard_state: HardState = field(default_factory=lambda: HardState(0, None))
+    entries: list[LogEntry] = field(default_factory=list)
+    commit_hint: int = 0
+
+    def write_log(self, ready: Ready, keep: int | None = None) -> None:
+        if not ready.log_changed:
+            return
+        del self.entries[ready.first_index - 1 :]
+        new = ready.entries if keep is None else ready.entries[:keep]
+        self.entries.extend(new)
+
+    def snapshot(self) -> PersistentState:
+        return PersistentState(self.hard_state, tuple(self.entries), self.commit_hint)
+
+
+@dataclass
+class SimNode:
+    node_id: int
+    clock: DriftingClock
+    durable: Durable = field(default_factory=Durable)
+    core: RaftNode | None = None
+    paused: bool = False
+    pending_ready: Ready | None = None
+    inbox: deque[tuple[str, Any]] = field(default_factory=deque)
+    timer_generation: int = 0
+    # token -> (client, op_id) for answers that come later through a Ready.
+    waiting: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Work that completed while the process was stopped, done when it resumes.
+    resume_action: Callable[[], None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The event loop
+
+
+class World:
+    def __init__(self, seed: int, rng: random.Random) -> None:
+        self.seed = seed
+        self.rng = rng
+        self.now = 0.0
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self.trace: list[str] | None = None
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (max(when, self.now), next(self._counter), action))
+
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        self.at(self.now + delay, action)
+
+    def run_until(self, deadline: float, stop: Callable[[], bool] | None = None) -> bool:
+        while self._queue and self._queue[0][0] <= deadline:
+            when, _, action = heapq.heappop(self._queue)
+            self.now = when
+            action()
+            if stop is not None and stop():
+                return True
+        self.now = max(self.now, deadline)
+        return False
+
+    def log(self, line: str) -> None:
+        if self.trace is not None:
+            self.trace.append(f"{self.now:10.4f} {line}")

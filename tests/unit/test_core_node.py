@@ -1,0 +1,478 @@
+"""Unit tests of the core's rules, one rule per test, driven by hand-delivered messages."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from raftkv.core.config import ReadMode, TimingConfig
+from raftkv.core.messages import (
+    NO_OP,
+    Accepted,
+    AppendEntries,
+    AppendEntriesReply,
+    ClientReply,
+    Envelope,
+    LogEntry,
+    Message,
+    ReadPending,
+    ReadValue,
+    Refusal,
+    Refused,
+    RequestVote,
+    RequestVoteReply,
+    SetCommand,
+    WriteDone,
+)
+from raftkv.core.node import (
+    CoreMisuseError,
+    HardState,
+    PersistentState,
+    RaftNode,
+    Ready,
+    Role,
+)
+
+# No drift, so that lease arithmetic in the assertions is exact: span = L, stretch = 1.
+CONFIG = TimingConfig(
+    election_timeout_min=1.0,
+    election_timeout_max=2.0,
+    heartbeat_interval=0.1,
+    lease_duration=0.5,
+    max_clock_drift=0.0,
+)
+
+
+class Harness:
+    """A few cores and a FIFO of messages that the test delivers explicitly."""
+
+    def __init__(self, size: int = 3, config: TimingConfig = CONFIG, now: float = 0.0) -> None:
+        ids = list(range(1, size + 1))
+        self.nodes = {
+            i: RaftNode(i, [p for p in ids if p != i], config, random.Random(i), now) for i in ids
+        }
+        self.in_flight: list[tuple[int, Envelope]] = []
+        self.replies: list[ClientReply] = []
+        self.readies: dict[int, list[Ready]] = {i: [] for i in ids}
+
+    def flush(self, node_id: int) -> Ready:
+        node = self.nodes[node_id]
+        ready = node.take_ready()
+        self.readies[node_id].append(ready)
+        self.in_flight.extend((node_id, e) for e in ready.messages)
+        self.replies.extend(ready.replies)
+        node.advance(ready)
+        if node.has_ready():
+            self.flush(node_id)
+        return ready
+
+    def tick(self, node_id: int, now: float) -> None:
+        self.nodes[node_id].tick(now)
+        self.flush(node_id)
+
+    def deliver_all(self, now: float, *, drop_to: set[int] | None = None) -> None:
+        while self.in_flight:
+            _, envelope = self.in_flight.pop(0)
+            if drop_to and envelope.to in drop_to:
+                continue
+            self.nodes[envelope.to].step(envelope.message, now)
+            self.flush(envelope.to)
+
+    def take(self, kind: type[Message], to: int | None = None) -> list[tuple[int, Message]]:
+        taken = [
+            (src, e.message)
+            for src, e in self.in_flight
+            if isinstance(e.message, kind) and (to is None or e.to == to)
+        ]
+        self.in_flight = [
+            (src, e)
+            for src, e in self.in_flight
+            if not (isinstance(e.message, kind) and (to is None or e.to == to))
+        ]
+        return taken
+
+    def elect(self, node_id: int, now: float) -> RaftNode:
+        """Make node_id leader at `now` and let it start serving (past every old lease)."""
+        self.tick(node_id, now)
+        self.deliver_all(now)
+        leader = self.nodes[node_id]
+        assert leader.role is Role.LEADER
+        serve_at = now + leader.status(now).waiting_for_old_lease
+        self.tick(node_id, serve_at)
+        self.deliver_all(serve_at)
+        return leader
+
+
+def events(h: Harness, node_id: int) -> list[str]:
+    return [e for r in h.readies[node_id] for e in r.events]
+
+
+# ---------------------------------------------------------------------------------------------
+# Elections
+
+
+def test_a_fresh_cluster_elects_and_the_leader_appends_a_noop_after_the_restart_lease() -> None:
+    h = Harness()
+    h.tick(1, 3.0)
+    h.deliver_all(3.0)
+    leader = h.nodes[1]
+    assert leader.role is Role.LEADER and leader.term == 1
+    # Every node assumed at start-up that a lease of L might be running; by t=3 it is over.
+    assert leader.log == [LogEntry(1, NO_OP)]
+    assert "Node 1 became the leader for term 1." in events(h, 1)
+    assert all(n.log == [LogEntry(1, NO_OP)] for n in h.nodes.values())
+    assert leader.commit_length == 1
+
+
+def test_a_vote_is_durable_before_the_reply_that_grants_it() -> None:
+    h = Harness()
+    h.tick(1, 3.0)
+    (_, request), *_ = h.take(RequestVote, to=2)
+    h.nodes[2].step(request, 3.0)
+    ready = h.nodes[2].take_ready()
+    assert ready.hard_state == HardState(term=1, voted_for=1)
+    assert any(
+        isinstance(e.message, RequestVoteReply) and e.message.granted for e in ready.messages
+    )
+    assert "Vote granted for Node 1 in term 1." in ready.events
+
+
+def test_vote_denied_to_a_candidate_with_a_shorter_log_of_the_same_term() -> None:
+    h = Harness()
+    h.elect(1, 3.0)
+    h.nodes[1].propose(SetCommand("a", "1"), 3.6, token=1)
+    h.flush(1)
+    h.deliver_all(3.6, drop_to={3})  # node 3 misses the SET
+    h.tick(3, 10.0)  # node 3 campaigns with a log that lacks the SET
+    votes = h.take(RequestVote, to=2)
+    assert votes
+    h.nodes[2].step(votes[0][1], 10.0)
+    h.flush(2)
+    replies = [m for _, m in h.take(RequestVoteReply)]
+    assert replies and not any(isinstance(r, RequestVoteReply) and r.granted for r in replies)
+
+
+def test_one_vote_per_term() -> None:
+    h = Harness()
+    voter = h.nodes[3]
+    voter.step(RequestVote(5, 1, 0, 0), 1.0)
+    voter.step(RequestVote(5, 2, 0, 0), 1.0)
+    ready = voter.take_ready()
+    grants = [e.message for e in ready.messages if isinstance(e.message, RequestVoteReply)]
+    assert [g.granted for g in grants] == [True, False]
+    assert voter.voted_for == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Log replication
+
+
+def append(
+    term: int, prev: int, prev_term: int, entries: list[LogEntry], commit: int = 0
+) -> AppendEntries:
+    return AppendEntries(term, 1, prev, prev_term, tuple(entries), commit, CONFIG.lease_duration, 1)
+
+
+def test_follower_truncates_only_on_a_real_conflict() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    e1, e2, e3 = (LogEntry(1, SetCommand("k", v)) for v in "abc")
+    follower.step(append(1, 0, 0, [e1, e2, e3]), 0.1)
+    follower.advance(follower.take_ready())
+    # A stale, shorter duplicate of the first message must not cut entries 2 and 3.
+    follower.step(append(1, 0, 0, [e1]), 0.2)
+    follower.advance(follower.take_ready())
+    assert follower.log == [e1, e2, e3]
+    # A conflicting entry of a later term at index 2 replaces 2 and everything after it.
+    x = LogEntry(2, SetCommand("k", "x"))
+    follower.step(append(2, 1, 1, [x]), 0.3)
+    ready = follower.take_ready()
+    assert follower.log == [e1, x]
+    assert (ready.first_index, ready.entries) == (2, (x,))
+
+
+def test_mismatch_is_rejected_with_a_fast_backoff_hint() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    entries = [LogEntry(1, NO_OP), LogEntry(1, NO_OP), LogEntry(2, NO_OP)]
+    follower.step(append(2, 0, 0, entries), 0.1)
+    follower.advance(follower.take_ready())
+    follower.step(append(3, 3, 3, []), 0.2)  # index 3 holds term 2, not 3
+    ready = follower.take_ready()
+    (reply,) = [e.message for e in ready.messages]
+    assert isinstance(reply, AppendEntriesReply) and not reply.success
+    assert reply.conflict_index == 3  # first index of the conflicting term
+    follower.advance(ready)
+    follower.step(append(3, 9, 3, []), 0.3)
+    (reply,) = [e.message for e in follower.take_ready().messages]
+    assert isinstance(reply, AppendEntriesReply) and reply.conflict_index == 4
+
+
+def test_followers_commit_from_leader_commit_but_not_past_what_they_verified() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    entries = [LogEntry(1, SetCommand("k", str(i))) for i in range(3)]
+    follower.step(append(1, 0, 0, entries[:2], commit=3), 0.1)
+    assert follower.commit_length == 2
+    assert follower.state_machine.get("k") == "1"
+
+
+def test_leader_never_commits_an_old_term_entry_by_counting_replicas() -> None:
+    # Figure 8: node 1 leads term 3 with an entry of term 2 that is on a majority but was never
+    # committed; it commits only once an entry of term 3 reaches a majority.
+    old = LogEntry(2, SetCommand("k", "old"))
+    state = PersistentState(HardState(2, None), [LogEntry(1, NO_OP), old])
+    leader = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0, persisted=state)
+    leader.tick(5.0)
+    leader.advance(leader.take_ready())
+    leader.step(RequestVoteReply(3, 2, True, 0.0), 5.0)
+    assert leader.role is Role.LEADER
+    leader.advance(leader.take_ready())
+    assert leader.log[-1] == LogEntry(3, NO_OP)
+    round_ = leader._round
+    leader.step(AppendEntriesReply(3, 2, True, 2, 0, round_), 5.1)  # old entry replicated
+    assert leader.commit_length == 0
+    leader.step(AppendEntriesReply(3, 2, True, 3, 0, round_), 5.1)  # the NO-OP replicated
+    assert leader.commit_length == 3
+    assert leader.state_machine.get("k") == "old"
+
+
+def test_leader_counts_itself_only_for_what_it_has_persisted() -> None:
+    solo = RaftNode(1, [], CONFIG, random.Random(0), 0.0)
+    solo.tick(3.0)
+    solo.advance(solo.take_ready())
+    assert solo.commit_length == 1
+    solo.propose(SetCommand("a", "1"), 4.0, token=7)
+    ready = solo.take_ready()
+    assert ready.entries and solo.commit_length == 1  # not durable yet: not committed
+    solo.advance(ready)
+    assert solo.commit_length == 2
+    assert solo.take_ready().replies == (ClientReply(7, WriteDone(2)),)
+
+
+def test_input_between_take_ready_and_advance_is_a_misuse() -> None:
+    h = Harness()
+    h.nodes[1].tick(3.0)
+    h.nodes[1].take_ready()
+    with pytest.raises(CoreMisuseError):
+        h.nodes[1].tick(3.1)
+    # Reads are allowed at any time.
+    assert isinstance(h.nodes[1].read("k", 3.1, 1), Refused)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leases (DESIGN §3)
+
+
+def serving_leader(h: Harness) -> RaftNode:
+    leader = h.elect(1, 3.0)
+    assert leader.commit_length == 1
+    return leader
+
+
+def test_rule1_lease_runs_from_the_send_time_of_the_acknowledged_round() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    h.tick(1, 3.2)  # heartbeat round sent at 3.2
+    h.deliver_all(3.4)  # acknowledged late, at 3.4
+    assert leader.status(3.4).lease_remaining == pytest.approx(3.2 + 0.5 - 3.4)
+
+
+def test_rule1_sending_alone_never_renews_the_lease() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    lease_left = leader.status(3.2).lease_remaining
+    h.tick(1, 3.2)
+    h.in_flight.clear()  # every heartbeat lost
+    assert leader.status(3.2).lease_remaining == pytest.approx(lease_left)
+
+
+def test_rule1_old_round_acks_never_move_the_lease_back_and_higher_terms_do_not_count() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    h.tick(1, 3.2)
+    old = h.take(AppendEntries)
+    h.tick(1, 3.32)
+    h.deliver_all(3.325)
+    assert leader.status(3.325).lease_remaining == pytest.approx(3.32 + 0.5 - 3.325)
+    for _, message in old:  # the older round's acks arrive after
+        assert isinstance(message, AppendEntries)
+        leader.step(AppendEntriesReply(1, 2, True, 1, 0, message.round), 3.4)
+    assert leader.status(3.4).lease_remaining == pytest.approx(3.32 + 0.5 - 3.4)
+    leader.step(AppendEntriesReply(9, 2, False, 0, 0, leader._round), 3.4)
+    assert leader.role is Role.FOLLOWER
+    assert leader.serves_lease_reads(3.4) is False
+
+
+def test_rule1_a_log_mismatch_still_counts_as_an_ack() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    h.tick(1, 3.2)
+    for _, message in h.take(AppendEntries):
+        assert isinstance(message, AppendEntries)
+        leader.step(AppendEntriesReply(1, 2, False, 0, 1, message.round), 3.3)
+    assert leader.status(3.3).lease_remaining == pytest.approx(3.2 + 0.5 - 3.3)
+
+
+def test_rule1_lease_is_shortened_by_the_drift_bound() -> None:
+    drifty = replace(CONFIG, max_clock_drift=0.2)
+    h = Harness(config=drifty)
+    leader = h.elect(1, 3.0)
+    now = 3.1
+    h.tick(1, now)
+    h.deliver_all(now)
+    assert leader.status(now).lease_remaining == pytest.approx(0.5 * 0.8 / 1.2)
+
+
+def test_rule2_followers_keep_the_longest_lease_seen_across_leaders() -> None:
+    follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
+    follower.step(AppendEntries(4, 1, 0, 0, (), 0, 0.5, 1), 10.0)
+    follower.step(AppendEntries(5, 2, 0, 0, (), 0, 0.5, 1), 10.1)
+    follower.step(RequestVote(6, 2, 0, 0), 10.2)
+    reply = [e.message for e in follower.take_ready().messages][-1]
+    assert isinstance(reply, RequestVoteReply)
+    assert reply.old_lease_remaining == pytest.approx(10.1 + 0.5 - 10.2)
+
+
+def test_rule2_a_lease_mismatch_is_logged_and_the_longer_one_kept() -> None:
+    follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
+    follower.step(AppendEntries(4, 1, 0, 0, (), 0, 2.0, 1), 10.0)
+    follower.step(RequestVote(5, 2, 0, 0), 10.5)
+    ready = follower.take_ready()
+    assert any("Configuration error" in e for e in ready.events)
+    reply = [e.message for e in ready.messages][-1]
+    assert isinstance(reply, RequestVoteReply)
+    assert reply.old_lease_remaining == pytest.approx(1.5)
+
+
+def test_rule2_a_restarted_node_assumes_a_full_lease_is_running() -> None:
+    state = PersistentState(HardState(3, None), [LogEntry(3, NO_OP)])
+    node = RaftNode(2, [1, 3], CONFIG, random.Random(0), 50.0, persisted=state)
+    node.step(RequestVote(4, 1, 1, 3), 50.1)
+    reply = [e.message for e in node.take_ready().messages][-1]
+    assert isinstance(reply, RequestVoteReply) and reply.granted
+    assert reply.old_lease_remaining == pytest.approx(0.4)
+
+
+def test_rule3_new_leader_waits_out_the_longest_reported_lease_and_appends_nothing() -> None:
+    drifty = replace(CONFIG, max_clock_drift=0.1)
+    candidate = RaftNode(1, [2, 3], drifty, random.Random(0), 0.0)
+    candidate.tick(5.0)
+    candidate.advance(candidate.take_ready())
+    candidate.step(RequestVoteReply(1, 2, True, 0.3), 5.1)
+    assert candidate.role is Role.LEADER
+    ready = candidate.take_ready()
+    candidate.advance(ready)
+    assert "New Leader waiting for Old Leader Lease to timeout." in ready.events
+    wait_end = 5.1 + 0.3 * 1.1 / 0.9
+    assert candidate.status(5.1).waiting_for_old_lease == pytest.approx(wait_end - 5.1)
+    assert candidate.log == []
+    refused = candidate.propose(SetCommand("a", "1"), 5.2, token=1)
+    assert refused == Refused(Refusal.WAITING_OLD_LEASE, 1)
+    assert candidate.read("a", 5.2, 2) == Refused(Refusal.WAITING_OLD_LEASE, 1)
+    assert candidate.next_deadline() <= wait_end
+    candidate.tick(wait_end - 1e-6)
+    candidate.advance(candidate.take_ready())
+    assert candidate.log == []
+    candidate.tick(wait_end)
+    candidate.advance(candidate.take_ready())
+    assert candidate.log == [LogEntry(1, NO_OP)]
+
+
+def test_rule3_rounds_sent_during_the_wait_do_not_grant_a_lease() -> None:
+    candidate = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0)
+    candidate.tick(5.0)
+    candidate.advance(candidate.take_ready())
+    candidate.step(RequestVoteReply(1, 2, True, 0.4), 5.0)
+    candidate.advance(candidate.take_ready())
+    candidate.step(AppendEntriesReply(1, 2, False, 0, 1, candidate._round), 5.1)
+    assert not candidate.serves_lease_reads(5.2)
+    assert candidate.status(5.2).lease_remaining == 0.0
+
+
+def test_rule4_reads_need_lease_noop_commit_and_leadership() -> None:
+    h = Harness()
+    follower = h.nodes[2]
+    leader = h.elect(1, 3.0)
+    assert follower.read("k", 3.6, 1) == Refused(Refusal.NOT_LEADER, 1)
+    leader.propose(SetCommand("k", "v"), 3.6, token=1)
+    h.flush(1)
+    h.deliver_all(3.6)
+    assert leader.read("k", 3.6, 2) == ReadValue("v")
+    lease_end = 3.6 + leader.status(3.6).lease_remaining
+    assert leader.read("k", lease_end, 3) == Refused(Refusal.NO_LEASE, 1)
+    assert leader.read("missing", 3.61, 4) == ReadValue(None)
+
+
+def test_rule4_no_reads_before_the_terms_noop_commits() -> None:
+    state = PersistentState(HardState(1, None), [LogEntry(1, NO_OP)])
+    leader = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0, persisted=state)
+    leader.tick(5.0)
+    leader.advance(leader.take_ready())
+    leader.step(RequestVoteReply(2, 2, True, 0.0), 5.0)
+    ready = leader.take_ready()
+    leader.advance(ready)
+    assert leader.log[-1] == LogEntry(2, NO_OP)
+    # Both followers answer the NO-OP's round with a log mismatch: a lease, but no commit.
+    for envelope in ready.messages:
+        assert isinstance(envelope.message, AppendEntries)
+        reply = AppendEntriesReply(2, envelope.to, False, 0, 1, envelope.message.round)
+        leader.step(reply, 5.1)
+    assert leader.serves_lease_reads(5.1)
+    assert leader.commit_length < 2
+    assert leader.read("k", 5.1, 1) == Refused(Refusal.NOT_READY, 1)
+
+
+def test_rule5_a_leader_whose_lease_lapses_steps_down() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    deadline = leader.next_deadline()
+    h.tick(1, 3.55)
+    h.in_flight.clear()
+    while leader.role is Role.LEADER:
+        now = leader.next_deadline()
+        h.tick(1, now)
+        h.in_flight.clear()
+        assert now < deadline + 1.0
+    assert "Leader 1 lease renewal failed. Stepping Down." in events(h, 1)
+    assert leader.role is Role.FOLLOWER
+
+
+def test_read_index_mode_answers_after_a_fresh_majority_round() -> None:
+    h = Harness(config=CONFIG.with_read_mode(ReadMode.READ_INDEX))
+    leader = h.elect(1, 3.0)
+    leader.propose(SetCommand("k", "v"), 3.1, token=1)
+    h.flush(1)
+    h.deliver_all(3.1)
+    assert isinstance(leader.read("k", 3.2, 42), ReadPending)
+    h.flush(1)
+    assert not any(r.token == 42 for r in h.replies)
+    h.deliver_all(3.3)
+    assert ClientReply(42, ReadValue("v")) in h.replies
+
+
+def test_a_proposal_returns_its_index_and_a_reply_when_it_applies() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    result = leader.propose(SetCommand("k", "v", "client", 1), 3.2, token=9)
+    assert result == Accepted(2, 1)
+    h.flush(1)
+    h.deliver_all(3.2)
+    assert ClientReply(9, WriteDone(2)) in h.replies
+    assert h.nodes[2].state_machine.get("k") is None  # followers learn of commits later
+    h.tick(1, 3.32)
+    h.deliver_all(3.32)
+    assert all(n.state_machine.get("k") == "v" for n in h.nodes.values())
+
+
+def test_an_overwritten_proposal_is_answered_as_lost() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    leader.propose(SetCommand("k", "v"), 3.6, token=9)
+    h.flush(1)
+    h.in_flight.clear()
+    # Node 2 becomes leader of term 2 without the entry and overwrites index 2.
+    h.tick(2, 10.0)
+    h.deliver_all(10.0)
+    h.tick(2, 10.0 + h.nodes[2].status(10.0).waiting_for_old_lease)
+    h.deliver_all(11.0)
+    assert ClientReply(9, Refused(Refusal.ENTRY_LOST, 2)) in h.replies
