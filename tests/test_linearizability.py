@@ -309,6 +309,34 @@ def test_a_value_written_again_may_be_overwritten_while_still_read() -> None:
     )
 
 
+def test_undoing_a_rewrite_makes_its_value_writable_again() -> None:
+    # The search first tries the concurrent rewrite of 'a', dead-ends, and backs out; 'a'
+    # then has to count as producible again, or 'c' could never be written over it.
+    assert_linearizable(
+        [
+            ok_set("p0", "a", 0, 1),
+            ok_get("p1", "c", 4, 8),
+            ok_set("p2", "a", 4, 6),
+            ok_set("p3", "c", 5, 5),
+            ok_get("p4", "a", 8, 12),
+        ]
+    )
+
+
+def test_unread_write_may_not_be_forced_ahead_of_a_matching_read() -> None:
+    # 'z' is never read, so it is safe to take early, but not before the read of the
+    # current value that is also allowed to go next.
+    assert_linearizable(
+        [
+            ok_set("p0", "a", 0, 1),
+            ok_set("p1", "z", 2, 6),
+            ok_get("p2", "a", 2, 3),
+            ok_set("p3", "b", 4, 5),
+            ok_get("p2", "b", 7, 8),
+        ]
+    )
+
+
 def test_check_key_counts_all_operations_including_ignored_ones() -> None:
     ops = [ok_set("a", "x", 0, 1), fail_set("b", "y", 0, 1), info_get("c", 0)]
     result = check_key(KEY, ops)
@@ -630,6 +658,93 @@ def test_brute_force_oracle_sanity() -> None:
     assert brute_force_linearizable([ok_set("a", "x", 0, 1), ok_get("b", "x", 2, 3)])
     assert not brute_force_linearizable([ok_set("a", "x", 2, 3), ok_get("b", "x", 0, 1)])
     assert brute_force_linearizable([info_set("a", "x", 0), ok_get("b", None, 2, 3)])
+
+
+def exhaustive_order_search(ops: Sequence[Operation], initial: str | None = None) -> bool:
+    """Try every order, abandoning a prefix as soon as it is illegal; no memo, no pruning
+    rules, so it stays an independent oracle while handling ~10 operations."""
+
+    def finish(op: Operation) -> float:
+        return math.inf if op.complete is None else op.complete
+
+    def extends(remaining: list[Operation], register: str | None) -> bool:
+        if all(op.outcome is not Outcome.OK for op in remaining):
+            return True
+        for op in remaining:
+            rest = [other for other in remaining if other is not op]
+            if any(finish(other) < op.invoke for other in rest):
+                continue
+            if op.kind == "get" and op.value != register:
+                continue
+            if extends(rest, op.value if op.kind == "set" else register):
+                return True
+        return False
+
+    relevant = [
+        op
+        for op in ops
+        if op.outcome is Outcome.OK or (op.outcome is Outcome.INFO and op.kind == "set")
+    ]
+    return extends(relevant, initial)
+
+
+def random_plausible_history(rng: random.Random) -> tuple[list[Operation], str | None]:
+    """Up to 10 operations, written values repeat, linearizable by construction unless one
+    read is then corrupted (half the time)."""
+    initial = rng.choice([None, "a"])
+    planned: list[tuple[float, int]] = []
+    kinds: list[str] = []
+    values: list[str | None] = []
+    for index in range(rng.randint(2, 10)):
+        kinds.append(rng.choice(["get", "set"]))
+        values.append(rng.choice(["a", "b", "c"]) if kinds[-1] == "set" else None)
+        planned.append((rng.uniform(0, 10), index))
+    register = initial
+    for _, index in sorted(planned):
+        if kinds[index] == "set":
+            register = values[index]
+        else:
+            values[index] = register
+
+    ops = []
+    for point, index in planned:
+        invoke = point - rng.choice([0, rng.uniform(0, 3)])
+        complete = point + rng.choice([0, rng.uniform(0, 3)])
+        roll = rng.random()
+        if kinds[index] == "set" and roll < 0.15:
+            # Unknown outcome; it really did take effect, maybe long before anyone heard.
+            ops.append(
+                Operation(f"p{index}", "set", KEY, values[index], invoke, None, Outcome.INFO)
+            )
+        else:
+            ops.append(
+                Operation(
+                    f"p{index}", kinds[index], KEY, values[index], invoke, complete, Outcome.OK
+                )
+            )
+    reads = [i for i, op in enumerate(ops) if op.kind == "get"]
+    if reads and rng.random() < 0.5:
+        victim = rng.choice(reads)
+        ops[victim] = dataclasses.replace(ops[victim], value=rng.choice(["a", "b", "c", None]))
+    return ops, initial
+
+
+def test_agrees_with_exhaustive_search_on_medium_random_histories() -> None:
+    verdicts = {True: 0, False: 0}
+    for seed in range(3_000):
+        rng = random.Random(seed)
+        ops, initial = random_plausible_history(rng)
+        expected = exhaustive_order_search(ops, initial)
+        result = check_key(KEY, ops, initial=initial)
+        assert result.ok == expected, f"seed {seed}: {ops}\n{result.explanation}"
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 500, verdicts
+
+
+def test_oracles_agree_with_each_other() -> None:
+    for seed in range(500):
+        ops = random_small_history(random.Random(seed))
+        assert exhaustive_order_search(ops) == brute_force_linearizable(ops), ops
 
 
 # --- scale -----------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class TimingConfig:
     read_mode: ReadMode = ReadMode.LEASE
     # Most entries one AppendEntries carries; bounds message size and follower catch-up bursts.
     max_entries_per_message: int = 512
+    # Soft cap on the characters of keys and values one AppendEntries carries (at least one
+    # entry always goes), so that a burst of large values cannot exceed the transport's limits.
+    max_message_chars: int = 1 << 20
 
     @property
     def leader_lease_span(self) -> float:
@@ -67,6 +70,8 @@ class TimingConfig:
             )
         if self.max_entries_per_message < 1:
             raise ConfigError("max_entries_per_message must be at least 1")
+        if self.max_message_chars < 1:
+            raise ConfigError("max_message_chars must be at least 1")
         if self.heartbeat_interval >= self.leader_lease_span:
             raise ConfigError(
                 f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "

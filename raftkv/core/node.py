@@ -622,12 +622,12 @@ class RaftNode:
         if not peer.pipeline:
             # Probe: resend from next_index until the follower says where its log matches.
             prev_index = peer.next_index - 1
-            entries = self._log[prev_index : prev_index + limit]
+            entries = self._batch_from(prev_index, limit)
         elif peer.next_index <= len(self._log) and (
             peer.next_index - 1 - peer.match_index < 4 * limit
         ):
             prev_index = peer.next_index - 1
-            entries = self._log[prev_index : prev_index + limit]
+            entries = self._batch_from(prev_index, limit)
             peer.next_index += len(entries)
         else:
             # Nothing new (or enough in flight): anchor at the confirmed match, which cannot
@@ -645,6 +645,17 @@ class RaftNode:
             round=self._round,
         )
         self._out.messages.append(Envelope(peer_id, message))
+
+    def _batch_from(self, prev_index: int, limit: int) -> list[LogEntry]:
+        batch = self._log[prev_index : prev_index + limit]
+        budget = self.config.max_message_chars
+        for count, entry in enumerate(batch):
+            command = entry.command
+            if isinstance(command, SetCommand):
+                budget -= len(command.key) + len(command.value)
+            if budget < 0 and count > 0:
+                return batch[:count]
+        return batch
 
     def _on_round_acked(self, now: float) -> None:
         acked = sorted([self._round, *(p.acked_round for p in self._peers.values())], reverse=True)

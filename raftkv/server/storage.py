@@ -86,6 +86,7 @@ from types import TracebackType
 from typing import Final, assert_never
 
 from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
+from raftkv.core.node import HardState
 
 __all__ = [
     "EMPTY_FIELD",
@@ -143,12 +144,6 @@ class StorageCorruption(StorageError):  # noqa: N818
         self.path = os.fspath(path)
         self.line_no = line_no
         self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    term: int
-    voted_for: NodeId | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ class Operation:
     meaningful when the outcome is OK."""
     invoke: float
     complete: float | None
-    """None when the outcome is INFO."""
+    """None when the outcome is INFO (and ignored for INFO operations if given)."""
     outcome: Outcome
 
     def describe(self) -> str:
@@ -154,7 +154,7 @@ def check_key(
             raise ValueError(f"check_key({key!r}) was given an operation on another key: {op}")
 
     read_values = {op.value for op in ops if op.kind == GET and op.outcome is Outcome.OK}
-    candidates: list[Operation] = []
+    relevant: list[Operation] = []
     ignored_failures = ignored_unknown_reads = ignored_unread_writes = 0
     for op in ops:
         if op.outcome is Outcome.FAIL:
@@ -166,10 +166,10 @@ def check_key(
             # always at least as good as any other choice.
             ignored_unread_writes += 1
         else:
-            candidates.append(op)
-    candidates.sort(key=lambda op: (op.invoke, math.inf if op.complete is None else op.complete))
+            relevant.append(op)
+    relevant.sort(key=lambda op: (op.invoke, math.inf if op.complete is None else op.complete))
 
-    search = _RegisterSearch(candidates, initial, max_states, key)
+    search = _RegisterSearch(relevant, initial, max_states, key)
     if search.run():
         return CheckResult(
             True,
@@ -310,6 +310,8 @@ class _RegisterSearch:
                     if self._push(forced, forced=True):
                         fresh = True
                         continue
+                    # Taking it first is safe, so if that configuration is a known dead end,
+                    # so is this one.
                     node = self._backtrack()
                     if node < 0:
                         return False
@@ -337,10 +339,10 @@ class _RegisterSearch:
         """A pending operation that some linearization (if any exists) takes next, or -1.
 
         A read of the current value qualifies: moving it to the front of any linearization
-        of the rest changes nothing anybody observes. Failing that, the first operation of
-        any linearization is a write, and so does a required write whose value nobody will
-        read: it is always followed by a write or nothing, so it can be moved to the front
-        and its old position closed up.
+        of the rest changes nothing anybody observes. Failing that, every linearization
+        starts with a write, and a required write whose value no remaining read returns can
+        be moved to the front: it is always followed by another write or by nothing, so
+        taking it out of its old position changes no read's view either.
         """
         next_node, node_op, node_is_invoke = self.next_node, self.node_op, self.node_is_invoke
         is_set, values, reads_left = self.is_set, self.values, self.reads_left

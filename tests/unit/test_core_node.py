@@ -476,3 +476,21 @@ def test_an_overwritten_proposal_is_answered_as_lost() -> None:
     h.tick(2, 10.0 + h.nodes[2].status(10.0).waiting_for_old_lease)
     h.deliver_all(11.0)
     assert ClientReply(9, Refused(Refusal.ENTRY_LOST, 2)) in h.replies
+
+
+def test_append_entries_batches_are_capped_by_size() -> None:
+    small = replace(CONFIG, max_message_chars=100)
+    h = Harness(config=small)
+    leader = h.elect(1, 3.0)
+    for i in range(5):
+        leader.propose(SetCommand(f"k{i}", "x" * 60), 3.1, token=i)
+    h.flush(1)
+    batches = [m for _, m in h.take(AppendEntries, to=2)]
+    assert batches
+    assert all(isinstance(m, AppendEntries) and 1 <= len(m.entries) <= 2 for m in batches)
+    # One oversized entry still goes alone rather than never.
+    leader.propose(SetCommand("big", "y" * 500), 3.15, token=99)
+    h.deliver_all(3.15)
+    h.tick(1, 3.2)
+    h.deliver_all(3.2)
+    assert h.nodes[2].log[-1].command == SetCommand("big", "y" * 500)

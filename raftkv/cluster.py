@@ -1,0 +1,166 @@
+"""The cluster description: one JSON file naming every node, read by nodes, clients and tools.
+
+`make cluster-up` writes it for a local cluster; the cloud path generates it from Terraform's
+outputs. Example:
+
+    {
+      "name": "local",
+      "profile": "fast",
+      "nodes": [
+        {"id": 0, "address": "127.0.0.1:50050", "host": "localhost", "data_dir": "cluster/data"},
+        ...
+      ]
+    }
+
+`address` is host:port where the node serves both peers and clients; `host` is where tools reach
+the machine (ssh target, or "localhost" for a local cluster); `data_dir` is the parent of the
+node's `logs_node_<id>/` folder on that machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_BASE_PORT = 50050
+DEFAULT_DESCRIPTION = Path("cluster/cluster.json")
+
+
+class ClusterConfigError(ValueError):
+    """The cluster description is missing, malformed or inconsistent; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    id: int
+    address: str
+    host: str = "localhost"
+    data_dir: str = "."
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def bind_host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDescription:
+    nodes: tuple[NodeAddress, ...]
+    name: str = "local"
+    profile: str = "fast"
+    tls: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            raise ClusterConfigError("the cluster description lists no nodes")
+        ids = [n.id for n in self.nodes]
+        if len(set(ids)) != len(ids):
+            raise ClusterConfigError(f"duplicate node ids in {sorted(ids)}")
+        addresses = [n.address for n in self.nodes]
+        if len(set(addresses)) != len(addresses):
+            raise ClusterConfigError("two nodes share one address")
+        for node in self.nodes:
+            _check_address(node.address, f"node {node.id}")
+
+    def node(self, node_id: int) -> NodeAddress:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(str(n.id) for n in self.nodes)
+        raise ClusterConfigError(f"node {node_id} is not in the cluster (nodes: {known})")
+
+    @property
+    def ids(self) -> list[int]:
+        return [n.id for n in self.nodes]
+
+    def to_json(self) -> str:
+        body: dict[str, object] = {
+            "name": self.name,
+            "profile": self.profile,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+        if self.tls:
+            body["tls"] = self.tls
+        return json.dumps(body, indent=2) + "\n"
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(self.to_json())
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterDescription:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ClusterConfigError(
+                f"no cluster description at {path} (start one with `make cluster-up`, "
+                "or pass --cluster FILE / --peers ADDR,...)"
+            ) from None
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ClusterConfigError(f"{path} is not valid JSON: {error}") from None
+        return cls.from_dict(body, source=str(path))
+
+    @classmethod
+    def from_dict(cls, body: object, source: str = "cluster description") -> ClusterDescription:
+        if not isinstance(body, dict) or not isinstance(body.get("nodes"), list):
+            raise ClusterConfigError(f"{source}: expected an object with a list 'nodes'")
+        nodes = []
+        for position, raw in enumerate(body["nodes"]):
+            if not isinstance(raw, dict) or "id" not in raw or "address" not in raw:
+                raise ClusterConfigError(f"{source}: nodes[{position}] needs 'id' and 'address'")
+            if not isinstance(raw["id"], int) or raw["id"] < 0:
+                raise ClusterConfigError(f"{source}: nodes[{position}].id must be an integer ≥ 0")
+            nodes.append(
+                NodeAddress(
+                    id=raw["id"],
+                    address=str(raw["address"]),
+                    host=str(raw.get("host", "localhost")),
+                    data_dir=str(raw.get("data_dir", ".")),
+                )
+            )
+        tls = body.get("tls") or {}
+        if not isinstance(tls, dict):
+            raise ClusterConfigError(f"{source}: 'tls' must be an object")
+        return cls(
+            nodes=tuple(nodes),
+            name=str(body.get("name", "cluster")),
+            profile=str(body.get("profile", "fast")),
+            tls={str(k): str(v) for k, v in tls.items()},
+        )
+
+    @classmethod
+    def from_addresses(cls, addresses: list[str]) -> ClusterDescription:
+        """Nodes numbered 0.. in the order given, as `--peers a:1,b:2,...` lists them."""
+        return cls(tuple(NodeAddress(i, a) for i, a in enumerate(addresses)))
+
+    @classmethod
+    def local(
+        cls,
+        size: int,
+        *,
+        base_port: int = DEFAULT_BASE_PORT,
+        data_dir: str = ".",
+        profile: str = "fast",
+        host: str = "127.0.0.1",
+    ) -> ClusterDescription:
+        """The assignment's `<node_id> <num_nodes>` cluster: ids 0..size-1 on one machine."""
+        if size < 1:
+            raise ClusterConfigError("a cluster needs at least one node")
+        nodes = tuple(
+            NodeAddress(i, f"{host}:{base_port + i}", "localhost", data_dir) for i in range(size)
+        )
+        return cls(nodes, name="local", profile=profile)
+
+
+def _check_address(address: str, what: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterConfigError(f"{what}: address {address!r} is not host:port")

@@ -1,0 +1,164 @@
+"""`raftkv-node`: run one replica.
+
+    raftkv-node 2 5                                   # the assignment's form: node 2 of 5, local
+    raftkv-node --id 2 --cluster cluster/cluster.json --data-dir cluster/data --profile fast
+    raftkv-node --id 0 --peers 10.0.0.1:50050,10.0.0.2:50050,10.0.0.3:50050
+
+Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line or
+configuration, 1 when the node had to stop (port in use, storage failure, corrupt files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from raftkv.cluster import ClusterConfigError, ClusterDescription
+from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
+from raftkv.core.node import UnsafeSwitches
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.dump import DumpLog
+from raftkv.server.replica import GRPC_OPTIONS, FatalNodeError, Replica, ReplicaOptions
+from raftkv.server.service import KeyValueService, RaftService
+from raftkv.server.storage import StorageError, node_data_dir
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raftkv-node",
+        description="Run one raftkv replica.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("positional", nargs="*", help="<node_id> <num_nodes> (assignment form)")
+    parser.add_argument("--id", type=int, dest="node_id", help="this node's id")
+    parser.add_argument("--cluster", type=Path, help="cluster description (JSON)")
+    parser.add_argument("--peers", help="comma-separated host:port of every node, ids 0..n-1")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("."), help="parent of logs_node_<id>/"
+    )
+    parser.add_argument("--profile", default=None, help="timing profile: fast (default) or seed")
+    parser.add_argument("--read-mode", choices=[m.value for m in ReadMode], default=None)
+    parser.add_argument("--lease", type=float, help="override the lease duration (seconds)")
+    parser.add_argument("--max-drift", type=float, help="override max_clock_drift")
+    parser.add_argument("--listen", help="bind address (default: this node's cluster address)")
+    parser.add_argument("--quiet", action="store_true", help="do not echo events to stdout")
+    parser.add_argument("--base-port", type=int, default=50050, help="for the assignment form")
+    for name in UnsafeSwitches.__slots__:
+        parser.add_argument(
+            f"--unsafe-{name.replace('_', '-')}",
+            action="store_true",
+            dest=f"unsafe_{name}",
+            help=argparse.SUPPRESS,
+        )
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, str]:
+    cluster: ClusterDescription
+    if args.positional:
+        if len(args.positional) != 2 or not all(p.isdigit() for p in args.positional):
+            raise StartupError("the positional form is: raftkv-node <node_id> <num_nodes>")
+        node_id, size = (int(p) for p in args.positional)
+        cluster = ClusterDescription.local(size, base_port=args.base_port)
+    else:
+        if args.node_id is None:
+            raise StartupError(
+                "give --id N with --cluster FILE or --peers, or <node_id> <num_nodes>"
+            )
+        node_id = args.node_id
+        if args.cluster and args.peers:
+            raise StartupError("give either --cluster or --peers, not both")
+        if args.cluster:
+            cluster = ClusterDescription.load(args.cluster)
+        elif args.peers:
+            cluster = ClusterDescription.from_addresses(args.peers.split(","))
+        else:
+            raise StartupError("give --cluster FILE or --peers host:port,...")
+    member = cluster.node(node_id)
+    config: TimingConfig = profile(args.profile or cluster.profile)
+    if args.read_mode:
+        config = config.with_read_mode(ReadMode(args.read_mode))
+    if args.lease is not None:
+        config = replace(config, lease_duration=args.lease)
+    if args.max_drift is not None:
+        config = replace(config, max_clock_drift=args.max_drift)
+    unsafe = UnsafeSwitches(**{n: getattr(args, f"unsafe_{n}") for n in UnsafeSwitches.__slots__})
+    options = ReplicaOptions(node_id, cluster, config, args.data_dir, unsafe)
+    return options, args.listen or member.address
+
+
+async def serve(options: ReplicaOptions, listen: str, quiet: bool) -> int:
+    dump = DumpLog(
+        node_data_dir(options.data_root, options.node_id), options.node_id, to_stdout=not quiet
+    )
+    for warning in options.config.validate():
+        dump.write(f"Configuration warning: {warning}")
+    replica = Replica(options, dump)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), server)
+    raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), server)
+    try:
+        bound = server.add_insecure_port(listen)
+    except RuntimeError as error:
+        bound = 0
+        reason = str(error)
+    else:
+        reason = "the port is probably in use"
+    if bound == 0:
+        dump.write(f"Node {options.node_id} cannot listen on {listen}: {reason}.")
+        replica.storage.close()
+        dump.close()
+        return 1
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = asyncio.create_task(replica.run())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if runner.done() and runner.exception() is not None:
+        dump.write(f"Node {options.node_id} stopped: {runner.exception()}")
+        status = 1
+    else:
+        dump.write(f"Node {options.node_id} shutting down.")
+    stopper.cancel()
+    await server.stop(grace=0.2)
+    await replica.stop()
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError, FatalNodeError):
+        await runner
+    dump.close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options, listen = resolve(args)
+        options.config.validate()
+    except (StartupError, ClusterConfigError, ConfigError) as error:
+        print(f"raftkv-node: {error}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(options, listen, args.quiet))
+    except StorageError as error:
+        print(f"raftkv-node: node {options.node_id}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

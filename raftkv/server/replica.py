@@ -1,0 +1,367 @@
+"""The asyncio shell around one core: disk, timers, peers and client waiters.
+
+One task (`run`) owns the core. Inputs (peer messages, proposals) are queued and fed in batches;
+each batch's Ready is persisted in a worker thread — one fsync for everything that queued up while
+the previous one ran (group commit) — then its messages are sent and its replies delivered, and
+only then is the core advanced. Reads bypass the queue: they are checked against the clock at the
+moment they arrive (DESIGN §3 rule 4).
+
+Peer RPCs are request/response on the wire but one-way in the core. Every AppendEntries and
+RequestVote the core receives produces exactly one reply, in order, so an inbound RPC waits on a
+FIFO of futures keyed by (sender, reply type) and the Nth reply resolves the Nth waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from raftkv.cluster import ClusterDescription
+from raftkv.core.config import TimingConfig
+from raftkv.core.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Command,
+    Envelope,
+    Message,
+    ReadPending,
+    ReadValue,
+    Refusal,
+    Refused,
+    RequestVote,
+    RequestVoteReply,
+)
+from raftkv.core.node import (
+    SAFE,
+    HardState,
+    NodeStatus,
+    PersistentState,
+    RaftNode,
+    Ready,
+    UnsafeSwitches,
+)
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server import wire
+from raftkv.server.dump import DumpLog
+from raftkv.server.storage import NodeStorage, StorageError, node_data_dir
+
+# How often, at most, the lazily written commitLength hint is refreshed on disk.
+COMMIT_HINT_INTERVAL = 2.0
+# Peer RPCs in flight per peer before further messages are dropped (Raft tolerates loss).
+MAX_IN_FLIGHT_PER_PEER = 64
+GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class Clock:
+    """This node's monotonic clock. Test-only: RAFTKV_CLOCK_RATE skews its rate."""
+
+    def __init__(self, rate: float = 1.0) -> None:
+        self.rate = rate
+        self._origin = time.monotonic()
+
+    @classmethod
+    def from_environment(cls) -> Clock:
+        return cls(float(os.environ.get("RAFTKV_CLOCK_RATE", "1.0")))
+
+    def now(self) -> float:
+        return (time.monotonic() - self._origin) * self.rate
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    node_id: int
+    cluster: ClusterDescription
+    config: TimingConfig
+    data_root: Path
+    unsafe: UnsafeSwitches = SAFE
+
+
+class FatalNodeError(RuntimeError):
+    """The node cannot continue safely (storage failure, broken invariant)."""
+
+
+class _PeerLink:
+    """Outbound RPCs to one peer: deadlines on every call, bounded calls in flight."""
+
+    def __init__(self, replica: Replica, peer_id: int, address: str, timeout: float) -> None:
+        self.replica = replica
+        self.peer_id = peer_id
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self.stub = raftkv_pb2_grpc.RaftStub(self.channel)
+        self.in_flight = 0
+        self.reachable = True
+        self.failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, message: AppendEntries | RequestVote) -> None:
+        if self.in_flight >= MAX_IN_FLIGHT_PER_PEER:
+            return
+        self.in_flight += 1
+        task = asyncio.create_task(self._call(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, message: AppendEntries | RequestVote) -> None:
+        peers = {self.peer_id}
+        reply: Message
+        try:
+            if isinstance(message, AppendEntries):
+                ae = await self.stub.AppendEntries(
+                    wire.append_entries_to_pb(message), timeout=self.timeout
+                )
+                reply = wire.append_reply_from_pb(ae, peers)
+            else:
+                rv = await self.stub.RequestVote(
+                    wire.request_vote_to_pb(message), timeout=self.timeout
+                )
+                reply = wire.vote_reply_from_pb(rv, peers)
+        except grpc.aio.AioRpcError as error:
+            self._failed(error.code().name, error.details() or "")
+            return
+        except wire.WireError as error:
+            self._failed("INVALID_REPLY", str(error))
+            return
+        finally:
+            self.in_flight -= 1
+        if not self.reachable:
+            self.replica.dump.write(
+                f"Node {self.peer_id} is reachable again after {self.failures} failed RPCs."
+            )
+        self.reachable, self.failures = True, 0
+        self.replica.submit_message(reply)
+
+    def _failed(self, code: str, details: str) -> None:
+        self.failures += 1
+        if self.reachable:
+            # The assignment's sentence, once per outage rather than once per heartbeat.
+            self.replica.dump.write(
+                f"Error occurred while sending RPC to Node {self.peer_id}. ({code}: {details})"
+            )
+        self.reachable = False
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.channel.close(grace=None)
+
+
+class Replica:
+    def __init__(self, options: ReplicaOptions, dump: DumpLog, clock: Clock | None = None) -> None:
+        self.options = options
+        self.node_id = options.node_id
+        self.dump = dump
+        self.clock = clock or Clock()
+        self.address = options.cluster.node(self.node_id).address
+        self.data_dir = node_data_dir(options.data_root, self.node_id)
+        self.storage = NodeStorage(self.data_dir, self.node_id)
+        loaded = self.storage.load()
+        if loaded.dropped_torn_line:
+            dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
+        self._hard_state = loaded.hard_state
+        self._commit_hint_written = loaded.commit_length
+        self._commit_hint_at = 0.0
+        peer_ids = [n.id for n in options.cluster.nodes if n.id != self.node_id]
+        self.core = RaftNode(
+            self.node_id,
+            peer_ids,
+            options.config,
+            random.Random(),
+            self.clock.now(),
+            persisted=PersistentState(loaded.hard_state, loaded.entries, loaded.commit_length),
+            unsafe=options.unsafe,
+        )
+        self._inputs: deque[tuple[Message, None] | tuple[Command, asyncio.Future[object]]] = deque()
+        self._wake = asyncio.Event()
+        self._reply_waiters: dict[tuple[int, type], deque[asyncio.Future[Message]]] = {}
+        self._client_waiters: dict[int, asyncio.Future[object]] = {}
+        self._tokens = itertools.count(1)
+        rpc_timeout = options.config.election_timeout_min
+        self.peers = {
+            n.id: _PeerLink(self, n.id, n.address, rpc_timeout)
+            for n in options.cluster.nodes
+            if n.id != self.node_id
+        }
+        self._stopping = False
+
+    # ------------------------------------------------------------------------------------------
+    # What the gRPC services call
+
+    def submit_message(self, message: Message) -> None:
+        self._inputs.append((message, None))
+        self._wake.set()
+
+    async def exchange(
+        self, message: AppendEntries | RequestVote, timeout: float
+    ) -> Message | None:
+        """Feed an inbound peer request to the core and wait for the core's reply to it."""
+        if isinstance(message, AppendEntries):
+            key: tuple[int, type] = (message.leader_id, AppendEntriesReply)
+        else:
+            key = (message.candidate_id, RequestVoteReply)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._reply_waiters.setdefault(key, deque()).append(future)
+        self.submit_message(message)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None  # the future stays queued (cancelled) so replies keep their order
+
+    async def propose(self, command: Command, timeout: float) -> object:
+        """Returns WriteDone or Refused; raises TimeoutError when the outcome is unknown."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._inputs.append((command, future))
+        self._wake.set()
+        return await asyncio.wait_for(future, timeout)
+
+    async def read(self, key: str, timeout: float) -> ReadValue | Refused:
+        token = next(self._tokens)
+        result = self.core.read(key, self.clock.now(), token)
+        if not isinstance(result, ReadPending):
+            return result
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._client_waiters[token] = future
+        self._wake.set()
+        answer = await asyncio.wait_for(future, timeout)
+        assert isinstance(answer, ReadValue | Refused)
+        return answer
+
+    def status(self) -> NodeStatus:
+        return self.core.status(self.clock.now())
+
+    def leader_address(self, leader_id: int | None) -> str | None:
+        if leader_id is None:
+            return None
+        try:
+            return self.options.cluster.node(leader_id).address
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    async def run(self) -> None:
+        config = self.options.config
+        self.dump.write(
+            f"Node {self.node_id} starting at {self.address}: term {self.core.term}, "
+            f"{len(self.core.log)} log entries, read mode {config.read_mode.value}, "
+            f"election {config.election_timeout_min}-{config.election_timeout_max}s, "
+            f"heartbeat {config.heartbeat_interval}s, lease {config.lease_duration}s, "
+            f"max drift {config.max_clock_drift}."
+        )
+        if self.options.unsafe.enabled():
+            names = ", ".join(self.options.unsafe.enabled())
+            self.dump.write(f"Node {self.node_id} UNSAFE test switches on: {names}.")
+        while not self._stopping:
+            self._wake.clear()
+            self._pump()
+            while self.core.has_ready() and not self._stopping:
+                await self._handle_ready(self.core.take_ready())
+                self._pump()
+            if self._inputs or self._stopping:
+                continue
+            delay = self.core.next_deadline() - self.clock.now()
+            if delay > 0:
+                timeout = None if delay == float("inf") else delay / self.clock.rate
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _pump(self) -> None:
+        now = self.clock.now()
+        while self._inputs:
+            item, future = self._inputs.popleft()
+            if future is None:
+                self.core.step(item, now)  # type: ignore[arg-type]
+                continue
+            token = next(self._tokens)
+            result = self.core.propose(item, now, token)  # type: ignore[arg-type]
+            if isinstance(result, Refused):
+                if not future.done():
+                    future.set_result(result)
+            else:
+                self._client_waiters[token] = future
+        if now >= self.core.next_deadline():
+            self.core.tick(now)
+
+    async def _handle_ready(self, ready: Ready) -> None:
+        for event in ready.events:
+            self.dump.write(event)
+        now = time.monotonic()
+        hint_due = (
+            ready.commit_length != self._commit_hint_written
+            and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL
+        )
+        if ready.needs_persist or hint_due:
+            try:
+                await asyncio.to_thread(self._persist, ready, hint_due)
+            except StorageError as error:
+                self.dump.write(f"Node {self.node_id} storage failure, stopping: {error}")
+                raise FatalNodeError(str(error)) from error
+            if hint_due:
+                self._commit_hint_at = now
+        for envelope in ready.messages:
+            self._dispatch(envelope)
+        for reply in ready.replies:
+            future = self._client_waiters.pop(reply.token, None)
+            if future is not None and not future.done():
+                future.set_result(reply.result)
+        self.core.advance(ready)
+
+    def _persist(self, ready: Ready, write_hint: bool) -> None:
+        """Runs in a worker thread: log lines first, then the metadata that refers to them."""
+        if ready.log_changed:
+            self.storage.append_entries(ready.first_index, ready.entries)
+        if ready.hard_state is not None or write_hint:
+            hard_state = ready.hard_state or self._hard_state
+            self.storage.save_metadata(hard_state, ready.commit_length)
+            self._hard_state = hard_state
+            self._commit_hint_written = ready.commit_length
+
+    def _dispatch(self, envelope: Envelope) -> None:
+        message = envelope.message
+        if isinstance(message, AppendEntriesReply | RequestVoteReply):
+            waiters = self._reply_waiters.get((envelope.to, type(message)))
+            if waiters:
+                future = waiters.popleft()
+                if not future.done():
+                    future.set_result(message)
+            return
+        link = self.peers.get(envelope.to)
+        if link is not None:
+            link.send(message)
+
+    # ------------------------------------------------------------------------------------------
+    # Shutdown
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for future in self._client_waiters.values():
+            if not future.done():
+                future.set_result(Refused(Refusal.NOT_LEADER, None))
+        for link in self.peers.values():
+            await link.close()
+        try:
+            hard_state = HardState(self.core.term, self.core.voted_for)
+            if hard_state == self._hard_state:
+                self.storage.save_metadata(hard_state, self.core.commit_length)
+        except StorageError as error:
+            self.dump.write(f"Node {self.node_id} could not save the commit hint: {error}")
+        self.storage.close()

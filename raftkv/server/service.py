@@ -1,0 +1,222 @@
+"""gRPC services: the peer RPCs, the assignment's ServeClient, and the typed KeyValue API.
+
+Every client input is validated here; nothing a client sends can reach the core malformed or
+crash the node.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from raftkv.core.messages import (
+    AppendEntries,
+    ReadValue,
+    Refusal,
+    Refused,
+    SetCommand,
+    WriteDone,
+)
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server import wire
+from raftkv.server.replica import Replica
+
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_CLIENT_ID_BYTES = 256
+DEFAULT_CLIENT_TIMEOUT = 5.0
+
+
+class RequestError(ValueError):
+    """A malformed client request; the message is shown to the client."""
+
+
+def validate_key(key: str) -> None:
+    if not key:
+        raise RequestError("the key must not be empty")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise RequestError(f"the key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+
+
+def validate_value(value: str) -> None:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_VALUE_BYTES:
+        raise RequestError(f"the value is {size} bytes; the limit is {MAX_VALUE_BYTES}")
+
+
+def parse_assignment_request(request: str) -> tuple[str, str, str | None]:
+    """`GET k` → ("GET", k, None); `SET k v…` → ("SET", k, "v…"). Raises RequestError."""
+    verb, _, rest = request.partition(" ")
+    verb = verb.upper()
+    if verb == "GET":
+        if not rest:
+            raise RequestError("usage: GET <key>")
+        validate_key(rest)
+        return "GET", rest, None
+    if verb == "SET":
+        key, space, value = rest.partition(" ")
+        if not key or not space:
+            raise RequestError("usage: SET <key> <value>")
+        validate_key(key)
+        validate_value(value)
+        return "SET", key, value
+    raise RequestError(f"unknown command {verb!r}: use GET <key> or SET <key> <value>")
+
+
+def _client_timeout(context: grpc.aio.ServicerContext) -> float:
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        return DEFAULT_CLIENT_TIMEOUT
+    return max(0.0, min(remaining - 0.01, 60.0))
+
+
+class RaftService(raftkv_pb2_grpc.RaftServicer):
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.peer_ids = set(replica.peers)
+        self.rpc_timeout = replica.options.config.election_timeout_min
+
+    async def AppendEntries(  # noqa: N802 - gRPC method name
+        self, request: pb.AppendEntriesArgs, context: grpc.aio.ServicerContext
+    ) -> pb.AppendEntriesReply:
+        try:
+            message = wire.append_entries_from_pb(request, self.peer_ids)
+        except wire.WireError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        reply = await self.replica.exchange(message, self.rpc_timeout)
+        if reply is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "node busy or stopping")
+        assert not isinstance(reply, AppendEntries)
+        return wire.append_reply_to_pb(reply)  # type: ignore[arg-type]
+
+    async def RequestVote(  # noqa: N802 - gRPC method name
+        self, request: pb.RequestVoteArgs, context: grpc.aio.ServicerContext
+    ) -> pb.RequestVoteReply:
+        try:
+            message = wire.request_vote_from_pb(request, self.peer_ids)
+        except wire.WireError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        reply = await self.replica.exchange(message, self.rpc_timeout)
+        if reply is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "node busy or stopping")
+        return wire.vote_reply_to_pb(reply)  # type: ignore[arg-type]
+
+    async def ServeClient(  # noqa: N802 - the assignment's method name
+        self, request: pb.ServeClientArgs, context: grpc.aio.ServicerContext
+    ) -> pb.ServeClientReply:
+        replica = self.replica
+        try:
+            verb, key, value = parse_assignment_request(request.Request)
+        except RequestError as error:
+            return pb.ServeClientReply(
+                Data=str(error), LeaderID=_hint_text(replica.status().leader_id), Success=False
+            )
+        timeout = _client_timeout(context)
+        try:
+            if verb == "GET":
+                result: object = await replica.read(key, timeout)
+            else:
+                assert value is not None
+                result = await replica.propose(SetCommand(key, value), timeout)
+        except TimeoutError:
+            return pb.ServeClientReply(
+                Data="timed out; the outcome is unknown",
+                LeaderID=_hint_text(replica.status().leader_id),
+                Success=False,
+            )
+        own = str(replica.node_id)
+        if isinstance(result, ReadValue):
+            return pb.ServeClientReply(Data=result.value or "", LeaderID=own, Success=True)
+        if isinstance(result, WriteDone):
+            return pb.ServeClientReply(Data="", LeaderID=own, Success=True)
+        assert isinstance(result, Refused)
+        return pb.ServeClientReply(
+            Data=result.reason.value, LeaderID=_hint_text(result.leader_hint), Success=False
+        )
+
+
+class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def Get(  # noqa: N802 - gRPC method name
+        self, request: pb.GetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetResponse:
+        try:
+            validate_key(request.key)
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            result = await self.replica.read(request.key, _client_timeout(context))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "read timed out")
+        if isinstance(result, Refused):
+            await self._refuse(context, result)
+        assert isinstance(result, ReadValue)
+        return pb.GetResponse(found=result.value is not None, value=result.value or "")
+
+    async def Set(  # noqa: N802 - gRPC method name
+        self, request: pb.SetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetResponse:
+        try:
+            validate_key(request.key)
+            validate_value(request.value)
+            if len(request.client_id.encode()) > MAX_CLIENT_ID_BYTES:
+                raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
+            if request.client_id and request.seq == 0:
+                raise RequestError("a request with a client_id needs a seq ≥ 1")
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        command = SetCommand(request.key, request.value, request.client_id, request.seq)
+        try:
+            result = await self.replica.propose(command, _client_timeout(context))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the write was not confirmed in time; its outcome is unknown "
+                "(retry with the same client_id and seq)",
+            )
+        if isinstance(result, Refused):
+            await self._refuse(context, result)
+        assert isinstance(result, WriteDone)
+        return pb.SetResponse(index=result.index)
+
+    async def Status(  # noqa: N802 - gRPC method name
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusResponse:
+        status = self.replica.status()
+        response = pb.StatusResponse(
+            node_id=status.node_id,
+            role=status.role.value,
+            term=status.term,
+            log_length=status.log_length,
+            commit_length=status.commit_length,
+            applied_length=status.applied_length,
+            lease_remaining=status.lease_remaining,
+            waiting_for_old_lease=status.waiting_for_old_lease,
+            read_mode=self.replica.options.config.read_mode.value,
+            address=self.replica.address,
+        )
+        if status.leader_id is not None:
+            response.leader_id = status.leader_id
+        return response
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, refused: Refused) -> None:
+        metadata = []
+        if refused.leader_hint is not None:
+            metadata.append(("leader-id", str(refused.leader_hint)))
+            address = self.replica.leader_address(refused.leader_hint)
+            if address:
+                metadata.append(("leader-address", address))
+        context.set_trailing_metadata(tuple(metadata))
+        code = (
+            grpc.StatusCode.FAILED_PRECONDITION
+            if refused.reason is Refusal.NOT_LEADER
+            else grpc.StatusCode.UNAVAILABLE
+        )
+        await context.abort(code, refused.reason.value)
+
+
+def _hint_text(leader: int | None) -> str:
+    return "None" if leader is None else str(leader)

@@ -1,0 +1,136 @@
+"""Conversion between the core's messages and protobuf, validating everything a peer sends.
+
+A peer's message that fails validation raises `WireError`; the RPC answers INVALID_ARGUMENT and
+the core never sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+from raftkv.core.messages import (
+    NO_OP,
+    AppendEntries,
+    AppendEntriesReply,
+    LogEntry,
+    RequestVote,
+    RequestVoteReply,
+    SetCommand,
+)
+from raftkv.rpc import raftkv_pb2 as pb
+
+
+class WireError(ValueError):
+    """A message from the network that the core must not see."""
+
+
+def entry_to_pb(entry: LogEntry) -> pb.LogEntry:
+    command = entry.command
+    if isinstance(command, SetCommand):
+        return pb.LogEntry(
+            term=entry.term,
+            set=pb.SetCommand(
+                key=command.key, value=command.value, client_id=command.client_id, seq=command.seq
+            ),
+        )
+    return pb.LogEntry(term=entry.term, noop=pb.NoOp())
+
+
+def entry_from_pb(message: pb.LogEntry) -> LogEntry:
+    kind = message.WhichOneof("command")
+    if kind == "set":
+        c = message.set
+        return LogEntry(message.term, SetCommand(c.key, c.value, c.client_id, c.seq))
+    if kind == "noop":
+        return LogEntry(message.term, NO_OP)
+    raise WireError("log entry without a command")
+
+
+def append_entries_to_pb(m: AppendEntries) -> pb.AppendEntriesArgs:
+    return pb.AppendEntriesArgs(
+        term=m.term,
+        leader_id=m.leader_id,
+        prev_log_index=m.prev_log_index,
+        prev_log_term=m.prev_log_term,
+        entries=[entry_to_pb(e) for e in m.entries],
+        leader_commit=m.leader_commit,
+        lease_duration=m.lease_duration,
+        round=m.round,
+    )
+
+
+def append_entries_from_pb(m: pb.AppendEntriesArgs, peers: Collection[int]) -> AppendEntries:
+    _check_peer(m.leader_id, peers, "leader_id")
+    if not math.isfinite(m.lease_duration) or m.lease_duration <= 0:
+        raise WireError(f"lease_duration must be a positive number, got {m.lease_duration}")
+    entries = tuple(entry_from_pb(e) for e in m.entries)
+    if any(e.term > m.term for e in entries):
+        raise WireError("an entry's term exceeds the leader's term")
+    if m.prev_log_term > m.term:
+        raise WireError("prev_log_term exceeds the leader's term")
+    return AppendEntries(
+        term=m.term,
+        leader_id=m.leader_id,
+        prev_log_index=m.prev_log_index,
+        prev_log_term=m.prev_log_term,
+        entries=entries,
+        leader_commit=m.leader_commit,
+        lease_duration=m.lease_duration,
+        round=m.round,
+    )
+
+
+def append_reply_to_pb(m: AppendEntriesReply) -> pb.AppendEntriesReply:
+    return pb.AppendEntriesReply(
+        term=m.term,
+        follower_id=m.follower_id,
+        success=m.success,
+        match_index=m.match_index,
+        conflict_index=m.conflict_index,
+        round=m.round,
+    )
+
+
+def append_reply_from_pb(m: pb.AppendEntriesReply, peers: Collection[int]) -> AppendEntriesReply:
+    _check_peer(m.follower_id, peers, "follower_id")
+    return AppendEntriesReply(
+        m.term, m.follower_id, m.success, m.match_index, m.conflict_index, m.round
+    )
+
+
+def request_vote_to_pb(m: RequestVote) -> pb.RequestVoteArgs:
+    return pb.RequestVoteArgs(
+        term=m.term,
+        candidate_id=m.candidate_id,
+        last_log_index=m.last_log_index,
+        last_log_term=m.last_log_term,
+    )
+
+
+def request_vote_from_pb(m: pb.RequestVoteArgs, peers: Collection[int]) -> RequestVote:
+    _check_peer(m.candidate_id, peers, "candidate_id")
+    if m.term == 0:
+        raise WireError("a vote request needs a term ≥ 1")
+    return RequestVote(m.term, m.candidate_id, m.last_log_index, m.last_log_term)
+
+
+def vote_reply_to_pb(m: RequestVoteReply) -> pb.RequestVoteReply:
+    return pb.RequestVoteReply(
+        term=m.term,
+        voter_id=m.voter_id,
+        granted=m.granted,
+        old_lease_remaining=m.old_lease_remaining,
+    )
+
+
+def vote_reply_from_pb(m: pb.RequestVoteReply, peers: Collection[int]) -> RequestVoteReply:
+    _check_peer(m.voter_id, peers, "voter_id")
+    if not math.isfinite(m.old_lease_remaining) or m.old_lease_remaining < 0:
+        raise WireError(f"old_lease_remaining must be ≥ 0, got {m.old_lease_remaining}")
+    return RequestVoteReply(m.term, m.voter_id, m.granted, m.old_lease_remaining)
+
+
+def _check_peer(node_id: int, peers: Collection[int], field: str) -> None:
+    if node_id not in peers:
+        raise WireError(f"{field} {node_id} is not a member of this cluster")
