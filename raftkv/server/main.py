@@ -25,7 +25,13 @@ from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
 from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server.dump import DumpLog
-from raftkv.server.replica import GRPC_OPTIONS, FatalNodeError, Replica, ReplicaOptions
+from raftkv.server.replica import (
+    GRPC_OPTIONS,
+    FatalNodeError,
+    Replica,
+    ReplicaOptions,
+    TlsFiles,
+)
 from raftkv.server.service import KeyValueService, RaftService
 from raftkv.server.storage import StorageError, node_data_dir
 
@@ -55,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", help="bind address (default: this node's cluster address)")
     parser.add_argument("--quiet", action="store_true", help="do not echo events to stdout")
     parser.add_argument("--base-port", type=int, default=50050, help="for the assignment form")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): turns TLS on")
+    parser.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="this node's private key (PEM)")
     for name in UnsafeSwitches.__slots__:
         parser.add_argument(
             f"--unsafe-{name.replace('_', '-')}",
@@ -95,7 +104,16 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, str]:
     if args.max_drift is not None:
         config = replace(config, max_clock_drift=args.max_drift)
     unsafe = UnsafeSwitches(**{n: getattr(args, f"unsafe_{n}") for n in UnsafeSwitches.__slots__})
-    options = ReplicaOptions(node_id, cluster, config, args.data_dir, unsafe)
+    tls = None
+    tls_args = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(tls_args):
+        if not all(tls_args):
+            raise StartupError("TLS needs all of --tls-ca, --tls-cert and --tls-key")
+        for path in tls_args:
+            if not path.is_file():
+                raise StartupError(f"TLS file {path} does not exist")
+        tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    options = ReplicaOptions(node_id, cluster, config, args.data_dir, unsafe, tls)
     return options, args.listen or member.address
 
 
@@ -110,7 +128,10 @@ async def serve(options: ReplicaOptions, listen: str, quiet: bool) -> int:
     raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), server)
     raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), server)
     try:
-        bound = server.add_insecure_port(listen)
+        if options.tls is None:
+            bound = server.add_insecure_port(listen)
+        else:
+            bound = server.add_secure_port(listen, options.tls.server_credentials())
     except RuntimeError as error:
         bound = 0
         reason = str(error)

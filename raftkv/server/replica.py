@@ -69,7 +69,12 @@ GRPC_OPTIONS = [
 
 
 class Clock:
-    """This node's monotonic clock. Test-only: RAFTKV_CLOCK_RATE skews its rate."""
+    """This node's monotonic clock.
+
+    Test-only seam: RAFTKV_CLOCK_RATE makes it run at that multiple of the real monotonic clock,
+    to show what leases depend on (a rate outside 1 ± max_clock_drift breaks their safety).
+    Wall-clock changes never affect it: only time.monotonic() is read.
+    """
 
     def __init__(self, rate: float = 1.0) -> None:
         self.rate = rate
@@ -84,12 +89,32 @@ class Clock:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the CA that signed every node's certificate, and this node's own pair."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.ca.read_bytes(),
+            require_client_auth=False,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+
+
+@dataclass(frozen=True)
 class ReplicaOptions:
     node_id: int
     cluster: ClusterDescription
     config: TimingConfig
     data_root: Path
     unsafe: UnsafeSwitches = SAFE
+    tls: TlsFiles | None = None
 
 
 class FatalNodeError(RuntimeError):
@@ -99,12 +124,18 @@ class FatalNodeError(RuntimeError):
 class _PeerLink:
     """Outbound RPCs to one peer: deadlines on every call, bounded calls in flight."""
 
-    def __init__(self, replica: Replica, peer_id: int, address: str, timeout: float) -> None:
+    def __init__(
+        self, replica: Replica, peer_id: int, address: str, timeout: float, tls: TlsFiles | None
+    ) -> None:
         self.replica = replica
         self.peer_id = peer_id
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        else:
+            credentials = tls.channel_credentials()
+            self.channel = grpc.aio.secure_channel(address, credentials, options=GRPC_OPTIONS)
         self.stub = raftkv_pb2_grpc.RaftStub(self.channel)
         self.in_flight = 0
         self.reachable = True
@@ -168,7 +199,7 @@ class Replica:
         self.options = options
         self.node_id = options.node_id
         self.dump = dump
-        self.clock = clock or Clock()
+        self.clock = clock or Clock.from_environment()
         self.address = options.cluster.node(self.node_id).address
         self.data_dir = node_data_dir(options.data_root, self.node_id)
         self.storage = NodeStorage(self.data_dir, self.node_id)
@@ -195,7 +226,7 @@ class Replica:
         self._tokens = itertools.count(1)
         rpc_timeout = options.config.election_timeout_min
         self.peers = {
-            n.id: _PeerLink(self, n.id, n.address, rpc_timeout)
+            n.id: _PeerLink(self, n.id, n.address, rpc_timeout, options.tls)
             for n in options.cluster.nodes
             if n.id != self.node_id
         }
