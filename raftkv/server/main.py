@@ -4,6 +4,10 @@
     raftkv-node --id 2 --cluster cluster/cluster.json --data-dir cluster/data --profile fast
     raftkv-node --id 0 --peers 10.0.0.1:50050,10.0.0.2:50050,10.0.0.3:50050
 
+Test-only negative controls (never in production): --unsafe-read-without-lease,
+--unsafe-skip-lease-wait, --unsafe-lease-from-ack-time, --unsafe-read-before-noop,
+--unsafe-renew-lease-on-send, --unsafe-forget-lease-on-restart, --unsafe-no-fsync.
+
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line or
 configuration, 1 when the node had to stop (port in use, storage failure, corrupt files).
 """
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): turns TLS on")
     parser.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="this node's private key (PEM)")
+    parser.add_argument("--unsafe-no-fsync", action="store_true", help=argparse.SUPPRESS)
     for name in UnsafeSwitches.__slots__:
         parser.add_argument(
             f"--unsafe-{name.replace('_', '-')}",
@@ -113,7 +118,9 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, str]:
             if not path.is_file():
                 raise StartupError(f"TLS file {path} does not exist")
         tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
-    options = ReplicaOptions(node_id, cluster, config, args.data_dir, unsafe, tls)
+    options = ReplicaOptions(
+        node_id, cluster, config, args.data_dir, unsafe, tls, fsync=not args.unsafe_no_fsync
+    )
     return options, args.listen or member.address
 
 

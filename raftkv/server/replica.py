@@ -115,6 +115,8 @@ class ReplicaOptions:
     data_root: Path
     unsafe: UnsafeSwitches = SAFE
     tls: TlsFiles | None = None
+    # False only for the `--unsafe-no-fsync` negative control.
+    fsync: bool = True
 
 
 class FatalNodeError(RuntimeError):
@@ -202,7 +204,7 @@ class Replica:
         self.clock = clock or Clock.from_environment()
         self.address = options.cluster.node(self.node_id).address
         self.data_dir = node_data_dir(options.data_root, self.node_id)
-        self.storage = NodeStorage(self.data_dir, self.node_id)
+        self.storage = NodeStorage(self.data_dir, self.node_id, sync=options.fsync)
         loaded = self.storage.load()
         if loaded.dropped_torn_line:
             dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
@@ -297,8 +299,9 @@ class Replica:
             f"heartbeat {config.heartbeat_interval}s, lease {config.lease_duration}s, "
             f"max drift {config.max_clock_drift}."
         )
-        if self.options.unsafe.enabled():
-            names = ", ".join(self.options.unsafe.enabled())
+        unsafe = self.options.unsafe.enabled() + ([] if self.options.fsync else ["no_fsync"])
+        if unsafe:
+            names = ", ".join(unsafe)
             self.dump.write(f"Node {self.node_id} UNSAFE test switches on: {names}.")
         while not self._stopping:
             self._wake.clear()
