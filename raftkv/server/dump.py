@@ -1,24 +1,28 @@
 """dump.txt: every event the node prints, one ISO-8601-timestamped line each, rotated by size.
 
 The core's sentences (`Node 2 became the leader for term 3.`, …) are kept verbatim after the
-timestamp so that dumps from every node can be merged and reviewed by machine.
+timestamp so that dumps from every node can be merged and reviewed by machine. A Ready's events
+are written with one write() and one flush: a busy leader produces several lines per request.
+The file is not fsynced — it is a diagnostic record, not state.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 DUMP_FILE = "dump.txt"
 
 
-class _IsoFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
-        return f"{stamp} {record.getMessage()}"
+def timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _one_line(event: str) -> str:
+    return event.replace("\n", "\\n").replace("\r", "\\r")
 
 
 class DumpLog:
@@ -32,28 +36,44 @@ class DumpLog:
         backups: int = 3,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.node_id = node_id
         self.path = directory / DUMP_FILE
-        self._logger = logging.getLogger(f"raftkv.dump.{node_id}.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        formatter = _IsoFormatter()
-        file_handler = logging.handlers.RotatingFileHandler(
-            self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
-        file_handler.setFormatter(formatter)
-        self._handlers: list[logging.Handler] = [file_handler]
-        if to_stdout:
-            stream = logging.StreamHandler(sys.stdout)
-            stream.setFormatter(formatter)
-            self._handlers.append(stream)
-        for handler in self._handlers:
-            self._logger.addHandler(handler)
+        self._max_bytes = max_bytes
+        self._backups = backups
+        self._stdout: TextIO | None = sys.stdout if to_stdout else None
+        self._file = self.path.open("a", encoding="utf-8")
+        self._size = self._file.tell()
 
     def write(self, line: str) -> None:
+        self.write_lines((line,))
+
+    def write_lines(self, lines: Iterable[str]) -> None:
+        stamp = timestamp()
         # One line per event: a newline inside a key or value must not forge a second event.
-        self._logger.info(line.replace("\n", "\\n").replace("\r", "\\r"))
+        text = "".join(f"{stamp} {_one_line(line)}\n" for line in lines)
+        if not text:
+            return
+        self._file.write(text)
+        self._file.flush()
+        if self._stdout is not None:
+            self._stdout.write(text)
+            self._stdout.flush()
+        self._size += len(text)
+        if self._size >= self._max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for index in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{DUMP_FILE}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{DUMP_FILE}.{index + 1}"))
+        if self._backups > 0:
+            self.path.replace(self.path.with_name(f"{DUMP_FILE}.1"))
+        else:
+            self.path.unlink()
+        self._file = self.path.open("a", encoding="utf-8")
+        self._size = 0
 
     def close(self) -> None:
-        for handler in self._handlers:
-            self._logger.removeHandler(handler)
-            handler.close()
+        self._file.close()

@@ -335,8 +335,7 @@ class Replica:
             self.core.tick(now)
 
     async def _handle_ready(self, ready: Ready) -> None:
-        for event in ready.events:
-            self.dump.write(event)
+        self.dump.write_lines(ready.events)
         now = time.monotonic()
         hint_due = (
             ready.commit_length != self._commit_hint_written
