@@ -12,6 +12,7 @@ outputs. Example:
       ]
     }
 
+`tls` (optional) is `{"ca": PATH}`: the nodes serve TLS with certificates signed by that CA.
 `address` is host:port where the node serves both peers and clients; `host` is where tools reach
 the machine (ssh target, or "localhost" for a local cluster); `data_dir` is the parent of the
 node's `logs_node_<id>/` folder on that machine.

@@ -63,6 +63,8 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Accept clients' keepalive pings (every 30 s) instead of answering GOAWAY too_many_pings.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]

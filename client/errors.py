@@ -1,0 +1,84 @@
+"""What the raftkv client raises.
+
+    RaftKVError
+    ├── InvalidRequestError      the request is malformed; retrying cannot help
+    └── NoLeaderError            no node could serve before the deadline
+        └── UnknownOutcomeError  a SET may or may not have been applied
+
+Catch `UnknownOutcomeError` before `NoLeaderError`: it is the more specific (and more worrying)
+case, and every `UnknownOutcomeError` is also a `NoLeaderError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class RaftKVError(Exception):
+    """Base class of every error the raftkv client raises on purpose."""
+
+
+class InvalidRequestError(RaftKVError):
+    """The request is malformed (empty or oversized key, oversized value, invalid text, ...).
+
+    Raised before sending when the client can tell, or when a node answers INVALID_ARGUMENT.
+    Never retried: every node would refuse it the same way.
+    """
+
+
+class NoLeaderError(RaftKVError):
+    """The deadline passed and no node served the request.
+
+    `node_errors` maps a node label ("node 0", or an address a node pointed us to that is not in
+    the cluster description) to what that node last said, in the order of the description.
+    """
+
+    def __init__(self, node_errors: Mapping[str, str], elapsed: float) -> None:
+        self.node_errors: dict[str, str] = dict(node_errors)
+        self.elapsed = elapsed
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        if self.node_errors:
+            said = ", ".join(f"{label} {what}" for label, what in self.node_errors.items())
+        else:
+            # Only when the deadline passed while the request waited behind this client's
+            # earlier SETs.
+            said = "no node was tried before the deadline"
+        return f"no leader: {said} (gave up after {self.elapsed:.1f}s)"
+
+
+class UnknownOutcomeError(NoLeaderError):
+    """A SET was sent but never acknowledged: it may or may not have been applied.
+
+    At least one attempt ended without a definite refusal (a timeout, or a connection that broke
+    after the request left). Retrying the same logical write is safe only through the same client
+    instance's dedup (client_id, seq), which this client already did until the deadline; a new
+    `set()` call is a new write.
+    """
+
+    def __init__(
+        self,
+        node_errors: Mapping[str, str],
+        elapsed: float,
+        *,
+        key: str,
+        client_id: str,
+        seq: int,
+    ) -> None:
+        self.key = key
+        self.client_id = client_id
+        self.seq = seq
+        super().__init__(node_errors, elapsed)
+
+    def _describe(self) -> str:
+        return (
+            f"outcome unknown: SET {_preview(self.key)} (client {self.client_id}, seq "
+            f"{self.seq}) may or may not have been applied; {super()._describe()}"
+        )
+
+
+def _preview(text: str, limit: int = 40) -> str:
+    # Keys may be a kilobyte long; an error message only needs enough to recognise one.
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
