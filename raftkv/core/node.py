@@ -559,6 +559,10 @@ class RaftNode:
                 self._send_append(msg.follower_id, peer)
         elif msg.conflict_index > 0:
             peer.pipeline = False
+            if msg.conflict_index <= peer.match_index:
+                # The follower lost entries it had acknowledged (a damaged disk, an operator
+                # cutting its log): believe its log as it is now, or we would probe forever.
+                peer.match_index = msg.conflict_index - 1
             peer.next_index = max(peer.match_index + 1, min(peer.next_index, msg.conflict_index))
             self._send_append(msg.follower_id, peer)
 

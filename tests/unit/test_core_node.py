@@ -73,7 +73,10 @@ class Harness:
         self.flush(node_id)
 
     def deliver_all(self, now: float, *, drop_to: set[int] | None = None) -> None:
+        delivered = 0
         while self.in_flight:
+            delivered += 1
+            assert delivered < 10_000, "messages never stop flowing: a livelock"
             _, envelope = self.in_flight.pop(0)
             if drop_to and envelope.to in drop_to:
                 continue
@@ -494,3 +497,21 @@ def test_append_entries_batches_are_capped_by_size() -> None:
     h.tick(1, 3.2)
     h.deliver_all(3.2)
     assert h.nodes[2].log[-1].command == SetCommand("big", "y" * 500)
+
+
+def test_a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    for i in range(3):
+        leader.propose(SetCommand("k", str(i)), 3.1, token=i)
+    h.flush(1)
+    h.deliver_all(3.1)
+    assert len(h.nodes[2].log) == 4
+    # Node 2 restarts having lost its last two (acknowledged) entries.
+    state = PersistentState(HardState(1, 1), h.nodes[2].log[:2])
+    h.nodes[2] = RaftNode(2, [1, 3], CONFIG, random.Random(5), 3.2, persisted=state)
+    h.tick(1, 3.21)
+    h.deliver_all(3.21)
+    h.tick(1, 3.32)
+    h.deliver_all(3.32)
+    assert h.nodes[2].log == leader.log
