@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", type=Path, help="cluster description (JSON)")
     parser.add_argument("--peers", help="comma-separated host:port of every node, ids 0..n-1")
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("."), help="parent of logs_node_<id>/"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="parent of logs_node_<id>/ (default: the node's data_dir in the description, or .)",
     )
     parser.add_argument("--profile", default=None, help="timing profile: fast (default) or seed")
     parser.add_argument("--read-mode", choices=[m.value for m in ReadMode], default=None)
@@ -119,7 +122,13 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, str]:
                 raise StartupError(f"TLS file {path} does not exist")
         tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
     options = ReplicaOptions(
-        node_id, cluster, config, args.data_dir, unsafe, tls, fsync=not args.unsafe_no_fsync
+        node_id,
+        cluster,
+        config,
+        args.data_dir or Path(member.data_dir),
+        unsafe,
+        tls,
+        fsync=not args.unsafe_no_fsync,
     )
     return options, args.listen or member.address
 
@@ -145,7 +154,9 @@ async def serve(options: ReplicaOptions, listen: str, quiet: bool) -> int:
     else:
         reason = "the port is probably in use"
     if bound == 0:
+        reason = reason.rstrip(".")
         dump.write(f"Node {options.node_id} cannot listen on {listen}: {reason}.")
+        print(f"raftkv-node: cannot listen on {listen}: {reason}.", file=sys.stderr)
         replica.storage.close()
         dump.close()
         return 1

@@ -65,6 +65,14 @@ GRPC_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     # Accept clients' keepalive pings (every 30 s) instead of answering GOAWAY too_many_pings.
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # gRPC shares ports (SO_REUSEPORT) by default: a second node started on a taken port would
+    # silently get half the connections instead of failing to start.
+    ("grpc.so_reuseport", 0),
+    # Reconnect to a restarted peer within a heartbeat or two, before its election timer fires
+    # (gRPC's default back-off starts at 1 s and grows to 2 minutes).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
