@@ -4,9 +4,10 @@ The caller (the asyncio shell, or the test simulator) drives it:
 
 1. Feed inputs: `step(message, now)`, `propose(command, now, token)`, `tick(now)` when
    `next_deadline()` has passed. `read(key, now, token)` may be called at any time.
-2. `take_ready()` hands back everything to do. The caller must, in this order:
-   persist `ready.first_index/entries` to the log and then `ready.hard_state` (durably), send
-   `ready.messages`, deliver `ready.replies`, and call `advance(ready)`.
+2. `take_ready()` hands back everything to do. The caller must, in this order: send
+   `ready.messages_before_persist()`, persist `ready.first_index/entries` to the log and then
+   `ready.hard_state` (durably), send `ready.messages_after_persist()`, deliver
+   `ready.replies`, and call `advance(ready)`.
    No other input except `read` may be fed between `take_ready` and `advance`.
 
 Rules kept here (the reader may want Figure 2 of the Raft paper open):
@@ -121,6 +122,22 @@ class Ready:
     @property
     def needs_persist(self) -> bool:
         return self.hard_state is not None or self.log_changed
+
+    def messages_before_persist(self) -> tuple[Envelope, ...]:
+        """Messages that may go out while this Ready is still being persisted.
+
+        A leader's AppendEntries do not depend on its own copy being durable (it counts itself
+        only after `advance`), so replication overlaps the leader's fsync (Raft thesis §10.2.1).
+        Anything else — votes, acknowledgements, a term change — waits for the disk.
+        """
+        if self.hard_state is not None:
+            return ()
+        return tuple(e for e in self.messages if isinstance(e.message, AppendEntries))
+
+    def messages_after_persist(self) -> tuple[Envelope, ...]:
+        if self.hard_state is not None:
+            return self.messages
+        return tuple(e for e in self.messages if not isinstance(e.message, AppendEntries))
 
     def is_empty(self) -> bool:
         return not (

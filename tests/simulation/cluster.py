@@ -319,6 +319,8 @@ class Simulation:
                 self.world.log(f"[{node.node_id}] {event}")
             self.checker.on_ready(node.node_id, core, ready, now)
             if ready.needs_persist:
+                for envelope in ready.messages_before_persist():
+                    self._send_to_node(node.node_id, envelope)
                 node.pending_ready = ready
                 disk = self.rng.choice([0.0, 0.0001, 0.001, self.config.heartbeat_interval * 0.2])
                 self.world.after(disk, lambda: self._persisted(node, core, ready))
@@ -346,7 +348,8 @@ class Simulation:
         self._process(node)
 
     def _deliver(self, node: SimNode, ready: Ready) -> None:
-        for envelope in ready.messages:
+        messages = ready.messages_after_persist() if ready.needs_persist else ready.messages
+        for envelope in messages:
             self._send_to_node(node.node_id, envelope)
         for reply in ready.replies:
             self._answer_later(node, reply)
