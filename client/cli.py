@@ -6,6 +6,7 @@
     raftkv set KEY VALUE...   store the VALUE words joined by single spaces; prints OK
     raftkv status             one row per node: role, term, commit, leader, lease, reachable
     raftkv shell              interactive GET / SET / STATUS prompt (also reads piped stdin)
+    raftkv bench [OPTIONS]    benchmark a cluster (own options: raftkv bench --help)
 
 The cluster comes from --peers (ids 0..n-1 in the order given), else --cluster, else the file
 named by $RAFTKV_CLUSTER, else cluster/cluster.json.
@@ -75,6 +76,11 @@ commands (case-insensitive):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:  # the benchmark has its own options: `raftkv bench --help`
+        from raftkv.bench import main as bench_main
+
+        return bench_main(arguments[1:])
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
