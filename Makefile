@@ -21,13 +21,18 @@ venv: $(STAMP)
 proto: venv
 	$(PY) -m grpc_tools.protoc -Iraftkv/rpc=proto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftkv.proto
 
-test: venv
+# Everything the tests need: the deploy extra and, as root, the Debian packages for network
+# namespaces, nftables, libfaketime and the systemd-nspawn host lab.
+test: venv test-deps infra-deps
 	$(PY) -m pytest
 
-lint: venv
-	$(PY) -m ruff check raftkv client tests
-	$(PY) -m ruff format --check raftkv client tests
+lint: venv infra-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy raftkv client tests
+	$(PY) -m mypy --explicit-package-bases fabfile.py infra/deploy.py infra/wheelhouse.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint -q -c infra/ansible/.ansible-lint infra/ansible
+	terraform fmt -check -recursive infra/terraform
 
 # Many more seeded clusters than `make test` runs; prints one line per failing seed.
 soak: venv
@@ -38,3 +43,141 @@ sim: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- A local cluster in the background (raftkv/localcluster.py) -----------------------------
+# Files in cluster/: cluster.json, data/logs_node_<id>/, node-<id>.pid, node-<id>.out.
+.PHONY: cluster-up cluster-down cluster-clean cluster-status
+
+# CLOUD=gcp deploys to Google Cloud instead (infra/deploy.py: Terraform, then Ansible).
+CLOUD ?= local
+SSH_KEY ?=
+ifeq ($(CLOUD),gcp)
+cluster-up: infra-deps
+	$(PY) infra/deploy.py up $(if $(SSH_KEY),--ssh-key $(SSH_KEY))
+
+cluster-down: infra-deps
+	$(PY) infra/deploy.py down
+else
+cluster-up: venv
+	$(PY) -m raftkv.localcluster up --nodes $(N) --dir cluster
+
+cluster-down: venv
+	$(PY) -m raftkv.localcluster down --dir cluster
+endif
+
+cluster-clean: venv
+	$(PY) -m raftkv.localcluster clean --dir cluster
+
+cluster-status: venv
+	$(PY) -m raftkv.localcluster status --dir cluster
+
+# --- Fault tests on real processes (tests/faults) -------------------------------------------
+# Network namespaces, nftables partitions and libfaketime need these binaries. Installed only
+# when one is missing and only as root (the tests skip with a reason otherwise); quiet and
+# idempotent. `apt-get update` runs only if the first install attempt fails (no package lists).
+FAULT_PKGS_CHECK = ip:iproute2 nft:nftables faketime:faketime strace:strace setpriv:util-linux
+
+.PHONY: test-deps faults soak-faults
+
+test-deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  for pair in $(FAULT_PKGS_CHECK); do \
+	    bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	    command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /sbin/$$bin ] || missing="$$missing $$pkg"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "test-deps: installing$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
+	      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+	           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	  fi; \
+	fi
+
+# --- Benchmarks (raftkv/bench) --------------------------------------------------------------
+# `make bench` measures our own 3-node cluster (temp dir, fsync on); BENCH_ARGS adds options
+# (`make bench BENCH_ARGS="-c 1 --workloads get"`, see `raftkv bench --help`). `make bench-peers`
+# runs the whole comparison with etcd 3.4 (Debian) and PySyncObj in one command.
+BENCH_ARGS ?=
+BENCH_PEERS_ARGS ?= --against etcd,pysyncobj --latency --wan 50ms --failover 5 --fill 100000
+
+.PHONY: bench bench-peers bench-deps
+
+bench: venv
+	$(VENV)/bin/raftkv bench $(BENCH_ARGS)
+
+# PySyncObj + etcd3 (descriptor source) from PyPI, etcd from Debian (as root; the packaged
+# service is not used and is stopped where systemd runs it), and the etcd stubs (cache dir).
+bench-deps: venv
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@if ! command -v etcd >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "bench-deps: installing etcd-server etcd-client"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null 2>&1 \
+	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null; }; \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi; \
+	fi
+	@command -v etcd >/dev/null 2>&1 || { echo "bench-deps: etcd is missing (apt-get install etcd-server etcd-client as root)"; exit 1; }
+	$(PY) -m raftkv.bench.etcdstubs >/dev/null
+
+bench-peers: bench-deps
+	$(VENV)/bin/raftkv bench $(BENCH_PEERS_ARGS) $(BENCH_ARGS)
+
+# The fault tests alone (make test runs them too): kill -9, SIGSTOP, kernel partitions, delay,
+# clock skew, lease scenarios, negative controls and short Jepsen-style runs. ~6 min.
+faults: venv test-deps
+	$(PY) -m pytest tests/faults
+
+# Long randomized runs on real processes (not part of make test): the soak-marked tests
+# (every fault, delay proxies), then FAULT_RUNS runs of FAULT_TIME s with kernel partitions.
+FAULT_RUNS ?= 10
+FAULT_TIME ?= 120
+FAULT_SEED ?= 1000
+soak-faults: venv test-deps
+	RAFTKV_SOAK=1 $(PY) -m pytest -m soak tests/faults
+	$(PY) -m tests.faults.jepsen --time $(FAULT_TIME) --runs $(FAULT_RUNS) --seed $(FAULT_SEED) \
+	  --nemesis kill,pause,partition,clock
+
+# --- Deployment kit: infra/ (Terraform, Ansible, host lab), fabfile.py --------------------------
+# infra-deps: the deploy extra in the venv (ansible-core, ansible-lint, fabric, python-terraform,
+# python-hcl2, matplotlib, cryptography) and, as root, the Debian packages the host-lab test needs
+# (systemd-nspawn containers on a bridge). Installs only what is missing; idempotent.
+DEPLOY_STAMP := $(VENV)/.deploy-installed-stamp
+INFRA_PKGS_CHECK = debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 nft:nftables ssh:openssh-client systemd-analyze:systemd
+
+.PHONY: infra-deps infra-lint infra-test
+
+$(DEPLOY_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,deploy]'
+	@touch $@
+
+infra-deps: $(DEPLOY_STAMP)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  for pair in $(INFRA_PKGS_CHECK); do \
+	    bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	    command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /sbin/$$bin ] || missing="$$missing $$pkg"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "infra-deps: installing$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
+	      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+	           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	  fi; \
+	else \
+	  echo "infra-deps: not root, so no Debian packages installed (the host-lab test will skip)"; \
+	fi
+
+INFRA_PY = fabfile.py infra/deploy.py infra/wheelhouse.py infra/ansible/roles/raftkv/files/raftkv_probe.py \
+	raftkv/certs.py raftkv/logreview.py raftkv/logreview_plot.py tests/infra
+
+infra-lint: infra-deps
+	$(PY) -m ruff check $(INFRA_PY)
+	$(PY) -m ruff format --check $(INFRA_PY)
+	$(PY) -m mypy --explicit-package-bases $(INFRA_PY)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint -c infra/ansible/.ansible-lint infra/ansible
+	terraform fmt -check -recursive infra/terraform
+
+# The host-lab test boots three containers and deploys to them (~5-10 min on 2 shared cores).
+infra-test: infra-deps
+	$(PY) -m pytest tests/infra

@@ -7,6 +7,8 @@
     raftkv status             one row per node: role, term, commit, leader, lease, reachable
     raftkv shell              interactive GET / SET / STATUS prompt (also reads piped stdin)
     raftkv bench [OPTIONS]    benchmark a cluster (own options: raftkv bench --help)
+    raftkv logs review DIR    merge gathered dump files, check invariants (--plot FILE.png)
+    raftkv certs --out DIR    make a CA and per-node TLS certificates (raftkv certs --help)
 
 The cluster comes from --peers (ids 0..n-1 in the order given), else --cluster, else the file
 named by $RAFTKV_CLUSTER, else cluster/cluster.json.
@@ -81,6 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raftkv.bench import main as bench_main
 
         return bench_main(arguments[1:])
+    if arguments[:1] == ["logs"]:  # raftkv logs review DIR [--plot FILE.png] [--timeline]
+        from raftkv.logreview import main as logs_main
+
+        return logs_main(arguments[1:])
+    if arguments[:1] == ["certs"]:  # raftkv certs --out DIR (--cluster FILE | --hosts ID=SAN,...)
+        from raftkv.certs import main as certs_main
+
+        return certs_main(arguments[1:])
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

@@ -12,7 +12,8 @@ outputs. Example:
       ]
     }
 
-`tls` (optional) is `{"ca": PATH}`: the nodes serve TLS with certificates signed by that CA.
+`tls` (optional) is `{"ca": PATH}`: the nodes serve TLS with certificates signed by that CA
+(a relative PATH is relative to the description file's folder).
 `address` is host:port where the node serves both peers and clients; `host` is where tools reach
 the machine (ssh target, or "localhost" for a local cluster); `data_dir` is the parent of the
 node's `logs_node_<id>/` folder on that machine.
@@ -21,7 +22,7 @@ node's `logs_node_<id>/` folder on that machine.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_BASE_PORT = 50050
@@ -107,7 +108,12 @@ class ClusterDescription:
             body = json.loads(text)
         except json.JSONDecodeError as error:
             raise ClusterConfigError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(body, source=str(path))
+        description = cls.from_dict(body, source=str(path))
+        if description.tls:
+            # Paths in the file are relative to the file's own folder.
+            tls = {k: str((path.parent / v).resolve()) for k, v in description.tls.items()}
+            description = replace(description, tls=tls)
+        return description
 
     @classmethod
     def from_dict(cls, body: object, source: str = "cluster description") -> ClusterDescription:
