@@ -106,6 +106,7 @@ class Refusal(Enum):
     NO_LEASE = "leader holds no valid lease"
     NOT_READY = "leader has not committed an entry of its term yet"
     WAITING_OLD_LEASE = "new leader is waiting for the old leader's lease to end"
+    # Only this node's copy: another may still commit, so a SET's outcome is unknown.
     ENTRY_LOST = "entry was overwritten by another leader"
 
 

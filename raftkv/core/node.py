@@ -440,6 +440,10 @@ class RaftNode:
             self.term = term
             self.voted_for = None
             self._hard_state_dirty = True
+        if self.role is not Role.FOLLOWER:
+            # A follower keeps its deadline: a higher term alone (say, a denied candidate's) is
+            # no news of a leader, and resetting on it would let stale candidates stall elections.
+            self._reset_election_timer(now)
         self.role = Role.FOLLOWER
         self.leader_id = leader
         self._peers.clear()
@@ -449,7 +453,6 @@ class RaftNode:
         self._next_heartbeat = NEVER
         self._noop_index = 0
         self._replicate_wanted = self._read_round_wanted = False
-        self._reset_election_timer(now)
 
     def _start_election(self, now: float) -> None:
         self._out.events.append(f"Node {self.id} election timer timed out, Starting election.")

@@ -210,11 +210,13 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             if address:
                 metadata.append(("leader-address", address))
         context.set_trailing_metadata(tuple(metadata))
-        code = (
-            grpc.StatusCode.FAILED_PRECONDITION
-            if refused.reason is Refusal.NOT_LEADER
-            else grpc.StatusCode.UNAVAILABLE
-        )
+        if refused.reason is Refusal.NOT_LEADER:
+            code = grpc.StatusCode.FAILED_PRECONDITION
+        elif refused.reason is Refusal.ENTRY_LOST:
+            # This node's copy was overwritten, but another node may still commit one: unknown.
+            code = grpc.StatusCode.ABORTED
+        else:
+            code = grpc.StatusCode.UNAVAILABLE
         await context.abort(code, refused.reason.value)
 
 
