@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raftkv.core.node import UnsafeSwitches
-from tests.simulation.__main__ import Options, run_seeds
 from tests.simulation.cluster import ALL_FAULTS, make_scenario, run_scenario
+from tests.simulation.runner import Options, run_seeds
 
 MAKE_TEST_SEEDS = 500
 

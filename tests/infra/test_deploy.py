@@ -122,7 +122,9 @@ def test_terraform_outputs_become_the_cluster_files(
     description = ClusterDescription.load(cluster_json)
     assert [n.address for n in description.nodes] == [f"192.0.2.{10 + i}:50051" for i in range(3)]
     assert [n.host for n in description.nodes] == [f"deploy@192.0.2.{10 + i}" for i in range(3)]
-    assert description.profile == "seed" and description.tls == {"ca": "tls/ca.pem"}
+    assert '"ca": "tls/ca.pem"' in cluster_json.read_text()  # relative to the file's folder
+    expected_ca = str((cluster_json.parent / "tls" / "ca.pem").resolve())
+    assert description.profile == "seed" and description.tls == {"ca": expected_ca}
     text = inventory.read_text()
     assert "n2:\n          ansible_host: 192.0.2.12\n          raftkv_node_id: 2\n" in text
     before = cluster_json.stat().st_mtime_ns

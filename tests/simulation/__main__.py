@@ -9,51 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 
 from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
 
 from .cluster import ALL_FAULTS, SIM_PROFILES, make_scenario, run_scenario
-
-
-@dataclass(frozen=True)
-class Options:
-    nodes: int | None
-    profile: str | None
-    faults: frozenset[str]
-    read_mode: ReadMode | None
-    unsafe: UnsafeSwitches
-
-
-@dataclass(frozen=True)
-class SeedOutcome:
-    seed: int
-    ok: bool
-    description: str
-    failure: str
-    operations: int
-
-
-def run_seed(seed: int, options: Options) -> SeedOutcome:
-    scenario = make_scenario(
-        seed,
-        nodes=options.nodes,
-        profile=options.profile,
-        faults=options.faults,
-        read_mode=options.read_mode,
-        unsafe=options.unsafe,
-    )
-    result = run_scenario(scenario)
-    return SeedOutcome(seed, result.ok, scenario.describe(), result.failure, result.operations)
-
-
-def run_seeds(seeds: range, options: Options, jobs: int) -> list[SeedOutcome]:
-    if jobs <= 1:
-        return [run_seed(seed, options) for seed in seeds]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(run_seed, seeds, [options] * len(seeds), chunksize=4))
+from .runner import Options, run_seeds
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
