@@ -59,6 +59,11 @@ def local_cluster(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes
     stand_in = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)", "raftkv-node-stand-in"]
     )
+    # Until it has exec'd, the child's /proc cmdline is still pytest's: wait for the stand-in's.
+    deadline = time.monotonic() + 10
+    while b"raftkv" not in Path(f"/proc/{stand_in.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the stand-in process never started"
+        time.sleep(0.01)
     (tmp_path / "node-0.pid").write_text(f"{stand_in.pid}\n")
     yield description, stand_in
     if stand_in.poll() is None:
