@@ -292,7 +292,40 @@ class Cluster:
 # raftkv
 
 
-class RaftKVCluster(Cluster):
+class _KeyValueFrontDoor(Cluster):
+    """A cluster served through our own `service KeyValue` (raftkv itself, or the PySyncObj
+    front door): the same load-generator target, status term, preload and channels."""
+
+    _pb: Any
+    _channels: list[grpc.Channel]
+    _status: list[Any]
+    addresses: list[str]
+
+    def target(self, serializable: bool = False) -> Target:
+        return Target(
+            kind="raftkv",
+            label=self.label,
+            addresses=tuple(self.addresses),
+            node_ids=tuple(range(self.size)),
+            leader=self.leader(),
+        )
+
+    def _term_of(self, index: int) -> int:
+        return int(self._status[index](self._pb.StatusRequest(), timeout=0.5).term)
+
+    def _stub_for_preload(self, address: str) -> Any:
+        return kv_stub(self._channels[self.addresses.index(address)])
+
+    def _preload_one(self, stub: Any, key: str, value: str, number: int) -> None:
+        stub.Set(self._pb.SetRequest(key=key, value=value), timeout=10)
+
+    def stop(self) -> None:
+        for channel in self._channels:
+            channel.close()
+        super().stop()
+
+
+class RaftKVCluster(_KeyValueFrontDoor):
     system = "raftkv"
 
     def __init__(
@@ -385,29 +418,6 @@ class RaftKVCluster(Cluster):
         if self.read_mode == "lease" and leader_row.lease_remaining <= 0:
             return None
         return int(leader_row.node_id)
-
-    def target(self, serializable: bool = False) -> Target:
-        return Target(
-            kind="raftkv",
-            label=self.label,
-            addresses=tuple(self.addresses),
-            node_ids=tuple(range(self.size)),
-            leader=self.leader(),
-        )
-
-    def _term_of(self, index: int) -> int:
-        return int(self._status[index](self._pb.StatusRequest(), timeout=0.5).term)
-
-    def _stub_for_preload(self, address: str) -> Any:
-        return kv_stub(self._channels[self.addresses.index(address)])
-
-    def _preload_one(self, stub: Any, key: str, value: str, number: int) -> None:
-        stub.Set(self._pb.SetRequest(key=key, value=value), timeout=10)
-
-    def stop(self) -> None:
-        for channel in self._channels:
-            channel.close()
-        super().stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,7 +557,7 @@ def pysyncobj_version() -> str:
         raise ClusterError("PySyncObj is not installed: `make bench-deps`") from None
 
 
-class SyncObjCluster(Cluster):
+class SyncObjCluster(_KeyValueFrontDoor):
     system = "pysyncobj"
 
     def __init__(self, root: Path) -> None:
@@ -595,26 +605,3 @@ class SyncObjCluster(Cluster):
                 return None
             leaders.add(row.leader_id)
         return leaders.pop() if len(leaders) == 1 else None
-
-    def target(self, serializable: bool = False) -> Target:
-        return Target(
-            kind="raftkv",
-            label=self.label,
-            addresses=tuple(self.addresses),
-            node_ids=tuple(range(self.size)),
-            leader=self.leader(),
-        )
-
-    def _term_of(self, index: int) -> int:
-        return int(self._status[index](self._pb.StatusRequest(), timeout=0.5).term)
-
-    def _stub_for_preload(self, address: str) -> Any:
-        return kv_stub(self._channels[self.addresses.index(address)])
-
-    def _preload_one(self, stub: Any, key: str, value: str, number: int) -> None:
-        stub.Set(self._pb.SetRequest(key=key, value=value), timeout=10)
-
-    def stop(self) -> None:
-        for channel in self._channels:
-            channel.close()
-        super().stop()

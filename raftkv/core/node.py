@@ -139,11 +139,6 @@ class Ready:
             return self.messages
         return tuple(e for e in self.messages if not isinstance(e.message, AppendEntries))
 
-    def is_empty(self) -> bool:
-        return not (
-            self.needs_persist or self.messages or self.replies or self.applied or self.events
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
