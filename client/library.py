@@ -6,9 +6,13 @@
         rows = await client.status()                # one NodeStatusRow per node
 
 The client knows every node's address. It sends a request to the last node that served it (or a
-random node), follows the "leader-id" / "leader-address" hints that followers attach to
+random node), follows the leader hints (leader id and address) that followers attach to
 FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
+
+GETs and SETs travel on one `KeyValue.Pipeline` stream per node (client/pipeline.py): concurrent
+calls from one client share it, and whatever is queued goes out as one message, which costs the
+node far less than a unary call each. Status uses the unary RPC.
 
 A SET carries the client's id and a sequence number; every retry of one SET reuses them, so the
 server applies it at most once. A SET is reported as done only when a node acknowledged it. If
@@ -29,7 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import grpc
 import grpc.aio
@@ -38,6 +42,7 @@ from raftkv.cluster import ClusterDescription
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -75,7 +80,7 @@ _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
 
-_T = TypeVar("_T")
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,7 @@ class RaftKVClient:
         self._known_leader: _Endpoint | None = None
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
+        self._pipes: dict[str, PipelineConnection] = {}
         self._write_lock = asyncio.Lock()
         self._closed = False
 
@@ -203,7 +209,7 @@ class RaftKVClient:
         deadline = asyncio.get_running_loop().time() + self._timeout
         request = raftkv_pb2.GetRequest(key=key)
         reply = await self._call_leader(
-            lambda stub, timeout: stub.Get(request, timeout=timeout),
+            lambda pipe, timeout: pipe.get(request, timeout),
             deadline=deadline,
             set_request=None,
         )
@@ -221,7 +227,7 @@ class RaftKVClient:
                 key=key, value=value, client_id=self.client_id, seq=self._last_seq
             )
             reply = await self._call_leader(
-                lambda stub, timeout: stub.Set(request, timeout=timeout),
+                lambda pipe, timeout: pipe.set(request, timeout),
                 deadline=deadline,
                 set_request=request,
             )
@@ -238,20 +244,24 @@ class RaftKVClient:
 
     async def close(self) -> None:
         self._closed = True
+        pipes = list(self._pipes.values())
         channels = list(self._channels.values())
+        self._pipes.clear()
         self._channels.clear()
         self._stubs.clear()
+        for pipe in pipes:
+            await pipe.close()
         await asyncio.gather(*(channel.close() for channel in channels))
 
     # -- the retry loop ---------------------------------------------------------------------
 
     async def _call_leader(
         self,
-        invoke: Callable[[Any, float], Awaitable[_T]],
+        invoke: Callable[[PipelineConnection, float], Awaitable[raftkv_pb2.PipelineReply]],
         *,
         deadline: float,
         set_request: raftkv_pb2.SetRequest | None,
-    ) -> _T:
+    ) -> raftkv_pb2.PipelineReply:
         loop = asyncio.get_running_loop()
         started = deadline - self._timeout
         backoff = _Backoff(self._rng)
@@ -264,14 +274,16 @@ class RaftKVClient:
         while (remaining := deadline - loop.time()) > 0:
             try_timeout = min(self._per_try_timeout, remaining)
             try:
-                reply = await invoke(self._stub(target), try_timeout)
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidRequestError(error.details() or "invalid request") from None
-                failure = self._describe_failure(error, try_timeout)
+                reply = await invoke(self._pipe(target), try_timeout)
+            except StreamBrokenError as error:
+                failure = self._describe_failure(error.code, error.details, {}, try_timeout)
+            except PipelineTimeoutError:
+                failure = _Failure(f"timed out after {try_timeout:.2f}s", None, True)
             else:
-                self._known_leader = target
-                return reply
+                if reply.code == 0:
+                    self._known_leader = target
+                    return reply
+                failure = self._describe_refusal(reply, try_timeout)
 
             last_said[target] = failure.reason
             may_have_applied = may_have_applied or failure.may_have_applied
@@ -300,10 +312,29 @@ class RaftKVClient:
             )
         raise NoLeaderError(said_in_order, elapsed)
 
-    def _describe_failure(self, error: grpc.aio.AioRpcError, try_timeout: float) -> _Failure:
-        code = error.code()
-        details = error.details() or ""
-        metadata = _metadata_dict(error.trailing_metadata())
+    def _describe_refusal(self, reply: raftkv_pb2.PipelineReply, try_timeout: float) -> _Failure:
+        """A node's own answer to one request (it reached the node and was not run, unless the
+        code says the outcome is unknown)."""
+        code = _STATUS_BY_NUMBER.get(reply.code, grpc.StatusCode.UNKNOWN)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidRequestError(reply.details or "invalid request")
+        metadata = {}
+        if reply.HasField("leader_id"):
+            metadata[LEADER_ID_METADATA] = str(reply.leader_id)
+        if reply.leader_address:
+            metadata[LEADER_ADDRESS_METADATA] = reply.leader_address
+        if code == grpc.StatusCode.UNAVAILABLE:
+            hint = self._leader_hint(metadata)
+            return _Failure(f"unavailable ({_shorten(reply.details)})", hint, False)
+        return self._describe_failure(code, reply.details, metadata, try_timeout)
+
+    def _describe_failure(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        metadata: dict[str, str],
+        try_timeout: float,
+    ) -> _Failure:
         hint = self._leader_hint(metadata)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             where = "leader unknown" if hint is None else f"leader is {hint.label}"
@@ -323,7 +354,7 @@ class RaftKVClient:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return _Failure(f"timed out after {try_timeout:.2f}s", None, may_have_applied=True)
         if code == grpc.StatusCode.UNIMPLEMENTED:
-            return _Failure("does not serve the KeyValue API", None, may_have_applied=False)
+            return _Failure("does not serve KeyValue.Pipeline", None, may_have_applied=False)
         return _Failure(f"failed ({code.name}: {_shorten(details)})", None, may_have_applied=True)
 
     def _leader_hint(self, metadata: dict[str, str]) -> _Endpoint | None:
@@ -364,6 +395,14 @@ class RaftKVClient:
             self._channels[endpoint.address] = channel
             self._stubs[endpoint.address] = stub
         return stub
+
+    def _pipe(self, endpoint: _Endpoint) -> PipelineConnection:
+        pipe = self._pipes.get(endpoint.address)
+        if pipe is None:
+            self._stub(endpoint)
+            pipe = PipelineConnection(self._channels[endpoint.address])
+            self._pipes[endpoint.address] = pipe
+        return pipe
 
     async def _node_status(self, endpoint: _Endpoint, timeout: float) -> NodeStatusRow:
         assert endpoint.node_id is not None

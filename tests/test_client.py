@@ -1,7 +1,8 @@
 """The client library and the `raftkv` CLI against scripted fake nodes.
 
-Each fake node is a real grpc.aio server on 127.0.0.1 implementing `KeyValue`, driven by a
-behaviour per request (serve, redirect, refuse, hang, reject). The servers run on a background
+Each fake node is a real grpc.aio server on 127.0.0.1 implementing `KeyValue` (Pipeline through
+the real session engine, and Status), driven by a behaviour per request (serve, redirect,
+refuse, hang, reject). The servers run on a background
 thread's event loop so that blocking callers (the CLI) can use them as well as asyncio tests.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import io
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from client.errors import InvalidRequestError, NoLeaderError, UnknownOutcomeErro
 from client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient
 from raftkv.cluster import ClusterDescription
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,13 +78,13 @@ class SharedState:
 
 
 class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
-    # The handler names (Get, Set, Status) are fixed by the generated servicer.
+    # The handler names (Pipeline, Status) are fixed by the generated servicer.
 
     def __init__(self, node_id: int, shared: SharedState) -> None:
         self.node_id = node_id
         self.shared = shared
         self.usual: Behaviour = NotLeader()
-        # Consumed one per Get/Set before `usual` applies again.
+        # Consumed one per GET/SET before `usual` applies again.
         self.upcoming: list[Behaviour] = []
         self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
 
@@ -90,23 +92,12 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
     def received_sets(self) -> list[raftkv_pb2.SetRequest]:
         return [r for r in self.received if isinstance(r, raftkv_pb2.SetRequest)]
 
-    async def Get(  # noqa: N802
-        self, request: raftkv_pb2.GetRequest, context: Any
-    ) -> raftkv_pb2.GetResponse:
-        await self._behave(request, context)
-        value = self.shared.store.get(request.key)
-        return raftkv_pb2.GetResponse(found=value is not None, value=value or "")
-
-    async def Set(  # noqa: N802
-        self, request: raftkv_pb2.SetRequest, context: Any
-    ) -> raftkv_pb2.SetResponse:
-        await self._behave(request, context)
-        write = (request.client_id, request.seq)
-        if write not in self.shared.index_of_write:
-            self.shared.log_length += 1
-            self.shared.index_of_write[write] = self.shared.log_length
-            self.shared.store[request.key] = request.value
-        return raftkv_pb2.SetResponse(index=self.shared.index_of_write[write])
+    async def Pipeline(  # noqa: N802
+        self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
+    ) -> AsyncIterator[raftkv_pb2.PipelineReplies]:
+        # The real session engine, with this node's scripted behaviour as its backend.
+        async for replies in PipelineSession(_ScriptedBackend(self)).serve(request_iterator):
+            yield replies
 
     async def Status(  # noqa: N802
         self, request: raftkv_pb2.StatusRequest, context: Any
@@ -127,24 +118,75 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
             reply.leader_id = leader_id
         return reply
 
-    async def _behave(
-        self, request: raftkv_pb2.GetRequest | raftkv_pb2.SetRequest, context: Any
-    ) -> None:
+    def next_behaviour(self, request: raftkv_pb2.GetRequest | raftkv_pb2.SetRequest) -> Behaviour:
         self.received.append(request)
-        behaviour = self.upcoming.pop(0) if self.upcoming else self.usual
+        return self.upcoming.pop(0) if self.upcoming else self.usual
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: grpc.StatusCode
+    details: str
+    leader_id: int | None
+    leader_address: str | None
+
+
+class _ScriptedBackend:
+    """A `PipelineBackend` that answers as the fake node's next behaviour says."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def start_get(self, request: raftkv_pb2.GetRequest) -> object:
+        outcome = self._refusal(self.node.next_behaviour(request))
+        if outcome is None:
+            return ("value", self.node.shared.store.get(request.key))
+        return outcome
+
+    def start_set(self, request: raftkv_pb2.SetRequest) -> object:
+        outcome = self._refusal(self.node.next_behaviour(request))
+        if outcome is not None:
+            return outcome
+        shared = self.node.shared
+        write = (request.client_id, request.seq)
+        if write not in shared.index_of_write:
+            shared.log_length += 1
+            shared.index_of_write[write] = shared.log_length
+            shared.store[request.key] = request.value
+        return ("index", shared.index_of_write[write])
+
+    def _refusal(self, behaviour: Behaviour) -> object | None:
         match behaviour:
             case Serve():
-                return
+                return None
             case NotLeader(leader_id, leader_address):
-                context.set_trailing_metadata(_hint_metadata(leader_id, leader_address))
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the leader")
+                return _Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION, "not the leader", leader_id, leader_address
+                )
             case Unavailable(leader_id):
-                context.set_trailing_metadata(_hint_metadata(leader_id, None))
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no lease yet")
+                return _Refusal(grpc.StatusCode.UNAVAILABLE, "no lease yet", leader_id, None)
             case Hang():
-                await asyncio.Event().wait()
+                return asyncio.get_running_loop().create_future()
             case Invalid():
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the key is too long")
+                raise PipelineRequestError("the key is too long")
+        raise AssertionError(behaviour)
+
+    def fill_reply(self, reply: raftkv_pb2.PipelineReply, outcome: object) -> None:
+        match outcome:
+            case ("value", str() | None as value):
+                reply.found = value is not None
+                reply.value = value or ""
+            case ("index", int(index)):
+                reply.index = index
+            case _Refusal(code, details, leader_id, leader_address):
+                reply.code = status_code_number(code)
+                reply.details = details
+                if leader_id is not None:
+                    reply.leader_id = leader_id
+                reply.leader_address = leader_address or ""
+
+    def timeout_details(self, request_kind: str) -> str:
+        return f"{request_kind} timed out"
 
 
 def _hint_metadata(

@@ -49,6 +49,9 @@ class Target:
     # Index into `addresses` of the leader when known.
     leader: int = 0
     serializable: bool = False
+    # raftkv: send GET/SET over one KeyValue.Pipeline stream per node (what our client library
+    # does) instead of one unary call each.
+    pipeline: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("raftkv", "etcd"):
@@ -152,17 +155,24 @@ class RaftKVOps(Ops):
                     for key, value in error.trailing_metadata() or ():
                         if key == LEADER_ID_METADATA and value.isdecimal():
                             hint = self._index_of.get(int(value))
-                if hint is not None and hint != index:
-                    self.redirects += 1
-                    self.leader = hint
-                else:
-                    if self.leader == index:
-                        self.leader = (index + 1) % self._n
-                    if monotonic() + RETRY_PAUSE >= deadline:
-                        raise OperationError(code) from None
-                    await asyncio.sleep(RETRY_PAUSE)
+                await self._after_failure(index, hint, code, deadline)
             if monotonic() >= deadline:
                 raise OperationError(code)
+
+    async def _after_failure(
+        self, index: int, hint: int | None, code: str, deadline: float
+    ) -> None:
+        """Move to the hinted leader at once, or to the next node after a pause; raises
+        OperationError when the pause would pass the deadline."""
+        if hint is not None and hint != index:
+            self.redirects += 1
+            self.leader = hint
+            return
+        if self.leader == index:
+            self.leader = (index + 1) % self._n
+        if time.monotonic() + RETRY_PAUSE >= deadline:
+            raise OperationError(code)
+        await asyncio.sleep(RETRY_PAUSE)
 
     async def get(self, key_index: int) -> float:
         return await self._call(self._get, self._get_requests[key_index])
@@ -181,6 +191,71 @@ class RaftKVOps(Ops):
 
     async def close(self) -> None:
         await self._net.close()
+
+
+class RaftKVPipelineOps(RaftKVOps):
+    """Like RaftKVOps, but GET and SET travel on one `Pipeline` stream per node, shared by every
+    virtual client of the process (client/pipeline.py); Status stays a unary call."""
+
+    def __init__(
+        self, target: Target, keys: list[str], values: list[str], per_try: float, op_timeout: float
+    ) -> None:
+        from client.pipeline import PipelineConnection
+
+        super().__init__(target, keys, values, per_try, op_timeout)
+        self._pipes = [PipelineConnection(c) for c in self._net.channels]
+
+    async def _pipelined(self, kind: str, request: Any) -> float:
+        from client.pipeline import StreamBrokenError
+
+        monotonic = time.monotonic
+        deadline = monotonic() + self._op_timeout
+        code = "DEADLINE_EXCEEDED"
+        while True:
+            index = self.leader
+            pipe = self._pipes[index]
+            sent = monotonic()
+            hint = None
+            try:
+                if kind == "get":
+                    reply = await pipe.get(request, self._per_try)
+                else:
+                    reply = await pipe.set(request, self._per_try)
+            except StreamBrokenError as error:
+                code = error.code.name
+            except TimeoutError:
+                code = "DEADLINE_EXCEEDED"
+            else:
+                if reply.code == 0:
+                    return sent
+                code = grpc.StatusCode.FAILED_PRECONDITION.name
+                if reply.code != grpc.StatusCode.FAILED_PRECONDITION.value[0]:
+                    code = _STATUS_NAMES.get(reply.code, str(reply.code))
+                elif reply.HasField("leader_id"):
+                    hint = self._index_of.get(reply.leader_id)
+            await self._after_failure(index, hint, code, deadline)
+            if monotonic() >= deadline:
+                raise OperationError(code)
+
+    async def get(self, key_index: int) -> float:
+        return await self._pipelined("get", self._get_requests[key_index])
+
+    async def set(self, key_index: int, value_index: int, client_id: str, seq: int) -> float:
+        request = self._pb.SetRequest(
+            key=self._keys[key_index],
+            value=self._values[value_index],
+            client_id=client_id,
+            seq=seq,
+        )
+        return await self._pipelined("set", request)
+
+    async def close(self) -> None:
+        for pipe in self._pipes:
+            await pipe.close()
+        await super().close()
+
+
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class EtcdOps(Ops):
@@ -243,6 +318,8 @@ class EtcdOps(Ops):
 def open_ops(
     target: Target, keys: list[str], values: list[str], per_try: float, op_timeout: float
 ) -> Ops:
+    if target.kind == "raftkv" and target.pipeline:
+        return RaftKVPipelineOps(target, keys, values, per_try, op_timeout)
     if target.kind == "raftkv":
         return RaftKVOps(target, keys, values, per_try, op_timeout)
     return EtcdOps(target, keys, values, per_try, op_timeout)

@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="also measure: etcd, pysyncobj (comma-separated)",
     )
+    parser.add_argument(
+        "--unary",
+        action="store_true",
+        help="drive raftkv and PySyncObj with one unary call per request instead of one "
+        "KeyValue.Pipeline stream per node (etcd always gets unary calls)",
+    )
     parser.add_argument("--latency", action="store_true", help="also GET and SET at C=1")
     parser.add_argument(
         "--wan",
@@ -196,6 +202,7 @@ def options_from(args: argparse.Namespace) -> Options:
         profile_native=args.native,
         workdir=args.workdir,
         keep=args.keep,
+        unary=args.unary,
     )
 
 

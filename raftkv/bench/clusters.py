@@ -308,6 +308,7 @@ class _KeyValueFrontDoor(Cluster):
             addresses=tuple(self.addresses),
             node_ids=tuple(range(self.size)),
             leader=self.leader(),
+            pipeline=True,
         )
 
     def _term_of(self, index: int) -> int:

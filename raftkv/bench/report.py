@@ -224,7 +224,9 @@ def render(report: Report) -> str:
         f"{settings.get('value_bytes')} B values; GET/SET/mixed = 100/0, 0/100, 90/10",
         f"  load generator: {settings.get('generator_processes')} process(es) at "
         f"C={options.clients}"
-        f" (1 at C<16), grpc.aio, one channel per node per process, requests to the leader",
+        f" (1 at C<16), grpc.aio, one channel per node per process, requests to the leader;"
+        f" raftkv and PySyncObj: {settings.get('raftkv_transport', 'unary calls')} per node"
+        f" per process, etcd: one unary call per request",
         f"  machine: {meta.get('cores')} cores, load average {meta.get('loadavg_1m_at_start')} at "
         f"start, {meta.get('loadavg_1m_at_end')} at end — shared with other work, numbers are "
         f"noisy",

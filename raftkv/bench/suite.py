@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class Options:
     profile_native: bool = False
     workdir: Path | None = None
     keep: bool = False
+    # One unary call per GET/SET for raftkv and the PySyncObj front door instead of the
+    # KeyValue.Pipeline stream (etcd is always driven with unary calls).
+    unary: bool = False
 
     def processes(self, clients: int) -> int:
         if self.procs > 0:
@@ -174,7 +177,12 @@ class ExternalCluster(Cluster):
 
     def target(self, serializable: bool = False) -> Target:
         return Target(
-            "raftkv", self.label, tuple(self.addresses), tuple(self.ids), leader=self.leader()
+            "raftkv",
+            self.label,
+            tuple(self.addresses),
+            tuple(self.ids),
+            leader=self.leader(),
+            pipeline=True,
         )
 
     def pids(self) -> dict[str, int]:
@@ -290,14 +298,9 @@ class Suite:
         target = cluster.target(serializable)
         term_before = cluster.term()
         if label:
-            target = Target(
-                target.kind,
-                label,
-                target.addresses,
-                target.node_ids,
-                target.leader,
-                target.serializable,
-            )
+            target = replace(target, label=label)
+        if self.options.unary:
+            target = replace(target, pipeline=False)
         leader_name = cluster.members[target.leader].name if cluster.members else None
         result = run_load(
             target,
@@ -333,6 +336,7 @@ class Suite:
             "key_bytes": KEY_BYTES,
             "value_bytes": VALUE_BYTES,
             "generator_processes": options.processes(options.clients),
+            "raftkv_transport": "unary calls" if options.unary else "KeyValue.Pipeline stream",
             "rounds": options.rounds,
             "fsync": options.fsync,
             "read_mode": options.read_mode,

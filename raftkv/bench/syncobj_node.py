@@ -6,8 +6,9 @@ PySyncObj runs Raft in its own thread (autoTick) with `appendEntriesUseBatch=Fal
 low-latency mode (the default batching adds ~100 ms per write). Its journal (`journalFile`) is an
 mmap'ed file that is never fsynced: a SET is acknowledged once a majority has it *in memory*.
 The front door answers Get from the leader's own dict (PySyncObj has no lease: this read is not
-linearizable) and Set by a replicated call; a follower answers FAILED_PRECONDITION with
-`leader-id` like our nodes do, so the same load generator drives it. Status reports role and
+linearizable) and Set by a replicated call, as unary calls and on the Pipeline stream (the same
+session engine as our nodes); a follower answers FAILED_PRECONDITION with `leader-id` like our
+nodes do, so the same load generator drives it. Status reports role and
 leader, and `read_mode` "ready" once PySyncObj has caught up.
 """
 
@@ -17,7 +18,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # type: ign
 
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.pipeline import PipelineSession, status_code_number
 
 
 class ReplicatedDict(SyncObj):  # type: ignore[misc,unused-ignore]
@@ -84,6 +86,15 @@ class FrontDoor(raftkv_pb2_grpc.KeyValueServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"PySyncObj failure {error}")
         return pb.SetResponse(index=0)
 
+    async def Pipeline(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.PipelineRequests],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.PipelineReplies]:
+        # The same session engine as our nodes, so both are driven through the same stream.
+        async for replies in PipelineSession(_PipelineBackend(self)).serve(request_iterator):
+            yield replies
+
     async def Status(  # noqa: N802 - gRPC method name
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusResponse:
@@ -99,6 +110,49 @@ class FrontDoor(raftkv_pb2_grpc.KeyValueServicer):
         if leader is not None:
             reply.leader_id = leader
         return reply
+
+
+class _PipelineBackend:
+    """KeyValue.Pipeline for the front door: the leader's dict for GET, a replicated put for SET."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+
+    def _refusal(self) -> tuple[str, int | None] | None:
+        return None if self.door.obj._isLeader() else ("refused", self.door._leader())
+
+    def start_get(self, request: pb.GetRequest) -> object:
+        return self._refusal() or ("value", self.door.obj.data.get(request.key))
+
+    def start_set(self, request: pb.SetRequest) -> object:
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def callback(result: Any, error: Any) -> None:  # runs in PySyncObj's thread
+            loop.call_soon_threadsafe(_settle, done, error)
+
+        self.door.obj.put(request.key, request.value, callback=callback)
+        return done
+
+    def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
+        match outcome:
+            case ("value", str() | None as value):
+                reply.found = value is not None
+                reply.value = value or ""
+            case ("refused", int() | None as leader):
+                reply.code = status_code_number(grpc.StatusCode.FAILED_PRECONDITION)
+                reply.details = "not the leader"
+                if leader is not None:
+                    reply.leader_id = leader
+            case error if error != FAIL_REASON.SUCCESS:
+                reply.code = status_code_number(grpc.StatusCode.UNAVAILABLE)
+                reply.details = f"PySyncObj failure {error}"
+
+    def timeout_details(self, request_kind: str) -> str:
+        return f"{request_kind} not answered in time"
 
 
 def _settle(done: asyncio.Future[Any], error: Any) -> None:

@@ -169,3 +169,47 @@ class StatusResponse(_message.Message):
     read_mode: str
     address: str
     def __init__(self, node_id: _Optional[int] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., log_length: _Optional[int] = ..., commit_length: _Optional[int] = ..., applied_length: _Optional[int] = ..., lease_remaining: _Optional[float] = ..., waiting_for_old_lease: _Optional[float] = ..., read_mode: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class PipelineRequest(_message.Message):
+    __slots__ = ("tag", "get", "set", "timeout_ms")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    GET_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    get: GetRequest
+    set: SetRequest
+    timeout_ms: int
+    def __init__(self, tag: _Optional[int] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., set: _Optional[_Union[SetRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class PipelineReply(_message.Message):
+    __slots__ = ("tag", "code", "details", "leader_id", "leader_address", "found", "value", "index")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    code: int
+    details: str
+    leader_id: int
+    leader_address: str
+    found: bool
+    value: str
+    index: int
+    def __init__(self, tag: _Optional[int] = ..., code: _Optional[int] = ..., details: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., found: _Optional[bool] = ..., value: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class PipelineRequests(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[PipelineRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PipelineRequest, _Mapping]]] = ...) -> None: ...
+
+class PipelineReplies(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[PipelineReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[PipelineReply, _Mapping]]] = ...) -> None: ...

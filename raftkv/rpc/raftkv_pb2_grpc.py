@@ -207,6 +207,11 @@ class KeyValueStub:
                 request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.StatusRequest.SerializeToString,
                 response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Pipeline = channel.stream_stream(
+                '/raft.KeyValue/Pipeline',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineRequests.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineReplies.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -230,6 +235,12 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pipeline(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +258,11 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.StatusRequest.FromString,
                     response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.StatusResponse.SerializeToString,
+            ),
+            'Pipeline': grpc.stream_stream_rpc_method_handler(
+                    servicer.Pipeline,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineRequests.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineReplies.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -330,6 +346,33 @@ class KeyValue:
             '/raft.KeyValue/Status',
             raftkv_dot_rpc_dot_raftkv__pb2.StatusRequest.SerializeToString,
             raftkv_dot_rpc_dot_raftkv__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pipeline(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raft.KeyValue/Pipeline',
+            raftkv_dot_rpc_dot_raftkv__pb2.PipelineRequests.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.PipelineReplies.FromString,
             options,
             channel_credentials,
             insecure,

@@ -266,14 +266,20 @@ class Replica:
         except TimeoutError:
             return None  # the future stays queued (cancelled) so replies keep their order
 
-    async def propose(self, command: Command, timeout: float) -> object:
-        """Returns WriteDone or Refused; raises TimeoutError when the outcome is unknown."""
+    def begin_proposal(self, command: Command) -> asyncio.Future[object]:
+        """Queue `command`; the future gets WriteDone or Refused. Cancel it to stop waiting."""
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._inputs.append((command, future))
         self._wake.set()
-        return await asyncio.wait_for(future, timeout)
+        return future
 
-    async def read(self, key: str, timeout: float) -> ReadValue | Refused:
+    async def propose(self, command: Command, timeout: float) -> object:
+        """Returns WriteDone or Refused; raises TimeoutError when the outcome is unknown."""
+        return await asyncio.wait_for(self.begin_proposal(command), timeout)
+
+    def begin_read(self, key: str) -> ReadValue | Refused | asyncio.Future[object]:
+        """A lease read is answered at once; a read_index read returns a future that gets
+        ReadValue or Refused. Cancel the future to stop waiting."""
         token = next(self._tokens)
         result = self.core.read(key, self.clock.now(), token)
         if not isinstance(result, ReadPending):
@@ -281,7 +287,13 @@ class Replica:
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._client_waiters[token] = future
         self._wake.set()
-        answer = await asyncio.wait_for(future, timeout)
+        return future
+
+    async def read(self, key: str, timeout: float) -> ReadValue | Refused:
+        result = self.begin_read(key)
+        if not isinstance(result, asyncio.Future):
+            return result
+        answer = await asyncio.wait_for(result, timeout)
         assert isinstance(answer, ReadValue | Refused)
         return answer
 

@@ -6,6 +6,9 @@ crash the node.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import grpc
 
 from raftkv.core.messages import (
@@ -19,6 +22,7 @@ from raftkv.core.messages import (
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
+from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
 from raftkv.server.replica import Replica
 
 MAX_KEY_BYTES = 1024
@@ -27,7 +31,7 @@ MAX_CLIENT_ID_BYTES = 256
 DEFAULT_CLIENT_TIMEOUT = 5.0
 
 
-class RequestError(ValueError):
+class RequestError(PipelineRequestError):
     """A malformed client request; the message is shown to the client."""
 
 
@@ -43,6 +47,31 @@ def validate_value(value: str) -> None:
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > MAX_VALUE_BYTES:
         raise RequestError(f"the value is {size} bytes; the limit is {MAX_VALUE_BYTES}")
+
+
+def command_from_set_request(request: pb.SetRequest) -> SetCommand:
+    validate_key(request.key)
+    validate_value(request.value)
+    if len(request.client_id.encode()) > MAX_CLIENT_ID_BYTES:
+        raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
+    if request.client_id and request.seq == 0:
+        raise RequestError("a request with a client_id needs a seq ≥ 1")
+    return SetCommand(request.key, request.value, request.client_id, request.seq)
+
+
+def refusal_status(refused: Refused) -> grpc.StatusCode:
+    if refused.reason is Refusal.NOT_LEADER:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if refused.reason is Refusal.ENTRY_LOST:
+        # This node's copy was overwritten, but another node may still commit one: unknown.
+        return grpc.StatusCode.ABORTED
+    return grpc.StatusCode.UNAVAILABLE
+
+
+SET_TIMEOUT_DETAILS = (
+    "the write was not confirmed in time; its outcome is unknown "
+    "(retry with the same client_id and seq)"
+)
 
 
 def parse_assignment_request(request: str) -> tuple[str, str, str | None]:
@@ -136,9 +165,42 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
         )
 
 
+class ReplicaPipelineBackend:
+    """Serves `KeyValue.Pipeline` requests from the replica (see raftkv/server/pipeline.py)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def start_get(self, request: pb.GetRequest) -> object | asyncio.Future[object]:
+        validate_key(request.key)
+        return self.replica.begin_read(request.key)
+
+    def start_set(self, request: pb.SetRequest) -> object | asyncio.Future[object]:
+        return self.replica.begin_proposal(command_from_set_request(request))
+
+    def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
+        if isinstance(outcome, ReadValue):
+            if outcome.value is not None:
+                reply.found = True
+                reply.value = outcome.value
+        elif isinstance(outcome, WriteDone):
+            reply.index = outcome.index
+        else:
+            assert isinstance(outcome, Refused)
+            reply.code = status_code_number(refusal_status(outcome))
+            reply.details = outcome.reason.value
+            if outcome.leader_hint is not None:
+                reply.leader_id = outcome.leader_hint
+                reply.leader_address = self.replica.leader_address(outcome.leader_hint) or ""
+
+    def timeout_details(self, request_kind: str) -> str:
+        return SET_TIMEOUT_DETAILS if request_kind == "set" else "read timed out"
+
+
 class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
+        self._pipeline_backend = ReplicaPipelineBackend(replica)
 
     async def Get(  # noqa: N802 - gRPC method name
         self, request: pb.GetRequest, context: grpc.aio.ServicerContext
@@ -160,23 +222,13 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         self, request: pb.SetRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetResponse:
         try:
-            validate_key(request.key)
-            validate_value(request.value)
-            if len(request.client_id.encode()) > MAX_CLIENT_ID_BYTES:
-                raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
-            if request.client_id and request.seq == 0:
-                raise RequestError("a request with a client_id needs a seq ≥ 1")
+            command = command_from_set_request(request)
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        command = SetCommand(request.key, request.value, request.client_id, request.seq)
         try:
             result = await self.replica.propose(command, _client_timeout(context))
         except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the write was not confirmed in time; its outcome is unknown "
-                "(retry with the same client_id and seq)",
-            )
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, SET_TIMEOUT_DETAILS)
         if isinstance(result, Refused):
             await self._refuse(context, result)
         assert isinstance(result, WriteDone)
@@ -202,6 +254,14 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             response.leader_id = status.leader_id
         return response
 
+    async def Pipeline(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.PipelineRequests],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.PipelineReplies]:
+        async for replies in PipelineSession(self._pipeline_backend).serve(request_iterator):
+            yield replies
+
     async def _refuse(self, context: grpc.aio.ServicerContext, refused: Refused) -> None:
         metadata = []
         if refused.leader_hint is not None:
@@ -210,13 +270,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             if address:
                 metadata.append(("leader-address", address))
         context.set_trailing_metadata(tuple(metadata))
-        if refused.reason is Refusal.NOT_LEADER:
-            code = grpc.StatusCode.FAILED_PRECONDITION
-        elif refused.reason is Refusal.ENTRY_LOST:
-            # This node's copy was overwritten, but another node may still commit one: unknown.
-            code = grpc.StatusCode.ABORTED
-        else:
-            code = grpc.StatusCode.UNAVAILABLE
+        code = refusal_status(refused)
         await context.abort(code, refused.reason.value)
 
 

@@ -1,7 +1,11 @@
-"""Clients that record a history for the linearizability checker, on raw gRPC stubs.
+"""Clients that record a history for the linearizability checker, on raw gRPC stubs or on the
+client library's KeyValue.Pipeline connections.
 
 Each `HistoryClient` is one Jepsen "process": it issues one operation at a time, against the
-node it believes leads, following FAILED_PRECONDITION's `leader-id` trailing metadata. Times are
+node it believes leads, following FAILED_PRECONDITION's leader id (trailing metadata `leader-id`
+on unary calls, `leader_id` in a Pipeline reply). With `pipes`, every attempt goes through the
+given PipelineConnection per node, which all clients of a run share (so their requests are
+batched together, as in the library); without, each client makes its own unary calls. Times are
 `time.monotonic()` of the test process, taken just before the first attempt is sent and just
 after the answer arrives.
 
@@ -33,6 +37,7 @@ from typing import Any
 
 import grpc
 
+from client.pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
 from raftkv.core.messages import Refusal
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
@@ -44,6 +49,7 @@ DEFINITE_REFUSALS = frozenset(
     for r in (Refusal.NOT_LEADER, Refusal.NO_LEASE, Refusal.NOT_READY, Refusal.WAITING_OLD_LEASE)
 )
 DEFINITE_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
+STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def attempt_is_definite(code: grpc.StatusCode, details: str) -> bool:
@@ -58,6 +64,14 @@ class ClientOptions:
     op_timeout: float = 4.0
     attempt_timeout: float = 1.0
     backoff: float = 0.03
+
+
+class AttemptFailedError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, leader_hint: int | None) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.leader_hint = leader_hint
 
 
 class Recorder:
@@ -87,6 +101,7 @@ class HistoryClient:
         options: ClientOptions | None = None,
         *,
         pinned: int | None = None,
+        pipes: Mapping[int, PipelineConnection] | None = None,
     ) -> None:
         self.name = name
         # A pinned client talks to one node only and never follows a leader hint (Jepsen's
@@ -103,46 +118,90 @@ class HistoryClient:
             i: grpc.aio.insecure_channel(address) for i, address in self.addresses.items()
         }
         self._stubs = {i: raftkv_pb2_grpc.KeyValueStub(c) for i, c in self._channels.items()}
+        self._pipes = dict(pipes) if pipes is not None else None
 
     async def close(self) -> None:
         for channel in self._channels.values():
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)
 
-    def _follow(self, error: grpc.aio.AioRpcError) -> None:
+    def _follow(self, hint: int | None) -> None:
         if self.pinned is not None:
             return
-        hint = None
-        with contextlib.suppress(Exception):
-            for key, value in error.trailing_metadata() or ():
-                if key == "leader-id":
-                    hint = int(value)
         if hint is not None and hint in self._stubs and hint != self.leader:
             self.leader = hint
         else:
             others = [i for i in self._stubs if i != self.leader]
             self.leader = self.rng.choice(others) if others else self.leader
 
+    async def _attempt(
+        self, request: pb.GetRequest | pb.SetRequest, timeout: float
+    ) -> tuple[bool, str]:
+        """One try at the believed leader: (found, value). Raises AttemptFailedError."""
+        if self._pipes is not None:
+            return await self._attempt_on_pipeline(self._pipes[self.leader], request, timeout)
+        stub = self._stubs[self.leader]
+        try:
+            if isinstance(request, pb.GetRequest):
+                response = await stub.Get(request, timeout=timeout)
+                return response.found, response.value
+            await stub.Set(request, timeout=timeout)
+            return False, ""
+        except grpc.aio.AioRpcError as error:
+            hint = None
+            with contextlib.suppress(Exception):
+                for key, value in error.trailing_metadata() or ():
+                    if key == "leader-id":
+                        hint = int(value)
+            raise AttemptFailedError(error.code(), error.details() or "", hint) from None
+
+    @staticmethod
+    async def _attempt_on_pipeline(
+        pipe: PipelineConnection, request: pb.GetRequest | pb.SetRequest, timeout: float
+    ) -> tuple[bool, str]:
+        try:
+            if isinstance(request, pb.GetRequest):
+                reply = await pipe.get(request, timeout)
+            else:
+                reply = await pipe.set(request, timeout)
+        except StreamBrokenError as error:
+            raise AttemptFailedError(error.code, error.details, None) from None
+        except PipelineTimeoutError:
+            raise AttemptFailedError(grpc.StatusCode.DEADLINE_EXCEEDED, "no reply", None) from None
+        if reply.code:
+            code = STATUS_BY_NUMBER.get(reply.code, grpc.StatusCode.UNKNOWN)
+            hint = reply.leader_id if reply.HasField("leader_id") else None
+            raise AttemptFailedError(code, reply.details, hint)
+        return reply.found, reply.value
+
     async def get(self, key: str) -> Operation:
         invoke = time.monotonic()
         deadline = invoke + self.options.op_timeout
+        request = pb.GetRequest(key=key)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                response = await self._stubs[self.leader].Get(
-                    pb.GetRequest(key=key), timeout=min(self.options.attempt_timeout, remaining)
+                found, value = await self._attempt(
+                    request, min(self.options.attempt_timeout, remaining)
                 )
-            except grpc.aio.AioRpcError as error:
+            except AttemptFailedError as error:
                 if self.pinned is not None:
                     break  # one attempt: a pinned client has nowhere else to go
-                self._follow(error)
+                self._follow(error.leader_hint)
                 await asyncio.sleep(self.options.backoff)  # client back-off between retries
                 continue
-            value = response.value if response.found else None
             return self.recorder.add(
-                Operation(self.name, "get", key, value, invoke, time.monotonic(), Outcome.OK)
+                Operation(
+                    self.name,
+                    "get",
+                    key,
+                    value if found else None,
+                    invoke,
+                    time.monotonic(),
+                    Outcome.OK,
+                )
             )
         return self.recorder.add(
             Operation(self.name, "get", key, None, invoke, time.monotonic(), Outcome.FAIL)
@@ -159,15 +218,13 @@ class HistoryClient:
             if remaining <= 0:
                 break
             try:
-                await self._stubs[self.leader].Set(
-                    request, timeout=min(self.options.attempt_timeout, remaining)
-                )
-            except grpc.aio.AioRpcError as error:
-                if not attempt_is_definite(error.code(), error.details() or ""):
+                await self._attempt(request, min(self.options.attempt_timeout, remaining))
+            except AttemptFailedError as error:
+                if not attempt_is_definite(error.code, error.details):
                     unknown = True
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                if error.code == grpc.StatusCode.INVALID_ARGUMENT:
                     break
-                self._follow(error)
+                self._follow(error.leader_hint)
                 await asyncio.sleep(self.options.backoff)  # client back-off between retries
                 continue
             return self.recorder.add(

@@ -43,6 +43,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from client.pipeline import PipelineConnection
 from raftkv.core.node import UnsafeSwitches
 from tests.faults.controller import Cluster, ClusterError
 from tests.faults.history import (
@@ -95,6 +98,9 @@ class RunOptions:
     out: Path | None = None
     quiet: bool = False
     keep: bool = False
+    # "pipeline": every client's requests share one KeyValue.Pipeline stream per node (what the
+    # client library does); "unary": one unary call per attempt.
+    transport: str = "pipeline"
 
 
 @dataclass
@@ -313,9 +319,18 @@ async def _run_workload(
     recorder = Recorder()
     keys = [f"k{i}" for i in range(options.keys)]
     client_options = ClientOptions(op_timeout=4.0, attempt_timeout=1.0)
+    channels = {i: grpc.aio.insecure_channel(a) for i, a in cluster.addresses.items()}
+    pipes = None
+    if options.transport == "pipeline":
+        pipes = {i: PipelineConnection(channel) for i, channel in channels.items()}
     clients = [
         HistoryClient(
-            f"c{c}", cluster.addresses, recorder, random.Random(rng.random()), client_options
+            f"c{c}",
+            cluster.addresses,
+            recorder,
+            random.Random(rng.random()),
+            client_options,
+            pipes=pipes,
         )
         for c in range(options.clients)
     ]
@@ -328,6 +343,7 @@ async def _run_workload(
             random.Random(rng.random()),
             client_options,
             pinned=n % options.nodes,
+            pipes=pipes,
         )
         for n in range(pinned)
     ]
@@ -354,6 +370,10 @@ async def _run_workload(
     finally:
         for client in clients + readers:
             await client.close()
+        for pipe in (pipes or {}).values():
+            await pipe.close()
+        for channel in channels.values():
+            await channel.close(grace=None)
     return recorder, nemesis, settle_failure
 
 
@@ -460,6 +480,12 @@ def parse_args(argv: list[str] | None) -> tuple[RunOptions, int, int]:
     parser.add_argument("--keys", type=int, default=8)
     parser.add_argument("--unsafe", default="", help=f"negative controls: {','.join(UNSAFE)}")
     parser.add_argument("--network", choices=["auto", "netns", "loopback"], default="auto")
+    parser.add_argument(
+        "--transport",
+        choices=["pipeline", "unary"],
+        default="pipeline",
+        help="clients share a KeyValue.Pipeline stream per node, or make unary calls",
+    )
     parser.add_argument("--lease", type=float, help="lease seconds (default 0.3; 1.0 with delay)")
     parser.add_argument("--out", type=Path, help="where failing runs are saved")
     parser.add_argument("--quiet", action="store_true")
@@ -486,6 +512,7 @@ def parse_args(argv: list[str] | None) -> tuple[RunOptions, int, int]:
         out=args.out,
         quiet=args.quiet,
         keep=args.keep,
+        transport=args.transport,
     )
     return options, args.seed, args.runs
 

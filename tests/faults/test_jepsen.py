@@ -1,7 +1,8 @@
 """Jepsen-style randomized runs (tests/faults/jepsen.py) as tests.
 
-`make test` runs two short runs (every nemesis; kernel partitions, then delay proxies) and one
-negative control; `make soak-faults` (RAFTKV_SOAK=1) runs long ones.
+`make test` runs two short runs (every nemesis; kernel partitions, then delay proxies) with the
+clients on shared KeyValue.Pipeline streams, and one negative control on unary calls, so both
+client paths are judged; `make soak-faults` (RAFTKV_SOAK=1) runs long ones, alternating both.
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ def test_a_randomized_run_catches_renew_lease_on_send(
     seed = first_seed_opening_with("isolate-leader", nemeses, 20.0)
     out = tmp_path_factory.mktemp("jepsen-failures")
     options = jepsen.RunOptions(
-        time=20.0, nemeses=nemeses, keys=2, unsafe=("renew_lease_on_send",), out=out, quiet=True
+        time=20.0,
+        nemeses=nemeses,
+        keys=2,
+        unsafe=("renew_lease_on_send",),
+        out=out,
+        quiet=True,
+        transport="unary",
     )
     result = jepsen.run_once(options, seed)
     print(result.line())
@@ -70,7 +77,10 @@ def test_a_randomized_run_catches_renew_lease_on_send(
 @pytest.mark.soak
 @pytest.mark.parametrize("seed", range(100, 106))
 def test_soak_randomized_runs(seed: int) -> None:
-    options = jepsen.RunOptions(time=120.0, nemeses=jepsen.NEMESES, nodes=5, clients=5, keys=8)
+    transport = "pipeline" if seed % 2 == 0 else "unary"
+    options = jepsen.RunOptions(
+        time=120.0, nemeses=jepsen.NEMESES, nodes=5, clients=5, keys=8, transport=transport
+    )
     result = jepsen.run_once(options, seed)
     print(result.line(), result.note)
     assert result.ok, f"{result.failure}\nsaved to {result.artifacts}"

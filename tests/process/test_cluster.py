@@ -164,6 +164,98 @@ def test_set_get_both_apis(make_cluster: ClusterFactory) -> None:
     cluster.at_leader(follower_names_leader, what="a follower to refuse, naming the leader")
 
 
+def pipeline(
+    cluster: LocalCluster, node_id: int, *requests: pb.PipelineRequest
+) -> dict[int, pb.PipelineReply]:
+    """One KeyValue.Pipeline stream: send `requests` in one message, half-close, collect every
+    reply by tag (the server ends the stream once all are answered)."""
+    batches = cluster.kv(node_id).Pipeline(
+        iter([pb.PipelineRequests(requests=requests)]), timeout=10
+    )
+    replies: dict[int, pb.PipelineReply] = {}
+    for batch in batches:
+        for reply in batch.replies:
+            assert reply.tag not in replies, f"tag {reply.tag} answered twice"
+            replies[reply.tag] = reply
+    assert sorted(replies) == sorted(r.tag for r in requests)
+    return replies
+
+
+def test_pipeline_stream_serves_validates_and_redirects(make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(3).start()
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+    def writes_then_reads(leader: int) -> bool:
+        first = pipeline(
+            cluster,
+            leader,
+            pb.PipelineRequest(tag=1, set=pb.SetRequest(key="p", value="1", client_id="c", seq=1)),
+            pb.PipelineRequest(tag=2, set=pb.SetRequest(key="q", value="2 words")),
+        )
+        if any(r.code for r in first.values()):
+            raise NotYet(f"SETs at node {leader}: {[r.details for r in first.values()]}")
+        assert 0 < first[1].index < first[2].index
+        second = pipeline(
+            cluster,
+            leader,
+            pb.PipelineRequest(tag=10, get=pb.GetRequest(key="p")),
+            pb.PipelineRequest(tag=11, get=pb.GetRequest(key="q")),
+            pb.PipelineRequest(tag=12, get=pb.GetRequest(key="absent")),
+        )
+        if any(r.code for r in second.values()):
+            raise NotYet(f"GETs at node {leader}: {[r.details for r in second.values()]}")
+        assert [(second[t].found, second[t].value) for t in (10, 11, 12)] == [
+            (True, "1"),
+            (True, "2 words"),
+            (False, ""),
+        ]
+        # A retried (client_id, seq) is acknowledged but applied only once.
+        retry = pb.SetRequest(key="p", value="retried", client_id="c", seq=1)
+        third = pipeline(cluster, leader, pb.PipelineRequest(tag=20, set=retry))
+        if third[20].code:
+            raise NotYet(f"retried SET at node {leader}: {third[20].details}")
+        fourth = pipeline(cluster, leader, pb.PipelineRequest(tag=30, get=pb.GetRequest(key="p")))
+        if fourth[30].code:
+            raise NotYet(f"GET at node {leader}: {fourth[30].details}")
+        assert fourth[30].value == "1"
+        return True
+
+    def follower_names_leader(leader: int) -> bool:
+        follower = next(n for n in cluster.ids if n != leader)
+        replies = pipeline(
+            cluster,
+            follower,
+            pb.PipelineRequest(tag=1, get=pb.GetRequest(key="p")),
+            pb.PipelineRequest(tag=2, set=pb.SetRequest(key="p", value="x")),
+        )
+        for reply in replies.values():
+            if reply.code != grpc.StatusCode.FAILED_PRECONDITION.value[0]:
+                raise NotYet(f"node {follower} answered {reply}: it leads now")
+            named = (reply.leader_id, reply.leader_address)
+            if named != (leader, cluster.nodes[leader].address):
+                raise NotYet(f"follower {follower} names {named}, the leader is {leader}")
+        return True
+
+    cluster.at_leader(writes_then_reads, what="Pipeline SETs then GETs")
+    cluster.at_leader(follower_names_leader, what="a follower to refuse, naming the leader")
+
+    leader = cluster.leader()
+    bad = pipeline(
+        cluster,
+        leader,
+        pb.PipelineRequest(tag=1, get=pb.GetRequest(key="")),
+        pb.PipelineRequest(tag=2, get=pb.GetRequest(key="k" * 2048)),
+        pb.PipelineRequest(tag=3, set=pb.SetRequest(key="a", value="x" * (2 * 1024 * 1024))),
+        pb.PipelineRequest(tag=4, set=pb.SetRequest(key="a", value="v", client_id="c")),
+        pb.PipelineRequest(tag=5),
+    )
+    assert {tag: reply.code for tag, reply in bad.items()} == dict.fromkeys(range(1, 6), invalid)
+    assert "the key is 2048 bytes; the limit is 1024" in bad[2].details
+    assert "the value is 2097152 bytes" in bad[3].details
+    assert all(cluster.nodes[n].running for n in cluster.ids)
+    assert cluster.read("a") is None
+
+
 @dataclass(frozen=True)
 class Burst:
     leader: int

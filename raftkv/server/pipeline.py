@@ -1,0 +1,162 @@
+"""The server side of `KeyValue.Pipeline`: many client requests in flight on one gRPC stream.
+
+A unary gRPC call costs the Python server far more than the work behind a GET (the benchmark's
+profile: ~85% of the leader's time went to per-call machinery). On one stream a client sends
+batches of tagged requests; the session starts each one as it is read, in order, and sends back
+every reply that is ready in one message — a GET's at once, a SET's when it commits.
+
+The session is generic over a `PipelineBackend` (our replica; the benchmark's PySyncObj front door
+is another): the backend starts a request and either answers at once or returns a future, and
+fills a reply from an outcome. The session owns tags, deadlines and the bound on requests in
+flight, so a client can neither flood a node nor leave requests waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Protocol
+
+import grpc
+
+from raftkv.rpc import raftkv_pb2 as pb
+
+# Requests one stream may have waiting at once; more are refused with RESOURCE_EXHAUSTED.
+MAX_IN_FLIGHT_PER_STREAM = 4096
+DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 60.0
+# How often waiting requests are checked against their deadlines.
+SWEEP_INTERVAL = 0.1
+
+_INVALID_ARGUMENT: int = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+_DEADLINE_EXCEEDED: int = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+_RESOURCE_EXHAUSTED: int = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+class PipelineRequestError(ValueError):
+    """A malformed request; its message goes back to the client with INVALID_ARGUMENT."""
+
+
+class PipelineBackend(Protocol):
+    def start_get(self, request: pb.GetRequest) -> object | asyncio.Future[object]:
+        """An outcome now, or a future of one. Raises PipelineRequestError."""
+
+    def start_set(self, request: pb.SetRequest) -> object | asyncio.Future[object]:
+        """An outcome now, or a future of one. Raises PipelineRequestError."""
+
+    def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
+        """Set the reply's code and fields from an outcome the start_* methods produced."""
+
+    def timeout_details(self, request_kind: str) -> str:
+        """What DEADLINE_EXCEEDED says for a "get" or "set" that was not answered in time."""
+
+
+class PipelineSession:
+    """One client stream. `serve` reads requests in a task of its own and yields reply batches."""
+
+    def __init__(self, backend: PipelineBackend) -> None:
+        self._backend = backend
+        self._loop = asyncio.get_running_loop()
+        self._outbox: list[pb.PipelineReply] = []
+        self._ready = asyncio.Event()
+        # tag -> (deadline, "get"/"set", future)
+        self._waiting: dict[int, tuple[float, str, asyncio.Future[object]]] = {}
+        self._reading = True
+
+    async def serve(
+        self, requests: AsyncIterator[pb.PipelineRequests]
+    ) -> AsyncIterator[pb.PipelineReplies]:
+        reader = asyncio.create_task(self._read(requests))
+        sweeper = asyncio.create_task(self._sweep())
+        try:
+            while True:
+                if self._outbox:
+                    replies, self._outbox = self._outbox, []
+                    yield pb.PipelineReplies(replies=replies)
+                    continue
+                if not self._reading and not self._waiting:
+                    break
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            reader.cancel()
+            sweeper.cancel()
+            for _, _, future in self._waiting.values():
+                future.cancel()
+            self._waiting.clear()
+
+    async def _read(self, requests: AsyncIterator[pb.PipelineRequests]) -> None:
+        try:
+            async for batch in requests:
+                for request in batch.requests:
+                    self._start(request)
+        finally:
+            self._reading = False
+            self._ready.set()
+
+    def _start(self, request: pb.PipelineRequest) -> None:
+        tag = request.tag
+        kind = request.WhichOneof("op")
+        if tag in self._waiting:
+            self._post_error(tag, _INVALID_ARGUMENT, f"tag {tag} is already in flight")
+            return
+        if len(self._waiting) >= MAX_IN_FLIGHT_PER_STREAM:
+            self._post_error(
+                tag,
+                _RESOURCE_EXHAUSTED,
+                f"more than {MAX_IN_FLIGHT_PER_STREAM} requests in flight on one stream",
+            )
+            return
+        try:
+            if kind == "get":
+                outcome = self._backend.start_get(request.get)
+            elif kind == "set":
+                outcome = self._backend.start_set(request.set)
+            else:
+                raise PipelineRequestError("a request needs either get or set")
+        except PipelineRequestError as error:
+            self._post_error(tag, _INVALID_ARGUMENT, str(error))
+            return
+        if isinstance(outcome, asyncio.Future):
+            timeout = request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_TIMEOUT
+            deadline = self._loop.time() + min(timeout, MAX_TIMEOUT)
+            self._waiting[tag] = (deadline, kind, outcome)
+            outcome.add_done_callback(partial(self._finished, tag))
+            return
+        reply = pb.PipelineReply(tag=tag)
+        self._backend.fill_reply(reply, outcome)
+        self._post(reply)
+
+    def _finished(self, tag: int, future: asyncio.Future[object]) -> None:
+        if future.cancelled():
+            return  # timed out (already answered) or the stream ended
+        self._waiting.pop(tag, None)
+        reply = pb.PipelineReply(tag=tag)
+        self._backend.fill_reply(reply, future.result())
+        self._post(reply)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            if not self._waiting:
+                continue
+            now = self._loop.time()
+            expired = [tag for tag, (deadline, _, _) in self._waiting.items() if deadline <= now]
+            for tag in expired:
+                _, kind, future = self._waiting.pop(tag)
+                future.cancel()
+                self._post_error(tag, _DEADLINE_EXCEEDED, self._backend.timeout_details(kind))
+
+    def _post_error(self, tag: int, code: int, details: str) -> None:
+        self._post(pb.PipelineReply(tag=tag, code=code, details=details))
+
+    def _post(self, reply: pb.PipelineReply) -> None:
+        self._outbox.append(reply)
+        self._ready.set()
+
+
+def status_code_number(code: grpc.StatusCode) -> int:
+    """The number gRPC gives `code` on the wire (PipelineReply.code)."""
+    number: int = code.value[0]
+    return number
