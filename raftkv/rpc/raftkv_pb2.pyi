@@ -108,6 +108,24 @@ class RequestVoteReply(_message.Message):
     old_lease_remaining: float
     def __init__(self, term: _Optional[int] = ..., voter_id: _Optional[int] = ..., granted: _Optional[bool] = ..., old_lease_remaining: _Optional[float] = ...) -> None: ...
 
+class RaftMessage(_message.Message):
+    __slots__ = ("append_entries", "request_vote", "append_entries_reply", "request_vote_reply")
+    APPEND_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_VOTE_FIELD_NUMBER: _ClassVar[int]
+    APPEND_ENTRIES_REPLY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_VOTE_REPLY_FIELD_NUMBER: _ClassVar[int]
+    append_entries: AppendEntriesArgs
+    request_vote: RequestVoteArgs
+    append_entries_reply: AppendEntriesReply
+    request_vote_reply: RequestVoteReply
+    def __init__(self, append_entries: _Optional[_Union[AppendEntriesArgs, _Mapping]] = ..., request_vote: _Optional[_Union[RequestVoteArgs, _Mapping]] = ..., append_entries_reply: _Optional[_Union[AppendEntriesReply, _Mapping]] = ..., request_vote_reply: _Optional[_Union[RequestVoteReply, _Mapping]] = ...) -> None: ...
+
+class RaftMessages(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[RaftMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[RaftMessage, _Mapping]]] = ...) -> None: ...
+
 class GetRequest(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class RaftStub:
                 request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.RequestVoteArgs.SerializeToString,
                 response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.RequestVoteReply.FromString,
                 _registered_method=True)
+        self.PeerStream = channel.stream_stream(
+                '/raft.Raft/PeerStream',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.RaftMessages.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.RaftMessages.FromString,
+                _registered_method=True)
 
 
 class RaftServicer:
@@ -72,6 +77,12 @@ class RaftServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PeerStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_RaftServicer_to_server(servicer, server):
                     servicer.RequestVote,
                     request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.RequestVoteArgs.FromString,
                     response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.RequestVoteReply.SerializeToString,
+            ),
+            'PeerStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PeerStream,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.RaftMessages.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.RaftMessages.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Raft:
             '/raft.Raft/RequestVote',
             raftkv_dot_rpc_dot_raftkv__pb2.RequestVoteArgs.SerializeToString,
             raftkv_dot_rpc_dot_raftkv__pb2.RequestVoteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PeerStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raft.Raft/PeerStream',
+            raftkv_dot_rpc_dot_raftkv__pb2.RaftMessages.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.RaftMessages.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,9 +6,10 @@ the previous one ran (group commit) — then its messages are sent and its repli
 only then is the core advanced. Reads bypass the queue: they are checked against the clock at the
 moment they arrive (DESIGN §3 rule 4).
 
-Peer RPCs are request/response on the wire but one-way in the core. Every AppendEntries and
-RequestVote the core receives produces exactly one reply, in order, so an inbound RPC waits on a
-FIFO of futures keyed by (sender, reply type) and the Nth reply resolves the Nth waiter.
+Peer messages travel on one stream per peer (raftkv/server/peers.py): request/response on the
+wire but one-way in the core. Every AppendEntries and RequestVote the core receives produces
+exactly one reply, in order, so an inbound request waits on a FIFO of futures keyed by (sender,
+reply type) and the Nth reply resolves the Nth waiter.
 """
 
 from __future__ import annotations
@@ -46,17 +47,15 @@ from raftkv.core.node import (
     PersistentState,
     RaftNode,
     Ready,
+    Role,
     UnsafeSwitches,
 )
-from raftkv.rpc import raftkv_pb2_grpc
-from raftkv.server import wire
 from raftkv.server.dump import DumpLog
+from raftkv.server.peers import PeerLink
 from raftkv.server.storage import NodeStorage, StorageError, node_data_dir
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
 COMMIT_HINT_INTERVAL = 2.0
-# Peer RPCs in flight per peer before further messages are dropped (Raft tolerates loss).
-MAX_IN_FLIGHT_PER_PEER = 64
 GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -132,77 +131,10 @@ class FatalNodeError(RuntimeError):
     """The node cannot continue safely (storage failure, broken invariant)."""
 
 
-class _PeerLink:
-    """Outbound RPCs to one peer: deadlines on every call, bounded calls in flight."""
-
-    def __init__(
-        self, replica: Replica, peer_id: int, address: str, timeout: float, tls: TlsFiles | None
-    ) -> None:
-        self.replica = replica
-        self.peer_id = peer_id
-        self.address = address
-        self.timeout = timeout
-        if tls is None:
-            self.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
-        else:
-            credentials = tls.channel_credentials()
-            self.channel = grpc.aio.secure_channel(address, credentials, options=GRPC_OPTIONS)
-        self.stub = raftkv_pb2_grpc.RaftStub(self.channel)
-        self.in_flight = 0
-        self.reachable = True
-        self.failures = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def send(self, message: AppendEntries | RequestVote) -> None:
-        if self.in_flight >= MAX_IN_FLIGHT_PER_PEER:
-            return
-        self.in_flight += 1
-        task = asyncio.create_task(self._call(message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _call(self, message: AppendEntries | RequestVote) -> None:
-        peers = {self.peer_id}
-        reply: Message
-        try:
-            if isinstance(message, AppendEntries):
-                ae = await self.stub.AppendEntries(
-                    wire.append_entries_to_pb(message), timeout=self.timeout
-                )
-                reply = wire.append_reply_from_pb(ae, peers)
-            else:
-                rv = await self.stub.RequestVote(
-                    wire.request_vote_to_pb(message), timeout=self.timeout
-                )
-                reply = wire.vote_reply_from_pb(rv, peers)
-        except grpc.aio.AioRpcError as error:
-            self._failed(error.code().name, error.details() or "")
-            return
-        except wire.WireError as error:
-            self._failed("INVALID_REPLY", str(error))
-            return
-        finally:
-            self.in_flight -= 1
-        if not self.reachable:
-            self.replica.dump.write(
-                f"Node {self.peer_id} is reachable again after {self.failures} failed RPCs."
-            )
-        self.reachable, self.failures = True, 0
-        self.replica.submit_message(reply)
-
-    def _failed(self, code: str, details: str) -> None:
-        self.failures += 1
-        if self.reachable:
-            # The assignment's sentence, once per outage rather than once per heartbeat.
-            self.replica.dump.write(
-                f"Error occurred while sending RPC to Node {self.peer_id}. ({code}: {details})"
-            )
-        self.reachable = False
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await self.channel.close(grace=None)
+def _peer_channel(address: str, tls: TlsFiles | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=GRPC_OPTIONS)
 
 
 class Replica:
@@ -237,7 +169,14 @@ class Replica:
         self._tokens = itertools.count(1)
         rpc_timeout = options.config.election_timeout_min
         self.peers = {
-            n.id: _PeerLink(self, n.id, n.address, rpc_timeout, options.tls)
+            n.id: PeerLink(
+                n.id,
+                n.address,
+                _peer_channel(n.address, options.tls),
+                rpc_timeout,
+                self.submit_message,
+                self.dump.write,
+            )
             for n in options.cluster.nodes
             if n.id != self.node_id
         }
@@ -250,10 +189,8 @@ class Replica:
         self._inputs.append((message, None))
         self._wake.set()
 
-    async def exchange(
-        self, message: AppendEntries | RequestVote, timeout: float
-    ) -> Message | None:
-        """Feed an inbound peer request to the core and wait for the core's reply to it."""
+    def begin_exchange(self, message: AppendEntries | RequestVote) -> asyncio.Future[Message]:
+        """Feed an inbound peer request to the core; the future gets the core's reply to it."""
         if isinstance(message, AppendEntries):
             key: tuple[int, type] = (message.leader_id, AppendEntriesReply)
         else:
@@ -261,8 +198,14 @@ class Replica:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._reply_waiters.setdefault(key, deque()).append(future)
         self.submit_message(message)
+        return future
+
+    async def exchange(
+        self, message: AppendEntries | RequestVote, timeout: float
+    ) -> Message | None:
+        """`begin_exchange` and wait for the reply; None when it does not come in time."""
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(self.begin_exchange(message), timeout)
         except TimeoutError:
             return None  # the future stays queued (cancelled) so replies keep their order
 
@@ -373,7 +316,14 @@ class Replica:
                 self._dispatch(envelope)
         if persisting or hint_due:
             try:
-                await asyncio.to_thread(self._persist, ready, hint_due)
+                if self.core.role is Role.LEADER:
+                    # In a worker thread: the AppendEntries dispatched above go out, and reads
+                    # are served, while the leader's own fsync runs.
+                    await asyncio.to_thread(self._persist, ready, hint_due)
+                else:
+                    # A follower has nothing to do before its fsync is done (its reply must wait
+                    # for it), so the thread hop would only add latency and CPU to every round.
+                    self._persist(ready, hint_due)
             except StorageError as error:
                 self.dump.write(f"Node {self.node_id} storage failure, stopping: {error}")
                 raise FatalNodeError(str(error)) from error

@@ -22,6 +22,7 @@ from raftkv.core.messages import (
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
+from raftkv.server.peers import PeerStreamSession
 from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
 from raftkv.server.replica import Replica
 
@@ -130,6 +131,17 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
         if reply is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "node busy or stopping")
         return wire.vote_reply_to_pb(reply)  # type: ignore[arg-type]
+
+    async def PeerStream(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.RaftMessages],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.RaftMessages]:
+        session = PeerStreamSession(self.replica.begin_exchange, self.peer_ids)
+        async for replies in session.serve(request_iterator):
+            yield replies
+        if session.error is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
 
     async def ServeClient(  # noqa: N802 - the assignment's method name
         self, request: pb.ServeClientArgs, context: grpc.aio.ServicerContext

@@ -1,0 +1,260 @@
+"""The peer transport: one `Raft.PeerStream` per peer carries this node's requests to it.
+
+A unary gRPC call per AppendEntries cost the leader (and each follower's server) more than the
+Raft work it carried. Instead each node dials every peer once and keeps a stream open: requests
+(AppendEntries, RequestVote) go out in batches, and the peer writes one reply per request in
+order (`PeerStreamSession`, the answering side).
+
+Raft tolerates lost messages, so the link never blocks the core: at most MAX_IN_FLIGHT_PER_PEER
+requests may be unanswered, further ones are dropped; a stream whose oldest request is unanswered
+for longer than the RPC timeout counts as failed (as a unary call past its deadline would) and is
+replaced by a new one at the next send. A broken stream loses what was in flight; the core
+retries by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from raftkv.core.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+)
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server import wire
+
+# Requests unanswered per peer before further messages are dropped (Raft tolerates loss).
+MAX_IN_FLIGHT_PER_PEER = 64
+
+
+def request_to_pb(message: AppendEntries | RequestVote) -> pb.RaftMessage:
+    if isinstance(message, AppendEntries):
+        return pb.RaftMessage(append_entries=wire.append_entries_to_pb(message))
+    return pb.RaftMessage(request_vote=wire.request_vote_to_pb(message))
+
+
+def request_from_pb(message: pb.RaftMessage, peers: set[int]) -> AppendEntries | RequestVote:
+    kind = message.WhichOneof("message")
+    if kind == "append_entries":
+        return wire.append_entries_from_pb(message.append_entries, peers)
+    if kind == "request_vote":
+        return wire.request_vote_from_pb(message.request_vote, peers)
+    raise wire.WireError(f"a peer stream carries requests only, not {kind or 'an empty message'}")
+
+
+def reply_to_pb(message: Message) -> pb.RaftMessage:
+    if isinstance(message, AppendEntriesReply):
+        return pb.RaftMessage(append_entries_reply=wire.append_reply_to_pb(message))
+    assert isinstance(message, RequestVoteReply)
+    return pb.RaftMessage(request_vote_reply=wire.vote_reply_to_pb(message))
+
+
+def reply_from_pb(message: pb.RaftMessage, peers: set[int]) -> Message:
+    kind = message.WhichOneof("message")
+    if kind == "append_entries_reply":
+        return wire.append_reply_from_pb(message.append_entries_reply, peers)
+    if kind == "request_vote_reply":
+        return wire.vote_reply_from_pb(message.request_vote_reply, peers)
+    raise wire.WireError(f"a peer stream answers with replies only, not {kind or 'nothing'}")
+
+
+class PeerLink:
+    """Outbound requests to one peer over one stream at a time.
+
+    `deliver` gets every reply (for the core); `log` gets the dump sentences about outages, once
+    per outage rather than once per heartbeat.
+    """
+
+    def __init__(
+        self,
+        peer_id: int,
+        address: str,
+        channel: grpc.aio.Channel,
+        timeout: float,
+        deliver: Callable[[Message], None],
+        log: Callable[[str], None],
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.channel = channel
+        self.timeout = timeout
+        self._stub: Any = raftkv_pb2_grpc.RaftStub(channel)
+        self._deliver = deliver
+        self._log = log
+        # Real monotonic time (the event loop's), not the node's Raft clock; a seam for tests.
+        self._clock = clock
+        self._peers = {peer_id}
+        self._queue: list[pb.RaftMessage] = []
+        # loop.time() at which each unanswered request was queued, oldest first.
+        self._unanswered: deque[float] = deque()
+        self._wake = asyncio.Event()
+        self._stream: _OutboundStream | None = None
+        self.reachable = True
+        self.failures = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._unanswered)
+
+    def send(self, message: AppendEntries | RequestVote) -> None:
+        now = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        stream = self._stream
+        if stream is not None and self._unanswered and now - self._unanswered[0] > self.timeout:
+            self._stream_failed(stream, "DEADLINE_EXCEEDED", f"no reply for {self.timeout:.2f}s")
+        if len(self._unanswered) >= MAX_IN_FLIGHT_PER_PEER:
+            return
+        self._queue.append(request_to_pb(message))
+        self._unanswered.append(now)
+        if self._stream is None:
+            self._stream = _OutboundStream(self)
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        await self.channel.close(grace=None)
+
+    # -- what the stream's tasks call -------------------------------------------------------
+
+    def _take_batch(self) -> list[pb.RaftMessage]:
+        batch, self._queue = self._queue, []
+        return batch
+
+    def _replied(self, reply: Message) -> None:
+        if self._unanswered:
+            self._unanswered.popleft()
+        if not self.reachable:
+            self._log(f"Node {self.peer_id} is reachable again after {self.failures} failed RPCs.")
+        self.reachable, self.failures = True, 0
+        self._deliver(reply)
+
+    def _stream_failed(self, stream: _OutboundStream, code: str, details: str) -> None:
+        if self._stream is not stream:
+            return  # an older stream, already replaced
+        self._stream = None
+        stream.cancel()
+        self._queue.clear()
+        self._unanswered.clear()
+        self.failures += 1
+        if self.reachable:
+            # The assignment's sentence, once per outage rather than once per heartbeat.
+            self._log(
+                f"Error occurred while sending RPC to Node {self.peer_id}. ({code}: {details})"
+            )
+        self.reachable = False
+
+
+class _OutboundStream:
+    """One open PeerStream call and the two tasks that write and read it."""
+
+    def __init__(self, link: PeerLink) -> None:
+        self._link = link
+        self._call: Any = link._stub.PeerStream()
+        self._sender = asyncio.create_task(self._send())
+        self._receiver = asyncio.create_task(self._receive())
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self._sender.cancel()
+        self._receiver.cancel()
+
+    async def stop(self) -> None:
+        self.cancel()
+        await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
+
+    async def _send(self) -> None:
+        link = self._link
+        try:
+            while True:
+                if not link._queue:
+                    link._wake.clear()
+                    await link._wake.wait()
+                    continue
+                await self._call.write(pb.RaftMessages(messages=link._take_batch()))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._call.cancel()
+
+    async def _receive(self) -> None:
+        link = self._link
+        try:
+            while True:
+                batch = await self._call.read()
+                if batch is grpc.aio.EOF:
+                    link._stream_failed(self, "UNAVAILABLE", "the peer closed the stream")
+                    return
+                for message in batch.messages:
+                    link._replied(reply_from_pb(message, link._peers))
+        except grpc.aio.AioRpcError as error:
+            link._stream_failed(self, error.code().name, error.details() or "")
+        except wire.WireError as error:
+            link._stream_failed(self, "INVALID_REPLY", str(error))
+
+
+class PeerStreamSession:
+    """The answering side of one PeerStream: every request goes to the core as it is read, and
+    its reply is written back when the core produces it (replies come in request order)."""
+
+    def __init__(
+        self,
+        begin_exchange: Callable[[AppendEntries | RequestVote], asyncio.Future[Message]],
+        peers: set[int],
+    ) -> None:
+        self._begin_exchange = begin_exchange
+        self._peers = peers
+        self._outbox: list[pb.RaftMessage] = []
+        self._ready = asyncio.Event()
+        self._reading = True
+        self._unanswered = 0
+        self.error: wire.WireError | None = None
+
+    async def serve(
+        self, requests: AsyncIterator[pb.RaftMessages]
+    ) -> AsyncIterator[pb.RaftMessages]:
+        """Yields reply batches; ends when the peer half-closes and every reply was sent, or
+        when a request fails validation (then `error` says why)."""
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while True:
+                if self._outbox:
+                    replies, self._outbox = self._outbox, []
+                    yield pb.RaftMessages(messages=replies)
+                    continue
+                if self.error is not None or (not self._reading and not self._unanswered):
+                    break
+                self._ready.clear()
+                await self._ready.wait()
+        finally:
+            reader.cancel()
+
+    async def _read(self, requests: AsyncIterator[pb.RaftMessages]) -> None:
+        try:
+            async for batch in requests:
+                for message in batch.messages:
+                    request = request_from_pb(message, self._peers)
+                    self._unanswered += 1
+                    self._begin_exchange(request).add_done_callback(self._answered)
+        except wire.WireError as error:
+            self.error = error
+        finally:
+            self._reading = False
+            self._ready.set()
+
+    def _answered(self, future: asyncio.Future[Message]) -> None:
+        self._unanswered -= 1
+        if not future.cancelled():
+            self._outbox.append(reply_to_pb(future.result()))
+        self._ready.set()

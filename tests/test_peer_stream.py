@@ -1,0 +1,235 @@
+"""The peer transport (raftkv/server/peers.py) between a PeerLink and a real grpc.aio server that
+answers with PeerStreamSession over a scripted core: ordering, validation, outages, the in-flight
+bound and a stream that stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from raftkv.core.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+)
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server import peers
+from raftkv.server.peers import PeerLink, PeerStreamSession
+
+pytestmark = pytest.mark.timeout(60)
+
+DIALER, ANSWERER = 1, 2
+
+
+class ScriptedPeer(raftkv_pb2_grpc.RaftServicer):
+    """Node ANSWERER's PeerStream; its "core" answers each request at once, or never while
+    `silent` is set. Requests it saw are kept in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[AppendEntries | RequestVote] = []
+        self.silent = False
+        self.unanswered: list[asyncio.Future[Message]] = []
+
+    def begin_exchange(self, request: AppendEntries | RequestVote) -> asyncio.Future[Message]:
+        self.seen.append(request)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        if self.silent:
+            self.unanswered.append(future)
+        elif isinstance(request, AppendEntries):
+            future.set_result(AppendEntriesReply(request.term, ANSWERER, True, 0, 0, request.round))
+        else:
+            future.set_result(RequestVoteReply(request.term, ANSWERER, True, 0.0))
+        return future
+
+    async def PeerStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.RaftMessages], context: Any
+    ) -> AsyncIterator[pb.RaftMessages]:
+        session = PeerStreamSession(self.begin_exchange, {DIALER})
+        async for replies in session.serve(request_iterator):
+            yield replies
+        if session.error is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
+
+
+def heartbeat(round_: int, leader: int = DIALER) -> AppendEntries:
+    return AppendEntries(3, leader, 0, 0, (), 0, 0.3, round_)
+
+
+class Harness:
+    def __init__(self, address: str, clock: Callable[[], float] | None = None) -> None:
+        self.delivered: list[Message] = []
+        self.logged: list[str] = []
+        self.link = PeerLink(
+            ANSWERER,
+            address,
+            grpc.aio.insecure_channel(address),
+            timeout=0.4,
+            deliver=self.delivered.append,
+            log=self.logged.append,
+            clock=clock,
+        )
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        for _ in range(5000):
+            if condition():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"not reached within 5 s: {what}")
+
+
+async def start(peer: ScriptedPeer, address: str = "127.0.0.1:0") -> tuple[Any, str]:
+    server = grpc.aio.server()
+    raftkv_pb2_grpc.add_RaftServicer_to_server(peer, server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_requests_arrive_in_order_and_every_reply_comes_back() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        server, address = await start(peer)
+        harness = Harness(address)
+        for round_ in range(1, 21):
+            harness.link.send(heartbeat(round_))
+        harness.link.send(RequestVote(4, DIALER, 7, 3))
+        await harness.until(lambda: len(harness.delivered) == 21, "21 replies")
+        assert [m.round for m in peer.seen[:20] if isinstance(m, AppendEntries)] == list(
+            range(1, 21)
+        )
+        assert peer.seen[20] == RequestVote(4, DIALER, 7, 3)
+        replies = harness.delivered
+        assert [r.round for r in replies[:20] if isinstance(r, AppendEntriesReply)] == list(
+            range(1, 21)
+        )
+        assert replies[20] == RequestVoteReply(4, ANSWERER, True, 0.0)
+        assert harness.link.in_flight == 0
+        assert harness.logged == []
+        await harness.link.close()
+        await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_the_peer_refuses_breaks_the_stream_once_and_is_logged_once() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        server, address = await start(peer)
+        harness = Harness(address)
+        # Node 9 is not a member the answering node knows: INVALID_ARGUMENT, stream closed.
+        harness.link.send(heartbeat(1, leader=9))
+        await harness.until(lambda: not harness.link.reachable, "the link to fail")
+        assert len(harness.logged) == 1
+        assert harness.logged[0].startswith("Error occurred while sending RPC to Node 2.")
+        assert "INVALID_ARGUMENT" in harness.logged[0]
+        assert harness.link.in_flight == 0
+        # A good request opens a new stream; recovery is logged once.
+        harness.link.send(heartbeat(2))
+        await harness.until(lambda: len(harness.delivered) == 1, "a reply on the new stream")
+        assert harness.link.reachable
+        assert harness.logged[1] == "Node 2 is reachable again after 1 failed RPCs."
+        await harness.link.close()
+        await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_that_is_down_is_logged_once_per_outage() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        server, address = await start(peer)
+        await server.stop(None)  # nobody listens on `address` now
+        harness = Harness(address)
+        for round_ in range(1, 6):
+            harness.link.send(heartbeat(round_))
+            await harness.until(lambda: harness.link.in_flight == 0, "the failed send")
+        assert not harness.link.reachable
+        assert harness.link.failures >= 1
+        assert len(harness.logged) == 1
+        assert "UNAVAILABLE" in harness.logged[0]
+
+        restarted, _ = await start(peer, address)
+        for round_ in range(6, 200):  # the channel reconnects with back-off
+            harness.link.send(heartbeat(round_))
+            if harness.delivered:
+                break
+            await asyncio.sleep(0.02)
+        await harness.until(lambda: bool(harness.delivered), "a reply after the restart")
+        assert harness.link.reachable
+        assert harness.logged[-1].startswith("Node 2 is reachable again after")
+        await harness.link.close()
+        await restarted.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_unanswered_requests_are_bounded_and_a_stuck_stream_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(peers, "MAX_IN_FLIGHT_PER_PEER", 5)
+
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        peer.silent = True
+        server, address = await start(peer)
+        now = [100.0]
+        harness = Harness(address, clock=lambda: now[0])
+        for round_ in range(1, 9):
+            harness.link.send(heartbeat(round_))
+        assert harness.link.in_flight == 5  # three were dropped at the bound
+        await harness.until(lambda: len(peer.seen) == 5, "five requests at the peer")
+
+        # Within the RPC timeout nothing changes; past it the stream counts as failed and the
+        # next request goes out on a new stream.
+        now[0] += 0.3
+        harness.link.send(heartbeat(9))
+        assert harness.link.in_flight == 5
+        assert harness.link.reachable
+        now[0] += 0.2
+        peer.silent = False
+        harness.link.send(heartbeat(10))
+        assert harness.link.in_flight == 1
+        assert not harness.link.reachable
+        assert "DEADLINE_EXCEEDED" in harness.logged[0]
+        await harness.until(lambda: len(harness.delivered) == 1, "the reply on the new stream")
+        assert harness.delivered[0].round == 10
+        assert harness.link.reachable
+        await harness.link.close()
+        await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_session_ends_after_the_peer_half_closes_and_every_reply_is_sent() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        peer.silent = True
+
+        async def requests() -> AsyncIterator[pb.RaftMessages]:
+            yield pb.RaftMessages(messages=[peers.request_to_pb(heartbeat(1))])
+
+        session = PeerStreamSession(peer.begin_exchange, {DIALER})
+        batches: list[pb.RaftMessages] = []
+
+        async def drain() -> None:
+            async for batch in session.serve(requests()):
+                batches.append(batch)
+
+        task = asyncio.create_task(drain())
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert not task.done()  # one reply still owed
+        peer.unanswered[0].set_result(AppendEntriesReply(3, ANSWERER, True, 0, 0, 1))
+        await asyncio.wait_for(task, 5)
+        [batch] = batches
+        assert batch.messages[0].append_entries_reply.round == 1
+
+    asyncio.run(scenario())
