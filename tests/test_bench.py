@@ -11,6 +11,7 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,21 +22,28 @@ from raftkv.bench.workload import KEY_BYTES, VALUE_BYTES, keys, values
 from raftkv.delayproxy import DelayProxy, parse_delay
 
 
-def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _bench(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> tuple[str, dict[str, Any]]:
+    """`raftkv bench` at C=8 in tmp_path; the printed table and the JSON report."""
     json_file = tmp_path / "report.json"
     status = raftkv_main([
         "bench",
-        "--workloads", "set,mixed",
         "--clients", "8",
-        "--duration", "2",
-        "--warmup", "0.5",
+        *options,
         "--workdir", str(tmp_path / "clusters"),
         "--json-out", str(json_file),
         "--quiet",
     ])  # fmt: skip
     table = capsys.readouterr().out
     assert status == 0, table
-    report = json.loads(json_file.read_text())
+    return table, json.loads(json_file.read_text())
+
+
+def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table, report = _bench(
+        tmp_path, capsys, "--workloads", "set,mixed", "--duration", "2", "--warmup", "0.5"
+    )
     runs = report["throughput"]
     assert [run["workload"] for run in runs] == ["set", "mixed"]
     for run in runs:
@@ -52,6 +60,22 @@ def test_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
             port = int(line.rsplit(":", 1)[1].strip('",'))
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_bench_fill_measures_a_fresh_cluster_after_exactly_n_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table, report = _bench(
+        tmp_path, capsys, "--workloads", "set", "--duration", "1", "--warmup", "0.2",
+        "--fill", "3000",
+    )  # fmt: skip
+    # The SET run took thousands of SETs on the first cluster; the footprint counts only the
+    # fresh one's preload and fill.
+    assert report["throughput"][0]["ops"] > 0
+    [footprint] = report["footprint"]
+    assert footprint["sets_applied"] == 3000, footprint
+    assert "Footprint after the fill" in table
+    assert (tmp_path / "clusters" / "fill-raftkv").is_dir()
 
 
 def test_bench_bad_arguments() -> None:

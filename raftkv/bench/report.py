@@ -242,14 +242,21 @@ def render(report: Report) -> str:
         runs = median_runs(report.latency)
         out += ["", "Latency, C=1"]
         out += _run_rows(runs)
+    fresh_fill = bool(options.fill) and options.cluster_file is None
     if report.fill:
-        out += [
-            "",
-            "Fill: SETs until each system has taken --fill SETs in all (then the footprint)",
-        ]
+        if fresh_fill:
+            title = (
+                f"Fill: {options.fill:,} SETs into a fresh cluster per system (then the footprint)"
+            )
+        else:
+            title = "Fill: SETs until each system has taken --fill SETs in all (then the footprint)"
+        out += ["", title]
         out += _run_rows(report.fill)
     if report.footprints:
-        out += ["", "Footprint at the end of the LAN runs"]
+        out += [
+            "",
+            "Footprint after the fill" if fresh_fill else "Footprint at the end of the LAN runs",
+        ]
         rows = []
         for row in report.footprints:
             rss = [v for v in row.footprint.rss.values()]

@@ -5,7 +5,8 @@
    systems alternating run by run (round-robin inside each workload, `rounds` times);
 2. latency: the same at C=1 (GET and SET);
 3. profile: extra runs of our SET and GET load with py-spy on the leader;
-4. fill: N SETs into each system, then resident memory and data-directory size;
+4. footprint: resident memory and data-directory size of each system; with `fill`, measured on
+   fresh clusters (those of 1–3 stopped first) after exactly N SETs;
 5. wan: fresh clusters with a delay proxy on every node↔node link; bare RTT (Status RPC, or an
    etcd serializable Range), GET and SET latency at C=1 for our lease reads, our read_index and
    etcd linearizable reads, the client beside the leader;
@@ -400,31 +401,59 @@ class Suite:
                         )
         if options.profile_dir is not None:
             self._profile(ours)
+        running = [c for c in (ours, etcd, pysyncobj) if c is not None]
+        if options.fill and options.cluster_file is None:
+            # Footprint after exactly --fill SETs: the runs above took a number of SETs that
+            # depends on their speed (and on --rounds), so each system gets a fresh cluster.
+            for cluster in running:
+                self._stop(cluster)
+            self.progress.message(f"fill: {options.fill:,} SETs into a fresh cluster per system")
+            fresh: list[Cluster] = [
+                RaftKVCluster(
+                    root / "fill-raftkv", read_mode=options.read_mode, fsync=options.fsync
+                )
+            ]
+            if etcd is not None:
+                fresh.append(EtcdCluster(root / "fill-etcd"))
+            if pysyncobj is not None:
+                fresh.append(SyncObjCluster(root / "fill-pysyncobj"))
+            for cluster in fresh:
+                self._sets[cluster.label] = 0
+                self._start(cluster)
+                self._fill(cluster)
+                self._record_footprint(cluster)
+                self._stop(cluster)
+            return
         if options.fill:
             self.progress.message(f"fill: SETs until each system has taken {options.fill:,}")
-            for cluster, _ in lineup("set"):
-                missing = options.fill - self._sets.get(cluster.label, 0)
-                if missing <= 0:
-                    continue
-                workload = self._workload(
-                    "set", options.clients, warmup=0.0, duration=3600.0, op_budget=missing
-                )
-                self.report.fill.append(self._run(cluster, workload))
-        for cluster in [c for c in (ours, etcd, pysyncobj) if c is not None]:
-            fsync = "yes"
-            if cluster.system == "pysyncobj":
-                fsync = "never (mmap journal)"
-            elif cluster.system == "raftkv" and not options.fsync:
-                fsync = "off (--unsafe-no-fsync)"
-            elif isinstance(cluster, ExternalCluster):
-                fsync = "? (not started by us)"
-            self.report.footprints.append(
-                FootprintRow(
-                    cluster.label, self._sets.get(cluster.label, 0), cluster.footprint(), fsync
-                )
-            )
-        for cluster in [c for c in (ours, etcd, pysyncobj) if c is not None]:
+            for cluster in running:
+                self._fill(cluster)
+        for cluster in running:
+            self._record_footprint(cluster)
             self._stop(cluster)
+
+    def _fill(self, cluster: Cluster) -> None:
+        """SET until `cluster` has taken --fill SETs in all."""
+        missing = self.options.fill - self._sets.get(cluster.label, 0)
+        if missing > 0:
+            workload = self._workload(
+                "set", self.options.clients, warmup=0.0, duration=3600.0, op_budget=missing
+            )
+            self.report.fill.append(self._run(cluster, workload))
+
+    def _record_footprint(self, cluster: Cluster) -> None:
+        fsync = "yes"
+        if cluster.system == "pysyncobj":
+            fsync = "never (mmap journal)"
+        elif cluster.system == "raftkv" and not self.options.fsync:
+            fsync = "off (--unsafe-no-fsync)"
+        elif isinstance(cluster, ExternalCluster):
+            fsync = "? (not started by us)"
+        self.report.footprints.append(
+            FootprintRow(
+                cluster.label, self._sets.get(cluster.label, 0), cluster.footprint(), fsync
+            )
+        )
 
     def _profile(self, ours: Cluster) -> None:
         options = self.options

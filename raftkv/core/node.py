@@ -6,8 +6,9 @@ The caller (the asyncio shell, or the test simulator) drives it:
    `next_deadline()` has passed. `read(key, now, token)` may be called at any time.
 2. `take_ready()` hands back everything to do. The caller must, in this order: send
    `ready.messages_before_persist()`, persist `ready.first_index/entries` to the log and then
-   `ready.hard_state` (durably), send `ready.messages_after_persist()`, deliver
-   `ready.replies`, and call `advance(ready)`.
+   `ready.hard_state` (durably), send `ready.messages_after_persist()`, and call
+   `advance(ready)`. `ready.replies` may be delivered at any point: they report only entries
+   already durable on a majority and reads already checked.
    No other input except `read` may be fed between `take_ready` and `advance`.
 
 Rules kept here (the reader may want Figure 2 of the Raft paper open):

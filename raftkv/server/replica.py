@@ -1,10 +1,10 @@
 """The asyncio shell around one core: disk, timers, peers and client waiters.
 
 One task (`run`) owns the core. Inputs (peer messages, proposals) are queued and fed in batches;
-each batch's Ready is persisted in a worker thread — one fsync for everything that queued up while
-the previous one ran (group commit) — then its messages are sent and its replies delivered, and
-only then is the core advanced. Reads bypass the queue: they are checked against the clock at the
-moment they arrive (DESIGN §3 rule 4).
+each batch's Ready is persisted with one fsync for everything that queued up while the previous
+one ran (group commit) — a leader's AppendEntries leave before it — then its other messages are
+sent, and only then is the core advanced. Reads bypass the queue: they are checked against the
+clock at the moment they arrive (DESIGN §3 rule 4).
 
 Peer messages travel on one stream per peer (raftkv/server/peers.py): request/response on the
 wire but one-way in the core. Every AppendEntries and RequestVote the core receives produces
@@ -310,6 +310,13 @@ class Replica:
             ready.commit_length != self._commit_hint_written
             and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL
         )
+        # Replies first: they report entries already durable on a majority (a leader counts
+        # itself only after `advance`), so they need not wait for this Ready's fsync, which is
+        # usually the next batch of SETs.
+        for reply in ready.replies:
+            future = self._client_waiters.pop(reply.token, None)
+            if future is not None and not future.done():
+                future.set_result(reply.result)
         persisting = ready.needs_persist
         if persisting:
             for envelope in ready.messages_before_persist():
@@ -317,13 +324,14 @@ class Replica:
         if persisting or hint_due:
             try:
                 if self.core.role is Role.LEADER:
-                    # In a worker thread: the AppendEntries dispatched above go out, and reads
-                    # are served, while the leader's own fsync runs.
-                    await asyncio.to_thread(self._persist, ready, hint_due)
-                else:
-                    # A follower has nothing to do before its fsync is done (its reply must wait
-                    # for it), so the thread hop would only add latency and CPU to every round.
-                    self._persist(ready, hint_due)
+                    # One turn of the loop first, so that the AppendEntries dispatched above are
+                    # handed to gRPC and travel while we write. Inline, not in a worker thread:
+                    # the thread waited for the GIL behind this busy loop (measured 4.5 ms for
+                    # a 0.2 ms fdatasync), which put C=1 SET p50 at 2.8 ms instead of 2.2 ms.
+                    await asyncio.sleep(0)
+                # A follower has nothing to do before its fsync is done (its reply must wait
+                # for it).
+                self._persist(ready, hint_due)
             except StorageError as error:
                 self.dump.write(f"Node {self.node_id} storage failure, stopping: {error}")
                 raise FatalNodeError(str(error)) from error
@@ -331,10 +339,6 @@ class Replica:
                 self._commit_hint_at = now
         for envelope in ready.messages_after_persist() if persisting else ready.messages:
             self._dispatch(envelope)
-        for reply in ready.replies:
-            future = self._client_waiters.pop(reply.token, None)
-            if future is not None and not future.done():
-                future.set_result(reply.result)
         self.core.advance(ready)
 
     def _persist(self, ready: Ready, write_hint: bool) -> None:

@@ -318,6 +318,10 @@ class Simulation:
             for event in ready.events:
                 self.world.log(f"[{node.node_id}] {event}")
             self.checker.on_ready(node.node_id, core, ready, now)
+            # Before the disk, as the shell does: a crash during this persist must not take
+            # back what the replies said.
+            for reply in ready.replies:
+                self._answer_later(node, reply)
             if ready.needs_persist:
                 for envelope in ready.messages_before_persist():
                     self._send_to_node(node.node_id, envelope)
@@ -351,8 +355,6 @@ class Simulation:
         messages = ready.messages_after_persist() if ready.needs_persist else ready.messages
         for envelope in messages:
             self._send_to_node(node.node_id, envelope)
-        for reply in ready.replies:
-            self._answer_later(node, reply)
 
     def _arm_timer(self, node: SimNode, core: RaftNode) -> None:
         node.timer_generation += 1
