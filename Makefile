@@ -97,9 +97,10 @@ test-deps:
 # --- Benchmarks (raftkv/bench) --------------------------------------------------------------
 # `make bench` measures our own 3-node cluster (temp dir, fsync on); BENCH_ARGS adds options
 # (`make bench BENCH_ARGS="-c 1 --workloads get"`, see `raftkv bench --help`). `make bench-peers`
-# runs the whole comparison with etcd 3.4 (Debian) and PySyncObj in one command.
+# runs the whole comparison with etcd 3.4 (Debian) and PySyncObj in one command (~17 min:
+# three rounds of every LAN run, medians shown).
 BENCH_ARGS ?=
-BENCH_PEERS_ARGS ?= --against etcd,pysyncobj --latency --wan 50ms --failover 5 --fill 100000
+BENCH_PEERS_ARGS ?= --against etcd,pysyncobj --rounds 3 --latency --wan 50ms --failover 5 --fill 100000
 
 .PHONY: bench bench-peers bench-deps
 

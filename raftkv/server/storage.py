@@ -434,7 +434,11 @@ class NodeStorage:
         new lines can never end up interleaved with old ones on disk); the new lines are then
         written and synced with one fdatasync, whatever their number. Returns once durable.
         """
-        lines = [(encode_entry(entry) + "\n").encode("utf-8") for entry in entries]
+        self.append_encoded(first_index, encode_lines(entries))
+
+    def append_encoded(self, first_index: int, lines: Sequence[bytes]) -> None:
+        """`append_entries` for lines `encode_lines` made: a caller that syncs in a worker
+        thread encodes first, so that the thread needs the GIL only around its system calls."""
         with self._lock:
             fd = self._writable_fd()
             if not 1 <= first_index <= len(self._offsets) + 1:
@@ -623,6 +627,11 @@ def _failpoint_from_env() -> str | None:
             f"unknown {FAILPOINT_ENV}={value!r}; expected one of: {', '.join(_FAILPOINTS)}"
         )
     return value
+
+
+def encode_lines(entries: Sequence[LogEntry]) -> list[bytes]:
+    """logs.txt lines for `entries`, newline included."""
+    return [(encode_entry(entry) + "\n").encode("utf-8") for entry in entries]
 
 
 def _sync_file(fd: int) -> None:
