@@ -304,23 +304,24 @@ class Replica:
             self.core.tick(now)
 
     async def _handle_ready(self, ready: Ready) -> None:
-        self.dump.write_lines(ready.events)
-        now = time.monotonic()
-        hint_due = (
-            ready.commit_length != self._commit_hint_written
-            and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL
-        )
-        # Replies first: they report entries already durable on a majority (a leader counts
+        # A leader's AppendEntries first: the majority round is the longest wait in a SET.
+        persisting = ready.needs_persist
+        if persisting:
+            for envelope in ready.messages_before_persist():
+                self._dispatch(envelope)
+        # Then replies: they report entries already durable on a majority (a leader counts
         # itself only after `advance`), so they need not wait for this Ready's fsync, which is
         # usually the next batch of SETs.
         for reply in ready.replies:
             future = self._client_waiters.pop(reply.token, None)
             if future is not None and not future.done():
                 future.set_result(reply.result)
-        persisting = ready.needs_persist
-        if persisting:
-            for envelope in ready.messages_before_persist():
-                self._dispatch(envelope)
+        self.dump.write_lines(ready.events)
+        now = time.monotonic()
+        hint_due = (
+            ready.commit_length != self._commit_hint_written
+            and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL
+        )
         if persisting or hint_due:
             try:
                 lines = encode_lines(ready.entries) if ready.log_changed else []

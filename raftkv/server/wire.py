@@ -7,6 +7,7 @@ the core never sees it.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Collection
 
 from raftkv.core.messages import (
@@ -47,13 +48,34 @@ def entry_from_pb(message: pb.LogEntry) -> LogEntry:
     raise WireError("log entry without a command")
 
 
+class _RecentEntries:
+    """The last AppendEntries' entries in protobuf form: a leader usually sends every follower
+    the same slice of its log in a row, and building the messages is the costly part."""
+
+    def __init__(self) -> None:
+        self._entries: tuple[LogEntry, ...] = ()
+        self._messages: list[pb.LogEntry] = []
+
+    def to_pb(self, entries: tuple[LogEntry, ...]) -> list[pb.LogEntry]:
+        recent = self._entries
+        if not entries:
+            return []
+        if len(entries) != len(recent) or not all(map(operator.is_, entries, recent)):
+            self._entries = entries
+            self._messages = [entry_to_pb(e) for e in entries]
+        return self._messages
+
+
+_recent_entries = _RecentEntries()
+
+
 def append_entries_to_pb(m: AppendEntries) -> pb.AppendEntriesArgs:
     return pb.AppendEntriesArgs(
         term=m.term,
         leader_id=m.leader_id,
         prev_log_index=m.prev_log_index,
         prev_log_term=m.prev_log_term,
-        entries=[entry_to_pb(e) for e in m.entries],
+        entries=_recent_entries.to_pb(m.entries),
         leader_commit=m.leader_commit,
         lease_duration=m.lease_duration,
         round=m.round,
