@@ -242,9 +242,8 @@ def render(report: Report) -> str:
         runs = median_runs(report.latency)
         out += ["", "Latency, C=1"]
         out += _run_rows(runs)
-    fresh_fill = bool(options.fill) and options.cluster_file is None
     if report.fill:
-        if fresh_fill:
+        if options.fill_fresh_clusters:
             title = (
                 f"Fill: {options.fill:,} SETs into a fresh cluster per system (then the footprint)"
             )
@@ -255,7 +254,9 @@ def render(report: Report) -> str:
     if report.footprints:
         out += [
             "",
-            "Footprint after the fill" if fresh_fill else "Footprint at the end of the LAN runs",
+            "Footprint after the fill"
+            if options.fill_fresh_clusters
+            else "Footprint at the end of the LAN runs",
         ]
         rows = []
         for row in report.footprints:

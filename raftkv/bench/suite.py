@@ -74,6 +74,11 @@ class Options:
     # KeyValue.Pipeline stream (etcd is always driven with unary calls).
     unary: bool = False
 
+    @property
+    def fill_fresh_clusters(self) -> bool:
+        """--fill on clusters we start: each system gets a fresh one, filled with exactly N."""
+        return self.fill > 0 and self.cluster_file is None
+
     def processes(self, clients: int) -> int:
         if self.procs > 0:
             return self.procs
@@ -401,39 +406,34 @@ class Suite:
                         )
         if options.profile_dir is not None:
             self._profile(ours)
-        running = [c for c in (ours, etcd, pysyncobj) if c is not None]
-        if options.fill and options.cluster_file is None:
+        running: list[Cluster] = [c for c in (ours, etcd, pysyncobj) if c is not None]
+        if options.fill_fresh_clusters:
             # Footprint after exactly --fill SETs: the runs above took a number of SETs that
             # depends on their speed (and on --rounds), so each system gets a fresh cluster.
             for cluster in running:
                 self._stop(cluster)
-            self.progress.message(f"fill: {options.fill:,} SETs into a fresh cluster per system")
-            fresh: list[Cluster] = [
+            running = [
                 RaftKVCluster(
                     root / "fill-raftkv", read_mode=options.read_mode, fsync=options.fsync
                 )
             ]
             if etcd is not None:
-                fresh.append(EtcdCluster(root / "fill-etcd"))
+                running.append(EtcdCluster(root / "fill-etcd"))
             if pysyncobj is not None:
-                fresh.append(SyncObjCluster(root / "fill-pysyncobj"))
-            for cluster in fresh:
+                running.append(SyncObjCluster(root / "fill-pysyncobj"))
+            self.progress.message(f"fill: {options.fill:,} SETs into a fresh cluster per system")
+        elif options.fill:
+            self.progress.message(f"fill: SETs until each system has taken {options.fill:,}")
+        for cluster in running:
+            if options.fill_fresh_clusters:
                 self._sets[cluster.label] = 0
                 self._start(cluster)
-                self._fill(cluster)
-                self._record_footprint(cluster)
-                self._stop(cluster)
-            return
-        if options.fill:
-            self.progress.message(f"fill: SETs until each system has taken {options.fill:,}")
-            for cluster in running:
-                self._fill(cluster)
-        for cluster in running:
+            self._fill(cluster)
             self._record_footprint(cluster)
             self._stop(cluster)
 
     def _fill(self, cluster: Cluster) -> None:
-        """SET until `cluster` has taken --fill SETs in all."""
+        """SET until `cluster` has taken --fill SETs in all (none without --fill)."""
         missing = self.options.fill - self._sets.get(cluster.label, 0)
         if missing > 0:
             workload = self._workload(
