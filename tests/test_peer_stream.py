@@ -69,7 +69,6 @@ class Harness:
         self.logged: list[str] = []
         self.link = PeerLink(
             ANSWERER,
-            address,
             grpc.aio.insecure_channel(address),
             timeout=0.4,
             deliver=self.delivered.append,
@@ -213,8 +212,11 @@ def test_a_session_ends_after_the_peer_half_closes_and_every_reply_is_sent() -> 
         peer = ScriptedPeer()
         peer.silent = True
 
+        half_closed = asyncio.Event()
+
         async def requests() -> AsyncIterator[pb.RaftMessages]:
             yield pb.RaftMessages(messages=[peers.request_to_pb(heartbeat(1))])
+            half_closed.set()
 
         session = PeerStreamSession(peer.begin_exchange, {DIALER})
         batches: list[pb.RaftMessages] = []
@@ -224,9 +226,11 @@ def test_a_session_ends_after_the_peer_half_closes_and_every_reply_is_sent() -> 
                 batches.append(batch)
 
         task = asyncio.create_task(drain())
-        for _ in range(100):
+        await asyncio.wait_for(half_closed.wait(), 5)
+        for _ in range(10):  # turns for the session to see the half-close
             await asyncio.sleep(0)
-        assert not task.done()  # one reply still owed
+        assert len(peer.unanswered) == 1
+        assert not task.done()  # the peer half-closed, but one reply is still owed
         peer.unanswered[0].set_result(AppendEntriesReply(3, ANSWERER, True, 0, 0, 1))
         await asyncio.wait_for(task, 5)
         [batch] = batches

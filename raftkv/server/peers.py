@@ -78,7 +78,6 @@ class PeerLink:
     def __init__(
         self,
         peer_id: int,
-        address: str,
         channel: grpc.aio.Channel,
         timeout: float,
         deliver: Callable[[Message], None],
@@ -86,7 +85,6 @@ class PeerLink:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.peer_id = peer_id
-        self.address = address
         self.channel = channel
         self.timeout = timeout
         self._stub: Any = raftkv_pb2_grpc.RaftStub(channel)

@@ -171,7 +171,6 @@ class Replica:
         self.peers = {
             n.id: PeerLink(
                 n.id,
-                n.address,
                 _peer_channel(n.address, options.tls),
                 rpc_timeout,
                 self.submit_message,
@@ -328,7 +327,7 @@ class Replica:
                 if self.core.role is Role.LEADER:
                     # In a worker thread: the AppendEntries dispatched above go out, and reads
                     # are served, while the leader's own fsync runs (inline, the fsync took 30%
-                    # of the loop under 90/10 GET/SET load and GET p50 went from 5 to 8 ms).
+                    # of the loop under 90/10 GET/SET load and GET p50 went from ~4 to ~8 ms).
                     # Encoded here, so that the thread needs the GIL only around its system
                     # calls: this loop is busy, and a thread waiting for the GIL waits up to the
                     # 5 ms switch interval.
