@@ -141,7 +141,8 @@ GC_YOUNG_THRESHOLD = 50_000
 def _tune_garbage_collector() -> None:
     """Every log entry stays in memory as GC-tracked objects, so the collector's passes over
     older generations grow with the log. Collecting less often halved SET p99.9 at C=64 in
-    `raftkv bench` (~30 ms to ~15 ms); freezing moves the log loaded at start out of its reach.
+    `raftkv bench --workloads set` (34 and 27 ms before, 13–19 ms after, in paired runs);
+    freezing moves the log loaded at start out of its reach.
     """
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
