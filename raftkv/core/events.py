@@ -1,0 +1,212 @@
+"""What a node reports happening, as typed values.
+
+Each event is a frozen class whose `str()` is the sentence the node writes to its dump file
+(the original assignment's sentences kept word for word where it has one). The same template
+parses a dump line back into the event (`parse`), so that the log review and the tests match
+on classes and fields instead of on copied regular expressions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from .messages import Command, NoOpCommand
+
+_FIELD = re.compile(r"\{(\w+)\}")
+_PATTERNS = {
+    "int": r"-?\d+",
+    "float": r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|inf|nan",
+    "str": r".*?",
+}
+_CONVERT = {"int": int, "float": float, "str": str}
+
+
+def describe_command(command: Command) -> str:
+    """A command as the assignment prints it: `SET {key} {value}` or `NO-OP`."""
+    if isinstance(command, NoOpCommand):
+        return "NO-OP"
+    return f"SET {command.key} {command.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class. `TEMPLATE` names the fields in braces; every field is an int, float or str."""
+
+    TEMPLATE: ClassVar[str] = ""
+    # Each class's parser, built from its template on first use.
+    _compiled: ClassVar[re.Pattern[str] | None] = None
+
+    def __str__(self) -> str:
+        return self.TEMPLATE.format(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def regex(cls) -> re.Pattern[str]:
+        compiled = cls.__dict__.get("_compiled")
+        if compiled is None:
+            kinds = {f.name: str(f.type) for f in fields(cls)}
+            parts, position = [], 0
+            for match in _FIELD.finditer(cls.TEMPLATE):
+                parts.append(re.escape(cls.TEMPLATE[position : match.start()]))
+                name = match.group(1)
+                parts.append(f"(?P<{name}>{_PATTERNS[kinds[name]]})")
+                position = match.end()
+            parts.append(re.escape(cls.TEMPLATE[position:]))
+            compiled = re.compile("^" + "".join(parts) + "$", re.DOTALL)
+            type.__setattr__(cls, "_compiled", compiled)
+        return compiled
+
+    @classmethod
+    def match(cls, text: str) -> Event | None:
+        found = cls.regex().match(text)
+        if found is None:
+            return None
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        values = {name: _CONVERT[kinds[name]](value) for name, value in found.groupdict().items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Restored(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} restored {entries} log entries, {applied} applied from the commit hint."
+    )
+    node: int
+    entries: int
+    applied: int
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionTimeout(Event):
+    TEMPLATE: ClassVar[str] = "Node {node} election timer timed out, Starting election."
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoteGranted(Event):
+    TEMPLATE: ClassVar[str] = "Vote granted for Node {candidate} in term {term}."
+    candidate: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoteDenied(Event):
+    TEMPLATE: ClassVar[str] = "Vote denied for Node {candidate} in term {term}."
+    candidate: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class BecameLeader(Event):
+    TEMPLATE: ClassVar[str] = "Node {node} became the leader for term {term}."
+    node: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingForOldLease(Event):
+    """docs/design.md §3 rule 3: a new leader appends nothing until every old lease has ended."""
+
+    TEMPLATE: ClassVar[str] = "New Leader waiting for Old Leader Lease to timeout."
+
+
+@dataclass(frozen=True, slots=True)
+class SendingHeartbeat(Event):
+    TEMPLATE: ClassVar[str] = "Leader {node} sending heartbeat & Renewing Lease"
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewalFailed(Event):
+    """docs/design.md §3 rule 5."""
+
+    TEMPLATE: ClassVar[str] = "Leader {node} lease renewal failed. Stepping Down."
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class SteppingDown(Event):
+    TEMPLATE: ClassVar[str] = "Leader {node} Stepping down (term {term})."
+    node: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRequest(Event):
+    TEMPLATE: ClassVar[str] = "Node {node} (leader) received a {command} request."
+    node: int
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendAccepted(Event):
+    TEMPLATE: ClassVar[str] = "Node {node} accepted AppendEntries RPC from {leader}."
+    node: int
+    leader: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRejected(Event):
+    TEMPLATE: ClassVar[str] = "Node {node} rejected AppendEntries RPC from {leader}."
+    node: int
+    leader: int
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} ({role}) committed the entry {command} to the state machine."
+    )
+    node: int
+    role: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseMismatch(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Configuration error: leader {leader} uses lease {lease}s, this node {own}s; "
+        "assuming the longer."
+    )
+    leader: int
+    lease: float
+    own: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation(Event):
+    """A peer's message that breaks the protocol; the core dropped it unseen."""
+
+    TEMPLATE: ClassVar[str] = "Node {node} dropped a malformed message from {sender}: {reason}"
+    node: int
+    sender: int
+    reason: str
+
+
+CORE_EVENTS: tuple[type[Event], ...] = (
+    Restored,
+    ElectionTimeout,
+    VoteGranted,
+    VoteDenied,
+    BecameLeader,
+    WaitingForOldLease,
+    SendingHeartbeat,
+    LeaseRenewalFailed,
+    SteppingDown,
+    ReceivedRequest,
+    AppendAccepted,
+    AppendRejected,
+    Committed,
+    LeaseMismatch,
+    ProtocolViolation,
+)
+
+
+def parse(text: str) -> Event | None:
+    """The core event whose sentence `text` is, or None."""
+    for kind in CORE_EVENTS:
+        event = kind.match(text)
+        if event is not None:
+            return event
+    return None
