@@ -1,25 +1,30 @@
 """Conversion between the core's messages and protobuf, validating everything a peer sends.
 
-A peer's message that fails validation raises `WireError`; the RPC answers INVALID_ARGUMENT and
-the core never sees it.
+A peer's message that cannot be decoded, or that the core's own checks
+(raftkv/core/validation.py) refuse, raises `WireError`; the RPC answers INVALID_ARGUMENT and the
+core never sees it.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Collection
+from typing import TypeVar
 
 from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
     LogEntry,
+    Message,
     RequestVote,
     RequestVoteReply,
     SetCommand,
 )
+from raftkv.core.validation import malformed
 from raftkv.rpc import raftkv_pb2 as pb
+
+M = TypeVar("M", bound=Message)
 
 
 class WireError(ValueError):
@@ -83,24 +88,17 @@ def append_entries_to_pb(m: AppendEntries) -> pb.AppendEntriesArgs:
 
 
 def append_entries_from_pb(m: pb.AppendEntriesArgs, peers: Collection[int]) -> AppendEntries:
-    _check_peer(m.leader_id, peers, "leader_id")
-    if not math.isfinite(m.lease_duration) or m.lease_duration <= 0:
-        raise WireError(f"lease_duration must be a positive number, got {m.lease_duration}")
-    entries = tuple(entry_from_pb(e) for e in m.entries)
-    if any(e.term > m.term for e in entries):
-        raise WireError("an entry's term exceeds the leader's term")
-    if m.prev_log_term > m.term:
-        raise WireError("prev_log_term exceeds the leader's term")
-    return AppendEntries(
+    message = AppendEntries(
         term=m.term,
         leader_id=m.leader_id,
         prev_log_index=m.prev_log_index,
         prev_log_term=m.prev_log_term,
-        entries=entries,
+        entries=tuple(entry_from_pb(e) for e in m.entries),
         leader_commit=m.leader_commit,
         lease_duration=m.lease_duration,
         round=m.round,
     )
+    return _checked(message, peers)
 
 
 def append_reply_to_pb(m: AppendEntriesReply) -> pb.AppendEntriesReply:
@@ -115,10 +113,10 @@ def append_reply_to_pb(m: AppendEntriesReply) -> pb.AppendEntriesReply:
 
 
 def append_reply_from_pb(m: pb.AppendEntriesReply, peers: Collection[int]) -> AppendEntriesReply:
-    _check_peer(m.follower_id, peers, "follower_id")
-    return AppendEntriesReply(
+    message = AppendEntriesReply(
         m.term, m.follower_id, m.success, m.match_index, m.conflict_index, m.round
     )
+    return _checked(message, peers)
 
 
 def request_vote_to_pb(m: RequestVote) -> pb.RequestVoteArgs:
@@ -131,10 +129,8 @@ def request_vote_to_pb(m: RequestVote) -> pb.RequestVoteArgs:
 
 
 def request_vote_from_pb(m: pb.RequestVoteArgs, peers: Collection[int]) -> RequestVote:
-    _check_peer(m.candidate_id, peers, "candidate_id")
-    if m.term == 0:
-        raise WireError("a vote request needs a term ≥ 1")
-    return RequestVote(m.term, m.candidate_id, m.last_log_index, m.last_log_term)
+    message = RequestVote(m.term, m.candidate_id, m.last_log_index, m.last_log_term)
+    return _checked(message, peers)
 
 
 def vote_reply_to_pb(m: RequestVoteReply) -> pb.RequestVoteReply:
@@ -147,12 +143,14 @@ def vote_reply_to_pb(m: RequestVoteReply) -> pb.RequestVoteReply:
 
 
 def vote_reply_from_pb(m: pb.RequestVoteReply, peers: Collection[int]) -> RequestVoteReply:
-    _check_peer(m.voter_id, peers, "voter_id")
-    if not math.isfinite(m.old_lease_remaining) or m.old_lease_remaining < 0:
-        raise WireError(f"old_lease_remaining must be ≥ 0, got {m.old_lease_remaining}")
-    return RequestVoteReply(m.term, m.voter_id, m.granted, m.old_lease_remaining)
+    message = RequestVoteReply(m.term, m.voter_id, m.granted, m.old_lease_remaining)
+    return _checked(message, peers)
 
 
-def _check_peer(node_id: int, peers: Collection[int], field: str) -> None:
-    if node_id not in peers:
-        raise WireError(f"{field} {node_id} is not a member of this cluster")
+def _checked(message: M, peers: Collection[int]) -> M:
+    """The core's own checks, run before the message is queued so that the sender hears
+    INVALID_ARGUMENT (the core would drop it too, with a ProtocolViolation event)."""
+    problem = malformed(message, peers)
+    if problem is not None:
+        raise WireError(problem)
+    return message
