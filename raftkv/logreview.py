@@ -49,8 +49,8 @@ from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
+from raftkv.core.events import describe_command as describe
 from raftkv.core.messages import LogEntry
-from raftkv.core.node import describe
 from raftkv.server.storage import StorageError, decode_entry
 
 DEFAULT_UNCERTAINTY = 0.010

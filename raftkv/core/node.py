@@ -1,23 +1,31 @@
-"""One Raft replica as a pure state machine, with leader leases (DESIGN §2–3).
+"""One Raft replica as a pure state machine, with leader leases (docs/design.md §2–3).
 
 The caller (the asyncio shell, or the test simulator) drives it:
 
 1. Feed inputs: `step(message, now)`, `propose(command, now, token)`, `tick(now)` when
    `next_deadline()` has passed. `read(key, now, token)` may be called at any time.
 2. `take_ready()` hands back everything to do. The caller must, in this order: send
-   `ready.messages_before_persist()`, persist `ready.first_index/entries` to the log and then
-   `ready.hard_state` (durably), send `ready.messages_after_persist()`, and call
-   `advance(ready)`. `ready.replies` may be delivered at any point: they report only entries
-   already durable on a majority and reads already checked.
-   No other input except `read` may be fed between `take_ready` and `advance`.
+   `ready.send_now`, persist `ready.first_index/entries` to the log and then `ready.hard_state`
+   (durably), send `ready.send_after_persist`, and call `advance(ready)`. `ready.replies` may be
+   delivered at any point: they report only entries already durable on a majority and reads
+   already checked. No other input except `read` may be fed between `take_ready` and `advance`.
 
-Rules kept here (the reader may want Figure 2 of the Raft paper open):
-- Terms are checked once, at the top of `step`; a higher term makes us a follower.
-- A vote is granted only to a candidate whose log is at least as up to date as ours.
-- A follower truncates its log only where an incoming entry's term conflicts with its own.
-- A leader commits only entries of its own term by majority; earlier ones commit with them.
-  The leader counts itself only for entries it has persisted (`advance`).
-- Leases: see the numbered rules of DESIGN §3, referenced as "rule N" below.
+Where each rule of Figure 2 (Raft paper) and of the lease (docs/design.md §3) lives:
+- Terms: checked once, at the top of `step`; a higher term makes us a follower
+  (`_become_follower`); a message of a lower term is answered with our term and not acted on
+  (`_on_append_entries`, `_on_request_vote`).
+- Votes: one per term, durable before the reply (`_on_request_vote` sets the hard state
+  dirty), only to a candidate whose log is at least as up to date as ours.
+- Log matching: a follower truncates its log only where an incoming entry's term conflicts
+  with its own (`_on_append_entries`).
+- Commit: a leader commits only entries of its own term, when a majority has them
+  (`_maybe_commit`, `quorum.quorum_value`); it counts itself only for entries it has persisted
+  (`advance`). Followers commit up to `leader_commit` (`_on_append_entries`).
+- Replication: what to send a follower is decided in one place (`_send_append`, with the
+  follower's `Progress`).
+- Leases: rule 1 `_on_round_acked`; rule 2 `_record_old_lease` and `__init__`; rule 3
+  `_on_request_vote` (remaining time) and `_become_leader` (the wait); rule 4
+  `lease_read_refusal`; rules 5 and 7 `tick`; rule 6 `TimingConfig.validate`.
 
 Time is always an argument (`now`, seconds of this node's monotonic clock); randomness comes only
 from the `random.Random` passed in.
@@ -30,7 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from . import events
 from .config import ReadMode, TimingConfig
+from .events import Event, describe_command
+from .leader import LONG_AGO, NEVER, LeaderState, PendingRead
 from .messages import (
     NO_OP,
     Accepted,
@@ -42,7 +53,6 @@ from .messages import (
     LogEntry,
     Message,
     NodeId,
-    NoOpCommand,
     ProposeResult,
     ReadPending,
     ReadResult,
@@ -54,10 +64,12 @@ from .messages import (
     SetCommand,
     WriteDone,
 )
+from .progress import Progress
+from .quorum import majority, quorum_value
 from .state_machine import KeyValueStateMachine
+from .validation import malformed, sender_of
 
-NEVER = float("inf")
-LONG_AGO = float("-inf")
+__all__ = ["LONG_AGO", "NEVER"]
 
 
 class CoreMisuseError(RuntimeError):
@@ -100,13 +112,13 @@ class HardState:
 class PersistentState:
     hard_state: HardState
     entries: Sequence[LogEntry]
-    # Only a hint (commit index is volatile in Raft), clamped to the log on load.
-    commit_length: int = 0
+    # Only a hint (the commit index is volatile in Raft), clamped to the log on load.
+    commit_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A batch of work for the caller; see the module docstring for the order."""
+    """A batch of work for the caller, its order carried by its fields (module docstring)."""
 
     hard_state: HardState | None
     # The log on disk must end with `entries` starting at `first_index`: anything stored at
@@ -114,31 +126,25 @@ class Ready:
     first_index: int
     entries: tuple[LogEntry, ...]
     log_changed: bool
-    commit_length: int
-    messages: tuple[Envelope, ...]
+    commit_index: int
+    # May go out before (and while) this Ready is persisted. A leader's AppendEntries do not
+    # depend on its own copy being durable (it counts itself only after `advance`), so
+    # replication overlaps the leader's fsync (Raft thesis §10.2.1).
+    send_now: tuple[Envelope, ...]
+    # Only once the persist is durable: votes, acknowledgements, anything after a term change.
+    send_after_persist: tuple[Envelope, ...]
     replies: tuple[ClientReply, ...]
     applied: tuple[tuple[int, LogEntry], ...]
-    events: tuple[str, ...]
+    events: tuple[Event, ...]
 
     @property
     def needs_persist(self) -> bool:
         return self.hard_state is not None or self.log_changed
 
-    def messages_before_persist(self) -> tuple[Envelope, ...]:
-        """Messages that may go out while this Ready is still being persisted.
-
-        A leader's AppendEntries do not depend on its own copy being durable (it counts itself
-        only after `advance`), so replication overlaps the leader's fsync (Raft thesis §10.2.1).
-        Anything else — votes, acknowledgements, a term change — waits for the disk.
-        """
-        if self.hard_state is not None:
-            return ()
-        return tuple(e for e in self.messages if isinstance(e.message, AppendEntries))
-
-    def messages_after_persist(self) -> tuple[Envelope, ...]:
-        if self.hard_state is not None:
-            return self.messages
-        return tuple(e for e in self.messages if not isinstance(e.message, AppendEntries))
+    @property
+    def messages(self) -> tuple[Envelope, ...]:
+        """Every message of this Ready, in the order the caller sends them."""
+        return self.send_now + self.send_after_persist
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,28 +155,11 @@ class NodeStatus:
     leader_id: NodeId | None
     voted_for: NodeId | None
     log_length: int
-    commit_length: int
-    applied_length: int
+    commit_index: int
+    # Entries are applied as soon as they commit (docs/design.md §2): always commit_index.
+    last_applied: int
     lease_remaining: float
     waiting_for_old_lease: float
-
-
-@dataclass(slots=True)
-class _Peer:
-    next_index: int
-    match_index: int = 0
-    # After a success we stream (pipeline); after a rejection we probe one message at a time.
-    pipeline: bool = False
-    acked_round: int = 0
-    match_at_last_heartbeat: int = 0
-
-
-@dataclass(slots=True)
-class _PendingRead:
-    token: int
-    key: str
-    read_index: int
-    round: int
 
 
 @dataclass(slots=True)
@@ -178,13 +167,7 @@ class _Outbox:
     messages: list[Envelope] = field(default_factory=list)
     replies: list[ClientReply] = field(default_factory=list)
     applied: list[tuple[int, LogEntry]] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-
-
-def describe(command: Command) -> str:
-    if isinstance(command, NoOpCommand):
-        return "NO-OP"
-    return f"SET {command.key} {command.value}"
+    events: list[Event] = field(default_factory=list)
 
 
 class RaftNode:
@@ -206,7 +189,7 @@ class RaftNode:
         self.config = config
         self.unsafe = unsafe
         self._rng = rng
-        self._quorum = (len(self.peer_ids) + 1) // 2 + 1
+        self._quorum = majority(len(self.peer_ids) + 1)
 
         state = persisted or PersistentState(HardState(0, None), ())
         self._log: list[LogEntry] = list(state.entries)
@@ -221,9 +204,9 @@ class RaftNode:
 
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
-        # Invariant: applied_length == commit_length after every input (we apply at once).
-        self.commit_length = 0
-        self.applied_length = 0
+        # Figure 2's commitIndex. Committed entries are applied at once, so lastApplied is
+        # always equal to it and is not kept separately.
+        self.commit_index = 0
         self.state_machine = KeyValueStateMachine()
 
         # Log bookkeeping for Ready: entries from _unstable_from on are not yet handed out.
@@ -248,33 +231,32 @@ class RaftNode:
         self._votes: set[NodeId] = set()
         self._vote_lease_bound = LONG_AGO
 
-        # Leader state.
-        self._peers: dict[NodeId, _Peer] = {}
+        # Rounds number a leader's broadcasts (rule 1). They keep increasing over the node's
+        # life, across terms, so that no reply of an earlier leadership can vouch for a round.
         self._round = 0
-        self._round_sent_at: dict[int, float] = {}
-        self._quorum_round = 0
-        self._lease_end = LONG_AGO
-        self._serving_from = NEVER
-        self._step_down_grace_end = NEVER
-        self._next_heartbeat = NEVER
-        self._noop_index = 0
-        self._pending_writes: dict[int, tuple[int, int]] = {}  # index -> (token, term)
-        self._pending_reads: list[_PendingRead] = []
-        self._read_round_wanted = False
-        self._replicate_wanted = False
+        # Present exactly while this node is leader.
+        self._leader: LeaderState | None = None
+        # Proposals waiting to apply, index -> (token, term). Kept across role changes: a node
+        # that stepped down still learns whether its entry committed or was overwritten.
+        self._pending_writes: dict[int, tuple[int, int]] = {}
 
-        self._apply_committed(min(state.commit_length, len(self._log)), announce=False)
-        if self.applied_length:
-            self._out.events.append(
-                f"Node {self.id} restored {len(self._log)} log entries, "
-                f"{self.applied_length} applied from the commit hint."
-            )
+        self._apply_committed(min(state.commit_index, len(self._log)), announce=False)
+        if self.commit_index:
+            self._out.events.append(events.Restored(self.id, len(self._log), self.commit_index))
 
     # ------------------------------------------------------------------------------------------
     # Inputs
 
+    def check_message(self, message: Message) -> str | None:
+        """Why `message` would be dropped as malformed (validation.py), or None."""
+        return malformed(message, self.peer_ids)
+
     def step(self, message: Message, now: float) -> None:
         self._begin_input(now)
+        problem = self.check_message(message)
+        if problem is not None:
+            self._out.events.append(events.ProtocolViolation(self.id, sender_of(message), problem))
+            return
         if message.term > self.term:
             leader = message.leader_id if isinstance(message, AppendEntries) else None
             self._become_follower(message.term, leader, now)
@@ -289,65 +271,92 @@ class RaftNode:
 
     def tick(self, now: float) -> None:
         self._begin_input(now)
-        if self.role is Role.LEADER:
-            if now >= self._serving_from and now >= max(self._lease_end, self._step_down_grace_end):
-                self._out.events.append(f"Leader {self.id} lease renewal failed. Stepping Down.")
-                self._become_follower(self.term, None, now)
-                return
-            if now >= self._serving_from and self._noop_index == 0:
-                self._start_serving(now)
-            if now >= self._next_heartbeat:
-                self._out.events.append(f"Leader {self.id} sending heartbeat & Renewing Lease")
-                self._broadcast(now, heartbeat=True)
-        elif now >= self._election_deadline:
-            self._start_election(now)
+        leader = self._leader
+        if leader is None:
+            if now >= self._election_deadline:
+                self._start_election(now)
+            return
+        if now >= leader.serving_from and now >= max(leader.lease_end, leader.step_down_grace_end):
+            # Rule 5, with rule 7's grace for a leader that has just started serving.
+            self._out.events.append(events.LeaseRenewalFailed(self.id))
+            self._become_follower(self.term, None, now)
+            return
+        if now >= leader.serving_from and leader.noop_index == 0:
+            self._start_serving(leader, now)
+        if now >= leader.next_heartbeat:
+            self._out.events.append(events.SendingHeartbeat(self.id))
+            self._broadcast(leader, now, heartbeat=True)
 
     def propose(self, command: Command, now: float, token: int) -> ProposeResult:
         self._begin_input(now)
-        if self.role is not Role.LEADER:
+        leader = self._leader
+        if leader is None:
             return Refused(Refusal.NOT_LEADER, self.leader_id)
-        if self._noop_index == 0:
+        if leader.noop_index == 0:
             # Rule 3: nothing is appended before the old leader's lease has ended.
             return Refused(Refusal.WAITING_OLD_LEASE, self.id)
-        self._out.events.append(f"Node {self.id} (leader) received a {describe(command)} request.")
+        self._out.events.append(events.ReceivedRequest(self.id, describe_command(command)))
         index = self._append(command)
         self._pending_writes[index] = (token, self.term)
-        self._replicate_wanted = True
+        leader.replicate_wanted = True
         return Accepted(index, self.term)
 
     def read(self, key: str, now: float, token: int) -> ReadResult:
         """Answer a GET now if it is safe to (rule 4), else refuse or (read_index) defer."""
         self._last_now = max(self._last_now, now)
-        if self.role is not Role.LEADER:
+        if self.config.read_mode is ReadMode.READ_INDEX:
+            refusal = self._read_refusal(now, need_lease=False)
+            if refusal is not None:
+                return refusal
+            leader = self._leader
+            if leader is None:  # _read_refusal answered NOT_LEADER already
+                return Refused(Refusal.NOT_LEADER, self.leader_id)
+            leader.pending_reads.append(PendingRead(token, key, self.commit_index, self._round + 1))
+            leader.read_round_wanted = True
+            return ReadPending()
+        refusal = self.lease_read_refusal(now)
+        if refusal is not None:
+            return refusal
+        return ReadValue(self.state_machine.get(key))
+
+    # ------------------------------------------------------------------------------------------
+    # The lease predicate (rule 4): the one test of whether a read may be served from the lease.
+
+    def lease_read_refusal(self, now: float) -> Refused | None:
+        """Why a GET cannot be answered from the lease at `now`, or None when it can."""
+        return self._read_refusal(now, need_lease=True)
+
+    def serves_lease_reads(self, now: float) -> bool:
+        """Whether this node would answer a GET from its lease at `now` (the simulator's
+        "at most one lease holder" check uses this, the same predicate as `read`)."""
+        return self.lease_read_refusal(now) is None
+
+    def _read_refusal(self, now: float, *, need_lease: bool) -> Refused | None:
+        leader = self._leader
+        if leader is None:
             return Refused(Refusal.NOT_LEADER, self.leader_id)
-        if now < self._serving_from:
+        if now < leader.serving_from:
             return Refused(Refusal.WAITING_OLD_LEASE, self.id)
-        noop_committed = self._noop_index != 0 and self.commit_length >= self._noop_index
+        noop_committed = leader.noop_index != 0 and self.commit_index >= leader.noop_index
         if not noop_committed and not self.unsafe.read_before_noop:
             return Refused(Refusal.NOT_READY, self.id)
-        if self.applied_length < self.commit_length:
-            return Refused(Refusal.NOT_READY, self.id)
-        if self.config.read_mode is ReadMode.READ_INDEX:
-            self._pending_reads.append(
-                _PendingRead(token, key, self.commit_length, self._round + 1)
-            )
-            self._read_round_wanted = True
-            return ReadPending()
-        if now >= self._lease_end and not self.unsafe.read_without_lease:
+        if need_lease and now >= leader.lease_end and not self.unsafe.read_without_lease:
             return Refused(Refusal.NO_LEASE, self.id)
-        return ReadValue(self.state_machine.get(key))
+        return None
 
     # ------------------------------------------------------------------------------------------
     # Outputs
 
     def next_deadline(self) -> float:
-        if self.role is not Role.LEADER:
+        leader = self._leader
+        if leader is None:
             return self._election_deadline
-        if self._noop_index == 0:
-            return min(self._serving_from, self._next_heartbeat)
-        return min(self._next_heartbeat, max(self._lease_end, self._step_down_grace_end))
+        if leader.noop_index == 0:
+            return min(leader.serving_from, leader.next_heartbeat)
+        return min(leader.next_heartbeat, max(leader.lease_end, leader.step_down_grace_end))
 
     def has_ready(self) -> bool:
+        leader = self._leader
         return bool(
             self._hard_state_dirty
             or self._log_changed
@@ -355,24 +364,34 @@ class RaftNode:
             or self._out.replies
             or self._out.applied
             or self._out.events
-            or self._replicate_wanted
-            or self._read_round_wanted
+            or (leader is not None and (leader.replicate_wanted or leader.read_round_wanted))
         )
 
     def take_ready(self) -> Ready:
         if self._awaiting_advance:
             raise CoreMisuseError("take_ready called again before advance")
-        if self.role is Role.LEADER and (self._replicate_wanted or self._read_round_wanted):
-            self._broadcast(self._last_now)
-        self._replicate_wanted = self._read_round_wanted = False
+        leader = self._leader
+        if leader is not None and (leader.replicate_wanted or leader.read_round_wanted):
+            self._broadcast(leader, self._last_now)
+            leader.replicate_wanted = leader.read_round_wanted = False
         out, self._out = self._out, _Outbox()
+        hard_state = HardState(self.term, self.voted_for) if self._hard_state_dirty else None
+        messages = tuple(out.messages)
+        if hard_state is not None or not self._log_changed:
+            # After a term or vote change every message waits for the disk; with nothing to
+            # persist, "after persisting" is now.
+            send_now, send_after = ((), messages) if hard_state is not None else (messages, ())
+        else:
+            send_now = tuple(e for e in messages if isinstance(e.message, AppendEntries))
+            send_after = tuple(e for e in messages if not isinstance(e.message, AppendEntries))
         ready = Ready(
-            hard_state=HardState(self.term, self.voted_for) if self._hard_state_dirty else None,
+            hard_state=hard_state,
             first_index=self._unstable_from,
             entries=tuple(self._log[self._unstable_from - 1 :]),
             log_changed=self._log_changed,
-            commit_length=self.commit_length,
-            messages=tuple(out.messages),
+            commit_index=self.commit_index,
+            send_now=send_now,
+            send_after_persist=send_after,
             replies=tuple(out.replies),
             applied=tuple(out.applied),
             events=tuple(out.events),
@@ -393,29 +412,29 @@ class RaftNode:
         self._awaiting_advance = False
         if ready.log_changed:
             self._persisted_length = self._ready_log_length
-            if self.role is Role.LEADER:
+            if self._leader is not None:
                 self._maybe_commit()
 
     def status(self, now: float) -> NodeStatus:
-        leader = self.role is Role.LEADER
+        leader = self._leader
         return NodeStatus(
             node_id=self.id,
             role=self.role,
             term=self.term,
-            leader_id=self.id if leader else self.leader_id,
+            leader_id=self.id if leader is not None else self.leader_id,
             voted_for=self.voted_for,
             log_length=len(self._log),
-            commit_length=self.commit_length,
-            applied_length=self.applied_length,
-            lease_remaining=max(0.0, self._lease_end - now) if leader else 0.0,
-            waiting_for_old_lease=max(0.0, self._serving_from - now) if leader else 0.0,
+            commit_index=self.commit_index,
+            last_applied=self.commit_index,
+            lease_remaining=max(0.0, leader.lease_end - now) if leader is not None else 0.0,
+            waiting_for_old_lease=(
+                max(0.0, leader.serving_from - now) if leader is not None else 0.0
+            ),
         )
 
-    def serves_lease_reads(self, now: float) -> bool:
-        """Whether this node believes, at `now`, that it may answer a GET from its lease."""
-        if self.role is not Role.LEADER or now < self._serving_from:
-            return False
-        return now < self._lease_end or self.unsafe.read_without_lease
+    def progress(self, peer_id: NodeId) -> Progress | None:
+        """The leader's view of a follower's log (None when not leader). For inspection only."""
+        return None if self._leader is None else self._leader.progress.get(peer_id)
 
     @property
     def log(self) -> Sequence[LogEntry]:
@@ -424,14 +443,14 @@ class RaftNode:
     # ------------------------------------------------------------------------------------------
     # Role changes
 
-    def _become_follower(self, term: int, leader: NodeId | None, now: float) -> None:
-        if self.role is Role.LEADER:
-            self._out.events.append(f"Leader {self.id} Stepping down (term {term}).")
-            for read in self._pending_reads:
+    def _become_follower(self, term: int, leader_id: NodeId | None, now: float) -> None:
+        leader = self._leader
+        if leader is not None:
+            self._out.events.append(events.SteppingDown(self.id, term))
+            for read in leader.pending_reads:
                 self._out.replies.append(
-                    ClientReply(read.token, Refused(Refusal.NOT_LEADER, leader))
+                    ClientReply(read.token, Refused(Refusal.NOT_LEADER, leader_id))
                 )
-            self._pending_reads.clear()
         if term != self.term:
             self.term = term
             self.voted_for = None
@@ -441,17 +460,11 @@ class RaftNode:
             # no news of a leader, and resetting on it would let stale candidates stall elections.
             self._reset_election_timer(now)
         self.role = Role.FOLLOWER
-        self.leader_id = leader
-        self._peers.clear()
-        self._lease_end = LONG_AGO
-        self._serving_from = NEVER
-        self._step_down_grace_end = NEVER
-        self._next_heartbeat = NEVER
-        self._noop_index = 0
-        self._replicate_wanted = self._read_round_wanted = False
+        self.leader_id = leader_id
+        self._leader = None  # the one reset path: everything a leader kept goes at once
 
     def _start_election(self, now: float) -> None:
-        self._out.events.append(f"Node {self.id} election timer timed out, Starting election.")
+        self._out.events.append(events.ElectionTimeout(self.id))
         self.role = Role.CANDIDATE
         self.term += 1
         self.voted_for = self.id
@@ -468,28 +481,26 @@ class RaftNode:
     def _become_leader(self, now: float) -> None:
         self.role = Role.LEADER
         self.leader_id = self.id
-        self._out.events.append(f"Node {self.id} became the leader for term {self.term}.")
-        self._peers = {p: _Peer(next_index=len(self._log) + 1) for p in self.peer_ids}
-        self._round_sent_at.clear()
-        self._quorum_round = self._round
-        self._lease_end = LONG_AGO
-        self._noop_index = 0
+        self._out.events.append(events.BecameLeader(self.id, self.term))
+        leader = LeaderState.elected(self.peer_ids, len(self._log), self._round)
+        self._leader = leader
         # Rule 3: wait out every lease a voter (or we) may still be bound by.
         wait_until = max(self._old_lease_end, self._vote_lease_bound)
         if self.unsafe.skip_lease_wait or self.config.read_mode is ReadMode.READ_INDEX:
             wait_until = now
-        self._serving_from = max(now, wait_until)
-        self._step_down_grace_end = self._serving_from + self.config.leader_lease_span
-        if self._serving_from > now:
-            self._out.events.append("New Leader waiting for Old Leader Lease to timeout.")
+        leader.serving_from = max(now, wait_until)
+        # Rule 7: the first lease can only come from a round sent once serving has begun.
+        leader.step_down_grace_end = leader.serving_from + self.config.leader_lease_span
+        if leader.serving_from > now:
+            self._out.events.append(events.WaitingForOldLease())
             # Heartbeats during the wait keep followers from starting needless elections.
-            self._broadcast(now)
+            self._broadcast(leader, now)
         else:
-            self._start_serving(now)
+            self._start_serving(leader, now)
 
-    def _start_serving(self, now: float) -> None:
-        self._noop_index = self._append(NO_OP)
-        self._broadcast(now)
+    def _start_serving(self, leader: LeaderState, now: float) -> None:
+        leader.noop_index = self._append(NO_OP)
+        self._broadcast(leader, now)
 
     # ------------------------------------------------------------------------------------------
     # Message handlers
@@ -527,8 +538,8 @@ class RaftNode:
             self._unstable_from = min(self._unstable_from, index)
             self._log_changed = True
         last_new = msg.prev_log_index + len(msg.entries)
-        self._out.events.append(f"Node {self.id} accepted AppendEntries RPC from {msg.leader_id}.")
-        if msg.leader_commit > self.commit_length:
+        self._out.events.append(events.AppendAccepted(self.id, msg.leader_id))
+        if msg.leader_commit > self.commit_index:
             self._apply_committed(min(msg.leader_commit, last_new))
         self._reply_append(msg, success=True, match=last_new, conflict=0)
 
@@ -539,14 +550,13 @@ class RaftNode:
             if lease not in self._reported_lease_mismatch:
                 self._reported_lease_mismatch.add(lease)
                 self._out.events.append(
-                    f"Configuration error: leader {msg.leader_id} uses lease {lease}s, "
-                    f"this node {self.config.lease_duration}s; assuming the longer."
+                    events.LeaseMismatch(msg.leader_id, lease, self.config.lease_duration)
                 )
             lease = max(lease, self.config.lease_duration)
         self._old_lease_end = max(self._old_lease_end, now + lease)
 
     def _reject_append(self, msg: AppendEntries, conflict: int) -> None:
-        self._out.events.append(f"Node {self.id} rejected AppendEntries RPC from {msg.leader_id}.")
+        self._out.events.append(events.AppendRejected(self.id, msg.leader_id))
         self._reply_append(msg, success=False, match=0, conflict=conflict)
 
     def _reply_append(
@@ -556,31 +566,24 @@ class RaftNode:
         self._out.messages.append(Envelope(msg.leader_id, reply))
 
     def _on_append_entries_reply(self, msg: AppendEntriesReply, now: float) -> None:
-        if msg.term < self.term or self.role is not Role.LEADER:
+        leader = self._leader
+        if msg.term < self.term or leader is None:
             return
-        peer = self._peers.get(msg.follower_id)
-        if peer is None:
+        progress = leader.progress.get(msg.follower_id)
+        if progress is None:
             return
         # Rule 1: an answer in our term vouches for its round, whether or not the log matched.
-        if self._round >= msg.round > peer.acked_round:
-            peer.acked_round = msg.round
-            self._on_round_acked(now)
+        if self._round >= msg.round > progress.acked_round:
+            progress.acked_round = msg.round
+            self._on_round_acked(leader, now)
         if msg.success:
-            if msg.match_index > peer.match_index:
-                peer.match_index = msg.match_index
+            if progress.on_success(msg.match_index):
                 self._maybe_commit()
-            peer.next_index = max(peer.next_index, peer.match_index + 1)
-            peer.pipeline = True
-            if peer.next_index <= len(self._log):
-                self._send_append(msg.follower_id, peer)
+            if progress.next <= len(self._log):
+                self._send_append(leader, msg.follower_id, progress)
         elif msg.conflict_index > 0:
-            peer.pipeline = False
-            if msg.conflict_index <= peer.match_index:
-                # The follower lost entries it had acknowledged (a damaged disk, an operator
-                # cutting its log): believe its log as it is now, or we would probe forever.
-                peer.match_index = msg.conflict_index - 1
-            peer.next_index = max(peer.match_index + 1, min(peer.next_index, msg.conflict_index))
-            self._send_append(msg.follower_id, peer)
+            progress.on_rejection(msg.conflict_index)
+            self._send_append(leader, msg.follower_id, progress)
 
     def _on_request_vote(self, msg: RequestVote, now: float) -> None:
         up_to_date = (msg.last_log_term, msg.last_log_index) >= (
@@ -597,9 +600,9 @@ class RaftNode:
             self.voted_for = msg.candidate_id
             self._hard_state_dirty = True
             self._reset_election_timer(now)
-            self._out.events.append(f"Vote granted for Node {msg.candidate_id} in term {msg.term}.")
+            self._out.events.append(events.VoteGranted(msg.candidate_id, msg.term))
         else:
-            self._out.events.append(f"Vote denied for Node {msg.candidate_id} in term {msg.term}.")
+            self._out.events.append(events.VoteDenied(msg.candidate_id, msg.term))
         # Rule 3: the voter tells the candidate how long it still owes to an old leader.
         remaining = max(0.0, self._old_lease_end - now)
         reply = RequestVoteReply(self.term, self.id, grant, remaining)
@@ -618,49 +621,33 @@ class RaftNode:
     # ------------------------------------------------------------------------------------------
     # Leader: replication, rounds and the lease
 
-    def _broadcast(self, now: float, *, heartbeat: bool = False) -> None:
+    def _broadcast(self, leader: LeaderState, now: float, *, heartbeat: bool = False) -> None:
         """Start a new round: one AppendEntries to every peer, carrying the lease duration."""
         self._round += 1
-        if now >= self._serving_from:
-            self._round_sent_at[self._round] = now
+        if now >= leader.serving_from:
+            leader.round_sent_at[self._round] = now
             if self.unsafe.renew_lease_on_send:
-                self._lease_end = max(self._lease_end, now + self.config.leader_lease_span)
-        self._next_heartbeat = now + self.config.heartbeat_interval
-        for peer_id, peer in self._peers.items():
-            self._send_append(peer_id, peer, heartbeat=heartbeat)
-        self._on_round_acked(now)  # a cluster of one is its own majority
+                leader.lease_end = max(leader.lease_end, now + self.config.leader_lease_span)
+        leader.next_heartbeat = now + self.config.heartbeat_interval
+        for peer_id, progress in leader.progress.items():
+            if heartbeat:
+                progress.on_heartbeat()
+            self._send_append(leader, peer_id, progress)
+        self._on_round_acked(leader, now)  # a cluster of one is its own majority
 
-    def _send_append(self, peer_id: NodeId, peer: _Peer, *, heartbeat: bool = False) -> None:
+    def _send_append(self, leader: LeaderState, peer_id: NodeId, progress: Progress) -> None:
+        """The one place that decides what a follower is sent next."""
         limit = self.config.max_entries_per_message
-        if peer.pipeline and heartbeat:
-            in_flight = peer.next_index - 1 - peer.match_index
-            if in_flight > 0 and peer.match_index == peer.match_at_last_heartbeat:
-                # No progress for a whole heartbeat with entries out: assume they were lost.
-                peer.pipeline = False
-                peer.next_index = peer.match_index + 1
-            peer.match_at_last_heartbeat = peer.match_index
-        if not peer.pipeline:
-            # Probe: resend from next_index until the follower says where its log matches.
-            prev_index = peer.next_index - 1
-            entries = self._batch_from(prev_index, limit)
-        elif peer.next_index <= len(self._log) and (
-            peer.next_index - 1 - peer.match_index < 4 * limit
-        ):
-            prev_index = peer.next_index - 1
-            entries = self._batch_from(prev_index, limit)
-            peer.next_index += len(entries)
-        else:
-            # Nothing new (or enough in flight): anchor at the confirmed match, which cannot
-            # be rejected, so that in-flight entries are not mistaken for a conflict.
-            prev_index = peer.match_index
-            entries = []
+        prev_index, with_entries = progress.next_send(len(self._log), window=4 * limit)
+        entries = self._batch_from(prev_index, limit) if with_entries else []
+        progress.sent(prev_index, len(entries))
         message = AppendEntries(
             term=self.term,
             leader_id=self.id,
             prev_log_index=prev_index,
             prev_log_term=self._term_at(prev_index),
             entries=tuple(entries),
-            leader_commit=self.commit_length,
+            leader_commit=self.commit_index,
             lease_duration=self.config.lease_duration,
             round=self._round,
         )
@@ -677,39 +664,38 @@ class RaftNode:
                 return batch[:count]
         return batch
 
-    def _on_round_acked(self, now: float) -> None:
-        acked = sorted([self._round, *(p.acked_round for p in self._peers.values())], reverse=True)
-        quorum_round = acked[self._quorum - 1]
-        if quorum_round <= self._quorum_round:
+    def _on_round_acked(self, leader: LeaderState, now: float) -> None:
+        quorum_round = quorum_value([self._round, *leader.acked_rounds()], self._quorum)
+        if quorum_round <= leader.quorum_round:
             return
-        self._quorum_round = quorum_round
-        sent_at = self._round_sent_at.get(quorum_round)
+        leader.quorum_round = quorum_round
+        sent_at = leader.round_sent_at.get(quorum_round)
         if sent_at is not None:
+            # Rule 1: the lease runs from the round's send time, never from the ack's arrival.
             start = now if self.unsafe.lease_from_ack_time else sent_at
-            self._lease_end = max(self._lease_end, start + self.config.leader_lease_span)
-        for r in [r for r in self._round_sent_at if r < quorum_round]:
-            del self._round_sent_at[r]
-        self._serve_confirmed_reads()
+            leader.lease_end = max(leader.lease_end, start + self.config.leader_lease_span)
+        for r in [r for r in leader.round_sent_at if r < quorum_round]:
+            del leader.round_sent_at[r]
+        self._serve_confirmed_reads(leader)
 
-    def _serve_confirmed_reads(self) -> None:
+    def _serve_confirmed_reads(self, leader: LeaderState) -> None:
         still_waiting = []
-        for read in self._pending_reads:
-            if read.round <= self._quorum_round and self.applied_length >= read.read_index:
+        for read in leader.pending_reads:
+            if read.round <= leader.quorum_round and self.commit_index >= read.read_index:
                 value = self.state_machine.get(read.key)
                 self._out.replies.append(ClientReply(read.token, ReadValue(value)))
             else:
                 still_waiting.append(read)
-        self._pending_reads = still_waiting
+        leader.pending_reads = still_waiting
 
     def _maybe_commit(self) -> None:
-        matched = sorted(
-            [self._persisted_length, *(p.match_index for p in self._peers.values())],
-            reverse=True,
-        )
-        candidate = matched[self._quorum - 1]
-        if candidate > self.commit_length and self._log[candidate - 1].term == self.term:
+        leader = self._leader
+        if leader is None:
+            return
+        candidate = quorum_value([self._persisted_length, *leader.match_indexes()], self._quorum)
+        if candidate > self.commit_index and self._log[candidate - 1].term == self.term:
             self._apply_committed(candidate)
-            self._serve_confirmed_reads()
+            self._serve_confirmed_reads(leader)
 
     # ------------------------------------------------------------------------------------------
     # Log and state machine
@@ -722,7 +708,7 @@ class RaftNode:
         return index
 
     def _truncate_from(self, index: int) -> None:
-        assert index > self.commit_length, "truncating a committed entry"
+        assert index > self.commit_index, "truncating a committed entry"
         del self._log[index - 1 :]
         self._unstable_from = min(self._unstable_from, index)
         self._persisted_length = min(self._persisted_length, index - 1)
@@ -733,21 +719,19 @@ class RaftNode:
                 ClientReply(token, Refused(Refusal.ENTRY_LOST, self.leader_id))
             )
 
-    def _apply_committed(self, commit_length: int, *, announce: bool = True) -> None:
-        if commit_length <= self.commit_length:
+    def _apply_committed(self, commit_index: int, *, announce: bool = True) -> None:
+        """Advance the commit index and apply every entry up to it, in order."""
+        if commit_index <= self.commit_index:
             return
-        self.commit_length = commit_length
+        first, self.commit_index = self.commit_index + 1, commit_index
         role = "leader" if self.role is Role.LEADER else "follower"
-        while self.applied_length < self.commit_length:
-            self.applied_length += 1
-            index = self.applied_length
+        for index in range(first, commit_index + 1):
             entry = self._log[index - 1]
             self.state_machine.apply(entry.command)
             self._out.applied.append((index, entry))
             if announce and isinstance(entry.command, SetCommand):
                 self._out.events.append(
-                    f"Node {self.id} ({role}) committed the entry {describe(entry.command)} "
-                    "to the state machine."
+                    events.Committed(self.id, role, describe_command(entry.command))
                 )
             pending = self._pending_writes.pop(index, None)
             if pending is not None:
@@ -781,6 +765,6 @@ class RaftNode:
 
     def _first_index_of_term(self, index: int) -> int:
         term = self._log[index - 1].term
-        while index > 1 and self._log[index - 2].term == term and index - 1 > self.commit_length:
+        while index > 1 and self._log[index - 2].term == term and index - 1 > self.commit_index:
             index -= 1
         return index

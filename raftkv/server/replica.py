@@ -4,7 +4,7 @@ One task (`run`) owns the core. Inputs (peer messages, proposals) are queued and
 each batch's Ready is persisted with one fsync for everything that queued up while the previous
 one ran (group commit; a leader's in a worker thread, its AppendEntries leave before) — then
 its other messages are sent, and only then is the core advanced. Reads bypass the queue: they
-are checked against the clock at the moment they arrive (DESIGN §3 rule 4).
+are checked against the clock at the moment they arrive (docs/design.md §3 rule 4).
 
 Peer messages travel on one stream per peer (raftkv/server/peers.py): request/response on the
 wire but one-way in the core. Every AppendEntries and RequestVote the core receives produces
@@ -305,9 +305,8 @@ class Replica:
     async def _handle_ready(self, ready: Ready) -> None:
         # A leader's AppendEntries first: the majority round is the longest wait in a SET.
         persisting = ready.needs_persist
-        if persisting:
-            for envelope in ready.messages_before_persist():
-                self._dispatch(envelope)
+        for envelope in ready.send_now:
+            self._dispatch(envelope)
         # Then replies: they report entries already durable on a majority (a leader counts
         # itself only after `advance`), so they need not wait for this Ready's fsync, which is
         # usually the next batch of SETs.
@@ -315,10 +314,10 @@ class Replica:
             future = self._client_waiters.pop(reply.token, None)
             if future is not None and not future.done():
                 future.set_result(reply.result)
-        self.dump.write_lines(ready.events)
+        self.dump.write_lines(map(str, ready.events))
         now = time.monotonic()
         hint_due = (
-            ready.commit_length != self._commit_hint_written
+            ready.commit_index != self._commit_hint_written
             and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL
         )
         if persisting or hint_due:
@@ -341,7 +340,7 @@ class Replica:
                 raise FatalNodeError(str(error)) from error
             if hint_due:
                 self._commit_hint_at = now
-        for envelope in ready.messages_after_persist() if persisting else ready.messages:
+        for envelope in ready.send_after_persist:
             self._dispatch(envelope)
         self.core.advance(ready)
 
@@ -351,9 +350,9 @@ class Replica:
             self.storage.append_encoded(ready.first_index, lines)
         if ready.hard_state is not None or write_hint:
             hard_state = ready.hard_state or self._hard_state
-            self.storage.save_metadata(hard_state, ready.commit_length)
+            self.storage.save_metadata(hard_state, ready.commit_index)
             self._hard_state = hard_state
-            self._commit_hint_written = ready.commit_length
+            self._commit_hint_written = ready.commit_index
 
     def _dispatch(self, envelope: Envelope) -> None:
         message = envelope.message
@@ -382,7 +381,7 @@ class Replica:
         try:
             hard_state = HardState(self.core.term, self.core.voted_for)
             if hard_state == self._hard_state:
-                self.storage.save_metadata(hard_state, self.core.commit_length)
+                self.storage.save_metadata(hard_state, self.core.commit_index)
         except StorageError as error:
             self.dump.write(f"Node {self.node_id} could not save the commit hint: {error}")
         self.storage.close()

@@ -241,15 +241,15 @@ class Simulation:
         if len(leaders) != 1:
             return False
         leader = leaders[0]
-        noop_committed = any(e.term == leader.term for e in leader.log[: leader.commit_length])
+        noop_committed = any(e.term == leader.term for e in leader.log[: leader.commit_index])
         return noop_committed and all(
-            n.core is not None and n.core.commit_length == leader.commit_length
+            n.core is not None and n.core.commit_index == leader.commit_index
             for n in self.nodes.values()
         )
 
     def _no_progress_report(self) -> str:
         states = ", ".join(
-            f"{n.node_id}:{n.core.role.value}/t{n.core.term}/c{n.core.commit_length}"
+            f"{n.node_id}:{n.core.role.value}/t{n.core.term}/c{n.core.commit_index}"
             if n.core
             else f"{n.node_id}:down"
             for n in self.nodes.values()
@@ -322,9 +322,9 @@ class Simulation:
             # back what the replies said.
             for reply in ready.replies:
                 self._answer_later(node, reply)
+            for envelope in ready.send_now:
+                self._send_to_node(node.node_id, envelope)
             if ready.needs_persist:
-                for envelope in ready.messages_before_persist():
-                    self._send_to_node(node.node_id, envelope)
                 node.pending_ready = ready
                 disk = self.rng.choice([0.0, 0.0001, 0.001, self.config.heartbeat_interval * 0.2])
                 self.world.after(disk, lambda: self._persisted(node, core, ready))
@@ -345,15 +345,14 @@ class Simulation:
         node.durable.write_log(ready)
         if ready.hard_state is not None:
             node.durable.hard_state = ready.hard_state
-        node.durable.commit_hint = ready.commit_length
+        node.durable.commit_hint = ready.commit_index
         node.pending_ready = None
         self._deliver(node, ready)
         core.advance(ready)
         self._process(node)
 
     def _deliver(self, node: SimNode, ready: Ready) -> None:
-        messages = ready.messages_after_persist() if ready.needs_persist else ready.messages
-        for envelope in messages:
+        for envelope in ready.send_after_persist:
             self._send_to_node(node.node_id, envelope)
 
     def _arm_timer(self, node: SimNode, core: RaftNode) -> None:

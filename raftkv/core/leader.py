@@ -1,0 +1,64 @@
+"""Everything only a leader keeps, in one object that is created on election and dropped whole
+on stepping down (etcd-io/raft's `reset(term)`: one path, nothing left behind).
+
+Lease and round rules are those of docs/design.md §3; the node (raftkv/core/node.py) applies
+them, this module holds their state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .messages import NodeId
+from .progress import Progress
+
+NEVER = float("inf")
+LONG_AGO = float("-inf")
+
+
+@dataclass(slots=True)
+class PendingRead:
+    """A read_index read (Raft §6.4): served once a majority answered `round` and the state
+    machine has applied up to `read_index`."""
+
+    token: int
+    key: str
+    read_index: int
+    round: int
+
+
+@dataclass(slots=True)
+class LeaderState:
+    # One per follower; the leader itself counts through its persisted log length.
+    progress: dict[NodeId, Progress]
+    # Send time (leader's clock) of each round not yet acknowledged by a majority, once serving.
+    round_sent_at: dict[int, float] = field(default_factory=dict)
+    # Highest round a majority (the leader included) has answered in this term.
+    quorum_round: int = 0
+    # Lease reads are allowed while now < lease_end (rule 1).
+    lease_end: float = LONG_AGO
+    # End of the old-lease wait (rule 3); nothing is appended before it.
+    serving_from: float = NEVER
+    # Rule 7: a leader does not step down for want of a lease before this.
+    step_down_grace_end: float = NEVER
+    next_heartbeat: float = NEVER
+    # Index of this term's NO-OP; 0 until it is appended.
+    noop_index: int = 0
+    pending_reads: list[PendingRead] = field(default_factory=list)
+    # Set by inputs, consumed by take_ready: a round goes out once for everything that asked.
+    replicate_wanted: bool = False
+    read_round_wanted: bool = False
+
+    @classmethod
+    def elected(cls, followers: Iterable[NodeId], log_length: int, last_round: int) -> LeaderState:
+        return cls(
+            progress={peer: Progress(next=log_length + 1) for peer in followers},
+            quorum_round=last_round,
+        )
+
+    def acked_rounds(self) -> list[int]:
+        return [p.acked_round for p in self.progress.values()]
+
+    def match_indexes(self) -> list[int]:
+        return [p.match for p in self.progress.values()]
