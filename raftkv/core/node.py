@@ -92,6 +92,8 @@ class UnsafeSwitches:
     read_before_noop: bool = False
     renew_lease_on_send: bool = False
     forget_lease_on_restart: bool = False
+    # Acts on malformed peer messages instead of dropping them (validation.py).
+    accept_malformed: bool = False
 
     def enabled(self) -> list[str]:
         return [name for name in self.__slots__ if getattr(self, name)]
@@ -249,6 +251,8 @@ class RaftNode:
 
     def check_message(self, message: Message) -> str | None:
         """Why `message` would be dropped as malformed (validation.py), or None."""
+        if self.unsafe.accept_malformed:
+            return None
         return malformed(message, self.peer_ids)
 
     def step(self, message: Message, now: float) -> None:
