@@ -70,3 +70,32 @@ def test_negative_control_is_caught(switch: str) -> None:
             break
     assert caught is not None, f"{switch} survived {SEED_BUDGET} seeds: the checks are blind"
     assert any(kind in caught.failure for kind in NEGATIVE_CONTROLS[switch]), caught.failure
+
+
+# Peer messages turned malformed in flight (a buggy or hostile peer): the core's checks
+# (raftkv/core/validation.py) drop every one, so the run stays safe and live.
+CORRUPT_SEEDS = 100
+WITH_CORRUPTION = ALL_FAULTS | {"corrupt"}
+
+
+def test_malformed_peer_messages_are_dropped_on_every_seed() -> None:
+    corrupting = Options(None, None, WITH_CORRUPTION, None, UnsafeSwitches())
+    outcomes = run_seeds(range(1000, 1000 + CORRUPT_SEEDS), corrupting, jobs=2)
+    failures = [f"seed {o.seed} ({o.description}): {o.failure}" for o in outcomes if not o.ok]
+    assert not failures, "\n".join(failures)
+    traced = run_scenario(make_scenario(1000, faults=WITH_CORRUPTION), trace=True).trace or []
+    assert any("nemesis corrupt" in line for line in traced), "the fault never fired"
+    assert any("dropped a malformed message" in line for line in traced)
+
+
+def test_negative_control_accepting_malformed_messages_is_caught() -> None:
+    caught = None
+    for seed in range(1000, 1000 + SEED_BUDGET):
+        unsafe = UnsafeSwitches(accept_malformed=True)
+        result = run_scenario(make_scenario(seed, faults=WITH_CORRUPTION, unsafe=unsafe))
+        if not result.ok:
+            caught = result
+            break
+    assert caught is not None, "accept_malformed survived: the corrupt fault is blind"
+    kinds = ("log matching", "state machine safety", "crash", "liveness", "linearizability")
+    assert any(kind in caught.failure for kind in kinds), caught.failure

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import random
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
 from raftkv.core.messages import (
     Accepted,
+    AppendEntries,
+    AppendEntriesReply,
     ClientReply,
     Envelope,
+    LogEntry,
+    Message,
     ReadPending,
     ReadValue,
     Refused,
+    RequestVote,
     SetCommand,
     WriteDone,
 )
@@ -32,6 +38,13 @@ from .world import (
 )
 
 ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pause", "drift"})
+# Faults run only when asked for (so that the default seeds stay what they were):
+# "corrupt" turns some peer messages malformed in flight, as a buggy or hostile peer would send
+# them; the core must drop each one (raftkv/core/validation.py).
+EXTRA_FAULTS = frozenset({"corrupt"})
+KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
+# A node id that is no member of any simulated cluster.
+STRANGER = 99
 
 # Timings the simulator draws from. Ratios matter, not absolute values: the long-lease profile
 # makes leases outlive election timeouts, so that every failover has to wait one out.
@@ -175,6 +188,7 @@ class Simulation:
             max_delay=base * rng.choice([0.1, 0.5, 1.0]) if "delay" in f else base * 0.02,
             spike_probability=rng.choice([0.0, 0.01, 0.03]) if "delay" in f else 0.0,
             spike_max=self.config.lease_duration * 0.6,
+            corrupt=rng.choice([0.01, 0.05]) if "corrupt" in f else 0.0,
         )
 
     def _draw_rate(self) -> float:
@@ -195,6 +209,13 @@ class Simulation:
             self._check_linearizable()
         except InvariantViolationError as failure:
             return self._result(False, f"t={self.world.now:.4f}: {failure}")
+        except Exception as error:  # a core (or the simulator) raised: report it as the seed's
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            return self._result(
+                False,
+                f"t={self.world.now:.4f}: crash: {type(error).__name__}: {error} "
+                f"({where.filename}:{where.lineno})",
+            )
         return self._result(True)
 
     def _result(self, ok: bool, failure: str = "") -> RunResult:
@@ -387,10 +408,38 @@ class Simulation:
         if link in self.blocked:
             return
         extra = self.slow_links.get(link, 0.0)
-        target = self.nodes[envelope.to]
+        target = self.nodes.get(envelope.to)
+        if target is None:
+            return  # an answer to a stranger (only a core that accepts malformed input sends one)
         message = envelope.message
+        if self.faults_active and self.network.corrupt and self.rng.random() < self.network.corrupt:
+            message = self._corrupt(message)
+            self.world.log(f"nemesis corrupt {source}->{envelope.to} {message}")
         for delay in self._delivery_delays(extra):
             self.world.after(delay, lambda: self._arrive(target, message))
+
+    def _corrupt(self, message: Message) -> Message:
+        """One field of `message` turned into a value that validation.py refuses."""
+        choice = self.rng.randrange(3)
+        if isinstance(message, AppendEntries):
+            if choice == 0:
+                lease = self.rng.choice([float("inf"), float("nan"), 0.0, -1.0])
+                return replace(message, lease_duration=lease)
+            if choice == 1 and message.entries:
+                first = message.entries[0]
+                future = LogEntry(message.term + 1, first.command)
+                return replace(message, entries=(future, *message.entries[1:]))
+            if choice == 1:
+                return replace(message, prev_log_term=message.term + 1)
+            return replace(message, leader_id=STRANGER)
+        if isinstance(message, AppendEntriesReply):
+            return replace(message, follower_id=STRANGER)
+        if isinstance(message, RequestVote):
+            return replace(message, candidate_id=STRANGER)
+        if choice == 2:
+            return replace(message, voter_id=STRANGER)
+        remaining = self.rng.choice([float("inf"), float("nan"), -1.0])
+        return replace(message, old_lease_remaining=remaining)
 
     def _delivery_delays(self, extra: float = 0.0) -> list[float]:
         net = self.network

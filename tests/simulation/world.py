@@ -67,6 +67,8 @@ class NetworkProfile:
     max_delay: float
     spike_probability: float
     spike_max: float
+    # Share of peer messages a faulty link turns malformed ("corrupt" fault).
+    corrupt: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
