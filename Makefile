@@ -16,10 +16,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The generated stubs are committed; this regenerates them (tests/unit/test_proto_drift.py
-# fails when proto/ and raftkv/rpc/ disagree).
+# The generated code is committed; this regenerates it (tests/unit/test_proto_drift.py fails
+# when proto/ and raftkv/rpc/ disagree): messages and gRPC services, and their typed stubs
+# (.pyi) from mypy-protobuf. Servicer stubs are concrete, as the generated classes are at run
+# time (every method answers UNIMPLEMENTED until overridden).
+PROTOC_PLUGINS = --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 proto: venv
-	$(PY) -m grpc_tools.protoc -Iraftkv/rpc=proto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftkv.proto
+	$(PY) -m grpc_tools.protoc $(PROTOC_PLUGINS) -Iraftkv/rpc=proto --python_out=. --mypy_out=. \
+	  --grpc_python_out=. --mypy_grpc_out=generate_concrete_servicer_stubs:. proto/raftkv.proto
 
 # Everything the tests need: the deploy extra and, as root, the Debian packages for network
 # namespaces, nftables, libfaketime and the systemd-nspawn host lab. Prints the branch coverage
