@@ -1,4 +1,4 @@
-"""One Raft replica as a pure state machine, with leader leases (DESIGN §2–3).
+"""One Raft replica as a pure state machine, with leader leases (docs/design.md §2–3).
 
 The caller (the asyncio shell, or the test simulator) drives it:
 
@@ -17,7 +17,7 @@ Rules kept here (the reader may want Figure 2 of the Raft paper open):
 - A follower truncates its log only where an incoming entry's term conflicts with its own.
 - A leader commits only entries of its own term by majority; earlier ones commit with them.
   The leader counts itself only for entries it has persisted (`advance`).
-- Leases: see the numbered rules of DESIGN §3, referenced as "rule N" below.
+- Leases: see the numbered rules of docs/design.md §3, referenced as "rule N" below.
 
 Time is always an argument (`now`, seconds of this node's monotonic clock); randomness comes only
 from the `random.Random` passed in.
