@@ -75,7 +75,7 @@ Global___ServeClientReply: _TypeAlias = ServeClientReply  # noqa: Y015
 @_typing.final
 class SetCommand(_message.Message):
     """---------------------------------------------------------------------------------------------
-    Peer RPCs (Raft paper Figure 2, plus the lease fields of DESIGN §3).
+    Peer RPCs (Raft paper Figure 2, plus the lease fields of docs/design.md §3).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -4,7 +4,7 @@ One task (`run`) owns the core. Inputs (peer messages, proposals) are queued and
 each batch's Ready is persisted with one fsync for everything that queued up while the previous
 one ran (group commit; a leader's in a worker thread, its AppendEntries leave before) — then
 its other messages are sent, and only then is the core advanced. Reads bypass the queue: they
-are checked against the clock at the moment they arrive (DESIGN §3 rule 4).
+are checked against the clock at the moment they arrive (docs/design.md §3 rule 4).
 
 Peer messages travel on one stream per peer (raftkv/server/peers.py): request/response on the
 wire but one-way in the core. Every AppendEntries and RequestVote the core receives produces
