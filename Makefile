@@ -16,15 +16,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The generated stubs are committed; this regenerates them (tests/unit/test_proto_drift.py
-# fails when proto/ and raftkv/rpc/ disagree).
+# The generated code is committed; this regenerates it (tests/unit/test_proto_drift.py fails
+# when proto/ and raftkv/rpc/ disagree): messages and gRPC services, and their typed stubs
+# (.pyi) from mypy-protobuf. Servicer stubs are concrete, as the generated classes are at run
+# time (every method answers UNIMPLEMENTED until overridden).
+PROTOC_PLUGINS = --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 proto: venv
-	$(PY) -m grpc_tools.protoc -Iraftkv/rpc=proto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftkv.proto
+	$(PY) -m grpc_tools.protoc $(PROTOC_PLUGINS) -Iraftkv/rpc=proto --python_out=. --mypy_out=. \
+	  --grpc_python_out=. --mypy_grpc_out=generate_concrete_servicer_stubs:. proto/raftkv.proto
 
 # Everything the tests need: the deploy extra and, as root, the Debian packages for network
-# namespaces, nftables, libfaketime and the systemd-nspawn host lab.
+# namespaces, nftables, libfaketime and the systemd-nspawn host lab. Prints the branch coverage
+# of raftkv/core, measured in the pytest process only: the simulator's spawned workers and the
+# real nodes of tests/process are not traced (tracing the workers quadruples the simulator's
+# time for one more covered line).
+COVERAGE_ARGS = --cov=raftkv.core --cov-branch --cov-report=term-missing:skip-covered
+
 test: venv test-deps infra-deps
-	$(PY) -m pytest
+	$(PY) -m pytest $(COVERAGE_ARGS)
 
 lint: venv infra-deps
 	$(PY) -m ruff check .
@@ -71,6 +81,29 @@ cluster-clean: venv
 cluster-status: venv
 	$(PY) -m raftkv.localcluster status --dir cluster
 
+# --- Debian packages the tests and tools need ----------------------------------------------
+# $(call apt_install_missing,NAME,BIN:PKG ...,NOT_ROOT_MESSAGE,AFTER_INSTALL): installs the
+# package of every BIN found neither on PATH nor in /usr/sbin or /sbin, only as root (otherwise
+# prints "NAME: NOT_ROOT_MESSAGE" if one is given); quiet and idempotent. `apt-get update` runs
+# only if the first install attempt fails (no package lists). AFTER_INSTALL (shell, ending in
+# `;`) runs only when something was installed.
+define apt_install_missing
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  for pair in $(2); do \
+	    bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	    command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /sbin/$$bin ] || missing="$$missing $$pkg"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "$(1): installing$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
+	      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+	           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	    $(4) \
+	  fi; \
+	$(if $(3),else echo "$(1): $(3)"; )fi
+endef
+
 # --- Fault tests on real processes (tests/faults) -------------------------------------------
 # Network namespaces, nftables partitions and libfaketime need these binaries. Installed only
 # when one is missing and only as root (the tests skip with a reason otherwise); quiet and
@@ -80,19 +113,7 @@ FAULT_PKGS_CHECK = ip:iproute2 nft:nftables faketime:faketime strace:strace setp
 .PHONY: test-deps faults soak-faults
 
 test-deps:
-	@if [ "$$(id -u)" = 0 ]; then \
-	  missing=""; \
-	  for pair in $(FAULT_PKGS_CHECK); do \
-	    bin=$${pair%%:*}; pkg=$${pair##*:}; \
-	    command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /sbin/$$bin ] || missing="$$missing $$pkg"; \
-	  done; \
-	  if [ -n "$$missing" ]; then \
-	    echo "test-deps: installing$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
-	      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-	           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
-	  fi; \
-	fi
+	$(call apt_install_missing,test-deps,$(FAULT_PKGS_CHECK))
 
 # --- Benchmarks (raftkv/bench) --------------------------------------------------------------
 # `make bench` measures our own 3-node cluster (temp dir, fsync on); BENCH_ARGS adds options
@@ -100,6 +121,8 @@ test-deps:
 # runs the whole comparison with etcd 3.4 (Debian) and PySyncObj in one command (~17 min:
 # three rounds of every LAN run, medians shown).
 BENCH_ARGS ?=
+BENCH_PKGS_CHECK = etcd:etcd-server etcd:etcd-client
+BENCH_AFTER_INSTALL = if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi;
 BENCH_PEERS_ARGS ?= --against etcd,pysyncobj --rounds 3 --latency --wan 50ms --failover 5 --fill 100000
 
 .PHONY: bench bench-peers bench-deps
@@ -111,13 +134,7 @@ bench: venv
 # service is not used and is stopped where systemd runs it), and the etcd stubs (cache dir).
 bench-deps: venv
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	@if ! command -v etcd >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "bench-deps: installing etcd-server etcd-client"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null 2>&1 \
-	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null; }; \
-	  if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi; \
-	fi
+	$(call apt_install_missing,bench-deps,$(BENCH_PKGS_CHECK),,$(BENCH_AFTER_INSTALL))
 	@command -v etcd >/dev/null 2>&1 || { echo "bench-deps: etcd is missing (apt-get install etcd-server etcd-client as root)"; exit 1; }
 	$(PY) -m raftkv.bench.etcdstubs >/dev/null
 
@@ -144,6 +161,7 @@ soak-faults: venv test-deps
 # python-hcl2, matplotlib, cryptography) and, as root, the Debian packages the host-lab test needs
 # (systemd-nspawn containers on a bridge). Installs only what is missing; idempotent.
 DEPLOY_STAMP := $(VENV)/.deploy-installed-stamp
+INFRA_NOT_ROOT = not root, so no Debian packages installed (the host-lab test will skip)
 INFRA_PKGS_CHECK = debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 nft:nftables ssh:openssh-client systemd-analyze:systemd
 
 .PHONY: infra-deps infra-lint infra-test
@@ -153,21 +171,7 @@ $(DEPLOY_STAMP): pyproject.toml $(STAMP)
 	@touch $@
 
 infra-deps: $(DEPLOY_STAMP)
-	@if [ "$$(id -u)" = 0 ]; then \
-	  missing=""; \
-	  for pair in $(INFRA_PKGS_CHECK); do \
-	    bin=$${pair%%:*}; pkg=$${pair##*:}; \
-	    command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /sbin/$$bin ] || missing="$$missing $$pkg"; \
-	  done; \
-	  if [ -n "$$missing" ]; then \
-	    echo "infra-deps: installing$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 \
-	      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-	           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
-	  fi; \
-	else \
-	  echo "infra-deps: not root, so no Debian packages installed (the host-lab test will skip)"; \
-	fi
+	$(call apt_install_missing,infra-deps,$(INFRA_PKGS_CHECK),$(INFRA_NOT_ROOT))
 
 INFRA_PY = fabfile.py infra/deploy.py infra/wheelhouse.py infra/ansible/roles/raftkv/files/raftkv_probe.py \
 	raftkv/certs.py raftkv/logreview.py raftkv/logreview_plot.py tests/infra

@@ -69,10 +69,10 @@ class OperationError(Exception):
 
 
 def kv_stub(channel: Any) -> Any:
-    """Our `KeyValue` stub (the generated module is untyped)."""
+    """Our `KeyValue` stub."""
     from raftkv.rpc import raftkv_pb2_grpc
 
-    return raftkv_pb2_grpc.KeyValueStub(channel)  # type: ignore[no-untyped-call]
+    return raftkv_pb2_grpc.KeyValueStub(channel)
 
 
 class Ops:

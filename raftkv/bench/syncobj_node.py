@@ -171,9 +171,7 @@ async def serve(node_id: int, raft: list[str], front: list[str], data_dir: Path)
     others = [a for i, a in enumerate(raft) if i != node_id]
     obj = ReplicatedDict(raft[node_id], others, conf)
     server = grpc.aio.server()
-    raftkv_pb2_grpc.add_KeyValueServicer_to_server(  # type: ignore[no-untyped-call]
-        FrontDoor(node_id, raft, obj), server
-    )
+    raftkv_pb2_grpc.add_KeyValueServicer_to_server(FrontDoor(node_id, raft, obj), server)
     if server.add_insecure_port(front[node_id]) == 0:
         raise SystemExit(f"syncobj_node {node_id}: cannot listen on {front[node_id]}")
     await server.start()

@@ -1,4 +1,4 @@
-"""Timing configuration and the cross-field rules that keep leases safe (DESIGN §3 rule 6).
+"""Timing configuration and the cross-field rules that keep leases safe (docs/design.md §3 rule 6).
 
 All durations are seconds of a node's own monotonic clock. `max_clock_drift` (ρ) bounds every
 clock's rate to [1 − ρ, 1 + ρ] of real time; leases are only as safe as that bound.

@@ -49,7 +49,7 @@ class LogEntry:
 
 # ---------------------------------------------------------------------------------------------
 # Raft RPCs. `round` numbers a leader's broadcast; replies echo it so that the leader knows which
-# send time an acknowledgement vouches for (DESIGN §3 rule 1).
+# send time an acknowledgement vouches for (docs/design.md §3 rule 1).
 
 
 @dataclass(frozen=True, slots=True)

@@ -264,7 +264,7 @@ def test_input_between_take_ready_and_advance_is_a_misuse() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Leases (DESIGN §3)
+# Leases (docs/design.md §3)
 
 
 def serving_leader(h: Harness) -> RaftNode:

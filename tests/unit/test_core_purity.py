@@ -1,4 +1,5 @@
-"""The core must stay sans-I/O: no sockets, files, threads, clocks or processes (DESIGN §1)."""
+"""The core must stay sans-I/O: no sockets, files, threads, clocks or processes
+(docs/design.md §1)."""
 
 from __future__ import annotations
 
