@@ -29,7 +29,7 @@ test: venv test-deps infra-deps
 lint: venv infra-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy raftkv client tests
+	$(PY) -m mypy raftkv tests
 	$(PY) -m mypy --explicit-package-bases fabfile.py infra/deploy.py infra/wheelhouse.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint -q -c infra/ansible/.ansible-lint infra/ansible
 	terraform fmt -check -recursive infra/terraform

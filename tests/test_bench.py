@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from client.cli import main as raftkv_main
 from raftkv.bench import main as bench_main
 from raftkv.bench.loadgen import latency_summary, percentile
 from raftkv.bench.workload import KEY_BYTES, VALUE_BYTES, keys, values
+from raftkv.client.cli import main as raftkv_main
 from raftkv.delayproxy import DelayProxy, parse_delay
 
 

@@ -1,4 +1,4 @@
-"""client/pipeline.py against a real grpc.aio server on 127.0.0.1: batching, replies by tag,
+"""raftkv/client/pipeline.py against a real grpc.aio server on 127.0.0.1: batching, replies by tag,
 a stream that breaks, a server that never answers, and reopening after a restart."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from client import pipeline
-from client.pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
+from raftkv.client import pipeline
+from raftkv.client.pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 

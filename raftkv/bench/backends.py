@@ -195,18 +195,18 @@ class RaftKVOps(Ops):
 
 class RaftKVPipelineOps(RaftKVOps):
     """Like RaftKVOps, but GET and SET travel on one `Pipeline` stream per node, shared by every
-    virtual client of the process (client/pipeline.py); Status stays a unary call."""
+    virtual client of the process (raftkv/client/pipeline.py); Status stays a unary call."""
 
     def __init__(
         self, target: Target, keys: list[str], values: list[str], per_try: float, op_timeout: float
     ) -> None:
-        from client.pipeline import PipelineConnection
+        from raftkv.client.pipeline import PipelineConnection
 
         super().__init__(target, keys, values, per_try, op_timeout)
         self._pipes = [PipelineConnection(c) for c in self._net.channels]
 
     async def _pipelined(self, kind: str, request: Any) -> float:
-        from client.pipeline import StreamBrokenError
+        from raftkv.client.pipeline import StreamBrokenError
 
         monotonic = time.monotonic
         deadline = monotonic() + self._op_timeout

@@ -120,7 +120,7 @@ def free_port() -> int:
 
 
 def test_a_node_serves_tls_with_these_certificates(tmp_path: Path) -> None:
-    from client import SyncClient
+    from raftkv.client import SyncClient
     from raftkv.cluster import ClusterDescription, NodeAddress
 
     out = tmp_path / "tls"

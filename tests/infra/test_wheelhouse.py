@@ -21,7 +21,7 @@ def test_the_project_wheel_is_byte_for_byte_reproducible(tmp_path: Path) -> None
     name, version, dependencies, packages = wheelhouse.project_metadata(REPO_ROOT)
     assert first.name == f"{name}-{version}-py3-none-any.whl"
     assert first.read_bytes() == second.read_bytes()
-    assert dependencies and packages == ["client", "raftkv"]
+    assert dependencies and packages == ["raftkv"]
 
 
 def test_sync_writes_what_changed_and_removes_what_is_stale(tmp_path: Path) -> None:

@@ -968,15 +968,17 @@ def test_status_table_and_leader_agreement() -> None:
 
 
 def test_cli_smoke(make_cluster: ClusterFactory) -> None:
-    if not (REPO_ROOT / "client" / "cli.py").exists():
-        pytest.skip("client/cli.py (the `raftkv` CLI) does not exist yet")
     cluster = make_cluster(3).start()
     cluster.leader()
     script = shutil.which("raftkv", path=str(Path(sys.executable).parent))
     command = (
         [script]
         if script
-        else [sys.executable, "-c", "import sys; from client.cli import main; sys.exit(main())"]
+        else [
+            sys.executable,
+            "-c",
+            "import sys; from raftkv.client.cli import main; sys.exit(main())",
+        ]
     )
     base = [*command, "--cluster", str(cluster.description_path)]
 
