@@ -6,9 +6,16 @@
     raftkv set KEY VALUE...   store the VALUE words joined by single spaces; prints OK
     raftkv status             one row per node: role, term, commit, leader, lease, reachable
     raftkv shell              interactive GET / SET / STATUS prompt (also reads piped stdin)
+
+With the development and operations tools installed (raftkv-tools, tools/), also:
+
     raftkv bench [OPTIONS]    benchmark a cluster (own options: raftkv bench --help)
     raftkv logs review DIR    merge gathered dump files, check invariants (--plot FILE.png)
     raftkv certs --out DIR    make a CA and per-node TLS certificates (raftkv certs --help)
+
+Those come from the entry-point group `raftkv.commands` (raftkv/client/commands.py), so
+`raftkv --help` lists every command this installation accepts. Global options given before such
+a command reach it (`raftkv --cluster FILE bench` = `raftkv bench --cluster FILE`).
 
 The cluster comes from --peers (ids 0..n-1 in the order given), else --cluster, else the file
 named by $RAFTKV_CLUSTER, else cluster/cluster.json.
@@ -30,18 +37,20 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
 from pathlib import Path
 
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
 
+from .commands import Command, GlobalOptions, discover
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
 from .library import NodeStatusRow, SyncClient
 
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
 PROMPT = "raftkv> "
+PRODUCT_COMMANDS = ("get", "set", "status", "shell")
 
 
 class ExitCode(IntEnum):
@@ -79,24 +88,18 @@ commands (case-insensitive):
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["bench"]:  # the benchmark has its own options: `raftkv bench --help`
-        from raftkv.bench import main as bench_main
-
-        return bench_main(arguments[1:])
-    if arguments[:1] == ["logs"]:  # raftkv logs review DIR [--plot FILE.png] [--timeline]
-        from raftkv.logreview import main as logs_main
-
-        return logs_main(arguments[1:])
-    if arguments[:1] == ["certs"]:  # raftkv certs --out DIR (--cluster FILE | --hosts ID=SAN,...)
-        from raftkv.certs import main as certs_main
-
-        return certs_main(arguments[1:])
-    parser = _build_parser()
+    extra_commands = discover(reserved=PRODUCT_COMMANDS)
+    parser = _build_parser(extra_commands)
     try:
-        args = parser.parse_args(argv)
+        # Known args only: what follows an extra command's name is that command's to parse.
+        args, rest = parser.parse_known_args(arguments)
+        if rest and getattr(args, "extra", None) is None:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as request:
         # argparse exits on --help and on usage errors; callers of main() want a return code.
         return request.code if isinstance(request.code, int) else ExitCode.USAGE
+    if getattr(args, "extra", None) is not None:
+        return _run_extra_command(args.extra_name, args.extra, rest, args)
     try:
         cluster = _load_cluster(args)
     except ClusterConfigError as error:
@@ -122,7 +125,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _run_extra_command(name: str, extra: Command, argv: list[str], args: argparse.Namespace) -> int:
+    options = GlobalOptions(
+        cluster=args.cluster,
+        peers=args.peers,
+        timeout=args.timeout,
+        verbose=args.verbose,
+    )
+    try:
+        return extra.run(argv, options)
+    except ModuleNotFoundError as error:
+        # An optional dependency of the tool is missing: say which, not a traceback.
+        print(
+            f"raftkv {name}: the Python module {error.name!r} is not installed ({error})",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
+
+
+def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raftkv",
         description="Client for a raftkv cluster.",
@@ -170,6 +191,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     shell = commands.add_parser("shell", help="interactive GET/SET/STATUS prompt")
     shell.set_defaults(command=_shell_command)
+
+    for name, extra in extra_commands.items():
+        # No options of its own (not even -h): everything after the name goes to the command.
+        sub = commands.add_parser(name, help=extra.summary, add_help=False)
+        sub.set_defaults(extra=extra, extra_name=name)
     return parser
 
 

@@ -433,7 +433,7 @@ def test_fabric_faults_then_the_log_review(deployment: Deployment) -> None:
         [
             sys.executable,
             "-m",
-            "raftkv.logreview",
+            "raftkv_tools.logreview",
             "review",
             str(collected),
             "--plot",

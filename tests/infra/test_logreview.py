@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from raftkv_tools import logreview
 
-from raftkv import logreview
 from raftkv.core.messages import NO_OP, LogEntry, SetCommand
 from raftkv.server.storage import encode_entry
 

@@ -25,9 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_tools import protoc
-
-from raftkv.core.messages import SetCommand
-from raftkv.localcluster import (
+from raftkv_tools.localcluster import (
     Layout,
     NodeRow,
     elected_leader,
@@ -35,6 +33,8 @@ from raftkv.localcluster import (
     is_node_process,
     read_pid,
 )
+
+from raftkv.core.messages import SetCommand
 from raftkv.rpc import raftkv_pb2 as pb
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
@@ -838,12 +838,12 @@ def test_malformed_requests_get_clear_errors_and_the_node_stays_up(
 
 
 # ---------------------------------------------------------------------------------------------
-# k. python -m raftkv.localcluster
+# k. python -m raftkv_tools.localcluster
 
 
 def localcluster(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "raftkv.localcluster", *args],
+        [sys.executable, "-m", "raftkv_tools.localcluster", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,6 +1,6 @@
 import sys
 
-from raftkv.bench import main
+from raftkv_tools.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
     async with DelayProxy("127.0.0.1:50050", delay=0.05) as proxy:   # listens on a free port
         ...connect to proxy.address: each direction arrives 50 ms late (RTT + 100 ms)
 
-    python -m raftkv.delayproxy --delay 50ms --map 127.0.0.1:6001=127.0.0.1:5001 \
+    python -m raftkv_tools.delayproxy --delay 50ms --map 127.0.0.1:6001=127.0.0.1:5001 \
                                              --map 127.0.0.1:6002=127.0.0.1:5002
 
 Used to put a WAN between nodes on one machine (the kernel here has no `tc netem`). Bytes that
@@ -348,7 +348,7 @@ async def _serve(group: ProxyGroup, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m raftkv.delayproxy", description=__doc__.split("\n\n")[0]
+        prog="python -m raftkv_tools.delayproxy", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--map",

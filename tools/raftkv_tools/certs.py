@@ -1,7 +1,7 @@
 """`raftkv certs`: a private CA and one TLS certificate per node, for --tls-ca/--tls-cert/--tls-key.
 
     raftkv certs --out cluster/gcp/tls --cluster cluster/gcp/cluster.json
-    python -m raftkv.certs --out DIR --hosts 0=10.0.0.2,raftkv-0 1=10.0.0.3,raftkv-1 ...
+    python -m raftkv_tools.certs --out DIR --hosts 0=10.0.0.2,raftkv-0 1=10.0.0.3,raftkv-1 ...
 
 Writes into DIR:
 

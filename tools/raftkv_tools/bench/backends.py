@@ -262,7 +262,7 @@ class EtcdOps(Ops):
     def __init__(
         self, target: Target, keys: list[str], values: list[str], per_try: float, op_timeout: float
     ) -> None:
-        from raftkv.bench import etcdstubs
+        from raftkv_tools.bench import etcdstubs
 
         pb, pb_grpc = etcdstubs.load()
         self._pb = pb

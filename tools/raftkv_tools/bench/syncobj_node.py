@@ -1,6 +1,6 @@
 """A PySyncObj peer for the benchmark: a replicated dict behind our proto's `service KeyValue`.
 
-    python -m raftkv.bench.syncobj_node --id 0 --raft A,B,C --grpc X,Y,Z --data-dir DIR
+    python -m raftkv_tools.bench.syncobj_node --id 0 --raft A,B,C --grpc X,Y,Z --data-dir DIR
 
 PySyncObj runs Raft in its own thread (autoTick) with `appendEntriesUseBatch=False`, its
 low-latency mode (the default batching adds ~100 ms per write). Its journal (`journalFile`) is an
@@ -187,7 +187,7 @@ async def serve(node_id: int, raft: list[str], front: list[str], data_dir: Path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raftkv.bench.syncobj_node")
+    parser = argparse.ArgumentParser(prog="python -m raftkv_tools.bench.syncobj_node")
     parser.add_argument("--id", type=int, required=True)
     parser.add_argument("--raft", required=True, help="PySyncObj addresses, comma-separated")
     parser.add_argument("--grpc", required=True, help="front-door addresses, comma-separated")

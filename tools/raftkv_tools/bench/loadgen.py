@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from raftkv.bench.backends import OperationError, Target, open_ops
-from raftkv.bench.procstats import ProcessMonitor
-from raftkv.bench.workload import Workload, keys, values
+from raftkv_tools.bench.backends import OperationError, Target, open_ops
+from raftkv_tools.bench.procstats import ProcessMonitor
+from raftkv_tools.bench.workload import Workload, keys, values
 
 READY_TIMEOUT = 30.0
 PROGRESS_INTERVAL = 0.2

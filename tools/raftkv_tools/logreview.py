@@ -1,7 +1,7 @@
 """`raftkv logs review DIR`: merge every node's dump into one timeline and check the invariants.
 
     raftkv logs review collected/20261126T150102Z [--plot timeline.png] [--timeline]
-    python -m raftkv.logreview review cluster/data
+    python -m raftkv_tools.logreview review cluster/data
 
 DIR holds one folder per node, `node-<id>/` (what `fab gather-logs` makes) or `logs_node_<id>/`
 (a data directory), each with `dump.txt` (and rotated `dump.txt.1`…), `logs.txt` and
@@ -907,11 +907,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(result, timeline=args.timeline))
     if args.plot is not None:
         try:
-            from raftkv.logreview_plot import plot
+            from raftkv_tools.logreview_plot import plot
         except ImportError as error:
             print(
                 f"raftkv logs review: --plot needs matplotlib ({error}); "
-                "install the deploy extra: pip install -e '.[deploy]'",
+                "install the tools' deploy extra: pip install -e 'tools[deploy]'",
                 file=sys.stderr,
             )
             return 2

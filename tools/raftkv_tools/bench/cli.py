@@ -1,4 +1,4 @@
-"""`raftkv bench` / `python -m raftkv.bench`: measure raftkv, optionally against etcd and PySyncObj.
+"""`raftkv bench` / `raftkv-bench`: measure raftkv, optionally against etcd and PySyncObj.
 
     raftkv bench                          # own 3-node cluster (temp dir, fsync on): set/get/mixed
     raftkv bench -c 64 -d 10 --json       # machine-readable
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import grpc
 
-from raftkv.bench.clusters import ClusterError
-from raftkv.bench.etcdstubs import StubsError
-from raftkv.bench.loadgen import LoadError, Progress
-from raftkv.bench.pyspy import PySpyError
-from raftkv.bench.suite import PEERS, Options, Suite
-from raftkv.bench.workload import WORKLOADS
-from raftkv.delayproxy import parse_delay
+from raftkv_tools.bench.clusters import ClusterError
+from raftkv_tools.bench.etcdstubs import StubsError
+from raftkv_tools.bench.loadgen import LoadError, Progress
+from raftkv_tools.bench.pyspy import PySpyError
+from raftkv_tools.bench.suite import PEERS, Options, Suite
+from raftkv_tools.bench.workload import WORKLOADS
+from raftkv_tools.delayproxy import parse_delay
 
 
 def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
@@ -207,7 +207,7 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from raftkv.bench.report import render
+    from raftkv_tools.bench.report import render
 
     parser = build_parser()
     try:

@@ -1,6 +1,7 @@
-"""Run a local cluster in the background: `python -m raftkv.localcluster up|down|clean|status`.
+"""Run a local cluster in the background: `raftkv-cluster up|down|clean|status`.
 
-    make cluster-up [N=3]     # python -m raftkv.localcluster up --nodes N --dir cluster
+    make cluster-up [N=3]     # python -m raftkv_tools.localcluster up --nodes N --dir cluster
+                              # (the same as: raftkv-cluster up --nodes N --dir cluster)
     make cluster-status       # one row per node
     make cluster-down         # SIGTERM every node, SIGKILL what is left after 5 s
     make cluster-clean        # down, then delete the data and the cluster description
@@ -518,14 +519,14 @@ def next_steps(layout: Layout) -> list[str]:
         f"raftkv {flag}shell",
         "make cluster-down"
         if not flag
-        else f"python -m raftkv.localcluster down --dir {layout.root}",
+        else f"python -m raftkv_tools.localcluster down --dir {layout.root}",
     ]
 
 
 def _report_exits(layout: Layout, exited: dict[int, int | None]) -> None:
     for node_id, code in exited.items():
         print(
-            f"raftkv.localcluster: node {node_id} exited with status {code} during start-up",
+            f"raftkv_tools.localcluster: node {node_id} exited with status {code} during start-up",
             file=sys.stderr,
         )
         for label, path in (
@@ -618,7 +619,7 @@ def status(layout: Layout, *, out: TextIO = sys.stdout) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m raftkv.localcluster",
+        prog="python -m raftkv_tools.localcluster",
         description="Start, inspect and stop a local raftkv cluster in the background.",
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -670,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LocalClusterError as error:
-        print(f"raftkv.localcluster: {error}", file=sys.stderr)
+        print(f"raftkv_tools.localcluster: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

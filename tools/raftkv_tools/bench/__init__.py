@@ -31,6 +31,6 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from raftkv.bench.cli import main as cli_main
+    from raftkv_tools.bench.cli import main as cli_main
 
     return cli_main(argv)

@@ -1,6 +1,6 @@
 """Three-member clusters the benchmark starts and stops itself, on loopback, in a temp folder:
 our nodes, etcd 3.4 and PySyncObj (behind our gRPC front door), optionally with a delaying
-proxy (raftkv.delayproxy, in its own process) on every node↔node link.
+proxy (raftkv_tools.delayproxy, in its own process) on every node↔node link.
 
 WAN layout: one proxy per member, in front of its *peer* port, adding the one-way delay in each
 direction. Every member reaches member j only through proxy j, so every node↔node link (both
@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from raftkv.bench.backends import Target, kv_stub
-from raftkv.bench.procstats import DirSize, dir_size, rss_bytes
-from raftkv.bench.workload import keys, values
 from raftkv.cluster import ClusterDescription, NodeAddress
+from raftkv_tools.bench.backends import Target, kv_stub
+from raftkv_tools.bench.procstats import DirSize, dir_size, rss_bytes
+from raftkv_tools.bench.workload import keys, values
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -123,10 +123,10 @@ class ManagedProcess:
 
 
 class ProxyProcess(ManagedProcess):
-    """`python -m raftkv.delayproxy` with one mapping per member."""
+    """`python -m raftkv_tools.delayproxy` with one mapping per member."""
 
     def __init__(self, mappings: list[tuple[str, str]], delay: float, log: Path) -> None:
-        command = [sys.executable, "-m", "raftkv.delayproxy", "--delay", f"{delay}s"]
+        command = [sys.executable, "-m", "raftkv_tools.delayproxy", "--delay", f"{delay}s"]
         for listen, target in mappings:
             command += ["--map", f"{listen}={target}"]
         super().__init__("delayproxy", command, log)
@@ -452,7 +452,7 @@ class EtcdCluster(Cluster):
 
     def __init__(self, root: Path, *, wan_delay: float = 0.0) -> None:
         super().__init__(root, wan_delay=wan_delay)
-        from raftkv.bench import etcdstubs
+        from raftkv_tools.bench import etcdstubs
 
         self._pb, self._pb_grpc = etcdstubs.load()
         binary = etcd_binary()
@@ -573,7 +573,7 @@ class SyncObjCluster(_KeyValueFrontDoor):
         root.mkdir(parents=True, exist_ok=True)
         for i in range(self.size):
             command = [
-                sys.executable, "-m", "raftkv.bench.syncobj_node",
+                sys.executable, "-m", "raftkv_tools.bench.syncobj_node",
                 "--id", str(i),
                 "--raft", ",".join(raft),
                 "--grpc", ",".join(front),

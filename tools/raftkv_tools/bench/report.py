@@ -6,9 +6,9 @@ import math
 import textwrap
 from collections.abc import Callable, Sequence
 
-from raftkv.bench import pyspy
-from raftkv.bench.loadgen import RunResult
-from raftkv.bench.suite import Report
+from raftkv_tools.bench import pyspy
+from raftkv_tools.bench.loadgen import RunResult
+from raftkv_tools.bench.suite import Report
 
 MB = 1024 * 1024
 

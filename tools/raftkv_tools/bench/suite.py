@@ -31,19 +31,19 @@ from typing import Any
 
 import grpc
 
-from raftkv.bench import pyspy
-from raftkv.bench.backends import Target, kv_stub
-from raftkv.bench.clusters import (
+from raftkv.cluster import ClusterDescription
+from raftkv_tools.bench import pyspy
+from raftkv_tools.bench.backends import Target, kv_stub
+from raftkv_tools.bench.clusters import (
     Cluster,
     EtcdCluster,
     Footprint,
     RaftKVCluster,
     SyncObjCluster,
 )
-from raftkv.bench.loadgen import Progress, RunResult, run_load
-from raftkv.bench.procstats import ProcessMonitor, dir_size, pids_listening_on, rss_bytes
-from raftkv.bench.workload import KEY_BYTES, KEY_COUNT, VALUE_BYTES, WORKLOADS, Workload
-from raftkv.cluster import ClusterDescription
+from raftkv_tools.bench.loadgen import Progress, RunResult, run_load
+from raftkv_tools.bench.procstats import ProcessMonitor, dir_size, pids_listening_on, rss_bytes
+from raftkv_tools.bench.workload import KEY_BYTES, KEY_COUNT, VALUE_BYTES, WORKLOADS, Workload
 
 PEERS = ("etcd", "pysyncobj")
 PROFILE_ATTEMPTS = 3

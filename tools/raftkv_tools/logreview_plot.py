@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
-from raftkv.logreview import Review
+from raftkv_tools.logreview import Review
 
 COLOURS = {
     "follower": "#d9d9d9",
