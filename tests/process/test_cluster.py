@@ -25,6 +25,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_tools import protoc
+
+from raftkv.core.messages import SetCommand
+from raftkv.rpc import raftkv_pb2 as pb
 from raftkv_tools.localcluster import (
     Layout,
     NodeRow,
@@ -33,9 +36,6 @@ from raftkv_tools.localcluster import (
     is_node_process,
     read_pid,
 )
-
-from raftkv.core.messages import SetCommand
-from raftkv.rpc import raftkv_pb2 as pb
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
     HEARTBEAT_LINE,

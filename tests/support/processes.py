@@ -37,6 +37,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+
+from raftkv.cluster import ClusterDescription
+from raftkv.core.config import ReadMode, TimingConfig, profile
+from raftkv.core.messages import LogEntry
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.storage import decode_entry
 from raftkv_tools.localcluster import (
     CLIENT_CHANNEL_OPTIONS,
     NODE_MODULE,
@@ -45,13 +52,6 @@ from raftkv_tools.localcluster import (
     port_in_use,
     row_from_status,
 )
-
-from raftkv.cluster import ClusterDescription
-from raftkv.core.config import ReadMode, TimingConfig, profile
-from raftkv.core.messages import LogEntry
-from raftkv.rpc import raftkv_pb2 as pb
-from raftkv.rpc import raftkv_pb2_grpc
-from raftkv.server.storage import decode_entry
 
 T = TypeVar("T")
 
