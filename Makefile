@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml tools/pyproject.toml
 
 venv: $(STAMP)
 
-# The generated stubs are committed; this regenerates them (tests/unit/test_proto_drift.py
+# The generated stubs are committed; this regenerates them (tests/server/test_proto_drift.py
 # fails when proto/ and raftkv/rpc/ disagree).
 proto: venv
 	$(PY) -m grpc_tools.protoc -Iraftkv/rpc=proto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftkv.proto

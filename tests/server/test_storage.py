@@ -34,7 +34,7 @@ from raftkv.server.storage import (
     unescape_field,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_ID = 1
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from raftkv.client.cli import main as raftkv_main
 from raftkv_tools.bench import main as bench_main
 from raftkv_tools.bench.loadgen import latency_summary, percentile
 from raftkv_tools.bench.workload import KEY_BYTES, VALUE_BYTES, keys, values
 from raftkv_tools.delayproxy import DelayProxy, parse_delay
-
-from raftkv.client.cli import main as raftkv_main
 
 
 def _bench(

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from raftkv_tools import logreview
 
 from raftkv.core.messages import NO_OP, LogEntry, SetCommand
 from raftkv.server.storage import encode_entry
+from raftkv_tools import logreview
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 LEASE = 0.3

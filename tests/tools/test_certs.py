@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("cryptography", reason="install the deploy extra: make infra-deps")
 
 from cryptography import x509
+
 from raftkv_tools import certs
 
 
