@@ -10,7 +10,7 @@ random node), follows the leader hints (leader id and address) that followers at
 FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
 
-GETs and SETs travel on one `KeyValue.Pipeline` stream per node (client/pipeline.py): concurrent
+GETs and SETs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
 calls from one client share it, and whatever is queued goes out as one message, which costs the
 node far less than a unary call each. Status uses the unary RPC.
 

@@ -47,7 +47,7 @@ def _etcd3_source(name: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise StubsError(
             "the etcd3 package (the source of etcd's descriptors) is not installed: "
-            "run `make bench-deps` (pip install -e '.[bench]')"
+            "run `make bench-deps` (pip install -e 'tools[bench]')"
         ) from None
     path = Path(str(dist.locate_file(f"etcd3/etcdrpc/{name}_pb2.py")))
     if not path.is_file():
