@@ -43,7 +43,7 @@ from pathlib import Path
 
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
 
-from .commands import Command, GlobalOptions, discover
+from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
 from .library import NodeStatusRow, SyncClient
 
@@ -196,6 +196,12 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
         # No options of its own (not even -h): everything after the name goes to the command.
         sub = commands.add_parser(name, help=extra.summary, add_help=False)
         sub.set_defaults(extra=extra, extra_name=name)
+    for name in TOOLS_COMMANDS:
+        if name not in extra_commands:
+            # Not listed by --help (no help=): it is not available, but asking for it gets a
+            # sentence saying where it comes from rather than "invalid choice".
+            sub = commands.add_parser(name, add_help=False)
+            sub.set_defaults(extra=NotInstalledCommand(name), extra_name=name)
     return parser
 
 

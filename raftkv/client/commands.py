@@ -11,6 +11,8 @@ an object with
 raftkv-tools registers `bench`, `logs` and `certs` (tools/pyproject.toml). A name that is one of
 the product's own commands (get, set, status, shell) is ignored; an entry point that fails to
 load is listed as unavailable, with the reason, instead of breaking the product's commands.
+Without raftkv-tools, `raftkv bench` (or logs, certs) says the command comes with raftkv-tools;
+--help then lists only what this installation can run.
 """
 
 from __future__ import annotations
@@ -62,6 +64,29 @@ class UnavailableCommand:
             file=sys.stderr,
         )
         return 2
+
+
+@dataclass(frozen=True)
+class NotInstalledCommand:
+    """A command raftkv-tools would add, asked for where it is not installed: say so."""
+
+    name: str
+
+    @property
+    def summary(self) -> str:
+        return "(needs raftkv-tools)"
+
+    def run(self, argv: list[str], options: GlobalOptions) -> int:
+        print(
+            f"raftkv {self.name}: this command comes with raftkv-tools, which is not installed "
+            "(in a checkout of raftkv: pip install -e tools, or make venv)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+# The commands raftkv-tools registers; only used to explain their absence, never to run them.
+TOOLS_COMMANDS = ("bench", "certs", "logs")
 
 
 def discover(reserved: Sequence[str] = ()) -> dict[str, Command]:

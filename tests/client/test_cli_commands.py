@@ -136,3 +136,15 @@ def test_a_global_cluster_reaches_a_tool_command(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_tools_command_without_the_tools_says_where_it_comes_from(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_commands(monkeypatch, {})
+    assert cli.main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    assert "    bench " not in listed and "    certs " not in listed and "    logs " not in listed
+    assert cli.main(["--timeout", "3", "bench", "--against", "etcd"]) == cli.ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "raftkv bench: this command comes with raftkv-tools, which is not installed" in err
