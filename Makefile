@@ -8,15 +8,15 @@ N      ?= 5
 
 .PHONY: venv proto test lint soak sim clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e tools
 	@touch $@
 
 venv: $(STAMP)
 
-# The generated code is committed; this regenerates it (tests/unit/test_proto_drift.py fails
+# The generated code is committed; this regenerates it (tests/server/test_proto_drift.py fails
 # when proto/ and raftkv/rpc/ disagree): messages and gRPC services, and their typed stubs
 # (.pyi) from mypy-protobuf. Servicer stubs are concrete, as the generated classes are at run
 # time (every method answers UNIMPLEMENTED until overridden).
@@ -39,7 +39,7 @@ test: venv test-deps infra-deps
 lint: venv infra-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy raftkv client tests
+	$(PY) -m mypy raftkv tools/raftkv_tools tests
 	$(PY) -m mypy --explicit-package-bases fabfile.py infra/deploy.py infra/wheelhouse.py
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint -q -c infra/ansible/.ansible-lint infra/ansible
 	terraform fmt -check -recursive infra/terraform
@@ -54,7 +54,7 @@ sim: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# --- A local cluster in the background (raftkv/localcluster.py) -----------------------------
+# --- A local cluster in the background (tools/raftkv_tools/localcluster.py) ----------------
 # Files in cluster/: cluster.json, data/logs_node_<id>/, node-<id>.pid, node-<id>.out.
 .PHONY: cluster-up cluster-down cluster-clean cluster-status
 
@@ -69,17 +69,17 @@ cluster-down: infra-deps
 	$(PY) infra/deploy.py down
 else
 cluster-up: venv
-	$(PY) -m raftkv.localcluster up --nodes $(N) --dir cluster
+	$(PY) -m raftkv_tools.localcluster up --nodes $(N) --dir cluster
 
 cluster-down: venv
-	$(PY) -m raftkv.localcluster down --dir cluster
+	$(PY) -m raftkv_tools.localcluster down --dir cluster
 endif
 
 cluster-clean: venv
-	$(PY) -m raftkv.localcluster clean --dir cluster
+	$(PY) -m raftkv_tools.localcluster clean --dir cluster
 
 cluster-status: venv
-	$(PY) -m raftkv.localcluster status --dir cluster
+	$(PY) -m raftkv_tools.localcluster status --dir cluster
 
 # --- Debian packages the tests and tools need ----------------------------------------------
 # $(call apt_install_missing,NAME,BIN:PKG ...,NOT_ROOT_MESSAGE,AFTER_INSTALL): installs the
@@ -115,7 +115,7 @@ FAULT_PKGS_CHECK = ip:iproute2 nft:nftables faketime:faketime strace:strace setp
 test-deps:
 	$(call apt_install_missing,test-deps,$(FAULT_PKGS_CHECK))
 
-# --- Benchmarks (raftkv/bench) --------------------------------------------------------------
+# --- Benchmarks (tools/raftkv_tools/bench) -------------------------------------------------
 # `make bench` measures our own 3-node cluster (temp dir, fsync on); BENCH_ARGS adds options
 # (`make bench BENCH_ARGS="-c 1 --workloads get"`, see `raftkv bench --help`). `make bench-peers`
 # runs the whole comparison with etcd 3.4 (Debian) and PySyncObj in one command (~17 min:
@@ -133,10 +133,10 @@ bench: venv
 # PySyncObj + etcd3 (descriptor source) from PyPI, etcd from Debian (as root; the packaged
 # service is not used and is stopped where systemd runs it), and the etcd stubs (cache dir).
 bench-deps: venv
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev]' -e 'tools[bench]'
 	$(call apt_install_missing,bench-deps,$(BENCH_PKGS_CHECK),,$(BENCH_AFTER_INSTALL))
 	@command -v etcd >/dev/null 2>&1 || { echo "bench-deps: etcd is missing (apt-get install etcd-server etcd-client as root)"; exit 1; }
-	$(PY) -m raftkv.bench.etcdstubs >/dev/null
+	$(PY) -m raftkv_tools.bench.etcdstubs >/dev/null
 
 bench-peers: bench-deps
 	$(VENV)/bin/raftkv bench $(BENCH_PEERS_ARGS) $(BENCH_ARGS)
@@ -157,24 +157,25 @@ soak-faults: venv test-deps
 	  --nemesis kill,pause,partition,clock
 
 # --- Deployment kit: infra/ (Terraform, Ansible, host lab), fabfile.py --------------------------
-# infra-deps: the deploy extra in the venv (ansible-core, ansible-lint, fabric, python-terraform,
-# python-hcl2, matplotlib, cryptography) and, as root, the Debian packages the host-lab test needs
-# (systemd-nspawn containers on a bridge). Installs only what is missing; idempotent.
+# infra-deps: the deploy extras in the venv (raftkv's: ansible-core, ansible-lint, fabric,
+# python-terraform, python-hcl2; raftkv-tools': matplotlib, cryptography) and, as root, the Debian
+# packages the host-lab test needs (systemd-nspawn containers on a bridge). Installs only what is
+# missing; idempotent.
 DEPLOY_STAMP := $(VENV)/.deploy-installed-stamp
 INFRA_NOT_ROOT = not root, so no Debian packages installed (the host-lab test will skip)
 INFRA_PKGS_CHECK = debootstrap:debootstrap systemd-nspawn:systemd-container ip:iproute2 nft:nftables ssh:openssh-client systemd-analyze:systemd
 
 .PHONY: infra-deps infra-lint infra-test
 
-$(DEPLOY_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,deploy]'
+$(DEPLOY_STAMP): pyproject.toml tools/pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,deploy]' -e 'tools[deploy]'
 	@touch $@
 
 infra-deps: $(DEPLOY_STAMP)
 	$(call apt_install_missing,infra-deps,$(INFRA_PKGS_CHECK),$(INFRA_NOT_ROOT))
 
 INFRA_PY = fabfile.py infra/deploy.py infra/wheelhouse.py infra/ansible/roles/raftkv/files/raftkv_probe.py \
-	raftkv/certs.py raftkv/logreview.py raftkv/logreview_plot.py tests/infra
+	tools/raftkv_tools/certs.py tools/raftkv_tools/logreview.py tools/raftkv_tools/logreview_plot.py tests/infra
 
 infra-lint: infra-deps
 	$(PY) -m ruff check $(INFRA_PY)

@@ -355,7 +355,7 @@ def _partition_groups(cluster: Cluster, groups: str) -> list[set[int]]:
 def status_table(cluster: Cluster, context: Context | None = None) -> str:
     """One row per node: where it runs, its process, and what its Status RPC says. `context`
     carries SSH settings (`fab -i KEY`) for hosts."""
-    from client import SyncClient
+    from raftkv.client import SyncClient
 
     ca = cluster.ca_file()
     root_cert = ca.read_bytes() if ca is not None and ca.is_file() else None

@@ -5,7 +5,10 @@
 
 The directory ends up holding exactly:
 
-    raftkv-<version>-py3-none-any.whl   built from this checkout, reproducibly
+    raftkv-<version>-py3-none-any.whl   built from this checkout, reproducibly: the product
+                                        only (raftkv.core, .server, .rpc, .client); the tools
+                                        (tools/, raftkv-tools: the benchmark and its peers, the
+                                        log review, certs...) are never copied to the nodes
     <dependency wheels>                 `pip download` for the target Python and platform
     requirements.txt                    `raftkv==<version>`: what the node installs with
                                         `pip install --no-index --find-links DIR -r ...`

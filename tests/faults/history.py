@@ -37,7 +37,7 @@ from typing import Any
 
 import grpc
 
-from client.pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
+from raftkv.client.pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
 from raftkv.core.messages import Refusal
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc

@@ -45,7 +45,7 @@ from typing import Any
 
 import grpc
 
-from client.pipeline import PipelineConnection
+from raftkv.client.pipeline import PipelineConnection
 from raftkv.core.node import UnsafeSwitches
 from tests.faults.controller import Cluster, ClusterError
 from tests.faults.history import (

@@ -234,7 +234,7 @@ def row(
     applied: int = 10,
     reachable: bool = True,
 ) -> Any:
-    from client.library import NodeStatusRow
+    from raftkv.client.library import NodeStatusRow
 
     if not reachable:
         return NodeStatusRow(node, f"n{node}:1", False, error="connection refused")

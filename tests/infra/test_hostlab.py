@@ -34,8 +34,8 @@ from raftkv.cluster import ClusterDescription
 pytest.importorskip("fabric", reason="install the deploy extra: make infra-deps")
 pytest.importorskip("ansible", reason="install the deploy extra: make infra-deps")
 
-from client import SyncClient
-from client.library import NodeStatusRow
+from raftkv.client import SyncClient
+from raftkv.client.library import NodeStatusRow
 from tests.infra import hostlab
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,8 +137,7 @@ def snapshot_sources(target: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO_ROOT / name, target / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("raftkv", "client"):
-        shutil.copytree(REPO_ROOT / package, target / package, ignore=ignore)
+    shutil.copytree(REPO_ROOT / "raftkv", target / "raftkv", ignore=ignore)
     (target / "infra").mkdir()
     shutil.copy2(REPO_ROOT / "infra" / "wheelhouse.py", target / "infra" / "wheelhouse.py")
     return target
@@ -434,7 +433,7 @@ def test_fabric_faults_then_the_log_review(deployment: Deployment) -> None:
         [
             sys.executable,
             "-m",
-            "raftkv.logreview",
+            "raftkv_tools.logreview",
             "review",
             str(collected),
             "--plot",

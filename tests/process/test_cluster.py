@@ -27,7 +27,8 @@ import pytest
 from grpc_tools import protoc
 
 from raftkv.core.messages import SetCommand
-from raftkv.localcluster import (
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv_tools.localcluster import (
     Layout,
     NodeRow,
     elected_leader,
@@ -35,7 +36,6 @@ from raftkv.localcluster import (
     is_node_process,
     read_pid,
 )
-from raftkv.rpc import raftkv_pb2 as pb
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
     HEARTBEAT_LINE,
@@ -838,12 +838,12 @@ def test_malformed_requests_get_clear_errors_and_the_node_stays_up(
 
 
 # ---------------------------------------------------------------------------------------------
-# k. python -m raftkv.localcluster
+# k. python -m raftkv_tools.localcluster
 
 
 def localcluster(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "raftkv.localcluster", *args],
+        [sys.executable, "-m", "raftkv_tools.localcluster", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -968,15 +968,17 @@ def test_status_table_and_leader_agreement() -> None:
 
 
 def test_cli_smoke(make_cluster: ClusterFactory) -> None:
-    if not (REPO_ROOT / "client" / "cli.py").exists():
-        pytest.skip("client/cli.py (the `raftkv` CLI) does not exist yet")
     cluster = make_cluster(3).start()
     cluster.leader()
     script = shutil.which("raftkv", path=str(Path(sys.executable).parent))
     command = (
         [script]
         if script
-        else [sys.executable, "-c", "import sys; from client.cli import main; sys.exit(main())"]
+        else [
+            sys.executable,
+            "-c",
+            "import sys; from raftkv.client.cli import main; sys.exit(main())",
+        ]
     )
     base = [*command, "--cluster", str(cluster.description_path)]
 

@@ -13,7 +13,7 @@ AssertionError that names what it waited for and shows every node's status, proc
 tail of its dump.txt, so a failing test explains itself. `close()` (also on `__exit__`) SIGKILLs
 every node, whatever state the test left it in.
 
-Files, under `tmp_path/cluster/` (the layout `python -m raftkv.localcluster` uses):
+Files, under `tmp_path/cluster/` (the layout `python -m raftkv_tools.localcluster` uses):
 cluster.json, data/logs_node_<id>/{logs.txt,metadata.txt,dump.txt}, node-<id>.out.
 """
 
@@ -41,7 +41,10 @@ import grpc
 from raftkv.cluster import ClusterDescription
 from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.core.messages import LogEntry
-from raftkv.localcluster import (
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.storage import decode_entry
+from raftkv_tools.localcluster import (
     CLIENT_CHANNEL_OPTIONS,
     NODE_MODULE,
     NodeRow,
@@ -49,9 +52,6 @@ from raftkv.localcluster import (
     port_in_use,
     row_from_status,
 )
-from raftkv.rpc import raftkv_pb2 as pb
-from raftkv.rpc import raftkv_pb2_grpc
-from raftkv.server.storage import decode_entry
 
 T = TypeVar("T")
 

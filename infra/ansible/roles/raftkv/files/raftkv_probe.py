@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from client import SyncClient
-from client.library import NodeStatusRow
+from raftkv.client import SyncClient
+from raftkv.client.library import NodeStatusRow
 from raftkv.cluster import ClusterDescription
 
 

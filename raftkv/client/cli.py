@@ -1,0 +1,416 @@
+"""`raftkv`: the command-line client.
+
+    raftkv [--cluster FILE | --peers HOST:PORT,...] [--timeout SECONDS] [-v] COMMAND
+
+    raftkv get KEY            print the value (nothing on stdout if the key is absent)
+    raftkv set KEY VALUE...   store the VALUE words joined by single spaces; prints OK
+    raftkv status             one row per node: role, term, commit, leader, lease, reachable
+    raftkv shell              interactive GET / SET / STATUS prompt (also reads piped stdin)
+
+With the development and operations tools installed (raftkv-tools, tools/), also:
+
+    raftkv bench [OPTIONS]    benchmark a cluster (own options: raftkv bench --help)
+    raftkv logs review DIR    merge gathered dump files, check invariants (--plot FILE.png)
+    raftkv certs --out DIR    make a CA and per-node TLS certificates (raftkv certs --help)
+
+Those come from the entry-point group `raftkv.commands` (raftkv/client/commands.py), so
+`raftkv --help` lists every command this installation accepts. Global options given before such
+a command reach it (`raftkv --cluster FILE bench` = `raftkv bench --cluster FILE`).
+
+The cluster comes from --peers (ids 0..n-1 in the order given), else --cluster, else the file
+named by $RAFTKV_CLUSTER, else cluster/cluster.json.
+
+Exit codes:
+    0  success
+    1  key not found (get)
+    2  usage error, or the cluster description is missing or malformed
+    3  no leader: the cluster could not serve before the timeout (status: no node answered)
+    4  SET outcome unknown: it may or may not have been applied
+    5  invalid request (empty or oversized key, oversized value, text that is not Unicode)
+  130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from enum import IntEnum
+from pathlib import Path
+
+from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
+
+from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
+from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .library import NodeStatusRow, SyncClient
+
+CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
+HISTORY_FILE_NAME = ".raftkv_history"
+PROMPT = "raftkv> "
+PRODUCT_COMMANDS = ("get", "set", "status", "shell")
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    NOT_FOUND = 1
+    USAGE = 2
+    NO_LEADER = 3
+    OUTCOME_UNKNOWN = 4
+    INVALID_REQUEST = 5
+    INTERRUPTED = 130
+
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    key not found (get)
+  2    usage error, or the cluster description is missing or malformed
+  3    no leader: the cluster could not serve before the timeout (status: no node answered)
+  4    SET outcome unknown: it may or may not have been applied
+  5    invalid request (empty or oversized key, oversized value, text that is not Unicode)
+  130  interrupted
+
+The cluster comes from --peers, else --cluster, else $RAFTKV_CLUSTER, else cluster/cluster.json.
+Values that start with '-' go after '--':  raftkv set KEY -- -1
+"""
+
+SHELL_HELP = """\
+commands (case-insensitive):
+  GET key          print the value of key
+  SET key value    store value (it may contain spaces)
+  STATUS           show every node
+  HELP             this text
+  EXIT, QUIT       leave (Ctrl-D too)"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    extra_commands = discover(reserved=PRODUCT_COMMANDS)
+    parser = _build_parser(extra_commands)
+    try:
+        # Known args only: what follows an extra command's name is that command's to parse.
+        args, rest = parser.parse_known_args(arguments)
+        if rest and getattr(args, "extra", None) is None:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as request:
+        # argparse exits on --help and on usage errors; callers of main() want a return code.
+        return request.code if isinstance(request.code, int) else ExitCode.USAGE
+    if getattr(args, "extra", None) is not None:
+        return _run_extra_command(args.extra_name, args.extra, rest, args)
+    try:
+        cluster = _load_cluster(args)
+    except ClusterConfigError as error:
+        print(f"raftkv: {error}", file=sys.stderr)
+        return ExitCode.USAGE
+    command: Callable[[SyncClient, argparse.Namespace], int] = args.command
+    try:
+        root_cert = _tls_root_cert(cluster)
+    except OSError as error:
+        print(f"raftkv: cannot read the cluster's TLS CA certificate: {error}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        with SyncClient(cluster, timeout=args.timeout, tls_root_cert=root_cert) as client:
+            return command(client, args)
+    except RaftKVError as error:
+        print(f"raftkv: {error}", file=sys.stderr)
+        return _exit_code_for(error)
+    except KeyboardInterrupt:
+        maybe_applied = (
+            " (the SET may or may not have been applied)" if command is _set_command else ""
+        )
+        print(f"raftkv: interrupted{maybe_applied}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+def _run_extra_command(name: str, extra: Command, argv: list[str], args: argparse.Namespace) -> int:
+    options = GlobalOptions(
+        cluster=args.cluster,
+        peers=args.peers,
+        timeout=args.timeout,
+        verbose=args.verbose,
+    )
+    try:
+        return extra.run(argv, options)
+    except ModuleNotFoundError as error:
+        # An optional dependency of the tool is missing: say which, not a traceback.
+        print(
+            f"raftkv {name}: the Python module {error.name!r} is not installed ({error})",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
+
+
+def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raftkv",
+        description="Client for a raftkv cluster.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cluster",
+        metavar="FILE",
+        type=Path,
+        help=f"cluster description (default: ${CLUSTER_ENVIRONMENT_VARIABLE} or "
+        f"{DEFAULT_DESCRIPTION})",
+    )
+    where.add_argument(
+        "--peers",
+        metavar="HOST:PORT,...",
+        help="node addresses instead of a cluster file; node ids are 0..n-1 in this order",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=5.0,
+        help="give up after this long, retries included (default: 5)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="set: also print the index")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    get = commands.add_parser("get", help="print the value of KEY")
+    get.add_argument("key", metavar="KEY")
+    get.set_defaults(command=_get_command)
+
+    set_ = commands.add_parser("set", help="store VALUE (words joined by spaces) under KEY")
+    set_.add_argument("key", metavar="KEY")
+    set_.add_argument("words", metavar="VALUE", nargs="+")
+    # SUPPRESS keeps an absent sub-command -v from overwriting a global one.
+    set_.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print the index"
+    )
+    set_.set_defaults(command=_set_command)
+
+    status = commands.add_parser("status", help="show every node of the cluster")
+    status.set_defaults(command=_status_command)
+
+    shell = commands.add_parser("shell", help="interactive GET/SET/STATUS prompt")
+    shell.set_defaults(command=_shell_command)
+
+    for name, extra in extra_commands.items():
+        # No options of its own (not even -h): everything after the name goes to the command.
+        sub = commands.add_parser(name, help=extra.summary, add_help=False)
+        sub.set_defaults(extra=extra, extra_name=name)
+    for name in TOOLS_COMMANDS:
+        if name not in extra_commands:
+            # Not listed by --help (no help=): it is not available, but asking for it gets a
+            # sentence saying where it comes from rather than "invalid choice".
+            sub = commands.add_parser(name, add_help=False)
+            sub.set_defaults(extra=NotInstalledCommand(name), extra_name=name)
+    return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return seconds
+
+
+def _tls_root_cert(cluster: ClusterDescription) -> bytes | None:
+    """A cluster description with `"tls": {"ca": PATH}` is served over TLS signed by that CA."""
+    ca = cluster.tls.get("ca")
+    return Path(ca).expanduser().read_bytes() if ca else None
+
+
+def _load_cluster(args: argparse.Namespace) -> ClusterDescription:
+    if args.peers is not None:
+        addresses = [address.strip() for address in args.peers.split(",") if address.strip()]
+        if not addresses:
+            raise ClusterConfigError("--peers lists no addresses")
+        return ClusterDescription.from_addresses(addresses)
+    path = args.cluster
+    if path is None:
+        path = Path(os.environ.get(CLUSTER_ENVIRONMENT_VARIABLE) or DEFAULT_DESCRIPTION)
+    try:
+        return ClusterDescription.load(path)
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise ClusterConfigError(f"cannot read the cluster description {path}: {error}") from None
+
+
+def _exit_code_for(error: RaftKVError) -> ExitCode:
+    if isinstance(error, InvalidRequestError):
+        return ExitCode.INVALID_REQUEST
+    if isinstance(error, UnknownOutcomeError):
+        return ExitCode.OUTCOME_UNKNOWN
+    return ExitCode.NO_LEADER
+
+
+# -- one-shot commands --------------------------------------------------------------------------
+
+
+def _get_command(client: SyncClient, args: argparse.Namespace) -> int:
+    value = client.get(args.key)
+    if value is None:
+        print("raftkv: key not found", file=sys.stderr)
+        return ExitCode.NOT_FOUND
+    print(value)
+    return ExitCode.OK
+
+
+def _set_command(client: SyncClient, args: argparse.Namespace) -> int:
+    index = client.set(args.key, " ".join(args.words))
+    print(f"OK (index {index})" if args.verbose else "OK")
+    return ExitCode.OK
+
+
+def _status_command(client: SyncClient, args: argparse.Namespace) -> int:
+    rows = client.status()
+    print(format_status_table(rows))
+    if not any(row.reachable for row in rows):
+        print("raftkv: no node answered", file=sys.stderr)
+        return ExitCode.NO_LEADER
+    return ExitCode.OK
+
+
+def format_status_table(rows: Sequence[NodeStatusRow]) -> str:
+    """The `raftkv status` table: a header and one aligned row per node."""
+    header = ["NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE"]
+    table = [header, *(_status_cells(row) for row in rows)]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    )
+
+
+def _status_cells(row: NodeStatusRow) -> list[str]:
+    def shown(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    lease = "-"
+    if row.lease_remaining is not None and row.lease_remaining > 0:
+        lease = f"{row.lease_remaining:.2f}s"
+    reachable = "yes" if row.reachable else f"no ({row.error})" if row.error else "no"
+    return [
+        str(row.node_id),
+        row.address,
+        row.role or "-",
+        shown(row.term),
+        shown(row.commit_length),
+        shown(row.leader_id),
+        lease,
+        reachable,
+    ]
+
+
+# -- the shell ----------------------------------------------------------------------------------
+
+
+def _shell_command(client: SyncClient, args: argparse.Namespace) -> int:
+    interactive = sys.stdin.isatty()
+    save_history = _start_history() if interactive else None
+    if interactive:
+        print("raftkv shell: type HELP for the commands, EXIT or Ctrl-D to leave.")
+    try:
+        while True:
+            line = _read_line(interactive)
+            if line is None:
+                break
+            if not _run_shell_line(client, line, verbose=args.verbose):
+                break
+    finally:
+        if save_history is not None:
+            save_history()
+    return ExitCode.OK
+
+
+def _read_line(interactive: bool) -> str | None:
+    """The next command line, or None at end of input."""
+    if not interactive:
+        # No prompt when reading a pipe: the transcript should hold only the answers.
+        line = sys.stdin.readline()
+        return line if line else None
+    while True:
+        try:
+            return input(PROMPT)
+        except EOFError:
+            print()
+            return None
+        except KeyboardInterrupt:
+            # Like Python's own prompt: Ctrl-C abandons the line, not the session.
+            print()
+
+
+def _run_shell_line(client: SyncClient, line: str, *, verbose: bool) -> bool:
+    """Run one shell line and print its answer; False means the user asked to leave."""
+    words = line.split()
+    if not words or words[0].startswith("#"):
+        return True
+    command = words[0].upper()
+    try:
+        if command in ("EXIT", "QUIT"):
+            return False
+        if command == "HELP":
+            _say(SHELL_HELP)
+        elif command == "GET" and len(words) == 2:
+            value = client.get(words[1])
+            _say("(key not found)" if value is None else value)
+        elif command == "SET" and len(words) >= 3:
+            index = client.set(words[1], " ".join(words[2:]))
+            _say(f"OK (index {index})" if verbose else "OK")
+        elif command == "STATUS" and len(words) == 1:
+            _say(format_status_table(client.status()))
+        else:
+            _say(_shell_usage(command))
+    except UnknownOutcomeError as error:
+        _say(f"error: {error}")
+    except NoLeaderError as error:
+        _say(str(error))
+    except InvalidRequestError as error:
+        _say(f"invalid request: {error}")
+    except KeyboardInterrupt:
+        interrupted_write = " (a SET may or may not have been applied)" if command == "SET" else ""
+        _say(f"interrupted{interrupted_write}")
+    return True
+
+
+def _shell_usage(command: str) -> str:
+    usages = {
+        "GET": "usage: GET key",
+        "SET": "usage: SET key value",
+        "STATUS": "usage: STATUS",
+    }
+    if command in usages:
+        return usages[command]
+    return f"unknown command {command!r}; usage: GET key | SET key value | STATUS | HELP | EXIT"
+
+
+def _say(text: str) -> None:
+    # Answers and errors both go to stdout, flushed, so a piped transcript keeps its order.
+    print(text, flush=True)
+
+
+def _start_history() -> Callable[[], None] | None:
+    """Load ~/.raftkv_history into readline; returns what saves it, or None without history."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    try:
+        path = Path.home() / HISTORY_FILE_NAME
+    except RuntimeError:  # no home directory can be determined
+        return None
+    # A missing or unreadable file (first run) just means an empty history.
+    with contextlib.suppress(OSError):
+        readline.read_history_file(path)
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        # A read-only HOME loses the history, not the session.
+        with contextlib.suppress(OSError):
+            readline.write_history_file(path)
+
+    return save
+
+
+if __name__ == "__main__":
+    sys.exit(main())

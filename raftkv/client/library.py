@@ -1,0 +1,586 @@
+"""An asyncio client for raftkv's `KeyValue` gRPC service.
+
+    async with RaftKVClient(ClusterDescription.load(path)) as client:
+        index = await client.set("greeting", "hello world")
+        value = await client.get("greeting")        # None when the key is absent
+        rows = await client.status()                # one NodeStatusRow per node
+
+The client knows every node's address. It sends a request to the last node that served it (or a
+random node), follows the leader hints (leader id and address) that followers attach to
+FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
+hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
+
+GETs and SETs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
+calls from one client share it, and whatever is queued goes out as one message, which costs the
+node far less than a unary call each. Status uses the unary RPC.
+
+A SET carries the client's id and a sequence number; every retry of one SET reuses them, so the
+server applies it at most once. A SET is reported as done only when a node acknowledged it. If
+the deadline passes after an attempt whose fate is unknown (a timeout, or a connection that broke
+after the request left), `set()` raises `UnknownOutcomeError` rather than `NoLeaderError`.
+
+Use one client from one event loop: grpc.aio channels belong to the loop that created them. For
+blocking code, `SyncClient` wraps a client with a private event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import grpc.aio
+
+from raftkv.cluster import ClusterDescription
+from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+
+from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
+    "NodeStatusRow",
+    "RaftKVClient",
+    "SyncClient",
+    "check_key",
+    "check_value",
+]
+
+# The server's limits, checked here too so that a bad request fails fast and without a round trip.
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1024 * 1024
+
+FIRST_BACKOFF_SECONDS = 0.02
+MAX_BACKOFF_SECONDS = 0.5
+
+LEADER_ID_METADATA = "leader-id"
+LEADER_ADDRESS_METADATA = "leader-address"
+
+_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Probe idle connections so that a node whose machine vanished (no FIN, no RST) is noticed
+    # before the next request has to wait out its per-try timeout on a dead socket. Servers must
+    # allow pings this often (grpc.http2.min_ping_interval_without_data_ms ≤ 30 s, and
+    # grpc.keepalive_permit_without_calls), or they answer with GOAWAY "too_many_pings".
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's default reconnect backoff grows to two minutes, during which every call on the
+    # channel fails at once: a node that restarts would stay unusable long after it is back.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatusRow:
+    """One node's answer to Status, or why it gave none (then only the first four are set)."""
+
+    node_id: int
+    address: str
+    reachable: bool
+    error: str | None = None
+    role: str | None = None
+    term: int | None = None
+    leader_id: int | None = None
+    log_length: int | None = None
+    commit_length: int | None = None
+    applied_length: int | None = None
+    lease_remaining: float | None = None
+    waiting_for_old_lease: float | None = None
+    read_mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    address: str
+    # None for an address a node named as leader that the cluster description does not list.
+    node_id: int | None
+
+    @property
+    def label(self) -> str:
+        return self.address if self.node_id is None else f"node {self.node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """One failed attempt, as the retry loop needs it."""
+
+    reason: str
+    leader_hint: _Endpoint | None
+    # False only when the request certainly was not applied (refused, or never sent).
+    may_have_applied: bool
+
+
+class _Backoff:
+    """Exponential backoff with "equal jitter": a floor of half the ceiling, so retries neither
+    hammer a struggling cluster nor fall into lockstep with other clients."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._ceiling = FIRST_BACKOFF_SECONDS
+
+    def next_delay(self) -> float:
+        delay = self._rng.uniform(self._ceiling / 2, self._ceiling)
+        self._ceiling = min(self._ceiling * 2, MAX_BACKOFF_SECONDS)
+        return delay
+
+
+class RaftKVClient:
+    """Talks to a raftkv cluster; see the module docstring for the retry rules.
+
+    `timeout` bounds a whole `get()` / `set()` including retries; `per_try_timeout` bounds each
+    RPC (never beyond the overall deadline). `client_id` identifies this client to the server's
+    dedup table and must not be shared with another live client. With a generated id the
+    sequence numbers start at 1; with a caller-supplied id they start at the current time in
+    microseconds, so a process that restarts with the same id keeps counting upwards instead of
+    having its first writes mistaken for duplicates. `first_node` is tried first while no leader
+    is known (default: a random node).
+
+    SETs from one client are sent one at a time: the server's dedup keeps only the highest
+    sequence number per client, so a later SET overtaking an earlier one would make the earlier
+    one look like a duplicate. Use several clients for parallel writes.
+    """
+
+    def __init__(
+        self,
+        cluster: ClusterDescription,
+        *,
+        timeout: float = 5.0,
+        client_id: str | None = None,
+        per_try_timeout: float = 1.0,
+        tls_root_cert: bytes | None = None,
+        first_node: int | None = None,
+    ) -> None:
+        _require_positive("timeout", timeout)
+        _require_positive("per_try_timeout", per_try_timeout)
+        if client_id == "":
+            raise ValueError("client_id must not be empty: the server does not dedup without one")
+        self._timeout = timeout
+        self._per_try_timeout = per_try_timeout
+        self._endpoints = [_Endpoint(node.address, node.id) for node in cluster.nodes]
+        self._endpoint_by_id = {endpoint.node_id: endpoint for endpoint in self._endpoints}
+        self._endpoint_by_address = {endpoint.address: endpoint for endpoint in self._endpoints}
+        self._first_node = (
+            None if first_node is None else self._endpoint_by_id[cluster.node(first_node).id]
+        )
+        self._credentials = (
+            None if tls_root_cert is None else grpc.ssl_channel_credentials(tls_root_cert)
+        )
+        if client_id is None:
+            self.client_id = uuid.uuid4().hex
+            self._last_seq = 0
+        else:
+            self.client_id = client_id
+            self._last_seq = time.time_ns() // 1000
+        self._rng = random.Random()
+        self._known_leader: _Endpoint | None = None
+        self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, Any] = {}
+        self._pipes: dict[str, PipelineConnection] = {}
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def get(self, key: str) -> str | None:
+        """The value of `key`, or None when the key is absent."""
+        check_key(key)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        request = raftkv_pb2.GetRequest(key=key)
+        reply = await self._call_leader(
+            lambda pipe, timeout: pipe.get(request, timeout),
+            deadline=deadline,
+            set_request=None,
+        )
+        return reply.value if reply.found else None
+
+    async def set(self, key: str, value: str) -> int:
+        """Store `value` under `key` once a majority has it; returns the entry's log index."""
+        check_key(key)
+        check_value(value)
+        # Time spent queued behind this client's earlier SETs counts against the timeout too.
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        async with self._write_lock:
+            self._last_seq += 1
+            request = raftkv_pb2.SetRequest(
+                key=key, value=value, client_id=self.client_id, seq=self._last_seq
+            )
+            reply = await self._call_leader(
+                lambda pipe, timeout: pipe.set(request, timeout),
+                deadline=deadline,
+                set_request=request,
+            )
+        return int(reply.index)
+
+    async def status(self) -> list[NodeStatusRow]:
+        """Every node's Status, asked in parallel; nodes that do not answer have reachable=False."""
+        timeout = min(self._per_try_timeout, self._timeout)
+        return list(
+            await asyncio.gather(
+                *(self._node_status(endpoint, timeout) for endpoint in self._endpoints)
+            )
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        pipes = list(self._pipes.values())
+        channels = list(self._channels.values())
+        self._pipes.clear()
+        self._channels.clear()
+        self._stubs.clear()
+        for pipe in pipes:
+            await pipe.close()
+        await asyncio.gather(*(channel.close() for channel in channels))
+
+    # -- the retry loop ---------------------------------------------------------------------
+
+    async def _call_leader(
+        self,
+        invoke: Callable[[PipelineConnection, float], Awaitable[raftkv_pb2.PipelineReply]],
+        *,
+        deadline: float,
+        set_request: raftkv_pb2.SetRequest | None,
+    ) -> raftkv_pb2.PipelineReply:
+        loop = asyncio.get_running_loop()
+        started = deadline - self._timeout
+        backoff = _Backoff(self._rng)
+        last_said: dict[_Endpoint, str] = {}
+        may_have_applied = False
+        # Followers with stale hints can point at each other; after this many hops without a
+        # pause we back off like for any other failure.
+        hops_without_pause = 0
+        target = self._known_leader or self._first_node or self._rng.choice(self._endpoints)
+        while (remaining := deadline - loop.time()) > 0:
+            try_timeout = min(self._per_try_timeout, remaining)
+            try:
+                reply = await invoke(self._pipe(target), try_timeout)
+            except StreamBrokenError as error:
+                failure = self._describe_failure(error.code, error.details, {}, try_timeout)
+            except PipelineTimeoutError:
+                failure = _Failure(f"timed out after {try_timeout:.2f}s", None, True)
+            else:
+                if reply.code == 0:
+                    self._known_leader = target
+                    return reply
+                failure = self._describe_refusal(reply, try_timeout)
+
+            last_said[target] = failure.reason
+            may_have_applied = may_have_applied or failure.may_have_applied
+            hint = failure.leader_hint
+            if hint is not None or target == self._known_leader:
+                self._known_leader = hint
+            is_redirect = hint is not None and hint != target
+            if is_redirect and hops_without_pause < len(self._endpoints):
+                hops_without_pause += 1
+            else:
+                hops_without_pause = 0
+                await asyncio.sleep(min(backoff.next_delay(), max(deadline - loop.time(), 0)))
+            target = hint if hint is not None else self._node_after(target)
+
+        elapsed = loop.time() - started
+        said_in_order = {
+            endpoint.label: last_said[endpoint] for endpoint in self._ordered(last_said)
+        }
+        if set_request is not None and may_have_applied:
+            raise UnknownOutcomeError(
+                said_in_order,
+                elapsed,
+                key=set_request.key,
+                client_id=set_request.client_id,
+                seq=set_request.seq,
+            )
+        raise NoLeaderError(said_in_order, elapsed)
+
+    def _describe_refusal(self, reply: raftkv_pb2.PipelineReply, try_timeout: float) -> _Failure:
+        """A node's own answer to one request (it reached the node and was not run, unless the
+        code says the outcome is unknown)."""
+        code = _STATUS_BY_NUMBER.get(reply.code, grpc.StatusCode.UNKNOWN)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidRequestError(reply.details or "invalid request")
+        metadata = {}
+        if reply.HasField("leader_id"):
+            metadata[LEADER_ID_METADATA] = str(reply.leader_id)
+        if reply.leader_address:
+            metadata[LEADER_ADDRESS_METADATA] = reply.leader_address
+        if code == grpc.StatusCode.UNAVAILABLE:
+            hint = self._leader_hint(metadata)
+            return _Failure(f"unavailable ({_shorten(reply.details)})", hint, False)
+        return self._describe_failure(code, reply.details, metadata, try_timeout)
+
+    def _describe_failure(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        metadata: dict[str, str],
+        try_timeout: float,
+    ) -> _Failure:
+        hint = self._leader_hint(metadata)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            where = "leader unknown" if hint is None else f"leader is {hint.label}"
+            return _Failure(f"not leader ({where})", hint, may_have_applied=False)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if _never_connected(details):
+                reason = f"unreachable ({_short_transport_error(details)})"
+                return _Failure(reason, None, may_have_applied=False)
+            # gRPC reports a connection that broke mid-call with this same code, so only the
+            # server's own metadata proves that the node refused the request.
+            refused_by_server = (
+                LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
+            )
+            return _Failure(
+                f"unavailable ({_shorten(details)})", hint, may_have_applied=not refused_by_server
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return _Failure(f"timed out after {try_timeout:.2f}s", None, may_have_applied=True)
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return _Failure("does not serve KeyValue.Pipeline", None, may_have_applied=False)
+        return _Failure(f"failed ({code.name}: {_shorten(details)})", None, may_have_applied=True)
+
+    def _leader_hint(self, metadata: dict[str, str]) -> _Endpoint | None:
+        raw_id = metadata.get(LEADER_ID_METADATA, "")
+        if raw_id.isdecimal() and int(raw_id) in self._endpoint_by_id:
+            return self._endpoint_by_id[int(raw_id)]
+        address = metadata.get(LEADER_ADDRESS_METADATA, "")
+        if not address:
+            return None
+        return self._endpoint_by_address.get(address) or _Endpoint(address, None)
+
+    def _node_after(self, endpoint: _Endpoint) -> _Endpoint:
+        if endpoint.node_id is None or endpoint.node_id not in self._endpoint_by_id:
+            return self._endpoints[0]
+        position = self._endpoints.index(endpoint)
+        return self._endpoints[(position + 1) % len(self._endpoints)]
+
+    def _ordered(self, endpoints: Iterable[_Endpoint]) -> list[_Endpoint]:
+        rank = {endpoint: position for position, endpoint in enumerate(self._endpoints)}
+        return sorted(
+            endpoints, key=lambda endpoint: (rank.get(endpoint, len(rank)), endpoint.address)
+        )
+
+    # -- channels and status ------------------------------------------------------------------
+
+    def _stub(self, endpoint: _Endpoint) -> Any:
+        if self._closed:
+            raise RaftKVError("the client is closed")
+        stub = self._stubs.get(endpoint.address)
+        if stub is None:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint.address, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(
+                    endpoint.address, self._credentials, options=_CHANNEL_OPTIONS
+                )
+            stub = raftkv_pb2_grpc.KeyValueStub(channel)
+            self._channels[endpoint.address] = channel
+            self._stubs[endpoint.address] = stub
+        return stub
+
+    def _pipe(self, endpoint: _Endpoint) -> PipelineConnection:
+        pipe = self._pipes.get(endpoint.address)
+        if pipe is None:
+            self._stub(endpoint)
+            pipe = PipelineConnection(self._channels[endpoint.address])
+            self._pipes[endpoint.address] = pipe
+        return pipe
+
+    async def _node_status(self, endpoint: _Endpoint, timeout: float) -> NodeStatusRow:
+        assert endpoint.node_id is not None
+        try:
+            reply = await self._stub(endpoint).Status(raftkv_pb2.StatusRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            return NodeStatusRow(
+                endpoint.node_id, endpoint.address, reachable=False, error=_status_error(error)
+            )
+        return NodeStatusRow(
+            node_id=endpoint.node_id,
+            address=endpoint.address,
+            reachable=True,
+            role=reply.role,
+            term=reply.term,
+            leader_id=reply.leader_id if reply.HasField("leader_id") else None,
+            log_length=reply.log_length,
+            commit_length=reply.commit_length,
+            applied_length=reply.applied_length,
+            lease_remaining=reply.lease_remaining,
+            waiting_for_old_lease=reply.waiting_for_old_lease,
+            read_mode=reply.read_mode,
+        )
+
+
+class SyncClient:
+    """A blocking `RaftKVClient` for scripts: one private event loop serves every call, so the
+    gRPC channels are reused. Not for use inside a running event loop."""
+
+    def __init__(
+        self,
+        cluster: ClusterDescription,
+        *,
+        timeout: float = 5.0,
+        client_id: str | None = None,
+        per_try_timeout: float = 1.0,
+        tls_root_cert: bytes | None = None,
+        first_node: int | None = None,
+    ) -> None:
+        self._client = RaftKVClient(
+            cluster,
+            timeout=timeout,
+            client_id=client_id,
+            per_try_timeout=per_try_timeout,
+            tls_root_cert=tls_root_cert,
+            first_node=first_node,
+        )
+        self._runner = asyncio.Runner()
+
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
+
+    def get(self, key: str) -> str | None:
+        return self._runner.run(self._client.get(key))
+
+    def set(self, key: str, value: str) -> int:
+        return self._runner.run(self._client.set(key, value))
+
+    def status(self) -> list[NodeStatusRow]:
+        return self._runner.run(self._client.status())
+
+    def close(self) -> None:
+        try:
+            self._runner.run(self._client.close())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def check_key(key: str) -> None:
+    """Raise InvalidRequestError unless the server would accept `key`."""
+    size = _utf8_size(key, "key")
+    if size == 0:
+        raise InvalidRequestError("the key is empty")
+    if size > MAX_KEY_BYTES:
+        raise InvalidRequestError(f"the key is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}")
+
+
+def check_value(value: str) -> None:
+    """Raise InvalidRequestError unless the server would accept `value`."""
+    size = _utf8_size(value, "value")
+    if size > MAX_VALUE_BYTES:
+        raise InvalidRequestError(
+            f"the value is {size} bytes of UTF-8; the limit is {MAX_VALUE_BYTES} (1 MiB)"
+        )
+
+
+def _utf8_size(text: object, what: str) -> int:
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"the {what} must be a str, not {type(text).__name__}")
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        # Protobuf strings must be valid UTF-8; a lone surrogate (often a byte that was not
+        # UTF-8 on the command line, smuggled in by surrogateescape) cannot be encoded.
+        bad = ord(text[error.start])
+        raise InvalidRequestError(
+            f"the {what} is not valid Unicode text: lone surrogate U+{bad:04X} at position "
+            f"{error.start}"
+        ) from None
+
+
+# -- reading gRPC errors ------------------------------------------------------------------------
+
+
+def _metadata_dict(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key, value in metadata or ():
+        result[key.lower()] = (
+            value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        )
+    return result
+
+
+def _never_connected(details: str) -> bool:
+    """Whether gRPC failed before a connection existed, so the request was never sent."""
+    lowered = details.lower()
+    return any(
+        phrase in lowered
+        for phrase in (
+            "failed to connect",
+            "errors resolving",
+            "dns resolution failed",
+            "connection refused",
+            "empty address list",
+        )
+    )
+
+
+def _short_transport_error(details: str) -> str:
+    lowered = details.lower()
+    for phrase, short in (
+        ("connection refused", "connection refused"),
+        ("errors resolving", "cannot resolve host"),
+        ("dns resolution failed", "cannot resolve host"),
+        ("no route to host", "no route to host"),
+        ("network is unreachable", "network unreachable"),
+        ("handshake", "TLS handshake failed"),
+        ("ssl", "TLS error"),
+        ("timed out", "connect timed out"),
+        ("timeout", "connect timed out"),
+        ("connection reset", "connection reset"),
+        ("socket closed", "connection closed"),
+    ):
+        if phrase in lowered:
+            return short
+    return _shorten(details)
+
+
+def _status_error(error: grpc.aio.AioRpcError) -> str:
+    code = error.code()
+    details = error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return _short_transport_error(details)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "timed out"
+    return f"{code.name}: {_shorten(details)}"
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _require_positive(name: str, seconds: float) -> None:
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")

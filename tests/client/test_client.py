@@ -1,0 +1,671 @@
+"""The client library and the `raftkv` CLI against scripted fake nodes.
+
+Each fake node is a real grpc.aio server on 127.0.0.1 implementing `KeyValue` (Pipeline through
+the real session engine, and Status), driven by a behaviour per request (serve, redirect,
+refuse, hang, reject). The servers run on a background
+thread's event loop so that blocking callers (the CLI) can use them as well as asyncio tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from raftkv.client.cli import format_status_table, main
+from raftkv.client.errors import InvalidRequestError, NoLeaderError, UnknownOutcomeError
+from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient
+from raftkv.cluster import ClusterDescription
+from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
+
+pytestmark = pytest.mark.timeout(60)
+
+# -- scripted behaviours ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Serve:
+    """Act as a leader: answer from the cluster's shared store."""
+
+
+@dataclass(frozen=True)
+class NotLeader:
+    """FAILED_PRECONDITION with whatever leader hint is given."""
+
+    leader_id: int | None = None
+    leader_address: str | None = None
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """UNAVAILABLE; with a leader_id it carries the metadata a real node would add."""
+
+    leader_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Never answer: only the client's deadline ends the call."""
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """INVALID_ARGUMENT."""
+
+
+Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid
+SERVE, HANG, INVALID = Serve(), Hang(), Invalid()
+
+
+@dataclass
+class SharedState:
+    """What the fake cluster as a whole has applied, with the server's dedup rule."""
+
+    store: dict[str, str] = field(default_factory=dict)
+    index_of_write: dict[tuple[str, int], int] = field(default_factory=dict)
+    log_length: int = 0
+
+
+class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
+    # The handler names (Pipeline, Status) are fixed by the generated servicer.
+
+    def __init__(self, node_id: int, shared: SharedState) -> None:
+        self.node_id = node_id
+        self.shared = shared
+        self.usual: Behaviour = NotLeader()
+        # Consumed one per GET/SET before `usual` applies again.
+        self.upcoming: list[Behaviour] = []
+        self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
+
+    @property
+    def received_sets(self) -> list[raftkv_pb2.SetRequest]:
+        return [r for r in self.received if isinstance(r, raftkv_pb2.SetRequest)]
+
+    async def Pipeline(  # noqa: N802
+        self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
+    ) -> AsyncIterator[raftkv_pb2.PipelineReplies]:
+        # The real session engine, with this node's scripted behaviour as its backend.
+        async for replies in PipelineSession(_ScriptedBackend(self)).serve(request_iterator):
+            yield replies
+
+    async def Status(  # noqa: N802
+        self, request: raftkv_pb2.StatusRequest, context: Any
+    ) -> raftkv_pb2.StatusResponse:
+        leading = isinstance(self.usual, Serve)
+        reply = raftkv_pb2.StatusResponse(
+            node_id=self.node_id,
+            role="leader" if leading else "follower",
+            term=3,
+            log_length=self.shared.log_length,
+            commit_length=self.shared.log_length,
+            applied_length=self.shared.log_length,
+            lease_remaining=0.28 if leading else 0.0,
+            read_mode="lease",
+        )
+        leader_id = self.node_id if leading else getattr(self.usual, "leader_id", None)
+        if leader_id is not None:
+            reply.leader_id = leader_id
+        return reply
+
+    def next_behaviour(self, request: raftkv_pb2.GetRequest | raftkv_pb2.SetRequest) -> Behaviour:
+        self.received.append(request)
+        return self.upcoming.pop(0) if self.upcoming else self.usual
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: grpc.StatusCode
+    details: str
+    leader_id: int | None
+    leader_address: str | None
+
+
+class _ScriptedBackend:
+    """A `PipelineBackend` that answers as the fake node's next behaviour says."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    def start_get(self, request: raftkv_pb2.GetRequest) -> object:
+        outcome = self._refusal(self.node.next_behaviour(request))
+        if outcome is None:
+            return ("value", self.node.shared.store.get(request.key))
+        return outcome
+
+    def start_set(self, request: raftkv_pb2.SetRequest) -> object:
+        outcome = self._refusal(self.node.next_behaviour(request))
+        if outcome is not None:
+            return outcome
+        shared = self.node.shared
+        write = (request.client_id, request.seq)
+        if write not in shared.index_of_write:
+            shared.log_length += 1
+            shared.index_of_write[write] = shared.log_length
+            shared.store[request.key] = request.value
+        return ("index", shared.index_of_write[write])
+
+    def _refusal(self, behaviour: Behaviour) -> object | None:
+        match behaviour:
+            case Serve():
+                return None
+            case NotLeader(leader_id, leader_address):
+                return _Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION, "not the leader", leader_id, leader_address
+                )
+            case Unavailable(leader_id):
+                return _Refusal(grpc.StatusCode.UNAVAILABLE, "no lease yet", leader_id, None)
+            case Hang():
+                return asyncio.get_running_loop().create_future()
+            case Invalid():
+                raise PipelineRequestError("the key is too long")
+        raise AssertionError(behaviour)
+
+    def fill_reply(self, reply: raftkv_pb2.PipelineReply, outcome: object) -> None:
+        match outcome:
+            case ("value", str() | None as value):
+                reply.found = value is not None
+                reply.value = value or ""
+            case ("index", int(index)):
+                reply.index = index
+            case _Refusal(code, details, leader_id, leader_address):
+                reply.code = status_code_number(code)
+                reply.details = details
+                if leader_id is not None:
+                    reply.leader_id = leader_id
+                reply.leader_address = leader_address or ""
+
+    def timeout_details(self, request_kind: str) -> str:
+        return f"{request_kind} timed out"
+
+
+def _hint_metadata(
+    leader_id: int | None, leader_address: str | None
+) -> tuple[tuple[str, str], ...]:
+    hints = []
+    if leader_id is not None:
+        hints.append(("leader-id", str(leader_id)))
+    if leader_address is not None:
+        hints.append(("leader-address", leader_address))
+    return tuple(hints)
+
+
+class FakeCluster:
+    """`size` fake nodes (ids 0..size-1); the ids in `down` get an address nobody listens on."""
+
+    def __init__(self, size: int = 3, *, down: Iterable[int] = ()) -> None:
+        self.shared = SharedState()
+        self.nodes = [FakeNode(node_id, self.shared) for node_id in range(size)]
+        self._down = set(down)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._servers: list[Any] = []
+        # Bound but never listening: connecting is refused, and no other test can take the port.
+        self._reserved_sockets: list[socket.socket] = []
+        self.description = ClusterDescription.local(1)
+
+    def __enter__(self) -> FakeCluster:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        self.description = ClusterDescription.from_addresses(future.result(timeout=10))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        for reserved in self._reserved_sockets:
+            reserved.close()
+
+    def lead(self, leader_id: int) -> None:
+        """Make `leader_id` the leader; every other node points to it."""
+        for node in self.nodes:
+            node.usual = SERVE if node.node_id == leader_id else NotLeader(leader_id)
+
+    def address(self, node_id: int) -> str:
+        return self.description.node(node_id).address
+
+    def write_description(self, directory: Path) -> Path:
+        path = directory / "cluster.json"
+        self.description.save(path)
+        return path
+
+    async def _start(self) -> list[str]:
+        addresses = []
+        for node in self.nodes:
+            if node.node_id in self._down:
+                reserved = socket.socket()
+                reserved.bind(("127.0.0.1", 0))
+                self._reserved_sockets.append(reserved)
+                addresses.append(f"127.0.0.1:{reserved.getsockname()[1]}")
+                continue
+            server = grpc.aio.server()
+            raftkv_pb2_grpc.add_KeyValueServicer_to_server(node, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            self._servers.append(server)
+            addresses.append(f"127.0.0.1:{port}")
+        return addresses
+
+    async def _stop(self) -> None:
+        await asyncio.gather(*(server.stop(grace=None) for server in self._servers))
+
+
+# -- the library --------------------------------------------------------------------------------
+
+
+def test_get_follows_the_leader_id_hint_and_remembers_the_leader() -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+        fake.shared.store["greeting"] = "hello"
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                assert await client.get("greeting") == "hello"
+                assert await client.get("absent") is None
+
+        asyncio.run(scenario())
+        # The second GET went straight to the leader.
+        assert [len(node.received) for node in fake.nodes] == [1, 2, 0]
+
+
+def test_follows_a_leader_address_hint() -> None:
+    with FakeCluster() as fake:
+        fake.lead(2)
+        fake.nodes[0].usual = NotLeader(leader_address=fake.address(2))
+
+        async def scenario() -> int:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                return await client.set("k", "v")
+
+        assert asyncio.run(scenario()) == 1
+        assert [len(node.received) for node in fake.nodes] == [1, 0, 1]
+        assert fake.shared.store == {"k": "v"}
+
+
+def test_a_node_that_is_down_is_skipped() -> None:
+    with FakeCluster(down={0}) as fake:
+        fake.lead(2)
+        fake.nodes[1].usual = NotLeader()  # a follower that does not know the leader either
+
+        async def scenario() -> tuple[int, str | None]:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                return await client.set("k", "v"), await client.get("k")
+
+        assert asyncio.run(scenario()) == (1, "v")
+        assert len(fake.nodes[1].received) == 1
+
+
+def test_unavailable_leader_is_retried_until_it_serves() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [Unavailable(leader_id=0), Unavailable(leader_id=0)]
+
+        async def scenario() -> int:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                return await client.set("k", "v")
+
+        assert asyncio.run(scenario()) == 1
+        assert [len(node.received) for node in fake.nodes] == [3, 0, 0]
+
+
+def test_unavailable_without_a_hint_moves_on_and_is_sent_back() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [Unavailable()]
+        fake.shared.store["k"] = "v"
+
+        async def scenario() -> str | None:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                return await client.get("k")
+
+        assert asyncio.run(scenario()) == "v"
+        assert [len(node.received) for node in fake.nodes] == [2, 1, 0]
+
+
+def test_a_set_that_timed_out_is_retried_with_the_same_client_id_and_seq() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [HANG]
+
+        async def scenario() -> tuple[str, int, int]:
+            client = RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2)
+            async with client:
+                first = await client.set("k", "one")
+                second = await client.set("k", "two")
+            return client.client_id, first, second
+
+        client_id, first_index, second_index = asyncio.run(scenario())
+        sent = [(r.client_id, r.seq, r.value) for node in fake.nodes for r in node.received_sets]
+        # The hung attempt and its retries all carry seq 1; the next write is seq 2.
+        first_write = [write for write in sent if write[2] == "one"]
+        assert len(first_write) >= 2
+        assert set(first_write) == {(client_id, 1, "one")}
+        assert [write for write in sent if write[2] == "two"] == [(client_id, 2, "two")]
+        assert (first_index, second_index) == (1, 2)
+        assert fake.shared.store == {"k": "two"}
+
+
+def test_concurrent_sets_from_one_client_go_out_in_seq_order() -> None:
+    # The server's dedup keeps only the highest seq per client: if seq 2 overtook a retried
+    # seq 1, the retry would be dropped as a duplicate although it was never applied.
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [HANG]
+
+        async def scenario() -> list[int]:
+            async with RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2) as client:
+                return list(await asyncio.gather(client.set("a", "1"), client.set("b", "2")))
+
+        assert asyncio.run(scenario()) == [1, 2]
+        seqs = [request.seq for request in fake.nodes[0].received_sets]
+        assert seqs == sorted(seqs)
+        assert seqs[-1] == 2 and seqs.count(2) == 1
+        assert fake.shared.store == {"a": "1", "b": "2"}
+
+
+def test_invalid_argument_is_not_retried() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [INVALID]
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                await client.set("k", "v")
+
+        with pytest.raises(InvalidRequestError, match="too long"):
+            asyncio.run(scenario())
+        assert [len(node.received) for node in fake.nodes] == [1, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "complaint"),
+    [
+        ("", "v", "empty"),
+        ("k" * (MAX_KEY_BYTES + 1), "v", "1025 bytes"),
+        ("é" * 513, "v", "1026 bytes"),  # 513 characters, but two UTF-8 bytes each
+        ("k", "v" * (MAX_VALUE_BYTES + 1), "1 MiB"),
+        ("bad\udc80byte", "v", "lone surrogate U\\+DC80"),
+        ("k", "\ud800", "lone surrogate U\\+D800"),
+    ],
+)
+def test_malformed_requests_are_refused_before_sending(
+    key: str, value: str, complaint: str
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description) as client:
+                await client.set(key, value)
+
+        with pytest.raises(InvalidRequestError, match=complaint):
+            asyncio.run(scenario())
+        assert all(not node.received for node in fake.nodes)
+
+
+def test_largest_allowed_key_and_value_are_sent() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        key, value = "k" * MAX_KEY_BYTES, "v" * MAX_VALUE_BYTES
+
+        async def scenario() -> str | None:
+            async with RaftKVClient(fake.description) as client:
+                await client.set(key, value)
+                return await client.get(key)
+
+        assert asyncio.run(scenario()) == value
+
+
+def test_no_leader_error_says_what_every_node_said() -> None:
+    with FakeCluster(down={0}) as fake:
+        # Nodes 1 and 2 keep their default: not leader, leader unknown.
+
+        async def scenario(operation: str) -> None:
+            async with RaftKVClient(fake.description, timeout=0.3, per_try_timeout=0.1) as client:
+                if operation == "get":
+                    await client.get("k")
+                else:
+                    await client.set("k", "v")
+
+        for operation in ("get", "set"):
+            with pytest.raises(NoLeaderError) as caught:
+                asyncio.run(scenario(operation))
+            # Every attempt was refused outright, so even the SET certainly did not happen.
+            assert not isinstance(caught.value, UnknownOutcomeError)
+            assert str(caught.value).startswith(
+                "no leader: node 0 unreachable (connection refused), "
+                "node 1 not leader (leader unknown), node 2 not leader (leader unknown)"
+            )
+            assert 0.3 <= caught.value.elapsed < 2.0
+
+
+def test_a_set_that_is_never_answered_has_an_unknown_outcome() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].usual = HANG
+
+        async def scenario(operation: str) -> None:
+            client = RaftKVClient(
+                fake.description, timeout=0.3, per_try_timeout=0.1, client_id="writer"
+            )
+            async with client:
+                if operation == "get":
+                    await client.get("k")
+                else:
+                    await client.set("k", "v")
+
+        with pytest.raises(UnknownOutcomeError) as caught:
+            asyncio.run(scenario("set"))
+        assert caught.value.client_id == "writer"
+        assert "node 0 timed out" in str(caught.value)
+        assert str(caught.value).startswith("outcome unknown: SET 'k'")
+        # A GET changes nothing, so its failure is a plain NoLeaderError.
+        with pytest.raises(NoLeaderError) as caught_get:
+            asyncio.run(scenario("get"))
+        assert not isinstance(caught_get.value, UnknownOutcomeError)
+
+
+def test_status_has_a_row_for_an_unreachable_node() -> None:
+    with FakeCluster(down={2}) as fake:
+        fake.lead(0)
+
+        async def scenario() -> str:
+            async with RaftKVClient(fake.description) as client:
+                rows = await client.status()
+            assert [row.node_id for row in rows] == [0, 1, 2]
+            assert [row.reachable for row in rows] == [True, True, False]
+            assert (rows[0].role, rows[0].leader_id, rows[0].lease_remaining) == ("leader", 0, 0.28)
+            assert rows[2].error == "connection refused"
+            return format_status_table(rows)
+
+        table = asyncio.run(scenario()).splitlines()
+        assert table[0].split() == [
+            "NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE"
+        ]  # fmt: skip
+        assert table[1].split() == ["0", fake.address(0), "leader", "3", "0", "0", "0.28s", "yes"]
+        assert table[2].split() == ["1", fake.address(1), "follower", "3", "0", "0", "-", "yes"]
+        assert table[3].split() == [
+            "2", fake.address(2), "-", "-", "-", "-", "-", "no", "(connection", "refused)"
+        ]  # fmt: skip
+        # Aligned: every column starts at the same offset on every line.
+        reachable_column = table[0].index("REACHABLE")
+        assert [line[reachable_column:].split()[0] for line in table[1:]] == ["yes", "yes", "no"]
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_set_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+        cluster = str(fake.write_description(tmp_path))
+
+        assert main(["--cluster", cluster, "set", "greeting", "hello", "big", "world"]) == 0
+        assert capsys.readouterr().out == "OK\n"
+        assert main(["--cluster", cluster, "set", "-v", "counter", "--", "-1"]) == 0
+        assert capsys.readouterr().out == "OK (index 2)\n"
+        assert main(["--cluster", cluster, "get", "greeting"]) == 0
+        assert capsys.readouterr().out == "hello big world\n"
+
+        assert main(["--cluster", cluster, "get", "absent"]) == 1
+        missing = capsys.readouterr()
+        assert (missing.out, missing.err) == ("", "raftkv: key not found\n")
+        assert fake.shared.store == {"greeting": "hello big world", "counter": "-1"}
+
+
+def test_cli_finds_the_cluster_through_peers_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.shared.store["k"] = "v"
+        peers = ",".join(node.address for node in fake.description.nodes)
+        assert main(["--peers", peers, "get", "k"]) == 0
+        assert capsys.readouterr().out == "v\n"
+
+        monkeypatch.setenv("RAFTKV_CLUSTER", str(fake.write_description(tmp_path)))
+        assert main(["get", "k"]) == 0
+        assert capsys.readouterr().out == "v\n"
+
+
+def test_cli_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeCluster(down={1}) as fake:
+        fake.lead(0)
+        cluster = str(fake.write_description(tmp_path))
+        assert main(["--cluster", cluster, "status"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("NODE  ADDRESS")
+        assert lines[1].endswith("yes")
+        assert lines[2].endswith("no (connection refused)")
+        assert lines[3].endswith("yes")
+
+
+def test_cli_status_exits_3_when_no_node_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster(down={0, 1, 2}) as fake:
+        assert main(["--cluster", str(fake.write_description(tmp_path)), "status"]) == 3
+        captured = capsys.readouterr()
+        assert captured.out.count("no (connection refused)") == 3
+        assert "no node answered" in captured.err
+
+
+def test_cli_exit_codes_for_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        quick = ["--cluster", cluster, "--timeout", "0.3"]
+
+        # Nobody leads.
+        assert main([*quick, "get", "k"]) == 3
+        assert capsys.readouterr().err.startswith("raftkv: no leader: node 0 not leader")
+
+        # The leader never answers a SET.
+        fake.lead(0)
+        fake.nodes[0].usual = HANG
+        assert main([*quick, "set", "k", "v"]) == 4
+        assert "may or may not have been applied" in capsys.readouterr().err
+
+        # Refused by the server, and refused before sending.
+        fake.lead(0)
+        fake.nodes[0].upcoming = [INVALID]
+        assert main([*quick, "set", "k", "v"]) == 5
+        assert capsys.readouterr().err == "raftkv: the key is too long\n"
+        assert main([*quick, "get", ""]) == 5
+        assert capsys.readouterr().err == "raftkv: the key is empty\n"
+
+
+def test_cli_usage_and_cluster_file_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.json"
+    assert main(["--cluster", str(missing), "get", "k"]) == 2
+    assert "no cluster description at" in capsys.readouterr().err
+
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text("{not json")
+    assert main(["--cluster", str(malformed), "get", "k"]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+
+    assert main(["--peers", "localhost", "get", "k"]) == 2
+    assert "is not host:port" in capsys.readouterr().err
+
+    assert main(["get"]) == 2
+    assert main(["--timeout", "-1", "get", "k"]) == 2
+    assert main([]) == 2
+    capsys.readouterr()
+
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "exit codes:" in help_text
+    assert "4    SET outcome unknown" in help_text
+
+
+# -- the shell ----------------------------------------------------------------------------------
+
+
+def test_shell_reads_commands_from_a_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commands = [
+        "set greeting hello   big world",
+        "GET greeting",
+        "Get nothing",
+        "",
+        "FROB x",
+        "GET",
+        "SET k",
+        "SET  2  x",
+        "help",
+        "EXIT",
+        "GET greeting",  # never runs: EXIT ended the session
+    ]
+    with FakeCluster() as fake:
+        fake.lead(2)
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(commands) + "\n"))
+        assert main(["--cluster", str(fake.write_description(tmp_path)), "shell"]) == 0
+        transcript = capsys.readouterr().out.splitlines()
+        assert transcript[:7] == [
+            "OK",
+            "hello big world",
+            "(key not found)",
+            "unknown command 'FROB'; usage: GET key | SET key value | STATUS | HELP | EXIT",
+            "usage: GET key",
+            "usage: SET key value",
+            "OK",
+        ]
+        assert transcript[7].startswith("commands (case-insensitive):")
+        assert "raftkv>" not in "\n".join(transcript)
+        assert fake.shared.store == {"greeting": "hello big world", "2": "x"}
+        assert len(fake.nodes[2].received) == 4
+
+
+def test_shell_reports_no_leader_and_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        # Ends at end of input, without EXIT, like Ctrl-D.
+        monkeypatch.setattr("sys.stdin", io.StringIO("GET k\nstatus\nGET k\n"))
+        assert main(["--cluster", cluster, "--timeout", "0.2", "shell"]) == 0
+        transcript = capsys.readouterr().out.splitlines()
+        assert transcript[0].startswith("no leader: node 0 not leader (leader unknown)")
+        assert transcript[1].startswith("NODE")
+        assert transcript[-1].startswith("no leader: ")
+        assert len(transcript) == 6  # two errors and a four-line table

@@ -1,0 +1,713 @@
+"""Tests for raftkv.server.storage: line format, log append/truncate/repair, metadata, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+
+from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.server import storage as storage_module
+from raftkv.server.storage import (
+    EMPTY_FIELD,
+    FAILPOINT_ENV,
+    FAILPOINT_EXIT_CODE,
+    FAILPOINT_LOG_WRITE,
+    FAILPOINT_METADATA_RENAME,
+    LOG_FILE_NAME,
+    METADATA_FILE_NAME,
+    HardState,
+    NodeStorage,
+    StorageCorruption,
+    StorageError,
+    decode_entry,
+    encode_entry,
+    escape_field,
+    node_data_dir,
+    unescape_field,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NODE_ID = 1
+
+
+@pytest.fixture(autouse=True)
+def _no_failpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failpoint leaking in from the developer's shell would kill the test process.
+    monkeypatch.delenv(FAILPOINT_ENV, raising=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return node_data_dir(tmp_path, NODE_ID)
+
+
+def open_storage(directory: Path, node_id: int = NODE_ID) -> NodeStorage:
+    return NodeStorage(directory, node_id)
+
+
+def set_entry(term: int, key: str, value: str, client_id: str = "", seq: int = 0) -> LogEntry:
+    return LogEntry(term, SetCommand(key, value, client_id, seq))
+
+
+def write_log(directory: Path, entries: list[LogEntry]) -> None:
+    with open_storage(directory) as storage:
+        storage.load()
+        storage.append_entries(1, entries)
+
+
+def reload(directory: Path, node_id: int = NODE_ID) -> storage_module.LoadedState:
+    with open_storage(directory, node_id) as storage:
+        return storage.load()
+
+
+def line_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of each line, end pointing just past its newline."""
+    spans = []
+    start = 0
+    while start < len(data):
+        end = data.index(b"\n", start) + 1
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------
+# Line format.
+
+_SPECIAL_PIECES = [
+    " ",
+    "  ",
+    "\n",
+    "\r",
+    "\r\n",
+    "\t",
+    "\x00",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\xa0",
+    "\u2028",
+    "\u2029",
+    "\u200d",
+    "\ufeff",
+    "%",
+    "%-",
+    "%25",
+    "%%",
+    "=",
+    "-",
+    "é",
+    "日本",
+    "😀",
+    "\U0010ffff",
+    " crc=",
+    "crc=00000000",
+    "client=",
+    "seq=",
+    "SET",
+    "NO-OP",
+    "None",
+]
+
+
+def random_text(rng: random.Random) -> str:
+    pieces: list[str] = []
+    for _ in range(rng.choice([0, 0, 1, 2, 3, 8, 30])):
+        roll = rng.random()
+        if roll < 0.4:
+            pieces.append(rng.choice(_SPECIAL_PIECES))
+        elif roll < 0.7:
+            pieces.append(chr(rng.randint(0x20, 0x7E)))
+        else:
+            code_point = rng.randint(0, 0x10FFFF)
+            while 0xD800 <= code_point <= 0xDFFF:
+                code_point = rng.randint(0, 0x10FFFF)
+            pieces.append(chr(code_point))
+    return "".join(pieces)
+
+
+def random_entry(rng: random.Random) -> LogEntry:
+    term = rng.choice([0, 1, 2, 9, 10, rng.randint(0, 10**12)])
+    if rng.random() < 0.2:
+        return LogEntry(term, NO_OP)
+    seq = rng.choice([0, 1, rng.randint(0, 2**63)])
+    return set_entry(term, random_text(rng), random_text(rng), random_text(rng), seq)
+
+
+def test_lines_are_readable_and_match_the_documented_examples() -> None:
+    assert (
+        encode_entry(set_entry(3, "user:1", "hello world", "abc", 7))
+        == "SET user:1 hello%20world 3 client=abc seq=7 crc=4f1d4ce6"
+    )
+    assert encode_entry(set_entry(3, "greeting", "")) == (
+        "SET greeting %- 3 client=%- seq=0 crc=453d6308"
+    )
+    assert encode_entry(LogEntry(4, NO_OP)) == "NO-OP 4 crc=55fc349a"
+    assert encode_entry(set_entry(5, "naïve key", "a=b%c\nd\t日本\u2028")) == (
+        "SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 crc=8cdab9ce"
+    )
+
+
+def test_checksum_is_crc32_of_everything_before_crc_field() -> None:
+    line = encode_entry(set_entry(12, "k", "v w", "c", 3))
+    body, _, crc = line.rpartition(" crc=")
+    assert crc == f"{zlib.crc32(body.encode('utf-8')):08x}"
+
+
+@pytest.mark.parametrize("text", ["user:1", "naïve", "日本語", "😀", "a-b_c.d/e:f", "x+y*z"])
+def test_printable_text_is_not_escaped(text: str) -> None:
+    assert escape_field(text) == text
+
+
+@pytest.mark.parametrize("text", ["", *_SPECIAL_PIECES, "%2", "%-%-", "a b\nc\x00d"])
+def test_tricky_strings_round_trip_as_one_token(text: str) -> None:
+    token = escape_field(text)
+    assert token
+    assert not any(char in token for char in " \n\r\t=\x85\u2028\u2029")
+    assert unescape_field(token) == text
+
+
+def test_empty_string_has_an_explicit_marker() -> None:
+    assert escape_field("") == EMPTY_FIELD == "%-"
+    assert escape_field("%-") == "%25-"
+
+
+def test_random_entries_round_trip_over_many_seeds() -> None:
+    for seed in range(600):
+        rng = random.Random(seed)
+        entry = random_entry(rng)
+        line = encode_entry(entry)
+        assert "\n" not in line and "\r" not in line, seed
+        assert line.splitlines() == [line], seed
+        expected_fields = 7 if isinstance(entry.command, SetCommand) else 3
+        assert len(line.split(" ")) == expected_fields, seed
+        assert decode_entry(line, path="logs.txt", line_no=seed + 1) == entry, seed
+
+
+def test_random_entries_round_trip_through_the_file(data_dir: Path) -> None:
+    expected: list[LogEntry] = []
+    with open_storage(data_dir) as storage:
+        storage.load()
+        for seed in range(40):
+            rng = random.Random(seed)
+            batch = [random_entry(rng) for _ in range(rng.randint(0, 12))]
+            storage.append_entries(len(expected) + 1, batch)
+            expected.extend(batch)
+    loaded = reload(data_dir)
+    assert loaded.entries == expected
+    assert not loaded.dropped_torn_line
+
+
+def test_lone_surrogate_is_rejected_before_anything_is_written(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"lone surrogate U\+D800 at position 1"):
+        encode_entry(set_entry(1, "a\ud800", "v"))
+    write_log(data_dir, [set_entry(1, "k", "v")])
+    size_before = (data_dir / LOG_FILE_NAME).stat().st_size
+    with open_storage(data_dir) as storage:
+        storage.load()
+        good = set_entry(1, "ok", "ok")
+        with pytest.raises(ValueError, match="surrogate"):
+            storage.append_entries(2, [good, set_entry(1, "k", "\udfff"), good])
+        assert storage.log_length == 1
+        storage.append_entries(2, [good])
+    assert (data_dir / LOG_FILE_NAME).stat().st_size > size_before
+    assert reload(data_dir).entries == [set_entry(1, "k", "v"), good]
+
+
+@pytest.mark.parametrize("token", ["", "%", "%4", "%GG", "%FF", "%C3", "%ED%A0%80", "a%-", "%%"])
+def test_unescape_rejects_tokens_escape_cannot_produce(token: str) -> None:
+    with pytest.raises(ValueError):
+        unescape_field(token)
+
+
+def with_crc(body: str) -> str:
+    return f"{body} crc={zlib.crc32(body.encode('utf-8')):08x}"
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("SET a b 1 client=c seq=2", "no checksum"),
+        ("SET a b 1 client=c seq=2 crc=0000000", "not 8 lowercase hex"),
+        ("SET a b 1 client=c seq=2 crc=ABCDEF01", "not 8 lowercase hex"),
+        ("SET a b 1 client=c seq=2 crc=00000000", "checksum mismatch"),
+        (with_crc("SET a b 1"), "SET line has 4 fields"),
+        (with_crc("SET a  b 1 client=c seq=2"), "SET line has 7 fields"),
+        (with_crc("SET a b 1 client=c seq=2 extra"), "SET line has 7 fields"),
+        (with_crc("NO-OP"), "NO-OP line has 1 fields"),
+        (with_crc("PUT a b 1 client=c seq=2"), "unknown command 'PUT'"),
+        (with_crc(""), "unknown command ''"),
+        (with_crc("SET a b 01 client=c seq=2"), "term '01'"),
+        (with_crc("SET a b +1 client=c seq=2"), "term '\\+1'"),
+        (with_crc("NO-OP -1"), "term '-1'"),
+        (with_crc("NO-OP \u0661"), "is not an unsigned decimal"),
+        (with_crc("SET a b 1 client=c seq=x"), "seq 'x'"),
+        (with_crc("SET a b 1 cli=c seq=2"), "expected client="),
+        (with_crc("SET a b 1 client=c sequence=2"), "expected seq="),
+        (with_crc("SET a%ZZ b 1 client=c seq=2"), "bad key"),
+        (with_crc("SET a %FF 1 client=c seq=2"), "bad value"),
+        (with_crc("SET a b 1 client= seq=2"), "bad client id"),
+    ],
+)
+def test_decode_rejects_malformed_lines_naming_file_and_line(line: str, problem: str) -> None:
+    with pytest.raises(StorageCorruption, match=problem) as info:
+        decode_entry(line, path="/data/logs.txt", line_no=42)
+    assert str(info.value).startswith("corrupt data in /data/logs.txt, line 42: ")
+    assert info.value.path == "/data/logs.txt"
+    assert info.value.line_no == 42
+
+
+# ---------------------------------------------------------------------------------------------
+# Appending, truncating, reloading.
+
+
+def sample_entries(count: int, term: int = 1) -> list[LogEntry]:
+    return [set_entry(term, f"key {i}", f"value {i}\n", "client", i + 1) for i in range(count)]
+
+
+def test_fresh_directory_is_created_and_empty(tmp_path: Path) -> None:
+    directory = tmp_path / "nested" / "logs_node_1"
+    loaded = reload(directory)
+    assert directory.is_dir()
+    assert (directory / LOG_FILE_NAME).read_bytes() == b""
+    assert loaded.entries == []
+    assert loaded.hard_state == HardState(term=0, voted_for=None)
+    assert loaded.commit_length == 0
+    assert not loaded.dropped_torn_line
+
+
+def test_node_data_dir_naming(tmp_path: Path) -> None:
+    assert node_data_dir(tmp_path, 3) == tmp_path / "logs_node_3"
+
+
+def test_append_truncate_and_reload(data_dir: Path) -> None:
+    entries = sample_entries(5)
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.append_entries(1, entries[:2])
+        storage.append_entries(3, entries[2:])
+        assert storage.log_length == 5
+        storage.truncate_from(4)
+        assert storage.log_length == 3
+        storage.truncate_from(10)
+        assert storage.log_length == 3
+    assert reload(data_dir).entries == entries[:3]
+    text = (data_dir / LOG_FILE_NAME).read_text(encoding="utf-8")
+    assert text == "".join(encode_entry(entry) + "\n" for entry in entries[:3])
+
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.truncate_from(1)
+        assert storage.log_length == 0
+        storage.append_entries(1, entries[:1])
+    assert reload(data_dir).entries == entries[:1]
+
+
+def test_append_at_an_existing_index_replaces_the_suffix(data_dir: Path) -> None:
+    old = sample_entries(6, term=1)
+    new = [LogEntry(2, NO_OP), set_entry(2, "x", "y")]
+    write_log(data_dir, old)
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.append_entries(3, new)
+        assert storage.log_length == 4
+        storage.append_entries(5, [])
+        storage.append_entries(4, [])
+        assert storage.log_length == 3
+    assert reload(data_dir).entries == [*old[:2], new[0]]
+
+
+def test_append_rejects_gaps_and_bad_indexes(data_dir: Path) -> None:
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.append_entries(1, sample_entries(2))
+        with pytest.raises(ValueError, match=r"outside 1\.\.3"):
+            storage.append_entries(4, sample_entries(1))
+        with pytest.raises(ValueError, match=r"outside 1\.\.3"):
+            storage.append_entries(0, sample_entries(1))
+        with pytest.raises(ValueError, match="start at 1"):
+            storage.truncate_from(0)
+        assert storage.log_length == 2
+
+
+def test_writes_before_load_are_refused(data_dir: Path) -> None:
+    with open_storage(data_dir) as storage:
+        with pytest.raises(StorageError, match="load"):
+            storage.append_entries(1, sample_entries(1))
+        with pytest.raises(StorageError, match="load"):
+            storage.save_metadata(HardState(1, None), 0)
+
+
+def test_closed_storage_refuses_calls(data_dir: Path) -> None:
+    storage = open_storage(data_dir)
+    storage.load()
+    storage.close()
+    storage.close()
+    with pytest.raises(StorageError, match="closed"):
+        storage.append_entries(1, sample_entries(1))
+    with pytest.raises(StorageError, match="closed"):
+        storage.load()
+
+
+def test_a_batch_costs_one_fdatasync(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def counting_fdatasync(fd: int) -> None:
+        calls.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.append_entries(1, sample_entries(200))
+        assert len(calls) == 1
+        # Replacing a suffix syncs the truncation on its own before the new lines are written.
+        storage.append_entries(150, sample_entries(100, term=2))
+        assert len(calls) == 3
+        storage.truncate_from(10)
+        assert len(calls) == 4
+    assert len(reload(data_dir).entries) == 9
+
+
+def test_usable_from_worker_threads(data_dir: Path) -> None:
+    entries = sample_entries(60)
+
+    async def run(storage: NodeStorage) -> None:
+        await asyncio.to_thread(storage.load)
+        for start in range(0, 60, 20):
+            await asyncio.to_thread(storage.append_entries, start + 1, entries[start : start + 20])
+        await asyncio.to_thread(storage.save_metadata, HardState(1, 1), 60)
+
+    with open_storage(data_dir) as storage:
+        asyncio.run(run(storage))
+    loaded = reload(data_dir)
+    assert loaded.entries == entries
+    assert loaded.commit_length == 60
+
+
+def test_failed_fsync_makes_the_storage_unusable(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.append_entries(1, sample_entries(1))
+        monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+        with pytest.raises(StorageError, match="Input/output error"):
+            storage.append_entries(2, sample_entries(1))
+        monkeypatch.undo()
+        with pytest.raises(StorageError, match="earlier failure"):
+            storage.append_entries(2, sample_entries(1))
+        with pytest.raises(StorageError, match="earlier failure"):
+            storage.save_metadata(HardState(1, None), 0)
+
+
+def test_a_second_storage_on_the_same_directory_is_refused(data_dir: Path) -> None:
+    with open_storage(data_dir), pytest.raises(StorageError, match="in use"):
+        open_storage(data_dir)
+    open_storage(data_dir).close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Torn tails and corruption.
+
+
+@pytest.fixture
+def three_line_log(data_dir: Path) -> tuple[list[LogEntry], bytes]:
+    # The last line carries multi-byte characters so that cuts also land inside one.
+    entries = [*sample_entries(2), set_entry(2, "ключ 日本", "😀 %= \u2028", "c", 9)]
+    write_log(data_dir, entries)
+    return entries, (data_dir / LOG_FILE_NAME).read_bytes()
+
+
+def test_torn_last_line_at_every_byte_offset(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    entries, data = three_line_log
+    log_path = data_dir / LOG_FILE_NAME
+    last_start, last_end = line_spans(data)[-1]
+    for cut in range(last_start, last_end + 1):
+        log_path.write_bytes(data[:cut])
+        loaded = reload(data_dir)
+        if cut == last_end:
+            assert loaded.entries == entries, cut
+            assert not loaded.dropped_torn_line, cut
+            continue
+        assert loaded.entries == entries[:2], cut
+        assert loaded.dropped_torn_line == (cut > last_start), cut
+        assert log_path.read_bytes() == data[:last_start], cut
+        again = reload(data_dir)
+        assert again.entries == entries[:2] and not again.dropped_torn_line, cut
+
+
+def test_repaired_log_accepts_new_appends(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    entries, data = three_line_log
+    (data_dir / LOG_FILE_NAME).write_bytes(data[:-5])
+    with open_storage(data_dir) as storage:
+        assert storage.load().dropped_torn_line
+        storage.append_entries(3, [LogEntry(3, NO_OP)])
+        storage.truncate_from(3)
+        storage.append_entries(3, [entries[2]])
+    assert reload(data_dir).entries == entries
+
+
+def test_complete_last_line_with_bad_checksum_is_dropped(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    entries, data = three_line_log
+    last_start, _ = line_spans(data)[-1]
+    damaged = bytearray(data)
+    damaged[last_start + 4] ^= 0x01
+    (data_dir / LOG_FILE_NAME).write_bytes(bytes(damaged))
+    loaded = reload(data_dir)
+    assert loaded.entries == entries[:2]
+    assert loaded.dropped_torn_line
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data[:last_start]
+
+
+@pytest.mark.parametrize("tail", [b"\x00" * 4096, b"\n", b"\x00\x00\n", b"SET", b"\xff\xfe\n"])
+def test_garbage_tail_is_dropped(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes], tail: bytes
+) -> None:
+    entries, data = three_line_log
+    (data_dir / LOG_FILE_NAME).write_bytes(data + tail)
+    loaded = reload(data_dir)
+    assert loaded.entries == entries
+    assert loaded.dropped_torn_line
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data
+
+
+def test_bit_flip_in_a_middle_line_stops_the_node(data_dir: Path) -> None:
+    write_log(data_dir, sample_entries(4))
+    log_path = data_dir / LOG_FILE_NAME
+    data = log_path.read_bytes()
+    start, end = line_spans(data)[1]
+    # Every single-bit flip of line 2, its newline included (which merges it with line 3).
+    for position in range(start, end):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[position] ^= 1 << bit
+            log_path.write_bytes(bytes(damaged))
+            with pytest.raises(StorageCorruption) as info:
+                reload(data_dir)
+            assert info.value.line_no == 2, (position, bit)
+            assert f"{log_path}, line 2: " in str(info.value), (position, bit)
+            assert log_path.read_bytes() == bytes(damaged), "a corrupt log must not be modified"
+
+
+def test_corrupt_line_before_a_torn_tail_is_still_corruption(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    _, data = three_line_log
+    start, _ = line_spans(data)[1]
+    damaged = bytearray(data[:-3])
+    damaged[start] ^= 0x20
+    (data_dir / LOG_FILE_NAME).write_bytes(bytes(damaged))
+    with pytest.raises(StorageCorruption, match="line 2: checksum mismatch"):
+        reload(data_dir)
+
+
+def test_invalid_utf8_in_a_middle_line_is_reported(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    _, data = three_line_log
+    (data_dir / LOG_FILE_NAME).write_bytes(b"\xc3(" + data)
+    with pytest.raises(StorageCorruption, match="line 1: not valid UTF-8 at byte 0"):
+        reload(data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata.
+
+
+def test_metadata_is_replaced_atomically_and_reloads(data_dir: Path) -> None:
+    write_log(data_dir, sample_entries(5))
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.save_metadata(HardState(term=3, voted_for=2), 4)
+        assert (data_dir / METADATA_FILE_NAME).read_text() == (
+            "commitLength 4\nterm 3\nvotedFor 2\nnodeId 1\n"
+        )
+        storage.save_metadata(HardState(term=4, voted_for=None), 5)
+    assert sorted(path.name for path in data_dir.iterdir()) == [LOG_FILE_NAME, METADATA_FILE_NAME]
+    assert (data_dir / METADATA_FILE_NAME).read_text() == (
+        "commitLength 5\nterm 4\nvotedFor None\nnodeId 1\n"
+    )
+    loaded = reload(data_dir)
+    assert loaded.hard_state == HardState(term=4, voted_for=None)
+    assert loaded.commit_length == 5
+
+
+def test_metadata_save_validates_its_arguments(data_dir: Path) -> None:
+    with open_storage(data_dir) as storage:
+        storage.load()
+        with pytest.raises(ValueError, match="term"):
+            storage.save_metadata(HardState(term=-1, voted_for=None), 0)
+        with pytest.raises(ValueError, match="voted_for"):
+            storage.save_metadata(HardState(term=1, voted_for=-2), 0)
+        with pytest.raises(ValueError, match="commit_length"):
+            storage.save_metadata(HardState(term=1, voted_for=None), -1)
+    assert not (data_dir / METADATA_FILE_NAME).exists()
+
+
+def test_commit_length_is_clamped_to_the_log(data_dir: Path) -> None:
+    write_log(data_dir, sample_entries(3))
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 10\nterm 2\nvotedFor 1\nnodeId 1\n")
+    loaded = reload(data_dir)
+    assert loaded.commit_length == 3
+    assert loaded.hard_state == HardState(term=2, voted_for=1)
+
+
+def test_wrong_node_id_is_refused_without_touching_the_log(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    _, data = three_line_log
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 0\nterm 2\nvotedFor None\nnodeId 7\n")
+    (data_dir / LOG_FILE_NAME).write_bytes(data[:-1])
+    with pytest.raises(StorageError, match="belongs to node 7, not to node 1") as info:
+        reload(data_dir)
+    assert not isinstance(info.value, StorageCorruption)
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data[:-1]
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "problem"),
+    [
+        ("commitLength 0\nterm 1\nvotedFor None\nnodeId 1", ", line 4", "no newline"),
+        ("commitLength 0\nterm x\nvotedFor None\nnodeId 1\n", ", line 2", "term 'x'"),
+        ("commitLength 0\nterm 1\nvotedFor none\nnodeId 1\n", ", line 3", "votedFor 'none'"),
+        ("commitLength 0\nterm 1\nvotedFor None\nnodeId 1\nterm 2\n", ", line 5", "twice"),
+        ("commitLength 0\nterm 1\nvotedFor None\nnodeid 1\n", ", line 4", "unknown name"),
+        ("commitLength 0\n\nterm 1\nvotedFor None\nnodeId 1\n", ", line 2", "name value"),
+        ("commitLength  0\nterm 1\nvotedFor None\nnodeId 1\n", ", line 1", "commitLength ' 0'"),
+        ("commitLength -1\nterm 1\nvotedFor None\nnodeId 1\n", ", line 1", "commitLength '-1'"),
+        ("commitLength 0\nterm 1\nnodeId 1\n", ":", "missing votedFor"),
+        ("", ":", "missing commitLength, term, votedFor, nodeId"),
+    ],
+)
+def test_malformed_metadata_names_file_and_line(
+    data_dir: Path, content: str, where: str, problem: str
+) -> None:
+    data_dir.mkdir(parents=True)
+    metadata_path = data_dir / METADATA_FILE_NAME
+    metadata_path.write_text(content)
+    with pytest.raises(StorageCorruption, match=problem) as info:
+        reload(data_dir)
+    assert str(info.value).startswith(f"corrupt data in {metadata_path}{where}")
+
+
+def test_non_utf8_metadata_is_corruption(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / METADATA_FILE_NAME).write_bytes(b"term \xff\n")
+    with pytest.raises(StorageCorruption, match="not valid UTF-8"):
+        reload(data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failpoints: a real process dies with os._exit, then this process reloads what it left.
+
+_CHILD_PRELUDE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from raftkv.core.messages import LogEntry, NO_OP, SetCommand
+    from raftkv.server.storage import HardState, NodeStorage
+    storage = NodeStorage(Path(sys.argv[1]), 1)
+    storage.load()
+    """
+)
+
+
+def run_child(data_dir: Path, failpoint: str, body: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, FAILPOINT_ENV: failpoint}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(body), str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_failpoint_after_log_write_before_fsync(data_dir: Path) -> None:
+    before = sample_entries(3)
+    write_log(data_dir, before)
+    added = [LogEntry(2, NO_OP), set_entry(2, "after crash", "?", "c", 1)]
+    result = run_child(
+        data_dir,
+        FAILPOINT_LOG_WRITE,
+        """
+        crash_entry = LogEntry(2, SetCommand("after crash", "?", "c", 1))
+        storage.append_entries(4, [LogEntry(2, NO_OP), crash_entry])
+        print("survived the failpoint")
+        """,
+    )
+    assert result.returncode == FAILPOINT_EXIT_CODE, result.stderr
+    assert "survived" not in result.stdout
+    loaded = reload(data_dir)
+    # Unsynced lines may or may not have reached the disk; whatever did must be a whole prefix.
+    assert loaded.entries[:3] == before
+    assert loaded.entries in ([*before, *added[:count]] for count in range(3))
+    again = reload(data_dir)
+    assert again.entries == loaded.entries and not again.dropped_torn_line
+
+
+def test_failpoint_after_metadata_rename_before_dirsync(data_dir: Path) -> None:
+    write_log(data_dir, sample_entries(2))
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.save_metadata(HardState(term=1, voted_for=None), 1)
+    result = run_child(
+        data_dir,
+        FAILPOINT_METADATA_RENAME,
+        """
+        storage.save_metadata(HardState(term=5, voted_for=3), 2)
+        print("survived the failpoint")
+        """,
+    )
+    assert result.returncode == FAILPOINT_EXIT_CODE, result.stderr
+    assert "survived" not in result.stdout
+    loaded = reload(data_dir)
+    assert (loaded.hard_state, loaded.commit_length) in [
+        (HardState(term=1, voted_for=None), 1),
+        (HardState(term=5, voted_for=3), 2),
+    ]
+    assert loaded.entries == sample_entries(2)
+
+
+def test_failpoint_only_fires_where_it_is_placed(data_dir: Path) -> None:
+    result = run_child(
+        data_dir,
+        FAILPOINT_METADATA_RENAME,
+        """
+        storage.append_entries(1, [LogEntry(1, NO_OP)])
+        storage.truncate_from(1)
+        storage.append_entries(1, [LogEntry(1, NO_OP)])
+        print("appended")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "appended"
+    assert reload(data_dir).entries == [LogEntry(1, NO_OP)]
+
+
+def test_unknown_failpoint_is_refused(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAILPOINT_ENV, "after-everything")
+    with pytest.raises(StorageError, match="unknown RAFTKV_FAILPOINT='after-everything'"):
+        open_storage(data_dir)
+    assert not data_dir.exists()

@@ -1,0 +1,9 @@
+"""raftkv's development and operations tools (the raftkv-tools distribution, not shipped to VMs).
+
+bench/            `raftkv bench` (raftkv-bench): load generator, etcd and PySyncObj peers
+localcluster.py   `make cluster-up/down/status/clean` (raftkv-cluster)
+logreview.py      `raftkv logs review` (raftkv-logs); logreview_plot.py draws --plot
+certs.py          `raftkv certs` (raftkv-certs): a CA and per-node TLS certificates
+delayproxy.py     a TCP proxy that adds one-way delay (raftkv-delayproxy), used by bench --wan
+commands.py       the `raftkv.commands` entry points and the console scripts
+"""

@@ -1,0 +1,681 @@
+"""Run a local cluster in the background: `raftkv-cluster up|down|clean|status`.
+
+    make cluster-up [N=3]     # python -m raftkv_tools.localcluster up --nodes N --dir cluster
+                              # (the same as: raftkv-cluster up --nodes N --dir cluster)
+    make cluster-status       # one row per node
+    make cluster-down         # SIGTERM every node, SIGKILL what is left after 5 s
+    make cluster-clean        # down, then delete the data and the cluster description
+
+What `--dir` (default `cluster/`) holds:
+
+    cluster.json                          the cluster description; `raftkv get a` reads it
+    data/logs_node_<id>/logs.txt          each node's log, metadata.txt and dump.txt
+    node-<id>.pid                         the pid of the node's process
+    node-<id>.out                         the node's stdout and stderr (tracebacks)
+
+`up` starts each node as a detached process (its own session, so closing the terminal does not
+stop it), then polls every node's Status until one leader holds a lease and every other node
+names it, and prints the table. It refuses to start when pid files name live nodes or when a
+port is taken, and starts nothing then.
+
+Exit status: 0 on success; 1 when the command failed (the message says why); 2 for a bad
+command line. `down` on a stopped cluster succeeds ("cluster is not running").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+
+from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
+from raftkv.core.config import PROFILES
+from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+
+DEFAULT_DIR = Path("cluster")
+DEFAULT_NODES = 5
+DEFAULT_BASE_PORT = 50050
+DEFAULT_PROFILE = "fast"
+DESCRIPTION_FILE = "cluster.json"
+DATA_FOLDER = "data"
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+POLL_INTERVAL = 0.05
+STATUS_TIMEOUT = 0.5
+TAIL_LINES = 20
+NODE_MODULE = "raftkv.server.main"
+
+# Short reconnect back-off: a node that is still starting refuses connections, and gRPC's default
+# back-off (1 s, growing) would hide it for seconds after it starts listening.
+CLIENT_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class LocalClusterError(RuntimeError):
+    """A command could not be carried out; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one local cluster keeps its files."""
+
+    root: Path
+
+    @property
+    def description(self) -> Path:
+        return self.root / DESCRIPTION_FILE
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / DATA_FOLDER
+
+    def pid_file(self, node_id: int) -> Path:
+        return self.root / f"node-{node_id}.pid"
+
+    def out_file(self, node_id: int) -> Path:
+        return self.root / f"node-{node_id}.out"
+
+    def dump_file(self, node_id: int) -> Path:
+        return self.data_dir / f"logs_node_{node_id}" / "dump.txt"
+
+    def pid_files(self) -> dict[int, Path]:
+        found: dict[int, Path] = {}
+        if not self.root.is_dir():
+            return found
+        for path in self.root.glob("node-*.pid"):
+            suffix = path.stem.removeprefix("node-")
+            if suffix.isdigit():
+                found[int(suffix)] = path
+        return dict(sorted(found.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and ports
+
+
+def is_node_process(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) raftkv node process.
+
+    Checking the command line guards against a stale pid file whose pid now belongs to an
+    unrelated process: `down` must never signal that one.
+    """
+    if pid <= 0:
+        return False
+    proc = Path("/proc") / str(pid)
+    if Path("/proc/self").exists():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+        if state in ("Z", "X"):
+            return False
+        return NODE_MODULE in cmdline or "raftkv-node" in cmdline
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def live_nodes(layout: Layout) -> dict[int, int]:
+    """node id → pid, for every pid file that names a live node process."""
+    live = {}
+    for node_id, path in layout.pid_files().items():
+        pid = read_pid(path)
+        if pid is not None and is_node_process(pid):
+            live[node_id] = pid
+    return live
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding host:port fails (someone listens there, or it is otherwise taken)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as gRPC sets it: connections in TIME_WAIT do not make a port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def describe_listener(port: int) -> str | None:
+    """'pid 123 (python -m http.server)' for the process listening on `port`, when /proc says."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A = LISTEN
+                continue
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    raw = (proc / "cmdline").read_bytes()
+                    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+                    return f"pid {proc.name} ({cmdline or '?'})"
+        except OSError:
+            continue
+    return None
+
+
+def busy_ports(nodes: Iterable[NodeAddress]) -> list[str]:
+    """One message per node whose port is taken, naming the process when it can."""
+    problems = []
+    for node in nodes:
+        if port_in_use(node.bind_host, node.port):
+            holder = describe_listener(node.port)
+            by = f" by {holder}" if holder else ""
+            problems.append(f"port {node.port} (node {node.id}) is already in use{by}")
+    return problems
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def terminate(pids: dict[int, int], timeout: float = STOP_TIMEOUT) -> tuple[list[int], list[int]]:
+    """SIGTERM every pid, wait up to `timeout` for them to exit, SIGKILL the rest.
+
+    Returns (node ids that stopped cleanly, node ids that had to be killed).
+    """
+    for pid in pids.values():
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    waiting = dict(pids)
+    while waiting and time.monotonic() < deadline:
+        waiting = {n: p for n, p in waiting.items() if _still_running(p)}
+        if waiting:
+            time.sleep(POLL_INTERVAL)
+    killed = sorted(waiting)
+    for pid in waiting.values():
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_still_running(p) for p in waiting.values()) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+    stopped = sorted(n for n in pids if n not in waiting)
+    return stopped, killed
+
+
+def _still_running(pid: int) -> bool:
+    # Reap it first if it is our own child (up() stopping what it started), else it lingers
+    # as a zombie that is_node_process already treats as gone.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    return is_node_process(pid)
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node_id: int
+    address: str
+    reachable: bool
+    role: str = "-"
+    term: int = 0
+    commit_length: int = 0
+    leader_id: int | None = None
+    lease_remaining: float = 0.0
+    waiting_for_old_lease: float = 0.0
+    error: str = ""
+
+
+def row_from_status(node: NodeAddress, status: raftkv_pb2.StatusResponse) -> NodeRow:
+    return NodeRow(
+        node_id=node.id,
+        address=node.address,
+        reachable=True,
+        role=status.role,
+        term=status.term,
+        commit_length=status.commit_length,
+        leader_id=status.leader_id if status.HasField("leader_id") else None,
+        lease_remaining=status.lease_remaining,
+        waiting_for_old_lease=status.waiting_for_old_lease,
+    )
+
+
+class StatusPoller:
+    """Asks every node of a description for its Status, all at once, over reusable channels."""
+
+    def __init__(self, description: ClusterDescription, timeout: float = STATUS_TIMEOUT) -> None:
+        self.description = description
+        self.timeout = timeout
+        self._channels = {
+            n.id: grpc.insecure_channel(n.address, options=CLIENT_CHANNEL_OPTIONS)
+            for n in description.nodes
+        }
+        self._stubs = {i: raftkv_pb2_grpc.KeyValueStub(c) for i, c in self._channels.items()}
+
+    def poll(self) -> list[NodeRow]:
+        calls: list[tuple[NodeAddress, Future[raftkv_pb2.StatusResponse]]] = [
+            (n, self._stubs[n.id].Status.future(raftkv_pb2.StatusRequest(), timeout=self.timeout))
+            for n in self.description.nodes
+        ]
+        rows = []
+        for node, call in calls:
+            try:
+                rows.append(row_from_status(node, call.result()))
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                reason = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "unreachable"
+                rows.append(NodeRow(node.id, node.address, reachable=False, error=reason))
+        return rows
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def __enter__(self) -> StatusPoller:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def elected_leader(rows: Sequence[NodeRow]) -> int | None:
+    """The leader, if exactly one node leads with a lease and every other node names it."""
+    leaders = [r for r in rows if r.reachable and r.role == "leader"]
+    if len(leaders) != 1:
+        return None
+    leader = leaders[0]
+    if leader.lease_remaining <= 0 or leader.waiting_for_old_lease > 0:
+        return None
+    if all(r.reachable and r.leader_id == leader.node_id for r in rows):
+        return leader.node_id
+    return None
+
+
+def settled(rows: Sequence[NodeRow]) -> bool:
+    """A leader is elected and every node has learnt the commit length of its NO-OP."""
+    leader = elected_leader(rows)
+    if leader is None:
+        return False
+    commit = rows[[r.node_id for r in rows].index(leader)].commit_length
+    return commit > 0 and all(r.commit_length == commit for r in rows)
+
+
+COLUMNS = ("NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE")
+
+
+def format_table(rows: Sequence[NodeRow]) -> str:
+    body: list[tuple[str, ...]] = [COLUMNS]
+    for r in rows:
+        if not r.reachable:
+            body.append((str(r.node_id), r.address, "-", "-", "-", "-", "-", f"no ({r.error})"))
+            continue
+        if r.waiting_for_old_lease > 0:
+            lease = f"wait {r.waiting_for_old_lease:.2f}s"
+        elif r.role == "leader":
+            lease = f"{r.lease_remaining:.2f}s"
+        else:
+            lease = "-"
+        leader = "-" if r.leader_id is None else str(r.leader_id)
+        cells = [str(r.node_id), r.address, r.role, str(r.term), str(r.commit_length), leader]
+        body.append((*cells, lease, "yes"))
+    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in body
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def node_command(
+    layout: Layout, node_id: int, profile: str, extra_args: Sequence[str] = ()
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        NODE_MODULE,
+        "--id",
+        str(node_id),
+        "--cluster",
+        str(layout.description.resolve()),
+        "--data-dir",
+        str(layout.data_dir.resolve()),
+        "--profile",
+        profile,
+        "--quiet",
+        *extra_args,
+    ]
+
+
+def up(
+    layout: Layout,
+    nodes: int = DEFAULT_NODES,
+    base_port: int = DEFAULT_BASE_PORT,
+    profile: str = DEFAULT_PROFILE,
+    *,
+    timeout: float = STARTUP_TIMEOUT,
+    extra_args: Sequence[str] = (),
+    out: TextIO = sys.stdout,
+) -> int:
+    """Start a cluster of `nodes` nodes on 127.0.0.1:base_port.. and wait for a leader."""
+    if nodes < 1:
+        raise LocalClusterError("--nodes must be at least 1")
+    if profile not in PROFILES:
+        raise LocalClusterError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    if not (base_port > 0 and base_port + nodes - 1 < 65536):
+        raise LocalClusterError(f"ports {base_port}..{base_port + nodes - 1} are not valid")
+    running = live_nodes(layout)
+    if running:
+        ids = ", ".join(str(i) for i in running)
+        raise LocalClusterError(f"cluster already running (nodes {ids}); `make cluster-down` first")
+    for path in layout.pid_files().values():
+        path.unlink(missing_ok=True)  # stale: their processes are gone
+
+    description = ClusterDescription.local(
+        nodes,
+        base_port=base_port,
+        data_dir=str(layout.data_dir.resolve()),
+        profile=profile,
+    )
+    problems = busy_ports(description.nodes)
+    if problems:
+        raise LocalClusterError(
+            "cannot start the cluster:\n  " + "\n  ".join(problems) + "\nnothing was started"
+        )
+
+    reused = layout.data_dir.is_dir() and any(layout.data_dir.iterdir())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    description.save(layout.description)
+    print(
+        f"starting {nodes} node{'s' if nodes != 1 else ''} (profile {profile}) on "
+        f"127.0.0.1:{base_port}-{base_port + nodes - 1}, files in {layout.root}/",
+        file=out,
+    )
+    if reused:
+        print(
+            f"  reusing the data in {layout.data_dir} (`make cluster-clean` starts afresh)",
+            file=out,
+        )
+
+    processes: dict[int, subprocess.Popen[bytes]] = {}
+    for node in description.nodes:
+        with layout.out_file(node.id).open("wb") as output:
+            processes[node.id] = subprocess.Popen(
+                node_command(layout, node.id, profile, extra_args),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        layout.pid_file(node.id).write_text(f"{processes[node.id].pid}\n")
+
+    try:
+        return _await_leader(layout, description, processes, timeout, out)
+    except KeyboardInterrupt:
+        _stop_started(layout, processes)
+        raise
+
+
+def _await_leader(
+    layout: Layout,
+    description: ClusterDescription,
+    processes: dict[int, subprocess.Popen[bytes]],
+    timeout: float,
+    out: TextIO,
+) -> int:
+    deadline = time.monotonic() + timeout
+    rows: list[NodeRow] = []
+    with StatusPoller(description) as poller:
+        while True:
+            exited = {i: p.poll() for i, p in processes.items() if p.poll() is not None}
+            if exited:
+                _report_exits(layout, exited)
+                _stop_started(layout, processes)
+                raise LocalClusterError("a node exited during start-up; nothing is left running")
+            rows = poller.poll()
+            leader = elected_leader(rows)
+            expired = time.monotonic() >= deadline
+            if leader is not None and (settled(rows) or expired):
+                break
+            if expired:
+                print(format_table(rows), file=out)
+                raise LocalClusterError(
+                    f"no leader after {timeout:.0f} s; the nodes are still running. "
+                    f"See {layout.root}/node-*.out and {layout.data_dir}/logs_node_*/dump.txt; "
+                    "`make cluster-down` stops them"
+                )
+            time.sleep(POLL_INTERVAL)
+    print(format_table(rows), file=out)
+    print(f"\nnode {leader} is the leader. Next steps:", file=out)
+    for step in next_steps(layout):
+        print(f"  {step}", file=out)
+    return 0
+
+
+def next_steps(layout: Layout) -> list[str]:
+    default = (Path.cwd() / DEFAULT_DIR / DESCRIPTION_FILE).resolve()
+    flag = "" if layout.description.resolve() == default else f"--cluster {layout.description} "
+    return [
+        f"raftkv {flag}set a 1",
+        f"raftkv {flag}get a",
+        f"raftkv {flag}shell",
+        "make cluster-down"
+        if not flag
+        else f"python -m raftkv_tools.localcluster down --dir {layout.root}",
+    ]
+
+
+def _report_exits(layout: Layout, exited: dict[int, int | None]) -> None:
+    for node_id, code in exited.items():
+        print(
+            f"raftkv_tools.localcluster: node {node_id} exited with status {code} during start-up",
+            file=sys.stderr,
+        )
+        for label, path in (
+            ("output", layout.out_file(node_id)),
+            ("dump", layout.dump_file(node_id)),
+        ):
+            lines = tail(path)
+            if lines:
+                print(f"  last lines of its {label} ({path}):", file=sys.stderr)
+                for line in lines:
+                    print(f"    {line}", file=sys.stderr)
+
+
+def _stop_started(layout: Layout, processes: dict[int, subprocess.Popen[bytes]]) -> None:
+    alive = {i: p.pid for i, p in processes.items() if p.poll() is None}
+    terminate(alive)
+    for process in processes.values():
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for node_id in processes:
+        layout.pid_file(node_id).unlink(missing_ok=True)
+
+
+def down(layout: Layout, *, timeout: float = STOP_TIMEOUT, out: TextIO = sys.stdout) -> int:
+    """Stop every node named by a pid file: SIGTERM, then SIGKILL after `timeout` seconds."""
+    running = live_nodes(layout)
+    if not running:
+        for path in layout.pid_files().values():
+            path.unlink(missing_ok=True)
+        print("cluster is not running", file=out)
+        return 0
+    ids = ", ".join(str(i) for i in running)
+    print(f"stopping nodes {ids}", file=out)
+    stopped, killed = terminate(running, timeout)
+    for path in layout.pid_files().values():
+        path.unlink(missing_ok=True)
+    if killed:
+        names = ", ".join(str(i) for i in killed)
+        print(f"nodes {names} did not stop within {timeout:.0f} s; killed them (SIGKILL)", file=out)
+    print(f"cluster stopped ({len(stopped)} clean, {len(killed)} killed)", file=out)
+    return 0
+
+
+def clean(layout: Layout, *, out: TextIO = sys.stdout) -> int:
+    """`down`, then remove the data folder, the description and the node output files."""
+    down(layout, out=out)
+    removed = []
+    if layout.data_dir.exists():
+        shutil.rmtree(layout.data_dir)
+        removed.append(str(layout.data_dir))
+    for path in [layout.description, *layout.root.glob("node-*.out")]:
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    if layout.root.is_dir() and not any(layout.root.iterdir()):
+        layout.root.rmdir()
+    print(f"removed {', '.join(removed)}" if removed else "nothing to remove", file=out)
+    return 0
+
+
+def status(layout: Layout, *, out: TextIO = sys.stdout) -> int:
+    """Print one row per node of the cluster described in `layout`."""
+    if not layout.description.exists():
+        raise LocalClusterError(
+            f"no cluster description at {layout.description}; `make cluster-up` first"
+        )
+    try:
+        description = ClusterDescription.load(layout.description)
+    except ClusterConfigError as error:
+        raise LocalClusterError(str(error)) from None
+    with StatusPoller(description) as poller:
+        rows = poller.poll()
+    print(format_table(rows), file=out)
+    leader = elected_leader(rows)
+    running = live_nodes(layout)
+    if leader is not None:
+        print(f"\nnode {leader} is the leader", file=out)
+    elif not running and not any(r.reachable for r in rows):
+        print("\ncluster is not running", file=out)
+    else:
+        print("\nno leader right now", file=out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m raftkv_tools.localcluster",
+        description="Start, inspect and stop a local raftkv cluster in the background.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--dir", type=Path, default=DEFAULT_DIR, help="cluster folder (default: cluster)"
+        )
+        return sub
+
+    start = add("up", "start the nodes and wait for a leader")
+    start.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="cluster size (5)")
+    start.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="first port")
+    start.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE)
+    start.add_argument("--read-mode", choices=["lease", "read_index"], help="GET mode")
+    start.add_argument("--lease", type=float, help="override the lease duration (seconds)")
+    start.add_argument(
+        "--timeout", type=float, default=STARTUP_TIMEOUT, help="seconds to wait for a leader"
+    )
+    add("down", "stop the nodes (SIGTERM, then SIGKILL after 5 s)")
+    add("clean", "stop the nodes and delete the data and the cluster description")
+    add("status", "show every node's role, term, commit length, leader and lease")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": lambda a: up(
+        Layout(a.dir),
+        a.nodes,
+        a.base_port,
+        a.profile,
+        timeout=a.timeout,
+        extra_args=[
+            *(["--read-mode", a.read_mode] if a.read_mode else []),
+            *(["--lease", str(a.lease)] if a.lease is not None else []),
+        ],
+    ),
+    "down": lambda a: down(Layout(a.dir)),
+    "clean": lambda a: clean(Layout(a.dir)),
+    "status": lambda a: status(Layout(a.dir)),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LocalClusterError as error:
+        print(f"raftkv_tools.localcluster: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
