@@ -26,10 +26,12 @@ Commands (`ID…` = one or more node ids; `[…]` optional):
   campaign ID           move t to node ID's election deadline (if later) and tick it.
   process-ready ID…     for each node with work: take_ready, print it, persist, queue its
                         messages, advance (repeated while the node has more work).
-  deliver-msgs [ID…] [drop=ID,…] [type=MsgApp,…]
+  deliver-msgs [ID…] [drop=ID,…] [type=MsgApp,…] [match=WORD]
                         step every queued message to the given nodes (default all), printing
                         each; messages to a `drop` node are removed and printed as dropped;
-                        `type` delivers only messages of those kinds (others stay queued).
+                        `type` delivers only messages of those kinds and `match` only those
+                        whose description has WORD as a whole word, e.g. `match=round=4`
+                        (the others stay queued, in order).
   stabilize [ID…]       process-ready and deliver-msgs, repeatedly, until nothing is left.
   isolate ID… / heal    messages to or from an isolated node are dropped when delivered.
   propose ID KEY VALUE  propose `SET KEY VALUE`; prints the result and its token.
@@ -303,14 +305,24 @@ class Env:
         return out
 
     def deliver(
-        self, targets: list[int], drop: set[int], kinds: set[str] | None
+        self,
+        targets: list[int],
+        drop: set[int],
+        kinds: set[str] | None = None,
+        word: str | None = None,
     ) -> dict[int, list[str]]:
-        """Deliver every queued message to `targets`; output grouped by recipient."""
+        """Deliver every queued message to `targets` (of the given kinds, whose description
+        contains `word` as a whole word); output grouped by recipient."""
         out: dict[int, list[str]] = {}
         remaining: list[Envelope] = []
         for envelope in self.queue:
-            kind = describe_message(envelope).split(" ")[1]
-            if envelope.to not in targets or (kinds is not None and kind not in kinds):
+            text = describe_message(envelope)
+            wanted = (
+                envelope.to in targets
+                and (kinds is None or text.split(" ")[1] in kinds)
+                and (word is None or f" {word} " in f" {text} ")
+            )
+            if not wanted:
                 remaining.append(envelope)
                 continue
             lines = out.setdefault(envelope.to, [])
@@ -422,7 +434,8 @@ class Env:
         bare, opts = _words(rest)
         drop = {int(d) for d in opts["drop"].split(",")} if "drop" in opts else set()
         out: list[str] = []
-        for i, lines in sorted(self.deliver(self.ids(bare), drop, self._kinds(opts)).items()):
+        delivered = self.deliver(self.ids(bare), drop, self._kinds(opts), opts.get("match"))
+        for i, lines in sorted(delivered.items()):
             out += [f"> {i} receiving messages", *("  " + line for line in lines)]
         return ["ok"] if self.quiet else out
 
@@ -437,7 +450,7 @@ class Env:
                 if lines:
                     busy = True
                     out += [f"> {i} handling Ready", *("  " + line for line in lines)]
-            for i, lines in sorted(self.deliver(ids, set(), None).items()):
+            for i, lines in sorted(self.deliver(ids, set()).items()):
                 busy = True
                 out += [f"> {i} receiving messages", *("  " + line for line in lines)]
             if not busy:
