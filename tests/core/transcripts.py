@@ -155,7 +155,7 @@ def parse_transcript(text: str, name: str = "<transcript>") -> Transcript:
 # ---------------------------------------------------------------------------------------------
 # Parsing hand-written messages (the inverse of describe_message)
 
-_TOKEN = re.compile(r"(\w+)=(\[[^\]]*\]|\S+)|(\S+)")
+_TOKEN = re.compile(r"([\w-]+)=(\[[^\]]*\]|\S+)|(\S+)")
 
 
 def _words(text: str) -> tuple[list[str], dict[str, str]]:
