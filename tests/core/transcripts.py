@@ -38,6 +38,7 @@ Commands (`ID…` = one or more node ids; `[…]` optional):
   read ID KEY           read KEY; prints the ReadResult and its token.
   status ID…            NodeStatus at the node's clock.
   log ID…               the node's log.
+  deadline ID…          the node's next_deadline() (its election deadline, when not leader).
   restart ID            a new RaftNode built from what the harness persisted for ID (queued
                         messages to it stay queued; work it had not handed out is lost).
   raw-step ID MESSAGE   step a hand-written message, written as describe_message prints it
@@ -493,6 +494,12 @@ class Env:
             )
         return out
 
+    def cmd_deadline(self, rest: str) -> list[str]:
+        bare, _ = _words(rest)
+        return [
+            f"{i}: next_deadline={fmt_float(self.nodes[i].next_deadline())}" for i in self.ids(bare)
+        ]
+
     def cmd_log(self, rest: str) -> list[str]:
         bare, _ = _words(rest)
         return [f"{i}: {describe_entries(list(self.nodes[i].log))}" for i in self.ids(bare)]
@@ -548,6 +555,7 @@ _COMMANDS: dict[str, Callable[[Env, str], list[str]]] = {
     "read": Env.cmd_read,
     "status": Env.cmd_status,
     "log": Env.cmd_log,
+    "deadline": Env.cmd_deadline,
     "restart": Env.cmd_restart,
     "raw-step": Env.cmd_raw_step,
     "log-level": Env.cmd_log_level,
