@@ -38,7 +38,7 @@ Commands (`ID…` = one or more node ids; `[…]` optional):
   read ID KEY           read KEY; prints the ReadResult and its token.
   status ID…            NodeStatus at the node's clock.
   log ID…               the node's log.
-  deadline ID…          the node's next_deadline() (its election deadline, when not leader).
+  deadline ID…          the node's next_deadline(), on its own clock (t + skew).
   restart ID            a new RaftNode built from what the harness persisted for ID (queued
                         messages to it stay queued; work it had not handed out is lost).
   raw-step ID MESSAGE   step a hand-written message, written as describe_message prints it
@@ -47,8 +47,8 @@ Commands (`ID…` = one or more node ids; `[…]` optional):
   log-level quiet|normal
                         quiet: process-ready/deliver-msgs/stabilize print `ok` only.
 
-Run with RAFTKV_REWRITE=1 to write the actual output into the expected sections (then read the
-diff line by line before committing it).
+Run with RAFTKV_REWRITE=1 to write the actual output into the expected sections (the test
+still fails on that run, showing what changed; read the diff line by line before committing).
 """
 
 from __future__ import annotations
