@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from raftkv.core.messages import NO_OP, LogEntry, SetCommand
 from raftkv.server.storage import encode_entry
 from raftkv_tools import logreview
+from tests.core.test_events import EXAMPLES
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 LEASE = 0.3
@@ -266,3 +268,15 @@ def test_the_plot_is_a_png(tmp_path: Path) -> None:
     picture = tmp_path / "timeline.png"
     assert logreview.main(["review", str(root), "--plot", str(picture)]) == 1
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_core_sentences_are_classified_by_the_cores_own_event_classes() -> None:
+    for event in EXAMPLES:
+        kind, fields = logreview.classify(str(event))
+        assert kind is logreview.CORE_KINDS.get(type(event), logreview.Kind.OTHER), event
+        assert dict(fields) == {k: str(v) for k, v in dataclasses.asdict(event).items()}
+    # A sentence the core does not write is no core event, even if it looks like one.
+    assert logreview.classify("Node 1 became the leader for term one.") == (
+        logreview.Kind.OTHER,
+        (),
+    )

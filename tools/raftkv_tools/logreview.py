@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -49,6 +50,7 @@ from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
+from raftkv.core import events
 from raftkv.core.events import describe_command as describe
 from raftkv.core.messages import LogEntry
 from raftkv.server.storage import StorageError, decode_entry
@@ -81,7 +83,24 @@ class Kind(Enum):
     OTHER = "other"
 
 
-# The sentences of raftkv/core/node.py and raftkv/server (main.py, replica.py), after the stamp.
+# The core's sentences are parsed by its own event classes (raftkv/core/events.py); the kinds
+# the review distinguishes among them:
+CORE_KINDS: dict[type[events.Event], Kind] = {
+    events.Restored: Kind.RESTORED,
+    events.BecameLeader: Kind.LEADER,
+    events.WaitingForOldLease: Kind.WAIT,
+    events.LeaseRenewalFailed: Kind.LEASE_FAILED,
+    events.SteppingDown: Kind.STEP_DOWN,
+    events.SendingHeartbeat: Kind.HEARTBEAT,
+    events.ElectionTimeout: Kind.ELECTION,
+    events.VoteGranted: Kind.VOTE_GRANTED,
+    events.VoteDenied: Kind.VOTE_DENIED,
+    events.Committed: Kind.COMMIT,
+    events.AppendAccepted: Kind.APPEND,
+    events.AppendRejected: Kind.APPEND,
+}
+
+# The shell's own sentences (raftkv/server: main.py, replica.py), after the stamp.
 PATTERNS: list[tuple[Kind, re.Pattern[str]]] = [
     (
         Kind.START,
@@ -95,47 +114,6 @@ PATTERNS: list[tuple[Kind, re.Pattern[str]]] = [
     (Kind.UNSAFE, re.compile(r"^Node (?P<node>\d+) UNSAFE test switches on: (?P<names>.*)\.$")),
     (Kind.SHUTDOWN, re.compile(r"^Node (?P<node>\d+) shutting down\.$")),
     (Kind.STOPPED, re.compile(r"^Node (?P<node>\d+) stopped: (?P<reason>.*)$")),
-    (
-        Kind.RESTORED,
-        re.compile(
-            r"^Node (?P<node>\d+) restored (?P<entries>\d+) log entries, "
-            r"(?P<applied>\d+) applied from the commit hint\.$"
-        ),
-    ),
-    (Kind.LEADER, re.compile(r"^Node (?P<node>\d+) became the leader for term (?P<term>\d+)\.$")),
-    (Kind.WAIT, re.compile(r"^New Leader waiting for Old Leader Lease to timeout\.$")),
-    (
-        Kind.LEASE_FAILED,
-        re.compile(r"^Leader (?P<node>\d+) lease renewal failed\. Stepping Down\.$"),
-    ),
-    (Kind.STEP_DOWN, re.compile(r"^Leader (?P<node>\d+) Stepping down \(term (?P<term>\d+)\)\.$")),
-    (Kind.HEARTBEAT, re.compile(r"^Leader (?P<node>\d+) sending heartbeat & Renewing Lease$")),
-    (
-        Kind.ELECTION,
-        re.compile(r"^Node (?P<node>\d+) election timer timed out, Starting election\.$"),
-    ),
-    (
-        Kind.VOTE_GRANTED,
-        re.compile(r"^Vote granted for Node (?P<candidate>\d+) in term (?P<term>\d+)\.$"),
-    ),
-    (
-        Kind.VOTE_DENIED,
-        re.compile(r"^Vote denied for Node (?P<candidate>\d+) in term (?P<term>\d+)\.$"),
-    ),
-    (
-        Kind.COMMIT,
-        re.compile(
-            r"^Node (?P<node>\d+) \((?P<role>leader|follower)\) committed the entry "
-            r"(?P<command>.*) to the state machine\.$"
-        ),
-    ),
-    (
-        Kind.APPEND,
-        re.compile(
-            r"^Node (?P<node>\d+) (?P<outcome>accepted|rejected) AppendEntries RPC from "
-            r"(?P<leader>\d+)\.$"
-        ),
-    ),
 ]
 
 
@@ -162,6 +140,10 @@ class Line:
 
 
 def classify(text: str) -> tuple[Kind, tuple[tuple[str, str], ...]]:
+    event = events.parse(text)
+    if event is not None:
+        fields = tuple((f.name, str(getattr(event, f.name))) for f in dataclasses.fields(event))
+        return CORE_KINDS.get(type(event), Kind.OTHER), fields
     for kind, pattern in PATTERNS:
         match = pattern.match(text)
         if match:
