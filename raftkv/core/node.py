@@ -308,34 +308,31 @@ class RaftNode:
     def read(self, key: str, now: float, token: int) -> ReadResult:
         """Answer a GET now if it is safe to (rule 4), else refuse or (read_index) defer."""
         self._last_now = max(self._last_now, now)
-        if self.config.read_mode is ReadMode.READ_INDEX:
-            refusal = self._read_refusal(now, need_lease=False)
-            if refusal is not None:
-                return refusal
-            leader = self._leader
-            if leader is None:  # _read_refusal answered NOT_LEADER already
-                return Refused(Refusal.NOT_LEADER, self.leader_id)
-            leader.pending_reads.append(PendingRead(token, key, self.commit_index, self._round + 1))
-            leader.read_round_wanted = True
-            return ReadPending()
-        refusal = self.lease_read_refusal(now)
-        if refusal is not None:
-            return refusal
-        return ReadValue(self.state_machine.get(key))
+        lease_mode = self.config.read_mode is ReadMode.LEASE
+        leader = self._read_permit(now, need_lease=lease_mode)
+        if isinstance(leader, Refused):
+            return leader
+        if lease_mode:
+            return ReadValue(self.state_machine.get(key))
+        leader.pending_reads.append(PendingRead(token, key, self.commit_index, self._round + 1))
+        leader.read_round_wanted = True
+        return ReadPending()
 
     # ------------------------------------------------------------------------------------------
     # The lease predicate (rule 4): the one test of whether a read may be served from the lease.
 
     def lease_read_refusal(self, now: float) -> Refused | None:
         """Why a GET cannot be answered from the lease at `now`, or None when it can."""
-        return self._read_refusal(now, need_lease=True)
+        permit = self._read_permit(now, need_lease=True)
+        return permit if isinstance(permit, Refused) else None
 
     def serves_lease_reads(self, now: float) -> bool:
         """Whether this node would answer a GET from its lease at `now` (the simulator's
         "at most one lease holder" check uses this, the same predicate as `read`)."""
         return self.lease_read_refusal(now) is None
 
-    def _read_refusal(self, now: float, *, need_lease: bool) -> Refused | None:
+    def _read_permit(self, now: float, *, need_lease: bool) -> LeaderState | Refused:
+        """The leader state to serve a read from, or why a read cannot be served at `now`."""
         leader = self._leader
         if leader is None:
             return Refused(Refusal.NOT_LEADER, self.leader_id)
@@ -346,7 +343,7 @@ class RaftNode:
             return Refused(Refusal.NOT_READY, self.id)
         if need_lease and now >= leader.lease_end and not self.unsafe.read_without_lease:
             return Refused(Refusal.NO_LEASE, self.id)
-        return None
+        return leader
 
     # ------------------------------------------------------------------------------------------
     # Outputs
@@ -435,10 +432,6 @@ class RaftNode:
                 max(0.0, leader.serving_from - now) if leader is not None else 0.0
             ),
         )
-
-    def progress(self, peer_id: NodeId) -> Progress | None:
-        """The leader's view of a follower's log (None when not leader). For inspection only."""
-        return None if self._leader is None else self._leader.progress.get(peer_id)
 
     @property
     def log(self) -> Sequence[LogEntry]:
