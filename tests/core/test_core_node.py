@@ -261,6 +261,31 @@ def test_input_between_take_ready_and_advance_is_a_misuse() -> None:
         h.nodes[1].tick(3.1)
     # Reads are allowed at any time.
     assert isinstance(h.nodes[1].read("k", 3.1, 1), Refused)
+    with pytest.raises(CoreMisuseError, match="take_ready called again"):
+        h.nodes[1].take_ready()
+
+
+def test_advance_without_an_outstanding_ready_is_a_misuse() -> None:
+    node = Harness().nodes[1]
+    node.tick(3.0)
+    ready = node.take_ready()
+    assert ready.needs_persist
+    node.advance(ready)
+    with pytest.raises(CoreMisuseError, match="without an outstanding ready"):
+        node.advance(ready)
+
+
+def test_a_node_listing_itself_among_its_peers_is_refused() -> None:
+    with pytest.raises(ValueError, match="lists itself"):
+        RaftNode(1, [1, 2], CONFIG, random.Random(0), 0.0)
+
+
+def test_restart_adopts_the_term_of_durable_entries_whose_metadata_was_lost() -> None:
+    # A crash between the log write and the metadata write: entries of term 3, metadata term 2.
+    state = PersistentState(HardState(2, 1), [LogEntry(3, NO_OP)])
+    node = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0, persisted=state)
+    assert (node.term, node.voted_for) == (3, None)
+    assert node.take_ready().hard_state == HardState(3, None)
 
 
 # ---------------------------------------------------------------------------------------------

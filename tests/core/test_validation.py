@@ -19,7 +19,7 @@ from raftkv.core.messages import (
     RequestVoteReply,
     SetCommand,
 )
-from raftkv.core.node import RaftNode
+from raftkv.core.node import RaftNode, UnsafeSwitches
 from raftkv.core.validation import malformed
 
 CONFIG = TimingConfig(1.0, 2.0, 0.1, 0.5, 0.0)
@@ -87,3 +87,18 @@ def test_the_core_drops_a_malformed_message_and_reports_it(message: Message, rea
     event = ready.events[0]
     assert isinstance(event, ev.ProtocolViolation) and reason in event.reason
     assert (node.term, node.voted_for, node.role, list(node.log), node.next_deadline()) == before
+
+
+def test_unsafe_switches_name_what_they_turn_on() -> None:
+    assert UnsafeSwitches().enabled() == []
+    assert UnsafeSwitches(accept_malformed=True).enabled() == ["accept_malformed"]
+
+
+def test_the_accept_malformed_control_lets_a_bad_message_through() -> None:
+    node = RaftNode(
+        1, MEMBERS, CONFIG, random.Random(0), 0.0, unsafe=UnsafeSwitches(accept_malformed=True)
+    )
+    node.advance(node.take_ready())
+    assert node.check_message(append(lease_duration=float("inf"))) is None
+    node.step(append(lease_duration=float("inf")), 0.1)
+    assert not any(isinstance(e, ev.ProtocolViolation) for e in node.take_ready().events)
