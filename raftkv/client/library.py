@@ -39,6 +39,7 @@ import grpc
 import grpc.aio
 
 from raftkv.cluster import ClusterDescription
+from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
@@ -53,10 +54,6 @@ __all__ = [
     "check_key",
     "check_value",
 ]
-
-# The server's limits, checked here too so that a bad request fails fast and without a round trip.
-MAX_KEY_BYTES = 1024
-MAX_VALUE_BYTES = 1024 * 1024
 
 FIRST_BACKOFF_SECONDS = 0.02
 MAX_BACKOFF_SECONDS = 0.5

@@ -19,6 +19,7 @@ from raftkv.core.messages import (
     SetCommand,
     WriteDone,
 )
+from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
@@ -26,9 +27,6 @@ from raftkv.server.peers import PeerStreamSession
 from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
 from raftkv.server.replica import Replica
 
-MAX_KEY_BYTES = 1024
-MAX_VALUE_BYTES = 1024 * 1024
-MAX_CLIENT_ID_BYTES = 256
 DEFAULT_CLIENT_TIMEOUT = 5.0
 
 
