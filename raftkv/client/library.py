@@ -41,6 +41,7 @@ import grpc.aio
 from raftkv.cluster import ClusterDescription
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
 from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
@@ -60,22 +61,6 @@ MAX_BACKOFF_SECONDS = 0.5
 
 LEADER_ID_METADATA = "leader-id"
 LEADER_ADDRESS_METADATA = "leader-address"
-
-_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    # Probe idle connections so that a node whose machine vanished (no FIN, no RST) is noticed
-    # before the next request has to wait out its per-try timeout on a dead socket. Servers must
-    # allow pings this often (grpc.http2.min_ping_interval_without_data_ms ≤ 30 s, and
-    # grpc.keepalive_permit_without_calls), or they answer with GOAWAY "too_many_pings".
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # gRPC's default reconnect backoff grows to two minutes, during which every call on the
-    # channel fails at once: a node that restarts would stay unusable long after it is back.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-)
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -383,10 +368,12 @@ class RaftKVClient:
         stub = self._stubs.get(endpoint.address)
         if stub is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(endpoint.address, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(
+                    endpoint.address, options=CLIENT_CHANNEL_OPTIONS
+                )
             else:
                 channel = grpc.aio.secure_channel(
-                    endpoint.address, self._credentials, options=_CHANNEL_OPTIONS
+                    endpoint.address, self._credentials, options=CLIENT_CHANNEL_OPTIONS
                 )
             stub = raftkv_pb2_grpc.KeyValueStub(channel)
             self._channels[endpoint.address] = channel

@@ -43,9 +43,9 @@ from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.core.messages import LogEntry
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 from raftkv.server.storage import decode_entry
 from raftkv_tools.localcluster import (
-    CLIENT_CHANNEL_OPTIONS,
     NODE_MODULE,
     NodeRow,
     format_table,
@@ -326,7 +326,7 @@ class LocalCluster:
             if node_id not in self._channels:
                 address = self.nodes[node_id].address
                 self._channels[node_id] = grpc.insecure_channel(
-                    address, options=CLIENT_CHANNEL_OPTIONS
+                    address, options=POLL_CHANNEL_OPTIONS
                 )
             return self._channels[node_id]
 

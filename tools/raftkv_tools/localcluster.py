@@ -45,6 +45,7 @@ import grpc
 from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
 from raftkv.core.config import PROFILES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 
 DEFAULT_DIR = Path("cluster")
 DEFAULT_NODES = 5
@@ -58,16 +59,6 @@ POLL_INTERVAL = 0.05
 STATUS_TIMEOUT = 0.5
 TAIL_LINES = 20
 NODE_MODULE = "raftkv.server.main"
-
-# Short reconnect back-off: a node that is still starting refuses connections, and gRPC's default
-# back-off (1 s, growing) would hide it for seconds after it starts listening.
-CLIENT_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 250),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 
 class LocalClusterError(RuntimeError):
@@ -302,7 +293,7 @@ class StatusPoller:
         self.description = description
         self.timeout = timeout
         self._channels = {
-            n.id: grpc.insecure_channel(n.address, options=CLIENT_CHANNEL_OPTIONS)
+            n.id: grpc.insecure_channel(n.address, options=POLL_CHANNEL_OPTIONS)
             for n in description.nodes
         }
         self._stubs = {i: raftkv_pb2_grpc.KeyValueStub(c) for i, c in self._channels.items()}
