@@ -1,7 +1,8 @@
 """The raftkv client: `RaftKVClient` (asyncio), `SyncClient` (blocking) and the `raftkv` CLI."""
 
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
-from .library import NodeStatusRow, RaftKVClient, SyncClient
+from .library import RaftKVClient, SyncClient
+from .status import NodeStatusRow
 
 __all__ = [
     "InvalidRequestError",

@@ -45,7 +45,8 @@ from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescr
 
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
-from .library import NodeStatusRow, SyncClient
+from .library import SyncClient
+from .status import format_status_table
 
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
@@ -269,37 +270,6 @@ def _status_command(client: SyncClient, args: argparse.Namespace) -> int:
         print("raftkv: no node answered", file=sys.stderr)
         return ExitCode.NO_LEADER
     return ExitCode.OK
-
-
-def format_status_table(rows: Sequence[NodeStatusRow]) -> str:
-    """The `raftkv status` table: a header and one aligned row per node."""
-    header = ["NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE"]
-    table = [header, *(_status_cells(row) for row in rows)]
-    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in table
-    )
-
-
-def _status_cells(row: NodeStatusRow) -> list[str]:
-    def shown(value: object) -> str:
-        return "-" if value is None else str(value)
-
-    lease = "-"
-    if row.lease_remaining is not None and row.lease_remaining > 0:
-        lease = f"{row.lease_remaining:.2f}s"
-    reachable = "yes" if row.reachable else f"no ({row.error})" if row.error else "no"
-    return [
-        str(row.node_id),
-        row.address,
-        row.role or "-",
-        shown(row.term),
-        shown(row.commit_length),
-        shown(row.leader_id),
-        lease,
-        reachable,
-    ]
 
 
 # -- the shell ----------------------------------------------------------------------------------

@@ -39,10 +39,20 @@ import grpc
 import grpc.aio
 
 from raftkv.cluster import ClusterDescription
+from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
 from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
+from .status import (
+    NodeStatusRow,
+    row_from_status,
+    short_transport_error,
+    shorten,
+    unreachable_reason,
+    unreachable_row,
+)
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -54,52 +64,13 @@ __all__ = [
     "check_value",
 ]
 
-# The server's limits, checked here too so that a bad request fails fast and without a round trip.
-MAX_KEY_BYTES = 1024
-MAX_VALUE_BYTES = 1024 * 1024
-
 FIRST_BACKOFF_SECONDS = 0.02
 MAX_BACKOFF_SECONDS = 0.5
 
 LEADER_ID_METADATA = "leader-id"
 LEADER_ADDRESS_METADATA = "leader-address"
 
-_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    # Probe idle connections so that a node whose machine vanished (no FIN, no RST) is noticed
-    # before the next request has to wait out its per-try timeout on a dead socket. Servers must
-    # allow pings this often (grpc.http2.min_ping_interval_without_data_ms ≤ 30 s, and
-    # grpc.keepalive_permit_without_calls), or they answer with GOAWAY "too_many_pings".
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # gRPC's default reconnect backoff grows to two minutes, during which every call on the
-    # channel fails at once: a node that restarts would stay unusable long after it is back.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-)
-
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatusRow:
-    """One node's answer to Status, or why it gave none (then only the first four are set)."""
-
-    node_id: int
-    address: str
-    reachable: bool
-    error: str | None = None
-    role: str | None = None
-    term: int | None = None
-    leader_id: int | None = None
-    log_length: int | None = None
-    commit_length: int | None = None
-    applied_length: int | None = None
-    lease_remaining: float | None = None
-    waiting_for_old_lease: float | None = None
-    read_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +296,7 @@ class RaftKVClient:
             metadata[LEADER_ADDRESS_METADATA] = reply.leader_address
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = self._leader_hint(metadata)
-            return _Failure(f"unavailable ({_shorten(reply.details)})", hint, False)
+            return _Failure(f"unavailable ({shorten(reply.details)})", hint, False)
         return self._describe_failure(code, reply.details, metadata, try_timeout)
 
     def _describe_failure(
@@ -341,7 +312,7 @@ class RaftKVClient:
             return _Failure(f"not leader ({where})", hint, may_have_applied=False)
         if code == grpc.StatusCode.UNAVAILABLE:
             if _never_connected(details):
-                reason = f"unreachable ({_short_transport_error(details)})"
+                reason = f"unreachable ({short_transport_error(details)})"
                 return _Failure(reason, None, may_have_applied=False)
             # gRPC reports a connection that broke mid-call with this same code, so only the
             # server's own metadata proves that the node refused the request.
@@ -349,13 +320,13 @@ class RaftKVClient:
                 LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
             )
             return _Failure(
-                f"unavailable ({_shorten(details)})", hint, may_have_applied=not refused_by_server
+                f"unavailable ({shorten(details)})", hint, may_have_applied=not refused_by_server
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return _Failure(f"timed out after {try_timeout:.2f}s", None, may_have_applied=True)
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return _Failure("does not serve KeyValue.Pipeline", None, may_have_applied=False)
-        return _Failure(f"failed ({code.name}: {_shorten(details)})", None, may_have_applied=True)
+        return _Failure(f"failed ({code.name}: {shorten(details)})", None, may_have_applied=True)
 
     def _leader_hint(self, metadata: dict[str, str]) -> _Endpoint | None:
         raw_id = metadata.get(LEADER_ID_METADATA, "")
@@ -386,10 +357,12 @@ class RaftKVClient:
         stub = self._stubs.get(endpoint.address)
         if stub is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(endpoint.address, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(
+                    endpoint.address, options=CLIENT_CHANNEL_OPTIONS
+                )
             else:
                 channel = grpc.aio.secure_channel(
-                    endpoint.address, self._credentials, options=_CHANNEL_OPTIONS
+                    endpoint.address, self._credentials, options=CLIENT_CHANNEL_OPTIONS
                 )
             stub = raftkv_pb2_grpc.KeyValueStub(channel)
             self._channels[endpoint.address] = channel
@@ -409,23 +382,8 @@ class RaftKVClient:
         try:
             reply = await self._stub(endpoint).Status(raftkv_pb2.StatusRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as error:
-            return NodeStatusRow(
-                endpoint.node_id, endpoint.address, reachable=False, error=_status_error(error)
-            )
-        return NodeStatusRow(
-            node_id=endpoint.node_id,
-            address=endpoint.address,
-            reachable=True,
-            role=reply.role,
-            term=reply.term,
-            leader_id=reply.leader_id if reply.HasField("leader_id") else None,
-            log_length=reply.log_length,
-            commit_length=reply.commit_length,
-            applied_length=reply.applied_length,
-            lease_remaining=reply.lease_remaining,
-            waiting_for_old_lease=reply.waiting_for_old_lease,
-            read_mode=reply.read_mode,
-        )
+            return unreachable_row(endpoint.node_id, endpoint.address, unreachable_reason(error))
+        return row_from_status(endpoint.node_id, endpoint.address, reply)
 
 
 class SyncClient:
@@ -544,41 +502,6 @@ def _never_connected(details: str) -> bool:
             "empty address list",
         )
     )
-
-
-def _short_transport_error(details: str) -> str:
-    lowered = details.lower()
-    for phrase, short in (
-        ("connection refused", "connection refused"),
-        ("errors resolving", "cannot resolve host"),
-        ("dns resolution failed", "cannot resolve host"),
-        ("no route to host", "no route to host"),
-        ("network is unreachable", "network unreachable"),
-        ("handshake", "TLS handshake failed"),
-        ("ssl", "TLS error"),
-        ("timed out", "connect timed out"),
-        ("timeout", "connect timed out"),
-        ("connection reset", "connection reset"),
-        ("socket closed", "connection closed"),
-    ):
-        if phrase in lowered:
-            return short
-    return _shorten(details)
-
-
-def _status_error(error: grpc.aio.AioRpcError) -> str:
-    code = error.code()
-    details = error.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return _short_transport_error(details)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return "timed out"
-    return f"{code.name}: {_shorten(details)}"
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _require_positive(name: str, seconds: float) -> None:

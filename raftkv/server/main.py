@@ -29,9 +29,9 @@ from raftkv.cluster import ClusterConfigError, ClusterDescription
 from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
 from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
 from raftkv.server.replica import (
-    GRPC_OPTIONS,
     FatalNodeError,
     Replica,
     ReplicaOptions,
@@ -156,7 +156,7 @@ async def serve(options: ReplicaOptions, listen: str, quiet: bool) -> int:
         dump.write(f"Configuration warning: {warning}")
     replica = Replica(options, dump)
     _tune_garbage_collector()
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=NODE_OPTIONS)
     raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), server)
     raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), server)
     try:

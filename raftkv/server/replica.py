@@ -50,30 +50,13 @@ from raftkv.core.node import (
     Role,
     UnsafeSwitches,
 )
+from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
 from raftkv.server.peers import PeerLink
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
 COMMIT_HINT_INTERVAL = 2.0
-GRPC_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Accept clients' keepalive pings (every 30 s) instead of answering GOAWAY too_many_pings.
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    # gRPC shares ports (SO_REUSEPORT) by default: a second node started on a taken port would
-    # silently get half the connections instead of failing to start.
-    ("grpc.so_reuseport", 0),
-    # Reconnect to a restarted peer within a heartbeat or two, before its election timer fires
-    # (gRPC's default back-off starts at 1 s and grows to 2 minutes).
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 
 class Clock:
@@ -133,8 +116,8 @@ class FatalNodeError(RuntimeError):
 
 def _peer_channel(address: str, tls: TlsFiles | None) -> grpc.aio.Channel:
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
-    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=GRPC_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=NODE_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=NODE_OPTIONS)
 
 
 class Replica:

@@ -14,21 +14,19 @@ import grpc
 from raftkv.core.messages import (
     AppendEntries,
     ReadValue,
-    Refusal,
     Refused,
     SetCommand,
     WriteDone,
 )
+from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
 from raftkv.server.peers import PeerStreamSession
 from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
 from raftkv.server.replica import Replica
+from raftkv.server.replies import SERVE_CLIENT_TIMEOUT_DATA, outcome_reply, timeout_reply
 
-MAX_KEY_BYTES = 1024
-MAX_VALUE_BYTES = 1024 * 1024
-MAX_CLIENT_ID_BYTES = 256
 DEFAULT_CLIENT_TIMEOUT = 5.0
 
 
@@ -58,21 +56,6 @@ def command_from_set_request(request: pb.SetRequest) -> SetCommand:
     if request.client_id and request.seq == 0:
         raise RequestError("a request with a client_id needs a seq ≥ 1")
     return SetCommand(request.key, request.value, request.client_id, request.seq)
-
-
-def refusal_status(refused: Refused) -> grpc.StatusCode:
-    if refused.reason is Refusal.NOT_LEADER:
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if refused.reason is Refusal.ENTRY_LOST:
-        # This node's copy was overwritten, but another node may still commit one: unknown.
-        return grpc.StatusCode.ABORTED
-    return grpc.StatusCode.UNAVAILABLE
-
-
-SET_TIMEOUT_DETAILS = (
-    "the write was not confirmed in time; its outcome is unknown "
-    "(retry with the same client_id and seq)"
-)
 
 
 def parse_assignment_request(request: str) -> tuple[str, str, str | None]:
@@ -162,19 +145,18 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
                 result = await replica.propose(SetCommand(key, value), timeout)
         except TimeoutError:
             return pb.ServeClientReply(
-                Data="timed out; the outcome is unknown",
+                Data=SERVE_CLIENT_TIMEOUT_DATA,
                 LeaderID=_hint_text(replica.status().leader_id),
                 Success=False,
             )
-        own = str(replica.node_id)
-        if isinstance(result, ReadValue):
-            return pb.ServeClientReply(Data=result.value or "", LeaderID=own, Success=True)
-        if isinstance(result, WriteDone):
-            return pb.ServeClientReply(Data="", LeaderID=own, Success=True)
-        assert isinstance(result, Refused)
-        return pb.ServeClientReply(
-            Data=result.reason.value, LeaderID=_hint_text(result.leader_hint), Success=False
-        )
+        assert isinstance(result, ReadValue | WriteDone | Refused)
+        reply = outcome_reply(result, replica.leader_address)
+        if not reply.ok:
+            return pb.ServeClientReply(
+                Data=reply.details, LeaderID=_hint_text(reply.leader_hint), Success=False
+            )
+        value = result.value if isinstance(result, ReadValue) else None
+        return pb.ServeClientReply(Data=value or "", LeaderID=str(replica.node_id), Success=True)
 
 
 class ReplicaPipelineBackend:
@@ -199,14 +181,15 @@ class ReplicaPipelineBackend:
             reply.index = outcome.index
         else:
             assert isinstance(outcome, Refused)
-            reply.code = status_code_number(refusal_status(outcome))
-            reply.details = outcome.reason.value
-            if outcome.leader_hint is not None:
-                reply.leader_id = outcome.leader_hint
-                reply.leader_address = self.replica.leader_address(outcome.leader_hint) or ""
+            refusal = outcome_reply(outcome, self.replica.leader_address)
+            reply.code = status_code_number(refusal.code)
+            reply.details = refusal.details
+            if refusal.leader_hint is not None:
+                reply.leader_id = refusal.leader_hint
+                reply.leader_address = refusal.leader_address
 
     def timeout_details(self, request_kind: str) -> str:
-        return SET_TIMEOUT_DETAILS if request_kind == "set" else "read timed out"
+        return timeout_reply(request_kind).details
 
 
 class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
@@ -224,7 +207,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         try:
             result = await self.replica.read(request.key, _client_timeout(context))
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "read timed out")
+            await self._time_out(context, "get")
         if isinstance(result, Refused):
             await self._refuse(context, result)
         assert isinstance(result, ReadValue)
@@ -240,7 +223,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         try:
             result = await self.replica.propose(command, _client_timeout(context))
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, SET_TIMEOUT_DETAILS)
+            await self._time_out(context, "set")
         if isinstance(result, Refused):
             await self._refuse(context, result)
         assert isinstance(result, WriteDone)
@@ -275,15 +258,13 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             yield replies
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refused: Refused) -> None:
-        metadata = []
-        if refused.leader_hint is not None:
-            metadata.append(("leader-id", str(refused.leader_hint)))
-            address = self.replica.leader_address(refused.leader_hint)
-            if address:
-                metadata.append(("leader-address", address))
-        context.set_trailing_metadata(tuple(metadata))
-        code = refusal_status(refused)
-        await context.abort(code, refused.reason.value)
+        reply = outcome_reply(refused, self.replica.leader_address)
+        context.set_trailing_metadata(reply.leader_metadata())
+        await context.abort(reply.code, reply.details)
+
+    async def _time_out(self, context: grpc.aio.ServicerContext, request_kind: str) -> None:
+        reply = timeout_reply(request_kind)
+        await context.abort(reply.code, reply.details)
 
 
 def _hint_text(leader: int | None) -> str:

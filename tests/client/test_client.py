@@ -22,9 +22,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from raftkv.client.cli import format_status_table, main
+from raftkv.client.cli import main
 from raftkv.client.errors import InvalidRequestError, NoLeaderError, UnknownOutcomeError
 from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient
+from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number

@@ -48,11 +48,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from raftkv.client.status import NodeStatusRow, format_status_table, row_from_call, unreachable_row
 from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
@@ -543,6 +545,18 @@ class Cluster:
             return None
         return response
 
+    def rows(self, timeout: float = 0.5) -> list[NodeStatusRow]:
+        """Every node's status row; a node that is down or paused is shown as such."""
+        rows = []
+        for i in self.ids:
+            node, address = self.nodes[i], self.addresses[i]
+            if not node.running or node.paused:
+                rows.append(unreachable_row(i, address, "paused" if node.running else "down"))
+                continue
+            call = partial(self.stub(i).Status, pb.StatusRequest(), timeout=timeout)
+            rows.append(row_from_call(i, address, call))
+        return rows
+
     def statuses(self, among: Iterable[int] | None = None) -> dict[int, pb.StatusResponse]:
         found = {}
         for i in among if among is not None else self.ids:
@@ -734,25 +748,7 @@ def run_command(cluster: Cluster, line: str) -> str:
     if verb == "help":
         return HELP
     if verb == "status":
-        rows = []
-        for i in cluster.ids:
-            s = cluster.status(i)
-            state = (
-                "down"
-                if not cluster.nodes[i].running
-                else "paused"
-                if cluster.nodes[i].paused
-                else ""
-            )
-            if s is None:
-                rows.append(f"node {i}: {state or 'no answer'}")
-            else:
-                rows.append(
-                    f"node {i}: {s.role} term {s.term} lease {s.lease_remaining:.3f}s "
-                    f"waiting {s.waiting_for_old_lease:.3f}s commit {s.commit_length} "
-                    f"applied {s.applied_length}"
-                )
-        return "\n".join(rows)
+        return format_status_table(cluster.rows())
     if verb == "leader":
         return f"leader: node {cluster.wait_for_leader()}"
     if verb == "get":

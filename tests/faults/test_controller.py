@@ -192,4 +192,6 @@ def test_the_controller_command() -> None:
     assert "leader: node" in result.stdout
     assert "ok=True" in result.stdout
     assert "healed" in result.stdout
-    assert result.stdout.count("node ") >= 3
+    # The status table: a header, then one row per node.
+    table = result.stdout[result.stdout.index("NODE  ADDRESS") :].splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ["0", "1", "2"]

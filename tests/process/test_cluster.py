@@ -26,16 +26,10 @@ import grpc
 import pytest
 from grpc_tools import protoc
 
+from raftkv.client.status import NodeStatusRow, format_status_table
 from raftkv.core.messages import SetCommand
 from raftkv.rpc import raftkv_pb2 as pb
-from raftkv_tools.localcluster import (
-    Layout,
-    NodeRow,
-    elected_leader,
-    format_table,
-    is_node_process,
-    read_pid,
-)
+from raftkv_tools.localcluster import Layout, elected_leader, is_node_process, read_pid
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
     HEARTBEAT_LINE,
@@ -946,21 +940,34 @@ def test_localcluster_reports_a_node_that_exits_during_startup(tmp_path: Path) -
 
 
 def test_status_table_and_leader_agreement() -> None:
+    def answered(node_id: int, role: str, lease: float = 0.0, wait: float = 0.0) -> NodeStatusRow:
+        return NodeStatusRow(
+            node_id,
+            f"127.0.0.1:{node_id + 1}",
+            True,
+            role=role,
+            term=3,
+            commit_length=7,
+            leader_id=0,
+            lease_remaining=lease,
+            waiting_for_old_lease=wait,
+        )
+
     rows = [
-        NodeRow(0, "127.0.0.1:1", True, "leader", 3, 7, 0, 0.25),
-        NodeRow(1, "127.0.0.1:2", True, "follower", 3, 7, 0),
-        NodeRow(2, "127.0.0.1:3", False, error="unreachable"),
+        answered(0, "leader", 0.25),
+        answered(1, "follower"),
+        NodeStatusRow(2, "127.0.0.1:3", False, error="connection refused"),
     ]
-    table = format_table(rows).splitlines()
+    table = format_status_table(rows).splitlines()
     header = ["NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE"]
     assert table[0].split() == header
     assert table[1].split() == ["0", "127.0.0.1:1", "leader", "3", "7", "0", "0.25s", "yes"]
-    assert table[3].split()[-2:] == ["no", "(unreachable)"]
+    assert table[3].split()[-3:] == ["no", "(connection", "refused)"]
     assert elected_leader(rows) is None  # node 2 does not (yet) agree
     assert elected_leader(rows[:2]) == 0
-    waiting = [NodeRow(0, "a:1", True, "leader", 3, 7, 0, 0.0, 1.5), rows[1]]
+    waiting = [answered(0, "leader", 0.0, 1.5), rows[1]]
     assert elected_leader(waiting) is None
-    assert "wait 1.50s" in format_table(waiting)
+    assert "wait 1.50s" in format_status_table(waiting)
 
 
 # ---------------------------------------------------------------------------------------------

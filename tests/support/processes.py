@@ -38,20 +38,20 @@ from typing import TypeVar
 
 import grpc
 
+from raftkv.client.status import (
+    NodeStatusRow,
+    format_status_table,
+    row_from_status,
+    unreachable_row,
+)
 from raftkv.cluster import ClusterDescription
 from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.core.messages import LogEntry
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 from raftkv.server.storage import decode_entry
-from raftkv_tools.localcluster import (
-    CLIENT_CHANNEL_OPTIONS,
-    NODE_MODULE,
-    NodeRow,
-    format_table,
-    port_in_use,
-    row_from_status,
-)
+from raftkv_tools.localcluster import NODE_MODULE, port_in_use
 
 T = TypeVar("T")
 
@@ -326,7 +326,7 @@ class LocalCluster:
             if node_id not in self._channels:
                 address = self.nodes[node_id].address
                 self._channels[node_id] = grpc.insecure_channel(
-                    address, options=CLIENT_CHANNEL_OPTIONS
+                    address, options=POLL_CHANNEL_OPTIONS
                 )
             return self._channels[node_id]
 
@@ -380,15 +380,14 @@ class LocalCluster:
                 result[node_id] = self._check_identity(node_id, call.result())
         return result
 
-    def rows(self) -> list[NodeRow]:
+    def rows(self) -> list[NodeStatusRow]:
         rows = []
         for node_id, status in self.statuses().items():
-            node = self.description.node(node_id)
+            address = self.description.node(node_id).address
             if status is None:
-                why = self.nodes[node_id].state()
-                rows.append(NodeRow(node_id, node.address, reachable=False, error=why))
+                rows.append(unreachable_row(node_id, address, self.nodes[node_id].state()))
             else:
-                rows.append(row_from_status(node, status))
+                rows.append(row_from_status(node_id, address, status))
         return rows
 
     def get(self, node_id: int, key: str, timeout: float = RPC_TIMEOUT) -> pb.GetResponse:
@@ -584,7 +583,7 @@ class LocalCluster:
         """Every node's status and process state, and the tail of its dump.txt and output."""
         parts = [f"cluster in {self.root} (profile {self.profile}, {self.timing_text()})"]
         try:
-            parts.append(format_table(self.rows()))
+            parts.append(format_status_table(self.rows()))
         except Exception as error:  # diagnostics must not hide the original failure
             parts.append(f"(status unavailable: {error!r})")
         for node_id, node in self.nodes.items():

@@ -42,9 +42,11 @@ from typing import TextIO
 
 import grpc
 
+from raftkv.client.status import NodeStatusRow, format_status_table, row_from_call
 from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
 from raftkv.core.config import PROFILES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 
 DEFAULT_DIR = Path("cluster")
 DEFAULT_NODES = 5
@@ -58,16 +60,6 @@ POLL_INTERVAL = 0.05
 STATUS_TIMEOUT = 0.5
 TAIL_LINES = 20
 NODE_MODULE = "raftkv.server.main"
-
-# Short reconnect back-off: a node that is still starting refuses connections, and gRPC's default
-# back-off (1 s, growing) would hide it for seconds after it starts listening.
-CLIENT_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 250),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
 
 
 class LocalClusterError(RuntimeError):
@@ -267,34 +259,6 @@ def _signal(pid: int, signum: signal.Signals) -> None:
 # Status
 
 
-@dataclass(frozen=True)
-class NodeRow:
-    node_id: int
-    address: str
-    reachable: bool
-    role: str = "-"
-    term: int = 0
-    commit_length: int = 0
-    leader_id: int | None = None
-    lease_remaining: float = 0.0
-    waiting_for_old_lease: float = 0.0
-    error: str = ""
-
-
-def row_from_status(node: NodeAddress, status: raftkv_pb2.StatusResponse) -> NodeRow:
-    return NodeRow(
-        node_id=node.id,
-        address=node.address,
-        reachable=True,
-        role=status.role,
-        term=status.term,
-        commit_length=status.commit_length,
-        leader_id=status.leader_id if status.HasField("leader_id") else None,
-        lease_remaining=status.lease_remaining,
-        waiting_for_old_lease=status.waiting_for_old_lease,
-    )
-
-
 class StatusPoller:
     """Asks every node of a description for its Status, all at once, over reusable channels."""
 
@@ -302,25 +266,17 @@ class StatusPoller:
         self.description = description
         self.timeout = timeout
         self._channels = {
-            n.id: grpc.insecure_channel(n.address, options=CLIENT_CHANNEL_OPTIONS)
+            n.id: grpc.insecure_channel(n.address, options=POLL_CHANNEL_OPTIONS)
             for n in description.nodes
         }
         self._stubs = {i: raftkv_pb2_grpc.KeyValueStub(c) for i, c in self._channels.items()}
 
-    def poll(self) -> list[NodeRow]:
+    def poll(self) -> list[NodeStatusRow]:
         calls: list[tuple[NodeAddress, Future[raftkv_pb2.StatusResponse]]] = [
             (n, self._stubs[n.id].Status.future(raftkv_pb2.StatusRequest(), timeout=self.timeout))
             for n in self.description.nodes
         ]
-        rows = []
-        for node, call in calls:
-            try:
-                rows.append(row_from_status(node, call.result()))
-            except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else None
-                reason = "timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "unreachable"
-                rows.append(NodeRow(node.id, node.address, reachable=False, error=reason))
-        return rows
+        return [row_from_call(node.id, node.address, call.result) for node, call in calls]
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -333,51 +289,26 @@ class StatusPoller:
         self.close()
 
 
-def elected_leader(rows: Sequence[NodeRow]) -> int | None:
+def elected_leader(rows: Sequence[NodeStatusRow]) -> int | None:
     """The leader, if exactly one node leads with a lease and every other node names it."""
     leaders = [r for r in rows if r.reachable and r.role == "leader"]
     if len(leaders) != 1:
         return None
     leader = leaders[0]
-    if leader.lease_remaining <= 0 or leader.waiting_for_old_lease > 0:
+    if (leader.lease_remaining or 0.0) <= 0 or (leader.waiting_for_old_lease or 0.0) > 0:
         return None
     if all(r.reachable and r.leader_id == leader.node_id for r in rows):
         return leader.node_id
     return None
 
 
-def settled(rows: Sequence[NodeRow]) -> bool:
+def settled(rows: Sequence[NodeStatusRow]) -> bool:
     """A leader is elected and every node has learnt the commit length of its NO-OP."""
     leader = elected_leader(rows)
     if leader is None:
         return False
     commit = rows[[r.node_id for r in rows].index(leader)].commit_length
-    return commit > 0 and all(r.commit_length == commit for r in rows)
-
-
-COLUMNS = ("NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE")
-
-
-def format_table(rows: Sequence[NodeRow]) -> str:
-    body: list[tuple[str, ...]] = [COLUMNS]
-    for r in rows:
-        if not r.reachable:
-            body.append((str(r.node_id), r.address, "-", "-", "-", "-", "-", f"no ({r.error})"))
-            continue
-        if r.waiting_for_old_lease > 0:
-            lease = f"wait {r.waiting_for_old_lease:.2f}s"
-        elif r.role == "leader":
-            lease = f"{r.lease_remaining:.2f}s"
-        else:
-            lease = "-"
-        leader = "-" if r.leader_id is None else str(r.leader_id)
-        cells = [str(r.node_id), r.address, r.role, str(r.term), str(r.commit_length), leader]
-        body.append((*cells, lease, "yes"))
-    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in body
-    )
+    return commit is not None and commit > 0 and all(r.commit_length == commit for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +413,7 @@ def _await_leader(
     out: TextIO,
 ) -> int:
     deadline = time.monotonic() + timeout
-    rows: list[NodeRow] = []
+    rows: list[NodeStatusRow] = []
     with StatusPoller(description) as poller:
         while True:
             exited = {i: p.poll() for i, p in processes.items() if p.poll() is not None}
@@ -496,14 +427,14 @@ def _await_leader(
             if leader is not None and (settled(rows) or expired):
                 break
             if expired:
-                print(format_table(rows), file=out)
+                print(format_status_table(rows), file=out)
                 raise LocalClusterError(
                     f"no leader after {timeout:.0f} s; the nodes are still running. "
                     f"See {layout.root}/node-*.out and {layout.data_dir}/logs_node_*/dump.txt; "
                     "`make cluster-down` stops them"
                 )
             time.sleep(POLL_INTERVAL)
-    print(format_table(rows), file=out)
+    print(format_status_table(rows), file=out)
     print(f"\nnode {leader} is the leader. Next steps:", file=out)
     for step in next_steps(layout):
         print(f"  {step}", file=out)
@@ -601,7 +532,7 @@ def status(layout: Layout, *, out: TextIO = sys.stdout) -> int:
         raise LocalClusterError(str(error)) from None
     with StatusPoller(description) as poller:
         rows = poller.poll()
-    print(format_table(rows), file=out)
+    print(format_status_table(rows), file=out)
     leader = elected_leader(rows)
     running = live_nodes(layout)
     if leader is not None:

@@ -23,18 +23,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from raftkv.rpc.options import BENCH_CHANNEL_OPTIONS
+
 RETRY_PAUSE = 0.01
 LEADER_ID_METADATA = "leader-id"
-
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 250),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-)
 
 
 @dataclass(frozen=True)
@@ -101,7 +93,9 @@ class Ops:
 
 class _Channels:
     def __init__(self, addresses: tuple[str, ...]) -> None:
-        self.channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
+        self.channels = [
+            grpc.aio.insecure_channel(a, options=BENCH_CHANNEL_OPTIONS) for a in addresses
+        ]
 
     async def ready(self, index: int, timeout: float) -> None:
         await asyncio.wait_for(self.channels[index].channel_ready(), timeout)

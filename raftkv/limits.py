@@ -1,0 +1,15 @@
+"""The sizes a raftkv node accepts, in one place for the server, the client and the tools.
+
+The server enforces them (raftkv/server/service.py); the client library checks a request against
+them before sending it, so that a bad request fails fast and without a round trip.
+"""
+
+# A key: non-empty, at most this many bytes of UTF-8.
+MAX_KEY_BYTES = 1024
+# A value: at most this many bytes of UTF-8 (1 MiB).
+MAX_VALUE_BYTES = 1024 * 1024
+# A SET's client_id, the key of the server's dedup table: at most this many bytes of UTF-8.
+MAX_CLIENT_ID_BYTES = 256
+# The largest gRPC message a node sends or receives (peer batches of AppendEntries can carry many
+# values of MAX_VALUE_BYTES; gRPC's default of 4 MiB would refuse them).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024

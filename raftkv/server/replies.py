@@ -1,0 +1,71 @@
+"""What a client is told about a core outcome: one mapping for every client path.
+
+The core answers a GET or SET with ReadValue, WriteDone or Refused, or the wait times out. The
+typed unary Get/Set, the assignment's ServeClient and the Pipeline stream each put the answer
+in their own shape, but all take the status code, the message and the leader hint from here
+(tests/server/test_replies.py pins every path's reply for each outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from raftkv.core.messages import ReadValue, Refusal, Refused, WriteDone
+
+READ_TIMEOUT_DETAILS = "read timed out"
+SET_TIMEOUT_DETAILS = (
+    "the write was not confirmed in time; its outcome is unknown "
+    "(retry with the same client_id and seq)"
+)
+# ServeClient's Data for a request that timed out (the assignment's API has no status code).
+SERVE_CLIENT_TIMEOUT_DATA = "timed out; the outcome is unknown"
+
+_REFUSAL_CODES = {
+    Refusal.NOT_LEADER: grpc.StatusCode.FAILED_PRECONDITION,
+    # This node's copy was overwritten, but another node may still commit one: unknown.
+    Refusal.ENTRY_LOST: grpc.StatusCode.ABORTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A core outcome as a client sees it. `code` is OK when the request was served; otherwise
+    `details` says why not and `leader_hint`/`leader_address` name the node to ask instead."""
+
+    code: grpc.StatusCode
+    details: str = ""
+    leader_hint: int | None = None
+    leader_address: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK
+
+    def leader_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata of a refusal on the unary API: `leader-id`, `leader-address`."""
+        if self.leader_hint is None:
+            return ()
+        if not self.leader_address:
+            return (("leader-id", str(self.leader_hint)),)
+        return (("leader-id", str(self.leader_hint)), ("leader-address", self.leader_address))
+
+
+def outcome_reply(
+    outcome: ReadValue | WriteDone | Refused, address_of: Callable[[int], str | None]
+) -> Reply:
+    """The reply to a core outcome; `address_of` gives a hinted leader's client address."""
+    if not isinstance(outcome, Refused):
+        return Reply(grpc.StatusCode.OK)
+    code = _REFUSAL_CODES.get(outcome.reason, grpc.StatusCode.UNAVAILABLE)
+    hint = outcome.leader_hint
+    address = "" if hint is None else address_of(hint) or ""
+    return Reply(code, outcome.reason.value, hint, address)
+
+
+def timeout_reply(request_kind: str) -> Reply:
+    """The reply to a "get" or "set" whose outcome did not arrive in time (a SET's is unknown)."""
+    details = SET_TIMEOUT_DETAILS if request_kind == "set" else READ_TIMEOUT_DETAILS
+    return Reply(grpc.StatusCode.DEADLINE_EXCEEDED, details)

@@ -1,0 +1,232 @@
+"""The replies every client path gives for each core outcome, pinned to the byte.
+
+The core answers a GET or SET with ReadValue, WriteDone or Refused (one of five reasons, with or
+without a leader hint), or the wait times out. Three paths turn that into a reply: the typed unary
+Get/Set (a gRPC status, details and trailing metadata), the assignment's ServeClient (Data,
+LeaderID, Success) and the Pipeline stream (a PipelineReply). Clients rely on these exact
+replies, so any change here is a change of the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from raftkv.core.messages import ReadValue, Refusal, Refused, SetCommand, WriteDone
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.server.service import KeyValueService, RaftService, ReplicaPipelineBackend
+
+OWN_ID = 1
+LEADER_ADDRESSES = {2: "10.0.0.2:50051"}
+
+# (reason, hint) -> (gRPC code, details) for the typed API, and the PipelineReply code number.
+REFUSALS = [
+    (Refusal.NOT_LEADER, grpc.StatusCode.FAILED_PRECONDITION, "not the leader"),
+    (Refusal.NO_LEASE, grpc.StatusCode.UNAVAILABLE, "leader holds no valid lease"),
+    (
+        Refusal.NOT_READY,
+        grpc.StatusCode.UNAVAILABLE,
+        "leader has not committed an entry of its term yet",
+    ),
+    (
+        Refusal.WAITING_OLD_LEASE,
+        grpc.StatusCode.UNAVAILABLE,
+        "new leader is waiting for the old leader's lease to end",
+    ),
+    (Refusal.ENTRY_LOST, grpc.StatusCode.ABORTED, "entry was overwritten by another leader"),
+]
+# A hint the replica knows the address of, one it does not, and none.
+HINTS = [2, 3, None]
+SET_TIMEOUT = (
+    "the write was not confirmed in time; its outcome is unknown "
+    "(retry with the same client_id and seq)"
+)
+
+
+@dataclass
+class _Status:
+    leader_id: int | None
+
+
+class FakeReplica:
+    """Answers every read and proposal with `outcome` (raises TimeoutError for TimeoutError)."""
+
+    def __init__(self, outcome: object, leader_id: int | None = 3) -> None:
+        self.outcome = outcome
+        self.node_id = OWN_ID
+        self.peers: dict[int, object] = {}
+        self.options = type("Options", (), {"config": type("Config", (), {})()})()
+        self.options.config.election_timeout_min = 0.1
+        self._leader_id = leader_id
+
+    def _answer(self) -> object:
+        if self.outcome is TimeoutError:
+            raise TimeoutError
+        return self.outcome
+
+    async def read(self, key: str, timeout: float) -> object:
+        return self._answer()
+
+    async def propose(self, command: SetCommand, timeout: float) -> object:
+        return self._answer()
+
+    def begin_read(self, key: str) -> object:
+        return self.outcome
+
+    def begin_proposal(self, command: SetCommand) -> object:
+        return self.outcome
+
+    def status(self) -> _Status:
+        return _Status(self._leader_id)
+
+    def leader_address(self, leader_id: int | None) -> str | None:
+        return None if leader_id is None else LEADER_ADDRESSES.get(leader_id)
+
+
+class AbortError(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self.trailing: tuple[tuple[str, str], ...] | None = None
+        self.code: grpc.StatusCode | None = None
+        self.details: str | None = None
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise AbortError
+
+
+def _typed(outcome: object, verb: str) -> tuple[Any, FakeContext]:
+    service = KeyValueService(FakeReplica(outcome))  # type: ignore[arg-type]
+    context = FakeContext()
+
+    async def call() -> Any:
+        if verb == "get":
+            return await service.Get(pb.GetRequest(key="k"), context)
+        request = pb.SetRequest(key="k", value="v", client_id="c", seq=1)
+        return await service.Set(request, context)
+
+    try:
+        return asyncio.run(call()), context
+    except AbortError:
+        return None, context
+
+
+def _serve_client(outcome: object, request: str, leader_id: int | None = 3) -> bytes:
+    service = RaftService(FakeReplica(outcome, leader_id))  # type: ignore[arg-type]
+    reply = asyncio.run(service.ServeClient(pb.ServeClientArgs(Request=request), FakeContext()))
+    return reply.SerializeToString()
+
+
+def _pipeline(outcome: object) -> pb.PipelineReply:
+    backend = ReplicaPipelineBackend(FakeReplica(outcome))  # type: ignore[arg-type]
+    reply = pb.PipelineReply(tag=7)
+    backend.fill_reply(reply, outcome)
+    return reply
+
+
+def _metadata(hint: int | None) -> tuple[tuple[str, str], ...]:
+    if hint is None:
+        return ()
+    if hint in LEADER_ADDRESSES:
+        return (("leader-id", str(hint)), ("leader-address", LEADER_ADDRESSES[hint]))
+    return (("leader-id", str(hint)),)
+
+
+@pytest.mark.parametrize("hint", HINTS)
+@pytest.mark.parametrize(("reason", "code", "details"), REFUSALS)
+@pytest.mark.parametrize("verb", ["get", "set"])
+def test_typed_api_refusals(
+    verb: str, reason: Refusal, code: grpc.StatusCode, details: str, hint: int | None
+) -> None:
+    reply, context = _typed(Refused(reason, hint), verb)
+    assert reply is None
+    assert (context.code, context.details) == (code, details)
+    assert context.trailing == _metadata(hint)
+
+
+@pytest.mark.parametrize("hint", HINTS)
+@pytest.mark.parametrize(("reason", "code", "details"), REFUSALS)
+def test_pipeline_refusals(
+    reason: Refusal, code: grpc.StatusCode, details: str, hint: int | None
+) -> None:
+    expected = pb.PipelineReply(tag=7, code=code.value[0], details=details)
+    if hint is not None:
+        expected.leader_id = hint
+        expected.leader_address = LEADER_ADDRESSES.get(hint, "")
+    reply = _pipeline(Refused(reason, hint))
+    assert reply.SerializeToString() == expected.SerializeToString()
+    assert reply.HasField("leader_id") == (hint is not None)
+
+
+@pytest.mark.parametrize("hint", HINTS)
+@pytest.mark.parametrize(("reason", "code", "details"), REFUSALS)
+@pytest.mark.parametrize("request_text", ["GET k", "SET k v"])
+def test_serve_client_refusals(
+    request_text: str, reason: Refusal, code: grpc.StatusCode, details: str, hint: int | None
+) -> None:
+    expected = pb.ServeClientReply(
+        Data=details, LeaderID="None" if hint is None else str(hint), Success=False
+    )
+    assert _serve_client(Refused(reason, hint), request_text) == expected.SerializeToString()
+
+
+def test_successes_on_every_path() -> None:
+    found, absent, done = ReadValue("v"), ReadValue(None), WriteDone(9)
+    assert _typed(found, "get")[0] == pb.GetResponse(found=True, value="v")
+    assert _typed(absent, "get")[0] == pb.GetResponse(found=False, value="")
+    assert _typed(done, "set")[0] == pb.SetResponse(index=9)
+    assert _pipeline(found).SerializeToString() == (
+        pb.PipelineReply(tag=7, found=True, value="v").SerializeToString()
+    )
+    assert _pipeline(absent).SerializeToString() == pb.PipelineReply(tag=7).SerializeToString()
+    assert _pipeline(done).SerializeToString() == (
+        pb.PipelineReply(tag=7, index=9).SerializeToString()
+    )
+    own = str(OWN_ID)
+    assert _serve_client(found, "GET k") == (
+        pb.ServeClientReply(Data="v", LeaderID=own, Success=True).SerializeToString()
+    )
+    assert _serve_client(absent, "GET k") == (
+        pb.ServeClientReply(Data="", LeaderID=own, Success=True).SerializeToString()
+    )
+    assert _serve_client(done, "SET k v") == (
+        pb.ServeClientReply(Data="", LeaderID=own, Success=True).SerializeToString()
+    )
+
+
+def test_timeouts_on_every_path() -> None:
+    _, get_context = _typed(TimeoutError, "get")
+    assert (get_context.code, get_context.details) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "read timed out",
+    )
+    assert get_context.trailing is None
+    _, set_context = _typed(TimeoutError, "set")
+    assert (set_context.code, set_context.details) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        SET_TIMEOUT,
+    )
+    backend = ReplicaPipelineBackend(FakeReplica(None))  # type: ignore[arg-type]
+    assert backend.timeout_details("get") == "read timed out"
+    assert backend.timeout_details("set") == SET_TIMEOUT
+    for request_text in ("GET k", "SET k v"):
+        for leader, shown in ((3, "3"), (None, "None")):
+            expected = pb.ServeClientReply(
+                Data="timed out; the outcome is unknown", LeaderID=shown, Success=False
+            )
+            assert _serve_client(TimeoutError, request_text, leader) == (
+                expected.SerializeToString()
+            )
