@@ -40,7 +40,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ import grpc
 from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv_tools.ports import free_ports
 from tests.faults import netns
 from tests.faults.proxy import Flow, LinkProxies
 
@@ -96,13 +96,6 @@ def faketime_library() -> str | None:
         if Path(path).is_file():
             return path
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -216,7 +209,8 @@ class Cluster:
                 self.fabric.setup()
                 self.addresses = {i: f"{netns.node_ip(i)}:{NODE_PORT}" for i in self.ids}
             else:
-                self.addresses = {i: f"127.0.0.1:{_free_port()}" for i in self.ids}
+                ports = free_ports(self.size)
+                self.addresses = {i: f"127.0.0.1:{ports[i]}" for i in self.ids}
             if self.proxied:
                 listen = netns.BRIDGE_ADDRESS if self.kernel else "127.0.0.1"
                 fabric = self.fabric

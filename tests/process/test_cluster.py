@@ -36,6 +36,7 @@ from raftkv_tools.localcluster import (
     is_node_process,
     read_pid,
 )
+from raftkv_tools.ports import free_ports
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
     HEARTBEAT_LINE,
@@ -43,7 +44,6 @@ from tests.support.processes import (
     WAITING_LINE,
     LocalCluster,
     NotYet,
-    free_ports,
     rpc_code,
 )
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -49,9 +48,9 @@ from raftkv_tools.localcluster import (
     NODE_MODULE,
     NodeRow,
     format_table,
-    port_in_use,
     row_from_status,
 )
+from raftkv_tools.ports import free_ports
 
 T = TypeVar("T")
 
@@ -80,30 +79,6 @@ _OPEN_CLUSTERS: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 def _kill_leftovers() -> None:
     for cluster in list(_OPEN_CLUSTERS):
         cluster.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Ports
-
-
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """`count` consecutive free ports, chosen below the kernel's ephemeral range.
-
-    Ports handed out by bind(0) come from the ephemeral range, where the kernel also picks the
-    local port of every outgoing connection; a node restarted on such a port could find it taken
-    by some client's connection. Ports below the range are only ever taken on purpose.
-    """
-    low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    first, last = 20000, max(20000 + 1000, low) - count
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(500):
-        base = rng.randrange(first, last)
-        ports = list(range(base, base + count))
-        if not any(port_in_use(host, port) for port in ports):
-            return ports
-    raise RuntimeError(f"no {count} consecutive free ports in {first}..{last}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ pytest.importorskip("cryptography", reason="install the deploy extra: make infra
 from cryptography import x509
 
 from raftkv_tools import certs
+from raftkv_tools.ports import free_port
 
 
 def sans(path: Path) -> set[object]:
@@ -111,12 +111,6 @@ def test_bad_arguments_exit_2(
 ) -> None:
     assert certs.main(["--out", str(tmp_path / "tls"), *args]) == 2
     assert capsys.readouterr().err.startswith("raftkv certs: ")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_a_node_serves_tls_with_these_certificates(tmp_path: Path) -> None:

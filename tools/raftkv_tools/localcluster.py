@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +43,7 @@ import grpc
 from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
 from raftkv.core.config import PROFILES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv_tools.ports import port_in_use
 
 DEFAULT_DIR = Path("cluster")
 DEFAULT_NODES = 5
@@ -156,21 +155,6 @@ def live_nodes(layout: Layout) -> dict[int, int]:
         if pid is not None and is_node_process(pid):
             live[node_id] = pid
     return live
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether binding host:port fails (someone listens there, or it is otherwise taken)."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR as gRPC sets it: connections in TIME_WAIT do not make a port busy.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as error:
-            if error.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
 
 
 def describe_listener(port: int) -> str | None:

@@ -33,6 +33,7 @@ from raftkv.cluster import ClusterDescription, NodeAddress
 from raftkv_tools.bench.backends import Target, kv_stub
 from raftkv_tools.bench.procstats import DirSize, dir_size, rss_bytes
 from raftkv_tools.bench.workload import keys, values
+from raftkv_tools.ports import free_ports
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -41,20 +42,6 @@ _T = TypeVar("_T")
 
 class ClusterError(RuntimeError):
     pass
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports that were free a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _wait_for(what: str, check: Callable[[], _T | None], timeout: float, logs: str = "") -> _T:
