@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -42,10 +40,11 @@ from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.core.messages import LogEntry
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.launch import NodeLaunch
 from raftkv.server.storage import decode_entry
+from raftkv_tools.launcher import spawn_node
 from raftkv_tools.localcluster import (
     CLIENT_CHANNEL_OPTIONS,
-    NODE_MODULE,
     NodeRow,
     format_table,
     row_from_status,
@@ -134,12 +133,10 @@ class LocalCluster:
         self.size = size
         self.profile = profile
         self.extra_args = list(extra_args)
-        if lease is not None:
-            self.extra_args += ["--lease", str(lease)]
-        if read_mode is not None:
-            self.extra_args += ["--read-mode", read_mode]
+        self.lease = lease
+        self.read_mode = read_mode
         self.node_args = {i: list(a) for i, a in (node_args or {}).items()}
-        self.env = dict(os.environ) | dict(env or {})
+        self.env = dict(env or {})
         self.timing = _timing(profile, lease, read_mode)
         self.ports = free_ports(size)
         self.description = ClusterDescription.local(
@@ -173,23 +170,18 @@ class LocalCluster:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def command(self, node_id: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            NODE_MODULE,
-            "--id",
-            str(node_id),
-            "--cluster",
-            str(self.description_path),
-            "--data-dir",
-            str(self.data_root),
-            "--profile",
-            self.profile,
-            "--quiet",
-            *self.extra_args,
-            *self.node_args.get(node_id, ()),
-        ]
+    def launch(self, node_id: int) -> NodeLaunch:
+        return NodeLaunch(
+            node_id,
+            cluster=self.description_path,
+            data_dir=self.data_root,
+            profile=self.profile,
+            lease=self.lease,
+            read_mode=self.read_mode,
+            quiet=True,
+            extra_args=[*self.extra_args, *self.node_args.get(node_id, ())],
+            env=self.env,
+        )
 
     def start(self, ids: Sequence[int] | None = None) -> LocalCluster:
         """Start the given nodes (default: every node that is not running)."""
@@ -205,14 +197,7 @@ class LocalCluster:
         node.starts += 1
         with node.out_path.open("ab") as output:
             output.write(f"--- start #{node.starts} at {datetime.now().isoformat()} ---\n".encode())
-            output.flush()
-            node.process = subprocess.Popen(
-                self.command(node_id),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
+        node.process = spawn_node(self.launch(node_id), output=node.out_path)
         node.paused = False
         self._reset_channel(node_id)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,9 @@ pytest.importorskip("cryptography", reason="install the deploy extra: make infra
 
 from cryptography import x509
 
+from raftkv.server.launch import NodeLaunch, TlsPaths
 from raftkv_tools import certs
+from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_port
 
 
@@ -122,25 +122,14 @@ def test_a_node_serves_tls_with_these_certificates(tmp_path: Path) -> None:
     port = free_port()
     cluster = ClusterDescription((NodeAddress(0, f"127.0.0.1:{port}", "localhost", "."),))
     cluster.save(tmp_path / "cluster.json")
-    node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "raftkv.server.main",
-            "--id",
-            "0",
-            "--cluster",
-            str(tmp_path / "cluster.json"),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--quiet",
-            "--tls-ca",
-            str(out / "ca.pem"),
-            "--tls-cert",
-            str(out / "node-0.pem"),
-            "--tls-key",
-            str(out / "node-0.key"),
-        ],
+    node = spawn_node(
+        NodeLaunch(
+            0,
+            cluster=tmp_path / "cluster.json",
+            data_dir=tmp_path / "data",
+            quiet=True,
+            tls=TlsPaths(out / "ca.pem", out / "node-0.pem", out / "node-0.key"),
+        )
     )
     try:
         with SyncClient(cluster, timeout=10, tls_root_cert=(out / "ca.pem").read_bytes()) as client:
