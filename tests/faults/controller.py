@@ -55,6 +55,8 @@ import grpc
 from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.launch import NodeLaunch
+from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_ports
 from tests.faults import netns
 from tests.faults.proxy import Flow, LinkProxies
@@ -266,37 +268,38 @@ class Cluster:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def command(self, node_id: int) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "raftkv.server.main",
-            "--id",
-            str(node_id),
-            "--cluster",
-            str(self.description_path(node_id)),
-            "--data-dir",
-            str(self.data_root),
-            "--quiet",
-        ]
-        if self.lease is not None:
-            argv += ["--lease", str(self.lease)]
-        if self.max_drift is not None:
-            argv += ["--max-drift", str(self.max_drift)]
-        if self.read_mode is not None:
-            argv += ["--read-mode", self.read_mode]
-        argv += self.node_args
-        argv += self.nodes[node_id].args
+    def launch(self, node_id: int) -> NodeLaunch:
+        node = self.nodes[node_id]
+        return NodeLaunch(
+            node_id,
+            cluster=self.description_path(node_id),
+            data_dir=self.data_root,
+            quiet=True,
+            lease=self.lease,
+            max_drift=self.max_drift,
+            read_mode=self.read_mode,
+            extra_args=[*self.node_args, *node.args],
+            env={
+                **node.env,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+                ),
+            },
+        )
+
+    def command_prefix(self, node_id: int) -> list[str]:
+        """The wrappers a node runs under: its network namespace, and setpriv."""
+        prefix: list[str] = []
+        if self.fabric is not None:
+            prefix += self.fabric.exec_prefix(node_id)
         # Nodes must not outlive a test process that was killed: setpriv makes the kernel
         # SIGKILL them when the thread that started them dies (so only from the main thread).
         # Not a preexec_fn: that makes Python fork() instead of vfork(), and gRPC's fork
         # handlers in the test process then abort the child (grpc/grpc#43055).
         setpriv = netns.find_binary("setpriv")
         if setpriv is not None and threading.current_thread() is threading.main_thread():
-            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-        if self.fabric is not None:
-            argv = self.fabric.exec_prefix(node_id) + argv
-        return argv
+            prefix += [setpriv, "--pdeathsig", "KILL", "--"]
+        return prefix
 
     def start_node(
         self,
@@ -315,23 +318,13 @@ class Cluster:
             node.args = list(args)
         if env is not None:
             node.env = dict(env)
-        environment = {**os.environ, **node.env}
-        environment["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        node.popen = spawn_node(
+            self.launch(node_id),
+            output=self.workdir / f"node{node_id}.out",
+            cwd=self.workdir,
+            new_session=True,
+            prefix=self.command_prefix(node_id),
         )
-        out = (self.workdir / f"node{node_id}.out").open("ab")
-        try:
-            node.popen = subprocess.Popen(
-                self.command(node_id),
-                cwd=self.workdir,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
         node.paused = False
         node.starts += 1
         if wait:
