@@ -11,8 +11,9 @@ Networks (`network=`):
 
 - ``"netns"``: node i in its own network namespace at 10.231.0.(10+i):50050 on a bridge; cuts
   are nftables rules in the kernel (netns.py). Needs root.
-- ``"loopback"``: nodes on 127.0.0.1 and every link through a proxy (proxy.py); cuts are
-  proxy black holes. The fallback where namespaces cannot be made.
+- ``"loopback"``: nodes on 127.0.0.1 and every link through a proxy (LinkProxies, in
+  raftkv_tools.delayproxy); cuts are proxy black holes. The fallback where namespaces cannot
+  be made.
 - ``"auto"`` (default): netns when possible, else loopback, saying so.
 
 ``proxied=True`` (always on in loopback) routes every node-to-node link through the proxy, which
@@ -56,10 +57,10 @@ from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server.launch import NodeLaunch
+from raftkv_tools.delayproxy import Flow, LinkProxies
 from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_ports
 from tests.faults import netns
-from tests.faults.proxy import Flow, LinkProxies
 
 T = TypeVar("T")
 
