@@ -8,7 +8,7 @@ into the command line that raftkv.server.main parses.
 
 It lives beside main.py, the parser it mirrors; tests/server/test_launch.py checks that every
 flag this module emits is one that parser accepts, with the meaning given here. Starting a
-local process (output file, process group, environment) is tooling: raftkv_tools.launcher.
+local process (output file, process group, environment) is tooling: launcher.py in tools/.
 """
 
 from __future__ import annotations
