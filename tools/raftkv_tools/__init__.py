@@ -6,5 +6,7 @@ logreview.py      `raftkv logs review` (raftkv-logs); logreview_plot.py draws --
 certs.py          `raftkv certs` (raftkv-certs): a CA and per-node TLS certificates
 delayproxy.py     the TCP proxy: delay, black holes, hold-while-down (raftkv-delayproxy), used
                   by bench --wan and, as LinkProxies, by the fault tests
+launcher.py       starts local processes: nodes (raftkv.server.launch.NodeLaunch) and peers
+ports.py          free TCP ports for local clusters, proxies and tests
 commands.py       the `raftkv.commands` entry points and the console scripts
 """
