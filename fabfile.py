@@ -24,7 +24,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +39,8 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from raftkv.cluster import ClusterConfigError, ClusterDescription
+from raftkv.server.launch import NodeLaunch
+from raftkv_tools.launcher import spawn_node
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_CLUSTER = REPO_ROOT / "cluster" / "cluster.json"
@@ -249,30 +250,16 @@ def local_state(cluster: Cluster, node: Node) -> str:
 
 
 def local_start(cluster: Cluster, node: Node) -> int:
-    log = cluster.directory / f"node-{node.id}.out"
-    command = [
-        sys.executable,
-        "-m",
-        "raftkv.server.main",
-        "--id",
-        str(node.id),
-        "--cluster",
-        str(cluster.path),
-        "--data-dir",
-        node.data_dir,
-        "--profile",
-        cluster.description.profile,
-        "--quiet",
-    ]
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=REPO_ROOT,
-        )
+    spec = NodeLaunch(
+        node.id,
+        cluster=cluster.path,
+        data_dir=Path(node.data_dir),
+        profile=cluster.description.profile,
+        quiet=True,
+    )
+    process = spawn_node(
+        spec, output=cluster.directory / f"node-{node.id}.out", new_session=True, cwd=REPO_ROOT
+    )
     (cluster.directory / f"node-{node.id}.pid").write_text(f"{process.pid}\n")
     return process.pid
 

@@ -31,6 +31,7 @@ from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
+from raftkv.server.launch import unsafe_flag
 from raftkv.server.replica import (
     FatalNodeError,
     Replica,
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unsafe-no-fsync", action="store_true", help=argparse.SUPPRESS)
     for name in UnsafeSwitches.__slots__:
         parser.add_argument(
-            f"--unsafe-{name.replace('_', '-')}",
+            unsafe_flag(name),
             action="store_true",
             dest=f"unsafe_{name}",
             help=argparse.SUPPRESS,

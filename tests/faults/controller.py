@@ -11,8 +11,9 @@ Networks (`network=`):
 
 - ``"netns"``: node i in its own network namespace at 10.231.0.(10+i):50050 on a bridge; cuts
   are nftables rules in the kernel (netns.py). Needs root.
-- ``"loopback"``: nodes on 127.0.0.1 and every link through a proxy (proxy.py); cuts are
-  proxy black holes. The fallback where namespaces cannot be made.
+- ``"loopback"``: nodes on 127.0.0.1 and every link through a proxy (LinkProxies, in
+  raftkv_tools.delayproxy); cuts are proxy black holes. The fallback where namespaces cannot
+  be made.
 - ``"auto"`` (default): netns when possible, else loopback, saying so.
 
 ``proxied=True`` (always on in loopback) routes every node-to-node link through the proxy, which
@@ -40,7 +41,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,8 +58,11 @@ from raftkv.client.status import NodeStatusRow, format_status_table, row_from_ca
 from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.launch import NodeLaunch
+from raftkv_tools.delayproxy import Flow, LinkProxies
+from raftkv_tools.launcher import spawn_node
+from raftkv_tools.ports import free_ports
 from tests.faults import netns
-from tests.faults.proxy import Flow, LinkProxies
 
 T = TypeVar("T")
 
@@ -98,13 +101,6 @@ def faketime_library() -> str | None:
         if Path(path).is_file():
             return path
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -218,7 +214,8 @@ class Cluster:
                 self.fabric.setup()
                 self.addresses = {i: f"{netns.node_ip(i)}:{NODE_PORT}" for i in self.ids}
             else:
-                self.addresses = {i: f"127.0.0.1:{_free_port()}" for i in self.ids}
+                ports = free_ports(self.size)
+                self.addresses = {i: f"127.0.0.1:{ports[i]}" for i in self.ids}
             if self.proxied:
                 listen = netns.BRIDGE_ADDRESS if self.kernel else "127.0.0.1"
                 fabric = self.fabric
@@ -274,37 +271,38 @@ class Cluster:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def command(self, node_id: int) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "raftkv.server.main",
-            "--id",
-            str(node_id),
-            "--cluster",
-            str(self.description_path(node_id)),
-            "--data-dir",
-            str(self.data_root),
-            "--quiet",
-        ]
-        if self.lease is not None:
-            argv += ["--lease", str(self.lease)]
-        if self.max_drift is not None:
-            argv += ["--max-drift", str(self.max_drift)]
-        if self.read_mode is not None:
-            argv += ["--read-mode", self.read_mode]
-        argv += self.node_args
-        argv += self.nodes[node_id].args
+    def launch(self, node_id: int) -> NodeLaunch:
+        node = self.nodes[node_id]
+        return NodeLaunch(
+            node_id,
+            cluster=self.description_path(node_id),
+            data_dir=self.data_root,
+            quiet=True,
+            lease=self.lease,
+            max_drift=self.max_drift,
+            read_mode=self.read_mode,
+            extra_args=[*self.node_args, *node.args],
+            env={
+                **node.env,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+                ),
+            },
+        )
+
+    def command_prefix(self, node_id: int) -> list[str]:
+        """The wrappers a node runs under: its network namespace, and setpriv."""
+        prefix: list[str] = []
+        if self.fabric is not None:
+            prefix += self.fabric.exec_prefix(node_id)
         # Nodes must not outlive a test process that was killed: setpriv makes the kernel
         # SIGKILL them when the thread that started them dies (so only from the main thread).
         # Not a preexec_fn: that makes Python fork() instead of vfork(), and gRPC's fork
         # handlers in the test process then abort the child (grpc/grpc#43055).
         setpriv = netns.find_binary("setpriv")
         if setpriv is not None and threading.current_thread() is threading.main_thread():
-            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-        if self.fabric is not None:
-            argv = self.fabric.exec_prefix(node_id) + argv
-        return argv
+            prefix += [setpriv, "--pdeathsig", "KILL", "--"]
+        return prefix
 
     def start_node(
         self,
@@ -323,23 +321,13 @@ class Cluster:
             node.args = list(args)
         if env is not None:
             node.env = dict(env)
-        environment = {**os.environ, **node.env}
-        environment["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        node.popen = spawn_node(
+            self.launch(node_id),
+            output=self.workdir / f"node{node_id}.out",
+            cwd=self.workdir,
+            new_session=True,
+            prefix=self.command_prefix(node_id),
         )
-        out = (self.workdir / f"node{node_id}.out").open("ab")
-        try:
-            node.popen = subprocess.Popen(
-                self.command(node_id),
-                cwd=self.workdir,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
         node.paused = False
         node.starts += 1
         if wait:

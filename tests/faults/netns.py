@@ -18,8 +18,9 @@ A one-way cut (drop A→B only) is a real one-way packet filter, and TCP needs p
 no connection between A and B can be opened in either direction, and on connections that are
 already open B still *receives* what A's peer sends it only if A's packets are not needed —
 in practice both directions' RPCs fail. Message-level one-way links (A's messages lost, B's
-delivered) are what the proxy gives (see proxy.py), and `Fabric.socket_in` lets the proxy open
-its outbound connection from inside a node's namespace so kernel cuts apply to proxied links too.
+delivered) are what the proxy gives (raftkv_tools/delayproxy.py), and `Fabric.socket_in` lets
+the proxy open its outbound connection from inside a node's namespace so kernel cuts apply to
+proxied links too.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from raftkv.client.status import NodeStatusRow, format_status_table
 from raftkv.core.messages import SetCommand
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv_tools.localcluster import Layout, elected_leader, is_node_process, read_pid
+from raftkv_tools.ports import free_ports
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
     HEARTBEAT_LINE,
@@ -37,7 +38,6 @@ from tests.support.processes import (
     WAITING_LINE,
     LocalCluster,
     NotYet,
-    free_ports,
     rpc_code,
 )
 

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -50,8 +47,10 @@ from raftkv.core.messages import LogEntry
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
+from raftkv.server.launch import NodeLaunch
 from raftkv.server.storage import decode_entry
-from raftkv_tools.localcluster import NODE_MODULE, port_in_use
+from raftkv_tools.launcher import spawn_node
+from raftkv_tools.ports import free_ports
 
 T = TypeVar("T")
 
@@ -80,30 +79,6 @@ _OPEN_CLUSTERS: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 def _kill_leftovers() -> None:
     for cluster in list(_OPEN_CLUSTERS):
         cluster.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Ports
-
-
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """`count` consecutive free ports, chosen below the kernel's ephemeral range.
-
-    Ports handed out by bind(0) come from the ephemeral range, where the kernel also picks the
-    local port of every outgoing connection; a node restarted on such a port could find it taken
-    by some client's connection. Ports below the range are only ever taken on purpose.
-    """
-    low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    first, last = 20000, max(20000 + 1000, low) - count
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(500):
-        base = rng.randrange(first, last)
-        ports = list(range(base, base + count))
-        if not any(port_in_use(host, port) for port in ports):
-            return ports
-    raise RuntimeError(f"no {count} consecutive free ports in {first}..{last}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,12 +134,10 @@ class LocalCluster:
         self.size = size
         self.profile = profile
         self.extra_args = list(extra_args)
-        if lease is not None:
-            self.extra_args += ["--lease", str(lease)]
-        if read_mode is not None:
-            self.extra_args += ["--read-mode", read_mode]
+        self.lease = lease
+        self.read_mode = read_mode
         self.node_args = {i: list(a) for i, a in (node_args or {}).items()}
-        self.env = dict(os.environ) | dict(env or {})
+        self.env = dict(env or {})
         self.timing = _timing(profile, lease, read_mode)
         self.ports = free_ports(size)
         self.description = ClusterDescription.local(
@@ -198,23 +171,18 @@ class LocalCluster:
 
     # -- processes ------------------------------------------------------------------------------
 
-    def command(self, node_id: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            NODE_MODULE,
-            "--id",
-            str(node_id),
-            "--cluster",
-            str(self.description_path),
-            "--data-dir",
-            str(self.data_root),
-            "--profile",
-            self.profile,
-            "--quiet",
-            *self.extra_args,
-            *self.node_args.get(node_id, ()),
-        ]
+    def launch(self, node_id: int) -> NodeLaunch:
+        return NodeLaunch(
+            node_id,
+            cluster=self.description_path,
+            data_dir=self.data_root,
+            profile=self.profile,
+            lease=self.lease,
+            read_mode=self.read_mode,
+            quiet=True,
+            extra_args=[*self.extra_args, *self.node_args.get(node_id, ())],
+            env=self.env,
+        )
 
     def start(self, ids: Sequence[int] | None = None) -> LocalCluster:
         """Start the given nodes (default: every node that is not running)."""
@@ -230,14 +198,7 @@ class LocalCluster:
         node.starts += 1
         with node.out_path.open("ab") as output:
             output.write(f"--- start #{node.starts} at {datetime.now().isoformat()} ---\n".encode())
-            output.flush()
-            node.process = subprocess.Popen(
-                self.command(node_id),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
+        node.process = spawn_node(self.launch(node_id), output=node.out_path)
         node.paused = False
         self._reset_channel(node_id)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +14,10 @@ pytest.importorskip("cryptography", reason="install the deploy extra: make infra
 
 from cryptography import x509
 
+from raftkv.server.launch import NodeLaunch, TlsPaths
 from raftkv_tools import certs
+from raftkv_tools.launcher import spawn_node
+from raftkv_tools.ports import free_port
 
 
 def sans(path: Path) -> set[object]:
@@ -113,12 +113,6 @@ def test_bad_arguments_exit_2(
     assert capsys.readouterr().err.startswith("raftkv certs: ")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_node_serves_tls_with_these_certificates(tmp_path: Path) -> None:
     from raftkv.client import SyncClient
     from raftkv.cluster import ClusterDescription, NodeAddress
@@ -128,25 +122,14 @@ def test_a_node_serves_tls_with_these_certificates(tmp_path: Path) -> None:
     port = free_port()
     cluster = ClusterDescription((NodeAddress(0, f"127.0.0.1:{port}", "localhost", "."),))
     cluster.save(tmp_path / "cluster.json")
-    node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "raftkv.server.main",
-            "--id",
-            "0",
-            "--cluster",
-            str(tmp_path / "cluster.json"),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--quiet",
-            "--tls-ca",
-            str(out / "ca.pem"),
-            "--tls-cert",
-            str(out / "node-0.pem"),
-            "--tls-key",
-            str(out / "node-0.key"),
-        ],
+    node = spawn_node(
+        NodeLaunch(
+            0,
+            cluster=tmp_path / "cluster.json",
+            data_dir=tmp_path / "data",
+            quiet=True,
+            tls=TlsPaths(out / "ca.pem", out / "node-0.pem", out / "node-0.key"),
+        )
     )
     try:
         with SyncClient(cluster, timeout=10, tls_root_cert=(out / "ca.pem").read_bytes()) as client:

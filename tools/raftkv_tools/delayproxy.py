@@ -1,4 +1,5 @@
-"""An asyncio TCP proxy that delays every byte by a fixed one-way time, per direction.
+"""A TCP proxy that delays, black-holes or holds traffic: the one used by `raftkv bench --wan`
+(its own process, `raftkv-delayproxy`) and by the fault tests (LinkProxies, in a thread).
 
     async with DelayProxy("127.0.0.1:50050", delay=0.05) as proxy:   # listens on a free port
         ...connect to proxy.address: each direction arrives 50 ms late (RTT + 100 ms)
@@ -13,6 +14,23 @@ an idle machine); order is kept, EOF and resets are passed on after the same del
 can be changed while running (`set_delay`). Back-pressure: when the far side stops reading, or
 more than `max_buffered` bytes wait in the delay line, the proxy stops reading from the sender.
 
+Black-holing (`set_blocked`) discards the bytes of a direction while the connections stay open:
+calls hang until their deadline. A TCP stream with a hole in it is garbage (HTTP/2 framing,
+HPACK state), so when a direction is healed every connection that lost bytes on it is reset,
+and gRPC reconnects.
+
+`hold_while_down=True` makes a target that is down look like a crashed *host* rather than a
+crashed process: a connection to it is accepted and held (the proxy retries the target every
+20 ms for up to 10 s) instead of being refused. gRPC then waits in CONNECTING rather than
+entering its reconnect back-off (1 s, ×1.6), so a restarted node hears its leader at once.
+
+`LinkProxies` runs one DelayProxy per directed link between numbered nodes, in an event loop of
+its own (a daemon thread), and sets delay and black holes per *flow* (src, dst): every byte
+node `src` sends to node `dst`, whichever of them opened the TCP connection. Flow (a, b) is the
+client→target direction of link (a, b) (a's requests) and the target→client direction of link
+(b, a) (a's replies to b's requests). So `set_delay(f, l, 0.1)` delays every acknowledgement a
+follower f sends its leader l, and a one-way black hole (a, b) loses exactly a's messages to b.
+
 The proxy forwards raw TCP, so it works for gRPC/HTTP2, etcd's peer protocol, anything.
 """
 
@@ -24,14 +42,34 @@ import collections
 import contextlib
 import re
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
-__all__ = ["DelayProxy", "ProxyGroup", "main", "parse_delay"]
+__all__ = ["DelayProxy", "Flow", "LinkProxies", "Pipe", "ProxyGroup", "main", "parse_delay"]
 
+T = TypeVar("T")
 DEFAULT_MAX_BUFFERED = 16 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0
+HOLD_RETRY = 0.02
+
+Flow = tuple[int, int]
+
+
+@dataclass(eq=False)  # compared and hashed by identity: connections remember theirs
+class Pipe:
+    """One direction of a proxy: its delay, whether it is black-holed, and byte counters.
+
+    LinkProxies shares one Pipe between the two proxies that carry a flow."""
+
+    delay: float = 0.0
+    blocked: bool = False
+    forwarded: int = 0
+    discarded: int = 0
 
 
 def parse_delay(text: str) -> float:
@@ -51,12 +89,25 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class _Connection:
+    """Both sockets of one proxied connection, and the pipes on which it lost bytes."""
+
+    def __init__(self) -> None:
+        self.transports: list[asyncio.Transport] = []
+        self.lost: set[Pipe] = set()
+
+    def abort(self) -> None:
+        for transport in self.transports:
+            transport.abort()
+
+
 class _Direction:
     """One direction of one connection: bytes from `source` reach `sink` after a delay."""
 
-    def __init__(self, proxy: DelayProxy, upstream: bool) -> None:
+    def __init__(self, proxy: DelayProxy, pipe: Pipe, connection: _Connection) -> None:
         self._proxy = proxy
-        self._upstream = upstream
+        self.pipe = pipe
+        self._connection = connection
         self._loop = asyncio.get_running_loop()
         self._line: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self._buffered = 0
@@ -70,12 +121,19 @@ class _Direction:
 
     @property
     def delay(self) -> float:
-        return self._proxy.delay_up if self._upstream else self._proxy.delay_down
+        return self.pipe.delay
 
     def feed(self, data: bytes | None) -> None:
-        """Bytes from the source (None for EOF) to write out after the delay."""
+        """Bytes from the source (None for EOF) to write out after the delay, or to discard
+        while the pipe is black-holed."""
         if self.closed:
             return
+        if data:
+            if self.pipe.blocked:
+                self.pipe.discarded += len(data)
+                self._connection.lost.add(self.pipe)
+                return
+            self.pipe.forwarded += len(data)
         due = self._loop.time() + self.delay
         self._line.append((due, data))
         if data:
@@ -178,6 +236,11 @@ class _Side(asyncio.Protocol):
         self.inbound.source = transport
         self.outbound.sink = transport
         self.proxy._transports.add(transport)
+        self.connection.transports.append(transport)
+
+    @property
+    def connection(self) -> _Connection:
+        return self.inbound._connection
 
     def data_received(self, data: bytes) -> None:
         self.inbound.feed(data)
@@ -206,19 +269,22 @@ class _ClientSide(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.proxy.connections += 1
+        self.proxy._connections.add(self.connection)
         self.inbound.hold(True)
         task = asyncio.get_running_loop().create_task(self._connect())
         self.proxy._tasks.add(task)
         task.add_done_callback(self.proxy._tasks.discard)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy._connections.discard(self.connection)
+        super().connection_lost(exc)
+
     async def _connect(self) -> None:
         proxy = self.proxy
         target_side = _Side(proxy, inbound=self.outbound, outbound=self.inbound)
         try:
-            await asyncio.get_running_loop().create_connection(
-                lambda: target_side, proxy._target_host, proxy._target_port
-            )
-        except OSError:
+            await asyncio.wait_for(self._dial(target_side), proxy.connect_timeout)
+        except (OSError, TimeoutError):
             if self.transport is not None:
                 self.transport.abort()
             return
@@ -228,42 +294,104 @@ class _ClientSide(_Side):
             return
         self.inbound.hold(False)
 
+    async def _dial(self, target_side: _Side) -> None:
+        """Connect to the target; while it refuses, and the proxy holds, try again shortly."""
+        proxy = self.proxy
+        while True:
+            try:
+                await proxy._open(target_side)
+                return
+            except ConnectionRefusedError:
+                if not proxy.hold_while_down:
+                    raise
+            if self.transport is None or self.transport.is_closing():
+                return
+            await asyncio.sleep(HOLD_RETRY)  # the target is down: try again shortly
+
 
 class DelayProxy:
     """Listens on `listen` (default: a free loopback port) and forwards to `target`.
 
     `delay` is the one-way delay added in each direction; `delay_back` (default: `delay`) sets
-    the target→client direction separately.
+    the target→client direction separately. `up` and `down` (default: new ones) are the Pipes
+    of the two directions, for a caller that shares them between proxies. `socket_factory`
+    (optional) makes the socket of each outbound connection, e.g. in a network namespace.
     """
 
     def __init__(
         self,
         target: str,
         *,
-        delay: float,
+        delay: float = 0.0,
         delay_back: float | None = None,
         listen: str = "127.0.0.1:0",
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        hold_while_down: bool = False,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        socket_factory: Callable[[], socket.socket] | None = None,
+        up: Pipe | None = None,
+        down: Pipe | None = None,
     ) -> None:
         self.target = target
         self._target_host, self._target_port = _split(target)
         self._listen_host, self._listen_port = _split(listen)
-        self.delay_up = 0.0
-        self.delay_down = 0.0
-        self.set_delay(delay, delay_back)
+        if (up is not None or down is not None) and (delay or delay_back is not None):
+            raise ValueError("with shared pipes, set the delays on the pipes")
+        self.up = up if up is not None else Pipe()
+        self.down = down if down is not None else Pipe()
+        if up is None and down is None:
+            self.set_delay(delay, delay_back)
         self.max_buffered = max_buffered
+        self.hold_while_down = hold_while_down
+        self.connect_timeout = connect_timeout
+        self._socket_factory = socket_factory
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.Transport] = set()
+        self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
+
+    @property
+    def delay_up(self) -> float:
+        return self.up.delay
+
+    @property
+    def delay_down(self) -> float:
+        return self.down.delay
 
     def set_delay(self, delay: float, delay_back: float | None = None) -> None:
         """Change the delays; applies to bytes that arrive from now on."""
         back = delay if delay_back is None else delay_back
         if delay < 0 or back < 0:
             raise ValueError("delays must be ≥ 0")
-        self.delay_up = delay
-        self.delay_down = back
+        self.up.delay = delay
+        self.down.delay = back
+
+    def set_blocked(self, up: bool, down: bool | None = None) -> None:
+        """Black-hole the client→target (`up`) and target→client (`down`, default: `up`)
+        directions; connections that lost bytes on a direction healed now are reset."""
+        self.up.blocked = up
+        self.down.blocked = up if down is None else down
+        self.reset_healed()
+
+    def reset_healed(self) -> None:
+        """Reset every connection that lost bytes on a pipe that is no longer blocked."""
+        for connection in list(self._connections):
+            if any(not pipe.blocked for pipe in connection.lost):
+                connection.abort()
+
+    async def _open(self, target_side: _Side) -> None:
+        loop = asyncio.get_running_loop()
+        if self._socket_factory is None:
+            await loop.create_connection(lambda: target_side, self._target_host, self._target_port)
+            return
+        sock = self._socket_factory()
+        try:
+            await loop.sock_connect(sock, (self._target_host, self._target_port))
+            await loop.create_connection(lambda: target_side, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     @property
     def port(self) -> int:
@@ -283,16 +411,21 @@ class DelayProxy:
         )
 
     def _accept(self) -> asyncio.Protocol:
-        up = _Direction(self, upstream=True)
-        down = _Direction(self, upstream=False)
+        connection = _Connection()
+        up = _Direction(self, self.up, connection)
+        down = _Direction(self, self.down, connection)
         return _ClientSide(self, inbound=up, outbound=down)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             for transport in list(self._transports):
                 transport.abort()
             self._transports.clear()
+            self._connections.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
@@ -326,6 +459,115 @@ class ProxyGroup:
     async def close(self) -> None:
         for proxy in self.proxies:
             await proxy.close()
+
+
+class LinkProxies:
+    """A DelayProxy per directed link (a, b) between numbered nodes, set per flow (src, dst);
+    see the module's docstring. `socket_factory(a)` (optional) makes the outbound socket of
+    link (a, ·), e.g. inside node a's network namespace so that kernel cuts apply.
+
+    The proxies run in an event loop of their own, in a daemon thread; every public method is
+    thread-safe and returns once the change is in force.
+    """
+
+    def __init__(
+        self,
+        listen_host: str,
+        socket_factory: Callable[[int], socket.socket] | None = None,
+        *,
+        hold_while_down: bool = False,
+    ) -> None:
+        self.listen_host = listen_host
+        self.hold_while_down = hold_while_down
+        self._socket_factory = socket_factory
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="link-proxies")
+        self._thread.daemon = True
+        self._thread.start()
+        self._proxies: dict[Flow, DelayProxy] = {}
+        self._blocked: frozenset[Flow] = frozenset()
+        # Every flow's Pipe: its delay, black hole and byte counters (forwarded, discarded).
+        self.stats: dict[Flow, Pipe] = {}
+        self._closed = False
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # -- public API (any thread) ----------------------------------------------------------------
+
+    def add_link(self, a: int, b: int, target: tuple[str, int]) -> int:
+        """Listen for node a's connections to node b; returns the listening port."""
+        return self._call(self._add_link(a, b, target))
+
+    def set_delay(self, src: int, dst: int, seconds: float) -> None:
+        self._call(self._set(lambda: setattr(self._pipe((src, dst)), "delay", max(0.0, seconds))))
+
+    def set_delays(self, delays: dict[Flow, float]) -> None:
+        """Replace every delay at once (flows not named get none)."""
+        self._call(self._set(lambda: self._replace_delays(delays)))
+
+    def set_blocked(self, flows: Iterable[Flow]) -> None:
+        """Black-hole exactly these flows; connections that lost bytes on a healed flow reset."""
+        wanted = frozenset(flows)
+        self._call(self._set(lambda: self._replace_blocked(wanted)))
+
+    @property
+    def blocked(self) -> frozenset[Flow]:
+        return self._blocked
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._call(self._close(), timeout=10.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10.0)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- event-loop side ------------------------------------------------------------------------
+
+    async def _set(self, change: Callable[[], object]) -> None:
+        change()
+
+    def _pipe(self, flow: Flow) -> Pipe:
+        if flow not in self.stats:
+            self.stats[flow] = Pipe(blocked=flow in self._blocked)
+        return self.stats[flow]
+
+    def _replace_delays(self, delays: dict[Flow, float]) -> None:
+        for pipe in self.stats.values():
+            pipe.delay = 0.0
+        for flow, seconds in delays.items():
+            self._pipe(flow).delay = max(0.0, seconds)
+
+    def _replace_blocked(self, wanted: frozenset[Flow]) -> None:
+        self._blocked = wanted
+        for flow in wanted:
+            self._pipe(flow)
+        for flow, pipe in self.stats.items():
+            pipe.blocked = flow in wanted
+        for proxy in self._proxies.values():
+            proxy.reset_healed()
+
+    async def _add_link(self, a: int, b: int, target: tuple[str, int]) -> int:
+        factory = self._socket_factory
+        host, port = target
+        proxy = DelayProxy(
+            f"{host}:{port}",
+            listen=f"{self.listen_host}:0",
+            hold_while_down=self.hold_while_down,
+            socket_factory=(lambda: factory(a)) if factory is not None else None,
+            up=self._pipe((a, b)),
+            down=self._pipe((b, a)),
+        )
+        await proxy.start()
+        self._proxies[(a, b)] = proxy
+        return proxy.port
+
+    async def _close(self) -> None:
+        await asyncio.gather(*(proxy.close() for proxy in self._proxies.values()))
 
 
 async def _serve(group: ProxyGroup, quiet: bool) -> None:

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +45,9 @@ from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
 from raftkv.core.config import PROFILES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
+from raftkv.server.launch import NODE_MODULE, NodeLaunch
+from raftkv_tools.launcher import spawn_node
+from raftkv_tools.ports import port_in_use
 
 DEFAULT_DIR = Path("cluster")
 DEFAULT_NODES = 5
@@ -59,7 +60,6 @@ STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
 STATUS_TIMEOUT = 0.5
 TAIL_LINES = 20
-NODE_MODULE = "raftkv.server.main"
 
 
 class LocalClusterError(RuntimeError):
@@ -148,21 +148,6 @@ def live_nodes(layout: Layout) -> dict[int, int]:
         if pid is not None and is_node_process(pid):
             live[node_id] = pid
     return live
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether binding host:port fails (someone listens there, or it is otherwise taken)."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR as gRPC sets it: connections in TIME_WAIT do not make a port busy.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as error:
-            if error.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
 
 
 def describe_listener(port: int) -> str | None:
@@ -315,24 +300,23 @@ def settled(rows: Sequence[NodeStatusRow]) -> bool:
 # Commands
 
 
-def node_command(
-    layout: Layout, node_id: int, profile: str, extra_args: Sequence[str] = ()
-) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        NODE_MODULE,
-        "--id",
-        str(node_id),
-        "--cluster",
-        str(layout.description.resolve()),
-        "--data-dir",
-        str(layout.data_dir.resolve()),
-        "--profile",
-        profile,
-        "--quiet",
-        *extra_args,
-    ]
+def node_launch(
+    layout: Layout,
+    node_id: int,
+    profile: str,
+    *,
+    read_mode: str | None = None,
+    lease: float | None = None,
+) -> NodeLaunch:
+    return NodeLaunch(
+        node_id,
+        cluster=layout.description.resolve(),
+        data_dir=layout.data_dir.resolve(),
+        profile=profile,
+        read_mode=read_mode,
+        lease=lease,
+        quiet=True,
+    )
 
 
 def up(
@@ -342,7 +326,8 @@ def up(
     profile: str = DEFAULT_PROFILE,
     *,
     timeout: float = STARTUP_TIMEOUT,
-    extra_args: Sequence[str] = (),
+    read_mode: str | None = None,
+    lease: float | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Start a cluster of `nodes` nodes on 127.0.0.1:base_port.. and wait for a leader."""
@@ -388,14 +373,12 @@ def up(
 
     processes: dict[int, subprocess.Popen[bytes]] = {}
     for node in description.nodes:
-        with layout.out_file(node.id).open("wb") as output:
-            processes[node.id] = subprocess.Popen(
-                node_command(layout, node.id, profile, extra_args),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        processes[node.id] = spawn_node(
+            node_launch(layout, node.id, profile, read_mode=read_mode, lease=lease),
+            output=layout.out_file(node.id),
+            truncate=True,
+            new_session=True,
+        )
         layout.pid_file(node.id).write_text(f"{processes[node.id].pid}\n")
 
     try:
@@ -586,10 +569,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
         a.base_port,
         a.profile,
         timeout=a.timeout,
-        extra_args=[
-            *(["--read-mode", a.read_mode] if a.read_mode else []),
-            *(["--lease", str(a.lease)] if a.lease is not None else []),
-        ],
+        read_mode=a.read_mode,
+        lease=a.lease,
     ),
     "down": lambda a: down(Layout(a.dir)),
     "clean": lambda a: clean(Layout(a.dir)),

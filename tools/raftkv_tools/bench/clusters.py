@@ -30,9 +30,12 @@ from typing import Any, TypeVar
 import grpc
 
 from raftkv.cluster import ClusterDescription, NodeAddress
+from raftkv.server.launch import NodeLaunch
 from raftkv_tools.bench.backends import Target, kv_stub
 from raftkv_tools.bench.procstats import DirSize, dir_size, rss_bytes
 from raftkv_tools.bench.workload import keys, values
+from raftkv_tools.launcher import spawn
+from raftkv_tools.ports import free_ports
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -41,20 +44,6 @@ _T = TypeVar("_T")
 
 class ClusterError(RuntimeError):
     pass
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports that were free a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _wait_for(what: str, check: Callable[[], _T | None], timeout: float, logs: str = "") -> _T:
@@ -71,6 +60,7 @@ class ManagedProcess:
     """One child process, its output in a log file; never outlives the benchmark."""
 
     def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str] | None = None):
+        """`env` is laid over this process's environment."""
         self.name = name
         self.command = command
         self.log = log
@@ -79,15 +69,8 @@ class ManagedProcess:
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,  # Ctrl-C on the benchmark does not hit the servers first
-            )
+        # A session of its own: Ctrl-C on the benchmark does not hit the servers first.
+        self.process = spawn(self.command, output=self.log, env=self.env, new_session=True)
 
     @property
     def pid(self) -> int:
@@ -372,19 +355,16 @@ class RaftKVCluster(_KeyValueFrontDoor):
                 )
                 description_file = root / f"cluster-node{i}.json"
                 own.save(description_file)
-            command = [
-                sys.executable, "-m", "raftkv.server.main",
-                "--id", str(i),
-                "--cluster", str(description_file),
-                "--data-dir", str(data),
-                "--profile", profile,
-                "--quiet",
-                "--listen", real[i],
-            ]  # fmt: skip
-            if read_mode != "lease":
-                command += ["--read-mode", read_mode]
-            if not fsync:
-                command.append("--unsafe-no-fsync")
+            command = NodeLaunch(
+                i,
+                cluster=description_file,
+                data_dir=data,
+                profile=profile,
+                quiet=True,
+                listen=real[i],
+                read_mode=read_mode if read_mode != "lease" else None,
+                fsync=fsync,
+            ).command()
             self.members.append(ManagedProcess(f"node{i}", command, root / "logs" / f"node{i}.log"))
         self._channels = [grpc.insecure_channel(a) for a in real]
         self._status = [kv_stub(c).Status for c in self._channels]
@@ -487,7 +467,7 @@ class EtcdCluster(Cluster):
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
             ]  # fmt: skip
-            env = dict(os.environ, GOMAXPROCS=os.environ.get("GOMAXPROCS", str(os.cpu_count())))
+            env = {"GOMAXPROCS": os.environ.get("GOMAXPROCS", str(os.cpu_count()))}
             self.members.append(
                 ManagedProcess(f"etcd{i}", command, root / "logs" / f"etcd{i}.log", env)
             )

@@ -1,0 +1,117 @@
+"""How to start a `raftkv-node`: a typed spec of its start-up and the one function that turns it
+into the command line that raftkv.server.main parses.
+
+    spec = NodeLaunch(2, cluster=Path("cluster/cluster.json"), data_dir=Path("cluster/data"),
+                      profile="fast", quiet=True)
+    spec.command()        # [sys.executable, "-m", "raftkv.server.main", "--id", "2", ...]
+    shlex.join(spec.command(CONSOLE_SCRIPT))   # "raftkv-node --id 2 ..." for a remote shell
+
+It lives beside main.py, the parser it mirrors; tests/server/test_launch.py checks that every
+flag this module emits is one that parser accepts, with the meaning given here. Starting a
+local process (output file, process group, environment) is tooling: launcher.py in tools/.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from raftkv.core.config import ReadMode
+from raftkv.core.node import SAFE, UnsafeSwitches
+
+__all__ = ["CONSOLE_SCRIPT", "NODE_MODULE", "PYTHON_MODULE", "NodeLaunch", "TlsPaths"]
+
+NODE_MODULE = "raftkv.server.main"
+# The node run by this interpreter (what a checkout or a test uses) ...
+PYTHON_MODULE: tuple[str, ...] = (sys.executable, "-m", NODE_MODULE)
+# ... or by the console script installed with the package (what a host's unit runs).
+CONSOLE_SCRIPT: tuple[str, ...] = ("raftkv-node",)
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    """--tls-ca, --tls-cert, --tls-key: all three turn TLS on."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """One node's start-up, as raftkv.server.main understands it.
+
+    Give `cluster` (a description file) or `peers` (host:port of every node, ids 0..n-1).
+    Fields left at None are not passed, so the node uses its default (or the description's).
+    `unsafe` and `fsync=False` are the test-only negative controls. `extra_args` go on the
+    command line verbatim, after everything else (a caller's own pass-through arguments).
+    `env` is added to the process's environment (e.g. RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT,
+    LD_PRELOAD for libfaketime); it is not part of the command line.
+    """
+
+    node_id: int
+    cluster: Path | None = None
+    peers: Sequence[str] = ()
+    data_dir: Path | None = None
+    profile: str | None = None
+    read_mode: ReadMode | str | None = None
+    lease: float | None = None
+    max_drift: float | None = None
+    listen: str | None = None
+    tls: TlsPaths | None = None
+    quiet: bool = False
+    unsafe: UnsafeSwitches = SAFE
+    fsync: bool = True
+    extra_args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if (self.cluster is None) == (not self.peers):
+            raise ValueError("a node needs exactly one of cluster= and peers=")
+        if self.read_mode is not None:
+            ReadMode(self.read_mode)  # ValueError for a mode the node does not know
+
+    def args(self) -> list[str]:
+        """The node's arguments (without the program)."""
+        argv = ["--id", str(self.node_id)]
+        if self.cluster is not None:
+            argv += ["--cluster", str(self.cluster)]
+        else:
+            argv += ["--peers", ",".join(self.peers)]
+        if self.data_dir is not None:
+            argv += ["--data-dir", str(self.data_dir)]
+        if self.profile is not None:
+            argv += ["--profile", self.profile]
+        if self.read_mode is not None:
+            argv += ["--read-mode", ReadMode(self.read_mode).value]
+        if self.lease is not None:
+            argv += ["--lease", str(self.lease)]
+        if self.max_drift is not None:
+            argv += ["--max-drift", str(self.max_drift)]
+        if self.listen is not None:
+            argv += ["--listen", self.listen]
+        if self.tls is not None:
+            argv += ["--tls-ca", str(self.tls.ca)]
+            argv += ["--tls-cert", str(self.tls.cert)]
+            argv += ["--tls-key", str(self.tls.key)]
+        if self.quiet:
+            argv.append("--quiet")
+        argv += [unsafe_flag(name) for name in self.unsafe.enabled()]
+        if not self.fsync:
+            argv.append("--unsafe-no-fsync")
+        argv += self.extra_args
+        return argv
+
+    def command(self, program: Sequence[str] = PYTHON_MODULE) -> list[str]:
+        """`program` (default: this interpreter with -m raftkv.server.main) and the arguments."""
+        return [*program, *self.args()]
+
+
+def unsafe_flag(name: str) -> str:
+    """The flag of one UnsafeSwitches field: read_before_noop → --unsafe-read-before-noop."""
+    if name not in UnsafeSwitches.__slots__:
+        raise ValueError(f"no unsafe switch {name!r}")
+    return f"--unsafe-{name.replace('_', '-')}"

@@ -1,0 +1,106 @@
+"""raftkv.server.launch: the argv builder and the parser it mirrors (raftkv.server.main) agree."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from raftkv.core.config import ReadMode
+from raftkv.core.node import UnsafeSwitches
+from raftkv.server.launch import CONSOLE_SCRIPT, PYTHON_MODULE, NodeLaunch, TlsPaths
+from raftkv.server.main import build_parser
+
+EVERY_SWITCH = UnsafeSwitches(**{name: True for name in UnsafeSwitches.__slots__})
+# The assignment's positional form and its --base-port are not for launchers.
+NOT_EMITTED = {"-h", "--help", "--base-port"}
+
+
+def everything(**changes: object) -> NodeLaunch:
+    options: dict[str, object] = {
+        "cluster": Path("/c/cluster.json"),
+        "data_dir": Path("/c/data"),
+        "profile": "seed",
+        "read_mode": ReadMode.READ_INDEX,
+        "lease": 2.5,
+        "max_drift": 0.25,
+        "listen": "0.0.0.0:50051",
+        "tls": TlsPaths(Path("/t/ca.pem"), Path("/t/node.pem"), Path("/t/node.key")),
+        "quiet": True,
+        "unsafe": EVERY_SWITCH,
+        "fsync": False,
+    }
+    options.update(changes)
+    return NodeLaunch(3, **options)  # type: ignore[arg-type]
+
+
+def test_every_field_reaches_the_parser_with_its_meaning() -> None:
+    args = build_parser().parse_args(everything().args())
+    assert args.positional == []
+    assert args.node_id == 3
+    assert args.cluster == Path("/c/cluster.json")
+    assert args.peers is None
+    assert args.data_dir == Path("/c/data")
+    assert args.profile == "seed"
+    assert args.read_mode == ReadMode.READ_INDEX.value
+    assert args.lease == 2.5
+    assert args.max_drift == 0.25
+    assert args.listen == "0.0.0.0:50051"
+    assert (args.tls_ca, args.tls_cert, args.tls_key) == (
+        Path("/t/ca.pem"),
+        Path("/t/node.pem"),
+        Path("/t/node.key"),
+    )
+    assert args.quiet is True
+    assert args.unsafe_no_fsync is True
+    for name in UnsafeSwitches.__slots__:
+        assert getattr(args, f"unsafe_{name}") is True, name
+
+
+def test_defaults_emit_nothing_but_the_node_and_its_cluster() -> None:
+    spec = NodeLaunch(0, peers=["10.0.0.1:50050", "10.0.0.2:50050"])
+    assert spec.args() == ["--id", "0", "--peers", "10.0.0.1:50050,10.0.0.2:50050"]
+    args = build_parser().parse_args(spec.args())
+    assert args.peers == "10.0.0.1:50050,10.0.0.2:50050"
+    assert not args.quiet and not args.unsafe_no_fsync
+    assert not any(getattr(args, f"unsafe_{name}") for name in UnsafeSwitches.__slots__)
+
+
+def test_every_flag_of_the_parser_has_a_field() -> None:
+    """The other direction: a flag added to raftkv-node without a field here fails this test."""
+    parser_flags = {
+        flag for action in build_parser()._actions for flag in action.option_strings
+    } - NOT_EMITTED
+    emitted = {a for a in everything().args() if a.startswith("--")}
+    emitted |= {a for a in everything(cluster=None, peers=["h:1"]).args() if a.startswith("--")}
+    assert emitted == parser_flags
+
+
+def test_extra_args_come_last_and_env_is_not_on_the_command_line() -> None:
+    spec = NodeLaunch(
+        1,
+        cluster=Path("c.json"),
+        extra_args=["--unsafe-read-without-lease"],
+        env={"RAFTKV_CLOCK_RATE": "1.005"},
+    )
+    assert spec.args()[-1] == "--unsafe-read-without-lease"
+    assert "RAFTKV_CLOCK_RATE" not in " ".join(spec.command())
+    assert build_parser().parse_args(spec.args()).unsafe_read_without_lease
+
+
+def test_programs_a_python_module_or_the_console_script() -> None:
+    spec = NodeLaunch(1, cluster=Path("/etc/raftkv/cluster.json"), quiet=True)
+    assert spec.command()[: len(PYTHON_MODULE)] == list(PYTHON_MODULE)
+    assert shlex.join(spec.command(CONSOLE_SCRIPT)) == (
+        "raftkv-node --id 1 --cluster /etc/raftkv/cluster.json --quiet"
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"cluster": None}, {"peers": ["h:1"]}, {"read_mode": "eventual"}],
+)
+def test_a_spec_the_node_would_refuse_is_refused_here(changes: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        everything(**changes)
