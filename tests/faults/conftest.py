@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from raftkv.core.events import AppendAccepted, AppendRejected, SendingHeartbeat
+from raftkv.core.events import parse as parse_event
 from tests.faults import netns
 from tests.faults.controller import Cluster
 
@@ -95,7 +97,10 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Clu
                     events = [
                         line
                         for line in cluster.dump_lines(i)
-                        if "heartbeat" not in line and "AppendEntries RPC" not in line
+                        if not isinstance(
+                            parse_event(line.partition(" ")[2]),
+                            SendingHeartbeat | AppendAccepted | AppendRejected,
+                        )
                     ]
                     print(f"--- cluster {n} node {i}, last events:\n" + "\n".join(events[-12:]))
             print(f"files of the failed test's clusters: {folder}")

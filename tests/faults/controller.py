@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 import grpc
 
 from raftkv.client.status import NodeStatusRow, format_status_table, row_from_call, unreachable_row
+from raftkv.core import events
 from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
@@ -63,6 +64,7 @@ from raftkv_tools.delayproxy import Flow, LinkProxies
 from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_ports
 from tests.faults import netns
+from tests.support import dumps
 
 T = TypeVar("T")
 
@@ -674,9 +676,10 @@ class Cluster:
         return destination
 
     def dump_lines(self, node_id: int) -> list[str]:
-        with contextlib.suppress(OSError):
-            return (self.node_dir(node_id) / "dump.txt").read_text().splitlines()
-        return []
+        return dumps.dump_lines(self.node_dir(node_id) / "dump.txt")
+
+    def core_events(self, node_id: int) -> list[events.Event]:
+        return dumps.core_events(self.node_dir(node_id) / "dump.txt")
 
 
 def _timing(lease: float | None, max_drift: float | None) -> TimingConfig:

@@ -8,13 +8,14 @@ import time
 
 import grpc
 
+from raftkv.core import events as ev
 from tests.faults import netns
 from tests.faults.conftest import ClusterFactory, require_netns
 from tests.faults.controller import REPO_ROOT, Cluster, wait_until
 
 
 def elections_started(cluster: Cluster, node: int) -> int:
-    return sum("election timer timed out" in line for line in cluster.dump_lines(node))
+    return cluster.core_events(node).count(ev.ElectionTimeout(node))
 
 
 def leftovers() -> list[str]:
@@ -151,7 +152,7 @@ def test_black_holed_link_hangs_nothing(make_cluster: ClusterFactory) -> None:
 
     wait_until(timed_out, 5, "a peer call of the black-holed leader to hit its deadline")
     assert time.monotonic() - cut < 10
-    assert any("lease renewal failed. Stepping Down." in x for x in cluster.dump_lines(leader))
+    assert ev.LeaseRenewalFailed(leader) in cluster.core_events(leader)
     began = time.monotonic()
     result = cluster.get(leader, "k", timeout=2.0)
     assert not result.ok and result.code == grpc.StatusCode.FAILED_PRECONDITION.name

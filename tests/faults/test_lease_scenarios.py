@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from raftkv.core import events as ev
 from tests.faults import scenarios
 from tests.faults.conftest import ClusterFactory, require_strace
 from tests.faults.controller import Cluster, faketime_library, wait_until
@@ -59,10 +60,7 @@ def test_new_leader_serves_nothing_before_the_old_lease_ends(make_cluster: Clust
     first_answer = min(r.complete for r in story.ok_reads(new))
     assert first_answer >= earliest, story.summary()
     assert story.writes[-1].complete >= earliest, story.summary()
-    assert any(
-        "New Leader waiting for Old Leader Lease to timeout." in line
-        for line in cluster.dump_lines(new)
-    )
+    assert ev.WaitingForOldLease() in cluster.core_events(new)
 
 
 def test_restarted_voters_still_wait_for_the_old_lease(make_cluster: ClusterFactory) -> None:

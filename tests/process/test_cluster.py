@@ -27,15 +27,13 @@ import pytest
 from grpc_tools import protoc
 
 from raftkv.client.status import NodeStatusRow, format_status_table
+from raftkv.core import events as ev
 from raftkv.core.messages import SetCommand
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv_tools.localcluster import Layout, elected_leader, is_node_process, read_pid
 from raftkv_tools.ports import free_ports
 from tests.process.conftest import ClusterFactory
 from tests.support.processes import (
-    HEARTBEAT_LINE,
-    STEP_DOWN_LINE,
-    WAITING_LINE,
     LocalCluster,
     NotYet,
     rpc_code,
@@ -81,7 +79,7 @@ def test_leader_elected_and_noop_in_every_log(make_cluster: ClusterFactory) -> N
         return leader, status.term
 
     leader, term = cluster.at_leader(leader_and_term, what="the leader's term")
-    assert cluster.dump_has(leader, f"Node {leader} became the leader for term {term}.")
+    assert ev.BecameLeader(leader, term) in cluster.core_events(leader)
 
     def noop_terms(node: int) -> list[int]:
         lines = cluster.log_lines(node)
@@ -283,8 +281,8 @@ def test_lease_reads_add_no_rounds(make_cluster: ClusterFactory) -> None:
     )
     # The heartbeats logged during the burst are explained by time alone: +1 for the first
     # one, +1 for a timestamp taken late (a descheduled node), against ~200 if GETs caused them.
-    beat = HEARTBEAT_LINE.format(id=leader)
-    beats = [e for e in cluster.dump_events(leader) if e.text == beat and start <= e.when <= end]
+    beat = ev.SendingHeartbeat(leader)
+    beats = [e for e in cluster.dump_events(leader) if e.event == beat and start <= e.when <= end]
     allowed = (end - start) / heartbeat + 2
     assert len(beats) <= allowed, (
         f"{len(beats)} heartbeats during a {end - start:.3f}s burst of 200 GETs; "
@@ -293,13 +291,13 @@ def test_lease_reads_add_no_rounds(make_cluster: ClusterFactory) -> None:
     # Nor did the GETs start rounds that are not logged as heartbeats (read_index mode does,
     # about one per GET): a round is one AppendEntries to each follower. +3 allows for
     # messages delayed into the burst.
-    accepted = f"accepted AppendEntries RPC from {leader}."
     for node in cluster.ids:
         if node != leader:
+            accepted = ev.AppendAccepted(node, leader)
             rounds = [
                 e
                 for e in cluster.dump_events(node)
-                if start <= e.when <= end and accepted in e.text
+                if start <= e.when <= end and e.event == accepted
             ]
             assert len(rounds) <= (end - start) / heartbeat + 3, (
                 f"follower {node} received {len(rounds)} AppendEntries during the GET burst"
@@ -398,25 +396,27 @@ def test_new_leader_waits_for_old_lease_and_old_leader_rejoins(
     new, first_served = cluster.wait_for(served_somewhere, 15, "a GET served by a new leader")
 
     events = cluster.dump_events(new)
-    prefix = f"Node {new} became the leader for term "
-    became = [e for e in events if e.text.startswith(prefix) and e.when < first_served][-1]
-    assert int(became.text.removeprefix(prefix).rstrip(".")) > old_term
+    elections = [
+        (e.when, e.event.term)
+        for e in events
+        if isinstance(e.event, ev.BecameLeader) and e.event.node == new and e.when < first_served
+    ]
+    became_at, became_term = elections[-1]
+    assert became_term > old_term
     # The new leader heard the old one last at `heard`; a lease that was running then could
     # last until heard + lease. No GET may succeed before that (sending time ≤ serving time;
     # 0.3 s covers the delay between receiving that message and logging it, on a busy machine;
     # a new leader that skipped the wait serves about `lease` - 0.8 s after `heard`).
     heard = max(
-        e.when
-        for e in events
-        if e.text == f"Node {new} accepted AppendEntries RPC from {old}." and e.when <= became.when
+        e.when for e in events if e.event == ev.AppendAccepted(new, old) and e.when <= became_at
     )
     assert heard >= before_kill - 1.0, "the new leader had not heard the old one for a while"
     assert first_served >= heard + lease - 0.3, (
         f"a GET succeeded at node {new} {first_served - heard:.3f}s after it last heard the old "
         f"leader, before a {lease}s lease could have ended"
     )
-    assert any(e.text == WAITING_LINE and e.when >= became.when for e in events), (
-        f"node {new}'s dump lacks {WAITING_LINE!r} after it became leader"
+    assert any(e.event == ev.WaitingForOldLease() and e.when >= became_at for e in events), (
+        f"node {new}'s dump lacks {str(ev.WaitingForOldLease())!r} after it became leader"
     )
     assert any(node == new for node, _, _ in refusals), "the new leader never refused a GET"
 
@@ -454,7 +454,7 @@ def test_isolated_leader_serves_until_lease_ends_then_steps_down(
     cluster.write("k", "v")
     span = cluster.timing.leader_lease_span
     leader, _ = cluster.at_leader(leading(cluster, span / 2), what="a leader with a fresh lease")
-    step_down = STEP_DOWN_LINE.format(id=leader)
+    step_down = ev.LeaseRenewalFailed(leader)
 
     before_kill = time.time()
     for node in cluster.ids:
@@ -472,10 +472,10 @@ def test_isolated_leader_serves_until_lease_ends_then_steps_down(
             served.append(sent)
         except grpc.RpcError as error:
             refused.append((sent, rpc_code(error)))
-        return cluster.dump_has(leader, step_down)
+        return step_down in cluster.core_events(leader)
 
-    cluster.wait_for(get_until_step_down, 10, f"{step_down!r} in node {leader}'s dump")
-    stepped = next(e.when for e in cluster.dump_events(leader) if e.text == step_down)
+    cluster.wait_for(get_until_step_down, 10, f"{str(step_down)!r} in node {leader}'s dump")
+    stepped = next(e.when for e in cluster.dump_events(leader) if e.event == step_down)
 
     assert served, "the leader answered no GET after its followers died, with a lease running"
     # No GET succeeded after the lease could have ended (its last round was sent before the

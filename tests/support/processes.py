@@ -42,6 +42,7 @@ from raftkv.client.status import (
     unreachable_row,
 )
 from raftkv.cluster import ClusterDescription
+from raftkv.core import events
 from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.core.messages import LogEntry
 from raftkv.rpc import raftkv_pb2 as pb
@@ -51,6 +52,8 @@ from raftkv.server.launch import NodeLaunch
 from raftkv.server.storage import decode_entry
 from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_ports
+from tests.support import dumps
+from tests.support.dumps import DumpEvent
 
 T = TypeVar("T")
 
@@ -61,10 +64,8 @@ STATUS_TIMEOUT = 0.5
 RPC_TIMEOUT = 2.0
 PROBE_KEY = "__probe__"
 
-HEARTBEAT_LINE = "Leader {id} sending heartbeat & Renewing Lease"
-STEP_DOWN_LINE = "Leader {id} lease renewal failed. Stepping Down."
-WAITING_LINE = "New Leader waiting for Old Leader Lease to timeout."
-ROUTINE_EVENTS = ("sending heartbeat & Renewing Lease", "accepted AppendEntries RPC from")
+# Lines left out of a failing test's dump tail: one per heartbeat, they would hide the rest.
+ROUTINE_EVENTS = (events.SendingHeartbeat, events.AppendAccepted)
 
 
 class NotYet(Exception):  # noqa: N818 - a signal to poll again, not an error
@@ -501,24 +502,14 @@ class LocalCluster:
         return self.node_dir(node_id) / "metadata.txt"
 
     def dump_lines(self, node_id: int) -> list[str]:
-        try:
-            text = self.dump_path(node_id).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return []
-        # A line still being written has no newline yet.
-        return text.split("\n")[:-1]
+        return dumps.dump_lines(self.dump_path(node_id))
 
     def dump_events(self, node_id: int) -> list[DumpEvent]:
-        """dump.txt parsed: (wall-clock time as a Unix timestamp, event text)."""
-        events = []
-        for line in self.dump_lines(node_id):
-            stamp, _, text = line.partition(" ")
-            try:
-                when = datetime.fromisoformat(stamp).timestamp()
-            except ValueError:
-                continue
-            events.append(DumpEvent(when, text))
-        return events
+        """dump.txt parsed: wall-clock time, text, and the core event it reports."""
+        return dumps.dump_events(self.dump_path(node_id))
+
+    def core_events(self, node_id: int) -> list[events.Event]:
+        return dumps.core_events(self.dump_path(node_id))
 
     def dump_has(self, node_id: int, text: str) -> bool:
         return any(text in line for line in self.dump_lines(node_id))
@@ -554,8 +545,8 @@ class LocalCluster:
             )
             lines = self.dump_lines(node_id)
             # Heartbeats and their acceptances drown everything else: count them instead.
-            routine = sum(1 for line in lines if any(r in line for r in ROUTINE_EVENTS))
-            dump = [line for line in lines if not any(r in line for r in ROUTINE_EVENTS)]
+            routine = sum(1 for line in lines if _is_routine(line))
+            dump = [line for line in lines if not _is_routine(line)]
             dump = dump[-DUMP_TAIL_LINES:]
             parts.append(
                 f"  dump.txt (last {len(dump)} other lines of {len(lines)}; "
@@ -581,10 +572,8 @@ class LocalCluster:
 ClusterFactory = Callable[..., LocalCluster]
 
 
-@dataclass(frozen=True)
-class DumpEvent:
-    when: float
-    text: str
+def _is_routine(line: str) -> bool:
+    return isinstance(events.parse(line.partition(" ")[2]), ROUTINE_EVENTS)
 
 
 def _timing(name: str, lease: float | None, read_mode: str | None) -> TimingConfig:
