@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
-from raftkv_tools.ports import free_port, free_ports, port_in_use
+from raftkv_tools.ports import (
+    LOOPBACK,
+    describe_listener,
+    free_port,
+    free_ports,
+    pids_listening_on,
+    port_in_use,
+)
 
 
 def test_free_ports_are_consecutive_free_and_below_the_ephemeral_range() -> None:
@@ -23,3 +31,15 @@ def test_a_listening_port_is_in_use() -> None:
         listener.listen()
         assert port_in_use("127.0.0.1", port)
     assert not port_in_use("127.0.0.1", port)
+
+
+def test_the_process_listening_on_a_port_is_named() -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert pids_listening_on([port]) == {port: os.getpid()}
+        described = describe_listener(port)
+        assert described is not None and described.startswith(f"pid {os.getpid()} (")
+    assert pids_listening_on([port]) == {}
+    assert describe_listener(port) is None

@@ -47,7 +47,7 @@ from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 from raftkv.server.launch import NODE_MODULE, NodeLaunch
 from raftkv_tools.launcher import spawn_node
-from raftkv_tools.ports import port_in_use
+from raftkv_tools.ports import describe_listener, port_in_use
 
 DEFAULT_DIR = Path("cluster")
 DEFAULT_NODES = 5
@@ -148,37 +148,6 @@ def live_nodes(layout: Layout) -> dict[int, int]:
         if pid is not None and is_node_process(pid):
             live[node_id] = pid
     return live
-
-
-def describe_listener(port: int) -> str | None:
-    """'pid 123 (python -m http.server)' for the process listening on `port`, when /proc says."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != "0A":  # 0A = LISTEN
-                continue
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    if not inodes:
-        return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    raw = (proc / "cmdline").read_bytes()
-                    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-                    return f"pid {proc.name} ({cmdline or '?'})"
-        except OSError:
-            continue
-    return None
 
 
 def busy_ports(nodes: Iterable[NodeAddress]) -> list[str]:

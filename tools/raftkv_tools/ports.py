@@ -18,9 +18,17 @@ import os
 import random
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["LOOPBACK", "free_port", "free_ports", "port_in_use"]
+__all__ = [
+    "LOOPBACK",
+    "describe_listener",
+    "free_port",
+    "free_ports",
+    "pids_listening_on",
+    "port_in_use",
+]
 
 LOOPBACK = "127.0.0.1"
 FIRST_PORT = 20000
@@ -65,3 +73,59 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 def free_port(host: str = LOOPBACK) -> int:
     """One port on `host` that was free a moment ago."""
     return free_ports(1, host)[0]
+
+
+def _listening_inodes(ports: set[int]) -> dict[int, int]:
+    """inode → port for TCP sockets in LISTEN state on one of `ports`."""
+    found: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10 or parts[3] != "0A":  # 0A = LISTEN
+                continue
+            port = int(parts[1].rsplit(":", 1)[1], 16)
+            if port in ports:
+                found[int(parts[9])] = port
+    return found
+
+
+def pids_listening_on(ports: Iterable[int]) -> dict[int, int]:
+    """port → pid of the local process listening on it (for a cluster we did not start)."""
+    inodes = _listening_inodes(set(ports))
+    result: dict[int, int] = {}
+    if not inodes:
+        return result
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            descriptors = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                link = os.readlink(descriptor)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inode = int(link[8:-1])
+                if inode in inodes:
+                    result[inodes[inode]] = int(entry.name)
+    return result
+
+
+def describe_listener(port: int) -> str | None:
+    """'pid 123 (python -m http.server)' for the process listening on `port`, when /proc says."""
+    pid = pids_listening_on([port]).get(port)
+    if pid is None:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"pid {pid} (?)"
+    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return f"pid {pid} ({cmdline or '?'})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,46 +86,3 @@ class ProcessMonitor:
             if before is not None and after is not None and elapsed > 0:
                 result[label] = 100.0 * (after - before) / elapsed
         return result
-
-
-def _listening_inodes(ports: set[int]) -> dict[int, int]:
-    """inode → port for TCP sockets in LISTEN state on one of `ports`."""
-    found: dict[int, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) < 10 or parts[3] != "0A":  # 0A = LISTEN
-                continue
-            port = int(parts[1].rsplit(":", 1)[1], 16)
-            if port in ports:
-                found[int(parts[9])] = port
-    return found
-
-
-def pids_listening_on(ports: Iterable[int]) -> dict[int, int]:
-    """port → pid of the local process listening on it (for a cluster we did not start)."""
-    inodes = _listening_inodes(set(ports))
-    result: dict[int, int] = {}
-    if not inodes:
-        return result
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            descriptors = list((entry / "fd").iterdir())
-        except OSError:
-            continue
-        for descriptor in descriptors:
-            try:
-                link = os.readlink(descriptor)
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inode = int(link[8:-1])
-                if inode in inodes:
-                    result[inodes[inode]] = int(entry.name)
-    return result

@@ -42,8 +42,9 @@ from raftkv_tools.bench.clusters import (
     SyncObjCluster,
 )
 from raftkv_tools.bench.loadgen import Progress, RunResult, run_load
-from raftkv_tools.bench.procstats import ProcessMonitor, dir_size, pids_listening_on, rss_bytes
+from raftkv_tools.bench.procstats import ProcessMonitor, dir_size, rss_bytes
 from raftkv_tools.bench.workload import KEY_BYTES, KEY_COUNT, VALUE_BYTES, WORKLOADS, Workload
+from raftkv_tools.ports import pids_listening_on
 
 PEERS = ("etcd", "pysyncobj")
 PROFILE_ATTEMPTS = 3
