@@ -41,6 +41,7 @@ import grpc.aio
 from raftkv.cluster import ClusterDescription
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.rpc.metadata import LEADER_ADDRESS_METADATA, LEADER_ID_METADATA
 from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
 from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
@@ -67,8 +68,6 @@ __all__ = [
 FIRST_BACKOFF_SECONDS = 0.02
 MAX_BACKOFF_SECONDS = 0.5
 
-LEADER_ID_METADATA = "leader-id"
-LEADER_ADDRESS_METADATA = "leader-address"
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 

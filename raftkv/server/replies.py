@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from raftkv.core.messages import ReadValue, Refusal, Refused, WriteDone
+from raftkv.rpc.metadata import LEADER_ADDRESS_METADATA, LEADER_ID_METADATA
 
 READ_TIMEOUT_DETAILS = "read timed out"
 SET_TIMEOUT_DETAILS = (
@@ -49,8 +50,11 @@ class Reply:
         if self.leader_hint is None:
             return ()
         if not self.leader_address:
-            return (("leader-id", str(self.leader_hint)),)
-        return (("leader-id", str(self.leader_hint)), ("leader-address", self.leader_address))
+            return ((LEADER_ID_METADATA, str(self.leader_hint)),)
+        return (
+            (LEADER_ID_METADATA, str(self.leader_hint)),
+            (LEADER_ADDRESS_METADATA, self.leader_address),
+        )
 
 
 def outcome_reply(

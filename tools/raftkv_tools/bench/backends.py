@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from raftkv.rpc.metadata import LEADER_ID_METADATA
 from raftkv.rpc.options import BENCH_CHANNEL_OPTIONS
 
 RETRY_PAUSE = 0.01
-LEADER_ID_METADATA = "leader-id"
 
 
 @dataclass(frozen=True)

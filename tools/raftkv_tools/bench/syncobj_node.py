@@ -28,6 +28,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # type: ign
 
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.rpc.metadata import LEADER_ID_METADATA
 from raftkv.server.pipeline import PipelineSession, status_code_number
 
 
@@ -60,7 +61,7 @@ class FrontDoor(raftkv_pb2_grpc.KeyValueServicer):
             return
         leader = self._leader()
         if leader is not None:
-            context.set_trailing_metadata((("leader-id", str(leader)),))
+            context.set_trailing_metadata(((LEADER_ID_METADATA, str(leader)),))
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the leader")
 
     async def Get(  # noqa: N802 - gRPC method name
