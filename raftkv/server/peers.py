@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from raftkv.core.messages import (
     AppendEntries,
@@ -200,6 +201,8 @@ class _OutboundStream:
             link._stream_failed(self, error.code().name, error.details() or "")
         except wire.WireError as error:
             link._stream_failed(self, "INVALID_REPLY", str(error))
+        except DecodeError as error:
+            link._stream_failed(self, "INVALID_REPLY", f"a reply could not be decoded: {error}")
 
 
 class PeerStreamSession:
@@ -247,6 +250,8 @@ class PeerStreamSession:
                     self._begin_exchange(request).add_done_callback(self._answered)
         except wire.WireError as error:
             self.error = error
+        except DecodeError as error:
+            self.error = wire.WireError(f"a message batch could not be decoded: {error}")
         finally:
             self._reading = False
             self._ready.set()

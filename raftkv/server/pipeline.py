@@ -19,6 +19,7 @@ from functools import partial
 from typing import Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from raftkv.rpc import raftkv_pb2 as pb
 
@@ -63,10 +64,15 @@ class PipelineSession:
         # tag -> (deadline, "get"/"set", future)
         self._waiting: dict[int, tuple[float, str, asyncio.Future[object]]] = {}
         self._reading = True
+        # Why the request stream broke (a batch that could not be decoded), once it has.
+        self.error: str | None = None
 
     async def serve(
         self, requests: AsyncIterator[pb.PipelineRequests]
     ) -> AsyncIterator[pb.PipelineReplies]:
+        """Yields reply batches until the client half-closes and every request was answered.
+        When the stream broke instead, requests already started are still answered and then
+        `error` says why: the caller must end the call with that error, never with OK."""
         reader = asyncio.create_task(self._read(requests))
         sweeper = asyncio.create_task(self._sweep())
         try:
@@ -91,6 +97,10 @@ class PipelineSession:
             async for batch in requests:
                 for request in batch.requests:
                     self._start(request)
+        except DecodeError as error:
+            # gRPC decodes each batch as the iterator reaches it: a batch that is not a valid
+            # PipelineRequests (say, a string that is not UTF-8) surfaces here.
+            self.error = f"a request batch could not be decoded: {error}"
         finally:
             self._reading = False
             self._ready.set()

@@ -254,8 +254,11 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         request_iterator: AsyncIterator[pb.PipelineRequests],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.PipelineReplies]:
-        async for replies in PipelineSession(self._pipeline_backend).serve(request_iterator):
+        session = PipelineSession(self._pipeline_backend)
+        async for replies in session.serve(request_iterator):
             yield replies
+        if session.error is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.error)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refused: Refused) -> None:
         reply = outcome_reply(refused, self.replica.leader_address)

@@ -823,6 +823,23 @@ def test_malformed_requests_get_clear_errors_and_the_node_stays_up(
         assert rpc_code(refused.value) == grpc.StatusCode.INVALID_ARGUMENT, what
         assert refused.value.details(), what
 
+    # A Pipeline batch that is not valid protobuf (a string that is not UTF-8) ends the stream
+    # with INVALID_ARGUMENT, after the replies to the requests read before it; never with OK.
+    pipeline = cluster.channel(leader).stream_stream(
+        "/raft.KeyValue/Pipeline", request_serializer=None, response_deserializer=None
+    )
+    good = pb.PipelineRequests(requests=[pb.PipelineRequest(tag=1, get=pb.GetRequest(key="a"))])
+    bad = pb.PipelineRequests(requests=[pb.PipelineRequest(tag=2, get=pb.GetRequest(key="é"))])
+    undecodable = bad.SerializeToString().replace("é".encode(), b"\xff\xfe")
+    call = pipeline(iter([good.SerializeToString(), undecodable]), timeout=5)
+    answered = []
+    with pytest.raises(grpc.RpcError) as broken:
+        for raw in call:
+            answered += [r.tag for r in pb.PipelineReplies.FromString(raw).replies]
+    assert answered == [1]
+    assert rpc_code(broken.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not be decoded" in (broken.value.details() or "")
+
     # Every node is still up and answering, nothing was applied, and a good SET works.
     assert all(cluster.nodes[n].running for n in cluster.ids)
     assert all(status is not None for status in cluster.statuses(timeout=5).values())

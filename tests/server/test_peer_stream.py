@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf.message import DecodeError
 
 from raftkv.core.messages import (
     AppendEntries,
@@ -235,5 +236,23 @@ def test_a_session_ends_after_the_peer_half_closes_and_every_reply_is_sent() -> 
         await asyncio.wait_for(task, 5)
         [batch] = batches
         assert batch.messages[0].append_entries_reply.round == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_that_cannot_be_decoded_breaks_the_stream_with_an_error() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+
+        async def requests() -> AsyncIterator[pb.RaftMessages]:
+            yield pb.RaftMessages(messages=[peers.request_to_pb(heartbeat(1))])
+            # What gRPC raises when the next batch on the wire is not a valid RaftMessages.
+            raise DecodeError("Error parsing message with type 'raft.RaftMessages'")
+
+        session = PeerStreamSession(peer.begin_exchange, {DIALER})
+        batches = [batch async for batch in session.serve(requests())]
+        assert [b.messages[0].append_entries_reply.round for b in batches] == [1]
+        assert session.error is not None
+        assert "could not be decoded" in str(session.error)
 
     asyncio.run(scenario())
