@@ -14,7 +14,8 @@ flight, so a client can neither flood a node nor leave requests waiting forever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Protocol
 
@@ -25,6 +26,13 @@ from raftkv.rpc import raftkv_pb2 as pb
 
 # Requests one stream may have waiting at once; more are refused with RESOURCE_EXHAUSTED.
 MAX_IN_FLIGHT_PER_STREAM = 4096
+# Bytes of replies one stream may hold that its client has not taken yet. Past this the session
+# stops reading requests (so gRPC's flow control slows the client down) until the replies go
+# out: a client that sends GETs and never reads cannot make the node buffer without bound.
+MAX_BUFFERED_REPLY_BYTES = 8 * 1024 * 1024
+# How long a reply batch may wait for the client to take it before the stream is cut off with
+# RESOURCE_EXHAUSTED: a client that stopped reading is slowed first (above), then dropped.
+WRITE_STALL_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 60.0
 # How often waiting requests are checked against their deadlines.
@@ -33,6 +41,10 @@ SWEEP_INTERVAL = 0.1
 _INVALID_ARGUMENT: int = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _DEADLINE_EXCEEDED: int = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _RESOURCE_EXHAUSTED: int = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+class ClientTooSlowError(Exception):
+    """The client left a reply batch unread for WRITE_STALL_TIMEOUT seconds."""
 
 
 class PipelineRequestError(ValueError):
@@ -64,12 +76,15 @@ class PipelineSession:
         # tag -> (deadline, "get"/"set", future)
         self._waiting: dict[int, tuple[float, str, asyncio.Future[object]]] = {}
         self._reading = True
+        self._buffered_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         # Why the request stream broke (a batch that could not be decoded), once it has.
         self.error: str | None = None
 
     async def serve(
         self, requests: AsyncIterator[pb.PipelineRequests]
-    ) -> AsyncIterator[pb.PipelineReplies]:
+    ) -> AsyncGenerator[pb.PipelineReplies, None]:
         """Yields reply batches until the client half-closes and every request was answered.
         When the stream broke instead, requests already started are still answered and then
         `error` says why: the caller must end the call with that error, never with OK."""
@@ -79,6 +94,8 @@ class PipelineSession:
             while True:
                 if self._outbox:
                     replies, self._outbox = self._outbox, []
+                    self._buffered_bytes = 0
+                    self._room.set()
                     yield pb.PipelineReplies(replies=replies)
                     continue
                 if not self._reading and not self._waiting:
@@ -97,6 +114,9 @@ class PipelineSession:
             async for batch in requests:
                 for request in batch.requests:
                     self._start(request)
+                if self._buffered_bytes >= MAX_BUFFERED_REPLY_BYTES:
+                    self._room.clear()
+                    await self._room.wait()
         except DecodeError as error:
             # gRPC decodes each batch as the iterator reaches it: a batch that is not a valid
             # PipelineRequests (say, a string that is not UTF-8) surfaces here.
@@ -163,7 +183,30 @@ class PipelineSession:
 
     def _post(self, reply: pb.PipelineReply) -> None:
         self._outbox.append(reply)
+        self._buffered_bytes += reply.ByteSize()
         self._ready.set()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of replies posted and not yet handed to gRPC."""
+        return self._buffered_bytes
+
+
+async def pump(
+    session: PipelineSession,
+    requests: AsyncIterator[pb.PipelineRequests],
+    write: Callable[[pb.PipelineReplies], Awaitable[None]],
+) -> None:
+    """Serve one stream, writing every reply batch with `write` (the call's `context.write`).
+    Raises ClientTooSlowError when a batch is not taken within WRITE_STALL_TIMEOUT."""
+    async with contextlib.aclosing(session.serve(requests)) as replies:
+        async for batch in replies:
+            try:
+                await asyncio.wait_for(write(batch), WRITE_STALL_TIMEOUT)
+            except TimeoutError:
+                raise ClientTooSlowError(
+                    f"the client left its replies unread for {WRITE_STALL_TIMEOUT:g} s"
+                ) from None
 
 
 def status_code_number(code: grpc.StatusCode) -> int:

@@ -23,7 +23,13 @@ from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
 from raftkv.server.peers import PeerStreamSession
-from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
+from raftkv.server.pipeline import (
+    ClientTooSlowError,
+    PipelineRequestError,
+    PipelineSession,
+    pump,
+    status_code_number,
+)
 from raftkv.server.replica import Replica
 from raftkv.server.replies import SERVE_CLIENT_TIMEOUT_DATA, outcome_reply, timeout_reply
 
@@ -249,14 +255,18 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             response.leader_id = status.leader_id
         return response
 
-    async def Pipeline(  # noqa: N802 - gRPC method name
+    # grpc.aio's writer API (context.write), not an async generator: a write that the client does
+    # not take within the stall timeout can then be abandoned. The stub types only the generator.
+    async def Pipeline(  # type: ignore[override]  # noqa: N802 - gRPC method name
         self,
         request_iterator: AsyncIterator[pb.PipelineRequests],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.PipelineReplies]:
+    ) -> None:
         session = PipelineSession(self._pipeline_backend)
-        async for replies in session.serve(request_iterator):
-            yield replies
+        try:
+            await pump(session, request_iterator, context.write)
+        except ClientTooSlowError as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         if session.error is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.error)
 

@@ -238,3 +238,69 @@ async def _until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError("condition not reached within 5 s")
+
+
+def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_BUFFERED_REPLY_BYTES", 1000, raising=False)
+
+    async def scenario() -> None:
+        backend = ScriptedBackend()
+        inbox: asyncio.Queue[pb.PipelineRequests] = asyncio.Queue()
+        for batch in range(200):  # ~25 bytes of reply per GET, 10 GETs a batch
+            inbox.put_nowait(
+                pb.PipelineRequests(requests=[get(batch * 10 + i, f"k{i}") for i in range(10)])
+            )
+
+        async def requests() -> AsyncIterator[pb.PipelineRequests]:
+            while True:
+                yield await inbox.get()
+
+        session = PipelineSession(backend)
+        replies = session.serve(requests())
+        # gRPC takes one batch, then its write blocks: the client is not reading.
+        first = await asyncio.wait_for(anext(replies), 5)
+        assert first.replies
+        for _ in range(50):  # give the reader every chance to run ahead
+            await asyncio.sleep(0)
+        unread = inbox.qsize()
+        assert unread > 150, "the session kept reading although nobody took its replies"
+        assert session.buffered_bytes < 1000 + 10 * 40  # the bound plus one batch
+        # The client reads again: the session takes more requests.
+        await asyncio.wait_for(anext(replies), 5)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert inbox.qsize() < unread
+        await replies.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_leaves_its_replies_unread_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "WRITE_STALL_TIMEOUT", 0.05, raising=False)
+
+    async def scenario() -> None:
+        first_written = asyncio.Event()
+
+        async def requests() -> AsyncIterator[pb.PipelineRequests]:
+            yield pb.PipelineRequests(requests=[get(1, "a")])
+            await first_written.wait()
+            yield pb.PipelineRequests(requests=[get(2, "b")])
+            await asyncio.Event().wait()  # the client keeps its side open
+
+        async def write_that_blocks_after_one(batch: pb.PipelineReplies) -> None:
+            if first_written.is_set():
+                await asyncio.Event().wait()  # flow control: the client does not read
+            first_written.set()
+
+        session = PipelineSession(ScriptedBackend())
+        with pytest.raises(pipeline.ClientTooSlowError, match="unread"):
+            await asyncio.wait_for(
+                pipeline.pump(session, requests(), write_that_blocks_after_one), 5
+            )
+        assert first_written.is_set()
+
+    asyncio.run(scenario())
