@@ -474,13 +474,41 @@ def test_a_set_that_is_never_answered_has_an_unknown_outcome() -> None:
 
         with pytest.raises(UnknownOutcomeError) as caught:
             asyncio.run(scenario("set"))
-        assert caught.value.client_id == "writer"
+        assert caught.value.client_id.startswith("writer.")
         assert "node 0 timed out" in str(caught.value)
         assert str(caught.value).startswith("outcome unknown: SET 'k'")
         # A GET changes nothing, so its failure is a plain NoLeaderError.
         with pytest.raises(NoLeaderError) as caught_get:
             asyncio.run(scenario("get"))
         assert not isinstance(caught_get.value, UnknownOutcomeError)
+
+
+def test_every_client_has_its_own_id_and_counts_seqs_from_1() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+
+        async def scenario(client_id: str | None) -> str:
+            client = RaftKVClient(fake.description, client_id=client_id, first_node=0)
+            async with client:
+                await client.set("k", "one")
+                await client.set("k", "two")
+                return client.client_id
+
+        ids = [asyncio.run(scenario(given)) for given in ("writer", "writer", None)]
+        assert ids[0].startswith("writer.") and ids[1].startswith("writer.")
+        assert len(ids[0]) == len("writer.") + 16
+        assert len(set(ids)) == 3
+        # Seqs start at 1 for every id, whatever the clock says: never a stale or duplicate seq.
+        sent = [(r.client_id, r.seq) for r in fake.nodes[0].received_sets]
+        assert sent == [(client_id, seq) for client_id in ids for seq in (1, 2)]
+        assert fake.shared.log_length == 6
+
+
+def test_a_client_id_too_long_for_its_suffix_is_refused() -> None:
+    description = ClusterDescription.local(1)
+    RaftKVClient(description, client_id="w" * 239)
+    with pytest.raises(ValueError, match="at most 239 bytes"):
+        RaftKVClient(description, client_id="w" * 240)
 
 
 def test_status_has_a_row_for_an_unreachable_node() -> None:
