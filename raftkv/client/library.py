@@ -9,6 +9,8 @@ The client knows every node's address. It sends a request to the last node that 
 random node), follows the leader hints (leader id and address) that followers attach to
 FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
+FAILED_PRECONDITION with `refusal: stale-sequence` (on the Pipeline stream: no leader hint and
+the stale-sequence details text) is not a redirect: `set()` raises `StaleSequenceError` at once.
 
 GETs and SETs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
 calls from one client share it, and whatever is queued goes out as one message, which costs the
@@ -43,10 +45,22 @@ import grpc.aio
 from raftkv.cluster import ClusterDescription
 from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
-from raftkv.rpc.metadata import LEADER_ADDRESS_METADATA, LEADER_ID_METADATA
+from raftkv.rpc.metadata import (
+    LEADER_ADDRESS_METADATA,
+    LEADER_ID_METADATA,
+    REFUSAL_METADATA,
+    STALE_SEQUENCE_DETAILS,
+    STALE_SEQUENCE_REFUSAL,
+)
 from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
-from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .errors import (
+    InvalidRequestError,
+    NoLeaderError,
+    RaftKVError,
+    StaleSequenceError,
+    UnknownOutcomeError,
+)
 from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
 from .status import (
     NodeStatusRow,
@@ -101,6 +115,8 @@ class _Failure:
     leader_hint: _Endpoint | None
     # False only when the request certainly was not applied (refused, or never sent).
     may_have_applied: bool
+    # A SET refused for a stale seq: final, never retried.
+    stale_sequence: bool = False
 
 
 class _Backoff:
@@ -271,6 +287,10 @@ class RaftKVClient:
                     self._known_leader = target
                     return reply
                 failure = self._describe_refusal(reply, try_timeout)
+            if failure.stale_sequence and set_request is not None:
+                raise StaleSequenceError(
+                    key=set_request.key, client_id=set_request.client_id, seq=set_request.seq
+                )
 
             last_said[target] = failure.reason
             may_have_applied = may_have_applied or failure.may_have_applied
@@ -323,6 +343,8 @@ class RaftKVClient:
         try_timeout: float,
     ) -> _Failure:
         hint = self._leader_hint(metadata)
+        if code == grpc.StatusCode.FAILED_PRECONDITION and _is_stale_sequence(details, metadata):
+            return _Failure("refused: stale sequence number", None, False, stale_sequence=True)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             where = "leader unknown" if hint is None else f"leader is {hint.label}"
             return _Failure(f"not leader ({where})", hint, may_have_applied=False)
@@ -503,6 +525,16 @@ def _metadata_dict(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[s
             value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         )
     return result
+
+
+def _is_stale_sequence(details: str, metadata: dict[str, str]) -> bool:
+    """Whether a FAILED_PRECONDITION is the stale-sequence refusal rather than "not the leader":
+    `refusal: stale-sequence` on the unary API; on the Pipeline stream, which has no metadata,
+    no leader hint and exactly the stale-sequence details."""
+    if metadata.get(REFUSAL_METADATA) == STALE_SEQUENCE_REFUSAL:
+        return True
+    has_hint = LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
+    return not has_hint and details == STALE_SEQUENCE_DETAILS
 
 
 def _never_connected(details: str) -> bool:

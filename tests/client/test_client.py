@@ -23,12 +23,19 @@ import grpc.aio
 import pytest
 
 from raftkv.client.cli import main
-from raftkv.client.errors import InvalidRequestError, NoLeaderError, UnknownOutcomeError
+from raftkv.client.errors import (
+    InvalidRequestError,
+    NoLeaderError,
+    StaleSequenceError,
+    UnknownOutcomeError,
+)
 from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient
 from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
+from raftkv.core.messages import Refusal, Refused
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
+from raftkv.server.replies import outcome_reply
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,8 +72,13 @@ class Invalid:
     """INVALID_ARGUMENT."""
 
 
-Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid
-SERVE, HANG, INVALID = Serve(), Hang(), Invalid()
+@dataclass(frozen=True)
+class Stale:
+    """A SET refused for a stale seq, exactly as a real node's Pipeline reply says it."""
+
+
+Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale
+SERVE, HANG, INVALID, STALE = Serve(), Hang(), Invalid(), Stale()
 
 
 @dataclass
@@ -170,6 +182,10 @@ class _ScriptedBackend:
                 return asyncio.get_running_loop().create_future()
             case Invalid():
                 raise PipelineRequestError("the key is too long")
+            case Stale():
+                # The server's own mapping, so that a change there shows here.
+                reply = outcome_reply(Refused(Refusal.STALE_SEQUENCE, 0), lambda _: None)
+                return _Refusal(reply.code, reply.details, reply.leader_hint, None)
         raise AssertionError(behaviour)
 
     def fill_reply(self, reply: raftkv_pb2.PipelineReply, outcome: object) -> None:
@@ -481,6 +497,37 @@ def test_a_set_that_is_never_answered_has_an_unknown_outcome() -> None:
         with pytest.raises(NoLeaderError) as caught_get:
             asyncio.run(scenario("get"))
         assert not isinstance(caught_get.value, UnknownOutcomeError)
+
+
+def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+        fake.nodes[1].upcoming = [STALE]
+
+        async def scenario() -> tuple[str, int]:
+            async with RaftKVClient(fake.description, first_node=1, timeout=5.0) as client:
+                with pytest.raises(StaleSequenceError) as caught:
+                    await client.set("k", "v")
+                error = caught.value
+                assert (error.key, error.client_id, error.seq) == ("k", client.client_id, 1)
+                # The client goes on: its next SET has the next seq and is served.
+                return client.client_id, await client.set("k", "w")
+
+        client_id, index = asyncio.run(asyncio.wait_for(scenario(), 4.0))
+        assert index == 1
+        sent = [(r.client_id, r.seq, r.value) for node in fake.nodes for r in node.received_sets]
+        assert sent == [(client_id, 1, "v"), (client_id, 2, "w")]
+        assert fake.shared.store == {"k": "w"}
+
+
+def test_a_stale_sequence_error_says_what_happened() -> None:
+    error = StaleSequenceError(key="k", client_id="writer.0123", seq=7)
+    assert str(error) == (
+        "stale sequence number: SET 'k' (client writer.0123, seq 7) was refused and not "
+        "applied, because a higher sequence number of this client id was already applied "
+        "(is another writer using this client id?)"
+    )
+    assert not isinstance(error, NoLeaderError)
 
 
 def test_every_client_has_its_own_id_and_counts_seqs_from_1() -> None:
