@@ -666,6 +666,15 @@ def test_cli_exit_codes_for_failures(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert main([*quick, "get", ""]) == 5
         assert capsys.readouterr().err == "raftkv: the key is empty\n"
 
+        # Refused for a stale sequence number: exit 6 at once, not after the timeout.
+        fake.nodes[0].upcoming = [STALE]
+        sets_before = sum(len(node.received_sets) for node in fake.nodes)
+        assert main(["--cluster", cluster, "--timeout", "5", "set", "k", "v"]) == 6
+        assert capsys.readouterr().err.startswith("raftkv: stale sequence number: SET 'k' (client ")
+        # Sent once (perhaps after a redirect to node 0), never retried after the refusal.
+        assert fake.nodes[0].received_sets[-1].value == "v"
+        assert sum(len(node.received_sets) for node in fake.nodes) - sets_before <= 2
+
 
 def test_cli_usage_and_cluster_file_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -691,6 +700,7 @@ def test_cli_usage_and_cluster_file_errors(
     help_text = capsys.readouterr().out
     assert "exit codes:" in help_text
     assert "4    SET outcome unknown" in help_text
+    assert "6    SET refused for a stale sequence number" in help_text
 
 
 # -- the shell ----------------------------------------------------------------------------------
