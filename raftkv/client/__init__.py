@@ -1,6 +1,12 @@
 """The raftkv client: `RaftKVClient` (asyncio), `SyncClient` (blocking) and the `raftkv` CLI."""
 
-from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .errors import (
+    InvalidRequestError,
+    NoLeaderError,
+    RaftKVError,
+    StaleSequenceError,
+    UnknownOutcomeError,
+)
 from .library import RaftKVClient, SyncClient
 from .status import NodeStatusRow
 
@@ -10,6 +16,7 @@ __all__ = [
     "NodeStatusRow",
     "RaftKVClient",
     "RaftKVError",
+    "StaleSequenceError",
     "SyncClient",
     "UnknownOutcomeError",
 ]

@@ -27,6 +27,8 @@ Exit codes:
     3  no leader: the cluster could not serve before the timeout (status: no node answered)
     4  SET outcome unknown: it may or may not have been applied
     5  invalid request (empty or oversized key, oversized value, text that is not Unicode)
+    6  SET refused for a stale sequence number: not applied, because a higher sequence number
+       of its client id was already applied (another writer used the same client id)
   130  interrupted (Ctrl-C)
 """
 
@@ -44,7 +46,13 @@ from pathlib import Path
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
 
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
-from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .errors import (
+    InvalidRequestError,
+    NoLeaderError,
+    RaftKVError,
+    StaleSequenceError,
+    UnknownOutcomeError,
+)
 from .library import SyncClient
 from .status import format_status_table
 
@@ -61,6 +69,7 @@ class ExitCode(IntEnum):
     NO_LEADER = 3
     OUTCOME_UNKNOWN = 4
     INVALID_REQUEST = 5
+    STALE_SEQUENCE = 6
     INTERRUPTED = 130
 
 
@@ -72,6 +81,7 @@ exit codes:
   3    no leader: the cluster could not serve before the timeout (status: no node answered)
   4    SET outcome unknown: it may or may not have been applied
   5    invalid request (empty or oversized key, oversized value, text that is not Unicode)
+  6    SET refused for a stale sequence number (not applied; another writer used its client id)
   130  interrupted
 
 The cluster comes from --peers, else --cluster, else $RAFTKV_CLUSTER, else cluster/cluster.json.
@@ -242,6 +252,8 @@ def _exit_code_for(error: RaftKVError) -> ExitCode:
         return ExitCode.INVALID_REQUEST
     if isinstance(error, UnknownOutcomeError):
         return ExitCode.OUTCOME_UNKNOWN
+    if isinstance(error, StaleSequenceError):
+        return ExitCode.STALE_SEQUENCE
     return ExitCode.NO_LEADER
 
 
@@ -337,6 +349,8 @@ def _run_shell_line(client: SyncClient, line: str, *, verbose: bool) -> bool:
         _say(str(error))
     except InvalidRequestError as error:
         _say(f"invalid request: {error}")
+    except StaleSequenceError as error:
+        _say(f"error: {error}")
     except KeyboardInterrupt:
         interrupted_write = " (a SET may or may not have been applied)" if command == "SET" else ""
         _say(f"interrupted{interrupted_write}")

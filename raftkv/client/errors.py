@@ -2,6 +2,7 @@
 
     RaftKVError
     ├── InvalidRequestError      the request is malformed; retrying cannot help
+    ├── StaleSequenceError       a SET was refused: its client id already has a higher seq
     └── NoLeaderError            no node could serve before the deadline
         └── UnknownOutcomeError  a SET may or may not have been applied
 
@@ -24,6 +25,26 @@ class InvalidRequestError(RaftKVError):
     Raised before sending when the client can tell, or when a node answers INVALID_ARGUMENT.
     Never retried: every node would refuse it the same way.
     """
+
+
+class StaleSequenceError(RaftKVError):
+    """A node refused a SET because a higher sequence number of its client id was already
+    applied (FAILED_PRECONDITION with `refusal: stale-sequence`, no leader hint).
+
+    The SET was not applied, and never will be: every replica skips it. Never retried. This
+    client gives every instance its own client id (see RaftKVClient), so this means that
+    another writer sent SETs under the same client id, which breaks exactly-once for both.
+    """
+
+    def __init__(self, *, key: str, client_id: str, seq: int) -> None:
+        self.key = key
+        self.client_id = client_id
+        self.seq = seq
+        super().__init__(
+            f"stale sequence number: SET {_preview(key)} (client {client_id}, seq {seq}) was "
+            f"refused and not applied, because a higher sequence number of this client id was "
+            f"already applied (is another writer using this client id?)"
+        )
 
 
 class NoLeaderError(RaftKVError):

@@ -9,13 +9,18 @@ The client knows every node's address. It sends a request to the last node that 
 random node), follows the leader hints (leader id and address) that followers attach to
 FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
+FAILED_PRECONDITION with `refusal: stale-sequence` (on the Pipeline stream: no leader hint and
+the stale-sequence details text) is not a redirect: `set()` raises `StaleSequenceError` at once.
 
 GETs and SETs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
 calls from one client share it, and whatever is queued goes out as one message, which costs the
 node far less than a unary call each. Status uses the unary RPC.
 
 A SET carries the client's id and a sequence number; every retry of one SET reuses them, so the
-server applies it at most once. A SET is reported as done only when a node acknowledged it. If
+server applies it at most once. Sequence numbers start at 1 and never come from the clock: every
+client instance has a client id of its own (a random one, or the caller's id with a random
+suffix), so no two runs ever share an id and a restarted program cannot send a seq below one the
+server already applied for its id. A SET is reported as done only when a node acknowledged it. If
 the deadline passes after an attempt whose fate is unknown (a timeout, or a connection that broke
 after the request left), `set()` raises `UnknownOutcomeError` rather than `NoLeaderError`.
 
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -39,12 +43,24 @@ import grpc
 import grpc.aio
 
 from raftkv.cluster import ClusterDescription
-from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
-from raftkv.rpc.metadata import LEADER_ADDRESS_METADATA, LEADER_ID_METADATA
+from raftkv.rpc.metadata import (
+    LEADER_ADDRESS_METADATA,
+    LEADER_ID_METADATA,
+    REFUSAL_METADATA,
+    STALE_SEQUENCE_DETAILS,
+    STALE_SEQUENCE_REFUSAL,
+)
 from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
-from .errors import InvalidRequestError, NoLeaderError, RaftKVError, UnknownOutcomeError
+from .errors import (
+    InvalidRequestError,
+    NoLeaderError,
+    RaftKVError,
+    StaleSequenceError,
+    UnknownOutcomeError,
+)
 from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
 from .status import (
     NodeStatusRow,
@@ -72,6 +88,14 @@ MAX_BACKOFF_SECONDS = 0.5
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def _client_id_suffix() -> str:
+    """What makes a caller-supplied client id this instance's own: "." and 16 random hex."""
+    return "." + uuid.uuid4().hex[:16]
+
+
+_MAX_CALLER_CLIENT_ID_BYTES = MAX_CLIENT_ID_BYTES - len(_client_id_suffix())
+
+
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
     address: str
@@ -91,6 +115,8 @@ class _Failure:
     leader_hint: _Endpoint | None
     # False only when the request certainly was not applied (refused, or never sent).
     may_have_applied: bool
+    # A SET refused for a stale seq: final, never retried.
+    stale_sequence: bool = False
 
 
 class _Backoff:
@@ -111,12 +137,17 @@ class RaftKVClient:
     """Talks to a raftkv cluster; see the module docstring for the retry rules.
 
     `timeout` bounds a whole `get()` / `set()` including retries; `per_try_timeout` bounds each
-    RPC (never beyond the overall deadline). `client_id` identifies this client to the server's
-    dedup table and must not be shared with another live client. With a generated id the
-    sequence numbers start at 1; with a caller-supplied id they start at the current time in
-    microseconds, so a process that restarts with the same id keeps counting upwards instead of
-    having its first writes mistaken for duplicates. `first_node` is tried first while no leader
-    is known (default: a random node).
+    RPC (never beyond the overall deadline). `first_node` is tried first while no leader is known
+    (default: a random node).
+
+    The server's dedup table knows a client by its id and keeps the highest sequence number
+    applied for it. This client's id is a random one, or, when the caller supplies `client_id`,
+    that id plus "." and 16 random hex digits (see `self.client_id`), so that the caller's id
+    still names the writer in the nodes' logs. Either way the id is new for every instance, and
+    sequence numbers start at 1 and count up: they never depend on the clock, so a program that
+    restarts (even with its clock stepped back) never sends a seq below one already applied for
+    its id. The price: a SET cannot be retried across instances; a process that dies during a
+    `set()` leaves that SET's outcome unknown, exactly as `UnknownOutcomeError` does.
 
     SETs from one client are sent one at a time: the server's dedup keeps only the highest
     sequence number per client, so a later SET overtaking an earlier one would make the earlier
@@ -137,6 +168,12 @@ class RaftKVClient:
         _require_positive("per_try_timeout", per_try_timeout)
         if client_id == "":
             raise ValueError("client_id must not be empty: the server does not dedup without one")
+        if client_id is not None and len(client_id.encode("utf-8")) > _MAX_CALLER_CLIENT_ID_BYTES:
+            raise ValueError(
+                f"client_id must be at most {_MAX_CALLER_CLIENT_ID_BYTES} bytes of UTF-8 (a "
+                f"{len(_client_id_suffix())}-byte random suffix is added; the server's limit is "
+                f"{MAX_CLIENT_ID_BYTES})"
+            )
         self._timeout = timeout
         self._per_try_timeout = per_try_timeout
         self._endpoints = [_Endpoint(node.address, node.id) for node in cluster.nodes]
@@ -148,12 +185,8 @@ class RaftKVClient:
         self._credentials = (
             None if tls_root_cert is None else grpc.ssl_channel_credentials(tls_root_cert)
         )
-        if client_id is None:
-            self.client_id = uuid.uuid4().hex
-            self._last_seq = 0
-        else:
-            self.client_id = client_id
-            self._last_seq = time.time_ns() // 1000
+        self.client_id = uuid.uuid4().hex if client_id is None else client_id + _client_id_suffix()
+        self._last_seq = 0
         self._rng = random.Random()
         self._known_leader: _Endpoint | None = None
         self._channels: dict[str, Any] = {}
@@ -254,6 +287,10 @@ class RaftKVClient:
                     self._known_leader = target
                     return reply
                 failure = self._describe_refusal(reply, try_timeout)
+            if failure.stale_sequence and set_request is not None:
+                raise StaleSequenceError(
+                    key=set_request.key, client_id=set_request.client_id, seq=set_request.seq
+                )
 
             last_said[target] = failure.reason
             may_have_applied = may_have_applied or failure.may_have_applied
@@ -306,6 +343,8 @@ class RaftKVClient:
         try_timeout: float,
     ) -> _Failure:
         hint = self._leader_hint(metadata)
+        if code == grpc.StatusCode.FAILED_PRECONDITION and _is_stale_sequence(details, metadata):
+            return _Failure("refused: stale sequence number", None, False, stale_sequence=True)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             where = "leader unknown" if hint is None else f"leader is {hint.label}"
             return _Failure(f"not leader ({where})", hint, may_have_applied=False)
@@ -486,6 +525,16 @@ def _metadata_dict(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[s
             value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         )
     return result
+
+
+def _is_stale_sequence(details: str, metadata: dict[str, str]) -> bool:
+    """Whether a FAILED_PRECONDITION is the stale-sequence refusal rather than "not the leader":
+    `refusal: stale-sequence` on the unary API; on the Pipeline stream, which has no metadata,
+    no leader hint and exactly the stale-sequence details."""
+    if metadata.get(REFUSAL_METADATA) == STALE_SEQUENCE_REFUSAL:
+        return True
+    has_hint = LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
+    return not has_hint and details == STALE_SEQUENCE_DETAILS
 
 
 def _never_connected(details: str) -> bool:

@@ -107,7 +107,8 @@ class Envelope:
 
 
 class Refusal(Enum):
-    """Why a request was not served. Each is safe to retry (at the hinted leader)."""
+    """Why a request was not served. Each but STALE_SEQUENCE is safe to retry (at the hinted
+    leader)."""
 
     NOT_LEADER = "not the leader"
     NO_LEASE = "leader holds no valid lease"
@@ -115,6 +116,12 @@ class Refusal(Enum):
     WAITING_OLD_LEASE = "new leader is waiting for the old leader's lease to end"
     # Only this node's copy: another may still commit, so a SET's outcome is unknown.
     ENTRY_LOST = "entry was overwritten by another leader"
+    # The SET was committed but skipped: a higher seq of its client id was already applied.
+    # Definite (it will never apply), and the one refusal that retrying cannot fix.
+    STALE_SEQUENCE = (
+        "stale sequence number: a higher sequence number of this client id was already "
+        "applied, so this SET was not applied"
+    )
 
 
 @dataclass(frozen=True, slots=True)

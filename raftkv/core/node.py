@@ -724,7 +724,7 @@ class RaftNode:
         role = "leader" if self.role is Role.LEADER else "follower"
         for index in range(first, commit_index + 1):
             entry = self._log[index - 1]
-            self.state_machine.apply(entry.command)
+            effect_index = self.state_machine.apply(entry.command, index)
             self._out.applied.append((index, entry))
             if announce and isinstance(entry.command, SetCommand):
                 self._out.events.append(
@@ -733,11 +733,14 @@ class RaftNode:
             pending = self._pending_writes.pop(index, None)
             if pending is not None:
                 token, term = pending
-                result: WriteDone | Refused = (
-                    WriteDone(index)
-                    if term == entry.term
-                    else Refused(Refusal.ENTRY_LOST, self.leader_id)
-                )
+                result: WriteDone | Refused
+                if term != entry.term:
+                    result = Refused(Refusal.ENTRY_LOST, self.leader_id)
+                elif effect_index is None:
+                    result = Refused(Refusal.STALE_SEQUENCE, None)
+                else:
+                    # A retry of the client's last applied SET answers where that one applied.
+                    result = WriteDone(effect_index)
                 self._out.replies.append(ClientReply(token, result))
 
     # ------------------------------------------------------------------------------------------

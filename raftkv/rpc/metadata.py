@@ -1,9 +1,18 @@
 """Names of the gRPC metadata raftkv sends beside its messages (part of the wire protocol).
 
 A refusal on the unary KeyValue API names the node to ask instead in its trailing metadata.
+A SET refused for a stale sequence number is FAILED_PRECONDITION like "not the leader", but
+carries no leader hint and says why in `refusal: stale-sequence`. The Pipeline stream has no
+per-request metadata: there the details text, STALE_SEQUENCE_DETAILS, is the marker.
 """
 
 from __future__ import annotations
 
 LEADER_ID_METADATA = "leader-id"
 LEADER_ADDRESS_METADATA = "leader-address"
+REFUSAL_METADATA = "refusal"
+STALE_SEQUENCE_REFUSAL = "stale-sequence"
+STALE_SEQUENCE_DETAILS = (
+    "stale sequence number: a higher sequence number of this client id was already applied, "
+    "so this SET was not applied"
+)

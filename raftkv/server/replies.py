@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import grpc
 
 from raftkv.core.messages import ReadValue, Refusal, Refused, WriteDone
-from raftkv.rpc.metadata import LEADER_ADDRESS_METADATA, LEADER_ID_METADATA
+from raftkv.rpc.metadata import (
+    LEADER_ADDRESS_METADATA,
+    LEADER_ID_METADATA,
+    REFUSAL_METADATA,
+    STALE_SEQUENCE_DETAILS,
+    STALE_SEQUENCE_REFUSAL,
+)
 
 READ_TIMEOUT_DETAILS = "read timed out"
 SET_TIMEOUT_DETAILS = (
@@ -34,27 +40,30 @@ _REFUSAL_CODES = {
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A core outcome as a client sees it. `code` is OK when the request was served; otherwise
-    `details` says why not and `leader_hint`/`leader_address` name the node to ask instead."""
+    `details` says why not and `leader_hint`/`leader_address` name the node to ask instead;
+    `refusal` tells refusals that share a code apart (only a stale sequence number has one)."""
 
     code: grpc.StatusCode
     details: str = ""
     leader_hint: int | None = None
     leader_address: str = ""
+    refusal: str = ""
 
     @property
     def ok(self) -> bool:
         return self.code is grpc.StatusCode.OK
 
-    def leader_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The trailing metadata of a refusal on the unary API: `leader-id`, `leader-address`."""
-        if self.leader_hint is None:
-            return ()
-        if not self.leader_address:
-            return ((LEADER_ID_METADATA, str(self.leader_hint)),)
-        return (
-            (LEADER_ID_METADATA, str(self.leader_hint)),
-            (LEADER_ADDRESS_METADATA, self.leader_address),
-        )
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata of a refusal on the unary API: `leader-id`, `leader-address`,
+        `refusal`, each only when there is one."""
+        metadata: tuple[tuple[str, str], ...] = ()
+        if self.leader_hint is not None:
+            metadata += ((LEADER_ID_METADATA, str(self.leader_hint)),)
+            if self.leader_address:
+                metadata += ((LEADER_ADDRESS_METADATA, self.leader_address),)
+        if self.refusal:
+            metadata += ((REFUSAL_METADATA, self.refusal),)
+        return metadata
 
 
 def outcome_reply(
@@ -63,6 +72,14 @@ def outcome_reply(
     """The reply to a core outcome; `address_of` gives a hinted leader's client address."""
     if not isinstance(outcome, Refused):
         return Reply(grpc.StatusCode.OK)
+    if outcome.reason is Refusal.STALE_SEQUENCE:
+        # Definite and final, and not a redirect: a higher seq of the client was applied, so no
+        # node will ever apply this SET and there is no leader to name.
+        return Reply(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            STALE_SEQUENCE_DETAILS,
+            refusal=STALE_SEQUENCE_REFUSAL,
+        )
     code = _REFUSAL_CODES.get(outcome.reason, grpc.StatusCode.UNAVAILABLE)
     hint = outcome.leader_hint
     address = "" if hint is None else address_of(hint) or ""

@@ -272,7 +272,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refused: Refused) -> None:
         reply = outcome_reply(refused, self.replica.leader_address)
-        context.set_trailing_metadata(reply.leader_metadata())
+        context.set_trailing_metadata(reply.trailing_metadata())
         await context.abort(reply.code, reply.details)
 
     async def _time_out(self, context: grpc.aio.ServicerContext, request_kind: str) -> None:

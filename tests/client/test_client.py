@@ -23,12 +23,19 @@ import grpc.aio
 import pytest
 
 from raftkv.client.cli import main
-from raftkv.client.errors import InvalidRequestError, NoLeaderError, UnknownOutcomeError
+from raftkv.client.errors import (
+    InvalidRequestError,
+    NoLeaderError,
+    StaleSequenceError,
+    UnknownOutcomeError,
+)
 from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient
 from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
+from raftkv.core.messages import Refusal, Refused
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
+from raftkv.server.replies import outcome_reply
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,8 +72,13 @@ class Invalid:
     """INVALID_ARGUMENT."""
 
 
-Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid
-SERVE, HANG, INVALID = Serve(), Hang(), Invalid()
+@dataclass(frozen=True)
+class Stale:
+    """A SET refused for a stale seq, exactly as a real node's Pipeline reply says it."""
+
+
+Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale
+SERVE, HANG, INVALID, STALE = Serve(), Hang(), Invalid(), Stale()
 
 
 @dataclass
@@ -170,6 +182,10 @@ class _ScriptedBackend:
                 return asyncio.get_running_loop().create_future()
             case Invalid():
                 raise PipelineRequestError("the key is too long")
+            case Stale():
+                # The server's own mapping, so that a change there shows here.
+                reply = outcome_reply(Refused(Refusal.STALE_SEQUENCE, 0), lambda _: None)
+                return _Refusal(reply.code, reply.details, reply.leader_hint, None)
         raise AssertionError(behaviour)
 
     def fill_reply(self, reply: raftkv_pb2.PipelineReply, outcome: object) -> None:
@@ -474,13 +490,72 @@ def test_a_set_that_is_never_answered_has_an_unknown_outcome() -> None:
 
         with pytest.raises(UnknownOutcomeError) as caught:
             asyncio.run(scenario("set"))
-        assert caught.value.client_id == "writer"
+        assert caught.value.client_id.startswith("writer.")
         assert "node 0 timed out" in str(caught.value)
         assert str(caught.value).startswith("outcome unknown: SET 'k'")
         # A GET changes nothing, so its failure is a plain NoLeaderError.
         with pytest.raises(NoLeaderError) as caught_get:
             asyncio.run(scenario("get"))
         assert not isinstance(caught_get.value, UnknownOutcomeError)
+
+
+def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+        fake.nodes[1].upcoming = [STALE]
+
+        async def scenario() -> tuple[str, int]:
+            async with RaftKVClient(fake.description, first_node=1, timeout=5.0) as client:
+                with pytest.raises(StaleSequenceError) as caught:
+                    await client.set("k", "v")
+                error = caught.value
+                assert (error.key, error.client_id, error.seq) == ("k", client.client_id, 1)
+                # The client goes on: its next SET has the next seq and is served.
+                return client.client_id, await client.set("k", "w")
+
+        client_id, index = asyncio.run(asyncio.wait_for(scenario(), 4.0))
+        assert index == 1
+        sent = [(r.client_id, r.seq, r.value) for node in fake.nodes for r in node.received_sets]
+        assert sent == [(client_id, 1, "v"), (client_id, 2, "w")]
+        assert fake.shared.store == {"k": "w"}
+
+
+def test_a_stale_sequence_error_says_what_happened() -> None:
+    error = StaleSequenceError(key="k", client_id="writer.0123", seq=7)
+    assert str(error) == (
+        "stale sequence number: SET 'k' (client writer.0123, seq 7) was refused and not "
+        "applied, because a higher sequence number of this client id was already applied "
+        "(is another writer using this client id?)"
+    )
+    assert not isinstance(error, NoLeaderError)
+
+
+def test_every_client_has_its_own_id_and_counts_seqs_from_1() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+
+        async def scenario(client_id: str | None) -> str:
+            client = RaftKVClient(fake.description, client_id=client_id, first_node=0)
+            async with client:
+                await client.set("k", "one")
+                await client.set("k", "two")
+                return client.client_id
+
+        ids = [asyncio.run(scenario(given)) for given in ("writer", "writer", None)]
+        assert ids[0].startswith("writer.") and ids[1].startswith("writer.")
+        assert len(ids[0]) == len("writer.") + 16
+        assert len(set(ids)) == 3
+        # Seqs start at 1 for every id, whatever the clock says: never a stale or duplicate seq.
+        sent = [(r.client_id, r.seq) for r in fake.nodes[0].received_sets]
+        assert sent == [(client_id, seq) for client_id in ids for seq in (1, 2)]
+        assert fake.shared.log_length == 6
+
+
+def test_a_client_id_too_long_for_its_suffix_is_refused() -> None:
+    description = ClusterDescription.local(1)
+    RaftKVClient(description, client_id="w" * 239)
+    with pytest.raises(ValueError, match="at most 239 bytes"):
+        RaftKVClient(description, client_id="w" * 240)
 
 
 def test_status_has_a_row_for_an_unreachable_node() -> None:
@@ -591,6 +666,15 @@ def test_cli_exit_codes_for_failures(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert main([*quick, "get", ""]) == 5
         assert capsys.readouterr().err == "raftkv: the key is empty\n"
 
+        # Refused for a stale sequence number: exit 6 at once, not after the timeout.
+        fake.nodes[0].upcoming = [STALE]
+        sets_before = sum(len(node.received_sets) for node in fake.nodes)
+        assert main(["--cluster", cluster, "--timeout", "5", "set", "k", "v"]) == 6
+        assert capsys.readouterr().err.startswith("raftkv: stale sequence number: SET 'k' (client ")
+        # Sent once (perhaps after a redirect to node 0), never retried after the refusal.
+        assert fake.nodes[0].received_sets[-1].value == "v"
+        assert sum(len(node.received_sets) for node in fake.nodes) - sets_before <= 2
+
 
 def test_cli_usage_and_cluster_file_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -616,6 +700,7 @@ def test_cli_usage_and_cluster_file_errors(
     help_text = capsys.readouterr().out
     assert "exit codes:" in help_text
     assert "4    SET outcome unknown" in help_text
+    assert "6    SET refused for a stale sequence number" in help_text
 
 
 # -- the shell ----------------------------------------------------------------------------------

@@ -510,6 +510,53 @@ def test_an_overwritten_proposal_is_answered_as_lost() -> None:
     assert ClientReply(9, Refused(Refusal.ENTRY_LOST, 2)) in h.replies
 
 
+def _propose_and_commit(
+    h: Harness, leader: RaftNode, command: SetCommand, now: float, token: int
+) -> tuple[int, list[WriteDone | ReadValue | Refused]]:
+    """Propose, deliver until quiet; the entry's index and the replies to `token`."""
+    result = leader.propose(command, now, token=token)
+    assert isinstance(result, Accepted)
+    h.flush(leader.id)
+    h.deliver_all(now)
+    return result.index, [r.result for r in h.replies if r.token == token]
+
+
+def test_a_retry_of_the_applied_seq_answers_the_original_index_and_a_lower_seq_is_refused() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    index, replies = _propose_and_commit(h, leader, SetCommand("k", "five", "c", 5), 3.2, 1)
+    assert (index, replies) == (2, [WriteDone(2)])
+    # The retry is a new entry (index 3) that every replica skips; it answers seq 5's index.
+    index, replies = _propose_and_commit(h, leader, SetCommand("k", "five", "c", 5), 3.25, 2)
+    assert (index, replies) == (3, [WriteDone(2)])
+    # A lower seq commits (index 4) but never applies, and is never acknowledged.
+    index, replies = _propose_and_commit(h, leader, SetCommand("k", "three", "c", 3), 3.3, 3)
+    assert (index, replies) == (4, [Refused(Refusal.STALE_SEQUENCE, None)])
+    h.tick(1, 3.4)
+    h.deliver_all(3.4)
+    assert all(n.commit_index == 4 for n in h.nodes.values())
+    assert all(n.state_machine.get("k") == "five" for n in h.nodes.values())
+    assert all(n.state_machine.last_applied("c") == (5, 2) for n in h.nodes.values())
+
+
+def test_a_new_leader_answers_retries_and_stale_seqs_from_the_replicated_table() -> None:
+    h = Harness()
+    old = serving_leader(h)
+    _propose_and_commit(h, old, SetCommand("k", "five", "c", 5), 3.2, 1)
+    h.tick(1, 3.3)
+    h.deliver_all(3.3)
+    new = h.elect(2, 10.0)
+    assert old.role is not Role.LEADER
+    now = 12.0  # after elect() let node 2 serve; no ticks, so it stays leader
+    _, replies = _propose_and_commit(h, new, SetCommand("k", "five", "c", 5), now, 2)
+    assert replies == [WriteDone(2)]
+    _, replies = _propose_and_commit(h, new, SetCommand("k", "three", "c", 3), now + 0.01, 3)
+    assert replies == [Refused(Refusal.STALE_SEQUENCE, None)]
+    index, replies = _propose_and_commit(h, new, SetCommand("k", "six", "c", 6), now + 0.02, 4)
+    assert replies == [WriteDone(index)]
+    assert new.state_machine.get("k") == "six"
+
+
 def test_append_entries_batches_are_capped_by_size() -> None:
     small = replace(CONFIG, max_message_chars=100)
     h = Harness(config=small)

@@ -7,28 +7,41 @@ from raftkv.core.state_machine import KeyValueStateMachine
 def test_set_get_and_missing() -> None:
     machine = KeyValueStateMachine()
     assert machine.get("a") is None
-    assert machine.apply(SetCommand("a", "1"))
-    assert machine.apply(SetCommand("a", "two words"))
+    assert machine.apply(SetCommand("a", "1"), 1) == 1
+    assert machine.apply(SetCommand("a", "two words"), 2) == 2
     assert machine.get("a") == "two words"
-    assert machine.apply(NO_OP)
+    assert machine.apply(NO_OP, 3) == 3
     assert len(machine) == 1
 
 
-def test_retried_set_applies_once() -> None:
+def test_retried_set_applies_once_and_answers_the_original_index() -> None:
     machine = KeyValueStateMachine()
-    assert machine.apply(SetCommand("k", "first", "client-1", 1))
-    assert machine.apply(SetCommand("k", "second", "client-2", 1))
-    # client-1 retries seq 1 after client-2 wrote: the retry must not undo client-2's write.
-    assert not machine.apply(SetCommand("k", "first", "client-1", 1))
+    assert machine.apply(SetCommand("k", "first", "client-1", 1), 1) == 1
+    assert machine.apply(SetCommand("k", "second", "client-2", 1), 2) == 2
+    # client-1 retries seq 1 after client-2 wrote: the retry must not undo client-2's write,
+    # and its answer is where seq 1 was applied.
+    assert machine.apply(SetCommand("k", "first", "client-1", 1), 3) == 1
     assert machine.get("k") == "second"
-    assert machine.apply(SetCommand("k", "third", "client-1", 2))
+    assert machine.apply(SetCommand("k", "third", "client-1", 2), 4) == 4
     assert machine.get("k") == "third"
+    assert machine.last_applied("client-1") == (2, 4)
+
+
+def test_set_below_the_last_applied_seq_is_stale() -> None:
+    machine = KeyValueStateMachine()
+    assert machine.apply(SetCommand("k", "five", "c", 5), 1) == 1
+    assert machine.apply(SetCommand("k", "three", "c", 3), 2) is None
+    assert machine.get("k") == "five"
+    # The stale SET leaves the table as it was: seq 5 still answers its own index.
+    assert machine.last_applied("c") == (5, 1)
+    assert machine.apply(SetCommand("k", "five", "c", 5), 3) == 1
 
 
 def test_commands_without_client_id_are_never_deduplicated() -> None:
     machine = KeyValueStateMachine()
-    assert machine.apply(SetCommand("k", "x"))
-    assert machine.apply(SetCommand("k", "x"))
+    assert machine.apply(SetCommand("k", "x"), 1) == 1
+    assert machine.apply(SetCommand("k", "x"), 2) == 2
+    assert machine.last_applied("") is None
 
 
 def test_replicas_applying_the_same_log_agree() -> None:
@@ -40,7 +53,10 @@ def test_replicas_applying_the_same_log_agree() -> None:
         SetCommand("b", "old", "d", 4),
     ]
     replicas = [KeyValueStateMachine() for _ in range(3)]
-    for replica in replicas:
-        for command in log:
-            replica.apply(command)
+    answers = [
+        [replica.apply(command, index) for index, command in enumerate(log, start=1)]
+        for replica in replicas
+    ]
     assert all(r.snapshot_items() == {"a": "3", "b": "2"} for r in replicas)
+    assert all(answer == [1, 1, 3, 4, None] for answer in answers)
+    assert all(r.last_applied("c") == (2, 4) and r.last_applied("d") == (5, 3) for r in replicas)

@@ -156,6 +156,43 @@ def test_set_get_both_apis(make_cluster: ClusterFactory) -> None:
     cluster.at_leader(follower_names_leader, what="a follower to refuse, naming the leader")
 
 
+def test_exactly_once_answers_a_retry_its_index_and_refuses_a_stale_seq(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(3).start()
+
+    def set_five(leader: int) -> int:
+        return cluster.set(leader, "k", "five", client_id="writer", seq=5).index
+
+    # The same (client id, seq) twice: the second is a retry, answered with the first's index
+    # (at_leader repeats a SET whose answer was lost; dedup makes that harmless too).
+    first = cluster.at_leader(set_five, what="SET seq 5")
+    again = cluster.at_leader(set_five, what="SET seq 5 again")
+    assert again == first > 0
+
+    def set_three(leader: int) -> grpc.RpcError:
+        try:
+            reply = cluster.set(leader, "k", "three", client_id="writer", seq=3)
+        except grpc.RpcError as error:
+            metadata = dict(error.trailing_metadata() or ())
+            if rpc_code(error) == grpc.StatusCode.FAILED_PRECONDITION and "refusal" in metadata:
+                return error
+            raise
+        raise AssertionError(f"a SET below the applied seq was acknowledged: {reply}")
+
+    refused = cluster.at_leader(set_three, what="SET seq 3 to be refused")
+    assert refused.details() == (
+        "stale sequence number: a higher sequence number of this client id was already "
+        "applied, so this SET was not applied"
+    )
+    assert dict(refused.trailing_metadata()) == {"refusal": "stale-sequence"}
+
+    def value(leader: int) -> pb.GetResponse:
+        return cluster.get(leader, "k")
+
+    assert cluster.at_leader(value, what="GET k") == pb.GetResponse(found=True, value="five")
+
+
 def pipeline(
     cluster: LocalCluster, node_id: int, *requests: pb.PipelineRequest
 ) -> dict[int, pb.PipelineReply]:

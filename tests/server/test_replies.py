@@ -1,6 +1,6 @@
 """The replies every client path gives for each core outcome, pinned to the byte.
 
-The core answers a GET or SET with ReadValue, WriteDone or Refused (one of five reasons, with or
+The core answers a GET or SET with ReadValue, WriteDone or Refused (one of six reasons, with or
 without a leader hint), or the wait times out. Three paths turn that into a reply: the typed unary
 Get/Set (a gRPC status, details and trailing metadata), the assignment's ServeClient (Data,
 LeaderID, Success) and the Pipeline stream (a PipelineReply). Clients rely on these exact
@@ -181,6 +181,35 @@ def test_serve_client_refusals(
         Data=details, LeaderID="None" if hint is None else str(hint), Success=False
     )
     assert _serve_client(Refused(reason, hint), request_text) == expected.SerializeToString()
+
+
+STALE_DETAILS = (
+    "stale sequence number: a higher sequence number of this client id was already applied, "
+    "so this SET was not applied"
+)
+
+
+@pytest.mark.parametrize("hint", HINTS)
+def test_a_stale_sequence_is_a_failed_precondition_without_a_leader_on_every_path(
+    hint: int | None,
+) -> None:
+    stale = Refused(Refusal.STALE_SEQUENCE, hint)
+    # Typed Set: no leader to follow, and `refusal: stale-sequence` tells it from "not leader".
+    reply, context = _typed(stale, "set")
+    assert reply is None
+    assert (context.code, context.details) == (grpc.StatusCode.FAILED_PRECONDITION, STALE_DETAILS)
+    assert context.trailing == (("refusal", "stale-sequence"),)
+    # Pipeline: no per-request metadata; no leader_id, and the details text is the marker.
+    expected = pb.PipelineReply(
+        tag=7, code=grpc.StatusCode.FAILED_PRECONDITION.value[0], details=STALE_DETAILS
+    )
+    piped = _pipeline(stale)
+    assert piped.SerializeToString() == expected.SerializeToString()
+    assert not piped.HasField("leader_id")
+    # ServeClient SETs carry no client id, so the core never answers them this; if it did:
+    assert _serve_client(stale, "SET k v") == (
+        pb.ServeClientReply(Data=STALE_DETAILS, LeaderID="None", Success=False).SerializeToString()
+    )
 
 
 def test_successes_on_every_path() -> None:

@@ -18,6 +18,7 @@ from raftkv.core.messages import (
     Message,
     ReadPending,
     ReadValue,
+    Refusal,
     Refused,
     RequestVote,
     SetCommand,
@@ -521,6 +522,10 @@ class Simulation:
         if response.ok:
             self._finish(client, op, Outcome.OK, response.value)
             return
+        if response.definite_failure:
+            # A stale seq: committed but skipped by every replica, so it never took effect.
+            self._finish(client, op, Outcome.FAIL, None)
+            return
         client.target = (
             response.leader_hint
             if response.leader_hint is not None and response.leader_hint != client.target
@@ -611,7 +616,8 @@ class Simulation:
         if isinstance(result, WriteDone):
             return ClientResponse(op_id, True, None, None, False)
         assert isinstance(result, Refused)
-        return ClientResponse(op_id, False, None, result.leader_hint, False)
+        stale = result.reason is Refusal.STALE_SEQUENCE
+        return ClientResponse(op_id, False, None, result.leader_hint, stale)
 
     # ------------------------------------------------------------------------------------------
     # Nemesis
