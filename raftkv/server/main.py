@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): turns TLS on")
     parser.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="this node's private key (PEM)")
+    parser.add_argument(
+        "--allow-unsafe",
+        action="store_true",
+        help="acknowledge test-only seams (--unsafe-*, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT)",
+    )
     parser.add_argument("--unsafe-no-fsync", action="store_true", help=argparse.SUPPRESS)
     for name in UnsafeSwitches.__slots__:
         parser.add_argument(
