@@ -21,8 +21,23 @@ from types import MappingProxyType
 
 from raftkv.core.config import ReadMode
 from raftkv.core.node import SAFE, UnsafeSwitches
+from raftkv.server.seams import (
+    ALLOW_UNSAFE_FLAG,
+    FAILPOINT_ENV,
+    NO_FSYNC_FLAG,
+    clock_rate_from,
+    seams_in_effect,
+    unsafe_flag,
+)
 
-__all__ = ["CONSOLE_SCRIPT", "NODE_MODULE", "PYTHON_MODULE", "NodeLaunch", "TlsPaths"]
+__all__ = [
+    "CONSOLE_SCRIPT",
+    "NODE_MODULE",
+    "PYTHON_MODULE",
+    "NodeLaunch",
+    "TlsPaths",
+    "unsafe_flag",
+]
 
 NODE_MODULE = "raftkv.server.main"
 # The node run by this interpreter (what a checkout or a test uses) ...
@@ -50,6 +65,11 @@ class NodeLaunch:
     command line verbatim, after everything else (a caller's own pass-through arguments).
     `env` is added to the process's environment (e.g. RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT,
     LD_PRELOAD for libfaketime); it is not part of the command line.
+
+    Test seams (raftkv/server/seams.py: `unsafe`, `fsync=False`, an `--unsafe-*` flag in
+    `extra_args`, RAFTKV_CLOCK_RATE other than 1 or RAFTKV_FAILPOINT in `env`) need
+    `allow_unsafe=True`, which passes --allow-unsafe; without it the spec is refused here, as
+    the node would refuse it.
     """
 
     node_id: int
@@ -65,6 +85,7 @@ class NodeLaunch:
     quiet: bool = False
     unsafe: UnsafeSwitches = SAFE
     fsync: bool = True
+    allow_unsafe: bool = False
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -73,6 +94,26 @@ class NodeLaunch:
             raise ValueError("a node needs exactly one of cluster= and peers=")
         if self.read_mode is not None:
             ReadMode(self.read_mode)  # ValueError for a mode the node does not know
+        seams = self.seams()
+        if seams and not self.allow_unsafe:
+            raise ValueError(
+                f"test seams {', '.join(seams)} need allow_unsafe=True ({ALLOW_UNSAFE_FLAG})"
+            )
+
+    def seams(self) -> list[str]:
+        """The test seams this spec turns on, as they are given (flags, NAME=value)."""
+        rate = clock_rate_from(self.env)  # SeamError (a ValueError) for a rate the node refuses
+        given = [
+            seam.given
+            for seam in seams_in_effect(
+                self.unsafe,
+                fsync=self.fsync,
+                clock_rate=rate,
+                failpoint=self.env.get(FAILPOINT_ENV) or None,
+            )
+        ]
+        given += [a for a in self.extra_args if a.startswith("--unsafe-") and a not in given]
+        return given
 
     def args(self) -> list[str]:
         """The node's arguments (without the program)."""
@@ -101,17 +142,12 @@ class NodeLaunch:
             argv.append("--quiet")
         argv += [unsafe_flag(name) for name in self.unsafe.enabled()]
         if not self.fsync:
-            argv.append("--unsafe-no-fsync")
+            argv.append(NO_FSYNC_FLAG)
+        if self.allow_unsafe:
+            argv.append(ALLOW_UNSAFE_FLAG)
         argv += self.extra_args
         return argv
 
     def command(self, program: Sequence[str] = PYTHON_MODULE) -> list[str]:
         """`program` (default: this interpreter with -m raftkv.server.main) and the arguments."""
         return [*program, *self.args()]
-
-
-def unsafe_flag(name: str) -> str:
-    """The flag of one UnsafeSwitches field: read_before_noop → --unsafe-read-before-noop."""
-    if name not in UnsafeSwitches.__slots__:
-        raise ValueError(f"no unsafe switch {name!r}")
-    return f"--unsafe-{name.replace('_', '-')}"

@@ -4,9 +4,12 @@
     raftkv-node --id 2 --cluster cluster/cluster.json --data-dir cluster/data --profile fast
     raftkv-node --id 0 --peers 10.0.0.1:50050,10.0.0.2:50050,10.0.0.3:50050
 
-Test-only negative controls (never in production): --unsafe-read-without-lease,
+Test-only seams (never in production): the negative controls --unsafe-read-without-lease,
 --unsafe-skip-lease-wait, --unsafe-lease-from-ack-time, --unsafe-read-before-noop,
---unsafe-renew-lease-on-send, --unsafe-forget-lease-on-restart, --unsafe-no-fsync.
+--unsafe-renew-lease-on-send, --unsafe-forget-lease-on-restart, --unsafe-no-fsync, and the
+environment variables RAFTKV_CLOCK_RATE (other than 1) and RAFTKV_FAILPOINT. The node refuses
+to start with any of them unless --allow-unsafe acknowledges them; then its dump names them in
+an UNSAFE line at start (raftkv/server/seams.py).
 
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line or
 configuration, 1 when the node had to stop (port in use, storage failure, corrupt files).
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -31,12 +35,21 @@ from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
-from raftkv.server.launch import unsafe_flag
 from raftkv.server.replica import (
+    Clock,
     FatalNodeError,
     Replica,
     ReplicaOptions,
     TlsFiles,
+)
+from raftkv.server.seams import (
+    ALLOW_UNSAFE_FLAG,
+    FAILPOINT_ENV,
+    NO_FSYNC_FLAG,
+    SeamError,
+    refusal,
+    seams_in_effect,
+    unsafe_flag,
 )
 from raftkv.server.service import KeyValueService, RaftService
 from raftkv.server.storage import StorageError, node_data_dir
@@ -73,7 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): turns TLS on")
     parser.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="this node's private key (PEM)")
-    parser.add_argument("--unsafe-no-fsync", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        ALLOW_UNSAFE_FLAG,
+        action="store_true",
+        help="acknowledge test-only seams (--unsafe-*, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT): "
+        "without it the node refuses to start with any of them",
+    )
+    parser.add_argument(NO_FSYNC_FLAG, action="store_true", help=argparse.SUPPRESS)
     for name in UnsafeSwitches.__slots__:
         parser.add_argument(
             unsafe_flag(name),
@@ -149,13 +168,25 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
-async def serve(options: ReplicaOptions, listen: str, quiet: bool) -> int:
+def check_seams(options: ReplicaOptions, clock: Clock, allowed: bool) -> None:
+    """StartupError unless every test seam in effect is acknowledged (--allow-unsafe)."""
+    seams = seams_in_effect(
+        options.unsafe,
+        fsync=options.fsync,
+        clock_rate=clock.rate,
+        failpoint=os.environ.get(FAILPOINT_ENV) or None,
+    )
+    if seams and not allowed:
+        raise StartupError(refusal(seams))
+
+
+async def serve(options: ReplicaOptions, listen: str, quiet: bool, clock: Clock) -> int:
     dump = DumpLog(
         node_data_dir(options.data_root, options.node_id), options.node_id, to_stdout=not quiet
     )
     for warning in options.config.validate():
         dump.write(f"Configuration warning: {warning}")
-    replica = Replica(options, dump)
+    replica = Replica(options, dump, clock)
     _tune_garbage_collector()
     server = grpc.aio.server(options=NODE_OPTIONS)
     raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), server)
@@ -206,11 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options, listen = resolve(args)
         options.config.validate()
-    except (StartupError, ClusterConfigError, ConfigError) as error:
+        clock = Clock.from_environment()
+        check_seams(options, clock, args.allow_unsafe)
+    except (StartupError, ClusterConfigError, ConfigError, SeamError) as error:
         print(f"raftkv-node: {error}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(options, listen, args.quiet))
+        return asyncio.run(serve(options, listen, args.quiet, clock))
     except StorageError as error:
         print(f"raftkv-node: node {options.node_id}: {error}", file=sys.stderr)
         return 1

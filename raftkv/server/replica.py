@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import random
 import time
@@ -53,6 +54,7 @@ from raftkv.core.node import (
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
 from raftkv.server.peers import PeerLink
+from raftkv.server.seams import FAILPOINT_ENV, SeamError, clock_rate_from, seams_in_effect
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
@@ -68,12 +70,15 @@ class Clock:
     """
 
     def __init__(self, rate: float = 1.0) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise SeamError(f"a clock rate must be a finite number above 0, not {rate!r}")
         self.rate = rate
         self._origin = time.monotonic()
 
     @classmethod
     def from_environment(cls) -> Clock:
-        return cls(float(os.environ.get("RAFTKV_CLOCK_RATE", "1.0")))
+        """The rate from RAFTKV_CLOCK_RATE (1 when unset); SeamError for a value it refuses."""
+        return cls(clock_rate_from(os.environ))
 
     def now(self) -> float:
         return (time.monotonic() - self._origin) * self.rate
@@ -245,9 +250,14 @@ class Replica:
             f"heartbeat {config.heartbeat_interval}s, lease {config.lease_duration}s, "
             f"max drift {config.max_clock_drift}."
         )
-        unsafe = self.options.unsafe.enabled() + ([] if self.options.fsync else ["no_fsync"])
+        unsafe = seams_in_effect(
+            self.options.unsafe,
+            fsync=self.options.fsync,
+            clock_rate=self.clock.rate,
+            failpoint=os.environ.get(FAILPOINT_ENV) or None,
+        )
         if unsafe:
-            names = ", ".join(unsafe)
+            names = ", ".join(seam.name for seam in unsafe)
             self.dump.write(f"Node {self.node_id} UNSAFE test switches on: {names}.")
         while not self._stopping:
             self._wake.clear()

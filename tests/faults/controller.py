@@ -1,11 +1,15 @@
 """A cluster of real `raftkv-node` processes, and every fault the fault tests inject.
 
-    with Cluster(tmp_path, size=3, lease=2.0) as cluster:
+    with Cluster(tmp_path, size=3, lease=2.0, allow_unsafe=True) as cluster:
         leader = cluster.wait_for_leader()
         cluster.isolate(leader)            # kernel partition; the test still reaches `leader`
         cluster.pause(2); cluster.resume(2)
         cluster.kill(1); cluster.restart(1, env={"RAFTKV_CLOCK_RATE": "1.005"})
         cluster.heal()
+
+Test seams (`--unsafe-*` in `node_args`, RAFTKV_CLOCK_RATE other than 1 or RAFTKV_FAILPOINT in
+a node's `env`) need `allow_unsafe=True`, which starts every node with --allow-unsafe; without
+it, starting a node with one raises ValueError (as the node would refuse it).
 
 Networks (`network=`):
 
@@ -151,6 +155,7 @@ class Cluster:
         read_mode: str | None = None,
         node_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        allow_unsafe: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if network not in ("auto", "netns", "loopback"):
@@ -162,6 +167,7 @@ class Cluster:
         self.max_drift = max_drift
         self.read_mode = read_mode
         self.node_args = list(node_args)
+        self.allow_unsafe = allow_unsafe
         self.log = log or (lambda line: print(f"[faults] {line}", flush=True))
         self.config = _timing(lease, max_drift)
 
@@ -284,6 +290,7 @@ class Cluster:
             max_drift=self.max_drift,
             read_mode=self.read_mode,
             extra_args=[*self.node_args, *node.args],
+            allow_unsafe=self.allow_unsafe,
             env={
                 **node.env,
                 "PYTHONPATH": os.pathsep.join(
@@ -718,7 +725,7 @@ HELP = """commands (node ids, or `leader` for the current serving leader):
   get N KEY | set N KEY VALUE one call to node N
   write KEY VALUE             SET through the leader, retried until it commits
   kill N | restart N | pause N | resume N | stop N
-  skew N RATE                 restart N with RAFTKV_CLOCK_RATE=RATE
+  skew N RATE                 restart N with RAFTKV_CLOCK_RATE=RATE (needs --allow-unsafe)
   isolate N | split A,B C,D,E | ring | bridge N | oneway A B | drop A B | heal
   delay A B SECONDS           one-way added delay A→B (proxied clusters)
   wan SECONDS                 nodes in two regions {0..n/2}, {rest}; SECONDS one way between
@@ -809,6 +816,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease", type=float)
     parser.add_argument("--max-drift", type=float)
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
+    parser.add_argument(
+        "--allow-unsafe",
+        action="store_true",
+        help="start nodes with --allow-unsafe: needed for `skew` and --unsafe-* node arguments",
+    )
     parser.add_argument("node_args", nargs="*", help="extra node arguments (after --)")
     args = parser.parse_args(argv)
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="raftkv-faults-"))
@@ -820,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         lease=args.lease,
         max_drift=args.max_drift,
         node_args=args.node_args,
+        allow_unsafe=args.allow_unsafe,
     ) as cluster:
         interactive = sys.stdin.isatty()
         if interactive:

@@ -391,6 +391,8 @@ def run_once(options: RunOptions, seed: int) -> RunResult:
         proxied=proxied,
         lease=lease,
         node_args=node_args,
+        # The clock nemesis restarts nodes with RAFTKV_CLOCK_RATE ≠ 1; --unsafe for controls.
+        allow_unsafe=bool(options.unsafe) or "clock" in options.nemeses,
         log=log,
     )
     schedule = make_schedule(

@@ -151,7 +151,12 @@ def test_leader_clock_skew_within_the_drift_bound_is_safe(
     """max drift 0.01: a leader whose clock runs at 0.991 (its lease lasts longest in real
     time) or 1.009 while the others run at 1.0 still never overlaps the next leader."""
     cluster = make_cluster(
-        3, lease=1.0, proxied=True, hold_while_down=True, env={"RAFTKV_CLOCK_RATE": str(rate)}
+        3,
+        lease=1.0,
+        proxied=True,
+        hold_while_down=True,
+        env={"RAFTKV_CLOCK_RATE": str(rate)},
+        allow_unsafe=True,
     )
     leader = scenarios.skewed_leader(cluster, rate)
     story = scenarios.partitioned_leader(cluster, leader=leader)

@@ -52,6 +52,10 @@ def unsafe(switch: str) -> list[str]:
     return [f"--unsafe-{switch}"]
 
 
+# Every cluster here starts its nodes with a test seam, which each node refuses without this.
+ACKNOWLEDGED = {"allow_unsafe": True}
+
+
 def assert_switch_logged(cluster: Cluster, name: str) -> None:
     lines = [line for i in cluster.ids for line in cluster.dump_lines(i)]
     assert any("UNSAFE test switches on" in line and name in line for line in lines)
@@ -59,20 +63,22 @@ def assert_switch_logged(cluster: Cluster, name: str) -> None:
 
 @pytest.mark.parametrize("switch", ["skip-lease-wait", "renew-lease-on-send"])
 def test_partitioned_old_leader_catches(make_cluster: ClusterFactory, switch: str) -> None:
-    cluster = make_cluster(3, lease=LONG_LEASE, node_args=unsafe(switch))
+    cluster = make_cluster(3, lease=LONG_LEASE, node_args=unsafe(switch), **ACKNOWLEDGED)
     assert_switch_logged(cluster, switch.replace("-", "_"))
     assert_caught(scenarios.partitioned_leader(cluster))
 
 
 def test_restarted_voters_catch_forget_lease_on_restart(make_cluster: ClusterFactory) -> None:
     # Restarting two nodes takes seconds on a busy machine: the old lease must outlast that.
-    cluster = make_cluster(3, lease=RESTART_LEASE, node_args=unsafe("forget-lease-on-restart"))
+    cluster = make_cluster(
+        3, lease=RESTART_LEASE, node_args=unsafe("forget-lease-on-restart"), **ACKNOWLEDGED
+    )
     assert_caught(scenarios.partitioned_leader(cluster, restart_followers=True))
 
 
 def test_late_acks_catch_lease_from_ack_time(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(
-        3, lease=LONG_LEASE, proxied=True, node_args=unsafe("lease-from-ack-time")
+        3, lease=LONG_LEASE, proxied=True, node_args=unsafe("lease-from-ack-time"), **ACKNOWLEDGED
     )
     story = scenarios.late_acks(cluster, delay=0.25)
     print(story.summary(), story.max_lease_remaining, story.bound)
@@ -81,7 +87,7 @@ def test_late_acks_catch_lease_from_ack_time(make_cluster: ClusterFactory) -> No
 
 
 def test_full_restart_catches_read_before_noop(make_cluster: ClusterFactory) -> None:
-    cluster = make_cluster(3, proxied=True, node_args=unsafe("read-before-noop"))
+    cluster = make_cluster(3, proxied=True, node_args=unsafe("read-before-noop"), **ACKNOWLEDGED)
     story = scenarios.full_restart(cluster, delay=0.15)
     assert story.hint < story.index
     assert_caught(story)
@@ -89,7 +95,7 @@ def test_full_restart_catches_read_before_noop(make_cluster: ClusterFactory) -> 
 
 def test_stalled_disk_catches_read_without_lease(make_cluster: ClusterFactory) -> None:
     require_strace()
-    cluster = make_cluster(3, node_args=unsafe("read-without-lease"))
+    cluster = make_cluster(3, node_args=unsafe("read-without-lease"), **ACKNOWLEDGED)
     assert_caught(scenarios.stalled_disk_leader(cluster))
 
 
@@ -103,7 +109,9 @@ def test_clock_far_beyond_the_drift_bound_breaks_leases(make_cluster: ClusterFac
         proxied=True,
         hold_while_down=True,
         env={"RAFTKV_CLOCK_RATE": "0.3"},
+        **ACKNOWLEDGED,
     )
+    assert_switch_logged(cluster, "clock_rate=0.3")
     leader = scenarios.skewed_leader(cluster, 0.3)
     assert_caught(scenarios.partitioned_leader(cluster, leader=leader))
 
@@ -115,7 +123,7 @@ def test_no_fsync_makes_no_fsync_calls(make_cluster: ClusterFactory) -> None:
     require_strace()
     counts = {}
     for label, args in (("safe", []), ("no-fsync", unsafe("no-fsync"))):
-        cluster = make_cluster(3, node_args=args)
+        cluster = make_cluster(3, node_args=args, allow_unsafe=bool(args))
         leader = cluster.wait_for_leader()
         counts[label] = count_syncs(cluster, leader, writes=20)
         if args:

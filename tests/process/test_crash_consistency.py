@@ -153,7 +153,7 @@ def test_a_flipped_bit_in_the_middle_stops_the_node_naming_file_and_line(
 def test_a_node_killed_at_a_failpoint_restarts_consistent(
     make_cluster: ClusterFactory, failpoint: str
 ) -> None:
-    cluster = make_cluster(3)
+    cluster = make_cluster(3, allow_unsafe=True)
     survivors = cluster.ids[:2]
     victim = cluster.ids[2]
     cluster.start(survivors)

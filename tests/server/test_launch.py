@@ -30,6 +30,7 @@ def everything(**changes: object) -> NodeLaunch:
         "quiet": True,
         "unsafe": EVERY_SWITCH,
         "fsync": False,
+        "allow_unsafe": True,
     }
     options.update(changes)
     return NodeLaunch(3, **options)  # type: ignore[arg-type]
@@ -54,6 +55,7 @@ def test_every_field_reaches_the_parser_with_its_meaning() -> None:
     )
     assert args.quiet is True
     assert args.unsafe_no_fsync is True
+    assert args.allow_unsafe is True
     for name in UnsafeSwitches.__slots__:
         assert getattr(args, f"unsafe_{name}") is True, name
 
@@ -63,7 +65,7 @@ def test_defaults_emit_nothing_but_the_node_and_its_cluster() -> None:
     assert spec.args() == ["--id", "0", "--peers", "10.0.0.1:50050,10.0.0.2:50050"]
     args = build_parser().parse_args(spec.args())
     assert args.peers == "10.0.0.1:50050,10.0.0.2:50050"
-    assert not args.quiet and not args.unsafe_no_fsync
+    assert not args.quiet and not args.unsafe_no_fsync and not args.allow_unsafe
     assert not any(getattr(args, f"unsafe_{name}") for name in UnsafeSwitches.__slots__)
 
 
@@ -83,8 +85,9 @@ def test_extra_args_come_last_and_env_is_not_on_the_command_line() -> None:
         cluster=Path("c.json"),
         extra_args=["--unsafe-read-without-lease"],
         env={"RAFTKV_CLOCK_RATE": "1.005"},
+        allow_unsafe=True,
     )
-    assert spec.args()[-1] == "--unsafe-read-without-lease"
+    assert spec.args()[-2:] == ["--allow-unsafe", "--unsafe-read-without-lease"]
     assert "RAFTKV_CLOCK_RATE" not in " ".join(spec.command())
     assert build_parser().parse_args(spec.args()).unsafe_read_without_lease
 
@@ -104,3 +107,37 @@ def test_programs_a_python_module_or_the_console_script() -> None:
 def test_a_spec_the_node_would_refuse_is_refused_here(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         everything(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "seam"),
+    [
+        ({"unsafe": UnsafeSwitches(skip_lease_wait=True)}, "--unsafe-skip-lease-wait"),
+        ({"fsync": False}, "--unsafe-no-fsync"),
+        ({"extra_args": ["--unsafe-read-before-noop"]}, "--unsafe-read-before-noop"),
+        ({"env": {"RAFTKV_CLOCK_RATE": "0.3"}}, "RAFTKV_CLOCK_RATE=0.3"),
+        (
+            {"env": {"RAFTKV_FAILPOINT": "after-log-write-before-fsync"}},
+            "RAFTKV_FAILPOINT=after-log-write-before-fsync",
+        ),
+    ],
+)
+def test_a_test_seam_needs_allow_unsafe(changes: dict[str, object], seam: str) -> None:
+    with pytest.raises(ValueError, match=f"test seams {seam} need allow_unsafe=True"):
+        NodeLaunch(1, cluster=Path("c.json"), **changes)  # type: ignore[arg-type]
+    spec = NodeLaunch(1, cluster=Path("c.json"), allow_unsafe=True, **changes)  # type: ignore[arg-type]
+    assert spec.seams() == [seam]
+    assert "--allow-unsafe" in spec.args()
+
+
+@pytest.mark.parametrize("rate", ["1", "1.0"])
+def test_a_clock_at_rate_one_is_no_seam(rate: str) -> None:
+    spec = NodeLaunch(1, cluster=Path("c.json"), env={"RAFTKV_CLOCK_RATE": rate})
+    assert spec.seams() == []
+    assert "--allow-unsafe" not in spec.args()
+
+
+@pytest.mark.parametrize("rate", ["0", "-1", "nan", "inf", "abc", ""])
+def test_a_clock_rate_the_node_refuses_is_refused_here(rate: str) -> None:
+    with pytest.raises(ValueError, match="RAFTKV_CLOCK_RATE"):
+        NodeLaunch(1, cluster=Path("c.json"), env={"RAFTKV_CLOCK_RATE": rate}, allow_unsafe=True)

@@ -114,6 +114,8 @@ class LocalCluster:
 
     `profile`, `lease` and `read_mode` set every node's timing (the effective values are in
     `self.timing`); `extra_args` go to every node's command line, `node_args[i]` to node i's only.
+    A test seam among them or in `env` (an `--unsafe-*` flag, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT)
+    needs `allow_unsafe=True` (or `cluster.allow_unsafe = True` before the start that uses it).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class LocalCluster:
         read_mode: str | None = None,
         node_args: Mapping[int, Sequence[str]] | None = None,
         env: Mapping[str, str] | None = None,
+        allow_unsafe: bool = False,
     ) -> None:
         self.root = tmp_path / "cluster"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,7 @@ class LocalCluster:
         self.read_mode = read_mode
         self.node_args = {i: list(a) for i, a in (node_args or {}).items()}
         self.env = dict(env or {})
+        self.allow_unsafe = allow_unsafe
         self.timing = _timing(profile, lease, read_mode)
         self.ports = free_ports(size)
         self.description = ClusterDescription.local(
@@ -183,6 +187,7 @@ class LocalCluster:
             quiet=True,
             extra_args=[*self.extra_args, *self.node_args.get(node_id, ())],
             env=self.env,
+            allow_unsafe=self.allow_unsafe,
         )
 
     def start(self, ids: Sequence[int] | None = None) -> LocalCluster:

@@ -174,6 +174,14 @@ def test_a_new_leader_that_skips_the_lease_wait_overlaps_the_old_lease(tmp_path:
     assert any("became the leader for term 2" in line.text for line in violation.lines)
 
 
+def test_the_unsafe_line_is_read_with_every_seam_the_node_names(tmp_path: Path) -> None:
+    """raftkv-node names all its test seams in one line (raftkv/server/seams.py), clock rates
+    and failpoints with their values: the review still finds skip_lease_wait among them."""
+    names = "clock_rate=0.3, skip_lease_wait, no_fsync, failpoint=after-log-write-before-fsync"
+    result = run(partitioned(tmp_path, names).write())
+    assert rules(result) == ["no two leases at once"]
+
+
 def test_the_same_partition_with_the_lease_wait_is_clean(tmp_path: Path) -> None:
     result = run(partitioned(tmp_path, "").write())
     assert rules(result) == []

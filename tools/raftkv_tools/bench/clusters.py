@@ -364,6 +364,8 @@ class RaftKVCluster(_KeyValueFrontDoor):
                 listen=real[i],
                 read_mode=read_mode if read_mode != "lease" else None,
                 fsync=fsync,
+                # fsync=False only from `raftkv bench --no-fsync`, a negative control.
+                allow_unsafe=not fsync,
             ).command()
             self.members.append(ManagedProcess(f"node{i}", command, root / "logs" / f"node{i}.log"))
         self._channels = [grpc.insecure_channel(a) for a in real]

@@ -1,0 +1,105 @@
+"""The node's test seams: what each one is, how it is read, and how its use is acknowledged.
+
+A test seam makes a node break a safety rule on purpose (a negative control) or lets a test
+reach inside it. The seams:
+
+- the `--unsafe-*` flags (one per UnsafeSwitches field, raftkv/core/node.py) and
+  `--unsafe-no-fsync`;
+- ``RAFTKV_CLOCK_RATE``: the node's monotonic clock runs at that multiple of real time
+  (replica.Clock); any value other than 1 is a seam, and a value that is not a finite number
+  above 0 is refused;
+- ``RAFTKV_FAILPOINT``: exit at a named point of a storage write (storage.py).
+
+raftkv-node refuses to start with any of them unless its command line also has
+`--allow-unsafe` (ALLOW_UNSAFE_FLAG); with it, the node's dump says which are on, in the line
+after its start-up line: ``Node 1 UNSAFE test switches on: clock_rate=0.3, no_fsync.``
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from raftkv.core.node import UnsafeSwitches
+from raftkv.server.storage import FAILPOINT_ENV
+
+__all__ = [
+    "ALLOW_UNSAFE_FLAG",
+    "CLOCK_RATE_ENV",
+    "FAILPOINT_ENV",
+    "NO_FSYNC_FLAG",
+    "Seam",
+    "SeamError",
+    "clock_rate_from",
+    "refusal",
+    "seams_in_effect",
+    "unsafe_flag",
+]
+
+ALLOW_UNSAFE_FLAG = "--allow-unsafe"
+NO_FSYNC_FLAG = "--unsafe-no-fsync"
+CLOCK_RATE_ENV = "RAFTKV_CLOCK_RATE"
+
+
+class SeamError(ValueError):
+    """A seam's value the node cannot use (the message names the variable)."""
+
+
+@dataclass(frozen=True)
+class Seam:
+    """One seam in effect: `name` as the dump's UNSAFE line shows it, `given` as it was set."""
+
+    name: str
+    given: str
+
+
+def unsafe_flag(name: str) -> str:
+    """The flag of one UnsafeSwitches field: read_before_noop → --unsafe-read-before-noop."""
+    if name not in UnsafeSwitches.__slots__:
+        raise ValueError(f"no unsafe switch {name!r}")
+    return f"--unsafe-{name.replace('_', '-')}"
+
+
+def clock_rate_from(environ: Mapping[str, str]) -> float:
+    """RAFTKV_CLOCK_RATE (1.0 when unset): a finite number above 0, or SeamError."""
+    text = environ.get(CLOCK_RATE_ENV)
+    if text is None:
+        return 1.0
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not (math.isfinite(rate) and rate > 0):
+        raise SeamError(
+            f"{CLOCK_RATE_ENV}={text!r} is not a usable clock rate: "
+            "it must be a finite number above 0 (1 = real time)"
+        )
+    return rate
+
+
+def seams_in_effect(
+    unsafe: UnsafeSwitches,
+    *,
+    fsync: bool,
+    clock_rate: float,
+    failpoint: str | None,
+) -> list[Seam]:
+    """Every seam that is on, in the order the UNSAFE line lists them."""
+    seams = [Seam(name, unsafe_flag(name)) for name in unsafe.enabled()]
+    if not fsync:
+        seams.append(Seam("no_fsync", NO_FSYNC_FLAG))
+    if clock_rate != 1:
+        seams.append(Seam(f"clock_rate={clock_rate!r}", f"{CLOCK_RATE_ENV}={clock_rate!r}"))
+    if failpoint:
+        seams.append(Seam(f"failpoint={failpoint}", f"{FAILPOINT_ENV}={failpoint}"))
+    return seams
+
+
+def refusal(seams: Sequence[Seam]) -> str:
+    """The one line raftkv-node prints when it will not start with unacknowledged seams."""
+    given = ", ".join(seam.given for seam in seams)
+    return (
+        f"refusing to start with test-only seams that break safety: {given}; "
+        f"add {ALLOW_UNSAFE_FLAG} to acknowledge (tests and negative controls only)"
+    )
