@@ -184,6 +184,18 @@ class ProtocolViolation(Event):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class TermExhausted(Event):
+    """The node is at validation.MAX_TERM: a next term could not be represented, so it does not
+    campaign (docs/design.md §8). Only a buggy or hostile peer can bring a node here."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} is at the highest term {term} and cannot start an election."
+    )
+    node: int
+    term: int
+
+
 CORE_EVENTS: tuple[type[Event], ...] = (
     Restored,
     ElectionTimeout,
@@ -200,6 +212,7 @@ CORE_EVENTS: tuple[type[Event], ...] = (
     Committed,
     LeaseMismatch,
     ProtocolViolation,
+    TermExhausted,
 )
 
 

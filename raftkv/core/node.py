@@ -67,7 +67,7 @@ from .messages import (
 from .progress import Progress
 from .quorum import majority, quorum_value
 from .state_machine import KeyValueStateMachine
-from .validation import malformed, sender_of
+from .validation import MAX_TERM, malformed, sender_of
 
 __all__ = ["LONG_AGO", "NEVER"]
 
@@ -278,7 +278,13 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             if now >= self._election_deadline:
-                self._start_election(now)
+                if self.term >= MAX_TERM:
+                    # The next term could not be represented (validation.MAX_TERM): stay a
+                    # follower. A leader of this term, if there is one, can still serve.
+                    self._out.events.append(events.TermExhausted(self.id, self.term))
+                    self._reset_election_timer(now)
+                else:
+                    self._start_election(now)
             return
         if now >= leader.serving_from and now >= max(leader.lease_end, leader.step_down_grace_end):
             # Rule 5, with rule 7's grace for a leader that has just started serving.

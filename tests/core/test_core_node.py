@@ -158,6 +158,15 @@ def test_vote_denied_to_a_candidate_with_a_shorter_log_of_the_same_term() -> Non
     assert replies and not any(isinstance(r, RequestVoteReply) and r.granted for r in replies)
 
 
+def test_vote_denied_to_a_longer_log_with_an_older_last_term() -> None:
+    # Terms are compared before lengths (Raft §5.4.1).
+    state = PersistentState(HardState(2, None), [LogEntry(1, NO_OP), LogEntry(2, NO_OP)])
+    voter = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0, persisted=state)
+    voter.step(RequestVote(3, 1, 9, 1), 10.0)
+    (reply,) = [e.message for e in voter.take_ready().messages]
+    assert isinstance(reply, RequestVoteReply) and not reply.granted
+
+
 def test_one_vote_per_term() -> None:
     h = Harness()
     voter = h.nodes[3]
