@@ -261,6 +261,12 @@ class RaftNode:
         if problem is not None:
             self._out.events.append(events.ProtocolViolation(self.id, sender_of(message), problem))
             return
+        if (
+            isinstance(message, AppendEntries)
+            and message.term >= self.term
+            and self._refuse_append(message)
+        ):
+            return
         if message.term > self.term:
             leader = message.leader_id if isinstance(message, AppendEntries) else None
             self._become_follower(message.term, leader, now)
@@ -546,6 +552,42 @@ class RaftNode:
             self._apply_committed(min(msg.leader_commit, last_new))
         self._reply_append(msg, success=True, match=last_new, conflict=0)
 
+    def _refuse_append(self, msg: AppendEntries) -> bool:
+        """Stateful checks of an AppendEntries of our term or later, made before anything
+        changes (docs/design.md §8). A refused message is still answered, as the shell expects
+        one reply per AppendEntries: unsuccessful, round 0 (it vouches for no round, so it
+        renews no lease, rule 1) and conflict index 0 (the leader moves nothing). The term is
+        not adopted and the election timer not reset: a message we refuse is no news of a
+        leader we can follow."""
+        problem = self._append_problem(msg)
+        if problem is None:
+            return False
+        self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
+        reply = AppendEntriesReply(self.term, self.id, False, 0, 0, 0)
+        self._out.messages.append(Envelope(msg.leader_id, reply))
+        return True
+
+    def _append_problem(self, msg: AppendEntries) -> str | None:
+        if msg.term == self.term:
+            if self.role is Role.LEADER:
+                return f"a second leader in term {msg.term} (this node leads it)"
+            if self.leader_id is not None and self.leader_id != msg.leader_id:
+                return f"a second leader in term {msg.term} (node {self.leader_id} leads it)"
+        prev = msg.prev_log_index
+        if prev > len(self._log) or (prev > 0 and self._log[prev - 1].term != msg.prev_log_term):
+            return None  # the log-matching rule rejects it, changing nothing
+        for index, entry in enumerate(msg.entries, start=prev + 1):
+            if index > len(self._log):
+                return None
+            if self._log[index - 1].term != entry.term:
+                if index <= self.commit_index:
+                    return (
+                        f"entry {index} (term {entry.term}) conflicts with a committed entry "
+                        f"(term {self._log[index - 1].term}, commit index {self.commit_index})"
+                    )
+                return None
+        return None
+
     def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
         # Rule 2: keep the longest lease seen from any leader of any term.
         lease = msg.lease_duration
@@ -574,6 +616,19 @@ class RaftNode:
             return
         progress = leader.progress.get(msg.follower_id)
         if progress is None:
+            return
+        problem = None
+        if msg.success and msg.match_index > len(self._log):
+            problem = (
+                f"match_index {msg.match_index} is beyond this leader's log ({len(self._log)})"
+            )
+        elif not msg.success and msg.conflict_index > len(self._log) + 1:
+            problem = (
+                f"conflict_index {msg.conflict_index} is beyond this leader's log "
+                f"({len(self._log)}) + 1"
+            )
+        if problem is not None:
+            self._out.events.append(events.ProtocolViolation(self.id, msg.follower_id, problem))
             return
         # Rule 1: an answer in our term vouches for its round, whether or not the log matched.
         if self._round >= msg.round > progress.acked_round:
@@ -711,7 +766,7 @@ class RaftNode:
         return index
 
     def _truncate_from(self, index: int) -> None:
-        assert index > self.commit_index, "truncating a committed entry"
+        # Never at or below the commit index: _append_problem refuses such a message first.
         del self._log[index - 1 :]
         self._unstable_from = min(self._unstable_from, index)
         self._persisted_length = min(self._persisted_length, index - 1)

@@ -221,6 +221,53 @@ def test_mismatch_is_rejected_with_a_fast_backoff_hint() -> None:
     assert isinstance(reply, AppendEntriesReply) and reply.conflict_index == 4
 
 
+def test_an_append_that_would_cut_a_committed_entry_is_refused_and_answered() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    e1, e2 = LogEntry(1, SetCommand("k", "a")), LogEntry(1, SetCommand("k", "b"))
+    follower.step(append(1, 0, 0, [e1, e2], commit=2), 0.1)
+    follower.advance(follower.take_ready())
+    assert follower.commit_index == 2
+    forged = LogEntry(2, SetCommand("k", "forged"))
+    follower.step(append(2, 1, 1, [forged], commit=2), 0.2)  # index 2 is committed
+    ready = follower.take_ready()
+    assert follower.log == [e1, e2] and not ready.log_changed
+    assert follower.state_machine.get("k") == "b"
+    (violation,) = [e for e in ready.events if isinstance(e, ev.ProtocolViolation)]
+    assert "conflicts with a committed entry" in violation.reason
+    # Answered (the shell waits for one reply per AppendEntries), vouching for no round.
+    assert [e.message for e in ready.messages] == [AppendEntriesReply(1, 2, False, 0, 0, 0)]
+    assert follower.term == 1
+
+
+def test_a_second_leader_in_one_term_is_refused() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    follower.step(append(1, 0, 0, []), 0.1)
+    follower.advance(follower.take_ready())
+    follower.step(AppendEntries(1, 3, 0, 0, (), 0, CONFIG.lease_duration, 1), 0.2)
+    ready = follower.take_ready()
+    assert follower.leader_id == 1
+    assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
+    assert [e.message for e in ready.messages] == [AppendEntriesReply(1, 2, False, 0, 0, 0)]
+
+
+def test_replies_naming_indexes_beyond_the_leaders_log_are_dropped() -> None:
+    h = Harness()
+    leader = h.elect(1, 3.0)
+    length, commit = len(leader.log), leader.commit_index
+    r = leader._round
+    for reply in (
+        AppendEntriesReply(1, 2, True, 10**6, 0, r),
+        AppendEntriesReply(1, 3, True, length + 1, 0, r),
+        AppendEntriesReply(1, 2, False, 0, length + 2, r),
+    ):
+        leader.step(reply, 3.2)
+    ready = leader.take_ready()
+    assert len([e for e in ready.events if isinstance(e, ev.ProtocolViolation)]) == 3
+    assert leader.commit_index == commit and len(leader.log) == length
+    for progress in leader._leader.progress.values():  # type: ignore[union-attr]
+        assert 0 <= progress.match < progress.next <= length + 1
+
+
 def test_followers_commit_from_leader_commit_but_not_past_what_they_verified() -> None:
     follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
     entries = [LogEntry(1, SetCommand("k", str(i))) for i in range(3)]
