@@ -167,7 +167,7 @@ class Committed(Event):
 class LeaseMismatch(Event):
     TEMPLATE: ClassVar[str] = (
         "Configuration error: leader {leader} uses lease {lease}s, this node {own}s; "
-        "assuming the longer."
+        "refusing its AppendEntries."
     )
     leader: int
     lease: float

@@ -72,6 +72,11 @@ from .validation import MAX_TERM, malformed, sender_of
 __all__ = ["LONG_AGO", "NEVER"]
 
 
+# Lease durations reported as a configuration error, at most once each (rule 2); bounded so
+# that a peer sending a new value every time cannot grow the set.
+_MAX_REPORTED_LEASES = 16
+
+
 class CoreMisuseError(RuntimeError):
     """The caller broke the Ready/advance protocol: a bug in the shell, not in the input."""
 
@@ -558,11 +563,22 @@ class RaftNode:
         one reply per AppendEntries: unsuccessful, round 0 (it vouches for no round, so it
         renews no lease, rule 1) and conflict index 0 (the leader moves nothing). The term is
         not adopted and the election timer not reset: a message we refuse is no news of a
-        leader we can follow."""
-        problem = self._append_problem(msg)
-        if problem is None:
-            return False
-        self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
+        leader we can follow (rule 2)."""
+        if msg.lease_duration != self.config.lease_duration:
+            # Rule 2: a lease we were not configured for is a configuration error; we neither
+            # wait for it nor follow the leader that uses it.
+            lease = msg.lease_duration
+            reported = self._reported_lease_mismatch
+            if lease not in reported and len(reported) < _MAX_REPORTED_LEASES:
+                reported.add(lease)
+                self._out.events.append(
+                    events.LeaseMismatch(msg.leader_id, lease, self.config.lease_duration)
+                )
+        else:
+            problem = self._append_problem(msg)
+            if problem is None:
+                return False
+            self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
         reply = AppendEntriesReply(self.term, self.id, False, 0, 0, 0)
         self._out.messages.append(Envelope(msg.leader_id, reply))
         return True
@@ -589,16 +605,10 @@ class RaftNode:
         return None
 
     def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
-        # Rule 2: keep the longest lease seen from any leader of any term.
-        lease = msg.lease_duration
-        if lease != self.config.lease_duration:
-            if lease not in self._reported_lease_mismatch:
-                self._reported_lease_mismatch.add(lease)
-                self._out.events.append(
-                    events.LeaseMismatch(msg.leader_id, lease, self.config.lease_duration)
-                )
-            lease = max(lease, self.config.lease_duration)
-        self._old_lease_end = max(self._old_lease_end, now + lease)
+        # Rule 2: keep the longest lease seen from any leader of any term. Only a leader using
+        # our own configured lease gets here (_refuse_append), so we never wait longer than our
+        # own bound.
+        self._old_lease_end = max(self._old_lease_end, now + self.config.lease_duration)
 
     def _reject_append(self, msg: AppendEntries, conflict: int) -> None:
         self._out.events.append(events.AppendRejected(self.id, msg.leader_id))
@@ -668,6 +678,15 @@ class RaftNode:
 
     def _on_request_vote_reply(self, msg: RequestVoteReply, now: float) -> None:
         if self.role is not Role.CANDIDATE or msg.term != self.term or not msg.granted:
+            return
+        # A voter owes at most its own lease, which must be ours (rule 2): anything longer
+        # would make us wait without bound (rule 3). Not counting the vote is always safe.
+        if msg.old_lease_remaining > self.config.lease_duration * (1 + 1e-9):
+            problem = (
+                f"old_lease_remaining {msg.old_lease_remaining} exceeds the lease "
+                f"{self.config.lease_duration}"
+            )
+            self._out.events.append(events.ProtocolViolation(self.id, msg.voter_id, problem))
             return
         self._votes.add(msg.voter_id)
         # Stretch the voter's remaining time by the worst drift between its clock and ours.

@@ -418,15 +418,40 @@ def test_rule2_followers_keep_the_longest_lease_seen_across_leaders() -> None:
     assert reply.old_lease_remaining == pytest.approx(10.1 + 0.5 - 10.2)
 
 
-def test_rule2_a_lease_mismatch_is_logged_and_the_longer_one_kept() -> None:
+def test_rule2_a_lease_mismatch_is_logged_and_the_append_refused() -> None:
+    # Intended change (issue 13): a leader using another lease is a configuration error. The
+    # follower neither waits for that lease nor follows the leader: it answers round 0 (no
+    # lease renewal), keeps its term and its election deadline, and logs both values once.
     follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
-    follower.step(AppendEntries(4, 1, 0, 0, (), 0, 2.0, 1), 10.0)
-    follower.step(RequestVote(5, 2, 0, 0), 10.5)
+    follower.advance(follower.take_ready())
+    deadline = follower.next_deadline()
+    for now in (0.2, 0.3):
+        follower.step(AppendEntries(4, 1, 0, 0, (), 0, 1e300, 7), now)
     ready = follower.take_ready()
-    assert any(isinstance(e, ev.LeaseMismatch) for e in ready.events)
-    reply = [e.message for e in ready.messages][-1]
-    assert isinstance(reply, RequestVoteReply)
-    assert reply.old_lease_remaining == pytest.approx(1.5)
+    assert [e for e in ready.events if isinstance(e, ev.LeaseMismatch)] == [
+        ev.LeaseMismatch(1, 1e300, 0.5)
+    ]
+    replies = [e.message for e in ready.messages]
+    assert replies == [AppendEntriesReply(0, 3, False, 0, 0, 0)] * 2
+    assert follower.term == 0 and follower.leader_id is None
+    assert follower.next_deadline() == deadline
+    follower.step(RequestVote(5, 2, 0, 0), 10.5)
+    reply = [e.message for e in follower.take_ready().messages][-1]
+    assert isinstance(reply, RequestVoteReply) and reply.granted
+    assert reply.old_lease_remaining == 0.0  # only its own restart lease, long over
+
+
+def test_a_vote_reply_owing_more_than_our_lease_is_not_counted() -> None:
+    candidate = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0)
+    candidate.tick(5.0)
+    candidate.advance(candidate.take_ready())
+    candidate.step(RequestVoteReply(1, 2, True, 1e300), 5.1)
+    ready = candidate.take_ready()
+    assert candidate.role is Role.CANDIDATE
+    assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
+    candidate.step(RequestVoteReply(1, 3, True, 0.5), 5.1)
+    assert candidate.status(5.1).role is Role.LEADER
+    assert candidate.status(5.1).waiting_for_old_lease == pytest.approx(0.5)
 
 
 def test_rule2_a_restarted_node_assumes_a_full_lease_is_running() -> None:
