@@ -133,6 +133,8 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
         async for replies in session.serve(request_iterator):
             yield replies
         if session.error is not None:
+            if session.error_sender is not None:
+                self._log_refused(session.error_sender, session.error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
 
     async def ServeClient(  # noqa: N802 - the assignment's method name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -235,5 +236,22 @@ def test_a_session_ends_after_the_peer_half_closes_and_every_reply_is_sent() -> 
         await asyncio.wait_for(task, 5)
         [batch] = batches
         assert batch.messages[0].append_entries_reply.round == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_request_names_the_sender_it_claimed() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        forged = replace(heartbeat(1), lease_duration=float("inf"))
+
+        async def requests() -> AsyncIterator[pb.RaftMessages]:
+            yield pb.RaftMessages(messages=[peers.request_to_pb(forged)])
+
+        session = PeerStreamSession(peer.begin_exchange, {DIALER})
+        async for _ in session.serve(requests()):
+            pass
+        assert session.error is not None and "finite" in str(session.error)
+        assert session.error_sender == forged.leader_id
 
     asyncio.run(scenario())
