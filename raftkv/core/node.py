@@ -23,9 +23,12 @@ Where each rule of Figure 2 (Raft paper) and of the lease (docs/design.md §3) l
   (`advance`). Followers commit up to `leader_commit` (`_on_append_entries`).
 - Replication: what to send a follower is decided in one place (`_send_append`, with the
   follower's `Progress`).
-- Leases: rule 1 `_on_round_acked`; rule 2 `_record_old_lease` and `__init__`; rule 3
-  `_on_request_vote` (remaining time) and `_become_leader` (the wait); rule 4
-  `lease_read_refusal`; rules 5 and 7 `tick`; rule 6 `TimingConfig.validate`.
+- Peer input: stateless checks in `validation.malformed` (at the top of `step`); what only our
+  state can refute in `_refuse_append` / `_append_problem` (before anything changes) and in the
+  reply handlers, each reported as an event, never raised (docs/design.md §8).
+- Leases: rule 1 `_on_round_acked`; rule 2 `_record_old_lease`, `_refuse_append` and
+  `__init__`; rule 3 `_on_request_vote` (remaining time) and `_become_leader` (the wait); rule
+  4 `lease_read_refusal`; rules 5 and 7 `tick`; rule 6 `TimingConfig.validate`.
 
 Time is always an argument (`now`, seconds of this node's monotonic clock); randomness comes only
 from the `random.Random` passed in.
