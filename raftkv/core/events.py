@@ -167,7 +167,7 @@ class Committed(Event):
 class LeaseMismatch(Event):
     TEMPLATE: ClassVar[str] = (
         "Configuration error: leader {leader} uses lease {lease}s, this node {own}s; "
-        "assuming the longer."
+        "refusing its AppendEntries."
     )
     leader: int
     lease: float
@@ -182,6 +182,18 @@ class ProtocolViolation(Event):
     node: int
     sender: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TermExhausted(Event):
+    """The node is at validation.MAX_TERM: a next term could not be represented, so it does not
+    campaign (docs/design.md §8). Only a buggy or hostile peer can bring a node here."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} is at the highest term {term} and cannot start an election."
+    )
+    node: int
+    term: int
 
 
 CORE_EVENTS: tuple[type[Event], ...] = (
@@ -200,6 +212,7 @@ CORE_EVENTS: tuple[type[Event], ...] = (
     Committed,
     LeaseMismatch,
     ProtocolViolation,
+    TermExhausted,
 )
 
 

@@ -23,9 +23,12 @@ Where each rule of Figure 2 (Raft paper) and of the lease (docs/design.md §3) l
   (`advance`). Followers commit up to `leader_commit` (`_on_append_entries`).
 - Replication: what to send a follower is decided in one place (`_send_append`, with the
   follower's `Progress`).
-- Leases: rule 1 `_on_round_acked`; rule 2 `_record_old_lease` and `__init__`; rule 3
-  `_on_request_vote` (remaining time) and `_become_leader` (the wait); rule 4
-  `lease_read_refusal`; rules 5 and 7 `tick`; rule 6 `TimingConfig.validate`.
+- Peer input: stateless checks in `validation.malformed` (at the top of `step`); what only our
+  state can refute in `_refuse_append` / `_append_problem` (before anything changes) and in the
+  reply handlers, each reported as an event, never raised (docs/design.md §8).
+- Leases: rule 1 `_on_round_acked`; rule 2 `_record_old_lease`, `_refuse_append` and
+  `__init__`; rule 3 `_on_request_vote` (remaining time) and `_become_leader` (the wait); rule
+  4 `lease_read_refusal`; rules 5 and 7 `tick`; rule 6 `TimingConfig.validate`.
 
 Time is always an argument (`now`, seconds of this node's monotonic clock); randomness comes only
 from the `random.Random` passed in.
@@ -67,9 +70,14 @@ from .messages import (
 from .progress import Progress
 from .quorum import majority, quorum_value
 from .state_machine import KeyValueStateMachine
-from .validation import malformed, sender_of
+from .validation import MAX_TERM, malformed, sender_of
 
 __all__ = ["LONG_AGO", "NEVER"]
+
+
+# Lease durations reported as a configuration error, at most once each (rule 2); bounded so
+# that a peer sending a new value every time cannot grow the set.
+_MAX_REPORTED_LEASES = 16
 
 
 class CoreMisuseError(RuntimeError):
@@ -261,6 +269,12 @@ class RaftNode:
         if problem is not None:
             self._out.events.append(events.ProtocolViolation(self.id, sender_of(message), problem))
             return
+        if (
+            isinstance(message, AppendEntries)
+            and message.term >= self.term
+            and self._refuse_append(message)
+        ):
+            return
         if message.term > self.term:
             leader = message.leader_id if isinstance(message, AppendEntries) else None
             self._become_follower(message.term, leader, now)
@@ -278,7 +292,13 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             if now >= self._election_deadline:
-                self._start_election(now)
+                if self.term >= MAX_TERM:
+                    # The next term could not be represented (validation.MAX_TERM): stay a
+                    # follower. A leader of this term, if there is one, can still serve.
+                    self._out.events.append(events.TermExhausted(self.id, self.term))
+                    self._reset_election_timer(now)
+                else:
+                    self._start_election(now)
             return
         if now >= leader.serving_from and now >= max(leader.lease_end, leader.step_down_grace_end):
             # Rule 5, with rule 7's grace for a leader that has just started serving.
@@ -540,17 +560,58 @@ class RaftNode:
             self._apply_committed(min(msg.leader_commit, last_new))
         self._reply_append(msg, success=True, match=last_new, conflict=0)
 
-    def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
-        # Rule 2: keep the longest lease seen from any leader of any term.
-        lease = msg.lease_duration
-        if lease != self.config.lease_duration:
-            if lease not in self._reported_lease_mismatch:
-                self._reported_lease_mismatch.add(lease)
+    def _refuse_append(self, msg: AppendEntries) -> bool:
+        """Stateful checks of an AppendEntries of our term or later, made before anything
+        changes (docs/design.md §8). A refused message is still answered, as the shell expects
+        one reply per AppendEntries: unsuccessful, round 0 (it vouches for no round, so it
+        renews no lease, rule 1) and conflict index 0 (the leader moves nothing). The term is
+        not adopted and the election timer not reset: a message we refuse is no news of a
+        leader we can follow (rule 2)."""
+        if msg.lease_duration != self.config.lease_duration:
+            # Rule 2: a lease we were not configured for is a configuration error; we neither
+            # wait for it nor follow the leader that uses it.
+            lease = msg.lease_duration
+            reported = self._reported_lease_mismatch
+            if lease not in reported and len(reported) < _MAX_REPORTED_LEASES:
+                reported.add(lease)
                 self._out.events.append(
                     events.LeaseMismatch(msg.leader_id, lease, self.config.lease_duration)
                 )
-            lease = max(lease, self.config.lease_duration)
-        self._old_lease_end = max(self._old_lease_end, now + lease)
+        else:
+            problem = self._append_problem(msg)
+            if problem is None:
+                return False
+            self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
+        reply = AppendEntriesReply(self.term, self.id, False, 0, 0, 0)
+        self._out.messages.append(Envelope(msg.leader_id, reply))
+        return True
+
+    def _append_problem(self, msg: AppendEntries) -> str | None:
+        if msg.term == self.term:
+            if self.role is Role.LEADER:
+                return f"a second leader in term {msg.term} (this node leads it)"
+            if self.leader_id is not None and self.leader_id != msg.leader_id:
+                return f"a second leader in term {msg.term} (node {self.leader_id} leads it)"
+        prev = msg.prev_log_index
+        if prev > len(self._log) or (prev > 0 and self._log[prev - 1].term != msg.prev_log_term):
+            return None  # the log-matching rule rejects it, changing nothing
+        for index, entry in enumerate(msg.entries, start=prev + 1):
+            if index > len(self._log):
+                return None
+            if self._log[index - 1].term != entry.term:
+                if index <= self.commit_index:
+                    return (
+                        f"entry {index} (term {entry.term}) conflicts with a committed entry "
+                        f"(term {self._log[index - 1].term}, commit index {self.commit_index})"
+                    )
+                return None
+        return None
+
+    def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
+        # Rule 2: keep the longest lease seen from any leader of any term. Only a leader using
+        # our own configured lease gets here (_refuse_append), so we never wait longer than our
+        # own bound.
+        self._old_lease_end = max(self._old_lease_end, now + self.config.lease_duration)
 
     def _reject_append(self, msg: AppendEntries, conflict: int) -> None:
         self._out.events.append(events.AppendRejected(self.id, msg.leader_id))
@@ -568,6 +629,19 @@ class RaftNode:
             return
         progress = leader.progress.get(msg.follower_id)
         if progress is None:
+            return
+        problem = None
+        if msg.success and msg.match_index > len(self._log):
+            problem = (
+                f"match_index {msg.match_index} is beyond this leader's log ({len(self._log)})"
+            )
+        elif not msg.success and msg.conflict_index > len(self._log) + 1:
+            problem = (
+                f"conflict_index {msg.conflict_index} is beyond this leader's log "
+                f"({len(self._log)}) + 1"
+            )
+        if problem is not None:
+            self._out.events.append(events.ProtocolViolation(self.id, msg.follower_id, problem))
             return
         # Rule 1: an answer in our term vouches for its round, whether or not the log matched.
         if self._round >= msg.round > progress.acked_round:
@@ -607,6 +681,15 @@ class RaftNode:
 
     def _on_request_vote_reply(self, msg: RequestVoteReply, now: float) -> None:
         if self.role is not Role.CANDIDATE or msg.term != self.term or not msg.granted:
+            return
+        # A voter owes at most its own lease, which must be ours (rule 2): anything longer
+        # would make us wait without bound (rule 3). Not counting the vote is always safe.
+        if msg.old_lease_remaining > self.config.lease_duration * (1 + 1e-9):
+            problem = (
+                f"old_lease_remaining {msg.old_lease_remaining} exceeds the lease "
+                f"{self.config.lease_duration}"
+            )
+            self._out.events.append(events.ProtocolViolation(self.id, msg.voter_id, problem))
             return
         self._votes.add(msg.voter_id)
         # Stretch the voter's remaining time by the worst drift between its clock and ours.
@@ -705,7 +788,7 @@ class RaftNode:
         return index
 
     def _truncate_from(self, index: int) -> None:
-        assert index > self.commit_index, "truncating a committed entry"
+        # Never at or below the commit index: _append_problem refuses such a message first.
         del self._log[index - 1 :]
         self._unstable_from = min(self._unstable_from, index)
         self._persisted_length = min(self._persisted_length, index - 1)

@@ -3,6 +3,10 @@
 A peer's message is remote input: it may come from a buggy or hostile sender. The core drops a
 message that fails these checks and reports a `ProtocolViolation` event; the shell runs the same
 checks first so that it can answer the sender INVALID_ARGUMENT (docs/design.md §8).
+
+These checks are stateless: they look at the message alone. What needs the node's state (an
+AppendEntries that would cut a committed entry, a reply naming an index the leader does not
+have, a lease duration other than ours) is checked by `RaftNode` itself.
 """
 
 from __future__ import annotations
@@ -11,6 +15,16 @@ import math
 from collections.abc import Collection
 
 from .messages import AppendEntries, AppendEntriesReply, Message, NodeId, RequestVote
+
+# The highest term a node accepts or reaches. Terms travel as uint64 and are stored in decimal;
+# 2**63 − 1 also fits a signed 64-bit integer, so no reader anywhere can overflow on a term the
+# core produced. Honest elections could never get near it (one election a millisecond would
+# take 292 million years); only a buggy or hostile peer can. A node at MAX_TERM does not start
+# elections, since a next term could not be represented (RaftNode.tick).
+MAX_TERM = 2**63 - 1
+# The highest log index, commit index or round a message may name (same reasoning as MAX_TERM:
+# a log of 2**63 entries cannot exist).
+MAX_INDEX = 2**63 - 1
 
 
 def sender_of(message: Message) -> NodeId:
@@ -24,6 +38,16 @@ def sender_of(message: Message) -> NodeId:
     return message.voter_id
 
 
+def _above(name: str, value: int, bound: int) -> str | None:
+    if value > bound:
+        return f"{name} {value} exceeds the limit {bound}"
+    return None
+
+
+def _first(*problems: str | None) -> str | None:
+    return next((p for p in problems if p is not None), None)
+
+
 def malformed(message: Message, members: Collection[NodeId]) -> str | None:
     """Why `message` must not reach the core, or None when it may. `members`: the other
     voters of this cluster (a message claiming to come from anyone else is refused)."""
@@ -35,18 +59,76 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
             RequestVote: "candidate_id",
         }.get(type(message), "voter_id")
         return f"{field} {sender} is not a member of this cluster"
+    term_problem = _above("term", message.term, MAX_TERM)
+    if term_problem is not None:
+        return term_problem
     if isinstance(message, AppendEntries):
-        if not math.isfinite(message.lease_duration) or message.lease_duration <= 0:
-            return f"lease_duration must be a positive number, got {message.lease_duration}"
-        if any(entry.term > message.term for entry in message.entries):
-            return "an entry's term exceeds the leader's term"
-        if message.prev_log_term > message.term:
-            return "prev_log_term exceeds the leader's term"
-    elif isinstance(message, RequestVote):
+        return _append_entries_problem(message)
+    if isinstance(message, AppendEntriesReply):
+        return _first(
+            _above("match_index", message.match_index, MAX_INDEX),
+            _above("conflict_index", message.conflict_index, MAX_INDEX),
+            _above("round", message.round, MAX_INDEX),
+        )
+    if isinstance(message, RequestVote):
         if message.term == 0:
             return "a vote request needs a term ≥ 1"
-    elif not isinstance(message, AppendEntriesReply):
-        remaining = message.old_lease_remaining
-        if not math.isfinite(remaining) or remaining < 0:
-            return f"old_lease_remaining must be ≥ 0, got {remaining}"
+        if message.last_log_term > message.term:
+            return "last_log_term exceeds the candidate's term"
+        if message.last_log_index == 0 and message.last_log_term != 0:
+            return "last_log_term must be 0 when last_log_index is 0 (the empty prefix)"
+        if message.last_log_index > 0 and message.last_log_term == 0:
+            return (
+                "last_log_term must be ≥ 1 when last_log_index is ≥ 1 "
+                "(only the empty prefix has term 0)"
+            )
+        return _above("last_log_index", message.last_log_index, MAX_INDEX)
+    if message.term == 0:
+        return "a vote reply needs a term ≥ 1"
+    remaining = message.old_lease_remaining
+    if not math.isfinite(remaining):
+        return f"old_lease_remaining must be finite, got {remaining}"
+    if remaining < 0:
+        return f"old_lease_remaining must be ≥ 0, got {remaining}"
+    return None
+
+
+def _append_entries_problem(message: AppendEntries) -> str | None:
+    lease = message.lease_duration
+    if not math.isfinite(lease):
+        return f"lease_duration must be finite, got {lease}"
+    if lease <= 0:
+        return f"lease_duration must be a positive number, got {lease}"
+    if message.term == 0:
+        return "an AppendEntries needs a term ≥ 1"
+    if message.prev_log_term > message.term:
+        return "prev_log_term exceeds the leader's term"
+    if message.prev_log_index == 0 and message.prev_log_term != 0:
+        return "prev_log_term must be 0 when prev_log_index is 0 (the empty prefix)"
+    if message.prev_log_index > 0 and message.prev_log_term == 0:
+        return (
+            "prev_log_term must be ≥ 1 when prev_log_index is ≥ 1 "
+            "(only the empty prefix has term 0)"
+        )
+    problem = _first(
+        _above("prev_log_index", message.prev_log_index, MAX_INDEX),
+        _above("leader_commit", message.leader_commit, MAX_INDEX),
+        _above("round", message.round, MAX_INDEX),
+        _above("last entry index", message.prev_log_index + len(message.entries), MAX_INDEX),
+    )
+    if problem is not None:
+        return problem
+    previous = message.prev_log_term
+    for position, entry in enumerate(message.entries, start=1):
+        if entry.term > message.term:
+            return "an entry's term exceeds the leader's term"
+        if entry.term == 0:
+            return f"entry {position} has term 0 (only the empty prefix has term 0)"
+        if entry.term < previous:
+            where = "prev_log_term" if position == 1 else "the entry before it"
+            return (
+                f"entry {position}'s term {entry.term} is below {where} ({previous}): "
+                "terms in a log never go backwards"
+            )
+        previous = entry.term
     return None

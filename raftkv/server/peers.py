@@ -53,6 +53,15 @@ def request_from_pb(message: pb.RaftMessage, peers: set[int]) -> AppendEntries |
     raise wire.WireError(f"a peer stream carries requests only, not {kind or 'an empty message'}")
 
 
+def _claimed_sender(message: pb.RaftMessage) -> int | None:
+    kind = message.WhichOneof("message")
+    if kind == "append_entries":
+        return message.append_entries.leader_id
+    if kind == "request_vote":
+        return message.request_vote.candidate_id
+    return None
+
+
 def reply_to_pb(message: Message) -> pb.RaftMessage:
     if isinstance(message, AppendEntriesReply):
         return pb.RaftMessage(append_entries_reply=wire.append_reply_to_pb(message))
@@ -221,6 +230,8 @@ class PeerStreamSession:
         self._reading = True
         self._unanswered = 0
         self.error: wire.WireError | None = None
+        # The sender the refused request claimed, when it named one.
+        self.error_sender: int | None = None
 
     async def serve(
         self, requests: AsyncIterator[pb.RaftMessages]
@@ -245,7 +256,11 @@ class PeerStreamSession:
         try:
             async for batch in requests:
                 for message in batch.messages:
-                    request = request_from_pb(message, self._peers)
+                    try:
+                        request = request_from_pb(message, self._peers)
+                    except wire.WireError:
+                        self.error_sender = _claimed_sender(message)
+                        raise
                     self._unanswered += 1
                     self._begin_exchange(request).add_done_callback(self._answered)
         except wire.WireError as error:

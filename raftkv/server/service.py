@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from raftkv.core.events import ProtocolViolation
 from raftkv.core.messages import (
     AppendEntries,
     ReadValue,
@@ -96,12 +97,19 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
         self.peer_ids = set(replica.peers)
         self.rpc_timeout = replica.options.config.election_timeout_min
 
+    def _log_refused(self, sender: int, error: wire.WireError) -> None:
+        """A peer message the shell refused: the same dump sentence as when the core drops one
+        (docs/design.md §8), so that an attempt is on record wherever it was stopped."""
+        violation = ProtocolViolation(self.replica.node_id, sender, str(error))
+        self.replica.dump.write(str(violation))
+
     async def AppendEntries(  # noqa: N802 - gRPC method name
         self, request: pb.AppendEntriesArgs, context: grpc.aio.ServicerContext
     ) -> pb.AppendEntriesReply:
         try:
             message = wire.append_entries_from_pb(request, self.peer_ids)
         except wire.WireError as error:
+            self._log_refused(request.leader_id, error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         reply = await self.replica.exchange(message, self.rpc_timeout)
         if reply is None:
@@ -115,6 +123,7 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
         try:
             message = wire.request_vote_from_pb(request, self.peer_ids)
         except wire.WireError as error:
+            self._log_refused(request.candidate_id, error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         reply = await self.replica.exchange(message, self.rpc_timeout)
         if reply is None:
@@ -130,6 +139,8 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
         async for replies in session.serve(request_iterator):
             yield replies
         if session.error is not None:
+            if session.error_sender is not None:
+                self._log_refused(session.error_sender, session.error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
 
     async def ServeClient(  # noqa: N802 - the assignment's method name

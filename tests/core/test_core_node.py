@@ -158,6 +158,15 @@ def test_vote_denied_to_a_candidate_with_a_shorter_log_of_the_same_term() -> Non
     assert replies and not any(isinstance(r, RequestVoteReply) and r.granted for r in replies)
 
 
+def test_vote_denied_to_a_longer_log_with_an_older_last_term() -> None:
+    # Terms are compared before lengths (Raft §5.4.1).
+    state = PersistentState(HardState(2, None), [LogEntry(1, NO_OP), LogEntry(2, NO_OP)])
+    voter = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0, persisted=state)
+    voter.step(RequestVote(3, 1, 9, 1), 10.0)
+    (reply,) = [e.message for e in voter.take_ready().messages]
+    assert isinstance(reply, RequestVoteReply) and not reply.granted
+
+
 def test_one_vote_per_term() -> None:
     h = Harness()
     voter = h.nodes[3]
@@ -210,6 +219,53 @@ def test_mismatch_is_rejected_with_a_fast_backoff_hint() -> None:
     follower.step(append(3, 9, 3, []), 0.3)
     (reply,) = [e.message for e in follower.take_ready().messages]
     assert isinstance(reply, AppendEntriesReply) and reply.conflict_index == 4
+
+
+def test_an_append_that_would_cut_a_committed_entry_is_refused_and_answered() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    e1, e2 = LogEntry(1, SetCommand("k", "a")), LogEntry(1, SetCommand("k", "b"))
+    follower.step(append(1, 0, 0, [e1, e2], commit=2), 0.1)
+    follower.advance(follower.take_ready())
+    assert follower.commit_index == 2
+    forged = LogEntry(2, SetCommand("k", "forged"))
+    follower.step(append(2, 1, 1, [forged], commit=2), 0.2)  # index 2 is committed
+    ready = follower.take_ready()
+    assert follower.log == [e1, e2] and not ready.log_changed
+    assert follower.state_machine.get("k") == "b"
+    (violation,) = [e for e in ready.events if isinstance(e, ev.ProtocolViolation)]
+    assert "conflicts with a committed entry" in violation.reason
+    # Answered (the shell waits for one reply per AppendEntries), vouching for no round.
+    assert [e.message for e in ready.messages] == [AppendEntriesReply(1, 2, False, 0, 0, 0)]
+    assert follower.term == 1
+
+
+def test_a_second_leader_in_one_term_is_refused() -> None:
+    follower = RaftNode(2, [1, 3], CONFIG, random.Random(0), 0.0)
+    follower.step(append(1, 0, 0, []), 0.1)
+    follower.advance(follower.take_ready())
+    follower.step(AppendEntries(1, 3, 0, 0, (), 0, CONFIG.lease_duration, 1), 0.2)
+    ready = follower.take_ready()
+    assert follower.leader_id == 1
+    assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
+    assert [e.message for e in ready.messages] == [AppendEntriesReply(1, 2, False, 0, 0, 0)]
+
+
+def test_replies_naming_indexes_beyond_the_leaders_log_are_dropped() -> None:
+    h = Harness()
+    leader = h.elect(1, 3.0)
+    length, commit = len(leader.log), leader.commit_index
+    r = leader._round
+    for reply in (
+        AppendEntriesReply(1, 2, True, 10**6, 0, r),
+        AppendEntriesReply(1, 3, True, length + 1, 0, r),
+        AppendEntriesReply(1, 2, False, 0, length + 2, r),
+    ):
+        leader.step(reply, 3.2)
+    ready = leader.take_ready()
+    assert len([e for e in ready.events if isinstance(e, ev.ProtocolViolation)]) == 3
+    assert leader.commit_index == commit and len(leader.log) == length
+    for progress in leader._leader.progress.values():  # type: ignore[union-attr]
+        assert 0 <= progress.match < progress.next <= length + 1
 
 
 def test_followers_commit_from_leader_commit_but_not_past_what_they_verified() -> None:
@@ -362,15 +418,40 @@ def test_rule2_followers_keep_the_longest_lease_seen_across_leaders() -> None:
     assert reply.old_lease_remaining == pytest.approx(10.1 + 0.5 - 10.2)
 
 
-def test_rule2_a_lease_mismatch_is_logged_and_the_longer_one_kept() -> None:
+def test_rule2_a_lease_mismatch_is_logged_and_the_append_refused() -> None:
+    # Intended change (issue 13): a leader using another lease is a configuration error. The
+    # follower neither waits for that lease nor follows the leader: it answers round 0 (no
+    # lease renewal), keeps its term and its election deadline, and logs both values once.
     follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
-    follower.step(AppendEntries(4, 1, 0, 0, (), 0, 2.0, 1), 10.0)
-    follower.step(RequestVote(5, 2, 0, 0), 10.5)
+    follower.advance(follower.take_ready())
+    deadline = follower.next_deadline()
+    for now in (0.2, 0.3):
+        follower.step(AppendEntries(4, 1, 0, 0, (), 0, 1e300, 7), now)
     ready = follower.take_ready()
-    assert any(isinstance(e, ev.LeaseMismatch) for e in ready.events)
-    reply = [e.message for e in ready.messages][-1]
-    assert isinstance(reply, RequestVoteReply)
-    assert reply.old_lease_remaining == pytest.approx(1.5)
+    assert [e for e in ready.events if isinstance(e, ev.LeaseMismatch)] == [
+        ev.LeaseMismatch(1, 1e300, 0.5)
+    ]
+    replies = [e.message for e in ready.messages]
+    assert replies == [AppendEntriesReply(0, 3, False, 0, 0, 0)] * 2
+    assert follower.term == 0 and follower.leader_id is None
+    assert follower.next_deadline() == deadline
+    follower.step(RequestVote(5, 2, 0, 0), 10.5)
+    reply = [e.message for e in follower.take_ready().messages][-1]
+    assert isinstance(reply, RequestVoteReply) and reply.granted
+    assert reply.old_lease_remaining == 0.0  # only its own restart lease, long over
+
+
+def test_a_vote_reply_owing_more_than_our_lease_is_not_counted() -> None:
+    candidate = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0)
+    candidate.tick(5.0)
+    candidate.advance(candidate.take_ready())
+    candidate.step(RequestVoteReply(1, 2, True, 1e300), 5.1)
+    ready = candidate.take_ready()
+    assert candidate.role is Role.CANDIDATE
+    assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
+    candidate.step(RequestVoteReply(1, 3, True, 0.5), 5.1)
+    assert candidate.status(5.1).role is Role.LEADER
+    assert candidate.status(5.1).waiting_for_old_lease == pytest.approx(0.5)
 
 
 def test_rule2_a_restarted_node_assumes_a_full_lease_is_running() -> None:

@@ -24,6 +24,7 @@ EXAMPLES: list[ev.Event] = [
     ev.Committed(node=2, role="follower", command="SET k v"),
     ev.LeaseMismatch(leader=1, lease=3.5, own=0.3),
     ev.ProtocolViolation(node=1, sender=9, reason="leader_id 9 is not a member of this cluster"),
+    ev.TermExhausted(node=1, term=2**63 - 1),
 ]
 
 

@@ -11,6 +11,7 @@ import pytest
 from raftkv.core import events as ev
 from raftkv.core.config import TimingConfig
 from raftkv.core.messages import (
+    NO_OP,
     AppendEntries,
     AppendEntriesReply,
     LogEntry,
@@ -19,8 +20,8 @@ from raftkv.core.messages import (
     RequestVoteReply,
     SetCommand,
 )
-from raftkv.core.node import RaftNode, UnsafeSwitches
-from raftkv.core.validation import malformed
+from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
+from raftkv.core.validation import MAX_INDEX, MAX_TERM, malformed
 
 CONFIG = TimingConfig(1.0, 2.0, 0.1, 0.5, 0.0)
 MEMBERS = (2, 3)
@@ -44,16 +45,49 @@ def append(**changes: Any) -> AppendEntries:
 
 BAD: list[tuple[Message, str]] = [
     (append(leader_id=9), "leader_id 9 is not a member"),
-    (append(lease_duration=float("nan")), "lease_duration must be a positive number"),
-    (append(lease_duration=float("inf")), "lease_duration must be a positive number"),
+    (append(lease_duration=float("nan")), "lease_duration must be finite, got nan"),
+    (append(lease_duration=float("inf")), "lease_duration must be finite, got inf"),
     (append(lease_duration=0.0), "lease_duration must be a positive number"),
     (append(entries=(LogEntry(3, SetCommand("k", "v")),)), "an entry's term exceeds"),
     (append(prev_log_term=3), "prev_log_term exceeds"),
+    (append(term=0), "an AppendEntries needs a term ≥ 1"),
+    (append(term=MAX_TERM + 1), f"term {MAX_TERM + 1} exceeds the limit"),
+    (append(term=2**64 - 1), "term 18446744073709551615 exceeds the limit"),
+    (append(prev_log_index=0, prev_log_term=1), "prev_log_term must be 0 when"),
+    (append(prev_log_index=3, prev_log_term=0), "prev_log_term must be ≥ 1 when"),
+    (append(prev_log_index=MAX_INDEX + 1, prev_log_term=1), "prev_log_index"),
+    (append(leader_commit=MAX_INDEX + 1), "leader_commit"),
+    (append(round=2**64 - 1), "round"),
+    (
+        append(prev_log_index=MAX_INDEX, prev_log_term=1, entries=(LogEntry(2, NO_OP),)),
+        "last entry index",
+    ),
+    (append(entries=(LogEntry(0, NO_OP),)), "entry 1 has term 0"),
+    (
+        append(entries=(LogEntry(2, NO_OP), LogEntry(1, NO_OP))),
+        "entry 2's term 1 is below the entry before it (2)",
+    ),
+    (
+        append(prev_log_index=4, prev_log_term=2, entries=(LogEntry(1, NO_OP),)),
+        "entry 1's term 1 is below prev_log_term (2)",
+    ),
     (AppendEntriesReply(2, 7, True, 1, 0, 1), "follower_id 7 is not a member"),
+    (AppendEntriesReply(2**64 - 1, 3, True, 1, 0, 1), "term 18446744073709551615 exceeds"),
+    (AppendEntriesReply(2, 3, True, MAX_INDEX + 1, 0, 1), "match_index"),
+    (AppendEntriesReply(2, 3, False, 0, MAX_INDEX + 1, 1), "conflict_index"),
+    (AppendEntriesReply(2, 3, False, 0, 1, MAX_INDEX + 1), "round"),
     (RequestVote(0, 2, 0, 0), "a vote request needs a term"),
     (RequestVote(1, 1, 0, 0), "candidate_id 1 is not a member"),
+    (RequestVote(2**64 - 1, 2, 0, 0), "term 18446744073709551615 exceeds"),
+    (RequestVote(2, 2, 1, 3), "last_log_term exceeds the candidate's term"),
+    (RequestVote(2, 2, 0, 1), "last_log_term must be 0 when"),
+    (RequestVote(2, 2, 9, 0), "last_log_term must be ≥ 1 when"),
+    (RequestVote(2, 2, MAX_INDEX + 1, 1), "last_log_index"),
     (RequestVoteReply(1, 3, True, -1.0), "old_lease_remaining must be ≥ 0"),
-    (RequestVoteReply(1, 3, True, float("nan")), "old_lease_remaining must be ≥ 0"),
+    (RequestVoteReply(1, 3, True, float("nan")), "old_lease_remaining must be finite, got nan"),
+    (RequestVoteReply(1, 3, True, float("inf")), "old_lease_remaining must be finite, got inf"),
+    (RequestVoteReply(0, 3, True, 0.0), "a vote reply needs a term ≥ 1"),
+    (RequestVoteReply(MAX_TERM + 1, 3, True, 0.0), "exceeds the limit"),
     (RequestVoteReply(1, 8, True, 0.0), "voter_id 8 is not a member"),
 ]
 
@@ -66,9 +100,11 @@ def test_malformed_messages_are_named(message: Message, reason: str) -> None:
 
 def test_well_formed_messages_pass() -> None:
     well_formed: list[Message] = [
-        append(entries=(LogEntry(2, SetCommand("k", "v")),), prev_log_term=1),
+        append(entries=(LogEntry(2, SetCommand("k", "v")),), prev_log_index=1, prev_log_term=1),
+        append(term=MAX_TERM, entries=(LogEntry(1, NO_OP), LogEntry(MAX_TERM, NO_OP))),
         AppendEntriesReply(2, 3, False, 0, 1, 0),
         RequestVote(1, 2, 0, 0),
+        RequestVote(MAX_TERM, 2, 7, 3),
         RequestVoteReply(1, 3, False, 0.0),
     ]
     for message in well_formed:
@@ -102,3 +138,15 @@ def test_the_accept_malformed_control_lets_a_bad_message_through() -> None:
     assert node.check_message(append(lease_duration=float("inf"))) is None
     node.step(append(lease_duration=float("inf")), 0.1)
     assert not any(isinstance(e, ev.ProtocolViolation) for e in node.take_ready().events)
+
+
+def test_a_node_at_max_term_does_not_campaign() -> None:
+    state = PersistentState(HardState(MAX_TERM, None), ())
+    node = RaftNode(1, MEMBERS, CONFIG, random.Random(0), 0.0, persisted=state)
+    node.advance(node.take_ready())
+    node.tick(10.0)
+    ready = node.take_ready()
+    assert ready.messages == () and ready.hard_state is None
+    assert ev.TermExhausted(1, MAX_TERM) in ready.events
+    assert node.term == MAX_TERM and node.role is Role.FOLLOWER
+    assert node.next_deadline() > 10.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -254,5 +255,22 @@ def test_a_batch_that_cannot_be_decoded_breaks_the_stream_with_an_error() -> Non
         assert [b.messages[0].append_entries_reply.round for b in batches] == [1]
         assert session.error is not None
         assert "could not be decoded" in str(session.error)
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_request_names_the_sender_it_claimed() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        forged = replace(heartbeat(1), lease_duration=float("inf"))
+
+        async def requests() -> AsyncIterator[pb.RaftMessages]:
+            yield pb.RaftMessages(messages=[peers.request_to_pb(forged)])
+
+        session = PeerStreamSession(peer.begin_exchange, {DIALER})
+        async for _ in session.serve(requests()):
+            pass
+        assert session.error is not None and "finite" in str(session.error)
+        assert session.error_sender == forged.leader_id
 
     asyncio.run(scenario())

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
 from raftkv.core.messages import (
+    NO_OP,
     Accepted,
     AppendEntries,
     AppendEntriesReply,
@@ -25,6 +26,7 @@ from raftkv.core.messages import (
     WriteDone,
 )
 from raftkv.core.node import SAFE, RaftNode, Ready, Role, UnsafeSwitches
+from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from tests.support.linearizability import Operation, Outcome, check_history
 
 from .invariants import SafetyChecker
@@ -38,10 +40,40 @@ from .world import (
     World,
 )
 
+
+@dataclass(frozen=True)
+class ForgedConflict:
+    """An AppendEntries to be rewritten when the receiver steps it, so that its one entry
+    conflicts with the receiver's last committed entry (which its commit index proves): the
+    receiver must refuse it and change nothing (RaftNode._append_problem). Built on arrival,
+    not when sent, because the receiver's commit index is only known then."""
+
+    base: AppendEntries
+
+    def against(self, core: RaftNode) -> AppendEntries:
+        commit = core.commit_index
+        if commit == 0:
+            return replace(self.base, term=MAX_TERM + 1)  # nothing committed to conflict with
+        prev = commit - 1
+        prev_term = core.log[prev - 1].term if prev else 0
+        # A term above the receiver's, so no earlier check answers for it, and above the term
+        # of its committed entry, so the entry conflicts with it.
+        term = core.term + 1
+        return replace(
+            self.base,
+            term=term,
+            prev_log_index=prev,
+            prev_log_term=prev_term,
+            entries=(LogEntry(term, NO_OP),),
+            lease_duration=core.config.lease_duration,
+        )
+
+
 ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pause", "drift"})
 # Faults run only when asked for (so that the default seeds stay what they were):
-# "corrupt" turns some peer messages malformed in flight, as a buggy or hostile peer would send
-# them; the core must drop each one (raftkv/core/validation.py).
+# "corrupt" turns some peer messages malformed or impossible in flight, as a buggy or hostile
+# peer would send them; the core must refuse each one (raftkv/core/validation.py, and RaftNode's
+# stateful checks: a conflict with a committed entry, another lease, impossible replies).
 EXTRA_FAULTS = frozenset({"corrupt"})
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
@@ -326,6 +358,9 @@ class Simulation:
         while node.inbox:
             kind, payload = node.inbox.popleft()
             if kind == "message":
+                if isinstance(payload, ForgedConflict):
+                    payload = payload.against(core)
+                    self.world.log(f"nemesis forged for {node.node_id}: {payload}")
                 core.step(payload, now)
             elif kind == "get":
                 self._serve_read(node, core, payload, now)
@@ -412,16 +447,19 @@ class Simulation:
         target = self.nodes.get(envelope.to)
         if target is None:
             return  # an answer to a stranger (only a core that accepts malformed input sends one)
-        message = envelope.message
+        message: Message | ForgedConflict = envelope.message
         if self.faults_active and self.network.corrupt and self.rng.random() < self.network.corrupt:
-            message = self._corrupt(message)
+            message = self._corrupt(envelope.message)
             self.world.log(f"nemesis corrupt {source}->{envelope.to} {message}")
         for delay in self._delivery_delays(extra):
             self.world.after(delay, lambda: self._arrive(target, message))
 
-    def _corrupt(self, message: Message) -> Message:
-        """One field of `message` turned into a value that validation.py refuses."""
-        choice = self.rng.randrange(3)
+    def _corrupt(self, message: Message) -> Message | ForgedConflict:
+        """`message` turned into one a correct core refuses: malformed (validation.py), or
+        well-formed but impossible given the receiver's state (RaftNode's stateful checks)."""
+        if self.rng.random() < 0.15:
+            return replace(message, term=self.rng.choice([MAX_TERM + 1, 2**64 - 1]))
+        choice = self.rng.randrange(6)
         if isinstance(message, AppendEntries):
             if choice == 0:
                 lease = self.rng.choice([float("inf"), float("nan"), 0.0, -1.0])
@@ -432,13 +470,32 @@ class Simulation:
                 return replace(message, entries=(future, *message.entries[1:]))
             if choice == 1:
                 return replace(message, prev_log_term=message.term + 1)
+            if choice == 2:
+                # Terms going backwards within the message (or to 0, refused too).
+                command = message.entries[0].command if message.entries else NO_OP
+                backwards = (LogEntry(message.term, command), LogEntry(message.term - 1, command))
+                return replace(message, entries=backwards)
+            if choice == 3:
+                # Well-formed, but not our lease: a configuration error the follower refuses.
+                return replace(message, lease_duration=1e300)
+            if choice == 4:
+                return ForgedConflict(message)
             return replace(message, leader_id=STRANGER)
         if isinstance(message, AppendEntriesReply):
+            if choice < 2:
+                # A follower claiming to lack entries the leader may have committed: legal (a
+                # follower may lose its disk), handled by Progress without moving the commit.
+                return replace(message, success=False, match_index=0, conflict_index=1)
+            if choice < 4:
+                return replace(message, success=True, match_index=MAX_INDEX)
             return replace(message, follower_id=STRANGER)
         if isinstance(message, RequestVote):
             return replace(message, candidate_id=STRANGER)
-        if choice == 2:
+        if choice < 2:
             return replace(message, voter_id=STRANGER)
+        if choice < 4:
+            # More than any voter can owe under our lease: not counted (rule 3).
+            return replace(message, old_lease_remaining=1e300)
         remaining = self.rng.choice([float("inf"), float("nan"), -1.0])
         return replace(message, old_lease_remaining=remaining)
 

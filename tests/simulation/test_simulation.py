@@ -79,8 +79,9 @@ def test_negative_control_is_caught(switch: str) -> None:
     assert any(kind in caught.failure for kind in NEGATIVE_CONTROLS[switch]), caught.failure
 
 
-# Peer messages turned malformed in flight (a buggy or hostile peer): the core's checks
-# (raftkv/core/validation.py) drop every one, so the run stays safe and live.
+# Peer messages turned malformed or impossible in flight (a buggy or hostile peer): the core's
+# checks (raftkv/core/validation.py, RaftNode's stateful ones) refuse every one, so the run
+# stays safe and live.
 CORRUPT_SEEDS = 100
 WITH_CORRUPTION = ALL_FAULTS | {"corrupt"}
 
@@ -92,7 +93,12 @@ def test_malformed_peer_messages_are_dropped_on_every_seed() -> None:
     assert not failures, "\n".join(failures)
     traced = run_scenario(make_scenario(1000, faults=WITH_CORRUPTION), trace=True).trace or []
     assert any("nemesis corrupt" in line for line in traced), "the fault never fired"
-    assert events.ProtocolViolation in core_event_kinds(traced)
+    kinds = core_event_kinds(traced)
+    assert events.ProtocolViolation in kinds
+    # The stateful variants fire too: another lease, a conflict with a committed entry.
+    assert events.LeaseMismatch in kinds
+    assert any("nemesis forged" in line for line in traced)
+    assert any("conflicts with a committed entry" in line for line in traced)
 
 
 def test_negative_control_accepting_malformed_messages_is_caught() -> None:
