@@ -132,6 +132,11 @@ class Replica:
         loaded = self.storage.load()
         if loaded.dropped_torn_line:
             dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
+        if loaded.upgraded_old_format:
+            dump.write(
+                f"Node {self.node_id} upgraded logs.txt to the indexed line format "
+                f"({len(loaded.entries)} entries)."
+            )
         self._hard_state = loaded.hard_state
         self._commit_hint_written = loaded.commit_length
         self._commit_hint_at = 0.0
@@ -305,7 +310,7 @@ class Replica:
         )
         if persisting or hint_due:
             try:
-                lines = encode_lines(ready.entries) if ready.log_changed else []
+                lines = encode_lines(ready.entries, ready.first_index) if ready.log_changed else []
                 if self.core.role is Role.LEADER:
                     # In a worker thread: the AppendEntries dispatched above go out, and reads
                     # are served, while the leader's own fsync runs (inline, the fsync took 30%
