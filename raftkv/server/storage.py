@@ -45,16 +45,22 @@ the caller must still await one call before issuing the next if their order matt
   included (an interrupted append cannot produce one). This is deliberately conservative: a
   crash whose unsynced pages reached the disk out of order can also produce it, and then an
   operator decides. Lines lost from the end of the file are invisible to these checks; the
-  commit point cannot catch them yet.
+  commit point below catches those that were committed.
 
   The old format (before ``index=``; the same lines without that field, the checksum covering
   the rest) still loads: a file whose first line has no ``index=`` field is read as the old
-  format, every line must then be in it, and once it has been read it is upgraded in place —
+  format, every line must then be in it, and after the checks below it is upgraded in place —
   written in the indexed format to ``logs.txt.tmp`` (locked, fsynced), renamed over
   ``logs.txt``, the directory fsynced — and `LoadedState.upgraded_old_format` is set. A crash
   during the upgrade leaves the old file, upgraded at the next start. A file mixing both formats
   is corrupt.
 
+  Lost data: a log holding fewer entries than metadata.txt's ``commitLength`` (lines cut, the
+  file emptied or deleted), or a non-empty log without metadata.txt, raises
+  `StorageDataLostError` before anything is repaired or upgraded, with a one-line message
+  saying what is missing and what the operator can do. Both are sound because of the write
+  order: commitLength is saved only after the log lines it counts are durable, and a fresh node
+  writes its metadata.txt (term 0) before its first log line.
 
 ``metadata.txt`` — ``name value`` lines, all four always present, each ending with ``\\n``::
 
@@ -65,9 +71,10 @@ the caller must still await one call before issuing the next if their order matt
 
   ``votedFor`` is ``None`` when the node has not voted in ``term``. The file is replaced
   atomically (write ``metadata.txt.tmp``, fsync it, ``os.replace``, fsync the directory). No file
-  means a fresh node (term 0, no vote, commitLength 0). A malformed file raises
-  `StorageCorruption`; a ``nodeId`` other than this node's raises `StorageError`. commitLength is
-  only a hint and is clamped to the length of the loaded log.
+  beside an empty log means a fresh node (term 0, no vote, commitLength 0), and `NodeStorage.load`
+  writes that state at once. A malformed file raises `StorageCorruption`; a ``nodeId`` other
+  than this node's raises `StorageError`. commitLength is only a hint of how much is committed
+  (it may lag), but never more than the log held when it was written.
 
 Failure handling: an OSError while writing or syncing (ENOSPC, EIO, …) raises `StorageError` and
 makes every later call raise too. After a failed fsync the kernel may have dropped the dirty pages
@@ -83,7 +90,8 @@ Failpoints, for crash tests: the environment variable ``RAFTKV_FAILPOINT`` is re
   * ``after-log-write-before-fsync`` — the first append that writes log lines calls
     ``os._exit(137)`` after writing them and before the fsync.
   * ``after-metadata-rename-before-dirsync`` — the first `NodeStorage.save_metadata` calls
-    ``os._exit(137)`` after ``os.replace`` and before the directory fsync.
+    ``os._exit(137)`` after ``os.replace`` and before the directory fsync (a fresh node's first
+    metadata.txt, written by `NodeStorage.load`, does not count).
 """
 
 from __future__ import annotations
@@ -117,6 +125,7 @@ __all__ = [
     "LoadedState",
     "NodeStorage",
     "StorageCorruption",
+    "StorageDataLostError",
     "StorageError",
     "decode_entry",
     "encode_entry",
@@ -165,11 +174,27 @@ class StorageCorruption(StorageError):  # noqa: N818
         self.problem = problem
 
 
+class StorageDataLostError(StorageError):
+    """Data the node wrote durably is gone (a file deleted or cut short): the node must not serve.
+
+    The message says what is missing and what the operator can do.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, directory: Path) -> None:
+        super().__init__(
+            f"{what}. The node's data is damaged; restore {directory} from a backup. Emptying "
+            "the directory instead is safe only while every other node is running and holds "
+            "every committed entry (there are no membership changes: an emptied node forgets "
+            "its votes and the entries it acknowledged)."
+        )
+        self.path = os.fspath(path)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedState:
     hard_state: HardState
     entries: list[LogEntry]
-    # Already clamped to len(entries).
+    # Never above len(entries): a larger commitLength on disk stops the load.
     commit_length: int
     dropped_torn_line: bool
     # logs.txt was in the old line format (no index=) and has been rewritten in the new one.
@@ -488,20 +513,30 @@ class NodeStorage:
         with self._lock:
             fd = self._open_fd()
             # Everything is checked before anything is written: a directory that belongs to
-            # another node is left as it is for the operator.
+            # another node, or that has lost data, is left as it is for the operator.
             metadata = self._load_metadata()
             scanned = self._scan_log(fd)
             entries = scanned.entries
-            hard_state, commit_length = metadata or (HardState(term=0, voted_for=None), 0)
-            if commit_length > len(entries):
-                logger.warning(
-                    "%s: commitLength %d exceeds the %d log entries; using %d",
-                    self._metadata_path,
-                    commit_length,
-                    len(entries),
-                    len(entries),
-                )
-                commit_length = len(entries)
+            if metadata is None:
+                if entries:
+                    raise StorageDataLostError(
+                        self._metadata_path,
+                        f"{self._metadata_path} is missing but {self._log_path} holds "
+                        f"{len(entries)} entries: the node's term and vote are lost (starting as "
+                        "new, it could vote twice in one term)",
+                        self._directory,
+                    )
+                hard_state, commit_length = HardState(term=0, voted_for=None), 0
+            else:
+                hard_state, commit_length = metadata
+                if commit_length > len(entries):
+                    raise StorageDataLostError(
+                        self._log_path,
+                        f"{self._log_path} holds {len(entries)} entries but "
+                        f"{self._metadata_path} records commitLength {commit_length}: "
+                        "committed entries are missing",
+                        self._directory,
+                    )
             if scanned.torn_problem is not None:
                 logger.warning(
                     "%s: dropping torn last line %d (%s; %d bytes) left by an interrupted append",
@@ -522,6 +557,10 @@ class NodeStorage:
                         raise self._fail(f"repairing {self._log_path} failed: {exc}") from exc
                 self._offsets = scanned.offsets
                 self._end = scanned.end
+            if metadata is None:
+                # A fresh node writes its metadata before its first log line, so that a log
+                # without metadata.txt always means a lost file, never a crash.
+                self._save_metadata_locked(hard_state, 0, failpoint=False)
             self._loaded = True
             return LoadedState(
                 hard_state, entries, commit_length, scanned.torn_problem is not None, upgraded
@@ -582,9 +621,11 @@ class NodeStorage:
         _check_uint(commit_length, "commit_length")
         with self._lock:
             self._writable_fd()
-            self._save_metadata_locked(hard_state, commit_length)
+            self._save_metadata_locked(hard_state, commit_length, failpoint=True)
 
-    def _save_metadata_locked(self, hard_state: HardState, commit_length: int) -> None:
+    def _save_metadata_locked(
+        self, hard_state: HardState, commit_length: int, *, failpoint: bool
+    ) -> None:
         data = _encode_metadata(hard_state, commit_length, self._node_id).encode("utf-8")
         tmp_path = self._directory / _METADATA_TMP_NAME
         try:
@@ -595,7 +636,7 @@ class NodeStorage:
             finally:
                 os.close(tmp_fd)
             os.replace(tmp_path, self._metadata_path)
-            if self._failpoint == FAILPOINT_METADATA_RENAME:
+            if failpoint and self._failpoint == FAILPOINT_METADATA_RENAME:
                 os._exit(FAILPOINT_EXIT_CODE)
             if self._sync:
                 _fsync_directory(self._directory)

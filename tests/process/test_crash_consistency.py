@@ -18,6 +18,7 @@ import pytest
 from raftkv.core.messages import SetCommand
 from raftkv.server.storage import NodeStorage, StorageCorruption
 from tests.process.conftest import ClusterFactory
+from tests.server.test_storage import old_format_line
 from tests.support.processes import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,12 +50,23 @@ def set_entries(path: Path, node_id: int) -> list[SetCommand]:
     return [e.command for e in loaded.entries if isinstance(e.command, SetCommand)]
 
 
+def cap_commit_length(metadata: Path, limit: int) -> None:
+    lines = metadata.read_text().splitlines()
+    for i, line in enumerate(lines):
+        name, _, value = line.partition(" ")
+        if name == "commitLength":
+            lines[i] = f"commitLength {min(int(value), limit)}"
+    metadata.write_text("".join(line + "\n" for line in lines))
+
+
 def wait_until_log_holds(cluster: LocalCluster, node_id: int, written: dict[str, str]) -> None:
     # A running node holds the lock on its logs.txt: read a copy.
     def copy_holds_all() -> bool:
         copy = cluster.root / f"copy-{node_id}" / f"logs_node_{node_id}"
         shutil.rmtree(copy.parent, ignore_errors=True)
         copy.mkdir(parents=True)
+        # metadata.txt first: its commitLength never exceeds the log copied after it.
+        shutil.copy(cluster.logs_path(node_id).with_name("metadata.txt"), copy / "metadata.txt")
         shutil.copy(cluster.logs_path(node_id), copy / "logs.txt")
         present = {(c.key, c.value) for c in set_entries(copy / "logs.txt", node_id)}
         return all((k, v) in present for k, v in written.items())
@@ -84,6 +96,10 @@ def test_torn_tail_at_every_offset_of_the_last_lines_loads_the_good_prefix(
         shutil.rmtree(work.parent, ignore_errors=True)
         work.mkdir(parents=True)
         (work / "logs.txt").write_bytes(original[:cut])
+        # Nothing committed: this is about where the torn line ends, not the commit point.
+        (work / "metadata.txt").write_text(
+            f"commitLength 0\nterm 1\nvotedFor None\nnodeId {follower}\n"
+        )
         storage = NodeStorage(work, follower)
         try:
             loaded = storage.load()
@@ -111,6 +127,10 @@ def test_a_follower_with_a_torn_tail_recovers_and_catches_up(make_cluster: Clust
         ]
         with path.open("r+b") as file:
             file.truncate(cut)
+        # A real torn line was never fsynced, so the node's commitLength cannot count it (it is
+        # written after the lines it counts are durable); cutting lines it counts would be lost
+        # data, which stops the node (test_a_follower_that_lost_lines_...).
+        cap_commit_length(path.with_name("metadata.txt"), sum(1 for o in offsets[1:] if o <= cut))
         written |= acknowledged_writes(cluster, 2, f"during{round_number}-")
         cluster.start_node(follower)
         cluster.wait_for(
@@ -145,6 +165,99 @@ def test_a_flipped_bit_in_the_middle_stops_the_node_naming_file_and_line(
     assert_all_readable(cluster, written)
     with pytest.raises(StorageCorruption):
         NodeStorage(path.parent, follower).load()
+
+
+def output_of_last_start(cluster: LocalCluster, node_id: int) -> list[str]:
+    """The node's stderr since its last start (nodes run with --quiet: no dump lines)."""
+    text = cluster.nodes[node_id].out_path.read_text()
+    return text[text.rindex("--- start #") :].splitlines()[1:]
+
+
+def test_a_one_node_cluster_whose_log_was_deleted_refuses_to_serve(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(1).start()
+    acknowledged_writes(cluster, 20, "solo")
+    (node,) = cluster.ids
+    cluster.stop_node(node)
+    path = cluster.logs_path(node)
+    metadata = path.with_name("metadata.txt")
+    assert "commitLength 21\n" in metadata.read_text()
+    path.unlink()
+    cluster.start_node(node)
+    process = cluster.nodes[node].process
+    assert process is not None
+    assert process.wait(20) == 1
+    (line,) = output_of_last_start(cluster, node)
+    assert line == (
+        f"raftkv-node: node {node}: {path} holds 0 entries but {metadata} records "
+        "commitLength 21: committed entries are missing. The node's data is damaged; restore "
+        f"{path.parent} from a backup. Emptying the directory instead is safe only while every "
+        "other node is running and holds every committed entry (there are no membership "
+        "changes: an emptied node forgets its votes and the entries it acknowledged)."
+    )
+    assert "commitLength 21\n" in metadata.read_text(), "left for the operator"
+
+
+def test_a_follower_that_lost_lines_or_its_metadata_refuses_to_start(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(3).start()
+    written = acknowledged_writes(cluster, 4, "lost")
+    follower = next(i for i in cluster.ids if i != cluster.leader())
+    cluster.stop_node(follower)
+    path = cluster.logs_path(follower)
+    metadata = path.with_name("metadata.txt")
+    original = path.read_bytes()
+    offsets = line_offsets(path)
+    # The last two lines cut: no checksum can see it, the commit point does.
+    path.write_bytes(original[: offsets[-3]])
+    cluster.start_node(follower)
+    process = cluster.nodes[follower].process
+    assert process is not None and process.wait(20) == 1
+    (line,) = output_of_last_start(cluster, follower)
+    assert f"{path} holds {len(offsets) - 3} entries but {metadata} records commitLength" in line
+    assert "The node's data is damaged; restore" in line
+    # metadata.txt deleted: starting as new it could vote twice in a term.
+    path.write_bytes(original)
+    metadata.unlink()
+    cluster.start_node(follower)
+    process = cluster.nodes[follower].process
+    assert process is not None and process.wait(20) == 1
+    (line,) = output_of_last_start(cluster, follower)
+    assert f"{metadata} is missing but {path} holds {len(offsets) - 1} entries" in line
+    assert "could vote twice in one term" in line
+    assert not metadata.exists() and path.read_bytes() == original
+    assert_all_readable(cluster, written)
+
+
+def test_a_follower_with_an_old_format_log_upgrades_it_and_catches_up(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(3).start()
+    written = acknowledged_writes(cluster, 4, "old")
+    follower = next(i for i in cluster.ids if i != cluster.leader())
+    cluster.stop_node(follower)
+    path = cluster.logs_path(follower)
+    entries = NodeStorage(path.parent, follower)
+    try:
+        loaded = entries.load().entries
+    finally:
+        entries.close()
+    old = "".join(old_format_line(entry) + "\n" for entry in loaded)
+    path.write_text(old, encoding="utf-8")
+    cluster.start_node(follower)
+    cluster.wait_for(
+        lambda: cluster.dump_has(
+            follower, f"upgraded logs.txt to the indexed line format ({len(loaded)} entries)"
+        ),
+        10,
+        f"node {follower} to report the upgrade",
+    )
+    written |= acknowledged_writes(cluster, 2, "new")
+    wait_until_log_holds(cluster, follower, written)
+    assert all(" index=" in line for line in cluster.log_lines(follower))
+    assert_all_readable(cluster, written)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from raftkv.server.storage import (
     HardState,
     NodeStorage,
     StorageCorruption,
+    StorageDataLostError,
     StorageError,
     decode_entry,
     encode_entry,
@@ -329,6 +330,10 @@ def test_fresh_directory_is_created_and_empty(tmp_path: Path) -> None:
     loaded = reload(directory)
     assert directory.is_dir()
     assert (directory / LOG_FILE_NAME).read_bytes() == b""
+    # Written before any log line: a log without metadata.txt then always means a lost file.
+    assert (directory / METADATA_FILE_NAME).read_text() == (
+        "commitLength 0\nterm 0\nvotedFor None\nnodeId 1\n"
+    )
     assert loaded.entries == []
     assert loaded.hard_state == HardState(term=0, voted_for=None)
     assert loaded.commit_length == 0
@@ -419,6 +424,7 @@ def test_a_batch_costs_one_fdatasync(data_dir: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
     with open_storage(data_dir) as storage:
         storage.load()
+        calls.clear()  # a fresh node's first metadata.txt
         storage.append_entries(1, sample_entries(200))
         assert len(calls) == 1
         # Replacing a suffix syncs the truncation on its own before the new lines are written.
@@ -605,6 +611,7 @@ def test_metadata_is_replaced_atomically_and_reloads(data_dir: Path) -> None:
 def test_metadata_save_validates_its_arguments(data_dir: Path) -> None:
     with open_storage(data_dir) as storage:
         storage.load()
+        (data_dir / METADATA_FILE_NAME).unlink()  # the fresh node's, to see nothing is written
         with pytest.raises(ValueError, match="term"):
             storage.save_metadata(HardState(term=-1, voted_for=None), 0)
         with pytest.raises(ValueError, match="voted_for"):
@@ -614,12 +621,72 @@ def test_metadata_save_validates_its_arguments(data_dir: Path) -> None:
     assert not (data_dir / METADATA_FILE_NAME).exists()
 
 
-def test_commit_length_is_clamped_to_the_log(data_dir: Path) -> None:
+def test_commit_length_up_to_the_log_length_loads(data_dir: Path) -> None:
     write_log(data_dir, sample_entries(3))
-    (data_dir / METADATA_FILE_NAME).write_text("commitLength 10\nterm 2\nvotedFor 1\nnodeId 1\n")
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 3\nterm 2\nvotedFor 1\nnodeId 1\n")
     loaded = reload(data_dir)
     assert loaded.commit_length == 3
     assert loaded.hard_state == HardState(term=2, voted_for=1)
+
+
+@pytest.mark.parametrize("kept", [2, 0, None])
+def test_a_log_shorter_than_the_commit_length_stops_the_node(
+    data_dir: Path, kept: int | None
+) -> None:
+    # commitLength is written after the log lines it counts are durable, so a longer
+    # commitLength means committed entries were lost (lines cut, file emptied or deleted).
+    write_log(data_dir, sample_entries(3))
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 3\nterm 2\nvotedFor 1\nnodeId 1\n")
+    log_path = data_dir / LOG_FILE_NAME
+    if kept is None:
+        log_path.unlink()
+    else:
+        log_path.write_bytes(b"".join(line_bytes(log_path.read_bytes())[:kept]))
+    before = log_path.read_bytes() if log_path.exists() else b""
+    with pytest.raises(StorageDataLostError) as info:
+        reload(data_dir)
+    message = str(info.value)
+    assert message.startswith(
+        f"{log_path} holds {kept or 0} entries but {data_dir / METADATA_FILE_NAME} records "
+        "commitLength 3: committed entries are missing. The node's data is damaged; restore "
+        f"{data_dir} from a backup."
+    )
+    assert "\n" not in message
+    assert (log_path.read_bytes() if log_path.exists() else b"") == before
+
+
+def test_a_torn_line_within_the_commit_length_is_lost_data(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    _, data = three_line_log
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 3\nterm 2\nvotedFor 1\nnodeId 1\n")
+    (data_dir / LOG_FILE_NAME).write_bytes(data[:-4])
+    with pytest.raises(StorageDataLostError, match=r"holds 2 entries but .* commitLength 3"):
+        reload(data_dir)
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data[:-4], "left for the operator"
+
+
+def test_a_missing_metadata_file_beside_a_log_stops_the_node(data_dir: Path) -> None:
+    write_log(data_dir, sample_entries(2))
+    (data_dir / METADATA_FILE_NAME).unlink()
+    data = (data_dir / LOG_FILE_NAME).read_bytes()
+    with pytest.raises(StorageDataLostError) as info:
+        reload(data_dir)
+    assert str(info.value).startswith(
+        f"{data_dir / METADATA_FILE_NAME} is missing but {data_dir / LOG_FILE_NAME} holds 2 "
+        "entries: the node's term and vote are lost (starting as new, it could vote twice in "
+        "one term). The node's data is damaged; restore "
+    )
+    assert not (data_dir / METADATA_FILE_NAME).exists()
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data
+
+
+def test_a_missing_metadata_file_beside_an_empty_log_is_a_fresh_node(data_dir: Path) -> None:
+    write_log(data_dir, [])
+    (data_dir / METADATA_FILE_NAME).unlink()
+    loaded = reload(data_dir)
+    assert loaded.entries == [] and loaded.hard_state == HardState(0, None)
+    assert (data_dir / METADATA_FILE_NAME).exists()
 
 
 def test_wrong_node_id_is_refused_without_touching_the_log(
@@ -859,6 +926,11 @@ def test_an_old_format_log_with_a_torn_tail_is_repaired_and_upgraded(data_dir: P
 def test_an_old_format_log_is_checked_before_it_is_upgraded(data_dir: Path) -> None:
     data = write_old_format(data_dir, sample_entries(3), commit_length=3)
     log_path = data_dir / LOG_FILE_NAME
+    # Shorter than its commit point: left as it is.
+    log_path.write_bytes(b"".join(line_bytes(data)[:2]))
+    with pytest.raises(StorageDataLostError, match="holds 2 entries"):
+        reload(data_dir)
+    assert log_path.read_bytes() == b"".join(line_bytes(data)[:2])
     # A corrupt middle line: left as it is.
     damaged = bytearray(data)
     damaged[line_spans(data)[1][0] + 5] ^= 0x01
