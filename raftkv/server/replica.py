@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import os
 import random
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -324,6 +325,8 @@ class Replica:
                     # wait for it), so the thread hop would only add latency and CPU.
                     self._persist(ready, lines, hint_due)
             except StorageError as error:
+                # On stderr too: a full disk may keep the dump from recording it.
+                print(f"raftkv-node: node {self.node_id}: {error}", file=sys.stderr, flush=True)
                 self.dump.write(f"Node {self.node_id} storage failure, stopping: {error}")
                 raise FatalNodeError(str(error)) from error
             if hint_due:

@@ -76,10 +76,11 @@ the caller must still await one call before issuing the next if their order matt
   than this node's raises `StorageError`. commitLength is only a hint of how much is committed
   (it may lag), but never more than the log held when it was written.
 
-Failure handling: an OSError while writing or syncing (ENOSPC, EIO, …) raises `StorageError` and
-makes every later call raise too. After a failed fsync the kernel may have dropped the dirty pages
-and a retried fsync can report success, so the only safe recovery is a restart that re-reads the
-files.
+Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
+raises `StorageError` with a one-line message naming the file and the system's reason, and a
+failed write makes every later call raise too. After a failed fsync the kernel may have dropped
+the dirty pages and a retried fsync can report success, so the only safe recovery is a restart
+that re-reads the files.
 
 The data directory is locked with ``flock`` on ``logs.txt`` so that two processes started with
 the same node id cannot interleave writes.

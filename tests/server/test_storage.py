@@ -973,3 +973,48 @@ def test_a_failed_upgrade_leaves_the_old_file(
     assert not (data_dir / "logs.txt.tmp").exists()
     monkeypatch.undo()
     assert reload(data_dir).upgraded_old_format
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-only and full data directories: one StorageError with the system's reason.
+
+
+@pytest.mark.parametrize(
+    ("errno_value", "reason"),
+    [(30, "Read-only file system"), (13, "Permission denied")],
+)
+def test_an_unwritable_data_directory_is_one_storage_error(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, errno_value: int, reason: str
+) -> None:
+    write_log(data_dir, sample_entries(1))
+    real_open = os.open
+
+    def refusing_open(path: object, flags: int, *args: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno_value, reason, str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(StorageError) as info:
+        open_storage(data_dir)
+    assert str(info.value) == (
+        f"cannot open data directory {data_dir}: [Errno {errno_value}] {reason}: "
+        f"'{data_dir / LOG_FILE_NAME}'"
+    )
+
+
+def test_a_full_disk_is_one_storage_error(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_pwrite(fd: int, data: object, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    with open_storage(data_dir) as storage:
+        storage.load()
+        monkeypatch.setattr(os, "pwrite", full_pwrite)
+        with pytest.raises(StorageError) as info:
+            storage.append_entries(1, sample_entries(1))
+        assert str(info.value) == (
+            f"appending to {data_dir / LOG_FILE_NAME} failed: [Errno 28] No space left on device"
+        )
+        # Every later call names the first failure.
+        with pytest.raises(StorageError, match=r"earlier failure: appending .*No space left"):
+            storage.save_metadata(HardState(1, None), 0)
