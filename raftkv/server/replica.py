@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import random
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -137,6 +138,11 @@ class Replica:
         loaded = self.storage.load()
         if loaded.dropped_torn_line:
             dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
+        if loaded.upgraded_old_format:
+            dump.write(
+                f"Node {self.node_id} upgraded logs.txt to the indexed line format "
+                f"({len(loaded.entries)} entries)."
+            )
         self._hard_state = loaded.hard_state
         self._commit_hint_written = loaded.commit_length
         self._commit_hint_at = 0.0
@@ -315,7 +321,7 @@ class Replica:
         )
         if persisting or hint_due:
             try:
-                lines = encode_lines(ready.entries) if ready.log_changed else []
+                lines = encode_lines(ready.entries, ready.first_index) if ready.log_changed else []
                 if self.core.role is Role.LEADER:
                     # In a worker thread: the AppendEntries dispatched above go out, and reads
                     # are served, while the leader's own fsync runs (inline, the fsync took 30%
@@ -329,6 +335,8 @@ class Replica:
                     # wait for it), so the thread hop would only add latency and CPU.
                     self._persist(ready, lines, hint_due)
             except StorageError as error:
+                # On stderr too: a full disk may keep the dump from recording it.
+                print(f"raftkv-node: node {self.node_id}: {error}", file=sys.stderr, flush=True)
                 self.dump.write(f"Node {self.node_id} storage failure, stopping: {error}")
                 raise FatalNodeError(str(error)) from error
             if hint_due:

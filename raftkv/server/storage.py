@@ -7,15 +7,17 @@ the caller must still await one call before issuing the next if their order matt
 
 ``logs.txt`` — one Raft log entry per line, entry ``i`` on line ``i``::
 
-    SET user:1 hello%20world 3 client=abc seq=7 crc=4f1d4ce6
-    SET greeting %- 3 client=%- seq=0 crc=453d6308
-    NO-OP 4 crc=55fc349a
-    SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 crc=8cdab9ce
+    SET user:1 hello%20world 3 client=abc seq=7 index=1 crc=12e590c5
+    SET greeting %- 3 client=%- seq=0 index=2 crc=695fa2ce
+    NO-OP 4 index=3 crc=2fdbac7e
+    SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 index=4 crc=dc02b4d0
 
-  * ``SET <key> <value> <term> client=<client id> seq=<seq> crc=<crc>`` and
-    ``NO-OP <term> crc=<crc>``. Fields are separated by exactly one space and all of them are
-    always present; ``client=%- seq=0`` is a SET without deduplication.
-  * ``<term>`` and ``<seq>`` are unsigned decimal integers without sign or leading zeros.
+  * ``SET <key> <value> <term> client=<client id> seq=<seq> index=<i> crc=<crc>`` and
+    ``NO-OP <term> index=<i> crc=<crc>``. Fields are separated by exactly one space and all of
+    them are always present; ``client=%- seq=0`` is a SET without deduplication. ``<i>`` is the
+    entry's log index, which is also its line number.
+  * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
+    zeros.
   * Key, value and client id are escaped: the UTF-8 bytes of every space, ``%``, ``=`` and every
     character for which ``str.isprintable()`` is false (control characters including newline,
     tab and CR, U+0085, U+2028, format characters, unassigned code points, …) are written as
@@ -28,17 +30,37 @@ the caller must still await one call before issuing the next if their order matt
     raises ValueError, and `NodeStorage.append_entries` encodes the whole batch before writing a
     byte, so a rejected entry leaves the file untouched. Clients cannot send them anyway:
     protobuf ``string`` fields must be valid UTF-8.
-  * ``<crc>`` is ``zlib.crc32`` of the UTF-8 bytes of everything before `` crc=``, as 8 lowercase
-    hex digits. Every line, the last one included, ends with ``\\n``.
+  * ``<crc>`` is ``zlib.crc32`` of the UTF-8 bytes of everything before `` crc=``, ``index=``
+    included, as 8 lowercase hex digits. Every line, the last one included, ends with ``\\n``.
+    Since the checksum covers the index, a line that was lost, duplicated or moved cannot pass
+    for another: line ``n`` must say ``index=n``.
 
   Loading: a last line without ``\\n``, or a last line that is unparsable or fails its checksum,
   is an interrupted append (appends are fsynced before they are acknowledged, so nobody relied
   on it): it is dropped, the file is truncated after the last good line and fsynced, and
   `LoadedState.dropped_torn_line` is set (a warning is logged too). A bad line followed by any
   other line raises `StorageCorruption` naming the file, the line number and the problem: the
-  node refuses to start rather than silently lose acknowledged entries. This is deliberately
-  conservative: a crash whose unsynced pages reached the disk out of order can also produce it,
-  and then an operator decides.
+  node refuses to start rather than silently lose acknowledged entries. So does a line that
+  parses and passes its checksum but whose ``index=`` is not its line number, the last line
+  included (an interrupted append cannot produce one). This is deliberately conservative: a
+  crash whose unsynced pages reached the disk out of order can also produce it, and then an
+  operator decides. Lines lost from the end of the file are invisible to these checks; the
+  commit point below catches those that were committed.
+
+  The old format (before ``index=``; the same lines without that field, the checksum covering
+  the rest) still loads: a file whose first line has no ``index=`` field is read as the old
+  format, every line must then be in it, and after the checks below it is upgraded in place —
+  written in the indexed format to ``logs.txt.tmp`` (locked, fsynced), renamed over
+  ``logs.txt``, the directory fsynced — and `LoadedState.upgraded_old_format` is set. A crash
+  during the upgrade leaves the old file, upgraded at the next start. A file mixing both formats
+  is corrupt.
+
+  Lost data: a log holding fewer entries than metadata.txt's ``commitLength`` (lines cut, the
+  file emptied or deleted), or a non-empty log without metadata.txt, raises
+  `StorageDataLostError` before anything is repaired or upgraded, with a one-line message
+  saying what is missing and what the operator can do. Both are sound because of the write
+  order: commitLength is saved only after the log lines it counts are durable, and a fresh node
+  writes its metadata.txt (term 0) before its first log line.
 
 ``metadata.txt`` — ``name value`` lines, all four always present, each ending with ``\\n``::
 
@@ -49,14 +71,16 @@ the caller must still await one call before issuing the next if their order matt
 
   ``votedFor`` is ``None`` when the node has not voted in ``term``. The file is replaced
   atomically (write ``metadata.txt.tmp``, fsync it, ``os.replace``, fsync the directory). No file
-  means a fresh node (term 0, no vote, commitLength 0). A malformed file raises
-  `StorageCorruption`; a ``nodeId`` other than this node's raises `StorageError`. commitLength is
-  only a hint and is clamped to the length of the loaded log.
+  beside an empty log means a fresh node (term 0, no vote, commitLength 0), and `NodeStorage.load`
+  writes that state at once. A malformed file raises `StorageCorruption`; a ``nodeId`` other
+  than this node's raises `StorageError`. commitLength is only a hint of how much is committed
+  (it may lag), but never more than the log held when it was written.
 
-Failure handling: an OSError while writing or syncing (ENOSPC, EIO, …) raises `StorageError` and
-makes every later call raise too. After a failed fsync the kernel may have dropped the dirty pages
-and a retried fsync can report success, so the only safe recovery is a restart that re-reads the
-files.
+Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
+raises `StorageError` with a one-line message naming the file and the system's reason, and a
+failed write makes every later call raise too. After a failed fsync the kernel may have dropped
+the dirty pages and a retried fsync can report success, so the only safe recovery is a restart
+that re-reads the files.
 
 The data directory is locked with ``flock`` on ``logs.txt`` so that two processes started with
 the same node id cannot interleave writes.
@@ -67,11 +91,13 @@ Failpoints, for crash tests: the environment variable ``RAFTKV_FAILPOINT`` is re
   * ``after-log-write-before-fsync`` — the first append that writes log lines calls
     ``os._exit(137)`` after writing them and before the fsync.
   * ``after-metadata-rename-before-dirsync`` — the first `NodeStorage.save_metadata` calls
-    ``os._exit(137)`` after ``os.replace`` and before the directory fsync.
+    ``os._exit(137)`` after ``os.replace`` and before the directory fsync (a fresh node's first
+    metadata.txt, written by `NodeStorage.load`, does not count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -100,6 +126,7 @@ __all__ = [
     "LoadedState",
     "NodeStorage",
     "StorageCorruption",
+    "StorageDataLostError",
     "StorageError",
     "decode_entry",
     "encode_entry",
@@ -113,6 +140,7 @@ logger = logging.getLogger(__name__)
 LOG_FILE_NAME: Final = "logs.txt"
 METADATA_FILE_NAME: Final = "metadata.txt"
 _METADATA_TMP_NAME: Final = "metadata.txt.tmp"
+_LOG_TMP_NAME: Final = "logs.txt.tmp"
 
 FAILPOINT_ENV: Final = "RAFTKV_FAILPOINT"
 FAILPOINT_LOG_WRITE: Final = "after-log-write-before-fsync"
@@ -127,6 +155,7 @@ _HEX_DIGITS: Final = frozenset(string.hexdigits)
 _UINT_RE: Final = re.compile(r"0|[1-9][0-9]*")
 _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
+_INDEX_LABEL: Final = "index="
 _METADATA_NAMES: Final = ("commitLength", "term", "votedFor", "nodeId")
 
 
@@ -146,13 +175,42 @@ class StorageCorruption(StorageError):  # noqa: N818
         self.problem = problem
 
 
+class StorageDataLostError(StorageError):
+    """Data the node wrote durably is gone (a file deleted or cut short): the node must not serve.
+
+    The message says what is missing and what the operator can do.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, directory: Path) -> None:
+        super().__init__(
+            f"{what}. The node's data is damaged; restore {directory} from a backup. Emptying "
+            "the directory instead is safe only while every other node is running and holds "
+            "every committed entry (there are no membership changes: an emptied node forgets "
+            "its votes and the entries it acknowledged)."
+        )
+        self.path = os.fspath(path)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedState:
     hard_state: HardState
     entries: list[LogEntry]
-    # Already clamped to len(entries).
+    # Never above len(entries): a larger commitLength on disk stops the load.
     commit_length: int
     dropped_torn_line: bool
+    # logs.txt was in the old line format (no index=) and has been rewritten in the new one.
+    upgraded_old_format: bool = False
+
+
+@dataclass(slots=True)
+class _ScannedLog:
+    entries: list[LogEntry]
+    offsets: list[int]
+    # Byte offset just past the last good line.
+    end: int
+    torn_problem: str | None
+    torn_line_no: int
+    old_format: bool
 
 
 def node_data_dir(base: Path, node_id: NodeId) -> Path:
@@ -212,25 +270,63 @@ def unescape_field(token: str) -> str:
         raise ValueError(f"escapes do not form valid UTF-8 ({exc.reason})") from None
 
 
-def encode_entry(entry: LogEntry) -> str:
-    """The line for `entry`, without the trailing newline."""
+def encode_entry(entry: LogEntry, index: int) -> str:
+    """The line for `entry` at log index `index` (1-based), without the trailing newline."""
     _check_uint(entry.term, "term")
+    _check_uint(index, "index")
+    if index < 1:
+        raise ValueError(f"log indexes start at 1, got {index}")
+    return _with_crc(f"{_encode_body(entry)} {_INDEX_LABEL}{index}")
+
+
+def _encode_body(entry: LogEntry) -> str:
+    """The fields of `entry` that both line formats share: everything before index= and crc=."""
     command = entry.command
     if isinstance(command, SetCommand):
         _check_uint(command.seq, "seq")
-        body = (
+        return (
             f"SET {escape_field(command.key)} {escape_field(command.value)} {entry.term} "
             f"client={escape_field(command.client_id)} seq={command.seq}"
         )
-    elif isinstance(command, NoOpCommand):
-        body = f"NO-OP {entry.term}"
-    else:
-        assert_never(command)
+    if isinstance(command, NoOpCommand):
+        return f"NO-OP {entry.term}"
+    assert_never(command)
+
+
+def _with_crc(body: str) -> str:
     return f"{body}{_CRC_SEPARATOR}{zlib.crc32(body.encode('utf-8')):08x}"
 
 
-def decode_entry(line: str, *, path: str, line_no: int) -> LogEntry:
-    """Parse one line (without its newline). Raises StorageCorruption naming `path:line_no`."""
+def decode_entry(line: str, *, path: str, line_no: int, legacy: bool = False) -> LogEntry:
+    """Parse line `line_no` (without its newline) of a logs.txt. Raises StorageCorruption
+    naming `path:line_no` if it is malformed, fails its checksum, or (lines written since the
+    indexed format) holds another index than `line_no`.
+
+    ``legacy=True`` parses the old line format, which has no index= field (see `NodeStorage.load`
+    for how such files are recognised and upgraded).
+    """
+    entry, index = _decode_line(line, path, line_no)
+    if legacy and index is not None:
+        raise StorageCorruption(path, line_no, "has an index= field in a file of the old format")
+    if not legacy:
+        _check_index(index, path, line_no)
+    return entry
+
+
+def _check_index(index: int | None, path: str, line_no: int) -> None:
+    if index is None:
+        raise StorageCorruption(path, line_no, "no index= field (a line of the old format)")
+    if index != line_no:
+        raise StorageCorruption(
+            path,
+            line_no,
+            f"holds the entry for index {index}, not {line_no}: a line before it is missing or "
+            "duplicated, or lines are out of order",
+        )
+
+
+def _decode_line(line: str, path: str, line_no: int) -> tuple[LogEntry, int | None]:
+    """Either line format; returns the entry and its index= (None: the old format)."""
     body, separator, stored = line.rpartition(_CRC_SEPARATOR)
     if not separator:
         raise StorageCorruption(path, line_no, f"no checksum field: {_preview(line)}")
@@ -247,8 +343,12 @@ def decode_entry(line: str, *, path: str, line_no: int) -> LogEntry:
         raise StorageCorruption(
             path, line_no, f"checksum mismatch: stored {stored}, computed {computed:08x}"
         )
+    fields = body.split(" ")
+    index: int | None = None
     try:
-        return _parse_body(body.split(" "))
+        if fields[-1].startswith(_INDEX_LABEL):
+            index = _parse_uint(fields.pop()[len(_INDEX_LABEL) :], "index")
+        return _parse_body(fields), index
     except ValueError as exc:
         raise StorageCorruption(path, line_no, str(exc)) from None
 
@@ -409,23 +509,63 @@ class NodeStorage:
         return len(self._offsets)
 
     def load(self) -> LoadedState:
-        """Read metadata and log, repairing a torn last log line. See the module docstring."""
+        """Read metadata and log, check them against each other, then repair a torn last log
+        line or upgrade a log of the old format. See the module docstring."""
         with self._lock:
             fd = self._open_fd()
-            # Metadata first: a directory that belongs to another node must not be repaired.
-            hard_state, commit_length = self._load_metadata()
-            entries, dropped = self._load_log(fd)
-            if commit_length > len(entries):
+            # Everything is checked before anything is written: a directory that belongs to
+            # another node, or that has lost data, is left as it is for the operator.
+            metadata = self._load_metadata()
+            scanned = self._scan_log(fd)
+            entries = scanned.entries
+            if metadata is None:
+                if entries:
+                    raise StorageDataLostError(
+                        self._metadata_path,
+                        f"{self._metadata_path} is missing but {self._log_path} holds "
+                        f"{len(entries)} entries: the node's term and vote are lost (starting as "
+                        "new, it could vote twice in one term)",
+                        self._directory,
+                    )
+                hard_state, commit_length = HardState(term=0, voted_for=None), 0
+            else:
+                hard_state, commit_length = metadata
+                if commit_length > len(entries):
+                    raise StorageDataLostError(
+                        self._log_path,
+                        f"{self._log_path} holds {len(entries)} entries but "
+                        f"{self._metadata_path} records commitLength {commit_length}: "
+                        "committed entries are missing",
+                        self._directory,
+                    )
+            if scanned.torn_problem is not None:
                 logger.warning(
-                    "%s: commitLength %d exceeds the %d log entries; using %d",
-                    self._metadata_path,
-                    commit_length,
-                    len(entries),
-                    len(entries),
+                    "%s: dropping torn last line %d (%s; %d bytes) left by an interrupted append",
+                    self._log_path,
+                    scanned.torn_line_no,
+                    scanned.torn_problem,
+                    os.fstat(fd).st_size - scanned.end,
                 )
-                commit_length = len(entries)
+            upgraded = scanned.old_format and bool(entries)
+            if upgraded:
+                self._upgrade_log_locked(entries)
+            else:
+                if scanned.torn_problem is not None:
+                    try:
+                        os.ftruncate(fd, scanned.end)
+                        self._sync_fd(fd)
+                    except OSError as exc:
+                        raise self._fail(f"repairing {self._log_path} failed: {exc}") from exc
+                self._offsets = scanned.offsets
+                self._end = scanned.end
+            if metadata is None:
+                # A fresh node writes its metadata before its first log line, so that a log
+                # without metadata.txt always means a lost file, never a crash.
+                self._save_metadata_locked(hard_state, 0, failpoint=False)
             self._loaded = True
-            return LoadedState(hard_state, entries, commit_length, dropped)
+            return LoadedState(
+                hard_state, entries, commit_length, scanned.torn_problem is not None, upgraded
+            )
 
     def append_entries(self, first_index: int, entries: Sequence[LogEntry]) -> None:
         """Make the log hold `entries` at indexes `first_index`, … and nothing after them.
@@ -434,18 +574,18 @@ class NodeStorage:
         new lines can never end up interleaved with old ones on disk); the new lines are then
         written and synced with one fdatasync, whatever their number. Returns once durable.
         """
-        self.append_encoded(first_index, encode_lines(entries))
+        with self._lock:
+            self._check_first_index(first_index)
+        self.append_encoded(first_index, encode_lines(entries, first_index))
 
     def append_encoded(self, first_index: int, lines: Sequence[bytes]) -> None:
         """`append_entries` for lines `encode_lines` made: a caller that syncs in a worker
         thread encodes first, so that the thread needs the GIL only around its system calls."""
         with self._lock:
             fd = self._writable_fd()
-            if not 1 <= first_index <= len(self._offsets) + 1:
-                raise ValueError(
-                    f"first_index {first_index} is outside 1..{len(self._offsets) + 1} "
-                    f"(the log holds {len(self._offsets)} entries)"
-                )
+            self._check_first_index(first_index)
+            if lines and f" {_INDEX_LABEL}{first_index}{_CRC_SEPARATOR}".encode() not in lines[0]:
+                raise ValueError(f"lines were not encoded for index {first_index}")
             if first_index <= len(self._offsets):
                 self._truncate_locked(fd, first_index)
             if not lines:
@@ -480,24 +620,29 @@ class NodeStorage:
         if hard_state.voted_for is not None:
             _check_uint(hard_state.voted_for, "voted_for")
         _check_uint(commit_length, "commit_length")
-        data = _encode_metadata(hard_state, commit_length, self._node_id).encode("utf-8")
-        tmp_path = self._directory / _METADATA_TMP_NAME
         with self._lock:
             self._writable_fd()
+            self._save_metadata_locked(hard_state, commit_length, failpoint=True)
+
+    def _save_metadata_locked(
+        self, hard_state: HardState, commit_length: int, *, failpoint: bool
+    ) -> None:
+        data = _encode_metadata(hard_state, commit_length, self._node_id).encode("utf-8")
+        tmp_path = self._directory / _METADATA_TMP_NAME
+        try:
+            tmp_fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                tmp_fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    _write_all(tmp_fd, data, 0)
-                    self._sync_fd(tmp_fd)
-                finally:
-                    os.close(tmp_fd)
-                os.replace(tmp_path, self._metadata_path)
-                if self._failpoint == FAILPOINT_METADATA_RENAME:
-                    os._exit(FAILPOINT_EXIT_CODE)
-                if self._sync:
-                    _fsync_directory(self._directory)
-            except OSError as exc:
-                raise self._fail(f"saving {self._metadata_path} failed: {exc}") from exc
+                _write_all(tmp_fd, data, 0)
+                self._sync_fd(tmp_fd)
+            finally:
+                os.close(tmp_fd)
+            os.replace(tmp_path, self._metadata_path)
+            if failpoint and self._failpoint == FAILPOINT_METADATA_RENAME:
+                os._exit(FAILPOINT_EXIT_CODE)
+            if self._sync:
+                _fsync_directory(self._directory)
+        except OSError as exc:
+            raise self._fail(f"saving {self._metadata_path} failed: {exc}") from exc
 
     def _sync_fd(self, fd: int) -> None:
         if self._sync:
@@ -536,6 +681,13 @@ class NodeStorage:
             raise StorageError("call load() before writing")
         return fd
 
+    def _check_first_index(self, first_index: int) -> None:
+        if not 1 <= first_index <= len(self._offsets) + 1:
+            raise ValueError(
+                f"first_index {first_index} is outside 1..{len(self._offsets) + 1} "
+                f"(the log holds {len(self._offsets)} entries)"
+            )
+
     def _fail(self, reason: str) -> StorageError:
         self._failure = reason
         return StorageError(reason)
@@ -550,11 +702,12 @@ class NodeStorage:
         del self._offsets[index - 1 :]
         self._end = offset
 
-    def _load_metadata(self) -> tuple[HardState, int]:
+    def _load_metadata(self) -> tuple[HardState, int] | None:
+        """(hard state, commit length), or None when there is no metadata.txt."""
         try:
             data = self._metadata_path.read_bytes()
         except FileNotFoundError:
-            return HardState(term=0, voted_for=None), 0
+            return None
         except OSError as exc:
             raise StorageError(f"cannot read {self._metadata_path}: {exc}") from exc
         hard_state, commit_length, node_id = _parse_metadata(data, self._metadata_path)
@@ -565,7 +718,9 @@ class NodeStorage:
             )
         return hard_state, commit_length
 
-    def _load_log(self, fd: int) -> tuple[list[LogEntry], bool]:
+    def _scan_log(self, fd: int) -> _ScannedLog:
+        """Parse the log without changing it; raises StorageCorruption for a bad line that is
+        not a torn last line."""
         try:
             data = _read_all(fd)
         except OSError as exc:
@@ -576,6 +731,7 @@ class NodeStorage:
         start = 0
         line_no = 0
         torn_problem: str | None = None
+        old_format: bool | None = None
         while start < len(data):
             line_no += 1
             newline = data.find(b"\n", start)
@@ -583,39 +739,76 @@ class NodeStorage:
                 torn_problem = "no trailing newline"
                 break
             try:
-                entry = _decode_line_bytes(data[start:newline], path, line_no)
+                entry, index = _decode_line_bytes(data[start:newline], path, line_no)
             except StorageCorruption as exc:
                 if newline + 1 < len(data):
                     raise
                 torn_problem = exc.problem
                 break
+            # A line that parses and passes its checksum is never a torn append, so what
+            # follows is checked on every line, the last one included.
+            if old_format is None:
+                old_format = index is None
+            if old_format:
+                if index is not None:
+                    raise StorageCorruption(
+                        path, line_no, "has an index= field but line 1 is in the old format"
+                    )
+            else:
+                _check_index(index, path, line_no)
             offsets.append(start)
             entries.append(entry)
             start = newline + 1
-        if torn_problem is not None:
-            logger.warning(
-                "%s: dropping torn last line %d (%s; %d bytes) left by an interrupted append",
-                path,
-                line_no,
-                torn_problem,
-                len(data) - start,
-            )
-            try:
-                os.ftruncate(fd, start)
-                self._sync_fd(fd)
-            except OSError as exc:
-                raise self._fail(f"repairing {path} failed: {exc}") from exc
-        self._offsets = offsets
-        self._end = start
-        return entries, torn_problem is not None
+        return _ScannedLog(entries, offsets, start, torn_problem, line_no, bool(old_format))
+
+    def _upgrade_log_locked(self, entries: list[LogEntry]) -> None:
+        """Rewrite logs.txt in the indexed format: a new file, synced, renamed over the old one.
+
+        The new file is locked before the rename, so the directory lock never lapses.
+        """
+        lines = encode_lines(entries, 1)
+        tmp_path = self._directory / _LOG_TMP_NAME
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, b"".join(lines), 0)
+            self._sync_fd(fd)
+            os.replace(tmp_path, self._log_path)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
+        old_fd, self._fd = self._fd, fd
+        if old_fd is not None:
+            os.close(old_fd)
+        try:
+            if self._sync:
+                _fsync_directory(self._directory)
+        except OSError as exc:
+            raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
+        offset = 0
+        self._offsets = []
+        for line in lines:
+            self._offsets.append(offset)
+            offset += len(line)
+        self._end = offset
+        logger.info(
+            "%s: upgraded %d entries from the old line format to the indexed one",
+            self._log_path,
+            len(entries),
+        )
 
 
-def _decode_line_bytes(raw: bytes, path: str, line_no: int) -> LogEntry:
+def _decode_line_bytes(raw: bytes, path: str, line_no: int) -> tuple[LogEntry, int | None]:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StorageCorruption(path, line_no, f"not valid UTF-8 at byte {exc.start}") from None
-    return decode_entry(line, path=path, line_no=line_no)
+    return _decode_line(line, path, line_no)
 
 
 def _failpoint_from_env() -> str | None:
@@ -629,9 +822,12 @@ def _failpoint_from_env() -> str | None:
     return value
 
 
-def encode_lines(entries: Sequence[LogEntry]) -> list[bytes]:
-    """logs.txt lines for `entries`, newline included."""
-    return [(encode_entry(entry) + "\n").encode("utf-8") for entry in entries]
+def encode_lines(entries: Sequence[LogEntry], first_index: int) -> list[bytes]:
+    """logs.txt lines for `entries` at indexes `first_index`, …, newline included."""
+    return [
+        (encode_entry(entry, index) + "\n").encode("utf-8")
+        for index, entry in enumerate(entries, start=first_index)
+    ]
 
 
 def _sync_file(fd: int) -> None:

@@ -42,7 +42,7 @@ from tests.support.processes import (
 pytestmark = [pytest.mark.timeout(120)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NOOP_LINE = re.compile(r"NO-OP (\d+) crc=[0-9a-f]{8}")
+NOOP_LINE = re.compile(r"NO-OP (\d+) index=[1-9][0-9]* crc=[0-9a-f]{8}")
 # The leader answers refused requests with these codes (see proto/raftkv.proto).
 REFUSED = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE}
 

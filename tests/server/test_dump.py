@@ -45,3 +45,41 @@ def test_stdout_gets_the_same_lines(tmp_path: Path, capsys: pytest.CaptureFixtur
     dump.write("Node 0 election timer timed out, Starting election.")
     dump.close()
     assert capsys.readouterr().out == (tmp_path / "dump.txt").read_text()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_never_stops_the_writer_and_warns_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/full fails every write with ENOSPC, like a full disk.
+    (tmp_path / "dump.txt").symlink_to("/dev/full")
+    dump = DumpLog(tmp_path, 4, to_stdout=True)
+    for i in range(3):
+        dump.write(f"Node 4 storage failure, stopping: event {i}")
+    dump.close()
+    captured = capsys.readouterr()
+    assert captured.out.count("Node 4 storage failure, stopping: event") == 3
+    (warning,) = captured.err.splitlines()
+    assert warning == (
+        f"raftkv-node: node 4: warning: cannot write {tmp_path / 'dump.txt'} ([Errno 28] No "
+        "space left on device); the node goes on without it and retries at each write"
+    )
+
+
+def test_an_unopenable_dump_file_is_retried_at_each_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_open = Path.open
+
+    def read_only_open(self: Path, *args: object, **kwargs: object) -> object:
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "open", read_only_open)
+    dump = DumpLog(tmp_path, 1, to_stdout=False)
+    dump.write("lost")
+    assert "[Errno 30] Read-only file system" in capsys.readouterr().err
+    monkeypatch.setattr(Path, "open", real_open)
+    dump.write("kept")
+    dump.close()
+    assert (tmp_path / "dump.txt").read_text().endswith(" kept\n")
+    assert capsys.readouterr().err == ""

@@ -26,6 +26,7 @@ from raftkv.server.storage import (
     HardState,
     NodeStorage,
     StorageCorruption,
+    StorageDataLostError,
     StorageError,
     decode_entry,
     encode_entry,
@@ -66,6 +67,35 @@ def write_log(directory: Path, entries: list[LogEntry]) -> None:
 def reload(directory: Path, node_id: int = NODE_ID) -> storage_module.LoadedState:
     with open_storage(directory, node_id) as storage:
         return storage.load()
+
+
+def line_bytes(data: bytes) -> list[bytes]:
+    """Each line of `data`, newline included."""
+    return data.splitlines(keepends=True)
+
+
+def old_format_line(entry: LogEntry) -> str:
+    """A logs.txt line exactly as versions before the index= field wrote it."""
+    command = entry.command
+    if isinstance(command, SetCommand):
+        body = (
+            f"SET {escape_field(command.key)} {escape_field(command.value)} {entry.term} "
+            f"client={escape_field(command.client_id)} seq={command.seq}"
+        )
+    else:
+        body = f"NO-OP {entry.term}"
+    return f"{body} crc={zlib.crc32(body.encode('utf-8')):08x}"
+
+
+def write_old_format(directory: Path, entries: list[LogEntry], commit_length: int) -> bytes:
+    """A data directory as versions before the index= field left it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = "".join(old_format_line(entry) + "\n" for entry in entries).encode("utf-8")
+    (directory / LOG_FILE_NAME).write_bytes(data)
+    (directory / METADATA_FILE_NAME).write_text(
+        f"commitLength {commit_length}\nterm 3\nvotedFor 2\nnodeId {NODE_ID}\n"
+    )
+    return data
 
 
 def line_spans(data: bytes) -> list[tuple[int, int]]:
@@ -144,22 +174,44 @@ def random_entry(rng: random.Random) -> LogEntry:
 
 def test_lines_are_readable_and_match_the_documented_examples() -> None:
     assert (
-        encode_entry(set_entry(3, "user:1", "hello world", "abc", 7))
-        == "SET user:1 hello%20world 3 client=abc seq=7 crc=4f1d4ce6"
+        encode_entry(set_entry(3, "user:1", "hello world", "abc", 7), 1)
+        == "SET user:1 hello%20world 3 client=abc seq=7 index=1 crc=12e590c5"
     )
-    assert encode_entry(set_entry(3, "greeting", "")) == (
-        "SET greeting %- 3 client=%- seq=0 crc=453d6308"
+    assert encode_entry(set_entry(3, "greeting", ""), 2) == (
+        "SET greeting %- 3 client=%- seq=0 index=2 crc=695fa2ce"
     )
-    assert encode_entry(LogEntry(4, NO_OP)) == "NO-OP 4 crc=55fc349a"
-    assert encode_entry(set_entry(5, "naïve key", "a=b%c\nd\t日本\u2028")) == (
-        "SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 crc=8cdab9ce"
+    assert encode_entry(LogEntry(4, NO_OP), 3) == "NO-OP 4 index=3 crc=2fdbac7e"
+    assert encode_entry(set_entry(5, "naïve key", "a=b%c\nd\t日本\u2028"), 4) == (
+        "SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 index=4 crc=dc02b4d0"
     )
 
 
-def test_checksum_is_crc32_of_everything_before_crc_field() -> None:
-    line = encode_entry(set_entry(12, "k", "v w", "c", 3))
+def test_checksum_is_crc32_of_everything_before_crc_field_index_included() -> None:
+    line = encode_entry(set_entry(12, "k", "v w", "c", 3), 7)
     body, _, crc = line.rpartition(" crc=")
+    assert body.endswith(" index=7")
     assert crc == f"{zlib.crc32(body.encode('utf-8')):08x}"
+    # The same entry at another index has another checksum, so a moved line cannot pass.
+    assert encode_entry(set_entry(12, "k", "v w", "c", 3), 8).rpartition(" crc=")[2] != crc
+
+
+@pytest.mark.parametrize("index", [0, -1])
+def test_encode_refuses_indexes_below_one(index: int) -> None:
+    with pytest.raises(ValueError, match="index"):
+        encode_entry(LogEntry(1, NO_OP), index)
+
+
+def test_decode_checks_the_index_against_the_line_number() -> None:
+    line = encode_entry(LogEntry(2, NO_OP), 5)
+    assert decode_entry(line, path="logs.txt", line_no=5) == LogEntry(2, NO_OP)
+    with pytest.raises(StorageCorruption, match="line 6: holds the entry for index 5, not 6"):
+        decode_entry(line, path="logs.txt", line_no=6)
+    with pytest.raises(StorageCorruption, match="line 5: no index= field"):
+        decode_entry(old_format_line(LogEntry(2, NO_OP)), path="logs.txt", line_no=5)
+    old = old_format_line(LogEntry(2, NO_OP))
+    assert decode_entry(old, path="logs.txt", line_no=5, legacy=True) == LogEntry(2, NO_OP)
+    with pytest.raises(StorageCorruption, match="index= field in a file of the old format"):
+        decode_entry(line, path="logs.txt", line_no=5, legacy=True)
 
 
 @pytest.mark.parametrize("text", ["user:1", "naïve", "日本語", "😀", "a-b_c.d/e:f", "x+y*z"])
@@ -184,10 +236,10 @@ def test_random_entries_round_trip_over_many_seeds() -> None:
     for seed in range(600):
         rng = random.Random(seed)
         entry = random_entry(rng)
-        line = encode_entry(entry)
+        line = encode_entry(entry, seed + 1)
         assert "\n" not in line and "\r" not in line, seed
         assert line.splitlines() == [line], seed
-        expected_fields = 7 if isinstance(entry.command, SetCommand) else 3
+        expected_fields = 8 if isinstance(entry.command, SetCommand) else 4
         assert len(line.split(" ")) == expected_fields, seed
         assert decode_entry(line, path="logs.txt", line_no=seed + 1) == entry, seed
 
@@ -208,7 +260,7 @@ def test_random_entries_round_trip_through_the_file(data_dir: Path) -> None:
 
 def test_lone_surrogate_is_rejected_before_anything_is_written(data_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"lone surrogate U\+D800 at position 1"):
-        encode_entry(set_entry(1, "a\ud800", "v"))
+        encode_entry(set_entry(1, "a\ud800", "v"), 1)
     write_log(data_dir, [set_entry(1, "k", "v")])
     size_before = (data_dir / LOG_FILE_NAME).stat().st_size
     with open_storage(data_dir) as storage:
@@ -278,6 +330,10 @@ def test_fresh_directory_is_created_and_empty(tmp_path: Path) -> None:
     loaded = reload(directory)
     assert directory.is_dir()
     assert (directory / LOG_FILE_NAME).read_bytes() == b""
+    # Written before any log line: a log without metadata.txt then always means a lost file.
+    assert (directory / METADATA_FILE_NAME).read_text() == (
+        "commitLength 0\nterm 0\nvotedFor None\nnodeId 1\n"
+    )
     assert loaded.entries == []
     assert loaded.hard_state == HardState(term=0, voted_for=None)
     assert loaded.commit_length == 0
@@ -301,7 +357,7 @@ def test_append_truncate_and_reload(data_dir: Path) -> None:
         assert storage.log_length == 3
     assert reload(data_dir).entries == entries[:3]
     text = (data_dir / LOG_FILE_NAME).read_text(encoding="utf-8")
-    assert text == "".join(encode_entry(entry) + "\n" for entry in entries[:3])
+    assert text == "".join(encode_entry(entry, i) + "\n" for i, entry in enumerate(entries[:3], 1))
 
     with open_storage(data_dir) as storage:
         storage.load()
@@ -368,6 +424,7 @@ def test_a_batch_costs_one_fdatasync(data_dir: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
     with open_storage(data_dir) as storage:
         storage.load()
+        calls.clear()  # a fresh node's first metadata.txt
         storage.append_entries(1, sample_entries(200))
         assert len(calls) == 1
         # Replacing a suffix syncs the truncation on its own before the new lines are written.
@@ -554,6 +611,7 @@ def test_metadata_is_replaced_atomically_and_reloads(data_dir: Path) -> None:
 def test_metadata_save_validates_its_arguments(data_dir: Path) -> None:
     with open_storage(data_dir) as storage:
         storage.load()
+        (data_dir / METADATA_FILE_NAME).unlink()  # the fresh node's, to see nothing is written
         with pytest.raises(ValueError, match="term"):
             storage.save_metadata(HardState(term=-1, voted_for=None), 0)
         with pytest.raises(ValueError, match="voted_for"):
@@ -563,12 +621,72 @@ def test_metadata_save_validates_its_arguments(data_dir: Path) -> None:
     assert not (data_dir / METADATA_FILE_NAME).exists()
 
 
-def test_commit_length_is_clamped_to_the_log(data_dir: Path) -> None:
+def test_commit_length_up_to_the_log_length_loads(data_dir: Path) -> None:
     write_log(data_dir, sample_entries(3))
-    (data_dir / METADATA_FILE_NAME).write_text("commitLength 10\nterm 2\nvotedFor 1\nnodeId 1\n")
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 3\nterm 2\nvotedFor 1\nnodeId 1\n")
     loaded = reload(data_dir)
     assert loaded.commit_length == 3
     assert loaded.hard_state == HardState(term=2, voted_for=1)
+
+
+@pytest.mark.parametrize("kept", [2, 0, None])
+def test_a_log_shorter_than_the_commit_length_stops_the_node(
+    data_dir: Path, kept: int | None
+) -> None:
+    # commitLength is written after the log lines it counts are durable, so a longer
+    # commitLength means committed entries were lost (lines cut, file emptied or deleted).
+    write_log(data_dir, sample_entries(3))
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 3\nterm 2\nvotedFor 1\nnodeId 1\n")
+    log_path = data_dir / LOG_FILE_NAME
+    if kept is None:
+        log_path.unlink()
+    else:
+        log_path.write_bytes(b"".join(line_bytes(log_path.read_bytes())[:kept]))
+    before = log_path.read_bytes() if log_path.exists() else b""
+    with pytest.raises(StorageDataLostError) as info:
+        reload(data_dir)
+    message = str(info.value)
+    assert message.startswith(
+        f"{log_path} holds {kept or 0} entries but {data_dir / METADATA_FILE_NAME} records "
+        "commitLength 3: committed entries are missing. The node's data is damaged; restore "
+        f"{data_dir} from a backup."
+    )
+    assert "\n" not in message
+    assert (log_path.read_bytes() if log_path.exists() else b"") == before
+
+
+def test_a_torn_line_within_the_commit_length_is_lost_data(
+    data_dir: Path, three_line_log: tuple[list[LogEntry], bytes]
+) -> None:
+    _, data = three_line_log
+    (data_dir / METADATA_FILE_NAME).write_text("commitLength 3\nterm 2\nvotedFor 1\nnodeId 1\n")
+    (data_dir / LOG_FILE_NAME).write_bytes(data[:-4])
+    with pytest.raises(StorageDataLostError, match=r"holds 2 entries but .* commitLength 3"):
+        reload(data_dir)
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data[:-4], "left for the operator"
+
+
+def test_a_missing_metadata_file_beside_a_log_stops_the_node(data_dir: Path) -> None:
+    write_log(data_dir, sample_entries(2))
+    (data_dir / METADATA_FILE_NAME).unlink()
+    data = (data_dir / LOG_FILE_NAME).read_bytes()
+    with pytest.raises(StorageDataLostError) as info:
+        reload(data_dir)
+    assert str(info.value).startswith(
+        f"{data_dir / METADATA_FILE_NAME} is missing but {data_dir / LOG_FILE_NAME} holds 2 "
+        "entries: the node's term and vote are lost (starting as new, it could vote twice in "
+        "one term). The node's data is damaged; restore "
+    )
+    assert not (data_dir / METADATA_FILE_NAME).exists()
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data
+
+
+def test_a_missing_metadata_file_beside_an_empty_log_is_a_fresh_node(data_dir: Path) -> None:
+    write_log(data_dir, [])
+    (data_dir / METADATA_FILE_NAME).unlink()
+    loaded = reload(data_dir)
+    assert loaded.entries == [] and loaded.hard_state == HardState(0, None)
+    assert (data_dir / METADATA_FILE_NAME).exists()
 
 
 def test_wrong_node_id_is_refused_without_touching_the_log(
@@ -711,3 +829,192 @@ def test_unknown_failpoint_is_refused(data_dir: Path, monkeypatch: pytest.Monkey
     with pytest.raises(StorageError, match="unknown RAFTKV_FAILPOINT='after-everything'"):
         open_storage(data_dir)
     assert not data_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Lost, duplicated and swapped lines: the index= field, covered by the checksum.
+
+
+def _rearranged(lines: list[bytes], how: str) -> tuple[list[bytes], int]:
+    """The lines rearranged, and the line number the load must name."""
+    if how == "swapped":
+        return [lines[0], lines[2], lines[1], lines[3]], 2
+    if how == "duplicated":
+        return [lines[0], lines[1], lines[1], lines[2], lines[3]], 3
+    if how == "missing middle":
+        return [lines[0], lines[2], lines[3]], 2
+    assert how == "missing before the last"
+    return [lines[0], lines[1], lines[3]], 3
+
+
+@pytest.mark.parametrize(
+    "how", ["swapped", "duplicated", "missing middle", "missing before the last"]
+)
+def test_moved_lines_stop_the_node_naming_the_line(data_dir: Path, how: str) -> None:
+    write_log(data_dir, sample_entries(4))
+    log_path = data_dir / LOG_FILE_NAME
+    lines, line_no = _rearranged(line_bytes(log_path.read_bytes()), how)
+    log_path.write_bytes(b"".join(lines))
+    with pytest.raises(StorageCorruption) as info:
+        reload(data_dir)
+    assert info.value.line_no == line_no
+    assert str(info.value).startswith(f"corrupt data in {log_path}, line {line_no}: holds the ")
+    assert "a line before it is missing or duplicated, or lines are out of order" in str(info.value)
+    assert log_path.read_bytes() == b"".join(lines), "a corrupt log must not be modified"
+
+
+def test_a_complete_last_line_with_a_wrong_index_is_not_taken_for_a_torn_one(
+    data_dir: Path,
+) -> None:
+    write_log(data_dir, sample_entries(2))
+    log_path = data_dir / LOG_FILE_NAME
+    log_path.write_bytes(log_path.read_bytes() + line_bytes(log_path.read_bytes())[1])
+    with pytest.raises(StorageCorruption, match="line 3: holds the entry for index 2, not 3"):
+        reload(data_dir)
+
+
+def test_append_refuses_lines_encoded_for_another_index(data_dir: Path) -> None:
+    with open_storage(data_dir) as storage:
+        storage.load()
+        storage.append_entries(1, sample_entries(2))
+        with pytest.raises(ValueError, match="not encoded for index 3"):
+            storage.append_encoded(3, storage_module.encode_lines(sample_entries(1), 2))
+        assert storage.log_length == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Files of the old format (no index=): loaded and upgraded in place.
+
+
+def test_an_old_format_log_loads_and_is_upgraded(data_dir: Path) -> None:
+    entries = [LogEntry(1, NO_OP), *sample_entries(3), set_entry(2, "ключ", "😀 %=", "c", 9)]
+    write_old_format(data_dir, entries, commit_length=4)
+    with open_storage(data_dir) as storage:
+        loaded = storage.load()
+        assert loaded.entries == entries
+        assert loaded.upgraded_old_format and not loaded.dropped_torn_line
+        assert loaded.commit_length == 4
+        assert loaded.hard_state == HardState(term=3, voted_for=2)
+        # The directory stays locked through the rename, and the store keeps working.
+        with pytest.raises(StorageError, match="in use"):
+            open_storage(data_dir)
+        storage.append_entries(6, [LogEntry(3, NO_OP)])
+        storage.truncate_from(6)
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == b"".join(
+        storage_module.encode_lines(entries, 1)
+    )
+    assert not (data_dir / "logs.txt.tmp").exists()
+    assert (data_dir / METADATA_FILE_NAME).read_text() == (
+        "commitLength 4\nterm 3\nvotedFor 2\nnodeId 1\n"
+    )
+    again = reload(data_dir)
+    assert again.entries == entries and not again.upgraded_old_format
+
+
+def test_an_old_format_log_with_a_torn_tail_is_repaired_and_upgraded(data_dir: Path) -> None:
+    entries = sample_entries(3)
+    data = write_old_format(data_dir, entries, commit_length=2)
+    (data_dir / LOG_FILE_NAME).write_bytes(data[:-7])
+    loaded = reload(data_dir)
+    assert loaded.entries == entries[:2]
+    assert loaded.dropped_torn_line and loaded.upgraded_old_format
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == b"".join(
+        storage_module.encode_lines(entries[:2], 1)
+    )
+
+
+def test_an_old_format_log_is_checked_before_it_is_upgraded(data_dir: Path) -> None:
+    data = write_old_format(data_dir, sample_entries(3), commit_length=3)
+    log_path = data_dir / LOG_FILE_NAME
+    # Shorter than its commit point: left as it is.
+    log_path.write_bytes(b"".join(line_bytes(data)[:2]))
+    with pytest.raises(StorageDataLostError, match="holds 2 entries"):
+        reload(data_dir)
+    assert log_path.read_bytes() == b"".join(line_bytes(data)[:2])
+    # A corrupt middle line: left as it is.
+    damaged = bytearray(data)
+    damaged[line_spans(data)[1][0] + 5] ^= 0x01
+    log_path.write_bytes(bytes(damaged))
+    with pytest.raises(StorageCorruption, match="line 2: checksum mismatch"):
+        reload(data_dir)
+    assert log_path.read_bytes() == bytes(damaged)
+
+
+def test_a_log_mixing_both_formats_is_corrupt(data_dir: Path) -> None:
+    entries = sample_entries(3)
+    write_old_format(data_dir, entries, commit_length=0)
+    log_path = data_dir / LOG_FILE_NAME
+    old = line_bytes(log_path.read_bytes())
+    new = storage_module.encode_lines(entries, 1)
+    log_path.write_bytes(old[0] + new[1] + old[2])
+    with pytest.raises(StorageCorruption, match="line 2: has an index= field but line 1 is in"):
+        reload(data_dir)
+    log_path.write_bytes(new[0] + old[1] + new[2])
+    with pytest.raises(StorageCorruption, match="line 2: no index= field"):
+        reload(data_dir)
+
+
+def test_a_failed_upgrade_leaves_the_old_file(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = sample_entries(3)
+    data = write_old_format(data_dir, entries, commit_length=3)
+    real_replace = os.replace
+
+    def failing_replace(src: object, dst: object) -> None:
+        if str(src).endswith("logs.txt.tmp"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError, match=r"upgrading .*logs.txt failed: .*No space left"):
+        reload(data_dir)
+    assert (data_dir / LOG_FILE_NAME).read_bytes() == data
+    assert not (data_dir / "logs.txt.tmp").exists()
+    monkeypatch.undo()
+    assert reload(data_dir).upgraded_old_format
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-only and full data directories: one StorageError with the system's reason.
+
+
+@pytest.mark.parametrize(
+    ("errno_value", "reason"),
+    [(30, "Read-only file system"), (13, "Permission denied")],
+)
+def test_an_unwritable_data_directory_is_one_storage_error(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, errno_value: int, reason: str
+) -> None:
+    write_log(data_dir, sample_entries(1))
+    real_open = os.open
+
+    def refusing_open(path: object, flags: int, *args: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno_value, reason, str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(StorageError) as info:
+        open_storage(data_dir)
+    assert str(info.value) == (
+        f"cannot open data directory {data_dir}: [Errno {errno_value}] {reason}: "
+        f"'{data_dir / LOG_FILE_NAME}'"
+    )
+
+
+def test_a_full_disk_is_one_storage_error(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_pwrite(fd: int, data: object, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    with open_storage(data_dir) as storage:
+        storage.load()
+        monkeypatch.setattr(os, "pwrite", full_pwrite)
+        with pytest.raises(StorageError) as info:
+            storage.append_entries(1, sample_entries(1))
+        assert str(info.value) == (
+            f"appending to {data_dir / LOG_FILE_NAME} failed: [Errno 28] No space left on device"
+        )
+        # Every later call names the first failure.
+        with pytest.raises(StorageError, match=r"earlier failure: appending .*No space left"):
+            storage.save_metadata(HardState(1, None), 0)

@@ -83,7 +83,7 @@ class History:
                 )
             )
             (directory / "logs.txt").write_text(
-                "".join(encode_entry(e) + "\n" for e in self.logs[node])
+                "".join(encode_entry(e, i) + "\n" for i, e in enumerate(self.logs[node], start=1))
             )
             (directory / "metadata.txt").write_text(
                 f"commitLength {self.commit[node]}\nterm 1\nvotedFor None\nnodeId {node}\n"
