@@ -75,14 +75,10 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
             return "a vote request needs a term ≥ 1"
         if message.last_log_term > message.term:
             return "last_log_term exceeds the candidate's term"
-        if message.last_log_index == 0 and message.last_log_term != 0:
-            return "last_log_term must be 0 when last_log_index is 0 (the empty prefix)"
-        if message.last_log_index > 0 and message.last_log_term == 0:
-            return (
-                "last_log_term must be ≥ 1 when last_log_index is ≥ 1 "
-                "(only the empty prefix has term 0)"
-            )
-        return _above("last_log_index", message.last_log_index, MAX_INDEX)
+        return _first(
+            _position_problem("last_log", message.last_log_index, message.last_log_term),
+            _above("last_log_index", message.last_log_index, MAX_INDEX),
+        )
     if message.term == 0:
         return "a vote reply needs a term ≥ 1"
     remaining = message.old_lease_remaining
@@ -90,6 +86,17 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
         return f"old_lease_remaining must be finite, got {remaining}"
     if remaining < 0:
         return f"old_lease_remaining must be ≥ 0, got {remaining}"
+    return None
+
+
+def _position_problem(name: str, index: int, term: int) -> str | None:
+    """A log position (index, term) as Figure 2 has them: term 0 exactly at index 0."""
+    if index == 0 and term != 0:
+        return f"{name}_term must be 0 when {name}_index is 0 (the empty prefix)"
+    if index > 0 and term == 0:
+        return (
+            f"{name}_term must be ≥ 1 when {name}_index is ≥ 1 (only the empty prefix has term 0)"
+        )
     return None
 
 
@@ -103,14 +110,8 @@ def _append_entries_problem(message: AppendEntries) -> str | None:
         return "an AppendEntries needs a term ≥ 1"
     if message.prev_log_term > message.term:
         return "prev_log_term exceeds the leader's term"
-    if message.prev_log_index == 0 and message.prev_log_term != 0:
-        return "prev_log_term must be 0 when prev_log_index is 0 (the empty prefix)"
-    if message.prev_log_index > 0 and message.prev_log_term == 0:
-        return (
-            "prev_log_term must be ≥ 1 when prev_log_index is ≥ 1 "
-            "(only the empty prefix has term 0)"
-        )
     problem = _first(
+        _position_problem("prev_log", message.prev_log_index, message.prev_log_term),
         _above("prev_log_index", message.prev_log_index, MAX_INDEX),
         _above("leader_commit", message.leader_commit, MAX_INDEX),
         _above("round", message.round, MAX_INDEX),
