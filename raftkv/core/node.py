@@ -543,18 +543,15 @@ class RaftNode:
                 self._reject_append(msg, conflict=self._first_index_of_term(msg.prev_log_index))
                 return
 
-        index = msg.prev_log_index
-        for entry in msg.entries:
-            index += 1
-            if index <= len(self._log):
-                if self._log[index - 1].term == entry.term:
-                    continue
-                # Only a real conflict truncates; a stale or duplicate message never does.
-                self._truncate_from(index)
-            self._log.append(entry)
-            self._unstable_from = min(self._unstable_from, index)
-            self._log_changed = True
+        conflict = self._first_conflict(msg)
+        if conflict is not None:
+            self._truncate_from(conflict)
         last_new = msg.prev_log_index + len(msg.entries)
+        if last_new > len(self._log):
+            first_new = len(self._log) + 1
+            self._log.extend(msg.entries[first_new - msg.prev_log_index - 1 :])
+            self._unstable_from = min(self._unstable_from, first_new)
+            self._log_changed = True
         self._out.events.append(events.AppendAccepted(self.id, msg.leader_id))
         if msg.leader_commit > self.commit_index:
             self._apply_committed(min(msg.leader_commit, last_new))
@@ -592,19 +589,32 @@ class RaftNode:
                 return f"a second leader in term {msg.term} (this node leads it)"
             if self.leader_id is not None and self.leader_id != msg.leader_id:
                 return f"a second leader in term {msg.term} (node {self.leader_id} leads it)"
-        prev = msg.prev_log_index
-        if prev > len(self._log) or (prev > 0 and self._log[prev - 1].term != msg.prev_log_term):
+        if not self._matches_prev(msg):
             return None  # the log-matching rule rejects it, changing nothing
-        for index, entry in enumerate(msg.entries, start=prev + 1):
+        conflict = self._first_conflict(msg)
+        if conflict is not None and conflict <= self.commit_index:
+            entry = msg.entries[conflict - msg.prev_log_index - 1]
+            return (
+                f"entry {conflict} (term {entry.term}) conflicts with a committed entry "
+                f"(term {self._log[conflict - 1].term}, commit index {self.commit_index})"
+            )
+        return None
+
+    def _matches_prev(self, msg: AppendEntries) -> bool:
+        """Log matching: we hold the entry before `msg.entries`, with the leader's term."""
+        prev = msg.prev_log_index
+        return prev <= len(self._log) and (
+            prev == 0 or self._log[prev - 1].term == msg.prev_log_term
+        )
+
+    def _first_conflict(self, msg: AppendEntries) -> int | None:
+        """The first index where an entry of `msg` differs in term from ours (only such a real
+        conflict truncates; a stale or duplicated message never does), or None."""
+        for index, entry in enumerate(msg.entries, start=msg.prev_log_index + 1):
             if index > len(self._log):
                 return None
             if self._log[index - 1].term != entry.term:
-                if index <= self.commit_index:
-                    return (
-                        f"entry {index} (term {entry.term}) conflicts with a committed entry "
-                        f"(term {self._log[index - 1].term}, commit index {self.commit_index})"
-                    )
-                return None
+                return index
         return None
 
     def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
