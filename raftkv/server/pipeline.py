@@ -187,6 +187,11 @@ class PipelineSession:
         self._ready.set()
 
     @property
+    def reading_paused(self) -> bool:
+        """Whether the session waits for the client to take its replies before reading more."""
+        return not self._room.is_set()
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes of replies posted and not yet handed to gRPC."""
         return self._buffered_bytes

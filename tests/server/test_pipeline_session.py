@@ -240,6 +240,15 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached within 5 s")
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Let the event loop run until `condition` holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0)
+
+
 def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -262,16 +271,13 @@ def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounde
         # gRPC takes one batch, then its write blocks: the client is not reading.
         first = await asyncio.wait_for(anext(replies), 5)
         assert first.replies
-        for _ in range(50):  # give the reader every chance to run ahead
-            await asyncio.sleep(0)
+        await until(lambda: getattr(session, "reading_paused", False), "the reader to pause")
         unread = inbox.qsize()
         assert unread > 150, "the session kept reading although nobody took its replies"
         assert session.buffered_bytes < 1000 + 10 * 40  # the bound plus one batch
         # The client reads again: the session takes more requests.
         await asyncio.wait_for(anext(replies), 5)
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert inbox.qsize() < unread
+        await until(lambda: inbox.qsize() < unread, "the reader to take more requests")
         await replies.aclose()
 
     asyncio.run(scenario())
