@@ -33,6 +33,8 @@ MAX_BUFFERED_REPLY_BYTES = 8 * 1024 * 1024
 # How long a reply batch may wait for the client to take it before the stream is cut off with
 # RESOURCE_EXHAUSTED: a client that stopped reading is slowed first (above), then dropped.
 WRITE_STALL_TIMEOUT = 10.0
+# Bytes of a reply besides its strings (tag, code, flags, field headers), for the estimate.
+REPLY_OVERHEAD = 32
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 60.0
 # How often waiting requests are checked against their deadlines.
@@ -183,7 +185,11 @@ class PipelineSession:
 
     def _post(self, reply: pb.PipelineReply) -> None:
         self._outbox.append(reply)
-        self._buffered_bytes += reply.ByteSize()
+        # An estimate, not reply.ByteSize(): that costs a whole serialisation, which gRPC does
+        # again when it sends the reply. The bound is coarse; the value dominates a GET's size.
+        self._buffered_bytes += (
+            len(reply.value) + len(reply.details) + len(reply.leader_address) + REPLY_OVERHEAD
+        )
         self._ready.set()
 
     @property
