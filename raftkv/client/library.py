@@ -518,15 +518,6 @@ def _utf8_size(text: object, what: str) -> int:
 # -- reading gRPC errors ------------------------------------------------------------------------
 
 
-def _metadata_dict(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for key, value in metadata or ():
-        result[key.lower()] = (
-            value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        )
-    return result
-
-
 def _is_stale_sequence(details: str, metadata: dict[str, str]) -> bool:
     """Whether a FAILED_PRECONDITION is the stale-sequence refusal rather than "not the leader":
     `refusal: stale-sequence` on the unary API; on the Pipeline stream, which has no metadata,
