@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from raftkv.core import events
 from raftkv.core.config import TimingConfig
 from raftkv.core.messages import (
     NO_OP,
@@ -170,10 +171,19 @@ class Cluster:
 
     def step(self, node_id: int, message: Message) -> None:
         node = self.nodes[node_id]
+        if malformed(message, node.peer_ids) is not None:
+            # Refused unseen: nothing sent, persisted or changed, and the refusal reported.
+            self.flush(node_id)
+            before = (self.snapshot(node_id), list(node.log))
+            node.step(message, self.now)
+            ready = node.take_ready()
+            node.advance(ready)
+            assert ready.messages == () and ready.hard_state is None and not ready.log_changed
+            assert any(isinstance(e, events.ProtocolViolation) for e in ready.events), message
+            assert (self.snapshot(node_id), list(node.log)) == before
+            return
         node.step(message, self.now)
         sent = self.flush(node_id)
-        if malformed(message, node.peer_ids) is not None:
-            return
         # One reply per request: the shell pairs them in order (raftkv/server/replica.py).
         expected: tuple[type[Message], int] | None = None
         if isinstance(message, AppendEntries):
