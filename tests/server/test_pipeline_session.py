@@ -240,19 +240,10 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached within 5 s")
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Let the event loop run until `condition` holds; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0)
-
-
 def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pipeline, "MAX_BUFFERED_REPLY_BYTES", 1000, raising=False)
+    monkeypatch.setattr(pipeline, "MAX_BUFFERED_REPLY_BYTES", 1000)
 
     async def scenario() -> None:
         backend = ScriptedBackend()
@@ -271,13 +262,13 @@ def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounde
         # gRPC takes one batch, then its write blocks: the client is not reading.
         first = await asyncio.wait_for(anext(replies), 5)
         assert first.replies
-        await until(lambda: getattr(session, "reading_paused", False), "the reader to pause")
+        await _until(lambda: session.reading_paused)
         unread = inbox.qsize()
         assert unread > 150, "the session kept reading although nobody took its replies"
         assert session.buffered_bytes < 1000 + 10 * 40  # the bound plus one batch
         # The client reads again: the session takes more requests.
         await asyncio.wait_for(anext(replies), 5)
-        await until(lambda: inbox.qsize() < unread, "the reader to take more requests")
+        await _until(lambda: inbox.qsize() < unread)
         await replies.aclose()
 
     asyncio.run(scenario())
@@ -286,7 +277,7 @@ def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounde
 def test_a_client_that_leaves_its_replies_unread_is_cut_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pipeline, "WRITE_STALL_TIMEOUT", 0.05, raising=False)
+    monkeypatch.setattr(pipeline, "WRITE_STALL_TIMEOUT", 0.05)
 
     async def scenario() -> None:
         first_written = asyncio.Event()
