@@ -5,18 +5,27 @@ outputs. Example:
 
     {
       "name": "local",
+      "cluster_id": "local-5f0c9a1e",
       "profile": "fast",
+      "peer_certs": "tls",
       "nodes": [
-        {"id": 0, "address": "127.0.0.1:50050", "host": "localhost", "data_dir": "cluster/data"},
+        {"id": 0, "address": "127.0.0.1:50050", "peer_address": "127.0.0.1:51050",
+         "host": "localhost", "data_dir": "cluster/data"},
         ...
       ]
     }
 
-`tls` (optional) is `{"ca": PATH}`: the nodes serve TLS with certificates signed by that CA
-(a relative PATH is relative to the description file's folder).
-`address` is host:port where the node serves both peers and clients; `host` is where tools reach
-the machine (ssh target, or "localhost" for a local cluster); `data_dir` is the parent of the
-node's `logs_node_<id>/` folder on that machine.
+`address` is host:port where the node serves clients; `peer_address` where it serves the other
+nodes (default: the client port + 1000 on the same host; docs/design.md §6). `host` is where
+tools reach the machine (ssh target, or "localhost" for a local cluster); `data_dir` is the
+parent of the node's `logs_node_<id>/` folder on that machine.
+
+`cluster_id` (default: `name`) travels in every peer message; a node refuses messages from
+another cluster. `peer_certs` (optional) is the folder `raftkv certs --out` wrote (ca.pem,
+node-<id>.pem, node-<id>.key): the node's peer mTLS files, when its command line names none.
+`tls` (optional) is `{"ca": PATH}` and, for --client-cert-auth, `"cert"` and `"key"`: the
+client listener serves TLS with certificates signed by that CA, and clients present that pair.
+Relative paths are relative to the description file's folder.
 """
 
 from __future__ import annotations
@@ -25,7 +34,11 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from raftkv.limits import MAX_CLUSTER_ID_BYTES
+
 DEFAULT_BASE_PORT = 50050
+# A node's peer port when the description gives none: its client port + this.
+PEER_PORT_OFFSET = 1000
 DEFAULT_DESCRIPTION = Path("cluster/cluster.json")
 
 
@@ -33,12 +46,26 @@ class ClusterConfigError(ValueError):
     """The cluster description is missing, malformed or inconsistent; the message says where."""
 
 
+def default_peer_address(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + PEER_PORT_OFFSET}"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeAddress:
+    """One node: `address` for clients, `peer_address` for the other nodes ("" = the default)."""
+
     id: int
     address: str
     host: str = "localhost"
     data_dir: str = "."
+    peer_address: str = ""
+
+    def __post_init__(self) -> None:
+        _check_address(self.address, f"node {self.id}")
+        if not self.peer_address:
+            object.__setattr__(self, "peer_address", default_peer_address(self.address))
+        _check_address(self.peer_address, f"node {self.id} (peer_address)")
 
     @property
     def port(self) -> int:
@@ -55,6 +82,8 @@ class ClusterDescription:
     name: str = "local"
     profile: str = "fast"
     tls: dict[str, str] = field(default_factory=dict)
+    cluster_id: str = ""
+    peer_certs: str = ""
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -62,11 +91,13 @@ class ClusterDescription:
         ids = [n.id for n in self.nodes]
         if len(set(ids)) != len(ids):
             raise ClusterConfigError(f"duplicate node ids in {sorted(ids)}")
-        addresses = [n.address for n in self.nodes]
+        addresses = [n.address for n in self.nodes] + [n.peer_address for n in self.nodes]
         if len(set(addresses)) != len(addresses):
-            raise ClusterConfigError("two nodes share one address")
-        for node in self.nodes:
-            _check_address(node.address, f"node {node.id}")
+            raise ClusterConfigError("two listeners share one address (address, peer_address)")
+        if not self.cluster_id:
+            object.__setattr__(self, "cluster_id", self.name)
+        if len(self.cluster_id.encode()) > MAX_CLUSTER_ID_BYTES:
+            raise ClusterConfigError(f"cluster_id is longer than {MAX_CLUSTER_ID_BYTES} bytes")
 
     def node(self, node_id: int) -> NodeAddress:
         for node in self.nodes:
@@ -82,9 +113,12 @@ class ClusterDescription:
     def to_json(self) -> str:
         body: dict[str, object] = {
             "name": self.name,
+            "cluster_id": self.cluster_id,
             "profile": self.profile,
             "nodes": [asdict(n) for n in self.nodes],
         }
+        if self.peer_certs:
+            body["peer_certs"] = self.peer_certs
         if self.tls:
             body["tls"] = self.tls
         return json.dumps(body, indent=2) + "\n"
@@ -109,10 +143,14 @@ class ClusterDescription:
         except json.JSONDecodeError as error:
             raise ClusterConfigError(f"{path} is not valid JSON: {error}") from None
         description = cls.from_dict(body, source=str(path))
+        # Paths in the file are relative to the file's own folder.
         if description.tls:
-            # Paths in the file are relative to the file's own folder.
             tls = {k: str((path.parent / v).resolve()) for k, v in description.tls.items()}
             description = replace(description, tls=tls)
+        if description.peer_certs:
+            description = replace(
+                description, peer_certs=str((path.parent / description.peer_certs).resolve())
+            )
         return description
 
     @classmethod
@@ -131,6 +169,7 @@ class ClusterDescription:
                     address=str(raw["address"]),
                     host=str(raw.get("host", "localhost")),
                     data_dir=str(raw.get("data_dir", ".")),
+                    peer_address=str(raw.get("peer_address") or ""),
                 )
             )
         tls = body.get("tls") or {}
@@ -141,11 +180,14 @@ class ClusterDescription:
             name=str(body.get("name", "cluster")),
             profile=str(body.get("profile", "fast")),
             tls={str(k): str(v) for k, v in tls.items()},
+            cluster_id=str(body.get("cluster_id") or ""),
+            peer_certs=str(body.get("peer_certs") or ""),
         )
 
     @classmethod
     def from_addresses(cls, addresses: list[str]) -> ClusterDescription:
-        """Nodes numbered 0.. in the order given, as `--peers a:1,b:2,...` lists them."""
+        """Nodes numbered 0.. in the order given, as `--peers a:1,b:2,...` lists them (client
+        addresses; each peer address is the default, client port + PEER_PORT_OFFSET)."""
         return cls(tuple(NodeAddress(i, a) for i, a in enumerate(addresses)))
 
     @classmethod

@@ -13,3 +13,5 @@ MAX_CLIENT_ID_BYTES = 256
 # The largest gRPC message a node sends or receives (peer batches of AppendEntries can carry many
 # values of MAX_VALUE_BYTES; gRPC's default of 4 MiB would refuse them).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A cluster id (the cluster description's `cluster_id`, carried in every peer message).
+MAX_CLUSTER_ID_BYTES = 128

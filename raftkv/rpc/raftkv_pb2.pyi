@@ -4,8 +4,13 @@ isort:skip_file
 raftkv wire protocol.
 
 `service Raft` keeps the original assignment's client RPC (ServeClient) byte-compatible, so
-clients written for it work unmodified, and carries the peer RPCs. `service KeyValue` is our
+clients written for it work unmodified, and declares the peer RPCs. `service KeyValue` is our
 own typed client API.
+
+A node serves two listeners (docs/design.md §6): the client address serves KeyValue and
+Raft.ServeClient; the peer address, behind mutual TLS, serves Raft.PeerStream. Every other
+method answers PERMISSION_DENIED on the client address and UNIMPLEMENTED on the peer address
+(the unary AppendEntries and RequestVote are declared for the assignment's proto only).
 """
 
 from collections import abc as _abc
@@ -287,7 +292,7 @@ class RaftMessage(_message.Message):
     """The peer stream: the node that dials sends its AppendEntries and RequestVote requests; the node
     that answers writes exactly one reply per request, in the order the requests arrived. Messages
     that queue up while a write is in progress travel together in one RaftMessages. Nodes use this
-    stream; the unary AppendEntries and RequestVote carry the same messages one call each.
+    stream only.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -327,16 +332,20 @@ class RaftMessages(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    """The sender's cluster id, in every batch both ways: a batch from another cluster is refused."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___RaftMessage]: ...
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___RaftMessage] | None = ...,
+        cluster_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

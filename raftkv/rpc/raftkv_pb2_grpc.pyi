@@ -4,8 +4,13 @@ isort:skip_file
 raftkv wire protocol.
 
 `service Raft` keeps the original assignment's client RPC (ServeClient) byte-compatible, so
-clients written for it work unmodified, and carries the peer RPCs. `service KeyValue` is our
+clients written for it work unmodified, and declares the peer RPCs. `service KeyValue` is our
 own typed client API.
+
+A node serves two listeners (docs/design.md §6): the client address serves KeyValue and
+Raft.ServeClient; the peer address, behind mutual TLS, serves Raft.PeerStream. Every other
+method answers PERMISSION_DENIED on the client address and UNIMPLEMENTED on the peer address
+(the unary AppendEntries and RequestVote are declared for the assignment's proto only).
 """
 
 from collections import abc as _abc
