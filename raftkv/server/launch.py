@@ -24,18 +24,20 @@ from raftkv.core.node import SAFE, UnsafeSwitches
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
     FAILPOINT_ENV,
+    INSECURE_PEERS_FLAG,
     NO_FSYNC_FLAG,
     clock_rate_from,
     seams_in_effect,
     unsafe_flag,
 )
+from raftkv.tls import TlsFiles
 
 __all__ = [
     "CONSOLE_SCRIPT",
     "NODE_MODULE",
     "PYTHON_MODULE",
     "NodeLaunch",
-    "TlsPaths",
+    "TlsFiles",
     "unsafe_flag",
 ]
 
@@ -47,20 +49,14 @@ CONSOLE_SCRIPT: tuple[str, ...] = ("raftkv-node",)
 
 
 @dataclass(frozen=True)
-class TlsPaths:
-    """--tls-ca, --tls-cert, --tls-key: all three turn TLS on."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True)
 class NodeLaunch:
     """One node's start-up, as raftkv.server.main understands it.
 
     Give `cluster` (a description file) or `peers` (host:port of every node, ids 0..n-1).
     Fields left at None are not passed, so the node uses its default (or the description's).
+    `tls` (with `client_cert_auth`) is the client listener's TLS; `certs` (a `raftkv certs`
+    folder) or `peer_tls` are the peers' mutual TLS, which a description's `peer_certs` can
+    also give; `insecure_peers` is the test seam that runs peers without it.
     `unsafe` and `fsync=False` are the test-only negative controls. `extra_args` go on the
     command line verbatim, after everything else (a caller's own pass-through arguments).
     `env` is added to the process's environment (e.g. RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT,
@@ -81,7 +77,13 @@ class NodeLaunch:
     lease: float | None = None
     max_drift: float | None = None
     listen: str | None = None
-    tls: TlsPaths | None = None
+    peer_listen: str | None = None
+    tls: TlsFiles | None = None
+    client_cert_auth: bool = False
+    certs: Path | None = None
+    peer_tls: TlsFiles | None = None
+    insecure_peers: bool = False
+    cluster_id: str | None = None
     quiet: bool = False
     unsafe: UnsafeSwitches = SAFE
     fsync: bool = True
@@ -110,6 +112,7 @@ class NodeLaunch:
                 fsync=self.fsync,
                 clock_rate=rate,
                 failpoint=self.env.get(FAILPOINT_ENV) or None,
+                insecure_peers=self.insecure_peers,
             )
         ]
         given += [a for a in self.extra_args if a.startswith("--unsafe-") and a not in given]
@@ -134,10 +137,24 @@ class NodeLaunch:
             argv += ["--max-drift", str(self.max_drift)]
         if self.listen is not None:
             argv += ["--listen", self.listen]
+        if self.peer_listen is not None:
+            argv += ["--peer-listen", self.peer_listen]
         if self.tls is not None:
             argv += ["--tls-ca", str(self.tls.ca)]
             argv += ["--tls-cert", str(self.tls.cert)]
             argv += ["--tls-key", str(self.tls.key)]
+        if self.client_cert_auth:
+            argv.append("--client-cert-auth")
+        if self.certs is not None:
+            argv += ["--certs", str(self.certs)]
+        if self.peer_tls is not None:
+            argv += ["--peer-ca", str(self.peer_tls.ca)]
+            argv += ["--peer-cert", str(self.peer_tls.cert)]
+            argv += ["--peer-key", str(self.peer_tls.key)]
+        if self.insecure_peers:
+            argv.append(INSECURE_PEERS_FLAG)
+        if self.cluster_id is not None:
+            argv += ["--cluster-id", self.cluster_id]
         if self.quiet:
             argv.append("--quiet")
         argv += [unsafe_flag(name) for name in self.unsafe.enabled()]

@@ -2,7 +2,17 @@
 
     raftkv-node 2 5                                   # the assignment's form: node 2 of 5, local
     raftkv-node --id 2 --cluster cluster/cluster.json --data-dir cluster/data --profile fast
-    raftkv-node --id 0 --peers 10.0.0.1:50050,10.0.0.2:50050,10.0.0.3:50050
+    raftkv-node --id 0 --peers 10.0.0.1:50050,10.0.0.2:50050,10.0.0.3:50050 --certs tls/
+
+Two listeners (docs/design.md §6): the client address (`address` in the description; --listen
+overrides the bind address) serves KeyValue and the assignment's Raft.ServeClient; the peer
+address (`peer_address`, default client port + 1000; --peer-listen overrides) serves
+Raft.PeerStream to the other nodes over mutual TLS. The peer certificate files are --peer-ca,
+--peer-cert and --peer-key, or --certs DIR for the layout `raftkv certs --out DIR` writes, or the
+description's `peer_certs` folder. Without any of them the node does not start, unless
+--insecure-peers (a test seam: any process that reaches the peer port can then act as a node).
+The client listener is plaintext unless --tls-ca/--tls-cert/--tls-key are given;
+--client-cert-auth then demands a client certificate signed by --tls-ca.
 
 Test-only seams (never in production): the negative controls --unsafe-read-without-lease,
 --unsafe-skip-lease-wait, --unsafe-lease-from-ack-time, --unsafe-read-before-noop,
@@ -24,7 +34,7 @@ import gc
 import os
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -35,24 +45,20 @@ from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
-from raftkv.server.replica import (
-    Clock,
-    FatalNodeError,
-    Replica,
-    ReplicaOptions,
-    TlsFiles,
-)
+from raftkv.server.replica import Clock, FatalNodeError, Replica, ReplicaOptions
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
     FAILPOINT_ENV,
+    INSECURE_PEERS_FLAG,
     NO_FSYNC_FLAG,
     SeamError,
     refusal,
     seams_in_effect,
     unsafe_flag,
 )
-from raftkv.server.service import KeyValueService, RaftService
+from raftkv.server.service import KeyValueService, PeerService, RaftService
 from raftkv.server.storage import StorageError, node_data_dir
+from raftkv.tls import LoadedTls, TlsConfigError, TlsFiles
 
 
 class StartupError(RuntimeError):
@@ -80,12 +86,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--read-mode", choices=[m.value for m in ReadMode], default=None)
     parser.add_argument("--lease", type=float, help="override the lease duration (seconds)")
     parser.add_argument("--max-drift", type=float, help="override max_clock_drift")
-    parser.add_argument("--listen", help="bind address (default: this node's cluster address)")
+    parser.add_argument("--listen", help="client bind address (default: the node's address)")
+    parser.add_argument(
+        "--peer-listen", help="peer bind address (default: the node's peer_address)"
+    )
     parser.add_argument("--quiet", action="store_true", help="do not echo events to stdout")
     parser.add_argument("--base-port", type=int, default=50050, help="for the assignment form")
-    parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM): turns TLS on")
-    parser.add_argument("--tls-cert", type=Path, help="this node's certificate (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="this node's private key (PEM)")
+    parser.add_argument(
+        "--tls-ca", type=Path, help="client listener: CA certificate (PEM); turns TLS on"
+    )
+    parser.add_argument("--tls-cert", type=Path, help="client listener: certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="client listener: private key (PEM)")
+    parser.add_argument(
+        "--client-cert-auth",
+        action="store_true",
+        help="client listener: demand a client certificate signed by --tls-ca",
+    )
+    parser.add_argument("--peer-ca", type=Path, help="peers: CA bundle (PEM) for mutual TLS")
+    parser.add_argument("--peer-cert", type=Path, help="peers: this node's certificate (PEM)")
+    parser.add_argument("--peer-key", type=Path, help="peers: this node's private key (PEM)")
+    parser.add_argument(
+        "--certs",
+        type=Path,
+        help="peers: the folder `raftkv certs --out` wrote (ca.pem, node-<id>.pem, .key)",
+    )
+    parser.add_argument(
+        "--cluster-id", help="override the cluster id (default: the description's, or its name)"
+    )
+    parser.add_argument(
+        INSECURE_PEERS_FLAG,
+        action="store_true",
+        help="TEST SEAM: peers without TLS or authentication (needs --allow-unsafe)",
+    )
     parser.add_argument(
         ALLOW_UNSAFE_FLAG,
         action="store_true",
@@ -103,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, str]:
+def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, Listeners]:
     cluster: ClusterDescription
     if args.positional:
         if len(args.positional) != 2 or not all(p.isdigit() for p in args.positional):
@@ -133,25 +165,68 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, str]:
     if args.max_drift is not None:
         config = replace(config, max_clock_drift=args.max_drift)
     unsafe = UnsafeSwitches(**{n: getattr(args, f"unsafe_{n}") for n in UnsafeSwitches.__slots__})
-    tls = None
-    tls_args = (args.tls_ca, args.tls_cert, args.tls_key)
-    if any(tls_args):
-        if not all(tls_args):
-            raise StartupError("TLS needs all of --tls-ca, --tls-cert and --tls-key")
-        for path in tls_args:
-            if not path.is_file():
-                raise StartupError(f"TLS file {path} does not exist")
-        tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    if args.cluster_id is not None:
+        cluster = replace(cluster, cluster_id=args.cluster_id)
+    client_tls = _client_tls(args)
     options = ReplicaOptions(
         node_id,
         cluster,
         config,
         args.data_dir or Path(member.data_dir),
         unsafe,
-        tls,
+        client_tls=client_tls,
+        client_cert_auth=args.client_cert_auth,
+        peer_tls=_peer_tls(args, cluster, node_id),
         fsync=not args.unsafe_no_fsync,
     )
-    return options, args.listen or member.address
+    return options, Listeners(
+        args.listen or member.address, args.peer_listen or member.peer_address
+    )
+
+
+@dataclass(frozen=True)
+class Listeners:
+    client: str
+    peer: str
+
+
+def _client_tls(args: argparse.Namespace) -> LoadedTls | None:
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not any(files):
+        if args.client_cert_auth:
+            raise StartupError("--client-cert-auth needs --tls-ca, --tls-cert and --tls-key")
+        return None
+    if not all(files):
+        raise StartupError(
+            "TLS on the client listener needs all of --tls-ca, --tls-cert, --tls-key"
+        )
+    return TlsFiles(args.tls_ca, args.tls_cert, args.tls_key).load()
+
+
+def _peer_tls(
+    args: argparse.Namespace, cluster: ClusterDescription, node_id: int
+) -> LoadedTls | None:
+    """The peer mTLS files: --peer-*, else --certs DIR, else the description's peer_certs."""
+    files = (args.peer_ca, args.peer_cert, args.peer_key)
+    if any(files) and args.certs:
+        raise StartupError("give either --peer-ca/--peer-cert/--peer-key or --certs, not both")
+    if any(files) and not all(files):
+        raise StartupError("peer TLS needs all of --peer-ca, --peer-cert and --peer-key")
+    if args.insecure_peers:
+        if any(files) or args.certs:
+            raise StartupError(f"{INSECURE_PEERS_FLAG} contradicts the peer certificates given")
+        return None
+    if all(files):
+        chosen = TlsFiles(args.peer_ca, args.peer_cert, args.peer_key)
+    elif args.certs or cluster.peer_certs:
+        chosen = TlsFiles.in_directory(Path(args.certs or cluster.peer_certs), node_id)
+    else:
+        raise StartupError(
+            "peers need certificates: give --certs DIR (make them with "
+            f"`raftkv certs --out DIR --cluster FILE`) or --peer-ca/--peer-cert/--peer-key; "
+            f"{INSECURE_PEERS_FLAG} --allow-unsafe runs without (tests only)"
+        )
+    return chosen.load()
 
 
 # Allocations between young-generation collections (CPython's default: 700).
@@ -175,12 +250,27 @@ def check_seams(options: ReplicaOptions, clock: Clock, allowed: bool) -> None:
         fsync=options.fsync,
         clock_rate=clock.rate,
         failpoint=os.environ.get(FAILPOINT_ENV) or None,
+        insecure_peers=options.peer_tls is None,
     )
     if seams and not allowed:
         raise StartupError(refusal(seams))
 
 
-async def serve(options: ReplicaOptions, listen: str, quiet: bool, clock: Clock) -> int:
+def _bind(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> str | None:
+    """None when `server` listens on `address`, else why not."""
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError as error:
+        return str(error).rstrip(".")
+    return None if bound else "the port is probably in use"
+
+
+async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: Clock) -> int:
     dump = DumpLog(
         node_data_dir(options.data_root, options.node_id), options.node_id, to_stdout=not quiet
     )
@@ -188,27 +278,36 @@ async def serve(options: ReplicaOptions, listen: str, quiet: bool, clock: Clock)
         dump.write(f"Configuration warning: {warning}")
     replica = Replica(options, dump, clock)
     _tune_garbage_collector()
-    server = grpc.aio.server(options=NODE_OPTIONS)
-    raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), server)
-    raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), server)
-    try:
-        if options.tls is None:
-            bound = server.add_insecure_port(listen)
-        else:
-            bound = server.add_secure_port(listen, options.tls.server_credentials())
-    except RuntimeError as error:
-        bound = 0
-        reason = str(error)
-    else:
-        reason = "the port is probably in use"
-    if bound == 0:
-        reason = reason.rstrip(".")
-        dump.write(f"Node {options.node_id} cannot listen on {listen}: {reason}.")
-        print(f"raftkv-node: cannot listen on {listen}: {reason}.", file=sys.stderr)
-        replica.storage.close()
-        dump.close()
-        return 1
-    await server.start()
+    client_server = grpc.aio.server(options=NODE_OPTIONS)
+    raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), client_server)
+    raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), client_server)
+    peer_server = grpc.aio.server(options=NODE_OPTIONS)
+    raftkv_pb2_grpc.add_RaftServicer_to_server(
+        PeerService(replica, secure=options.peer_tls is not None), peer_server
+    )
+    client_credentials = (
+        None
+        if options.client_tls is None
+        else options.client_tls.server_credentials(require_client_auth=options.client_cert_auth)
+    )
+    peer_credentials = (
+        None
+        if options.peer_tls is None
+        else options.peer_tls.server_credentials(require_client_auth=True)
+    )
+    for server, address, credentials in (
+        (client_server, listen.client, client_credentials),
+        (peer_server, listen.peer, peer_credentials),
+    ):
+        reason = _bind(server, address, credentials)
+        if reason is not None:
+            dump.write(f"Node {options.node_id} cannot listen on {address}: {reason}.")
+            print(f"raftkv-node: cannot listen on {address}: {reason}.", file=sys.stderr)
+            replica.storage.close()
+            dump.close()
+            return 1
+    await peer_server.start()
+    await client_server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -223,7 +322,7 @@ async def serve(options: ReplicaOptions, listen: str, quiet: bool, clock: Clock)
     else:
         dump.write(f"Node {options.node_id} shutting down.")
     stopper.cancel()
-    await server.stop(grace=0.2)
+    await asyncio.gather(client_server.stop(grace=0.2), peer_server.stop(grace=0.2))
     await replica.stop()
     runner.cancel()
     with contextlib.suppress(asyncio.CancelledError, FatalNodeError):
@@ -239,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         options.config.validate()
         clock = Clock.from_environment()
         check_seams(options, clock, args.allow_unsafe)
-    except (StartupError, ClusterConfigError, ConfigError, SeamError) as error:
+    except (StartupError, ClusterConfigError, ConfigError, SeamError, TlsConfigError) as error:
         print(f"raftkv-node: {error}", file=sys.stderr)
         return 2
     try:

@@ -10,6 +10,11 @@ requests may be unanswered, further ones are dropped; a stream whose oldest requ
 for longer than the RPC timeout counts as failed (as a unary call past its deadline would) and is
 replaced by a new one at the next send. A broken stream loses what was in flight; the core
 retries by itself.
+
+Every batch, both ways, carries the sender's cluster id; a batch from another cluster ends the
+stream. Who sent a request is the answering side's business: `PeerStreamSession` is told the
+sender's id from its TLS certificate, and refuses a request that claims another
+(docs/design.md §8).
 """
 
 from __future__ import annotations
@@ -53,6 +58,18 @@ def request_from_pb(message: pb.RaftMessage, peers: set[int]) -> AppendEntries |
     raise wire.WireError(f"a peer stream carries requests only, not {kind or 'an empty message'}")
 
 
+class PeerRefusal(wire.WireError):
+    """A request refused for who sent it rather than what it says; `code` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def wrong_cluster(theirs: str, ours: str) -> str:
+    return f"the sender belongs to cluster {theirs!r}, this node to cluster {ours!r}"
+
+
 def _claimed_sender(message: pb.RaftMessage) -> int | None:
     kind = message.WhichOneof("message")
     if kind == "append_entries":
@@ -93,10 +110,12 @@ class PeerLink:
         deliver: Callable[[Message], None],
         log: Callable[[str], None],
         clock: Callable[[], float] | None = None,
+        cluster_id: str = "",
     ) -> None:
         self.peer_id = peer_id
         self.channel = channel
         self.timeout = timeout
+        self.cluster_id = cluster_id
         self._stub: Any = raftkv_pb2_grpc.RaftStub(channel)
         self._deliver = deliver
         self._log = log
@@ -190,7 +209,9 @@ class _OutboundStream:
                     link._wake.clear()
                     await link._wake.wait()
                     continue
-                await self._call.write(pb.RaftMessages(messages=link._take_batch()))
+                await self._call.write(
+                    pb.RaftMessages(messages=link._take_batch(), cluster_id=link.cluster_id)
+                )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -204,6 +225,11 @@ class _OutboundStream:
                 if batch is grpc.aio.EOF:
                     link._stream_failed(self, "UNAVAILABLE", "the peer closed the stream")
                     return
+                if batch.cluster_id != link.cluster_id:
+                    link._stream_failed(
+                        self, "WRONG_CLUSTER", wrong_cluster(batch.cluster_id, link.cluster_id)
+                    )
+                    return
                 for message in batch.messages:
                     link._replied(reply_from_pb(message, link._peers))
         except grpc.aio.AioRpcError as error:
@@ -216,15 +242,23 @@ class _OutboundStream:
 
 class PeerStreamSession:
     """The answering side of one PeerStream: every request goes to the core as it is read, and
-    its reply is written back when the core produces it (replies come in request order)."""
+    its reply is written back when the core produces it (replies come in request order).
+
+    `sender` is the peer's node id from its certificate; every request must claim it. None only
+    with --insecure-peers, where any member id is taken at its word.
+    """
 
     def __init__(
         self,
         begin_exchange: Callable[[AppendEntries | RequestVote], asyncio.Future[Message]],
         peers: set[int],
+        cluster_id: str = "",
+        sender: int | None = None,
     ) -> None:
         self._begin_exchange = begin_exchange
         self._peers = peers
+        self._cluster_id = cluster_id
+        self._sender = sender
         self._outbox: list[pb.RaftMessage] = []
         self._ready = asyncio.Event()
         self._reading = True
@@ -243,7 +277,7 @@ class PeerStreamSession:
             while True:
                 if self._outbox:
                     replies, self._outbox = self._outbox, []
-                    yield pb.RaftMessages(messages=replies)
+                    yield pb.RaftMessages(messages=replies, cluster_id=self._cluster_id)
                     continue
                 if self.error is not None or (not self._reading and not self._unanswered):
                     break
@@ -255,11 +289,24 @@ class PeerStreamSession:
     async def _read(self, requests: AsyncIterator[pb.RaftMessages]) -> None:
         try:
             async for batch in requests:
+                if batch.cluster_id != self._cluster_id:
+                    raise PeerRefusal(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        wrong_cluster(batch.cluster_id, self._cluster_id),
+                    )
                 for message in batch.messages:
+                    claimed = _claimed_sender(message)
+                    if self._sender is not None and claimed != self._sender:
+                        self.error_sender = self._sender
+                        raise PeerRefusal(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"a message claims to come from node {claimed}, but the sender's "
+                            f"certificate is node {self._sender}'s",
+                        )
                     try:
                         request = request_from_pb(message, self._peers)
                     except wire.WireError:
-                        self.error_sender = _claimed_sender(message)
+                        self.error_sender = claimed
                         raise
                     self._unanswered += 1
                     self._begin_exchange(request).add_done_callback(self._answered)

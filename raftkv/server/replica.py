@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from raftkv.cluster import ClusterDescription
+from raftkv.cluster import ClusterDescription, NodeAddress
 from raftkv.core.config import TimingConfig
 from raftkv.core.messages import (
     AppendEntries,
@@ -57,6 +57,7 @@ from raftkv.server.dump import DumpLog
 from raftkv.server.peers import PeerLink
 from raftkv.server.seams import FAILPOINT_ENV, SeamError, clock_rate_from, seams_in_effect
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
+from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
 COMMIT_HINT_INTERVAL = 2.0
@@ -86,32 +87,17 @@ class Clock:
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    """PEM files: the CA that signed every node's certificate, and this node's own pair."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key.read_bytes(), self.cert.read_bytes())],
-            root_certificates=self.ca.read_bytes(),
-            require_client_auth=False,
-        )
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
-
-
-@dataclass(frozen=True)
 class ReplicaOptions:
     node_id: int
     cluster: ClusterDescription
     config: TimingConfig
     data_root: Path
     unsafe: UnsafeSwitches = SAFE
-    tls: TlsFiles | None = None
+    # The client listener's TLS (None: plaintext) and whether it demands client certificates.
+    client_tls: LoadedTls | None = None
+    client_cert_auth: bool = False
+    # The peer listener's and peer links' mutual TLS; None only with --insecure-peers.
+    peer_tls: LoadedTls | None = None
     # False only for the `--unsafe-no-fsync` negative control.
     fsync: bool = True
 
@@ -120,10 +106,12 @@ class FatalNodeError(RuntimeError):
     """The node cannot continue safely (storage failure, broken invariant)."""
 
 
-def _peer_channel(address: str, tls: TlsFiles | None) -> grpc.aio.Channel:
+def _peer_channel(peer: NodeAddress, tls: LoadedTls | None) -> grpc.aio.Channel:
+    """A channel to `peer`'s peer listener that accepts only a certificate naming that node."""
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=NODE_OPTIONS)
-    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=NODE_OPTIONS)
+        return grpc.aio.insecure_channel(peer.peer_address, options=NODE_OPTIONS)
+    options = (*NODE_OPTIONS, (TARGET_NAME_OPTION, node_name(peer.id)))
+    return grpc.aio.secure_channel(peer.peer_address, tls.channel_credentials(), options=options)
 
 
 class Replica:
@@ -165,10 +153,11 @@ class Replica:
         self.peers = {
             n.id: PeerLink(
                 n.id,
-                _peer_channel(n.address, options.tls),
+                _peer_channel(n, options.peer_tls),
                 rpc_timeout,
                 self.submit_message,
                 self.dump.write,
+                cluster_id=options.cluster.cluster_id,
             )
             for n in options.cluster.nodes
             if n.id != self.node_id
@@ -192,15 +181,6 @@ class Replica:
         self._reply_waiters.setdefault(key, deque()).append(future)
         self.submit_message(message)
         return future
-
-    async def exchange(
-        self, message: AppendEntries | RequestVote, timeout: float
-    ) -> Message | None:
-        """`begin_exchange` and wait for the reply; None when it does not come in time."""
-        try:
-            return await asyncio.wait_for(self.begin_exchange(message), timeout)
-        except TimeoutError:
-            return None  # the future stays queued (cancelled) so replies keep their order
 
     def begin_proposal(self, command: Command) -> asyncio.Future[object]:
         """Queue `command`; the future gets WriteDone or Refused. Cancel it to stop waiting."""
@@ -261,10 +241,17 @@ class Replica:
             fsync=self.options.fsync,
             clock_rate=self.clock.rate,
             failpoint=os.environ.get(FAILPOINT_ENV) or None,
+            insecure_peers=self.options.peer_tls is None,
         )
         if unsafe:
             names = ", ".join(seam.name for seam in unsafe)
             self.dump.write(f"Node {self.node_id} UNSAFE test switches on: {names}.")
+        member = self.options.cluster.node(self.node_id)
+        security = "mutual TLS" if self.options.peer_tls is not None else "NO AUTHENTICATION"
+        self.dump.write(
+            f"Node {self.node_id} serves peers at {member.peer_address} ({security}), "
+            f"cluster id {self.options.cluster.cluster_id!r}."
+        )
         while not self._stopping:
             self._wake.clear()
             self._pump()

@@ -8,7 +8,9 @@ reach inside it. The seams:
 - ``RAFTKV_CLOCK_RATE``: the node's monotonic clock runs at that multiple of real time
   (replica.Clock); any value other than 1 is a seam, and a value that is not a finite number
   above 0 is refused;
-- ``RAFTKV_FAILPOINT``: exit at a named point of a storage write (storage.py).
+- ``RAFTKV_FAILPOINT``: exit at a named point of a storage write (storage.py);
+- `--insecure-peers`: serve and dial peers without TLS, taking each message's claimed sender at
+  its word (any process that reaches the peer port can then act as a node).
 
 raftkv-node refuses to start with any of them unless its command line also has
 `--allow-unsafe` (ALLOW_UNSAFE_FLAG); with it, the node's dump says which are on, in the line
@@ -28,6 +30,7 @@ __all__ = [
     "ALLOW_UNSAFE_FLAG",
     "CLOCK_RATE_ENV",
     "FAILPOINT_ENV",
+    "INSECURE_PEERS_FLAG",
     "NO_FSYNC_FLAG",
     "Seam",
     "SeamError",
@@ -39,6 +42,7 @@ __all__ = [
 
 ALLOW_UNSAFE_FLAG = "--allow-unsafe"
 NO_FSYNC_FLAG = "--unsafe-no-fsync"
+INSECURE_PEERS_FLAG = "--insecure-peers"
 CLOCK_RATE_ENV = "RAFTKV_CLOCK_RATE"
 
 
@@ -84,6 +88,7 @@ def seams_in_effect(
     fsync: bool,
     clock_rate: float,
     failpoint: str | None,
+    insecure_peers: bool = False,
 ) -> list[Seam]:
     """Every seam that is on, in the order the UNSAFE line lists them."""
     seams = [Seam(name, unsafe_flag(name)) for name in unsafe.enabled()]
@@ -93,6 +98,8 @@ def seams_in_effect(
         seams.append(Seam(f"clock_rate={clock_rate!r}", f"{CLOCK_RATE_ENV}={clock_rate!r}"))
     if failpoint:
         seams.append(Seam(f"failpoint={failpoint}", f"{FAILPOINT_ENV}={failpoint}"))
+    if insecure_peers:
+        seams.append(Seam("insecure_peers", INSECURE_PEERS_FLAG))
     return seams
 
 

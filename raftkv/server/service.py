@@ -1,4 +1,5 @@
-"""gRPC services: the peer RPCs, the assignment's ServeClient, and the typed KeyValue API.
+"""gRPC services: the peer listener's PeerStream, and on the client listener the assignment's
+ServeClient and the typed KeyValue API.
 
 Every client input is validated here; nothing a client sends can reach the core malformed or
 crash the node.
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 
 from raftkv.core.events import ProtocolViolation
 from raftkv.core.messages import (
-    AppendEntries,
     ReadValue,
     Refused,
     SetCommand,
@@ -23,7 +24,7 @@ from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
-from raftkv.server.peers import PeerStreamSession
+from raftkv.server.peers import PeerRefusal, PeerStreamSession
 from raftkv.server.pipeline import (
     ClientTooSlowError,
     PipelineRequestError,
@@ -33,6 +34,7 @@ from raftkv.server.pipeline import (
 )
 from raftkv.server.replica import Replica
 from raftkv.server.replies import SERVE_CLIENT_TIMEOUT_DATA, outcome_reply, timeout_reply
+from raftkv.tls import peer_node_id
 
 DEFAULT_CLIENT_TIMEOUT = 5.0
 
@@ -91,57 +93,140 @@ def _client_timeout(context: grpc.aio.ServicerContext) -> float:
     return max(0.0, min(remaining - 0.01, 60.0))
 
 
-class RaftService(raftkv_pb2_grpc.RaftServicer):
+PEER_RPC_ON_CLIENT_ADDRESS = (
+    "peer RPCs are served only on the peer address, to nodes that present a node certificate"
+)
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str
+) -> NoReturn:
+    """`context.abort`, typed as what it does (grpc.aio's stubs leave it Any): it always raises."""
+    await context.abort(code, details)
+    raise RuntimeError("grpc.aio's context.abort returned")
+
+
+def _caller(context: grpc.aio.ServicerContext) -> str:
+    """Where a call came from, for the dump: its address and any certificate names."""
+    names = [n.decode("ascii", "replace") for n in context.peer_identities() or ()]
+    address: str = context.peer()
+    return address + (f" ({', '.join(names)})" if names else "")
+
+
+class _RefusalLog:
+    """Writes the dump line for a refused peer call or message (docs/design.md §8)."""
+
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
-        self.peer_ids = set(replica.peers)
-        self.rpc_timeout = replica.options.config.election_timeout_min
 
-    def _log_refused(self, sender: int, error: wire.WireError) -> None:
-        """A peer message the shell refused: the same dump sentence as when the core drops one
-        (docs/design.md §8), so that an attempt is on record wherever it was stopped."""
+    def message(self, sender: int, error: wire.WireError) -> None:
+        """A peer message the shell refused: the same sentence as when the core drops one, so
+        that an attempt is on record wherever it was stopped."""
         violation = ProtocolViolation(self.replica.node_id, sender, str(error))
         self.replica.dump.write(str(violation))
 
-    async def AppendEntries(  # noqa: N802 - gRPC method name
-        self, request: pb.AppendEntriesArgs, context: grpc.aio.ServicerContext
-    ) -> pb.AppendEntriesReply:
-        try:
-            message = wire.append_entries_from_pb(request, self.peer_ids)
-        except wire.WireError as error:
-            self._log_refused(request.leader_id, error)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        reply = await self.replica.exchange(message, self.rpc_timeout)
-        if reply is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "node busy or stopping")
-        assert not isinstance(reply, AppendEntries)
-        return wire.append_reply_to_pb(reply)  # type: ignore[arg-type]
+    def call(self, context: grpc.aio.ServicerContext, listener: str, reason: str) -> None:
+        self.replica.dump.write(
+            f"Node {self.replica.node_id} refused a call from {_caller(context)} on its "
+            f"{listener} address: {reason}."
+        )
 
-    async def RequestVote(  # noqa: N802 - gRPC method name
-        self, request: pb.RequestVoteArgs, context: grpc.aio.ServicerContext
-    ) -> pb.RequestVoteReply:
-        try:
-            message = wire.request_vote_from_pb(request, self.peer_ids)
-        except wire.WireError as error:
-            self._log_refused(request.candidate_id, error)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        reply = await self.replica.exchange(message, self.rpc_timeout)
-        if reply is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "node busy or stopping")
-        return wire.vote_reply_to_pb(reply)  # type: ignore[arg-type]
+
+class PeerService(raftkv_pb2_grpc.RaftServicer):
+    """The peer listener: Raft.PeerStream for nodes of this cluster, authenticated by mutual TLS
+    (`secure`), or, with --insecure-peers only, by nothing but the claimed sender id."""
+
+    def __init__(self, replica: Replica, *, secure: bool) -> None:
+        self.replica = replica
+        self.secure = secure
+        self.peer_ids = set(replica.peers)
+        self._refusals = _RefusalLog(replica)
+
+    def _sender(self, context: grpc.aio.ServicerContext) -> tuple[int | None, str | None]:
+        """(the caller's node id from its certificate, None) or (None, why it is refused)."""
+        if not self.secure:
+            return None, None
+        node_id = peer_node_id(context.auth_context())
+        if node_id is None:
+            return None, "its certificate names no node (a client certificate?)"
+        if node_id not in self.peer_ids:
+            return None, f"its certificate names node {node_id}, which is not a peer of this node"
+        return node_id, None
 
     async def PeerStream(  # noqa: N802 - gRPC method name
         self,
         request_iterator: AsyncIterator[pb.RaftMessages],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.RaftMessages]:
-        session = PeerStreamSession(self.replica.begin_exchange, self.peer_ids)
+        sender, problem = self._sender(context)
+        if problem is not None:
+            self._refusals.call(context, "peer", problem)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+        session = PeerStreamSession(
+            self.replica.begin_exchange,
+            self.peer_ids,
+            cluster_id=self.replica.options.cluster.cluster_id,
+            sender=sender,
+        )
         async for replies in session.serve(request_iterator):
             yield replies
-        if session.error is not None:
+        error = session.error
+        if error is not None:
             if session.error_sender is not None:
-                self._log_refused(session.error_sender, session.error)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
+                self._refusals.message(session.error_sender, error)
+            else:
+                self._refusals.call(context, "peer", str(error))
+            code = (
+                error.code if isinstance(error, PeerRefusal) else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await context.abort(code, str(error))
+
+    async def AppendEntries(  # noqa: N802 - gRPC method name
+        self, request: pb.AppendEntriesArgs, context: grpc.aio.ServicerContext
+    ) -> pb.AppendEntriesReply:
+        await self._unary(context, "AppendEntries")
+
+    async def RequestVote(  # noqa: N802 - gRPC method name
+        self, request: pb.RequestVoteArgs, context: grpc.aio.ServicerContext
+    ) -> pb.RequestVoteReply:
+        await self._unary(context, "RequestVote")
+
+    async def _unary(self, context: grpc.aio.ServicerContext, method: str) -> NoReturn:
+        _, problem = self._sender(context)
+        if problem is not None:
+            self._refusals.call(context, "peer", problem)
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, problem)
+        await _abort(context, grpc.StatusCode.UNIMPLEMENTED, f"nodes send {method} over PeerStream")
+
+
+class RaftService(raftkv_pb2_grpc.RaftServicer):
+    """The client listener's Raft service: the assignment's ServeClient. The peer RPCs are
+    refused here (and the attempt logged): peers have their own, authenticated, listener."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self._refusals = _RefusalLog(replica)
+
+    async def _refuse_peer_rpc(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        self._refusals.call(context, "client", PEER_RPC_ON_CLIENT_ADDRESS)
+        await _abort(context, grpc.StatusCode.PERMISSION_DENIED, PEER_RPC_ON_CLIENT_ADDRESS)
+
+    async def AppendEntries(  # noqa: N802 - gRPC method name
+        self, request: pb.AppendEntriesArgs, context: grpc.aio.ServicerContext
+    ) -> pb.AppendEntriesReply:
+        await self._refuse_peer_rpc(context)
+
+    async def RequestVote(  # noqa: N802 - gRPC method name
+        self, request: pb.RequestVoteArgs, context: grpc.aio.ServicerContext
+    ) -> pb.RequestVoteReply:
+        await self._refuse_peer_rpc(context)
+
+    async def PeerStream(  # type: ignore[override]  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.RaftMessages],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await self._refuse_peer_rpc(context)
 
     async def ServeClient(  # noqa: N802 - the assignment's method name
         self, request: pb.ServeClientArgs, context: grpc.aio.ServicerContext

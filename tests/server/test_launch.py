@@ -9,7 +9,7 @@ import pytest
 
 from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
-from raftkv.server.launch import CONSOLE_SCRIPT, PYTHON_MODULE, NodeLaunch, TlsPaths
+from raftkv.server.launch import CONSOLE_SCRIPT, PYTHON_MODULE, NodeLaunch, TlsFiles
 from raftkv.server.main import build_parser
 
 EVERY_SWITCH = UnsafeSwitches(**{name: True for name in UnsafeSwitches.__slots__})
@@ -26,7 +26,13 @@ def everything(**changes: object) -> NodeLaunch:
         "lease": 2.5,
         "max_drift": 0.25,
         "listen": "0.0.0.0:50051",
-        "tls": TlsPaths(Path("/t/ca.pem"), Path("/t/node.pem"), Path("/t/node.key")),
+        "peer_listen": "0.0.0.0:51051",
+        "tls": TlsFiles(Path("/t/ca.pem"), Path("/t/node.pem"), Path("/t/node.key")),
+        "client_cert_auth": True,
+        "certs": Path("/t"),
+        "peer_tls": TlsFiles(Path("/p/ca.pem"), Path("/p/node.pem"), Path("/p/node.key")),
+        "insecure_peers": True,
+        "cluster_id": "c-1",
         "quiet": True,
         "unsafe": EVERY_SWITCH,
         "fsync": False,
@@ -53,6 +59,16 @@ def test_every_field_reaches_the_parser_with_its_meaning() -> None:
         Path("/t/node.pem"),
         Path("/t/node.key"),
     )
+    assert args.peer_listen == "0.0.0.0:51051"
+    assert args.client_cert_auth is True
+    assert args.certs == Path("/t")
+    assert (args.peer_ca, args.peer_cert, args.peer_key) == (
+        Path("/p/ca.pem"),
+        Path("/p/node.pem"),
+        Path("/p/node.key"),
+    )
+    assert args.insecure_peers is True
+    assert args.cluster_id == "c-1"
     assert args.quiet is True
     assert args.unsafe_no_fsync is True
     assert args.allow_unsafe is True

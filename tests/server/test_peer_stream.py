@@ -274,3 +274,86 @@ def test_a_refused_request_names_the_sender_it_claimed() -> None:
         assert session.error_sender == forged.leader_id
 
     asyncio.run(scenario())
+
+
+async def _serve_one(session: PeerStreamSession, batch: pb.RaftMessages) -> list[pb.RaftMessages]:
+    async def requests() -> AsyncIterator[pb.RaftMessages]:
+        yield batch
+
+    return [replies async for replies in session.serve(requests())]
+
+
+def test_a_request_claiming_another_sender_than_the_certificate_is_refused() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        session = PeerStreamSession(peer.begin_exchange, {DIALER, 3}, cluster_id="c", sender=3)
+        batch = pb.RaftMessages(messages=[peers.request_to_pb(heartbeat(1))], cluster_id="c")
+        assert await _serve_one(session, batch) == []
+        assert isinstance(session.error, peers.PeerRefusal)
+        assert session.error.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "claims to come from node 1" in str(session.error)
+        assert "certificate is node 3's" in str(session.error)
+        assert session.error_sender == 3
+        assert peer.seen == []
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_from_another_cluster_is_refused_before_any_request_is_read() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        session = PeerStreamSession(peer.begin_exchange, {DIALER}, cluster_id="c", sender=DIALER)
+        batch = pb.RaftMessages(messages=[peers.request_to_pb(heartbeat(1))], cluster_id="d")
+        assert await _serve_one(session, batch) == []
+        assert isinstance(session.error, peers.PeerRefusal)
+        assert session.error.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert str(session.error) == peers.wrong_cluster("d", "c")
+        assert peer.seen == []
+
+    asyncio.run(scenario())
+
+
+def test_replies_carry_the_cluster_id_and_the_certified_sender_is_served() -> None:
+    async def scenario() -> None:
+        peer = ScriptedPeer()
+        session = PeerStreamSession(peer.begin_exchange, {DIALER}, cluster_id="c", sender=DIALER)
+        batch = pb.RaftMessages(messages=[peers.request_to_pb(heartbeat(1))], cluster_id="c")
+        replies = await _serve_one(session, batch)
+        assert [r.cluster_id for r in replies] == ["c"]
+        assert session.error is None and peer.seen == [heartbeat(1)]
+
+    asyncio.run(scenario())
+
+
+class OtherClusterPeer(ScriptedPeer):
+    """Answers every request, but as a node of cluster "other"."""
+
+    async def PeerStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.RaftMessages], context: Any
+    ) -> AsyncIterator[pb.RaftMessages]:
+        session = PeerStreamSession(self.begin_exchange, {DIALER}, cluster_id="other")
+        async for batch in request_iterator:
+            batch.cluster_id = "other"
+            async for replies in session.serve(_one(batch)):
+                yield replies
+
+
+async def _one(batch: pb.RaftMessages) -> AsyncIterator[pb.RaftMessages]:
+    yield batch
+
+
+def test_a_link_whose_peer_answers_for_another_cluster_delivers_nothing() -> None:
+    async def scenario() -> None:
+        peer = OtherClusterPeer()
+        server, address = await start(peer)
+        harness = Harness(address)
+        harness.link.cluster_id = "mine"
+        harness.link.send(heartbeat(1))
+        await harness.until(lambda: not harness.link.reachable, "the link to fail")
+        assert harness.delivered == []
+        assert "WRONG_CLUSTER" in harness.logged[0]
+        assert peers.wrong_cluster("other", "mine") in harness.logged[0]
+        await harness.link.close()
+        await server.stop(None)
+
+    asyncio.run(scenario())

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from raftkv.cluster import PEER_PORT_OFFSET
 from raftkv.core.node import UnsafeSwitches
 from raftkv.server.dump import DUMP_FILE
 from raftkv.server.launch import PYTHON_MODULE, NodeLaunch
 from raftkv.server.seams import unsafe_flag
 from raftkv.server.storage import FAILPOINT_LOG_WRITE, node_data_dir
+from raftkv_tools.certs import issue as issue_certificates
+from raftkv_tools.certs import local_nodes
 from raftkv_tools.ports import free_ports
 
 START_TIMEOUT = 30.0
@@ -39,14 +42,23 @@ SEAMS = [
         f"failpoint={FAILPOINT_LOG_WRITE}",
         f"RAFTKV_FAILPOINT={FAILPOINT_LOG_WRITE}",
     ),
+    (["--insecure-peers"], {}, "insecure_peers", "--insecure-peers"),
 ]
 SEAM_IDS = [seam[2].split("=")[0] for seam in SEAMS]
 
 
 def node_command(data_dir: Path, *flags: str) -> list[str]:
-    ports = free_ports(2)
+    ports = free_ports(2, offsets=(0, PEER_PORT_OFFSET))
+    certs = None
+    if "--insecure-peers" not in flags:
+        certs = data_dir / "tls"
+        issue_certificates(certs, local_nodes(2))
     spec = NodeLaunch(
-        0, peers=[f"127.0.0.1:{port}" for port in ports], data_dir=data_dir, quiet=True
+        0,
+        peers=[f"127.0.0.1:{port}" for port in ports],
+        data_dir=data_dir,
+        quiet=True,
+        certs=certs,
     )
     return [*spec.command(PYTHON_MODULE), *flags]
 
