@@ -158,7 +158,7 @@ soak-faults: venv test-deps
 
 # --- Deployment kit: infra/ (Terraform, Ansible, host lab), fabfile.py --------------------------
 # infra-deps: the deploy extras in the venv (raftkv's: ansible-core, ansible-lint, fabric,
-# python-terraform, python-hcl2; raftkv-tools': matplotlib, cryptography) and, as root, the Debian
+# python-terraform, python-hcl2; raftkv-tools': matplotlib) and, as root, the Debian
 # packages the host-lab test needs (systemd-nspawn containers on a bridge). Installs only what is
 # missing; idempotent.
 DEPLOY_STAMP := $(VENV)/.deploy-installed-stamp

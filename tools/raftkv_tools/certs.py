@@ -2,21 +2,32 @@
 
     raftkv certs --out cluster/gcp/tls --cluster cluster/gcp/cluster.json
     python -m raftkv_tools.certs --out DIR --hosts 0=10.0.0.2,raftkv-0 1=10.0.0.3,raftkv-1 ...
+    raftkv certs --out cluster/tls --local 5 --client ops    # a local cluster, one client
 
 Writes into DIR:
 
-    ca.pem  ca.key                the cluster's CA (ECDSA P-256), 10 years
-    node-<id>.pem  node-<id>.key  node <id>: serverAuth + clientAuth, 1 year, SANs = its names
+    ca.pem  ca.key                    the cluster's CA (ECDSA P-256), 10 years
+    node-<id>.pem  node-<id>.key      node <id>: serverAuth + clientAuth, 1 year
+    client-<name>.pem  client-<name>.key   a client (--client-cert-auth): clientAuth, 1 year
+
+Every node certificate names `raftkv-node-<id>` among its DNS names: that name, not an
+address, is the node's identity between peers (raftkv/tls.py). A client certificate names
+`raftkv-client-<name>`, so it opens the client listener but never the peer listener.
 
 With --cluster, a node's subject alternative names are every host part the description gives
 it: `address`, and where present `peer_address` (the address peers use, e.g. a VM's internal
 IP), `host` (the ssh target, without `user@`) and `name`; IP addresses become IP SANs, names
-DNS SANs. With --hosts, each `ID=SAN,SAN...` lists them explicitly.
+DNS SANs. With --hosts, each `ID=SAN,SAN...` lists them explicitly; --local N means nodes
+0..N-1 on 127.0.0.1 and localhost.
 
-Idempotent: an existing CA is reused, and an existing node certificate is kept while it was
-signed by that CA, names exactly the wanted SANs and has more than --renew-days left; anything
-else is (re)issued. Each file is reported on one line, `created`, `renewed` or `kept`, so a
-caller (the Ansible role) can tell whether anything changed. Private keys are mode 0600.
+Rotation (README, "Rotating certificates"): --reissue issues every node and client certificate
+anew (new keys, same CA); a rolling restart then puts them in use without downtime.
+
+Otherwise idempotent: an existing CA is reused, and an existing node certificate is kept
+while it was signed by that CA, names exactly the wanted SANs and has more than --renew-days
+left; anything else is (re)issued. Each file is reported on one line, `created`, `renewed` or
+`kept`, so a caller (the Ansible role) can tell whether anything changed. Private keys are
+mode 0600.
 Exit status: 0 done, 2 bad arguments or cluster description.
 """
 
@@ -27,6 +38,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +49,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from raftkv.tls import CLIENT_NAME_PREFIX, node_name
 
 CA_DAYS = 3650
 NODE_DAYS = 365
@@ -239,35 +253,39 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def ensure_node(
+def ensure_leaf(
     out: Path,
-    node: NodeNames,
+    stem: str,
+    common_name: str,
+    sans: Sequence[SanValue],
+    usages: Sequence[x509.ObjectIdentifier],
     ca: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
     renew_days: int,
+    reissue: bool = False,
 ) -> str:
-    cert_path, key_path = out / f"node-{node.node_id}.pem", out / f"node-{node.node_id}.key"
+    """`<stem>.pem` and `<stem>.key` signed by `ca`, naming exactly `sans`; the action taken."""
+    cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
     cert, key = _load_cert(cert_path), _load_key(key_path)
     if (
-        cert is not None
+        not reissue
+        and cert is not None
         and key is not None
         and _same_key(cert, key)
         and _signed_by(cert, ca)
-        and _sans_of(cert) == set(node.sans)
+        and _sans_of(cert) == set(sans)
         and _fresh(cert, renew_days)
     ):
         return "kept"
     action = "renewed" if cert_path.exists() else "created"
     key = ec.generate_private_key(ec.SECP256R1())
     general_names: list[x509.GeneralName] = [
-        x509.DNSName(san) if isinstance(san, str) else x509.IPAddress(san) for san in node.sans
+        x509.DNSName(san) if isinstance(san, str) else x509.IPAddress(san) for san in sans
     ]
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"raftkv node {node.node_id}")])
-        )
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -275,12 +293,7 @@ def ensure_node(
         .not_valid_after(now + dt.timedelta(days=NODE_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -291,18 +304,84 @@ def ensure_node(
     return action
 
 
+def ensure_node(
+    out: Path,
+    node: NodeNames,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    renew_days: int,
+    reissue: bool = False,
+) -> str:
+    return ensure_leaf(
+        out,
+        f"node-{node.node_id}",
+        f"raftkv node {node.node_id}",
+        _unique((node_name(node.node_id), *node.sans)),
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        ca,
+        ca_key,
+        renew_days,
+        reissue,
+    )
+
+
+def ensure_client(
+    out: Path,
+    name: str,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    renew_days: int,
+    reissue: bool = False,
+) -> str:
+    return ensure_leaf(
+        out,
+        f"client-{name}",
+        f"raftkv client {name}",
+        (f"{CLIENT_NAME_PREFIX}{name}",),
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        ca,
+        ca_key,
+        renew_days,
+        reissue,
+    )
+
+
+def local_nodes(count: int) -> list[NodeNames]:
+    """Nodes 0..count-1 of a cluster on this machine."""
+    if count < 1:
+        raise CertsError("--local needs at least 1 node")
+    loopback = (parse_san("127.0.0.1"), parse_san("localhost"))
+    return [NodeNames(node_id, loopback) for node_id in range(count)]
+
+
+def _check_client_name(name: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
+        raise CertsError(f"client name {name!r}: use 1-41 of a-z, 0-9 and '-'")
+    return name
+
+
 def issue(
-    out: Path, nodes: Sequence[NodeNames], *, cluster_name: str = "cluster", renew_days: int = 30
+    out: Path,
+    nodes: Sequence[NodeNames],
+    *,
+    cluster_name: str = "cluster",
+    renew_days: int = 30,
+    clients: Sequence[str] = (),
+    reissue: bool = False,
 ) -> list[tuple[str, Path]]:
-    """Make sure `out` holds a CA and a certificate per node; returns (action, path) pairs."""
+    """Make sure `out` holds a CA, a certificate per node and per client; returns (action, path)
+    pairs. `reissue` makes every node and client certificate anew (rotation)."""
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     ca, ca_key, ca_action = ensure_ca(out, cluster_name, renew_days)
     report = [(ca_action, out / "ca.pem")]
     for node in sorted(nodes, key=lambda n: n.node_id):
         # A new CA fails the signed-by check, so every node certificate follows it.
-        action = ensure_node(out, node, ca, ca_key, renew_days)
+        action = ensure_node(out, node, ca, ca_key, renew_days, reissue)
         report.append((action, out / f"node-{node.node_id}.pem"))
+    for name in clients:
+        action = ensure_client(out, _check_client_name(name), ca, ca_key, renew_days, reissue)
+        report.append((action, out / f"client-{name}.pem"))
     return report
 
 
@@ -317,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cluster", type=Path, help="take nodes and names from this description")
     source.add_argument("--hosts", nargs="+", metavar="ID=SAN[,SAN...]", help="nodes and names")
+    source.add_argument("--local", type=int, metavar="N", help="nodes 0..N-1 on this machine")
+    parser.add_argument(
+        "--client", action="append", default=[], metavar="NAME", help="also a client certificate"
+    )
+    parser.add_argument(
+        "--reissue", action="store_true", help="issue every node and client certificate anew"
+    )
     parser.add_argument("--name", default=None, help="cluster name in the CA's common name")
     parser.add_argument("--renew-days", type=int, default=RENEW_DAYS, help="renew when fewer left")
     return parser
@@ -328,12 +414,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.cluster is not None:
             nodes = names_from_cluster(args.cluster)
             name = args.name or str(json.loads(args.cluster.read_text()).get("name", "cluster"))
+        elif args.local is not None:
+            nodes = local_nodes(args.local)
+            name = args.name or "local"
         else:
             nodes = parse_hosts(args.hosts)
             name = args.name or "cluster"
         if args.renew_days < 0:
             raise CertsError("--renew-days must be ≥ 0")
-        report = issue(args.out, nodes, cluster_name=name, renew_days=args.renew_days)
+        report = issue(
+            args.out,
+            nodes,
+            cluster_name=name,
+            renew_days=args.renew_days,
+            clients=args.client,
+            reissue=args.reissue,
+        )
     except CertsError as error:
         print(f"raftkv certs: {error}", file=sys.stderr)
         return 2

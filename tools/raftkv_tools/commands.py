@@ -1,7 +1,7 @@
 """The tools' `raftkv` sub-commands (entry-point group `raftkv.commands`) and console scripts.
 
 Each command imports its implementation only when it runs, so `raftkv --help` stays fast and a
-missing optional dependency (cryptography for certs, matplotlib for --plot, pysyncobj/etcd3 for
+missing optional dependency (matplotlib for --plot, pysyncobj/etcd3 for
 bench's peers) is reported as such when the command that needs it runs.
 """
 
