@@ -9,11 +9,15 @@
 What `--dir` (default `cluster/`) holds:
 
     cluster.json                          the cluster description; `raftkv get a` reads it
+    tls/                                  the cluster's CA and node certificates (auto-TLS)
     data/logs_node_<id>/logs.txt          each node's log, metadata.txt and dump.txt
     node-<id>.pid                         the pid of the node's process
     node-<id>.out                         the node's stdout and stderr (tracebacks)
 
-`up` starts each node as a detached process (its own session, so closing the terminal does not
+`up` first makes (or keeps) a private CA and one certificate per node in tls/, as etcd's
+--auto-tls does, so that a local cluster's peers talk mutual TLS exactly as in the cloud; the
+client port stays plaintext, so clients written for the assignment work unmodified. Then it
+starts each node as a detached process (its own session, so closing the terminal does not
 stop it), then polls every node's Status until one leader holds a lease and every other node
 names it, and prints the table. It refuses to start when pid files name live nodes or when a
 port is taken, and starts nothing then.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,18 +39,20 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 import grpc
 
 from raftkv.client.status import NodeStatusRow, format_status_table, row_from_call
-from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
+from raftkv.cluster import PEER_PORT_OFFSET, ClusterConfigError, ClusterDescription, NodeAddress
 from raftkv.core.config import PROFILES
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 from raftkv.server.launch import NODE_MODULE, NodeLaunch
+from raftkv_tools.certs import issue as issue_certificates
+from raftkv_tools.certs import local_nodes
 from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import describe_listener, port_in_use
 
@@ -55,6 +62,7 @@ DEFAULT_BASE_PORT = 50050
 DEFAULT_PROFILE = "fast"
 DESCRIPTION_FILE = "cluster.json"
 DATA_FOLDER = "data"
+CERTS_FOLDER = "tls"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
@@ -79,6 +87,10 @@ class Layout:
     @property
     def data_dir(self) -> Path:
         return self.root / DATA_FOLDER
+
+    @property
+    def certs(self) -> Path:
+        return self.root / CERTS_FOLDER
 
     def pid_file(self, node_id: int) -> Path:
         return self.root / f"node-{node_id}.pid"
@@ -151,13 +163,16 @@ def live_nodes(layout: Layout) -> dict[int, int]:
 
 
 def busy_ports(nodes: Iterable[NodeAddress]) -> list[str]:
-    """One message per node whose port is taken, naming the process when it can."""
+    """One message per listener whose port is taken, naming the process when it can."""
     problems = []
     for node in nodes:
-        if port_in_use(node.bind_host, node.port):
-            holder = describe_listener(node.port)
-            by = f" by {holder}" if holder else ""
-            problems.append(f"port {node.port} (node {node.id}) is already in use{by}")
+        for what, address in (("", node.address), (" peers", node.peer_address)):
+            host, _, port_text = address.rpartition(":")
+            port = int(port_text)
+            if port_in_use(host, port):
+                holder = describe_listener(port)
+                by = f" by {holder}" if holder else ""
+                problems.append(f"port {port} (node {node.id}{what}) is already in use{by}")
     return problems
 
 
@@ -304,8 +319,11 @@ def up(
         raise LocalClusterError("--nodes must be at least 1")
     if profile not in PROFILES:
         raise LocalClusterError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    if not (base_port > 0 and base_port + nodes - 1 < 65536):
-        raise LocalClusterError(f"ports {base_port}..{base_port + nodes - 1} are not valid")
+    if not (base_port > 0 and base_port + nodes - 1 + PEER_PORT_OFFSET < 65536):
+        raise LocalClusterError(
+            f"ports {base_port}..{base_port + nodes - 1} and their peer ports "
+            f"(+{PEER_PORT_OFFSET}) are not all valid"
+        )
     running = live_nodes(layout)
     if running:
         ids = ", ".join(str(i) for i in running)
@@ -313,11 +331,15 @@ def up(
     for path in layout.pid_files().values():
         path.unlink(missing_ok=True)  # stale: their processes are gone
 
-    description = ClusterDescription.local(
-        nodes,
-        base_port=base_port,
-        data_dir=str(layout.data_dir.resolve()),
-        profile=profile,
+    description = replace(
+        ClusterDescription.local(
+            nodes,
+            base_port=base_port,
+            data_dir=str(layout.data_dir.resolve()),
+            profile=profile,
+        ),
+        cluster_id=_cluster_id(layout),
+        peer_certs=CERTS_FOLDER,
     )
     problems = busy_ports(description.nodes)
     if problems:
@@ -328,10 +350,18 @@ def up(
     reused = layout.data_dir.is_dir() and any(layout.data_dir.iterdir())
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
+    made = issue_certificates(layout.certs, local_nodes(nodes), cluster_name="local")
     description.save(layout.description)
     print(
         f"starting {nodes} node{'s' if nodes != 1 else ''} (profile {profile}) on "
         f"127.0.0.1:{base_port}-{base_port + nodes - 1}, files in {layout.root}/",
+        file=out,
+    )
+    fresh = sum(action != "kept" for action, _ in made)
+    print(
+        f"  peers on 127.0.0.1:{base_port + PEER_PORT_OFFSET}-"
+        f"{base_port + PEER_PORT_OFFSET + nodes - 1}, mutual TLS, certificates in "
+        f"{layout.certs}/ ({fresh} made now); clients in plaintext",
         file=out,
     )
     if reused:
@@ -355,6 +385,15 @@ def up(
     except KeyboardInterrupt:
         _stop_started(layout, processes)
         raise
+
+
+def _cluster_id(layout: Layout) -> str:
+    """The id in the existing description when its data is kept, else a new one: a cluster
+    started afresh must not accept messages from a stray node of the one before."""
+    if layout.data_dir.is_dir() and any(layout.data_dir.iterdir()):
+        with contextlib.suppress(ClusterConfigError, OSError):
+            return ClusterDescription.load(layout.description).cluster_id
+    return f"local-{secrets.token_hex(4)}"
 
 
 def _await_leader(
@@ -456,12 +495,16 @@ def down(layout: Layout, *, timeout: float = STOP_TIMEOUT, out: TextIO = sys.std
 
 
 def clean(layout: Layout, *, out: TextIO = sys.stdout) -> int:
-    """`down`, then remove the data folder, the description and the node output files."""
+    """`down`, then remove the data folder, the certificates, the description and the node
+    output files."""
     down(layout, out=out)
     removed = []
     if layout.data_dir.exists():
         shutil.rmtree(layout.data_dir)
         removed.append(str(layout.data_dir))
+    if layout.certs.exists():
+        shutil.rmtree(layout.certs)
+        removed.append(str(layout.certs))
     for path in [layout.description, *layout.root.glob("node-*.out")]:
         if path.exists():
             path.unlink()

@@ -1,6 +1,7 @@
 """Free TCP ports for local clusters, proxies and tests: the one place that picks them.
 
     free_ports(3)        # three consecutive ports on 127.0.0.1 that nobody holds
+    free_ports(3, offsets=(0, PEER_PORT_OFFSET))   # ... and the three peer ports 1000 above
     free_port()          # one
     port_in_use(host, port)
 
@@ -18,7 +19,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -57,15 +58,18 @@ def _ephemeral_low() -> int:
     return low
 
 
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+def free_ports(count: int, host: str = LOOPBACK, *, offsets: Sequence[int] = (0,)) -> list[int]:
     """`count` consecutive ports on `host` that were free a moment ago, below the ephemeral
-    range (see the module's docstring)."""
-    first, last = FIRST_PORT, max(FIRST_PORT + 1000, _ephemeral_low()) - count
+    range (see the module's docstring), and free at each of `offsets` above them too (a local
+    cluster's peer ports sit PEER_PORT_OFFSET above its client ports)."""
+    first = FIRST_PORT
+    last = max(FIRST_PORT + 1000 + max(offsets), _ephemeral_low()) - count - max(offsets)
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(ATTEMPTS):
         base = rng.randrange(first, last)
         ports = list(range(base, base + count))
-        if not any(port_in_use(host, port) for port in ports):
+        wanted = [port + offset for offset in offsets for port in ports]
+        if not any(port_in_use(host, port) for port in wanted):
             return ports
     raise RuntimeError(f"no {count} consecutive free ports in {first}..{last}")
 

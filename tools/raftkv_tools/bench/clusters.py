@@ -5,8 +5,9 @@ proxy (raftkv_tools.delayproxy, in its own process) on every node↔node link.
 WAN layout: one proxy per member, in front of its *peer* port, adding the one-way delay in each
 direction. Every member reaches member j only through proxy j, so every node↔node link (both
 directions of every TCP connection) carries the delay. Our nodes get per-node cluster
-descriptions that list the other nodes at their proxies and themselves at their real address
-(`--listen`); etcd members advertise their proxy as peer URL. Clients always use the real client
+descriptions that list the other nodes' peer addresses at their proxies (mutual TLS passes
+through: a node checks the certificate's node name, not the address); etcd members advertise
+their proxy as peer URL. Clients always use the real client
 addresses, so the client sits beside the leader with no delay.
 """
 
@@ -29,11 +30,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from raftkv.cluster import ClusterDescription, NodeAddress
+from raftkv.cluster import PEER_PORT_OFFSET, ClusterDescription, NodeAddress
 from raftkv.server.launch import NodeLaunch
 from raftkv_tools.bench.backends import Target, kv_stub
 from raftkv_tools.bench.procstats import DirSize, dir_size, rss_bytes
 from raftkv_tools.bench.workload import keys, values
+from raftkv_tools.certs import issue as issue_certificates
+from raftkv_tools.certs import local_nodes
 from raftkv_tools.launcher import spawn
 from raftkv_tools.ports import free_ports
 
@@ -327,32 +330,36 @@ class RaftKVCluster(_KeyValueFrontDoor):
         self._pb = raftkv_pb2
         self.read_mode = read_mode
         self.profile = profile
-        ports = free_ports(self.size * (2 if wan_delay else 1))
+        ports = free_ports(self.size * (2 if wan_delay else 1), offsets=(0, PEER_PORT_OFFSET))
         real = [f"127.0.0.1:{p}" for p in ports[: self.size]]
+        peer = [f"127.0.0.1:{p + PEER_PORT_OFFSET}" for p in ports[: self.size]]
         data = root / "data"
-        self.description = ClusterDescription(
-            tuple(NodeAddress(i, real[i], "localhost", str(data)) for i in range(self.size)),
-            name="bench",
-            profile=profile,
-        )
+        certs = root / "tls"
+        issue_certificates(certs, local_nodes(self.size), cluster_name="bench")
+
+        def description(peer_addresses: list[str]) -> ClusterDescription:
+            return ClusterDescription(
+                tuple(
+                    NodeAddress(i, real[i], "localhost", str(data), peer_addresses[i])
+                    for i in range(self.size)
+                ),
+                name="bench",
+                profile=profile,
+                peer_certs=str(certs),
+            )
+
+        self.description = description(peer)
         root.mkdir(parents=True, exist_ok=True)
         self.description.save(root / "cluster.json")
         if wan_delay:
             via = [f"127.0.0.1:{p}" for p in ports[self.size :]]
             self.proxy = ProxyProcess(
-                list(zip(via, real, strict=True)), wan_delay, root / "logs" / "delayproxy.log"
+                list(zip(via, peer, strict=True)), wan_delay, root / "logs" / "delayproxy.log"
             )
         for i in range(self.size):
             description_file = root / "cluster.json"
             if wan_delay:
-                own = ClusterDescription(
-                    tuple(
-                        NodeAddress(j, real[j] if j == i else via[j], "localhost", str(data))
-                        for j in range(self.size)
-                    ),
-                    name="bench",
-                    profile=profile,
-                )
+                own = description([peer[j] if j == i else via[j] for j in range(self.size)])
                 description_file = root / f"cluster-node{i}.json"
                 own.save(description_file)
             command = NodeLaunch(
@@ -361,7 +368,6 @@ class RaftKVCluster(_KeyValueFrontDoor):
                 data_dir=data,
                 profile=profile,
                 quiet=True,
-                listen=real[i],
                 read_mode=read_mode if read_mode != "lease" else None,
                 fsync=fsync,
                 # fsync=False only from `raftkv bench --no-fsync`, a negative control.
