@@ -25,9 +25,11 @@ adds per-flow delay (`set_delay`, `set_wan`) and message-level one-way loss (`dr
 In netns mode the proxy opens its outbound connection inside the sending node's namespace, so
 kernel cuts apply to proxied links too.
 
-Every node gets its own cluster description (``cluster-node<i>.json``) whose peer entries are
-the addresses *that node* must dial (its proxies, when proxied) and whose own entry is its real
-listen address (raftkv.server.main binds the node's own entry unless --listen is given).
+Every node gets its own cluster description (``cluster-node<i>.json``) whose peer entries'
+`peer_address` are the addresses *that node* must dial (its proxies, when proxied) and whose own
+entry holds its real listen addresses (raftkv.server.main binds the node's own entry unless
+--listen/--peer-listen are given). Peers talk mutual TLS with certificates made in the work
+folder (tls/); a proxy passes TLS through, since a node checks the certificate's node name.
 
 Also a command: ``python -m tests.faults.controller --nodes 3`` starts a cluster and reads
 commands (one per line, `help` lists them) from stdin, e.g.::
@@ -59,11 +61,14 @@ from typing import Any, TypeVar
 import grpc
 
 from raftkv.client.status import NodeStatusRow, format_status_table, row_from_call, unreachable_row
+from raftkv.cluster import PEER_PORT_OFFSET, default_peer_address
 from raftkv.core import events
 from raftkv.core.config import TimingConfig, profile
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server.launch import NodeLaunch
+from raftkv_tools.certs import issue as issue_certificates
+from raftkv_tools.certs import local_nodes
 from raftkv_tools.delayproxy import Flow, LinkProxies
 from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_ports
@@ -222,8 +227,9 @@ class Cluster:
                 self.fabric.setup()
                 self.addresses = {i: f"{netns.node_ip(i)}:{NODE_PORT}" for i in self.ids}
             else:
-                ports = free_ports(self.size)
+                ports = free_ports(self.size, offsets=(0, PEER_PORT_OFFSET))
                 self.addresses = {i: f"127.0.0.1:{ports[i]}" for i in self.ids}
+            issue_certificates(self.certs, local_nodes(self.size), cluster_name="faults")
             if self.proxied:
                 listen = netns.BRIDGE_ADDRESS if self.kernel else "127.0.0.1"
                 fabric = self.fabric
@@ -239,26 +245,37 @@ class Cluster:
             self.close()
             raise
 
+    @property
+    def certs(self) -> Path:
+        return self.workdir / "tls"
+
     def _write_descriptions(self) -> None:
+        real_peer = {i: default_peer_address(self.addresses[i]) for i in self.ids}
         peer_addresses: dict[tuple[int, int], str] = {}
         if self.proxies is not None:
             for a, b in itertools.permutations(self.ids, 2):
-                host, port = self.addresses[b].rsplit(":", 1)
+                host, port = real_peer[b].rsplit(":", 1)
                 listen_port = self.proxies.add_link(a, b, (host, int(port)))
                 peer_addresses[(a, b)] = f"{self.proxies.listen_host}:{listen_port}"
         for i in self.ids:
             nodes = [
                 {
                     "id": j,
-                    "address": self.addresses[j]
+                    "address": self.addresses[j],
+                    "peer_address": real_peer[j]
                     if j == i
-                    else peer_addresses.get((i, j), self.addresses[j]),
+                    else peer_addresses.get((i, j), real_peer[j]),
                     "host": "localhost",
                     "data_dir": str(self.data_root),
                 }
                 for j in self.ids
             ]
-            body = {"name": "faults", "profile": "fast", "nodes": nodes}
+            body = {
+                "name": "faults",
+                "profile": "fast",
+                "peer_certs": str(self.certs),
+                "nodes": nodes,
+            }
             self.description_path(i).write_text(json.dumps(body, indent=2) + "\n")
 
     def close(self) -> None:

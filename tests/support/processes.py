@@ -41,7 +41,7 @@ from raftkv.client.status import (
     row_from_status,
     unreachable_row,
 )
-from raftkv.cluster import ClusterDescription
+from raftkv.cluster import PEER_PORT_OFFSET, ClusterDescription
 from raftkv.core import events
 from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.core.messages import LogEntry
@@ -50,6 +50,8 @@ from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 from raftkv.server.launch import NodeLaunch
 from raftkv.server.storage import decode_entry
+from raftkv_tools.certs import issue as issue_certificates
+from raftkv_tools.certs import local_nodes
 from raftkv_tools.launcher import spawn_node
 from raftkv_tools.ports import free_ports
 from tests.support import dumps
@@ -144,9 +146,15 @@ class LocalCluster:
         self.env = dict(env or {})
         self.allow_unsafe = allow_unsafe
         self.timing = _timing(profile, lease, read_mode)
-        self.ports = free_ports(size)
-        self.description = ClusterDescription.local(
-            size, base_port=self.ports[0], data_dir=str(self.data_root), profile=profile
+        self.ports = free_ports(size, offsets=(0, PEER_PORT_OFFSET))
+        self.certs = self.root / "tls"
+        issue_certificates(self.certs, local_nodes(size), cluster_name="test")
+        self.description = replace(
+            ClusterDescription.local(
+                size, base_port=self.ports[0], data_dir=str(self.data_root), profile=profile
+            ),
+            cluster_id=f"test-{uuid.uuid4().hex[:8]}",
+            peer_certs=str(self.certs),
         )
         self.description.save(self.description_path)
         self.nodes = {
