@@ -360,8 +360,8 @@ def up(
     fresh = sum(action != "kept" for action, _ in made)
     print(
         f"  peers on 127.0.0.1:{base_port + PEER_PORT_OFFSET}-"
-        f"{base_port + PEER_PORT_OFFSET + nodes - 1}, mutual TLS, certificates in "
-        f"{layout.certs}/ ({fresh} made now); clients in plaintext",
+        f"{base_port + PEER_PORT_OFFSET + nodes - 1}, mutual TLS with the certificates in "
+        f"{layout.certs}/ ({fresh} made now)",
         file=out,
     )
     if reused:
