@@ -131,3 +131,55 @@ def test_a_key_that_is_not_pem_is_refused(
     status, err = run_node(tmp_path / "data", capsys, "--certs", str(certs))
     assert status == 2
     assert f"the private key {certs / 'node-0.key'} is not a PEM file" in err
+
+
+def test_a_ca_bundle_admits_peers_certified_by_either_ca(tmp_path: Path) -> None:
+    """What CA rotation rests on: with `ca.pem` holding the old and the new CA, a node accepts
+    peers certified by either; trusting the old CA alone, it refuses the new CA's node."""
+    import asyncio
+
+    import grpc
+
+    from raftkv.rpc import raftkv_pb2 as pb
+    from raftkv.rpc import raftkv_pb2_grpc
+    from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, TlsFiles
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    issue_certificates(old, local_nodes(2))
+    issue_certificates(new, local_nodes(2))
+    bundle = (old / "ca.pem").read_bytes() + (new / "ca.pem").read_bytes()
+    own = TlsFiles.in_directory(old, 0).load()
+
+    class Peer(raftkv_pb2_grpc.KeyValueServicer):
+        async def Status(  # noqa: N802
+            self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+        ) -> pb.StatusResponse:
+            return pb.StatusResponse(node_id=peer_node_id(context.auth_context()) or 99)
+
+    async def call(trusted: bytes, folder: Path) -> int | grpc.StatusCode:
+        server = grpc.aio.server()
+        raftkv_pb2_grpc.add_KeyValueServicer_to_server(Peer(), server)
+        credentials = LoadedTls(trusted, own.cert, own.key)
+        port = server.add_secure_port(
+            "127.0.0.1:0", credentials.server_credentials(require_client_auth=True)
+        )
+        await server.start()
+        caller = TlsFiles.in_directory(folder, 1).load()
+        channel_credentials = LoadedTls(bundle, caller.cert, caller.key).channel_credentials()
+        options = ((TARGET_NAME_OPTION, node_name(0)),)
+        try:
+            async with grpc.aio.secure_channel(
+                f"127.0.0.1:{port}", channel_credentials, options
+            ) as channel:
+                reply = await raftkv_pb2_grpc.KeyValueStub(channel).Status(
+                    pb.StatusRequest(), timeout=5
+                )
+                return reply.node_id
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(call(bundle, old)) == 1
+    assert asyncio.run(call(bundle, new)) == 1
+    assert asyncio.run(call((old / "ca.pem").read_bytes(), new)) == grpc.StatusCode.UNAVAILABLE
