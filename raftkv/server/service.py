@@ -28,6 +28,7 @@ from raftkv.server.pipeline import (
     ClientTooSlowError,
     PipelineRequestError,
     PipelineSession,
+    ReplyBudget,
     pump,
     status_code_number,
 )
@@ -213,6 +214,8 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self._pipeline_backend = ReplicaPipelineBackend(replica)
+        # Shared by every Pipeline stream of this node (raftkv/server/pipeline.py).
+        self._reply_budget = ReplyBudget.for_node()
 
     async def Get(  # noqa: N802 - gRPC method name
         self, request: pb.GetRequest, context: grpc.aio.ServicerContext
@@ -273,7 +276,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         request_iterator: AsyncIterator[pb.PipelineRequests],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        session = PipelineSession(self._pipeline_backend)
+        session = PipelineSession(self._pipeline_backend, self._reply_budget)
         try:
             await pump(session, request_iterator, context.write)
         except ClientTooSlowError as error:

@@ -34,7 +34,12 @@ from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
-from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
+from raftkv.server.pipeline import (
+    PipelineRequestError,
+    PipelineSession,
+    ReplyBudget,
+    status_code_number,
+)
 from raftkv.server.replies import outcome_reply
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,6 +105,7 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         # Consumed one per GET/SET before `usual` applies again.
         self.upcoming: list[Behaviour] = []
         self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
+        self.reply_budget = ReplyBudget.for_node()
 
     @property
     def received_sets(self) -> list[raftkv_pb2.SetRequest]:
@@ -109,7 +115,9 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
     ) -> AsyncIterator[raftkv_pb2.PipelineReplies]:
         # The real session engine, with this node's scripted behaviour as its backend.
-        async for replies in PipelineSession(_ScriptedBackend(self)).serve(request_iterator):
+        async for replies in PipelineSession(_ScriptedBackend(self), self.reply_budget).serve(
+            request_iterator
+        ):
             yield replies
 
     async def Status(  # noqa: N802
