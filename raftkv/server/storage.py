@@ -72,8 +72,10 @@ the caller must still await one call before issuing the next if their order matt
   ``votedFor`` is ``None`` when the node has not voted in ``term``. The file is replaced
   atomically (write ``metadata.txt.tmp``, fsync it, ``os.replace``, fsync the directory). No file
   beside an empty log means a fresh node (term 0, no vote, commitLength 0), and `NodeStorage.load`
-  writes that state at once. A malformed file raises `StorageCorruption`; a ``nodeId`` other
-  than this node's raises `StorageError`. commitLength is only a hint of how much is committed
+  writes that state at once. A malformed file raises `StorageCorruption`, and so does a
+  ``term`` above ``MAX_TERM`` or a ``commitLength`` above ``MAX_INDEX``
+  (``raftkv/core/validation.py``), which no node writes; a ``nodeId`` other than this node's
+  raises `StorageError`. commitLength is only a hint of how much is committed
   (it may lag), but never more than the log held when it was written.
 
 Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
@@ -113,6 +115,7 @@ from typing import Final, assert_never
 
 from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
 from raftkv.core.node import HardState
+from raftkv.core.validation import MAX_INDEX, MAX_TERM
 
 __all__ = [
     "EMPTY_FIELD",
@@ -157,6 +160,9 @@ _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
 _INDEX_LABEL: Final = "index="
 _METADATA_NAMES: Final = ("commitLength", "term", "votedFor", "nodeId")
+# No node writes a term or a commit length above these (the core never goes past MAX_TERM):
+# a larger value is damage, and loading it would start the node beyond what its peers accept.
+_METADATA_BOUNDS: Final = {"commitLength": MAX_INDEX, "term": MAX_TERM}
 
 
 class StorageError(Exception):
@@ -437,9 +443,13 @@ def _parse_metadata(data: bytes, path: Path) -> tuple[HardState, int, int]:
         if name in values:
             raise StorageCorruption(path, line_no, f"{name} appears twice")
         try:
-            values[name] = None if name == "votedFor" and raw == "None" else _parse_uint(raw, name)
+            value = None if name == "votedFor" and raw == "None" else _parse_uint(raw, name)
         except ValueError as exc:
             raise StorageCorruption(path, line_no, str(exc)) from None
+        bound = _METADATA_BOUNDS.get(name)
+        if value is not None and bound is not None and value > bound:
+            raise StorageCorruption(path, line_no, f"{name} {value} exceeds the limit {bound}")
+        values[name] = value
     missing = [name for name in _METADATA_NAMES if name not in values]
     if missing:
         raise StorageCorruption(path, None, f"missing {', '.join(missing)}")

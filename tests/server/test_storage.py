@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server import storage as storage_module
 from raftkv.server.storage import (
     EMPTY_FIELD,
@@ -725,6 +726,40 @@ def test_malformed_metadata_names_file_and_line(
     with pytest.raises(StorageCorruption, match=problem) as info:
         reload(data_dir)
     assert str(info.value).startswith(f"corrupt data in {metadata_path}{where}")
+
+
+@pytest.mark.parametrize(
+    ("content", "where", "problem"),
+    [
+        (
+            f"commitLength 0\nterm {MAX_TERM + 1}\nvotedFor None\nnodeId 1\n",
+            ", line 2",
+            f"term {MAX_TERM + 1} exceeds the limit {MAX_TERM}",
+        ),
+        (
+            f"commitLength {MAX_INDEX + 1}\nterm 1\nvotedFor None\nnodeId 1\n",
+            ", line 1",
+            f"commitLength {MAX_INDEX + 1} exceeds the limit {MAX_INDEX}",
+        ),
+    ],
+)
+def test_a_term_or_commit_length_beyond_the_core_s_limits_stops_the_node(
+    data_dir: Path, content: str, where: str, problem: str
+) -> None:
+    data_dir.mkdir(parents=True)
+    metadata_path = data_dir / METADATA_FILE_NAME
+    metadata_path.write_text(content)
+    with pytest.raises(StorageCorruption) as info:
+        reload(data_dir)
+    assert str(info.value) == f"corrupt data in {metadata_path}{where}: {problem}"
+
+
+def test_the_highest_term_and_commit_length_still_load(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / METADATA_FILE_NAME).write_text(
+        f"commitLength 0\nterm {MAX_TERM}\nvotedFor None\nnodeId 1\n"
+    )
+    assert reload(data_dir).hard_state.term == MAX_TERM
 
 
 def test_non_utf8_metadata_is_corruption(data_dir: Path) -> None:
