@@ -333,6 +333,11 @@ class RaftKVClient:
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = self._leader_hint(metadata)
             return _Failure(f"unavailable ({shorten(reply.details)})", hint, False)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # The session refuses a request beyond its in-flight bound before it starts it
+            # (raftkv/server/pipeline.py), so this one certainly did not run. (A whole stream
+            # ended with RESOURCE_EXHAUSTED is another matter: its requests may have run.)
+            return _Failure(f"overloaded ({shorten(reply.details)})", None, False)
         return self._describe_failure(code, reply.details, metadata, try_timeout)
 
     def _describe_failure(

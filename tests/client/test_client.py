@@ -34,6 +34,7 @@ from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.server import pipeline
 from raftkv.server.pipeline import (
     PipelineRequestError,
     PipelineSession,
@@ -505,6 +506,27 @@ def test_a_set_that_is_never_answered_has_an_unknown_outcome() -> None:
         with pytest.raises(NoLeaderError) as caught_get:
             asyncio.run(scenario("get"))
         assert not isinstance(caught_get.value, UnknownOutcomeError)
+
+
+def test_a_set_refused_for_too_many_requests_in_flight_certainly_did_not_happen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every request is beyond the bound: the session refuses it before the backend sees it.
+    monkeypatch.setattr(pipeline, "MAX_IN_FLIGHT_PER_STREAM", 0)
+    with FakeCluster(size=1) as fake:
+        fake.lead(0)
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, timeout=0.3, per_try_timeout=0.1) as client:
+                await client.set("k", "v")
+
+        with pytest.raises(NoLeaderError) as caught:
+            asyncio.run(scenario())
+        assert not isinstance(caught.value, UnknownOutcomeError)
+        assert str(caught.value).startswith(
+            "no leader: node 0 overloaded (more than 0 requests in flight on one stream)"
+        )
+        assert fake.nodes[0].received == []
 
 
 def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:
