@@ -84,6 +84,11 @@ failed write makes every later call raise too. After a failed fsync the kernel m
 the dirty pages and a retried fsync can report success, so the only safe recovery is a restart
 that re-reads the files.
 
+Descriptors: appends use ``logs.txt``'s descriptor, held from the start; the descriptors
+opened later (the temporary files, the directory for its fsync) come through a
+`DescriptorReserve` of spares, so that a process whose descriptors were all taken by client
+connections still saves its metadata instead of failing with EMFILE and stopping.
+
 The data directory is locked with ``flock`` on ``logs.txt`` so that two processes started with
 the same node id cannot interleave writes.
 
@@ -116,6 +121,7 @@ from typing import Final, assert_never
 from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
 from raftkv.core.node import HardState
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
+from raftkv.server.resources import DescriptorReserve
 
 __all__ = [
     "EMPTY_FIELD",
@@ -484,27 +490,34 @@ class NodeStorage:
         self._end = 0
         self._loaded = False
         self._failure: str | None = None
+        # Every descriptor the storage opens after this one comes through it, so that a process
+        # out of descriptors (a flood of client connections) still saves its metadata
+        # (raftkv/server/resources.py).
+        self._reserve = DescriptorReserve()
 
         existed = self._directory.is_dir()
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
             if not existed:
                 # Without this a crash could forget the directory and every file in it.
-                _fsync_directory(self._directory.parent)
-            fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fsync_directory(self._directory.parent)
+            fd = self._reserve.open(self._log_path, os.O_RDWR | os.O_CREAT)
+            self._reserve.refill()
         except OSError as exc:
+            self._reserve.close()
             raise StorageError(f"cannot open data directory {self._directory}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._reserve.close()
             raise StorageError(
                 f"data directory {self._directory} is in use by another NodeStorage "
                 f"(lock on {self._log_path} is held)"
             ) from None
         self._fd: int | None = fd
         try:
-            _fsync_directory(self._directory)
+            self._fsync_directory(self._directory)
         except OSError as exc:
             self.close()
             raise StorageError(f"cannot sync data directory {self._directory}: {exc}") from exc
@@ -640,17 +653,14 @@ class NodeStorage:
         data = _encode_metadata(hard_state, commit_length, self._node_id).encode("utf-8")
         tmp_path = self._directory / _METADATA_TMP_NAME
         try:
-            tmp_fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
+            with self._reserve.opened(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as tmp_fd:
                 _write_all(tmp_fd, data, 0)
                 self._sync_fd(tmp_fd)
-            finally:
-                os.close(tmp_fd)
             os.replace(tmp_path, self._metadata_path)
             if failpoint and self._failpoint == FAILPOINT_METADATA_RENAME:
                 os._exit(FAILPOINT_EXIT_CODE)
             if self._sync:
-                _fsync_directory(self._directory)
+                self._fsync_directory(self._directory)
         except OSError as exc:
             raise self._fail(f"saving {self._metadata_path} failed: {exc}") from exc
 
@@ -658,12 +668,17 @@ class NodeStorage:
         if self._sync:
             _sync_file(fd)
 
+    def _fsync_directory(self, directory: Path) -> None:
+        with self._reserve.opened(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) as fd:
+            os.fsync(fd)
+
     def close(self) -> None:
         """Release the file and the directory lock. Safe to call more than once."""
         with self._lock:
             if self._fd is not None:
                 fd, self._fd = self._fd, None
                 os.close(fd)
+            self._reserve.close()
 
     def __enter__(self) -> NodeStorage:
         return self
@@ -779,7 +794,7 @@ class NodeStorage:
         lines = encode_lines(entries, 1)
         tmp_path = self._directory / _LOG_TMP_NAME
         try:
-            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = self._reserve.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         except OSError as exc:
             raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
         try:
@@ -789,15 +804,17 @@ class NodeStorage:
             os.replace(tmp_path, self._log_path)
         except OSError as exc:
             os.close(fd)
+            self._reserve.refill()
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
             raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
         old_fd, self._fd = self._fd, fd
         if old_fd is not None:
             os.close(old_fd)
+        self._reserve.refill()
         try:
             if self._sync:
-                _fsync_directory(self._directory)
+                self._fsync_directory(self._directory)
         except OSError as exc:
             raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
         offset = 0
@@ -847,14 +864,6 @@ def _sync_file(fd: int) -> None:
         os.fdatasync(fd)
     else:
         os.fsync(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

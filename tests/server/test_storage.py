@@ -1053,3 +1053,55 @@ def test_a_full_disk_is_one_storage_error(data_dir: Path, monkeypatch: pytest.Mo
         # Every later call names the first failure.
         with pytest.raises(StorageError, match=r"earlier failure: appending .*No space left"):
             storage.save_metadata(HardState(1, None), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Out of descriptors: a real process whose every descriptor is taken (as by client connections).
+
+_EXHAUSTED_CHILD = textwrap.dedent(
+    """
+    import errno, os, resource, sys
+    from pathlib import Path
+    from raftkv.core.messages import LogEntry, NO_OP
+    from raftkv.server.storage import HardState, NodeStorage
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    storage = NodeStorage(Path(sys.argv[1]), 1)
+    storage.load()
+    taken = []
+    while True:
+        try:
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as error:
+            assert error.errno == errno.EMFILE, error
+            break
+    storage.append_entries(1, [LogEntry(3, NO_OP)])
+    storage.save_metadata(HardState(3, 2), 1)
+    storage.save_metadata(HardState(4, None), 1)  # the spares it gave up were taken back
+    try:
+        os.open(os.devnull, os.O_RDONLY)
+    except OSError as error:
+        print("still exhausted:", errno.errorcode[error.errno], "after", len(taken))
+    """
+)
+
+
+def test_metadata_saves_and_appends_succeed_when_the_process_has_no_descriptor_left(
+    data_dir: Path,
+) -> None:
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    child = subprocess.run(
+        [sys.executable, "-c", _EXHAUSTED_CHILD, str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("still exhausted: EMFILE after ")
+    loaded = reload(data_dir)
+    assert loaded.hard_state == HardState(4, None)
+    assert loaded.entries == [LogEntry(3, NO_OP)]
+    assert loaded.commit_length == 1

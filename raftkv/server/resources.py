@@ -1,0 +1,90 @@
+"""The node's file descriptors: a few kept for storage.
+
+Every client connection costs the node a descriptor, and gRPC accepts as many as it can: about
+1,100 idle connections used up a soft limit of 1024, and the next `metadata.txt` write failed
+with EMFILE, which stops the node (a storage error is fatal, docs/design.md §8). The defence:
+
+- `DescriptorReserve` holds a few descriptors open on /dev/null (the trick of nginx and libuv):
+  when opening a file fails with EMFILE or ENFILE, it closes a spare and tries again, and takes
+  the spare back once the borrowed descriptor is closed. New clients are refused (gRPC's
+  listener logs "File descriptor limit reached. Retrying." and tries again a second later);
+  the storage keeps working.
+
+The reserve cannot be race-free: another thread (gRPC's listener) may take the slot a spare
+frees before the retried open does. Holding several spares and trying each makes that unlikely
+(gRPC retries accept only once a second), not impossible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+
+__all__ = ["RESERVED_DESCRIPTORS", "DescriptorReserve"]
+
+# Spares per reserve. The storage needs one extra descriptor at a time (a temporary file or the
+# directory, each closed before the next is opened); the others are for retries that lose the
+# freed slot to another thread.
+RESERVED_DESCRIPTORS = 4
+
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+class DescriptorReserve:
+    """`count` spare descriptors, given up one by one when an open finds none left.
+
+    Not thread-safe: the owner serialises its calls (NodeStorage holds its lock).
+    """
+
+    def __init__(self, count: int = RESERVED_DESCRIPTORS) -> None:
+        self._count = count
+        self._spares: list[int] = []
+        self.refill()
+
+    @property
+    def spares(self) -> int:
+        """How many spares are held now (fewer than `count` while the process is out of
+        descriptors and a borrowed one is open, or a refill failed)."""
+        return len(self._spares)
+
+    def open(self, path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+        """`os.open`, giving up spares while it fails for want of descriptors. After closing
+        the descriptor, call `refill`."""
+        # Spares lost earlier (a borrowed slot taken by another thread before the refill) come
+        # back as soon as the process has descriptors again.
+        self.refill()
+        while True:
+            try:
+                return os.open(path, flags, mode)
+            except OSError as error:
+                if error.errno not in _OUT_OF_DESCRIPTORS or not self._spares:
+                    raise
+            os.close(self._spares.pop())
+
+    @contextlib.contextmanager
+    def opened(self, path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> Iterator[int]:
+        """`open` for the duration of a with block; closes and refills at its end."""
+        fd = self.open(path, flags, mode)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+            self.refill()
+
+    def refill(self) -> None:
+        """Take spares back up to `count`; while the process is still out of descriptors, keep
+        fewer and try again at the next call."""
+        while len(self._spares) < self._count:
+            try:
+                self._spares.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    return
+                raise
+
+    def close(self) -> None:
+        """Release every spare. Safe to call more than once."""
+        while self._spares:
+            os.close(self._spares.pop())
