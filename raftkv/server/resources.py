@@ -1,9 +1,11 @@
-"""The node's file descriptors: a few kept for storage.
+"""The node's file descriptors: as many as the system allows, and a few kept for storage.
 
 Every client connection costs the node a descriptor, and gRPC accepts as many as it can: about
 1,100 idle connections used up a soft limit of 1024, and the next `metadata.txt` write failed
-with EMFILE, which stops the node (a storage error is fatal, docs/design.md §8). The defence:
+with EMFILE, which stops the node (a storage error is fatal, docs/design.md §8). Two defences:
 
+- `raise_descriptor_limit` lifts the soft RLIMIT_NOFILE to the hard limit at start. The soft
+  default of 1024 only protects programs that use select(); asyncio and gRPC use epoll.
 - `DescriptorReserve` holds a few descriptors open on /dev/null (the trick of nginx and libuv):
   when opening a file fails with EMFILE or ENFILE, it closes a spare and tries again, and takes
   the spare back once the borrowed descriptor is closed. New clients are refused (gRPC's
@@ -20,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 from collections.abc import Iterator
 
-__all__ = ["RESERVED_DESCRIPTORS", "DescriptorReserve"]
+__all__ = ["RESERVED_DESCRIPTORS", "DescriptorReserve", "raise_descriptor_limit"]
 
 # Spares per reserve. The storage needs one extra descriptor at a time (a temporary file or the
 # directory, each closed before the next is opened); the others are for retries that lose the
@@ -30,6 +33,22 @@ __all__ = ["RESERVED_DESCRIPTORS", "DescriptorReserve"]
 RESERVED_DESCRIPTORS = 4
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit. Returns (before, after).
+
+    A hard limit of "unlimited" (not on Linux, where it cannot exceed fs.nr_open) or a refused
+    change leaves the soft limit as it was.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, hard
 
 
 class DescriptorReserve:
