@@ -13,3 +13,10 @@ MAX_CLIENT_ID_BYTES = 256
 # The largest gRPC message a node sends or receives (peer batches of AppendEntries can carry many
 # values of MAX_VALUE_BYTES; gRPC's default of 4 MiB would refuse them).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# RPCs a node serves at once on its client port; gRPC answers any beyond with RESOURCE_EXHAUSTED
+# "Concurrent RPC limit exceeded!" before a handler runs. A Pipeline stream is one RPC however
+# many requests it carries, and an idle one costs the node ~30 KB (2,000 of them raised a node's
+# RSS from 42 to 102 MB), so the cap holds a flood to ~120 MB while staying far above honest use:
+# the client library keeps one stream per node, the benchmark 64 unary calls per process.
+MAX_CONCURRENT_CLIENT_RPCS = 4096

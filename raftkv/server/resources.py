@@ -1,4 +1,8 @@
-"""The node's file descriptors: as many as the system allows, and a few kept for storage.
+"""What clients may take of a node: RPCs at once, and file descriptors.
+
+`client_server` builds the gRPC server for the client port with its caps (CLIENT_SERVER_OPTIONS,
+MAX_CONCURRENT_CLIENT_RPCS). The rest is about descriptors: as many as the system allows, and a
+few kept for storage.
 
 Every client connection costs the node a descriptor, and gRPC accepts as many as it can: about
 1,100 idle connections used up a soft limit of 1024, and the next `metadata.txt` write failed
@@ -25,7 +29,17 @@ import os
 import resource
 from collections.abc import Iterator
 
-__all__ = ["RESERVED_DESCRIPTORS", "DescriptorReserve", "raise_descriptor_limit"]
+import grpc.aio
+
+from raftkv.limits import MAX_CONCURRENT_CLIENT_RPCS
+from raftkv.rpc.options import CLIENT_SERVER_OPTIONS, Options
+
+__all__ = [
+    "RESERVED_DESCRIPTORS",
+    "DescriptorReserve",
+    "client_server",
+    "raise_descriptor_limit",
+]
 
 # Spares per reserve. The storage needs one extra descriptor at a time (a temporary file or the
 # directory, each closed before the next is opened); the others are for retries that lose the
@@ -33,6 +47,19 @@ __all__ = ["RESERVED_DESCRIPTORS", "DescriptorReserve", "raise_descriptor_limit"
 RESERVED_DESCRIPTORS = 4
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def client_server(
+    *,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_CLIENT_RPCS,
+    options: Options = CLIENT_SERVER_OPTIONS,
+) -> grpc.aio.Server:
+    """A gRPC server for a node's client port. RPCs beyond `max_concurrent_rpcs` are answered
+    RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" before any handler runs.
+
+    Not for the peer port: clients that take every slot would lock the node's peers out.
+    """
+    return grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
 
 
 def raise_descriptor_limit() -> tuple[int, int]:
