@@ -20,3 +20,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # RSS from 42 to 102 MB), so the cap holds a flood to ~120 MB while staying far above honest use:
 # the client library keeps one stream per node, the benchmark 64 unary calls per process.
 MAX_CONCURRENT_CLIENT_RPCS = 4096
+# Client connections a node keeps at once (fewer when its descriptor limit is low, see
+# raftkv/server/resources.py); gRPC closes any beyond as soon as it accepts them, so that
+# connections cannot take the descriptors the node needs for its files and its peers.
+MAX_CLIENT_CONNECTIONS = 4096

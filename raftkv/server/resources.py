@@ -1,8 +1,8 @@
-"""What clients may take of a node: RPCs at once, and file descriptors.
+"""What clients may take of a node: connections, RPCs at once, and file descriptors.
 
 `client_server` builds the gRPC server for the client port with its caps (CLIENT_SERVER_OPTIONS,
-MAX_CONCURRENT_CLIENT_RPCS). The rest is about descriptors: as many as the system allows, and a
-few kept for storage.
+MAX_CONCURRENT_CLIENT_RPCS, and a connection cap below the descriptor limit). The rest is about
+descriptors: as many as the system allows, and a few kept for storage.
 
 Every client connection costs the node a descriptor, and gRPC accepts as many as it can: about
 1,100 idle connections used up a soft limit of 1024, and the next `metadata.txt` write failed
@@ -31,12 +31,13 @@ from collections.abc import Iterator
 
 import grpc.aio
 
-from raftkv.limits import MAX_CONCURRENT_CLIENT_RPCS
+from raftkv.limits import MAX_CLIENT_CONNECTIONS, MAX_CONCURRENT_CLIENT_RPCS
 from raftkv.rpc.options import CLIENT_SERVER_OPTIONS, Options
 
 __all__ = [
     "RESERVED_DESCRIPTORS",
     "DescriptorReserve",
+    "client_connection_cap",
     "client_server",
     "raise_descriptor_limit",
 ]
@@ -48,18 +49,38 @@ RESERVED_DESCRIPTORS = 4
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
+# Descriptors kept out of client connections' reach (half the limit when that is less): the
+# node's files, the storage's spares, two connections per peer, and gRPC's and asyncio's own
+# (epoll, eventfds, wake-up pipes). A one-node cluster holds 20 once started.
+DESCRIPTORS_FOR_THE_NODE = 256
+
+
+def client_connection_cap(descriptor_limit: int) -> int:
+    """How many client connections a process allowed `descriptor_limit` descriptors keeps."""
+    kept = min(DESCRIPTORS_FOR_THE_NODE, descriptor_limit // 2)
+    return max(1, min(MAX_CLIENT_CONNECTIONS, descriptor_limit - kept))
+
 
 def client_server(
     *,
     max_concurrent_rpcs: int = MAX_CONCURRENT_CLIENT_RPCS,
+    max_connections: int | None = None,
     options: Options = CLIENT_SERVER_OPTIONS,
 ) -> grpc.aio.Server:
     """A gRPC server for a node's client port. RPCs beyond `max_concurrent_rpcs` are answered
-    RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" before any handler runs.
+    RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" before any handler runs; connections
+    beyond `max_connections` (default: `client_connection_cap` of the soft descriptor limit now
+    in effect, so call `raise_descriptor_limit` first) are closed as soon as they are accepted,
+    which the client sees as UNAVAILABLE "Socket closed".
 
     Not for the peer port: clients that take every slot would lock the node's peers out.
     """
-    return grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
+    if max_connections is None:
+        max_connections = client_connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return grpc.aio.server(
+        options=(*options, ("grpc.max_allowed_incoming_connections", max_connections)),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
 
 
 def raise_descriptor_limit() -> tuple[int, int]:

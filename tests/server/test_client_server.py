@@ -1,5 +1,5 @@
-"""The gRPC server of a node's client port (raftkv/server/resources.py `client_server`): its cap
-on RPCs at once, and the connection limits of CLIENT_SERVER_OPTIONS.
+"""The gRPC server of a node's client port (raftkv/server/resources.py `client_server`): its caps
+on RPCs and connections at once, and the connection limits of CLIENT_SERVER_OPTIONS.
 
 Each option is checked for its effect with a small value, so that a misspelt name (gRPC ignores
 unknown ones) or a gRPC version that dropped one fails here.
@@ -19,7 +19,7 @@ from raftkv.limits import MAX_CONCURRENT_CLIENT_RPCS
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import CLIENT_SERVER_OPTIONS, Options
-from raftkv.server.resources import client_server
+from raftkv.server.resources import client_connection_cap, client_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,11 +59,16 @@ def serve(
     scenario: Callable[[EchoNode, str], Awaitable[None]],
     *,
     max_concurrent_rpcs: int = MAX_CONCURRENT_CLIENT_RPCS,
+    max_connections: int | None = None,
     options: Options = CLIENT_SERVER_OPTIONS,
 ) -> None:
     async def main() -> None:
         node = EchoNode()
-        server = client_server(max_concurrent_rpcs=max_concurrent_rpcs, options=options)
+        server = client_server(
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            max_connections=max_connections,
+            options=options,
+        )
         raftkv_pb2_grpc.add_KeyValueServicer_to_server(node, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -131,3 +136,49 @@ def test_a_connection_without_calls_is_closed_when_idle() -> None:
             assert (await raftkv_pb2_grpc.KeyValueStub(channel).Status(pb.StatusRequest())).node_id
 
     serve(scenario, options=with_option("grpc.max_connection_idle_ms", 200))
+
+
+def test_connections_beyond_the_cap_are_closed_and_the_slot_comes_back() -> None:
+    async def status(channel: grpc.aio.Channel) -> pb.StatusResponse:
+        response: pb.StatusResponse = await raftkv_pb2_grpc.KeyValueStub(channel).Status(
+            pb.StatusRequest(), timeout=5
+        )
+        return response
+
+    async def scenario(node: EchoNode, address: str) -> None:
+        first = grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
+        second = grpc.aio.insecure_channel(address, options=OWN_CONNECTION)
+        try:
+            await status(first)
+            await status(second)
+            async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as third:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await status(third)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "Socket closed" in (caught.value.details() or "")
+            await first.close()  # a slot comes back
+            async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as fourth:
+                for _ in range(500):
+                    try:
+                        await status(fourth)
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("no connection slot came back within 5 s")
+        finally:
+            await first.close()
+            await second.close()
+
+    serve(scenario, max_connections=2)
+
+
+@pytest.mark.parametrize(
+    ("descriptor_limit", "cap"),
+    [(1024, 768), (128, 64), (65536, 4096), (2, 1), (1, 1)],
+)
+def test_the_connection_cap_leaves_descriptors_for_the_node(
+    descriptor_limit: int, cap: int
+) -> None:
+    assert client_connection_cap(descriptor_limit) == cap
