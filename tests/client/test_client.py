@@ -34,6 +34,7 @@ from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
+from raftkv.rpc.metadata import RPC_LIMIT_DETAILS
 from raftkv.server import pipeline
 from raftkv.server.pipeline import (
     PipelineRequestError,
@@ -527,6 +528,29 @@ def test_a_set_refused_for_too_many_requests_in_flight_certainly_did_not_happen(
             "no leader: node 0 overloaded (more than 0 requests in flight on one stream)"
         )
         assert fake.nodes[0].received == []
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "may_have_applied"),
+    [
+        # gRPC refused the stream at the node's cap on RPCs before any handler ran.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, RPC_LIMIT_DETAILS, False),
+        # The node cut off a stream whose replies were left unread: its requests had started.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "the client left its replies unread for 10 s", True),
+        # What grpc.aio sometimes reports instead of the refusal above, when the server ends the
+        # stream while the client is writing its first batch: nothing can be concluded.
+        (grpc.StatusCode.INTERNAL, "Internal error from Core", True),
+    ],
+)
+def test_only_a_stream_refused_before_it_ran_is_a_definite_refusal(
+    code: grpc.StatusCode, details: str, may_have_applied: bool
+) -> None:
+    # Not through a fake node: grpc.aio turns the refusal into the INTERNAL error above in about
+    # one attempt in seven when the client writes at once, which the library always does.
+    client = RaftKVClient(ClusterDescription.local(1))
+    failure = client._describe_failure(code, details, {}, 1.0)
+    assert failure.may_have_applied is may_have_applied
+    assert failure.reason.startswith("overloaded" if not may_have_applied else "failed")
 
 
 def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:

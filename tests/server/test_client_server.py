@@ -18,6 +18,7 @@ import pytest
 from raftkv.limits import MAX_CONCURRENT_CLIENT_RPCS
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.rpc.metadata import RPC_LIMIT_DETAILS
 from raftkv.rpc.options import CLIENT_SERVER_OPTIONS, Options
 from raftkv.server.resources import client_connection_cap, client_server
 
@@ -92,7 +93,7 @@ def test_rpcs_beyond_the_cap_are_refused_before_a_handler_runs() -> None:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await refused
                 assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert caught.value.details() == "Concurrent RPC limit exceeded!"
+                assert caught.value.details() == RPC_LIMIT_DETAILS  # what clients look for
             assert node.calls == 1
             # The slot comes back when the stream ends (gRPC may free it just after the end
             # reaches the client, hence a bounded wait).
