@@ -56,6 +56,19 @@ def with_option(name: str, value: int) -> Options:
     return tuple((key, value if key == name else old) for key, old in CLIENT_SERVER_OPTIONS)
 
 
+async def served_again(stub: raftkv_pb2_grpc.KeyValueStub, refused: grpc.StatusCode) -> None:
+    """Waits until Status is served, failing with `refused` until then: gRPC may free a slot
+    just after the end of the call or connection that held it reaches the client."""
+    for _ in range(500):
+        try:
+            assert (await stub.Status(pb.StatusRequest(), timeout=5)).node_id == 1
+            return
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == refused
+        await asyncio.sleep(0.01)
+    raise AssertionError("no slot came back within 5 s")
+
+
 def serve(
     scenario: Callable[[EchoNode, str], Awaitable[None]],
     *,
@@ -99,15 +112,7 @@ def test_rpcs_beyond_the_cap_are_refused_before_a_handler_runs() -> None:
             # reaches the client, hence a bounded wait).
             await first.done_writing()
             assert await first.read() is grpc.aio.EOF
-            for _ in range(500):
-                try:
-                    assert (await stub.Status(pb.StatusRequest())).node_id == 1
-                    break
-                except grpc.aio.AioRpcError as error:
-                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("the slot of the ended stream did not come back in 5 s")
+            await served_again(stub, grpc.StatusCode.RESOURCE_EXHAUSTED)
             assert node.calls == 2
 
     serve(scenario, max_concurrent_rpcs=1)
@@ -159,15 +164,9 @@ def test_connections_beyond_the_cap_are_closed_and_the_slot_comes_back() -> None
                 assert "Socket closed" in (caught.value.details() or "")
             await first.close()  # a slot comes back
             async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as fourth:
-                for _ in range(500):
-                    try:
-                        await status(fourth)
-                        break
-                    except grpc.aio.AioRpcError as error:
-                        assert error.code() == grpc.StatusCode.UNAVAILABLE
-                    await asyncio.sleep(0.01)
-                else:
-                    raise AssertionError("no connection slot came back within 5 s")
+                await served_again(
+                    raftkv_pb2_grpc.KeyValueStub(fourth), grpc.StatusCode.UNAVAILABLE
+                )
         finally:
             await first.close()
             await second.close()

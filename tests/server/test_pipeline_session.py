@@ -240,6 +240,24 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached within 5 s")
 
 
+def queued_gets(
+    batches: int,
+) -> tuple[asyncio.Queue[pb.PipelineRequests], AsyncIterator[pb.PipelineRequests]]:
+    """A request stream whose client has sent `batches` batches of 10 GETs (~25 bytes of reply
+    each) and keeps its side open; the queue shows how many the session has not read."""
+    inbox: asyncio.Queue[pb.PipelineRequests] = asyncio.Queue()
+    for batch in range(batches):
+        inbox.put_nowait(
+            pb.PipelineRequests(requests=[get(batch * 10 + i, f"k{i}") for i in range(10)])
+        )
+
+    async def requests() -> AsyncIterator[pb.PipelineRequests]:
+        while True:
+            yield await inbox.get()
+
+    return inbox, requests()
+
+
 def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -247,18 +265,9 @@ def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounde
 
     async def scenario() -> None:
         backend = ScriptedBackend()
-        inbox: asyncio.Queue[pb.PipelineRequests] = asyncio.Queue()
-        for batch in range(200):  # ~25 bytes of reply per GET, 10 GETs a batch
-            inbox.put_nowait(
-                pb.PipelineRequests(requests=[get(batch * 10 + i, f"k{i}") for i in range(10)])
-            )
-
-        async def requests() -> AsyncIterator[pb.PipelineRequests]:
-            while True:
-                yield await inbox.get()
-
+        inbox, requests = queued_gets(200)
         session = PipelineSession(backend, ReplyBudget.for_node())
-        replies = session.serve(requests())
+        replies = session.serve(requests)
         # gRPC takes one batch, then its write blocks: the client is not reading.
         first = await asyncio.wait_for(anext(replies), 5)
         assert first.replies
@@ -340,18 +349,9 @@ def test_streams_that_together_fill_the_node_budget_pause_every_stream_until_it_
         backend = ScriptedBackend()
         node_budget = ReplyBudget.for_node()
         # Stream A: a client that sends GETs and, after the first reply batch, reads nothing.
-        inbox: asyncio.Queue[pb.PipelineRequests] = asyncio.Queue()
-        for batch in range(100):
-            inbox.put_nowait(
-                pb.PipelineRequests(requests=[get(batch * 10 + i, f"k{i}") for i in range(10)])
-            )
-
-        async def requests() -> AsyncIterator[pb.PipelineRequests]:
-            while True:
-                yield await inbox.get()
-
+        _, requests = queued_gets(100)
         stalled = PipelineSession(backend, node_budget)
-        stalled_replies = stalled.serve(requests())
+        stalled_replies = stalled.serve(requests)
         await asyncio.wait_for(anext(stalled_replies), 5)
         await _until(lambda: stalled.reading_paused)
         # Far below its own bound (8 MiB): the node's budget stopped it.
