@@ -15,3 +15,14 @@ MAX_CLIENT_ID_BYTES = 256
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # A cluster id (the cluster description's `cluster_id`, carried in every peer message).
 MAX_CLUSTER_ID_BYTES = 128
+
+# RPCs a node serves at once on its client port; gRPC answers any beyond with RESOURCE_EXHAUSTED
+# "Concurrent RPC limit exceeded!" before a handler runs. A Pipeline stream is one RPC however
+# many requests it carries, and an idle one costs the node ~30 KB (2,000 of them raised a node's
+# RSS from 42 to 102 MB), so the cap holds a flood to ~120 MB while staying far above honest use:
+# the client library keeps one stream per node, the benchmark 64 unary calls per process.
+MAX_CONCURRENT_CLIENT_RPCS = 4096
+# Client connections a node keeps at once (fewer when its descriptor limit is low, see
+# raftkv/server/resources.py); gRPC closes any beyond as soon as it accepts them, so that
+# connections cannot take the descriptors the node needs for its files and its peers.
+MAX_CLIENT_CONNECTIONS = 4096

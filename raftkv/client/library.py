@@ -49,6 +49,7 @@ from raftkv.rpc.metadata import (
     LEADER_ADDRESS_METADATA,
     LEADER_ID_METADATA,
     REFUSAL_METADATA,
+    RPC_LIMIT_DETAILS,
     STALE_SEQUENCE_DETAILS,
     STALE_SEQUENCE_REFUSAL,
 )
@@ -333,6 +334,11 @@ class RaftKVClient:
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = self._leader_hint(metadata)
             return _Failure(f"unavailable ({shorten(reply.details)})", hint, False)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # The session refuses a request beyond its in-flight bound before it starts it
+            # (raftkv/server/pipeline.py), so this one certainly did not run. (A whole stream
+            # ended with RESOURCE_EXHAUSTED is another matter: its requests may have run.)
+            return _Failure(f"overloaded ({shorten(reply.details)})", None, False)
         return self._describe_failure(code, reply.details, metadata, try_timeout)
 
     def _describe_failure(
@@ -364,6 +370,11 @@ class RaftKVClient:
             return _Failure(f"timed out after {try_timeout:.2f}s", None, may_have_applied=True)
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return _Failure("does not serve KeyValue.Pipeline", None, may_have_applied=False)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details == RPC_LIMIT_DETAILS:
+            # The node refused the whole stream before running it: no request on it started.
+            # (grpc.aio sometimes reports this refusal as INTERNAL "Internal error from Core"
+            # when it races the stream's first write; that stays an unknown outcome.)
+            return _Failure(f"overloaded ({details})", None, may_have_applied=False)
         return _Failure(f"failed ({code.name}: {shorten(details)})", None, may_have_applied=True)
 
     def _leader_hint(self, metadata: dict[str, str]) -> _Endpoint | None:

@@ -16,3 +16,6 @@ STALE_SEQUENCE_DETAILS = (
     "stale sequence number: a higher sequence number of this client id was already applied, "
     "so this SET was not applied"
 )
+# gRPC's own details when a server refuses a call beyond its maximum_concurrent_rpcs, before
+# any handler runs (raftkv/server/resources.py caps a node's client RPCs): nothing was started.
+RPC_LIMIT_DETAILS = "Concurrent RPC limit exceeded!"

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 DUMP_FILE = "dump.txt"
+# DumpRateLimiter's defaults: per key, the first REPEAT_BURST lines of every REPEAT_INTERVAL
+# seconds are written (enough to see what is going on), the rest only counted; at most
+# REPEAT_KEYS keys are tracked apart, since keys can come from remote input (a claimed sender).
+REPEAT_BURST = 20
+REPEAT_INTERVAL = 10.0
+REPEAT_KEYS = 32
+# Where lines go when REPEAT_KEYS keys are already tracked.
+OTHER_KEYS = "other senders"
 
 
 def timestamp() -> str:
@@ -113,3 +123,107 @@ class DumpLog:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    written: int = 0
+    suppressed: int = 0
+    last: str = ""
+
+
+class DumpRateLimiter:
+    """Writes at most `burst` lines per key in each `interval` seconds; the rest are counted.
+
+    For lines that remote input can trigger at will (a refused peer message each): a flood would
+    otherwise rotate the node's whole history out of the dump (20 MiB × 3 files) and cost a
+    write per message. When a key's interval has ended, one line says how many of its lines were
+    suppressed and shows the last of them: written just before the key's next line, or by
+    `flush` (call it now and then, e.g. from a timer, so that the count of a flood that stopped
+    is not held back) or `close`. There is no timer inside: `clock` (monotonic seconds) is read
+    at each call, so tests can drive it.
+
+    `write_lines` is `DumpLog.write_lines` (a summary and the line after it go out in one write).
+    At most `max_keys` keys are tracked at once: a key beyond them shares `OTHER_KEYS`'s window.
+    """
+
+    def __init__(
+        self,
+        write_lines: Callable[[list[str]], None],
+        *,
+        burst: int = REPEAT_BURST,
+        interval: float = REPEAT_INTERVAL,
+        max_keys: int = REPEAT_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or interval <= 0 or max_keys < 1:
+            raise ValueError("burst and max_keys must be at least 1 and interval positive")
+        self._write_lines = write_lines
+        self._burst = burst
+        self._interval = interval
+        self._max_keys = max_keys
+        self._clock = clock
+        # Invariant: at most max_keys windows besides OTHER_KEYS's.
+        self._windows: dict[str, _Window] = {}
+
+    def write(self, key: str, line: str) -> bool:
+        """Write `line` unless `key` has had its `burst` in the current interval; returns
+        whether it was written."""
+        now = self._clock()
+        summaries = self._close_ended(now, only=key)
+        if key not in self._windows and key != OTHER_KEYS:
+            if self._tracked() >= self._max_keys:
+                summaries += self._close_ended(now)
+            if self._tracked() >= self._max_keys:
+                key = OTHER_KEYS
+                summaries += self._close_ended(now, only=key)
+        window = self._windows.setdefault(key, _Window(now))
+        if window.written < self._burst:
+            window.written += 1
+            self._write_lines([*summaries, line])
+            return True
+        window.suppressed += 1
+        window.last = line
+        if summaries:
+            self._write_lines(summaries)
+        return False
+
+    def flush(self) -> None:
+        """Write the summary of every interval that has ended, and forget those keys."""
+        summaries = self._close_ended(self._clock())
+        if summaries:
+            self._write_lines(summaries)
+
+    def close(self) -> None:
+        """Write the summary of every interval, ended or not (at shutdown)."""
+        summaries = [self._summary(key, window) for key, window in self._windows.items()]
+        self._windows.clear()
+        lines = [summary for summary in summaries if summary is not None]
+        if lines:
+            self._write_lines(lines)
+
+    def _tracked(self) -> int:
+        return len(self._windows) - (OTHER_KEYS in self._windows)
+
+    def _close_ended(self, now: float, only: str | None = None) -> list[str]:
+        """Drop the windows (of `only`, or all) whose interval has ended; their summaries."""
+        keys = list(self._windows) if only is None else [only]
+        summaries = []
+        for key in keys:
+            window = self._windows.get(key)
+            if window is not None and now - window.start >= self._interval:
+                del self._windows[key]
+                summary = self._summary(key, window)
+                if summary is not None:
+                    summaries.append(summary)
+        return summaries
+
+    def _summary(self, key: str, window: _Window) -> str | None:
+        if not window.suppressed:
+            return None
+        count = window.suppressed
+        return (
+            f"Suppressed {count} more line{'s' if count > 1 else ''} for {key} within "
+            f"{self._interval:g} s; the last: {window.last}"
+        )

@@ -44,8 +44,9 @@ from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
 from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
-from raftkv.server.dump import DumpLog
+from raftkv.server.dump import REPEAT_INTERVAL, DumpLog
 from raftkv.server.replica import Clock, FatalNodeError, Replica, ReplicaOptions
+from raftkv.server.resources import client_server, raise_descriptor_limit
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
     FAILPOINT_ENV,
@@ -56,7 +57,7 @@ from raftkv.server.seams import (
     seams_in_effect,
     unsafe_flag,
 )
-from raftkv.server.service import KeyValueService, PeerService, RaftService
+from raftkv.server.service import KeyValueService, PeerService, RaftService, RefusalLog
 from raftkv.server.storage import StorageError, node_data_dir
 from raftkv.tls import LoadedTls, TlsConfigError, TlsFiles
 
@@ -256,6 +257,13 @@ def check_seams(options: ReplicaOptions, clock: Clock, allowed: bool) -> None:
         raise StartupError(refusal(seams))
 
 
+async def _flush_refusals(refusals: RefusalLog) -> None:
+    """Writes the count of suppressed refusal lines of a flood that has stopped."""
+    while True:
+        await asyncio.sleep(REPEAT_INTERVAL)
+        refusals.limiter.flush()
+
+
 def _bind(
     server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
 ) -> str | None:
@@ -276,14 +284,19 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
     )
     for warning in options.config.validate():
         dump.write(f"Configuration warning: {warning}")
+    before, after = raise_descriptor_limit()
+    if after != before:
+        dump.write(f"Node {options.node_id} raised its descriptor limit from {before} to {after}.")
     replica = Replica(options, dump, clock)
     _tune_garbage_collector()
-    client_server = grpc.aio.server(options=NODE_OPTIONS)
-    raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica), client_server)
-    raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), client_server)
+    refusals = RefusalLog(replica)
+    clients = client_server()
+    raftkv_pb2_grpc.add_RaftServicer_to_server(RaftService(replica, refusals), clients)
+    raftkv_pb2_grpc.add_KeyValueServicer_to_server(KeyValueService(replica), clients)
+    # Its own server, uncapped: clients that fill the client port's slots must not lock peers out.
     peer_server = grpc.aio.server(options=NODE_OPTIONS)
     raftkv_pb2_grpc.add_RaftServicer_to_server(
-        PeerService(replica, secure=options.peer_tls is not None), peer_server
+        PeerService(replica, secure=options.peer_tls is not None, refusals=refusals), peer_server
     )
     client_credentials = (
         None
@@ -296,7 +309,7 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
         else options.peer_tls.server_credentials(require_client_auth=True)
     )
     for server, address, credentials in (
-        (client_server, listen.client, client_credentials),
+        (clients, listen.client, client_credentials),
         (peer_server, listen.peer, peer_credentials),
     ):
         reason = _bind(server, address, credentials)
@@ -307,7 +320,8 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
             dump.close()
             return 1
     await peer_server.start()
-    await client_server.start()
+    await clients.start()
+    flusher = asyncio.create_task(_flush_refusals(refusals))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -322,7 +336,9 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
     else:
         dump.write(f"Node {options.node_id} shutting down.")
     stopper.cancel()
-    await asyncio.gather(client_server.stop(grace=0.2), peer_server.stop(grace=0.2))
+    flusher.cancel()
+    await asyncio.gather(clients.stop(grace=0.2), peer_server.stop(grace=0.2))
+    refusals.limiter.close()
     await replica.stop()
     runner.cancel()
     with contextlib.suppress(asyncio.CancelledError, FatalNodeError):

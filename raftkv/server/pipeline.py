@@ -30,6 +30,11 @@ MAX_IN_FLIGHT_PER_STREAM = 4096
 # stops reading requests (so gRPC's flow control slows the client down) until the replies go
 # out: a client that sends GETs and never reads cannot make the node buffer without bound.
 MAX_BUFFERED_REPLY_BYTES = 8 * 1024 * 1024
+# The same bound across every stream of a node: without it, a thousand streams that stay under
+# their own bound can still hold gigabytes. Eight streams' worth, so that a few busy clients
+# never notice it; past it every session of the node pauses until replies drain (the stalled
+# streams are cut off after WRITE_STALL_TIMEOUT, which gives their bytes back).
+MAX_NODE_BUFFERED_REPLY_BYTES = 64 * 1024 * 1024
 # How long a reply batch may wait for the client to take it before the stream is cut off with
 # RESOURCE_EXHAUSTED: a client that stopped reading is slowed first (above), then dropped.
 WRITE_STALL_TIMEOUT = 10.0
@@ -67,20 +72,77 @@ class PipelineBackend(Protocol):
         """What DEADLINE_EXCEEDED says for a "get" or "set" that was not answered in time."""
 
 
-class PipelineSession:
-    """One client stream. `serve` reads requests in a task of its own and yields reply batches."""
+class ReplyBudget:
+    """Bytes of replies held for clients that have not taken them yet, against a limit.
 
-    def __init__(self, backend: PipelineBackend) -> None:
+    Every session has a budget of its own (MAX_BUFFERED_REPLY_BYTES) whose `parent` is the
+    node's (MAX_NODE_BUFFERED_REPLY_BYTES), shared by all sessions of one server: what a session
+    holds counts against both, and it reads no request while either is full. Invariant: a
+    budget's `used` is the sum of what was taken and not yet given back, its children's included.
+    """
+
+    def __init__(self, limit: int, parent: ReplyBudget | None = None) -> None:
+        self.limit = limit
+        self.parent = parent
+        self.used = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @classmethod
+    def for_node(cls) -> ReplyBudget:
+        """A server's budget, to share among all its sessions."""
+        return cls(MAX_NODE_BUFFERED_REPLY_BYTES)
+
+    @property
+    def full(self) -> bool:
+        """Whether this budget or one it draws on is at its limit."""
+        return self.used >= self.limit or (self.parent is not None and self.parent.full)
+
+    def take(self, size: int) -> None:
+        budget: ReplyBudget | None = self
+        while budget is not None:
+            budget.used += size
+            if budget.used >= budget.limit:
+                budget._room.clear()
+            budget = budget.parent
+
+    def give_back(self, size: int) -> None:
+        budget: ReplyBudget | None = self
+        while budget is not None:
+            budget.used -= size
+            if budget.used < budget.limit:
+                budget._room.set()
+            budget = budget.parent
+
+    async def room(self) -> None:
+        """Returns once neither this budget nor any it draws on is full."""
+        while self.full:
+            budget: ReplyBudget = self
+            while budget.used < budget.limit:
+                assert budget.parent is not None  # some budget up the chain is full
+                budget = budget.parent
+            await budget._room.wait()
+
+
+class PipelineSession:
+    """One client stream. `serve` reads requests in a task of its own and yields reply batches.
+
+    `node_budget` is the server's ReplyBudget, shared by every session it runs."""
+
+    def __init__(self, backend: PipelineBackend, node_budget: ReplyBudget) -> None:
         self._backend = backend
         self._loop = asyncio.get_running_loop()
         self._outbox: list[pb.PipelineReply] = []
+        # The estimated size of the replies in _outbox.
+        self._outbox_bytes = 0
         self._ready = asyncio.Event()
         # tag -> (deadline, "get"/"set", future)
         self._waiting: dict[int, tuple[float, str, asyncio.Future[object]]] = {}
         self._reading = True
-        self._buffered_bytes = 0
-        self._room = asyncio.Event()
-        self._room.set()
+        # The outbox and the batch gRPC is writing: a batch stuck in a write to a client that
+        # does not read is held in memory as much as one still waiting in the outbox.
+        self._budget = ReplyBudget(MAX_BUFFERED_REPLY_BYTES, parent=node_budget)
+        self._paused = False
         # Why the request stream broke (a batch that could not be decoded), once it has.
         self.error: str | None = None
 
@@ -96,9 +158,10 @@ class PipelineSession:
             while True:
                 if self._outbox:
                     replies, self._outbox = self._outbox, []
-                    self._buffered_bytes = 0
-                    self._room.set()
+                    size, self._outbox_bytes = self._outbox_bytes, 0
                     yield pb.PipelineReplies(replies=replies)
+                    # The caller asks for the next batch only once gRPC has taken this one.
+                    self._budget.give_back(size)
                     continue
                 if not self._reading and not self._waiting:
                     break
@@ -110,15 +173,21 @@ class PipelineSession:
             for _, _, future in self._waiting.values():
                 future.cancel()
             self._waiting.clear()
+            # Whatever was never written (the stream was cut off or went away) goes back to the
+            # node's budget, or the other streams would stay paused for good.
+            self._budget.give_back(self._budget.used)
 
     async def _read(self, requests: AsyncIterator[pb.PipelineRequests]) -> None:
         try:
             async for batch in requests:
                 for request in batch.requests:
+                    # Before each request, not each batch: one batch of GETs of large values
+                    # could otherwise add far more than the bound at once.
+                    if self._budget.full:
+                        self._paused = True
+                        await self._budget.room()
+                        self._paused = False
                     self._start(request)
-                if self._buffered_bytes >= MAX_BUFFERED_REPLY_BYTES:
-                    self._room.clear()
-                    await self._room.wait()
         except DecodeError as error:
             # gRPC decodes each batch as the iterator reaches it: a batch that is not a valid
             # PipelineRequests (say, a string that is not UTF-8) surfaces here.
@@ -163,7 +232,12 @@ class PipelineSession:
     def _finished(self, tag: int, future: asyncio.Future[object]) -> None:
         if future.cancelled():
             return  # timed out (already answered) or the stream ended
-        self._waiting.pop(tag, None)
+        entry = self._waiting.get(tag)
+        if entry is None or entry[2] is not future:
+            # Done before the sweeper or the end of the stream could cancel it: already
+            # answered, or nobody to answer (a reply now would hold budget nobody gives back).
+            return
+        del self._waiting[tag]
         reply = pb.PipelineReply(tag=tag)
         self._backend.fill_reply(reply, future.result())
         self._post(reply)
@@ -187,20 +261,21 @@ class PipelineSession:
         self._outbox.append(reply)
         # An estimate, not reply.ByteSize(): that costs a whole serialisation, which gRPC does
         # again when it sends the reply. The bound is coarse; the value dominates a GET's size.
-        self._buffered_bytes += (
-            len(reply.value) + len(reply.details) + len(reply.leader_address) + REPLY_OVERHEAD
-        )
+        size = len(reply.value) + len(reply.details) + len(reply.leader_address) + REPLY_OVERHEAD
+        self._outbox_bytes += size
+        self._budget.take(size)
         self._ready.set()
 
     @property
     def reading_paused(self) -> bool:
-        """Whether the session waits for the client to take its replies before reading more."""
-        return not self._room.is_set()
+        """Whether the session waits for replies to drain (its own or the node's) before reading
+        more."""
+        return self._paused
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes of replies posted and not yet handed to gRPC."""
-        return self._buffered_bytes
+        """Bytes of replies posted and not yet taken by gRPC (the batch being written included)."""
+        return self._budget.used
 
 
 async def pump(

@@ -24,11 +24,13 @@ from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
+from raftkv.server.dump import DumpRateLimiter
 from raftkv.server.peers import PeerRefusal, PeerStreamSession
 from raftkv.server.pipeline import (
     ClientTooSlowError,
     PipelineRequestError,
     PipelineSession,
+    ReplyBudget,
     pump,
     status_code_number,
 )
@@ -113,22 +115,28 @@ def _caller(context: grpc.aio.ServicerContext) -> str:
     return address + (f" ({', '.join(names)})" if names else "")
 
 
-class _RefusalLog:
-    """Writes the dump line for a refused peer call or message (docs/design.md §8)."""
+class RefusalLog:
+    """Writes the dump line for a refused peer call or message (docs/design.md §8), at most a
+    burst per sender or caller address and interval (DumpRateLimiter): refusals are remote
+    input, and a flood must not rotate the node's history out of the dump. One per node, shared
+    by both listeners' services."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
+        self.limiter = DumpRateLimiter(replica.dump.write_lines)
 
     def message(self, sender: int, error: wire.WireError) -> None:
         """A peer message the shell refused: the same sentence as when the core drops one, so
         that an attempt is on record wherever it was stopped."""
         violation = ProtocolViolation(self.replica.node_id, sender, str(error))
-        self.replica.dump.write(str(violation))
+        self.limiter.write(f"sender {sender}", str(violation))
 
     def call(self, context: grpc.aio.ServicerContext, listener: str, reason: str) -> None:
-        self.replica.dump.write(
+        address: str = context.peer()
+        self.limiter.write(
+            f"{listener} {address.rpartition(':')[0]}",
             f"Node {self.replica.node_id} refused a call from {_caller(context)} on its "
-            f"{listener} address: {reason}."
+            f"{listener} address: {reason}.",
         )
 
 
@@ -136,11 +144,13 @@ class PeerService(raftkv_pb2_grpc.RaftServicer):
     """The peer listener: Raft.PeerStream for nodes of this cluster, authenticated by mutual TLS
     (`secure`), or, with --insecure-peers only, by nothing but the claimed sender id."""
 
-    def __init__(self, replica: Replica, *, secure: bool) -> None:
+    def __init__(
+        self, replica: Replica, *, secure: bool, refusals: RefusalLog | None = None
+    ) -> None:
         self.replica = replica
         self.secure = secure
         self.peer_ids = set(replica.peers)
-        self._refusals = _RefusalLog(replica)
+        self._refusals = refusals or RefusalLog(replica)
 
     def _sender(self, context: grpc.aio.ServicerContext) -> tuple[int | None, str | None]:
         """(the caller's node id from its certificate, None) or (None, why it is refused)."""
@@ -203,9 +213,9 @@ class RaftService(raftkv_pb2_grpc.RaftServicer):
     """The client listener's Raft service: the assignment's ServeClient. The peer RPCs are
     refused here (and the attempt logged): peers have their own, authenticated, listener."""
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, refusals: RefusalLog | None = None) -> None:
         self.replica = replica
-        self._refusals = _RefusalLog(replica)
+        self._refusals = refusals or RefusalLog(replica)
 
     async def _refuse_peer_rpc(self, context: grpc.aio.ServicerContext) -> NoReturn:
         self._refusals.call(context, "client", PEER_RPC_ON_CLIENT_ADDRESS)
@@ -298,6 +308,8 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self._pipeline_backend = ReplicaPipelineBackend(replica)
+        # Shared by every Pipeline stream of this node (raftkv/server/pipeline.py).
+        self._reply_budget = ReplyBudget.for_node()
 
     async def Get(  # noqa: N802 - gRPC method name
         self, request: pb.GetRequest, context: grpc.aio.ServicerContext
@@ -358,7 +370,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         request_iterator: AsyncIterator[pb.PipelineRequests],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        session = PipelineSession(self._pipeline_backend)
+        session = PipelineSession(self._pipeline_backend, self._reply_budget)
         try:
             await pump(session, request_iterator, context.write)
         except ClientTooSlowError as error:

@@ -72,8 +72,10 @@ the caller must still await one call before issuing the next if their order matt
   ``votedFor`` is ``None`` when the node has not voted in ``term``. The file is replaced
   atomically (write ``metadata.txt.tmp``, fsync it, ``os.replace``, fsync the directory). No file
   beside an empty log means a fresh node (term 0, no vote, commitLength 0), and `NodeStorage.load`
-  writes that state at once. A malformed file raises `StorageCorruption`; a ``nodeId`` other
-  than this node's raises `StorageError`. commitLength is only a hint of how much is committed
+  writes that state at once. A malformed file raises `StorageCorruption`, and so does a
+  ``term`` above ``MAX_TERM`` or a ``commitLength`` above ``MAX_INDEX``
+  (``raftkv/core/validation.py``), which no node writes; a ``nodeId`` other than this node's
+  raises `StorageError`. commitLength is only a hint of how much is committed
   (it may lag), but never more than the log held when it was written.
 
 Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
@@ -81,6 +83,11 @@ raises `StorageError` with a one-line message naming the file and the system's r
 failed write makes every later call raise too. After a failed fsync the kernel may have dropped
 the dirty pages and a retried fsync can report success, so the only safe recovery is a restart
 that re-reads the files.
+
+Descriptors: appends use ``logs.txt``'s descriptor, held from the start; the descriptors
+opened later (the temporary files, the directory for its fsync) come through a
+`DescriptorReserve` of spares, so that a process whose descriptors were all taken by client
+connections still saves its metadata instead of failing with EMFILE and stopping.
 
 The data directory is locked with ``flock`` on ``logs.txt`` so that two processes started with
 the same node id cannot interleave writes.
@@ -113,6 +120,8 @@ from typing import Final, assert_never
 
 from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
 from raftkv.core.node import HardState
+from raftkv.core.validation import MAX_INDEX, MAX_TERM
+from raftkv.server.resources import DescriptorReserve
 
 __all__ = [
     "EMPTY_FIELD",
@@ -157,6 +166,9 @@ _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
 _INDEX_LABEL: Final = "index="
 _METADATA_NAMES: Final = ("commitLength", "term", "votedFor", "nodeId")
+# No node writes a term or a commit length above these (the core never goes past MAX_TERM):
+# a larger value is damage, and loading it would start the node beyond what its peers accept.
+_METADATA_BOUNDS: Final = {"commitLength": MAX_INDEX, "term": MAX_TERM}
 
 
 class StorageError(Exception):
@@ -437,9 +449,13 @@ def _parse_metadata(data: bytes, path: Path) -> tuple[HardState, int, int]:
         if name in values:
             raise StorageCorruption(path, line_no, f"{name} appears twice")
         try:
-            values[name] = None if name == "votedFor" and raw == "None" else _parse_uint(raw, name)
+            value = None if name == "votedFor" and raw == "None" else _parse_uint(raw, name)
         except ValueError as exc:
             raise StorageCorruption(path, line_no, str(exc)) from None
+        bound = _METADATA_BOUNDS.get(name)
+        if value is not None and bound is not None and value > bound:
+            raise StorageCorruption(path, line_no, f"{name} {value} exceeds the limit {bound}")
+        values[name] = value
     missing = [name for name in _METADATA_NAMES if name not in values]
     if missing:
         raise StorageCorruption(path, None, f"missing {', '.join(missing)}")
@@ -474,27 +490,34 @@ class NodeStorage:
         self._end = 0
         self._loaded = False
         self._failure: str | None = None
+        # Every descriptor the storage opens after this one comes through it, so that a process
+        # out of descriptors (a flood of client connections) still saves its metadata
+        # (raftkv/server/resources.py).
+        self._reserve = DescriptorReserve()
 
         existed = self._directory.is_dir()
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
             if not existed:
                 # Without this a crash could forget the directory and every file in it.
-                _fsync_directory(self._directory.parent)
-            fd = os.open(self._log_path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fsync_directory(self._directory.parent)
+            fd = self._reserve.open(self._log_path, os.O_RDWR | os.O_CREAT)
+            self._reserve.refill()
         except OSError as exc:
+            self._reserve.close()
             raise StorageError(f"cannot open data directory {self._directory}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._reserve.close()
             raise StorageError(
                 f"data directory {self._directory} is in use by another NodeStorage "
                 f"(lock on {self._log_path} is held)"
             ) from None
         self._fd: int | None = fd
         try:
-            _fsync_directory(self._directory)
+            self._fsync_directory(self._directory)
         except OSError as exc:
             self.close()
             raise StorageError(f"cannot sync data directory {self._directory}: {exc}") from exc
@@ -630,17 +653,14 @@ class NodeStorage:
         data = _encode_metadata(hard_state, commit_length, self._node_id).encode("utf-8")
         tmp_path = self._directory / _METADATA_TMP_NAME
         try:
-            tmp_fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
+            with self._reserve.opened(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as tmp_fd:
                 _write_all(tmp_fd, data, 0)
                 self._sync_fd(tmp_fd)
-            finally:
-                os.close(tmp_fd)
             os.replace(tmp_path, self._metadata_path)
             if failpoint and self._failpoint == FAILPOINT_METADATA_RENAME:
                 os._exit(FAILPOINT_EXIT_CODE)
             if self._sync:
-                _fsync_directory(self._directory)
+                self._fsync_directory(self._directory)
         except OSError as exc:
             raise self._fail(f"saving {self._metadata_path} failed: {exc}") from exc
 
@@ -648,12 +668,17 @@ class NodeStorage:
         if self._sync:
             _sync_file(fd)
 
+    def _fsync_directory(self, directory: Path) -> None:
+        with self._reserve.opened(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) as fd:
+            os.fsync(fd)
+
     def close(self) -> None:
         """Release the file and the directory lock. Safe to call more than once."""
         with self._lock:
             if self._fd is not None:
                 fd, self._fd = self._fd, None
                 os.close(fd)
+            self._reserve.close()
 
     def __enter__(self) -> NodeStorage:
         return self
@@ -769,7 +794,7 @@ class NodeStorage:
         lines = encode_lines(entries, 1)
         tmp_path = self._directory / _LOG_TMP_NAME
         try:
-            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = self._reserve.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         except OSError as exc:
             raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
         try:
@@ -779,15 +804,17 @@ class NodeStorage:
             os.replace(tmp_path, self._log_path)
         except OSError as exc:
             os.close(fd)
+            self._reserve.refill()
             with contextlib.suppress(OSError):
                 tmp_path.unlink()
             raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
         old_fd, self._fd = self._fd, fd
         if old_fd is not None:
             os.close(old_fd)
+        self._reserve.refill()
         try:
             if self._sync:
-                _fsync_directory(self._directory)
+                self._fsync_directory(self._directory)
         except OSError as exc:
             raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
         offset = 0
@@ -837,14 +864,6 @@ def _sync_file(fd: int) -> None:
         os.fdatasync(fd)
     else:
         os.fsync(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

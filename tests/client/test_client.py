@@ -34,7 +34,14 @@ from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
-from raftkv.server.pipeline import PipelineRequestError, PipelineSession, status_code_number
+from raftkv.rpc.metadata import RPC_LIMIT_DETAILS
+from raftkv.server import pipeline
+from raftkv.server.pipeline import (
+    PipelineRequestError,
+    PipelineSession,
+    ReplyBudget,
+    status_code_number,
+)
 from raftkv.server.replies import outcome_reply
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,6 +107,7 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         # Consumed one per GET/SET before `usual` applies again.
         self.upcoming: list[Behaviour] = []
         self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
+        self.reply_budget = ReplyBudget.for_node()
 
     @property
     def received_sets(self) -> list[raftkv_pb2.SetRequest]:
@@ -109,7 +117,9 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
     ) -> AsyncIterator[raftkv_pb2.PipelineReplies]:
         # The real session engine, with this node's scripted behaviour as its backend.
-        async for replies in PipelineSession(_ScriptedBackend(self)).serve(request_iterator):
+        async for replies in PipelineSession(_ScriptedBackend(self), self.reply_budget).serve(
+            request_iterator
+        ):
             yield replies
 
     async def Status(  # noqa: N802
@@ -497,6 +507,50 @@ def test_a_set_that_is_never_answered_has_an_unknown_outcome() -> None:
         with pytest.raises(NoLeaderError) as caught_get:
             asyncio.run(scenario("get"))
         assert not isinstance(caught_get.value, UnknownOutcomeError)
+
+
+def test_a_set_refused_for_too_many_requests_in_flight_certainly_did_not_happen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every request is beyond the bound: the session refuses it before the backend sees it.
+    monkeypatch.setattr(pipeline, "MAX_IN_FLIGHT_PER_STREAM", 0)
+    with FakeCluster(size=1) as fake:
+        fake.lead(0)
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, timeout=0.3, per_try_timeout=0.1) as client:
+                await client.set("k", "v")
+
+        with pytest.raises(NoLeaderError) as caught:
+            asyncio.run(scenario())
+        assert not isinstance(caught.value, UnknownOutcomeError)
+        assert str(caught.value).startswith(
+            "no leader: node 0 overloaded (more than 0 requests in flight on one stream)"
+        )
+        assert fake.nodes[0].received == []
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "may_have_applied"),
+    [
+        # gRPC refused the stream at the node's cap on RPCs before any handler ran.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, RPC_LIMIT_DETAILS, False),
+        # The node cut off a stream whose replies were left unread: its requests had started.
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "the client left its replies unread for 10 s", True),
+        # What grpc.aio sometimes reports instead of the refusal above, when the server ends the
+        # stream while the client is writing its first batch: nothing can be concluded.
+        (grpc.StatusCode.INTERNAL, "Internal error from Core", True),
+    ],
+)
+def test_only_a_stream_refused_before_it_ran_is_a_definite_refusal(
+    code: grpc.StatusCode, details: str, may_have_applied: bool
+) -> None:
+    # Not through a fake node: grpc.aio turns the refusal into the INTERNAL error above in about
+    # one attempt in seven when the client writes at once, which the library always does.
+    client = RaftKVClient(ClusterDescription.local(1))
+    failure = client._describe_failure(code, details, {}, 1.0)
+    assert failure.may_have_applied is may_have_applied
+    assert failure.reason.startswith("overloaded" if not may_have_applied else "failed")
 
 
 def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:

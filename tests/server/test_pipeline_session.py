@@ -14,7 +14,7 @@ import pytest
 
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.server import pipeline
-from raftkv.server.pipeline import PipelineRequestError, PipelineSession
+from raftkv.server.pipeline import PipelineRequestError, PipelineSession, ReplyBudget
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -60,10 +60,10 @@ class ScriptedBackend:
 
 
 class Harness:
-    def __init__(self, backend: ScriptedBackend) -> None:
+    def __init__(self, backend: ScriptedBackend, node_budget: ReplyBudget | None = None) -> None:
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.replies: asyncio.Queue[pb.PipelineReplies] = asyncio.Queue()
-        self.session = PipelineSession(backend)
+        self.session = PipelineSession(backend, node_budget or ReplyBudget.for_node())
         self.task = asyncio.create_task(self._drain())
 
     async def _requests(self) -> AsyncIterator[pb.PipelineRequests]:
@@ -240,6 +240,24 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached within 5 s")
 
 
+def queued_gets(
+    batches: int,
+) -> tuple[asyncio.Queue[pb.PipelineRequests], AsyncIterator[pb.PipelineRequests]]:
+    """A request stream whose client has sent `batches` batches of 10 GETs (~25 bytes of reply
+    each) and keeps its side open; the queue shows how many the session has not read."""
+    inbox: asyncio.Queue[pb.PipelineRequests] = asyncio.Queue()
+    for batch in range(batches):
+        inbox.put_nowait(
+            pb.PipelineRequests(requests=[get(batch * 10 + i, f"k{i}") for i in range(10)])
+        )
+
+    async def requests() -> AsyncIterator[pb.PipelineRequests]:
+        while True:
+            yield await inbox.get()
+
+    return inbox, requests()
+
+
 def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -247,18 +265,9 @@ def test_a_client_that_does_not_read_stops_being_read_and_buffering_stays_bounde
 
     async def scenario() -> None:
         backend = ScriptedBackend()
-        inbox: asyncio.Queue[pb.PipelineRequests] = asyncio.Queue()
-        for batch in range(200):  # ~25 bytes of reply per GET, 10 GETs a batch
-            inbox.put_nowait(
-                pb.PipelineRequests(requests=[get(batch * 10 + i, f"k{i}") for i in range(10)])
-            )
-
-        async def requests() -> AsyncIterator[pb.PipelineRequests]:
-            while True:
-                yield await inbox.get()
-
-        session = PipelineSession(backend)
-        replies = session.serve(requests())
+        inbox, requests = queued_gets(200)
+        session = PipelineSession(backend, ReplyBudget.for_node())
+        replies = session.serve(requests)
         # gRPC takes one batch, then its write blocks: the client is not reading.
         first = await asyncio.wait_for(anext(replies), 5)
         assert first.replies
@@ -293,11 +302,78 @@ def test_a_client_that_leaves_its_replies_unread_is_cut_off(
                 await asyncio.Event().wait()  # flow control: the client does not read
             first_written.set()
 
-        session = PipelineSession(ScriptedBackend())
+        session = PipelineSession(ScriptedBackend(), ReplyBudget.for_node())
         with pytest.raises(pipeline.ClientTooSlowError, match="unread"):
             await asyncio.wait_for(
                 pipeline.pump(session, requests(), write_that_blocks_after_one), 5
             )
         assert first_written.is_set()
+
+    asyncio.run(scenario())
+
+
+def test_one_batch_of_many_gets_stops_at_the_bound_not_after_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_BUFFERED_REPLY_BYTES", 1000)
+
+    async def scenario() -> None:
+        session = PipelineSession(ScriptedBackend(), ReplyBudget.for_node())
+
+        async def requests() -> AsyncIterator[pb.PipelineRequests]:
+            yield pb.PipelineRequests(requests=[get(tag, f"k{tag}") for tag in range(500)])
+            await asyncio.Event().wait()  # the client keeps its side open
+
+        replies = session.serve(requests())
+        first = await asyncio.wait_for(anext(replies), 5)
+        # ~45 bytes of reply per GET: the session stopped within one reply of the bound.
+        assert session.reading_paused
+        assert 1000 <= session.buffered_bytes < 1000 + 50
+        assert len(first.replies) < 30
+        answered = {reply.tag for reply in first.replies}
+        while len(answered) < 500:  # the client reads: every request is answered, in order
+            batch = await asyncio.wait_for(anext(replies), 5)
+            assert min(reply.tag for reply in batch.replies) == len(answered)
+            answered.update(reply.tag for reply in batch.replies)
+        await replies.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_streams_that_together_fill_the_node_budget_pause_every_stream_until_it_drains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_NODE_BUFFERED_REPLY_BYTES", 1000)
+
+    async def scenario() -> None:
+        backend = ScriptedBackend()
+        node_budget = ReplyBudget.for_node()
+        # Stream A: a client that sends GETs and, after the first reply batch, reads nothing.
+        _, requests = queued_gets(100)
+        stalled = PipelineSession(backend, node_budget)
+        stalled_replies = stalled.serve(requests)
+        await asyncio.wait_for(anext(stalled_replies), 5)
+        await _until(lambda: stalled.reading_paused)
+        # Far below its own bound (8 MiB): the node's budget stopped it.
+        assert 1000 <= stalled.buffered_bytes < 1000 + 50
+        assert node_budget.used == stalled.buffered_bytes
+        # Stream B: a client that reads. Its request waits while the node's budget is full.
+        reader = Harness(backend, node_budget)
+        try:
+            reader.send(get(1, "b"))
+            await _until(lambda: reader.session.reading_paused)
+            assert reader.replies.empty()
+            # Stream A goes away (cut off, or its client left): its bytes go back at once, and
+            # stream B is served.
+            await stalled_replies.aclose()
+            assert node_budget.used == 0
+            [reply] = await reader.next_batch()
+            assert (reply.tag, reply.value) == (1, "value of b")
+            assert not reader.session.reading_paused
+        finally:
+            reader.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader.task
+        assert node_budget.used == 0
 
     asyncio.run(scenario())

@@ -61,6 +61,7 @@ class FakeReplica:
         self.peers: dict[int, object] = {}
         self.options = type("Options", (), {"config": type("Config", (), {})()})()
         self.options.config.election_timeout_min = 0.1
+        self.dump = type("Dump", (), {"write_lines": lambda lines: None})()
         self._leader_id = leader_id
 
     def _answer(self) -> object:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server import storage as storage_module
 from raftkv.server.storage import (
     EMPTY_FIELD,
@@ -714,6 +715,17 @@ def test_wrong_node_id_is_refused_without_touching_the_log(
         ("commitLength -1\nterm 1\nvotedFor None\nnodeId 1\n", ", line 1", "commitLength '-1'"),
         ("commitLength 0\nterm 1\nnodeId 1\n", ":", "missing votedFor"),
         ("", ":", "missing commitLength, term, votedFor, nodeId"),
+        # Beyond what the core ever reaches (raftkv/core/validation.py):
+        (
+            f"commitLength 0\nterm {MAX_TERM + 1}\nvotedFor None\nnodeId 1\n",
+            ", line 2",
+            f"term {MAX_TERM + 1} exceeds the limit {MAX_TERM}",
+        ),
+        (
+            f"commitLength {MAX_INDEX + 1}\nterm 1\nvotedFor None\nnodeId 1\n",
+            ", line 1",
+            f"commitLength {MAX_INDEX + 1} exceeds the limit {MAX_INDEX}",
+        ),
     ],
 )
 def test_malformed_metadata_names_file_and_line(
@@ -725,6 +737,14 @@ def test_malformed_metadata_names_file_and_line(
     with pytest.raises(StorageCorruption, match=problem) as info:
         reload(data_dir)
     assert str(info.value).startswith(f"corrupt data in {metadata_path}{where}")
+
+
+def test_the_highest_term_and_commit_length_still_load(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / METADATA_FILE_NAME).write_text(
+        f"commitLength 0\nterm {MAX_TERM}\nvotedFor None\nnodeId 1\n"
+    )
+    assert reload(data_dir).hard_state.term == MAX_TERM
 
 
 def test_non_utf8_metadata_is_corruption(data_dir: Path) -> None:
@@ -749,17 +769,26 @@ _CHILD_PRELUDE = textwrap.dedent(
 )
 
 
-def run_child(data_dir: Path, failpoint: str, body: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, FAILPOINT_ENV: failpoint}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+def run_python(
+    source: str, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`source` in a new interpreter that imports this checkout, `data_dir` its argument."""
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")])
+    )
     return subprocess.run(
-        [sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(body), str(data_dir)],
-        env=env,
+        [sys.executable, "-c", source, str(data_dir)],
+        env=environment,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def run_child(data_dir: Path, failpoint: str, body: str) -> subprocess.CompletedProcess[str]:
+    return run_python(_CHILD_PRELUDE + textwrap.dedent(body), data_dir, {FAILPOINT_ENV: failpoint})
 
 
 def test_failpoint_after_log_write_before_fsync(data_dir: Path) -> None:
@@ -1018,3 +1047,46 @@ def test_a_full_disk_is_one_storage_error(data_dir: Path, monkeypatch: pytest.Mo
         # Every later call names the first failure.
         with pytest.raises(StorageError, match=r"earlier failure: appending .*No space left"):
             storage.save_metadata(HardState(1, None), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Out of descriptors: a real process whose every descriptor is taken (as by client connections).
+
+_EXHAUSTED_CHILD = textwrap.dedent(
+    """
+    import errno, os, resource, sys
+    from pathlib import Path
+    from raftkv.core.messages import LogEntry, NO_OP
+    from raftkv.server.storage import HardState, NodeStorage
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    storage = NodeStorage(Path(sys.argv[1]), 1)
+    storage.load()
+    taken = []
+    while True:
+        try:
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as error:
+            assert error.errno == errno.EMFILE, error
+            break
+    storage.append_entries(1, [LogEntry(3, NO_OP)])
+    storage.save_metadata(HardState(3, 2), 1)
+    storage.save_metadata(HardState(4, None), 1)  # the spares it gave up were taken back
+    try:
+        os.open(os.devnull, os.O_RDONLY)
+    except OSError as error:
+        print("still exhausted:", errno.errorcode[error.errno], "after", len(taken))
+    """
+)
+
+
+def test_metadata_saves_and_appends_succeed_when_the_process_has_no_descriptor_left(
+    data_dir: Path,
+) -> None:
+    child = run_python(_EXHAUSTED_CHILD, data_dir)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("still exhausted: EMFILE after ")
+    loaded = reload(data_dir)
+    assert loaded.hard_state == HardState(4, None)
+    assert loaded.entries == [LogEntry(3, NO_OP)]
+    assert loaded.commit_length == 1

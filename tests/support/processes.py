@@ -115,7 +115,8 @@ class LocalCluster:
     """A cluster of `size` raftkv-node processes on 127.0.0.1, ports chosen free.
 
     `profile`, `lease` and `read_mode` set every node's timing (the effective values are in
-    `self.timing`); `extra_args` go to every node's command line, `node_args[i]` to node i's only.
+    `self.timing`); `extra_args` go to every node's command line, `node_args[i]` to node i's only;
+    `prefix` runs every node under a wrapper (e.g. `prlimit --nofile=128:128 --`).
     A test seam among them or in `env` (an `--unsafe-*` flag, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT)
     needs `allow_unsafe=True` (or `cluster.allow_unsafe = True` before the start that uses it).
     """
@@ -132,6 +133,7 @@ class LocalCluster:
         node_args: Mapping[int, Sequence[str]] | None = None,
         env: Mapping[str, str] | None = None,
         allow_unsafe: bool = False,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.root = tmp_path / "cluster"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,7 @@ class LocalCluster:
         self.node_args = {i: list(a) for i, a in (node_args or {}).items()}
         self.env = dict(env or {})
         self.allow_unsafe = allow_unsafe
+        self.prefix = list(prefix)
         self.timing = _timing(profile, lease, read_mode)
         self.ports = free_ports(size, offsets=(0, PEER_PORT_OFFSET))
         self.certs = self.root / "tls"
@@ -212,7 +215,7 @@ class LocalCluster:
         node.starts += 1
         with node.out_path.open("ab") as output:
             output.write(f"--- start #{node.starts} at {datetime.now().isoformat()} ---\n".encode())
-        node.process = spawn_node(self.launch(node_id), output=node.out_path)
+        node.process = spawn_node(self.launch(node_id), output=node.out_path, prefix=self.prefix)
         node.paused = False
         self._reset_channel(node_id)
 

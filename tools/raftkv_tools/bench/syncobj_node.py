@@ -29,7 +29,11 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # type: ign
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.metadata import LEADER_ID_METADATA
-from raftkv.server.pipeline import PipelineSession, status_code_number
+from raftkv.server.pipeline import (
+    PipelineSession,
+    ReplyBudget,
+    status_code_number,
+)
 
 
 class ReplicatedDict(SyncObj):  # type: ignore[misc,unused-ignore]
@@ -48,6 +52,7 @@ class FrontDoor(raftkv_pb2_grpc.KeyValueServicer):
         self.node_id = node_id
         self.raft = raft
         self.obj = obj
+        self.reply_budget = ReplyBudget.for_node()
 
     def _leader(self) -> int | None:
         leader = self.obj._getLeader()
@@ -93,7 +98,9 @@ class FrontDoor(raftkv_pb2_grpc.KeyValueServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.PipelineReplies]:
         # The same session engine as our nodes, so both are driven through the same stream.
-        async for replies in PipelineSession(_PipelineBackend(self)).serve(request_iterator):
+        async for replies in PipelineSession(_PipelineBackend(self), self.reply_budget).serve(
+            request_iterator
+        ):
             yield replies
 
     async def Status(  # noqa: N802 - gRPC method name
