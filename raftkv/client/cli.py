@@ -18,7 +18,9 @@ Those come from the entry-point group `raftkv.commands` (raftkv/client/commands.
 a command reach it (`raftkv --cluster FILE bench` = `raftkv bench --cluster FILE`).
 
 The cluster comes from --peers (ids 0..n-1 in the order given), else --cluster, else the file
-named by $RAFTKV_CLUSTER, else cluster/cluster.json.
+named by $RAFTKV_CLUSTER, else cluster/cluster.json. The description's `tls` object turns TLS
+on (`ca`) and, where nodes demand one (--client-cert-auth), presents a client certificate
+(`cert`, `key`).
 
 Exit codes:
     0  success
@@ -44,6 +46,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
+from raftkv.tls import TlsConfigError, client_tls
 
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
 from .errors import (
@@ -118,12 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     command: Callable[[SyncClient, argparse.Namespace], int] = args.command
     try:
-        root_cert = _tls_root_cert(cluster)
-    except OSError as error:
-        print(f"raftkv: cannot read the cluster's TLS CA certificate: {error}", file=sys.stderr)
+        root_cert, client_cert = client_tls(cluster.tls)
+    except TlsConfigError as error:
+        print(f"raftkv: {error}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        with SyncClient(cluster, timeout=args.timeout, tls_root_cert=root_cert) as client:
+        with SyncClient(
+            cluster, timeout=args.timeout, tls_root_cert=root_cert, tls_client_cert=client_cert
+        ) as client:
             return command(client, args)
     except RaftKVError as error:
         print(f"raftkv: {error}", file=sys.stderr)
@@ -224,12 +229,6 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return seconds
-
-
-def _tls_root_cert(cluster: ClusterDescription) -> bytes | None:
-    """A cluster description with `"tls": {"ca": PATH}` is served over TLS signed by that CA."""
-    ca = cluster.tls.get("ca")
-    return Path(ca).expanduser().read_bytes() if ca else None
 
 
 def _load_cluster(args: argparse.Namespace) -> ClusterDescription:

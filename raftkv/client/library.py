@@ -153,6 +153,10 @@ class RaftKVClient:
     SETs from one client are sent one at a time: the server's dedup keeps only the highest
     sequence number per client, so a later SET overtaking an earlier one would make the earlier
     one look like a duplicate. Use several clients for parallel writes.
+
+    `tls_root_cert` (PEM) turns TLS on and verifies the nodes against it; `tls_client_cert`,
+    (private key, certificate chain) in PEM, is presented to nodes that demand a client
+    certificate (--client-cert-auth). `raftkv.tls.client_tls` reads both from a description.
     """
 
     def __init__(
@@ -163,9 +167,12 @@ class RaftKVClient:
         client_id: str | None = None,
         per_try_timeout: float = 1.0,
         tls_root_cert: bytes | None = None,
+        tls_client_cert: tuple[bytes, bytes] | None = None,
         first_node: int | None = None,
     ) -> None:
         _require_positive("timeout", timeout)
+        if tls_client_cert is not None and tls_root_cert is None:
+            raise ValueError("tls_client_cert needs tls_root_cert: a client certificate is TLS")
         _require_positive("per_try_timeout", per_try_timeout)
         if client_id == "":
             raise ValueError("client_id must not be empty: the server does not dedup without one")
@@ -183,8 +190,11 @@ class RaftKVClient:
         self._first_node = (
             None if first_node is None else self._endpoint_by_id[cluster.node(first_node).id]
         )
+        key, chain = tls_client_cert or (None, None)
         self._credentials = (
-            None if tls_root_cert is None else grpc.ssl_channel_credentials(tls_root_cert)
+            None
+            if tls_root_cert is None
+            else grpc.ssl_channel_credentials(tls_root_cert, key, chain)
         )
         self.client_id = uuid.uuid4().hex if client_id is None else client_id + _client_id_suffix()
         self._last_seq = 0
@@ -447,6 +457,7 @@ class SyncClient:
         client_id: str | None = None,
         per_try_timeout: float = 1.0,
         tls_root_cert: bytes | None = None,
+        tls_client_cert: tuple[bytes, bytes] | None = None,
         first_node: int | None = None,
     ) -> None:
         self._client = RaftKVClient(
@@ -455,6 +466,7 @@ class SyncClient:
             client_id=client_id,
             per_try_timeout=per_try_timeout,
             tls_root_cert=tls_root_cert,
+            tls_client_cert=tls_client_cert,
             first_node=first_node,
         )
         self._runner = asyncio.Runner()

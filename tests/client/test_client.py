@@ -13,7 +13,7 @@ import io
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +29,7 @@ from raftkv.client.errors import (
     StaleSequenceError,
     UnknownOutcomeError,
 )
-from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient
+from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient, SyncClient
 from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
@@ -43,6 +43,9 @@ from raftkv.server.pipeline import (
     status_code_number,
 )
 from raftkv.server.replies import outcome_reply
+from raftkv.tls import LoadedTls, TlsFiles
+from raftkv_tools.certs import issue as issue_certificates
+from raftkv_tools.certs import local_nodes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -228,9 +231,13 @@ def _hint_metadata(
 
 
 class FakeCluster:
-    """`size` fake nodes (ids 0..size-1); the ids in `down` get an address nobody listens on."""
+    """`size` fake nodes (ids 0..size-1); the ids in `down` get an address nobody listens on.
+    With `tls`, every node serves TLS and demands a client certificate (--client-cert-auth)."""
 
-    def __init__(self, size: int = 3, *, down: Iterable[int] = ()) -> None:
+    def __init__(
+        self, size: int = 3, *, down: Iterable[int] = (), tls: LoadedTls | None = None
+    ) -> None:
+        self._tls = tls
         self.shared = SharedState()
         self.nodes = [FakeNode(node_id, self.shared) for node_id in range(size)]
         self._down = set(down)
@@ -284,7 +291,11 @@ class FakeCluster:
                 continue
             server = grpc.aio.server()
             raftkv_pb2_grpc.add_KeyValueServicer_to_server(node, server)
-            port = server.add_insecure_port("127.0.0.1:0")
+            if self._tls is None:
+                port = server.add_insecure_port("127.0.0.1:0")
+            else:
+                credentials = self._tls.server_credentials(require_client_auth=True)
+                port = server.add_secure_port("127.0.0.1:0", credentials)
             await server.start()
             self._servers.append(server)
             addresses.append(f"127.0.0.1:{port}")
@@ -639,7 +650,45 @@ def test_status_has_a_row_for_an_unreachable_node() -> None:
         assert [line[reachable_column:].split()[0] for line in table[1:]] == ["yes", "yes", "no"]
 
 
+def test_a_client_certificate_opens_nodes_that_demand_one(tmp_path: Path) -> None:
+    issue_certificates(tmp_path, local_nodes(1), clients=["ops"])
+    ca = (tmp_path / "ca.pem").read_bytes()
+    pair = (tmp_path / "client-ops.key").read_bytes(), (tmp_path / "client-ops.pem").read_bytes()
+    with FakeCluster(1, tls=TlsFiles.in_directory(tmp_path, 0).load()) as fake:
+        fake.lead(0)
+        with SyncClient(fake.description, tls_root_cert=ca, tls_client_cert=pair) as client:
+            assert client.set("k", "v") == 1
+            assert client.get("k") == "v"
+
+        async def without_certificate() -> str | None:
+            async with RaftKVClient(fake.description, timeout=1.0, tls_root_cert=ca) as client:
+                return await client.get("k")
+
+        with pytest.raises(NoLeaderError):
+            asyncio.run(without_certificate())
+    with pytest.raises(ValueError, match="tls_client_cert needs tls_root_cert"):
+        RaftKVClient(fake.description, tls_client_cert=pair)
+
+
 # -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_presents_the_client_certificate_its_description_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issue_certificates(tmp_path, local_nodes(1), clients=["ops"])
+    tls = {"ca": "ca.pem", "cert": "client-ops.pem", "key": "client-ops.key"}
+    with FakeCluster(1, tls=TlsFiles.in_directory(tmp_path, 0).load()) as fake:
+        fake.lead(0)
+        replace(fake.description, tls=tls).save(tmp_path / "cluster.json")
+        cluster = str(tmp_path / "cluster.json")
+        assert main(["--cluster", cluster, "set", "k", "v"]) == 0
+        assert main(["--cluster", cluster, "get", "k"]) == 0
+        assert capsys.readouterr().out == "OK\nv\n"
+        del tls["key"]
+        replace(fake.description, tls=tls).save(tmp_path / "cluster.json")
+        assert main(["--cluster", cluster, "get", "k"]) == 2
+        assert "needs both 'cert' and 'key'" in capsys.readouterr().err
 
 
 def test_cli_set_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
