@@ -182,21 +182,26 @@ def render_cluster_files(
     cluster_name: str,
     profile: str,
     port: int,
+    peer_port: int,
     ssh_user: str,
     tls: bool,
+    client_cert_auth: bool,
     data_dir: str = "/var/lib/raftkv",
 ) -> tuple[Path, Path]:
     """Render cluster.json and inventory.yml with the same Terraform module and templates the
-    cloud deployment uses (modules/cluster_files, provider-free, applied in a scratch dir)."""
+    cloud deployment uses (modules/cluster_files, provider-free, applied in a scratch dir; the
+    cluster id is a new one each time)."""
     with tempfile.TemporaryDirectory(prefix="raftkv-render-") as scratch_name:
         scratch = Path(scratch_name)
         variables = {
             "cluster_name": cluster_name,
             "port": port,
+            "peer_port": peer_port,
             "data_dir": data_dir,
             "profile": profile,
             "ssh_user": ssh_user,
             "tls": tls,
+            "client_cert_auth": client_cert_auth,
             "nodes": [
                 {
                     "id": n.id,

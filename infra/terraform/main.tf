@@ -1,6 +1,7 @@
 # A raftkv cluster on Google Compute Engine: one VPC, a subnet per region, firewall rules that
-# open the raftkv port only inside the cluster (and to client_cidrs) and SSH only to
-# admin_cidrs, and node_count Debian 12 VMs spread over the zones.
+# open the peer port only to the cluster's own VMs, the client port to client_cidrs (and, for the
+# readiness probe, to the cluster's VMs) and SSH only to admin_cidrs, and node_count Debian 12
+# VMs spread over the zones.
 #
 # Names, zones, subnets and internal addresses come from the provider-free modules/topology;
 # the cluster description and the Ansible inventory from modules/cluster_files. Both are
@@ -19,6 +20,7 @@ module "topology" {
   name_prefix  = var.name_prefix
   network_cidr = var.network_cidr
   port         = var.raftkv_port
+  peer_port    = var.raftkv_peer_port
 }
 
 locals {
@@ -44,23 +46,42 @@ resource "google_compute_subnetwork" "raftkv" {
   private_ip_google_access = true
 }
 
-# Peers talk to each other on the raftkv port; nothing else inside the network is open.
+# The peer port (Raft between nodes, mutual TLS) is open to the cluster's own VMs only: the
+# source is the node tag, not an address range, so no other VM in the subnets and no client
+# reaches it. Nothing else inside the network is open.
 resource "google_compute_firewall" "peers" {
-  name          = "${var.name_prefix}-allow-peers"
-  network       = google_compute_network.raftkv.name
-  direction     = "INGRESS"
-  source_ranges = values(module.topology.subnets)
-  target_tags   = [local.node_tag]
+  name        = "${var.name_prefix}-allow-peers"
+  network     = google_compute_network.raftkv.name
+  direction   = "INGRESS"
+  source_tags = [local.node_tag]
+  target_tags = [local.node_tag]
 
   allow {
     protocol = "tcp"
-    ports    = [tostring(var.raftkv_port)]
+    ports    = [tostring(module.topology.ports.peer)]
   }
   allow {
     protocol = "icmp"
   }
 }
 
+# The client port for the cluster's own VMs: the role's readiness probe on each node asks every
+# node's Status there (before and after a rolling restart), presenting the node's certificate
+# when client_cert_auth is on.
+resource "google_compute_firewall" "node_status" {
+  name        = "${var.name_prefix}-allow-node-status"
+  network     = google_compute_network.raftkv.name
+  direction   = "INGRESS"
+  source_tags = [local.node_tag]
+  target_tags = [local.node_tag]
+
+  allow {
+    protocol = "tcp"
+    ports    = [tostring(module.topology.ports.client)]
+  }
+}
+
+# Clients reach the client port only; the peer port stays closed to them.
 resource "google_compute_firewall" "clients" {
   count = length(var.client_cidrs) > 0 ? 1 : 0
 
@@ -72,7 +93,7 @@ resource "google_compute_firewall" "clients" {
 
   allow {
     protocol = "tcp"
-    ports    = [tostring(var.raftkv_port)]
+    ports    = [tostring(module.topology.ports.client)]
   }
 }
 
@@ -140,13 +161,15 @@ resource "google_compute_instance" "node" {
 module "cluster_files" {
   source = "./modules/cluster_files"
 
-  cluster_name   = var.name_prefix
-  port           = var.raftkv_port
-  data_dir       = var.data_dir
-  profile        = var.profile
-  ssh_user       = var.ssh_user
-  tls            = var.tls
-  chrony_servers = ["metadata.google.internal"]
+  cluster_name     = var.name_prefix
+  port             = module.topology.ports.client
+  peer_port        = module.topology.ports.peer
+  data_dir         = var.data_dir
+  profile          = var.profile
+  ssh_user         = var.ssh_user
+  tls              = var.tls
+  client_cert_auth = var.client_cert_auth
+  chrony_servers   = ["metadata.google.internal"]
   nodes = [for node in module.topology.nodes : {
     id          = node.id
     name        = node.name

@@ -13,8 +13,18 @@ output "zones" {
   value       = [for node in module.topology.nodes : node.zone]
 }
 
+output "ports" {
+  description = "A node's two TCP ports: client (open to client_cidrs) and peer (the cluster's VMs only)."
+  value       = module.topology.ports
+}
+
+output "cluster_id" {
+  description = "The cluster id every peer message carries (made at the first apply, kept in the state)."
+  value       = module.cluster_files.cluster_id
+}
+
 output "internal_addresses" {
-  description = "Internal IPv4 address of each node (what peers dial), ordered by node id."
+  description = "Internal IPv4 address of each node (what peers dial, on the peer port), ordered by node id."
   value       = [for node in module.topology.nodes : google_compute_instance.node[node.name].network_interface[0].network_ip]
 }
 

@@ -97,7 +97,7 @@ variable "network_cidr" {
 
 variable "raftkv_port" {
   type        = number
-  description = "TCP port each node serves peers and clients on."
+  description = "TCP port each node serves clients on (KeyValue, ServeClient); open to client_cidrs."
   default     = 50050
   validation {
     condition     = var.raftkv_port >= 1024 && var.raftkv_port <= 65535 && floor(var.raftkv_port) == var.raftkv_port
@@ -105,9 +105,19 @@ variable "raftkv_port" {
   }
 }
 
+variable "raftkv_peer_port" {
+  type        = number
+  description = "TCP port each node serves the other nodes on (Raft, mutual TLS); open to the cluster's own VMs only. Must differ from raftkv_port; raftkv's own default is raftkv_port + 1000."
+  default     = 51050
+  validation {
+    condition     = var.raftkv_peer_port >= 1024 && var.raftkv_peer_port <= 65535 && floor(var.raftkv_peer_port) == var.raftkv_peer_port
+    error_message = "raftkv_peer_port must be a whole number between 1024 and 65535."
+  }
+}
+
 variable "client_cidrs" {
   type        = list(string)
-  description = "IPv4 ranges allowed to reach the raftkv port from outside the cluster (your clients). Empty: only the nodes themselves."
+  description = "IPv4 ranges allowed to reach the client port (raftkv_port, never the peer port) from outside the cluster. Empty: no client outside the cluster."
   default     = []
   validation {
     condition     = alltrue([for cidr in var.client_cidrs : can(cidrhost(cidr, 0)) && can(regex("^[0-9.]+/[0-9]+$", cidr))])
@@ -163,7 +173,13 @@ variable "profile" {
 
 variable "tls" {
   type        = bool
-  description = "Serve peers and clients over TLS (certificates made by the playbook on the controller)."
+  description = "Serve clients over TLS (certificates made by the playbook on the controller). Peers always use mutual TLS, whatever this says."
+  default     = true
+}
+
+variable "client_cert_auth" {
+  type        = bool
+  description = "Nodes demand a client certificate from the CA (--client-cert-auth; needs tls). The playbook makes the operator's, tls/client-ops.pem, which cluster.json names."
   default     = true
 }
 

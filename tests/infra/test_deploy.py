@@ -5,6 +5,7 @@ provider-free module)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ pytest.importorskip("python_terraform", reason="install the deploy extra: make i
 REPO_ROOT = Path(__file__).resolve().parents[2]
 from infra import deploy  # noqa: E402
 from raftkv.cluster import ClusterDescription  # noqa: E402
+
+yaml = pytest.importorskip("yaml")
 
 FULL_TFVARS = """
 project_id     = "raftkv-test-1"
@@ -116,17 +119,38 @@ def test_terraform_outputs_become_the_cluster_files(
         cluster_name="t",
         profile="seed",
         port=50051,
+        peer_port=51051,
         ssh_user="deploy",
         tls=True,
+        client_cert_auth=True,
     )
     description = ClusterDescription.load(cluster_json)
     assert [n.address for n in description.nodes] == [f"192.0.2.{10 + i}:50051" for i in range(3)]
+    assert [n.peer_address for n in description.nodes] == [
+        f"192.0.2.{10 + i}:51051" for i in range(3)
+    ]
     assert [n.host for n in description.nodes] == [f"deploy@192.0.2.{10 + i}" for i in range(3)]
-    assert '"ca": "tls/ca.pem"' in cluster_json.read_text()  # relative to the file's folder
-    expected_ca = str((cluster_json.parent / "tls" / "ca.pem").resolve())
-    assert description.profile == "seed" and description.tls == {"ca": expected_ca}
+    # Relative to the file's folder, where the playbook makes the certificates.
+    raw = json.loads(cluster_json.read_text())
+    assert raw["tls"] == {
+        "ca": "tls/ca.pem",
+        "cert": "tls/client-ops.pem",
+        "key": "tls/client-ops.key",
+    }
+    tls_dir = (cluster_json.parent / "tls").resolve()
+    assert description.profile == "seed" and description.tls == {
+        "ca": str(tls_dir / "ca.pem"),
+        "cert": str(tls_dir / "client-ops.pem"),
+        "key": str(tls_dir / "client-ops.key"),
+    }
+    assert re.fullmatch(r"t-[0-9a-f]{8}", description.cluster_id)
     text = inventory.read_text()
     assert "n2:\n          ansible_host: 192.0.2.12\n          raftkv_node_id: 2\n" in text
+    group = yaml.safe_load(text)["all"]["children"]["raftkv"]["vars"]
+    assert group["raftkv_cluster_id"] == description.cluster_id
+    assert (group["raftkv_port"], group["raftkv_peer_port"]) == (50051, 51051)
+    assert group["raftkv_tls_enabled"] is True and group["raftkv_client_cert_auth"] is True
+    assert group["raftkv_client_cert_names"] == ["ops"]
     before = cluster_json.stat().st_mtime_ns
     deploy.write_artifacts(
         {"cluster_description": cluster_json.read_text(), "inventory": text}, tmp_path / "out"

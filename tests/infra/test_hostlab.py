@@ -171,8 +171,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             cluster_name="lab",
             profile="fast",
             port=50050,
+            peer_port=51050,
             ssh_user=hostlab.DEPLOY_USER,
             tls=True,
+            client_cert_auth=True,
         )
         source = snapshot_sources(_mkdir(work / "source"))
         result = Deployment(lab, work, cluster_json, inventory, source, artifacts)

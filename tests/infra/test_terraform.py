@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from raftkv.cluster import PEER_PORT_OFFSET
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO_ROOT / "infra" / "terraform"
 MODULES = ["topology", "cluster_files"]
@@ -82,7 +84,7 @@ def test_the_root_module_variable_rules(tmp_path: Path, tf_env: dict[str, str]) 
     assert terraform(["init", "-backend=false", "-no-color"], scratch, tf_env).returncode == 0
     result = terraform(["test", "-no-color"], scratch, tf_env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "12 passed, 0 failed" in result.stdout
+    assert "14 passed, 0 failed" in result.stdout
 
 
 def load_hcl(path: Path) -> dict[str, Any]:
@@ -121,8 +123,12 @@ def test_the_root_contract() -> None:
         "admin_cidrs",
         "ssh_public_key",
         "network_cidr",
+        "raftkv_port",
+        "raftkv_peer_port",
     ):
         assert spec[name].get("validation"), f"{name} needs a validation block"
+    assert spec["raftkv_peer_port"]["default"] == 50050 + PEER_PORT_OFFSET
+    assert spec["client_cert_auth"]["default"] is True and spec["tls"]["default"] is True
     outputs = {name for block in load_hcl(TERRAFORM_DIR / "outputs.tf")["output"] for name in block}
     assert {
         "node_ids",
@@ -132,6 +138,8 @@ def test_the_root_contract() -> None:
         "external_addresses",
         "cluster_description",
         "inventory",
+        "ports",
+        "cluster_id",
     } <= outputs
     versions = load_hcl(TERRAFORM_DIR / "versions.tf")["terraform"][0]
     assert versions["required_providers"][0]["google"]["source"] == "hashicorp/google"
@@ -146,17 +154,52 @@ def resources(path: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+PEER_PORT = "${tostring(module.topology.ports.peer)}"
+CLIENT_PORT = "${tostring(module.topology.ports.client)}"
+
+
+def tcp_ports(rule: dict[str, Any]) -> list[str]:
+    return [
+        port for allow in rule["allow"] if allow["protocol"] == "tcp" for port in allow["ports"]
+    ]
+
+
 def test_the_firewall_opens_only_what_it_must() -> None:
     found = resources(TERRAFORM_DIR / "main.tf")
+    rules = {k: v for k, v in found.items() if k.startswith("google_compute_firewall.")}
     ssh = found["google_compute_firewall.ssh"]
     assert ssh["source_ranges"] == "${var.admin_cidrs}"
-    assert ssh["allow"][0]["ports"] == ["22"]
+    assert tcp_ports(ssh) == ["22"]
+    # The peer port: the cluster's own VMs (by tag), nobody else.
     peers = found["google_compute_firewall.peers"]
-    assert peers["source_ranges"] == "${values(module.topology.subnets)}"
+    assert peers["source_tags"] == ["${local.node_tag}"] and "source_ranges" not in peers
+    assert tcp_ports(peers) == [PEER_PORT]
+    # The client port: client_cidrs, and the cluster's VMs for the readiness probe.
     clients = found["google_compute_firewall.clients"]
-    assert clients["source_ranges"] == "${var.client_cidrs}"
-    for rule in (ssh, peers, clients):
+    assert clients["source_ranges"] == "${var.client_cidrs}" and "source_tags" not in clients
+    assert tcp_ports(clients) == [CLIENT_PORT]
+    node_status = found["google_compute_firewall.node_status"]
+    assert node_status["source_tags"] == ["${local.node_tag}"]
+    assert "source_ranges" not in node_status and tcp_ports(node_status) == [CLIENT_PORT]
+    assert sorted(rules) == sorted(
+        f"google_compute_firewall.{name}" for name in ("ssh", "peers", "node_status", "clients")
+    )
+    for name, rule in rules.items():
         assert rule["direction"] == "INGRESS" and rule["target_tags"] == ["${local.node_tag}"]
+        if rule is not peers:
+            assert PEER_PORT not in tcp_ports(rule), f"{name} opens the peer port"
+
+
+def test_the_modules_get_both_ports_and_the_tls_switches() -> None:
+    modules = {
+        n: b for block in load_hcl(TERRAFORM_DIR / "main.tf")["module"] for n, b in block.items()
+    }
+    assert modules["topology"]["port"] == "${var.raftkv_port}"
+    assert modules["topology"]["peer_port"] == "${var.raftkv_peer_port}"
+    files = modules["cluster_files"]
+    assert files["port"] == "${module.topology.ports.client}"
+    assert files["peer_port"] == "${module.topology.ports.peer}"
+    assert files["tls"] == "${var.tls}" and files["client_cert_auth"] == "${var.client_cert_auth}"
 
 
 def test_nodes_are_spread_and_subnets_follow_regions() -> None:

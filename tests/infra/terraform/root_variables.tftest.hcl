@@ -21,6 +21,15 @@ run "a_geo_distributed_five_node_cluster_is_valid" {
   }
 }
 
+run "ports_of_ones_own_choosing_are_valid" {
+  command = plan
+  variables {
+    raftkv_port      = 7000
+    raftkv_peer_port = 7001
+    client_cert_auth = false
+  }
+}
+
 run "an_even_node_count_is_refused" {
   command = plan
   variables {
@@ -43,6 +52,14 @@ run "no_zones_is_refused" {
     zones = []
   }
   expect_failures = [var.zones]
+}
+
+run "a_peer_port_out_of_range_is_refused" {
+  command = plan
+  variables {
+    raftkv_peer_port = 80
+  }
+  expect_failures = [var.raftkv_peer_port]
 }
 
 run "a_bad_client_cidr_is_refused" {

@@ -2,8 +2,18 @@ variable "cluster_name" {
   type        = string
   description = "Name of the cluster, written into the cluster description."
   validation {
-    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_.-]*$", var.cluster_name))
-    error_message = "cluster_name must be letters, digits, dots, dashes or underscores."
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", var.cluster_name))
+    error_message = "cluster_name must be 1-100 letters, digits, dots, dashes or underscores."
+  }
+}
+
+variable "cluster_id" {
+  type        = string
+  description = "The cluster id every peer message carries (raftkv refuses another cluster's). null: <cluster_name>-<8 random hex digits>, made at the first apply and kept."
+  default     = null
+  validation {
+    condition     = var.cluster_id == null || can(regex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", var.cluster_id))
+    error_message = "cluster_id must be 1-128 letters, digits, dots, dashes or underscores."
   }
 }
 
@@ -28,10 +38,19 @@ variable "nodes" {
 
 variable "port" {
   type        = number
-  description = "TCP port each node serves peers and clients on."
+  description = "TCP port each node serves clients on (`address` in the description)."
   validation {
     condition     = var.port >= 1 && var.port <= 65535 && floor(var.port) == var.port
     error_message = "port must be a whole number between 1 and 65535."
+  }
+}
+
+variable "peer_port" {
+  type        = number
+  description = "TCP port each node serves the other nodes on, over mutual TLS (`peer_address`, on the internal address)."
+  validation {
+    condition     = var.peer_port >= 1 && var.peer_port <= 65535 && floor(var.peer_port) == var.peer_port
+    error_message = "peer_port must be a whole number between 1 and 65535."
   }
 }
 
@@ -74,8 +93,24 @@ variable "ssh_user" {
 
 variable "tls" {
   type        = bool
-  description = "Whether nodes and clients use TLS (certificates made by the playbook under <description dir>/tls)."
+  description = "Whether the client listener serves TLS (certificates made by the playbook under <description dir>/tls). Peers always use mutual TLS."
   default     = true
+}
+
+variable "client_cert_auth" {
+  type        = bool
+  description = "Whether nodes demand a client certificate from clients (--client-cert-auth; needs tls). The description then names the operator's certificate, client-<client_cert_name>."
+  default     = true
+}
+
+variable "client_cert_name" {
+  type        = string
+  description = "Name of the operator's client certificate that the playbook makes (tls/client-<name>.pem and .key) for Fabric and the raftkv CLI."
+  default     = "ops"
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,40}$", var.client_cert_name))
+    error_message = "client_cert_name must be 1-41 of a-z, 0-9 and '-'."
+  }
 }
 
 variable "chrony_servers" {

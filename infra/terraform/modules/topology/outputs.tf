@@ -13,9 +13,19 @@ output "subnets" {
   value       = tomap(local.subnets)
 }
 
+output "ports" {
+  description = "The TCP ports of a node's two listeners: client and peer."
+  value       = { client = var.port, peer = var.peer_port }
+
+  precondition {
+    condition     = var.port != var.peer_port
+    error_message = "port and peer_port must differ: clients and peers have listeners of their own."
+  }
+}
+
 output "peer_addresses" {
-  description = "host:port of every node on the internal network, ordered by id."
-  value       = tolist([for node in local.nodes : "${node.internal_ip}:${var.port}"])
+  description = "internal address:peer port of every node (what the other nodes dial), ordered by id."
+  value       = tolist([for node in local.nodes : "${node.internal_ip}:${var.peer_port}"])
 }
 
 output "quorum" {

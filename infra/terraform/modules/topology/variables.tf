@@ -54,11 +54,21 @@ variable "subnet_newbits" {
 
 variable "port" {
   type        = number
-  description = "TCP port every node serves peers and clients on."
+  description = "TCP port every node serves clients on (the client listener: KeyValue, ServeClient)."
   default     = 50050
   validation {
     condition     = var.port >= 1024 && var.port <= 65535 && floor(var.port) == var.port
     error_message = "port must be a whole number between 1024 and 65535."
+  }
+}
+
+variable "peer_port" {
+  type        = number
+  description = "TCP port every node serves the other nodes on (the peer listener, mutual TLS). raftkv's default is the client port + 1000."
+  default     = 51050
+  validation {
+    condition     = var.peer_port >= 1024 && var.peer_port <= 65535 && floor(var.peer_port) == var.peer_port
+    error_message = "peer_port must be a whole number between 1024 and 65535."
   }
 }
 

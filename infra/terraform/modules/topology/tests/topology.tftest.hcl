@@ -36,8 +36,8 @@ run "one_subnet_per_region_and_addresses_inside_it" {
     error_message = "each region gets the next /24 of network_cidr"
   }
   assert {
-    condition     = output.peer_addresses == tolist(["10.42.0.10:50050", "10.42.0.11:50050", "10.42.1.12:50050", "10.42.0.13:50050", "10.42.0.14:50050"])
-    error_message = "node i must get host first_host_number + i of its region's subnet"
+    condition     = output.peer_addresses == tolist(["10.42.0.10:51050", "10.42.0.11:51050", "10.42.1.12:51050", "10.42.0.13:51050", "10.42.0.14:51050"])
+    error_message = "node i must get host first_host_number + i of its region's subnet; peers dial the peer port"
   }
   assert {
     condition     = alltrue([for node in output.nodes : cidrhost(output.subnets[node.region], 0) == cidrhost("${node.internal_ip}/24", 0)])
@@ -108,4 +108,28 @@ run "an_invalid_cidr_is_refused" {
     network_cidr = "10.42.0.0/33"
   }
   expect_failures = [var.network_cidr]
+}
+
+run "clients_and_peers_have_ports_of_their_own" {
+  command = plan
+  variables {
+    port      = 60000
+    peer_port = 60001
+  }
+  assert {
+    condition     = output.ports == { client = 60000, peer = 60001 }
+    error_message = "the ports must be the ones given"
+  }
+  assert {
+    condition     = output.peer_addresses[0] == "10.42.0.10:60001"
+    error_message = "peer addresses carry the peer port"
+  }
+}
+
+run "one_port_for_clients_and_peers_is_refused" {
+  command = plan
+  variables {
+    peer_port = 50050
+  }
+  expect_failures = [output.ports]
 }
