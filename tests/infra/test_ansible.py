@@ -65,6 +65,18 @@ RENDER = """
 """
 
 
+# Only the role's first task, the check of its variables, runs: it fails before anything else.
+CHECK = """
+- name: Check the raftkv variables
+  hosts: raftkv
+  gather_facts: false
+  tasks:
+    - name: Run the role's checks
+      ansible.builtin.include_role:
+        name: {role}
+"""
+
+
 def ansible_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -88,9 +100,8 @@ def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("render")
+def render(tmp_path: Path, *extra_vars: str) -> Path:
+    """The role's templates for the three hosts of INVENTORY, in the returned folder."""
     install = tmp_path / "opt-raftkv"
     (install / "venv" / "bin").mkdir(parents=True)
     executable = install / "venv" / "bin" / "raftkv-node"
@@ -107,11 +118,17 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (role / "tasks" / "main.yml").write_text(RENDER_TASKS.format(out=out))
     playbook = tmp_path / "render.yml"
     playbook.write_text(RENDER.format(role=role, install=install))
+    extra = [arg for var in extra_vars for arg in ("-e", var)]
     result = run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)], tmp_path
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), *extra, str(playbook)], tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render(tmp_path_factory.mktemp("render"))
 
 
 def test_ansible_lint_passes_the_production_profile(tmp_path: Path) -> None:
@@ -191,7 +208,11 @@ def test_the_unit_verifies_without_a_warning(rendered: Path) -> None:
         assert hardening in text
     assert "--id 1 " in text and "--lease 4.0" in text and "--max-drift 0.01" in text
     assert "--profile fast" in text and "Description=raftkv node 1 of cluster static" in text
-    assert "--tls-key /etc/raftkv/tls/node.key" in text
+    # Both listeners use the node's certificate; clients must present one of their own.
+    tls = "/etc/raftkv/tls"
+    assert f"--peer-ca {tls}/ca.pem --peer-cert {tls}/node.pem --peer-key {tls}/node.key" in text
+    assert f"--tls-ca {tls}/ca.pem --tls-cert {tls}/node.pem --tls-key {tls}/node.key" in text
+    assert "--client-cert-auth" in text and "--insecure-peers" not in text
     # systemd-analyze exits 0 on warnings: any output at all is a failure.
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)],
@@ -207,13 +228,55 @@ def test_the_cluster_description_lists_every_peer(rendered: Path) -> None:
     descriptions = [ClusterDescription.load(rendered / f"raftkv-{i}.json") for i in range(3)]
     assert all(d == descriptions[0] for d in descriptions)
     nodes = descriptions[0].nodes
-    assert [(n.id, n.address) for n in nodes] == [
-        (0, "10.42.0.10:50050"),
-        (1, "10.42.1.11:50050"),
-        (2, "10.42.0.12:50050"),
+    assert [(n.id, n.address, n.peer_address) for n in nodes] == [
+        (0, "10.42.0.10:50050", "10.42.0.10:51050"),
+        (1, "10.42.1.11:50050", "10.42.1.11:51050"),
+        (2, "10.42.0.12:50050", "10.42.0.12:51050"),
     ]
-    assert descriptions[0].tls == {"ca": "/etc/raftkv/tls/ca.pem"}
+    # For the readiness probe: the node's own certificate opens the client listener.
+    assert descriptions[0].tls == {
+        "ca": "/etc/raftkv/tls/ca.pem",
+        "cert": "/etc/raftkv/tls/node.pem",
+        "key": "/etc/raftkv/tls/node.key",
+    }
     assert descriptions[0].profile == "fast" and descriptions[0].name == "static"
+    assert descriptions[0].cluster_id == "static"  # raftkv_cluster_id's default: the name
+
+
+def test_without_client_tls_peers_still_use_mutual_tls(tmp_path: Path) -> None:
+    out = render(
+        tmp_path,
+        "raftkv_tls_enabled=false",
+        "raftkv_client_cert_auth=false",
+        "raftkv_peer_port=7001",
+        "raftkv_cluster_id=static-0123abcd",
+    )
+    unit = (out / "raftkv-0.service").read_text()
+    assert "--peer-ca /etc/raftkv/tls/ca.pem" in unit and "--peer-key" in unit
+    assert "--tls-" not in unit and "--client-cert-auth" not in unit
+    description = ClusterDescription.load(out / "raftkv-0.json")
+    assert description.tls == {} and description.cluster_id == "static-0123abcd"
+    assert description.node(2).peer_address == "10.42.0.12:7001"
+
+
+@pytest.mark.parametrize(
+    "extra_vars",
+    [
+        ["raftkv_tls_enabled=false"],  # client-cert-auth stays on by default
+        ["raftkv_peer_port=50050"],
+    ],
+)
+def test_the_role_refuses_contradicting_settings(extra_vars: list[str], tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(INVENTORY.format(python=sys.executable))
+    playbook = tmp_path / "check.yml"
+    playbook.write_text(CHECK.format(role=ROLE))
+    extra = [arg for var in extra_vars for arg in ("-e", var)]
+    result = run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), *extra, str(playbook)], tmp_path
+    )
+    assert result.returncode != 0
+    assert "raftkv_client_cert_auth needs raftkv_tls_enabled" in result.stdout
 
 
 def probe_module() -> Any:
@@ -269,3 +332,47 @@ def test_the_probe_waits_for_a_restarted_node_to_catch_up() -> None:
         probe.joined([row(0, "leader", applied=12), row(1, applied=10), row(2)], 1, target) is None
     )
     assert "does not follow" in probe.joined([row(0, "leader"), row(1, leader=None), row(2)], 1, [])
+
+
+def test_the_probe_opens_a_client_cert_auth_node_with_the_nodes_own_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The role's choice, on a real node started with the role's TLS flags: the node-side
+    cluster.json names the node's own certificate, and --client-cert-auth admits it."""
+    from raftkv.cluster import PEER_PORT_OFFSET, NodeAddress
+    from raftkv.server.launch import NodeLaunch
+    from raftkv.tls import TlsFiles
+    from raftkv_tools.certs import issue, local_nodes
+    from raftkv_tools.launcher import spawn_node
+    from raftkv_tools.ports import free_ports
+
+    certs = tmp_path / "tls"
+    issue(certs, local_nodes(1))
+    files = TlsFiles.in_directory(certs, 0)
+    port = free_ports(1, offsets=(0, PEER_PORT_OFFSET))[0]
+    node = NodeAddress(0, f"127.0.0.1:{port}", "localhost", str(tmp_path / "data"))
+    description = ClusterDescription(
+        (node,), tls={"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
+    )
+    description.save(tmp_path / "cluster.json")
+    launch = NodeLaunch(
+        0,
+        cluster=tmp_path / "cluster.json",
+        quiet=True,
+        peer_tls=files,
+        tls=files,
+        client_cert_auth=True,
+    )
+    process = spawn_node(launch, output=tmp_path / "node.out")
+    probe = probe_module()
+    try:
+        args = ["--cluster", str(tmp_path / "cluster.json"), "--id", "0", "--until", "answers"]
+        assert probe.main([*args, "--timeout", "20"]) == 0, (tmp_path / "node.out").read_text()
+        # Without a certificate the same node turns the probe away.
+        ClusterDescription((node,), tls={"ca": str(files.ca)}).save(tmp_path / "cluster.json")
+        capsys.readouterr()
+        assert probe.main([*args, "--timeout", "1"]) == 1
+        assert '"ok": false' in capsys.readouterr().out
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -4,9 +4,11 @@
     raftkv-probe ... --until joined          # knows the leader and has applied its commits
     raftkv-probe ... --until safe-to-stop    # the others have a leader and a majority without it
 
-Asks every node's Status through the installed client library (TLS when the description names
-a CA) every half second until the condition holds (exit 0) or the timeout passes (exit 1, with
-the last answers and what was missing). Prints one line of JSON either way.
+Asks every node's Status on its client port through the installed client library every half
+second until the condition holds (exit 0) or the timeout passes (exit 1, with the last answers
+and what was missing). Prints one line of JSON either way. TLS when the description's `tls`
+names a CA, presenting the certificate and key it names where the nodes demand one
+(--client-cert-auth; the role names the node's own).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from raftkv.client import SyncClient
 from raftkv.client.library import NodeStatusRow
 from raftkv.cluster import ClusterDescription
+from raftkv.tls import client_tls
 
 
 def answers(rows: list[NodeStatusRow], node_id: int) -> str | None:
@@ -74,13 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cluster = ClusterDescription.load(args.cluster)
     cluster.node(args.id)
-    ca = cluster.tls.get("ca")
-    root_cert = Path(ca).read_bytes() if ca else None
+    root_cert, client_cert = client_tls(cluster.tls)
     target: list[int] = []
     deadline = time.monotonic() + args.timeout
     problem: str | None = "not asked yet"
     rows: list[NodeStatusRow] = []
-    with SyncClient(cluster, timeout=2.0, per_try_timeout=1.0, tls_root_cert=root_cert) as client:
+    with SyncClient(
+        cluster,
+        timeout=2.0,
+        per_try_timeout=1.0,
+        tls_root_cert=root_cert,
+        tls_client_cert=client_cert,
+    ) as client:
         while True:
             rows = client.status()
             if args.until == "answers":
