@@ -12,6 +12,13 @@ process: its pid is in `node-<id>.pid` beside the description (what `make cluste
 Any other `host` is an SSH target (`user@address`) running the systemd unit `raftkv` that
 infra/ansible installs; Fabric logs in as that user and uses sudo.
 
+Certificates: `status` talks to the client ports with the description's `tls` (CA, and the
+client certificate it names where nodes demand one). `start-node` starts a local node with the
+TLS flags the hosts' units use: the node certificate of the description's `peer_certs` folder for
+the peers, and for the client listener too when `tls` names a CA (--client-cert-auth when it
+names a client certificate). `partition` cuts every packet between the nodes' peer addresses,
+whatever the port.
+
 Every fault task appends a line to `faults.log` beside the description, which gather-logs
 copies with the logs so `raftkv logs review` can draw the faults on its timeline.
 """
@@ -40,6 +47,7 @@ from invoke.exceptions import Exit
 
 from raftkv.cluster import ClusterConfigError, ClusterDescription
 from raftkv.server.launch import NodeLaunch
+from raftkv.tls import TlsConfigError, TlsFiles, client_tls
 from raftkv_tools.launcher import spawn_node
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -102,29 +110,19 @@ class Cluster:
     def directory(self) -> Path:
         return self.path.parent
 
-    def ca_file(self) -> Path | None:
-        ca = self.description.tls.get("ca")
-        return None if not ca else (self.directory / ca)
-
 
 def load_cluster(path: str | None) -> Cluster:
     """The cluster description named by `path`, $RAFTKV_CLUSTER or cluster/cluster.json."""
-    import json
-
     chosen = Path(path or os.environ.get(CLUSTER_ENV) or DEFAULT_CLUSTER)
     try:
         description = ClusterDescription.load(chosen)
-        raw_nodes = {raw["id"]: raw for raw in json.loads(chosen.read_text())["nodes"]}
     except ClusterConfigError as error:
         raise Exit(f"fab: {error}", code=2) from None
-    nodes = []
-    for entry in description.nodes:
-        raw = raw_nodes[entry.id]
-        peer = str(raw.get("peer_address", entry.address))
-        nodes.append(
-            Node(entry.id, entry.address, peer.rpartition(":")[0], entry.host, entry.data_dir)
-        )
-    return Cluster(chosen.resolve(), description, tuple(nodes))
+    nodes = tuple(
+        Node(n.id, n.address, n.peer_address.rpartition(":")[0], n.host, n.data_dir)
+        for n in description.nodes
+    )
+    return Cluster(chosen.resolve(), description, nodes)
 
 
 def record_fault(cluster: Cluster, text: str) -> None:
@@ -249,14 +247,35 @@ def local_state(cluster: Cluster, node: Node) -> str:
     return f"pid {pid}" + (" PAUSED" if state == "T" else "")
 
 
-def local_start(cluster: Cluster, node: Node) -> int:
-    spec = NodeLaunch(
+def local_launch(cluster: Cluster, node: Node) -> NodeLaunch:
+    """A local node's start-up with the TLS flags the hosts' units use (infra/ansible, vars/
+    main.yml): its certificate from the description's `peer_certs` for the peers, always, and for
+    the client listener when `tls` names a CA, with --client-cert-auth when `tls` names a client
+    certificate."""
+    description = cluster.description
+    if not description.peer_certs:
+        raise Exit(
+            f"{cluster.path} names no peer_certs folder, and node {node.id} needs its peer "
+            "certificates: make them with `raftkv certs --out DIR --cluster FILE` and add "
+            '"peer_certs": "DIR" to the description (or use `make cluster-up`)',
+            code=2,
+        )
+    files = TlsFiles.in_directory(Path(description.peer_certs), node.id)
+    ca = description.tls.get("ca")
+    return NodeLaunch(
         node.id,
         cluster=cluster.path,
         data_dir=Path(node.data_dir),
-        profile=cluster.description.profile,
+        profile=description.profile,
         quiet=True,
+        peer_tls=files,
+        tls=TlsFiles(Path(ca), files.cert, files.key) if ca else None,
+        client_cert_auth=bool(ca and description.tls.get("cert")),
     )
+
+
+def local_start(cluster: Cluster, node: Node) -> int:
+    spec = local_launch(cluster, node)
     process = spawn_node(
         spec, output=cluster.directory / f"node-{node.id}.out", new_session=True, cwd=REPO_ROOT
     )
@@ -344,9 +363,13 @@ def status_table(cluster: Cluster, context: Context | None = None) -> str:
     carries SSH settings (`fab -i KEY`) for hosts."""
     from raftkv.client import SyncClient
 
-    ca = cluster.ca_file()
-    root_cert = ca.read_bytes() if ca is not None and ca.is_file() else None
-    with SyncClient(cluster.description, timeout=3.0, tls_root_cert=root_cert) as client:
+    try:
+        root_cert, client_cert = client_tls(cluster.description.tls)
+    except TlsConfigError as error:
+        raise Exit(f"fab: {error}", code=2) from None
+    with SyncClient(
+        cluster.description, timeout=3.0, tls_root_cert=root_cert, tls_client_cert=client_cert
+    ) as client:
         rows = {row.node_id: row for row in client.status()}
     context = context or Context()
     lines = [

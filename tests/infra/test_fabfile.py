@@ -174,6 +174,85 @@ def test_partition_sides() -> None:
         fabfile._partition_groups(cluster, "0,1,2,3,4")
 
 
+def test_partitions_cut_the_peer_addresses(tmp_path: Path) -> None:
+    description = tmp_path / "cluster.json"
+    nodes: list[dict[str, object]] = [
+        {"id": i, "address": f"34.1.1.{i}:50050", "peer_address": f"10.0.0.{i}:51050"}
+        for i in range(2)
+    ]
+    nodes.append({"id": 2, "address": "34.1.1.2:50050"})  # peer_address: the default
+    description.write_text(json.dumps({"nodes": nodes}))
+    cluster = fabfile.load_cluster(str(description))
+    assert [(n.address, n.peer_ip) for n in cluster.nodes] == [
+        ("34.1.1.0:50050", "10.0.0.0"),
+        ("34.1.1.1:50050", "10.0.0.1"),
+        ("34.1.1.2:50050", "34.1.1.2"),
+    ]
+
+
+def write_tls_description(directory: Path, tls: dict[str, str], peer_certs: str = "tls") -> Path:
+    """A one-node local cluster whose certificates (a CA, node 0, client ops) are in tls/."""
+    from raftkv.cluster import PEER_PORT_OFFSET
+    from raftkv_tools.certs import issue, local_nodes
+    from raftkv_tools.ports import free_ports
+
+    issue(directory / "tls", local_nodes(1), clients=["ops"])
+    port = free_ports(1, offsets=(0, PEER_PORT_OFFSET))[0]
+    path = directory / "cluster.json"
+    node = {"id": 0, "address": f"127.0.0.1:{port}", "data_dir": str(directory / "data")}
+    body = {"name": "local", "nodes": [node], "tls": tls, "peer_certs": peer_certs}
+    path.write_text(json.dumps(body))
+    return path
+
+
+CLIENT_CERT_AUTH = {"ca": "tls/ca.pem", "cert": "tls/client-ops.pem", "key": "tls/client-ops.key"}
+
+
+def test_a_local_node_starts_with_the_certificate_flags_of_the_hosts(tmp_path: Path) -> None:
+    path = write_tls_description(tmp_path, CLIENT_CERT_AUTH)
+    cluster = fabfile.load_cluster(str(path))
+    command = fabfile.local_launch(cluster, cluster.node(0)).command(("raftkv-node",))
+    tls = tmp_path / "tls"
+    for flag, value in (
+        ("--peer-ca", tls / "ca.pem"),
+        ("--peer-cert", tls / "node-0.pem"),
+        ("--peer-key", tls / "node-0.key"),
+        ("--tls-ca", tls / "ca.pem"),
+        ("--tls-cert", tls / "node-0.pem"),
+        ("--tls-key", tls / "node-0.key"),
+    ):
+        assert command[command.index(flag) + 1] == str(value)
+    assert "--client-cert-auth" in command and "--insecure-peers" not in command
+    path = write_tls_description(tmp_path, {})
+    command = fabfile.local_launch(fabfile.load_cluster(str(path)), cluster.node(0)).command(())
+    assert "--peer-key" in command and "--tls-ca" not in command
+    assert "--client-cert-auth" not in command
+    path.write_text(json.dumps({"nodes": [{"id": 0, "address": "127.0.0.1:59990"}]}))
+    with pytest.raises(Exit, match="names no peer_certs folder"):
+        fabfile.start_node(Context(), id="0", cluster=str(path))
+
+
+def test_status_presents_the_client_certificate_the_description_names(tmp_path: Path) -> None:
+    path = write_tls_description(tmp_path, CLIENT_CERT_AUTH)
+    fabfile.start_node(Context(), id="0", cluster=str(path))
+    try:
+        deadline = time.monotonic() + 30
+        while " leader " not in (table := fabfile.status_table(fabfile.load_cluster(str(path)))):
+            assert time.monotonic() < deadline, table
+            time.sleep(0.3)
+        # The node demands a client certificate: without one, status cannot reach it.
+        body = json.loads(path.read_text())
+        body["tls"] = {"ca": "tls/ca.pem"}
+        path.write_text(json.dumps(body))
+        assert "unreachable" in fabfile.status_table(fabfile.load_cluster(str(path)))
+        body["tls"] = {"ca": "tls/ca.pem", "cert": "tls/client-ops.pem"}
+        path.write_text(json.dumps(body))
+        with pytest.raises(Exit, match="needs both 'cert' and 'key'"):
+            fabfile.status(Context(), cluster=str(path))
+    finally:
+        fabfile.stop_node(Context(), id="0", cluster=str(path))
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft")
 def test_the_partition_rules_are_valid_nftables() -> None:
     script = fabfile.nft_partition_script(["10.0.0.2", "10.0.0.3"])
