@@ -2,9 +2,11 @@
 
 The inventory and cluster description come from Terraform's own modules/cluster_files (as after
 `terraform apply`), the real playbook deploys over SSH with become and systemd, the cluster serves
-TLS requests from this machine, a configuration change restarts the nodes one at a time, a re-run
-changes nothing, and the real Fabric tasks inject faults before `raftkv logs review` checks what
-gather-logs collected. Everything is torn down even when a test fails.
+TLS requests from this machine to clients with a client certificate only, the peer port admits
+node certificates only, a configuration change together with new certificates for every node
+restarts the nodes one at a time, a re-run changes nothing, and the real Fabric tasks inject
+faults before `raftkv logs review` checks what gather-logs collected. Everything is torn down
+even when a test fails.
 
 Skips (with the reason) without root, the tools (`make infra-deps`), the deploy extra, or a
 reachable Debian mirror for the one-time debootstrap. RAFTKV_HOSTLAB_ARTIFACTS=DIR keeps the
@@ -27,9 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import pytest
 
 from raftkv.cluster import ClusterDescription
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.tls import TARGET_NAME_OPTION, client_tls, node_name
 
 pytest.importorskip("fabric", reason="install the deploy extra: make infra-deps")
 pytest.importorskip("ansible", reason="install the deploy extra: make infra-deps")
@@ -44,6 +50,7 @@ from infra import deploy  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 T = TypeVar("T")
+CLIENT_PORT, PEER_PORT = 50050, 51050
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -61,9 +68,24 @@ class Deployment:
     def description(self) -> ClusterDescription:
         return ClusterDescription.load(self.cluster_json)
 
-    def client(self) -> SyncClient:
-        ca = (self.cluster_json.parent / "tls" / "ca.pem").read_bytes()
-        return SyncClient(self.description, timeout=10.0, per_try_timeout=1.0, tls_root_cert=ca)
+    def client(self, *, timeout: float = 10.0, certificate: bool = True) -> SyncClient:
+        """A client as cluster.json describes it: the CA and the operator's certificate
+        (`certificate=False` leaves the certificate out)."""
+        ca, pair = client_tls(self.description.tls)
+        return SyncClient(
+            self.description,
+            timeout=timeout,
+            per_try_timeout=1.0,
+            tls_root_cert=ca,
+            tls_client_cert=pair if certificate else None,
+        )
+
+    def fingerprints(self, remote_file: str) -> dict[str, str]:
+        """host name -> sha256 of `remote_file` there."""
+        return {
+            host.name: self.lab.ssh(host, f"sudo sha256sum {remote_file}").stdout.split()[0]
+            for host in self.lab.hosts
+        }
 
     def save(self, name: str, text: str) -> None:
         if self.artifacts is not None:
@@ -170,8 +192,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             work / "cluster",
             cluster_name="lab",
             profile="fast",
-            port=50050,
-            peer_port=51050,
+            port=CLIENT_PORT,
+            peer_port=PEER_PORT,
             ssh_user=hostlab.DEPLOY_USER,
             tls=True,
             client_cert_auth=True,
@@ -213,15 +235,48 @@ def leader_of(rows: list[NodeStatusRow], excluding: AbstractSet[int] = frozenset
     return top.node_id if len(followers) >= 2 else None
 
 
+def peer_stream_code(address: str, node_id: int, credentials: grpc.ChannelCredentials) -> str:
+    """The status a node's peer listener ends a PeerStream with, for these credentials."""
+    options = [(TARGET_NAME_OPTION, node_name(node_id))]
+    with grpc.secure_channel(address, credentials, options=options) as channel:
+        try:
+            for _ in raftkv_pb2_grpc.RaftStub(channel).PeerStream(
+                iter([pb.RaftMessages()]), timeout=10
+            ):
+                pass
+        except grpc.RpcError as error:
+            return str(error.code().name)
+    return "OK"
+
+
 def test_the_playbook_deploys_a_cluster_that_serves_tls_clients(deployment: Deployment) -> None:
     changed = deployment.playbook(name="first")
     assert set(changed) == {h.name for h in deployment.lab.hosts}
     assert all(count > 0 for count in changed.values())
+    assert re.fullmatch(r"lab-[0-9a-f]{8}", deployment.description.cluster_id)
     with deployment.client() as client:
         wait_for(lambda: leader_of(client.status()) is not None, 30, "a leader")
         client.set("greeting", "hello from the host lab")
         assert client.get("greeting") == "hello from the host lab"
+    # --client-cert-auth: without a certificate no node answers.
+    with deployment.client(timeout=2.0, certificate=False) as client:
+        assert not any(row.reachable for row in client.status())
+    # The peer port: mutual TLS, and a client certificate names no node.
+    tls = deployment.cluster_json.parent / "tls"
+    ca = (tls / "ca.pem").read_bytes()
+    ops = (tls / "client-ops.key").read_bytes(), (tls / "client-ops.pem").read_bytes()
+    peer = deployment.description.node(0).peer_address
+    assert peer == f"{deployment.lab.hosts[0].address}:{PEER_PORT}"
+    assert peer_stream_code(peer, 0, grpc.ssl_channel_credentials(ca, *ops)) == (
+        "PERMISSION_DENIED"
+    )
+    assert peer_stream_code(peer, 0, grpc.ssl_channel_credentials(ca)) == "UNAVAILABLE"
     for host in deployment.lab.hosts:
+        listening = deployment.lab.ssh(host, "ss -Hltn").stdout
+        for port in (CLIENT_PORT, PEER_PORT):
+            assert f"{host.address}:{port} " in listening, listening
+        node_json = deployment.lab.ssh(host, "sudo cat /etc/raftkv/cluster.json").stdout
+        assert deployment.description.cluster_id in node_json
         verify = deployment.lab.ssh(host, "sudo systemd-analyze verify raftkv.service", check=False)
         assert verify.returncode == 0 and verify.stdout == "" and verify.stderr == "", verify
         shown = deployment.lab.ssh(
@@ -288,15 +343,30 @@ def restart_windows(deployment: Deployment) -> dict[int, tuple[str, str]]:
     return windows
 
 
-def test_a_configuration_change_restarts_one_node_at_a_time(deployment: Deployment) -> None:
+def test_a_change_and_new_certificates_restart_one_node_at_a_time(
+    deployment: Deployment,
+) -> None:
+    """A configuration change and a rotation of every node's certificate (same CA) in one run;
+    the writer keeps the client certificate it started with, which stays valid."""
+    node_certs = deployment.fingerprints("/etc/raftkv/tls/node.pem")
+    ops_cert = (deployment.cluster_json.parent / "tls" / "client-ops.pem").read_bytes()
     writer = Writer(deployment)
     writer.start()
     try:
-        changed = deployment.playbook("-e", "raftkv_max_clock_drift=0.02", name="drift-change")
+        changed = deployment.playbook(
+            "-e",
+            "raftkv_max_clock_drift=0.02",
+            "-e",
+            "raftkv_certs_reissue=true",
+            name="drift-change",
+        )
     finally:
         writer.stop.set()
         writer.join(timeout=30)
     assert all(count > 0 for count in changed.values())
+    rotated = deployment.fingerprints("/etc/raftkv/tls/node.pem")
+    assert all(rotated[name] != node_certs[name] for name in node_certs), (node_certs, rotated)
+    assert (deployment.cluster_json.parent / "tls" / "client-ops.pem").read_bytes() != ops_cert
     windows = restart_windows(deployment)
     assert sorted(windows) == [0, 1, 2], windows
     ordered = sorted(windows.values())
