@@ -33,9 +33,7 @@ import grpc
 import pytest
 
 from raftkv.cluster import ClusterDescription
-from raftkv.rpc import raftkv_pb2 as pb
-from raftkv.rpc import raftkv_pb2_grpc
-from raftkv.tls import TARGET_NAME_OPTION, client_tls, node_name
+from raftkv.tls import client_tls
 
 pytest.importorskip("fabric", reason="install the deploy extra: make infra-deps")
 pytest.importorskip("ansible", reason="install the deploy extra: make infra-deps")
@@ -43,6 +41,7 @@ pytest.importorskip("ansible", reason="install the deploy extra: make infra-deps
 from raftkv.client import SyncClient
 from raftkv.client.library import NodeStatusRow
 from tests.infra import hostlab
+from tests.infra.peer_check import peer_stream_code
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 from infra import deploy  # noqa: E402
@@ -233,20 +232,6 @@ def leader_of(rows: list[NodeStatusRow], excluding: AbstractSet[int] = frozenset
         r for r in rows if r.reachable and r.term == top.term and r.leader_id == top.node_id
     ]
     return top.node_id if len(followers) >= 2 else None
-
-
-def peer_stream_code(address: str, node_id: int, credentials: grpc.ChannelCredentials) -> str:
-    """The status a node's peer listener ends a PeerStream with, for these credentials."""
-    options = [(TARGET_NAME_OPTION, node_name(node_id))]
-    with grpc.secure_channel(address, credentials, options=options) as channel:
-        try:
-            for _ in raftkv_pb2_grpc.RaftStub(channel).PeerStream(
-                iter([pb.RaftMessages()]), timeout=10
-            ):
-                pass
-        except grpc.RpcError as error:
-            return str(error.code().name)
-    return "OK"
 
 
 def test_the_playbook_deploys_a_cluster_that_serves_tls_clients(deployment: Deployment) -> None:
