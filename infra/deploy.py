@@ -10,7 +10,16 @@ cluster description and the Ansible inventory that Terraform rendered from its o
 cluster/gcp/ (cluster.json, inventory.yml), runs infra/ansible/site.yml on them, and prints the
 cluster's status table. Re-running it converges: Terraform and Ansible change only what differs.
 
-`down`: `terraform destroy`, then removes cluster/gcp/.
+`down`: `terraform destroy`, then removes cluster/gcp/ (the certificates and the CA's key with it).
+
+Ports (infra/terraform): each node serves clients on raftkv_port (50050), open to client_cidrs
+and to the cluster's own VMs (the role's readiness probe), and the other nodes on
+raftkv_peer_port (51050), open to the cluster's own VMs only; SSH (22) is open to admin_cidrs.
+Certificates: the playbook makes them on this machine with `raftkv certs`, in cluster/gcp/tls/:
+ca.pem and ca.key (the cluster's CA; the key never leaves this machine), node-<id>.pem and .key
+(copied to node <id>, which uses them for both listeners: peers always authenticate each other
+by mutual TLS), and client-ops.pem and .key, which cluster.json names so that Fabric and the
+raftkv CLI can pass --client-cert-auth. infra/README.md says how to rotate them.
 
 Credentials, as the google provider looks for them: GOOGLE_APPLICATION_CREDENTIALS (a key file),
 GOOGLE_CREDENTIALS, GOOGLE_OAUTH_ACCESS_TOKEN, or gcloud's application-default credentials
