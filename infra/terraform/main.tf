@@ -46,9 +46,11 @@ resource "google_compute_subnetwork" "raftkv" {
   private_ip_google_access = true
 }
 
-# The peer port (Raft between nodes, mutual TLS) is open to the cluster's own VMs only: the
-# source is the node tag, not an address range, so no other VM in the subnets and no client
-# reaches it. Nothing else inside the network is open.
+# From the cluster's own VMs only (the source is the node tag, not an address range, so no other
+# VM in the subnets reaches these): the peer port (Raft, mutual TLS), and the client port, where
+# the role's readiness probe on each node asks every node's Status before and after a rolling
+# restart (presenting the node's certificate when client_cert_auth is on). Nothing else inside
+# the network is open.
 resource "google_compute_firewall" "peers" {
   name        = "${var.name_prefix}-allow-peers"
   network     = google_compute_network.raftkv.name
@@ -58,26 +60,10 @@ resource "google_compute_firewall" "peers" {
 
   allow {
     protocol = "tcp"
-    ports    = [tostring(module.topology.ports.peer)]
+    ports    = [tostring(module.topology.ports.peer), tostring(module.topology.ports.client)]
   }
   allow {
     protocol = "icmp"
-  }
-}
-
-# The client port for the cluster's own VMs: the role's readiness probe on each node asks every
-# node's Status there (before and after a rolling restart), presenting the node's certificate
-# when client_cert_auth is on.
-resource "google_compute_firewall" "node_status" {
-  name        = "${var.name_prefix}-allow-node-status"
-  network     = google_compute_network.raftkv.name
-  direction   = "INGRESS"
-  source_tags = [local.node_tag]
-  target_tags = [local.node_tag]
-
-  allow {
-    protocol = "tcp"
-    ports    = [tostring(module.topology.ports.client)]
   }
 }
 

@@ -170,19 +170,17 @@ def test_the_firewall_opens_only_what_it_must() -> None:
     ssh = found["google_compute_firewall.ssh"]
     assert ssh["source_ranges"] == "${var.admin_cidrs}"
     assert tcp_ports(ssh) == ["22"]
-    # The peer port: the cluster's own VMs (by tag), nobody else.
+    # The peer port: the cluster's own VMs (by tag), nobody else; they also reach the client
+    # port (the readiness probe).
     peers = found["google_compute_firewall.peers"]
     assert peers["source_tags"] == ["${local.node_tag}"] and "source_ranges" not in peers
-    assert tcp_ports(peers) == [PEER_PORT]
-    # The client port: client_cidrs, and the cluster's VMs for the readiness probe.
+    assert tcp_ports(peers) == [PEER_PORT, CLIENT_PORT]
+    # client_cidrs: the client port only.
     clients = found["google_compute_firewall.clients"]
     assert clients["source_ranges"] == "${var.client_cidrs}" and "source_tags" not in clients
     assert tcp_ports(clients) == [CLIENT_PORT]
-    node_status = found["google_compute_firewall.node_status"]
-    assert node_status["source_tags"] == ["${local.node_tag}"]
-    assert "source_ranges" not in node_status and tcp_ports(node_status) == [CLIENT_PORT]
     assert sorted(rules) == sorted(
-        f"google_compute_firewall.{name}" for name in ("ssh", "peers", "node_status", "clients")
+        f"google_compute_firewall.{name}" for name in ("ssh", "peers", "clients")
     )
     for name, rule in rules.items():
         assert rule["direction"] == "INGRESS" and rule["target_tags"] == ["${local.node_tag}"]
