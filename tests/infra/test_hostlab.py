@@ -257,9 +257,10 @@ def test_the_playbook_deploys_a_cluster_that_serves_tls_clients(deployment: Depl
     )
     assert peer_stream_code(peer, 0, grpc.ssl_channel_credentials(ca)) == "UNAVAILABLE"
     for host in deployment.lab.hosts:
+        # gRPC listens on IPv4 addresses as IPv4-mapped IPv6 ones: [::ffff:10.232.0.11]:50050.
         listening = deployment.lab.ssh(host, "ss -Hltn").stdout
         for port in (CLIENT_PORT, PEER_PORT):
-            assert f"{host.address}:{port} " in listening, listening
+            assert re.search(rf"[\s:]{re.escape(host.address)}\]?:{port}\s", listening), listening
         node_json = deployment.lab.ssh(host, "sudo cat /etc/raftkv/cluster.json").stdout
         assert deployment.description.cluster_id in node_json
         verify = deployment.lab.ssh(host, "sudo systemd-analyze verify raftkv.service", check=False)
