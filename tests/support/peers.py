@@ -14,10 +14,12 @@ from pathlib import Path
 
 import grpc
 
+from raftkv.core.messages import SetCommand
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import POLL_CHANNEL_OPTIONS
 from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, TlsFiles, node_name
+from tests.support.processes import LocalCluster
 
 PeerRequest = pb.AppendEntriesArgs | pb.RequestVoteArgs
 CALL_TIMEOUT = 5.0
@@ -104,3 +106,31 @@ def unary_call(
             code: grpc.StatusCode = error.code()
             return code
     raise AssertionError(f"{address} answered a unary peer call")
+
+
+def status_of(cluster: LocalCluster, node: int) -> pb.StatusResponse:
+    answer = cluster.status(node, timeout=5)
+    assert answer is not None, f"node {node} does not answer Status"
+    return answer
+
+
+def started_with_acknowledged_sets(cluster: LocalCluster) -> dict[str, str]:
+    """Start `cluster`, write three keys and wait until every node has committed them."""
+    cluster.start()
+    acknowledged = {f"acked{i}": f"value {i}" for i in range(3)}
+    for key, value in acknowledged.items():
+        cluster.write(key, value)
+    cluster.wait_for(
+        lambda: all(status_of(cluster, n).commit_length >= 4 for n in cluster.ids),
+        15.0,
+        "every node to commit the acknowledged SETs",
+    )
+    return acknowledged
+
+
+def assert_in_no_log(cluster: LocalCluster, value: str) -> None:
+    for node in cluster.ids:
+        values = [
+            e.command.value for e in cluster.log_entries(node) if isinstance(e.command, SetCommand)
+        ]
+        assert value not in values, f"node {node} stored the forged entry {value!r}"
