@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import os
 import signal
 import sys
 from dataclasses import dataclass, replace
@@ -49,12 +48,10 @@ from raftkv.server.replica import Clock, FatalNodeError, Replica, ReplicaOptions
 from raftkv.server.resources import client_server, raise_descriptor_limit
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
-    FAILPOINT_ENV,
     INSECURE_PEERS_FLAG,
     NO_FSYNC_FLAG,
     SeamError,
     refusal,
-    seams_in_effect,
     unsafe_flag,
 )
 from raftkv.server.service import KeyValueService, PeerService, RaftService, RefusalLog
@@ -246,13 +243,7 @@ def _tune_garbage_collector() -> None:
 
 def check_seams(options: ReplicaOptions, clock: Clock, allowed: bool) -> None:
     """StartupError unless every test seam in effect is acknowledged (--allow-unsafe)."""
-    seams = seams_in_effect(
-        options.unsafe,
-        fsync=options.fsync,
-        clock_rate=clock.rate,
-        failpoint=os.environ.get(FAILPOINT_ENV) or None,
-        insecure_peers=options.peer_tls is None,
-    )
+    seams = options.seams(clock.rate)
     if seams and not allowed:
         raise StartupError(refusal(seams))
 

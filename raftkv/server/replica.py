@@ -55,7 +55,13 @@ from raftkv.core.node import (
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
 from raftkv.server.peers import PeerLink
-from raftkv.server.seams import FAILPOINT_ENV, SeamError, clock_rate_from, seams_in_effect
+from raftkv.server.seams import (
+    FAILPOINT_ENV,
+    Seam,
+    SeamError,
+    clock_rate_from,
+    seams_in_effect,
+)
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
 from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 
@@ -100,6 +106,18 @@ class ReplicaOptions:
     peer_tls: LoadedTls | None = None
     # False only for the `--unsafe-no-fsync` negative control.
     fsync: bool = True
+
+    def seams(self, clock_rate: float) -> list[Seam]:
+        """The test seams these options turn on, with the node's clock rate and RAFTKV_FAILPOINT
+        from the environment: what the node refuses without --allow-unsafe, and names in the
+        dump's UNSAFE line."""
+        return seams_in_effect(
+            self.unsafe,
+            fsync=self.fsync,
+            clock_rate=clock_rate,
+            failpoint=os.environ.get(FAILPOINT_ENV) or None,
+            insecure_peers=self.peer_tls is None,
+        )
 
 
 class FatalNodeError(RuntimeError):
@@ -236,13 +254,7 @@ class Replica:
             f"heartbeat {config.heartbeat_interval}s, lease {config.lease_duration}s, "
             f"max drift {config.max_clock_drift}."
         )
-        unsafe = seams_in_effect(
-            self.options.unsafe,
-            fsync=self.options.fsync,
-            clock_rate=self.clock.rate,
-            failpoint=os.environ.get(FAILPOINT_ENV) or None,
-            insecure_peers=self.options.peer_tls is None,
-        )
+        unsafe = self.options.seams(self.clock.rate)
         if unsafe:
             names = ", ".join(seam.name for seam in unsafe)
             self.dump.write(f"Node {self.node_id} UNSAFE test switches on: {names}.")
