@@ -33,7 +33,7 @@ from tests.process.conftest import ClusterFactory
 from tests.support.peers import (
     PeerRequest,
     assert_in_no_log,
-    client_tls,
+    client_certificate,
     credentials_of,
     node_tls,
     peer_call,
@@ -94,7 +94,7 @@ def test_no_attacker_without_a_node_certificate_moves_the_cluster(
     before = {n: (status_of(cluster, n).term, status_of(cluster, n).leader_id) for n in cluster.ids}
     cluster_id = cluster.description.cluster_id
     ca_only = credentials_of(node_tls(cluster.certs, 0), present_certificate=False)
-    mallory = client_tls(cluster.certs, "mallory").channel_credentials()
+    mallory = client_certificate(cluster.certs, "mallory").channel_credentials()
     node_1 = node_tls(cluster.certs, NODE_CERT_OWNER).channel_credentials()
 
     for target in cluster.ids:

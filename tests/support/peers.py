@@ -30,7 +30,7 @@ def node_tls(certs: Path, node_id: int) -> LoadedTls:
     return TlsFiles.in_directory(certs, node_id).load()
 
 
-def client_tls(certs: Path, name: str) -> LoadedTls:
+def client_certificate(certs: Path, name: str) -> LoadedTls:
     """A client certificate (`raftkv certs --client NAME`) from the same CA."""
     return TlsFiles(
         certs / "ca.pem", certs / f"client-{name}.pem", certs / f"client-{name}.key"
