@@ -10,6 +10,11 @@ import math
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 
+# The longest lease a node accepts from a peer, records or is configured with. A lease is a
+# promise a follower keeps by waiting (rule 2); without a bound a peer announcing 1e300 s would
+# stall every election.
+MAX_LEASE_DURATION = 60.0
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be run safely. The message names the offending field."""
@@ -37,14 +42,12 @@ class TimingConfig:
     @property
     def leader_lease_span(self) -> float:
         """How long after a round's send time the leader may trust a majority's acknowledgement."""
-        rho = self.max_clock_drift
-        return self.lease_duration * (1 - rho) / (1 + rho)
+        return lease_span(self.lease_duration, self.max_clock_drift)
 
     @property
     def drift_stretch(self) -> float:
         """Factor that turns a duration measured on one clock into a safe bound on another."""
-        rho = self.max_clock_drift
-        return (1 + rho) / (1 - rho)
+        return drift_stretch(self.max_clock_drift)
 
     def validate(self) -> list[str]:
         """Raise ConfigError for unsafe timings; return warnings for safe but slow ones."""
@@ -61,6 +64,10 @@ class TimingConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.lease_duration > MAX_LEASE_DURATION:
+            raise ConfigError(
+                f"lease_duration must be at most {MAX_LEASE_DURATION}s, got {self.lease_duration!r}"
+            )
         if not 0 <= self.max_clock_drift < 0.5:
             raise ConfigError(f"max_clock_drift must be in [0, 0.5), got {self.max_clock_drift!r}")
         if self.election_timeout_max < self.election_timeout_min:
@@ -90,6 +97,16 @@ class TimingConfig:
 
     def with_read_mode(self, mode: ReadMode) -> TimingConfig:
         return replace(self, read_mode=mode)
+
+
+def lease_span(lease_duration: float, rho: float) -> float:
+    """A leader's lease after a round's send time: L·(1−ρ)/(1+ρ) (rule 1)."""
+    return lease_duration * (1 - rho) / (1 + rho)
+
+
+def drift_stretch(rho: float) -> float:
+    """(1+ρ)/(1−ρ): turns a duration measured on one clock into a safe bound on another."""
+    return (1 + rho) / (1 - rho)
 
 
 # The original assignment's timings: election 5–10 s, heartbeat 1 s, lease in 2–10 s.

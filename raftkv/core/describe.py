@@ -53,7 +53,26 @@ def describe_entries(entries: tuple[LogEntry, ...] | list[LogEntry]) -> str:
     return "[" + ", ".join(describe_entry(e) for e in entries) + "]"
 
 
+def _extras(message: Message) -> str:
+    """The fields most messages leave at their defaults, shown only when set."""
+    parts = []
+    if getattr(message, "timeout_now", False):
+        parts.append("timeout_now")
+    if getattr(message, "transfer", False):
+        parts.append("transfer")
+    if message.max_clock_drift:
+        parts.append(f"drift={fmt_float(message.max_clock_drift)}")
+    incarnation = getattr(message, "incarnation", 0)
+    if incarnation:
+        parts.append(f"incarnation={incarnation:x}")
+    return "".join(" " + part for part in parts)
+
+
 def _body(message: Message) -> str:
+    return _main_body(message) + _extras(message)
+
+
+def _main_body(message: Message) -> str:
     if isinstance(message, AppendEntries):
         return (
             f"MsgApp term={message.term} prev={message.prev_log_index}/{message.prev_log_term} "
@@ -74,8 +93,11 @@ def _body(message: Message) -> str:
         parts.append(f"round={message.round}")
         return " ".join(parts)
     if isinstance(message, RequestVote):
-        return f"MsgVote term={message.term} last={message.last_log_index}/{message.last_log_term}"
+        kind = "MsgPreVote" if message.pre_vote else "MsgVote"
+        return f"{kind} term={message.term} last={message.last_log_index}/{message.last_log_term}"
     verdict = "granted" if message.granted else "denied"
+    if message.pre_vote:
+        return f"MsgPreVoteResp term={message.term} {verdict}"
     return (
         f"MsgVoteResp term={message.term} {verdict} "
         f"old_lease={fmt_float(message.old_lease_remaining)}"
@@ -114,10 +136,10 @@ def describe_ready(ready: Ready) -> str:
     the sections that are not empty, in the order the caller acts on them."""
     lines = [f"Ready needs_persist={str(ready.needs_persist).lower()} commit={ready.commit_index}:"]
     if ready.hard_state is not None:
-        vote = ready.hard_state.voted_for
-        lines.append(
-            f"HardState term={ready.hard_state.term} vote={'none' if vote is None else vote}"
-        )
+        hard = ready.hard_state
+        vote = "none" if hard.voted_for is None else hard.voted_for
+        bounds = f" lease_bound={fmt_float(hard.lease_bound)}" if hard.lease_bound else ""
+        lines.append(f"HardState term={hard.term} vote={vote}{bounds}")
     if ready.log_changed:
         if ready.entries:
             lines.append(f"Entries from={ready.first_index}: {describe_entries(ready.entries)}")

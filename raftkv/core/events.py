@@ -165,13 +165,105 @@ class Committed(Event):
 
 @dataclass(frozen=True, slots=True)
 class LeaseMismatch(Event):
+    """The leader's lease differs from this node's flags: the follower honours the leader's
+    (rule 2), so a rolling change of the lease is safe (docs/design.md §3)."""
+
     TEMPLATE: ClassVar[str] = (
-        "Configuration error: leader {leader} uses lease {lease}s, this node {own}s; "
-        "refusing its AppendEntries."
+        "Configuration notice: leader {leader} uses lease {lease}s, this node {own}s; "
+        "honouring the leader's lease."
     )
     leader: int
     lease: float
     own: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckQuorumFailed(Event):
+    """CheckQuorum (Raft thesis §6.2): no majority answered for a whole election timeout."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Leader {node} has not heard from a majority for {seconds}s. Stepping Down."
+    )
+    node: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteStarted(Event):
+    TEMPLATE: ClassVar[str] = "Node {node} asking for pre-votes for term {term}."
+    node: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoteIgnored(Event):
+    """A vote or pre-vote request refused because this node still hears from a leader (the
+    leader stickiness of Raft thesis §4.2.3 / §9.6): it changes nothing, not even the term."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} ignored a {kind} request from Node {candidate} for term {term}: "
+        "it heard from leader {leader} within the minimum election timeout."
+    )
+    node: int
+    kind: str
+    candidate: int
+    term: int
+    leader: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStarted(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Leader {node} transferring leadership to Node {target} (term {term}); "
+        "it serves no more lease reads in this term."
+    )
+    node: int
+    target: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferAborted(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Leader {node} gave up transferring leadership to Node {target}. Stepping Down."
+    )
+    node: int
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNowReceived(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} was asked by leader {leader} to take over; starting election for term {term}."
+    )
+    node: int
+    leader: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotAdmitted(Event):
+    """The node's data directory is new but its cluster already exists (docs/design.md §8)."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} has an empty data directory but its cluster already exists: it will not "
+        "vote, acknowledge entries or campaign until it is re-admitted."
+    )
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReplaced(Event):
+    """A follower answered with a new incarnation: its old log and acknowledgements are gone."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} sees Node {peer} with a new data directory (incarnation {new}, was {old}); "
+        "it counts none of the old one's entries."
+    )
+    node: int
+    peer: int
+    old: str
+    new: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +305,14 @@ CORE_EVENTS: tuple[type[Event], ...] = (
     LeaseMismatch,
     ProtocolViolation,
     TermExhausted,
+    CheckQuorumFailed,
+    PreVoteStarted,
+    VoteIgnored,
+    TransferStarted,
+    TransferAborted,
+    TimeoutNowReceived,
+    NotAdmitted,
+    PeerReplaced,
 )
 
 

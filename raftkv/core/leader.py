@@ -49,6 +49,13 @@ class LeaderState:
     # Set by inputs, consumed by take_ready: a round goes out once for everything that asked.
     replicate_wanted: bool = False
     read_round_wanted: bool = False
+    # CheckQuorum: when the leader next checks that a majority answered since the last check.
+    quorum_check_at: float = NEVER
+    # Leadership transfer (rule 8): the follower asked to take over, and until when.
+    transfer_target: NodeId | None = None
+    transfer_deadline: float = NEVER
+    # Once a transfer starts, this leader serves no lease read for the rest of its term.
+    lease_released: bool = False
 
     @classmethod
     def elected(cls, followers: Iterable[NodeId], log_length: int, last_round: int) -> LeaderState:

@@ -60,8 +60,15 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[LogEntry, ...]
     leader_commit: int
+    # The lease this leader claims (rule 1): a follower records it, whatever its own (rule 2).
     lease_duration: float
     round: int
+    # Leadership transfer (Raft thesis §3.10, etcd's MsgTimeoutNow): the receiver campaigns at
+    # once if this message brings its log level with the leader's, which has stopped serving
+    # lease reads (docs/design.md §3 rule 8).
+    timeout_now: bool = False
+    # The sender's clock drift bound ρ; every node adopts the largest it hears (rule 6).
+    max_clock_drift: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,10 @@ class AppendEntriesReply:
     # On failure: where the leader should try next (fast back-off, one step per term).
     conflict_index: int
     round: int
+    max_clock_drift: float = 0.0
+    # The follower's data directory's incarnation (docs/design.md §8, disk loss): a leader that
+    # sees a new one for a known node forgets everything it knew of that node's log.
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,13 @@ class RequestVote:
     candidate_id: NodeId
     last_log_index: int
     last_log_term: int
+    # PreVote (Raft thesis §9.6): `term` is the term the candidate would campaign in; a voter
+    # answers as it would vote, changing nothing, not even its term.
+    pre_vote: bool = False
+    # A campaign started by a leader's timeout_now: voters answer it even while they still
+    # hear from that leader (rule 8).
+    transfer: bool = False
+    max_clock_drift: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +109,8 @@ class RequestVoteReply:
     granted: bool
     # Time the voter still owes to the longest leader lease it has seen (voter's clock).
     old_lease_remaining: float
+    pre_vote: bool = False
+    max_clock_drift: float = 0.0
 
 
 Message = AppendEntries | AppendEntriesReply | RequestVote | RequestVoteReply

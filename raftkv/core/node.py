@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import events
-from .config import ReadMode, TimingConfig
+from .config import ReadMode, TimingConfig, drift_stretch, lease_span
 from .events import Event, describe_command
 from .leader import LONG_AGO, NEVER, LeaderState, PendingRead
 from .messages import (
@@ -102,6 +102,13 @@ class UnsafeSwitches:
     forget_lease_on_restart: bool = False
     # Acts on malformed peer messages instead of dropping them (validation.py).
     accept_malformed: bool = False
+    # Campaigns without asking for pre-votes, and votes whatever leader it hears (no PreVote,
+    # no leader stickiness, no CheckQuorum).
+    no_pre_vote: bool = False
+    # A leader that transfers leadership keeps serving lease reads (rule 8 broken).
+    transfer_keeps_lease: bool = False
+    # A restarted node assumes only its own configured lease, not the longest it recorded.
+    forget_lease_bound: bool = False
 
     def enabled(self) -> list[str]:
         return [name for name in self.__slots__ if getattr(self, name)]
@@ -116,6 +123,11 @@ class HardState:
 
     term: int
     voted_for: NodeId | None
+    # The longest lease this node has recorded for a leader (rule 2): after a restart it
+    # assumes that one, whatever its own flags say now.
+    lease_bound: float = 0.0
+    # The largest clock drift bound ρ any node announced to this one (rule 6).
+    drift_bound: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +202,9 @@ class RaftNode:
         now: float,
         persisted: PersistentState | None = None,
         unsafe: UnsafeSwitches = SAFE,
+        *,
+        admitted: bool = True,
+        incarnation: int = 0,
     ) -> None:
         config.validate()
         if node_id in peers:
@@ -206,6 +221,14 @@ class RaftNode:
         self.term = state.hard_state.term
         self.voted_for = state.hard_state.voted_for
         self._hard_state_dirty = False
+        # Rule 6: the largest ρ any node announced, ours included; it only grows.
+        self._drift = max(config.max_clock_drift, state.hard_state.drift_bound)
+        # Rule 2: the longest lease recorded for any leader (persisted with the hard state).
+        self._lease_bound = state.hard_state.lease_bound
+        # docs/design.md §8: a node whose disk was lost under a cluster that exists neither votes
+        # nor acknowledges until re-admitted; its incarnation names this data directory.
+        self.admitted = admitted
+        self.incarnation = incarnation
         if self._last_log_term() > self.term:
             # Entries were made durable but the metadata naming their term was not (crash
             # between the two writes); no message depended on the lost metadata.
@@ -229,13 +252,21 @@ class RaftNode:
         self._out = _Outbox()
         self._last_now = now
 
-        # Rule 2: a restarted node has forgotten which leases it saw, so it assumes a full one.
-        self._old_lease_end = (
-            LONG_AGO if unsafe.forget_lease_on_restart else now + (config.lease_duration)
-        )
+        # Rule 2: a restarted node has forgotten which leases it saw, so it assumes the longest
+        # it may have promised: its own, or a longer one it recorded before.
+        bound = config.lease_duration
+        if not unsafe.forget_lease_bound:
+            bound = max(bound, self._lease_bound)
+        self._old_lease_end = LONG_AGO if unsafe.forget_lease_on_restart else now + bound
         self._reported_lease_mismatch: set[float] = set()
         self._election_deadline = NEVER
         self._reset_election_timer(now)
+        # Leader stickiness: when this node last accepted an AppendEntries from its leader.
+        self._leader_contact = LONG_AGO
+        # PreVote: the peers that said they would vote for us in term + 1, while asking.
+        self._pre_votes: set[NodeId] | None = None
+        # Rule 8: the term whose election a leader's timeout_now started (lease handed off).
+        self._handoff_term = 0
 
         # Candidate state.
         self._votes: set[NodeId] = set()
@@ -253,6 +284,8 @@ class RaftNode:
         self._apply_committed(min(state.commit_index, len(self._log)), announce=False)
         if self.commit_index:
             self._out.events.append(events.Restored(self.id, len(self._log), self.commit_index))
+        if not admitted:
+            self._out.events.append(events.NotAdmitted(self.id))
 
     # ------------------------------------------------------------------------------------------
     # Inputs
@@ -269,13 +302,23 @@ class RaftNode:
         if problem is not None:
             self._out.events.append(events.ProtocolViolation(self.id, sender_of(message), problem))
             return
+        if not self.admitted:
+            self._answer_unadmitted(message)
+            return
+        self._adopt_drift(message.max_clock_drift)
+        if (
+            isinstance(message, RequestVote)
+            and message.term > self.term
+            and self._ignores_vote_request(message, now)
+        ):
+            return
         if (
             isinstance(message, AppendEntries)
             and message.term >= self.term
             and self._refuse_append(message)
         ):
             return
-        if message.term > self.term:
+        if message.term > self.term and not _is_pre_vote_not_refusal(message):
             leader = message.leader_id if isinstance(message, AppendEntries) else None
             self._become_follower(message.term, leader, now)
         if isinstance(message, AppendEntries):
@@ -292,13 +335,35 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             if now >= self._election_deadline:
-                if self.term >= MAX_TERM:
+                if not self.admitted:
+                    self._reset_election_timer(now)  # it may not campaign (docs/design.md §8)
+                elif self.term >= MAX_TERM:
                     # The next term could not be represented (validation.MAX_TERM): stay a
                     # follower. A leader of this term, if there is one, can still serve.
                     self._out.events.append(events.TermExhausted(self.id, self.term))
                     self._reset_election_timer(now)
-                else:
+                elif self.unsafe.no_pre_vote or not self.peer_ids:
                     self._start_election(now)
+                else:
+                    self._start_pre_vote(now)
+            return
+        if now >= leader.quorum_check_at:
+            # CheckQuorum: a leader that a majority has not answered for a whole election
+            # timeout steps down, even inside its lease (which it then no longer renews).
+            answered = 1 + sum(p.recent_active for p in leader.progress.values())
+            for progress in leader.progress.values():
+                progress.recent_active = False
+            if answered < self._quorum:
+                timeout = self.config.election_timeout_min
+                self._out.events.append(events.CheckQuorumFailed(self.id, timeout))
+                self._become_follower(self.term, None, now)
+                return
+            leader.quorum_check_at = now + self.config.election_timeout_min
+        if leader.transfer_target is not None and now >= leader.transfer_deadline:
+            # Rule 8: the target did not take over in time. This leader released its lease,
+            # so it steps down rather than serve on without one.
+            self._out.events.append(events.TransferAborted(self.id, leader.transfer_target))
+            self._become_follower(self.term, None, now)
             return
         if now >= leader.serving_from and now >= max(leader.lease_end, leader.step_down_grace_end):
             # Rule 5, with rule 7's grace for a leader that has just started serving.
@@ -319,6 +384,9 @@ class RaftNode:
         if leader.noop_index == 0:
             # Rule 3: nothing is appended before the old leader's lease has ended.
             return Refused(Refusal.WAITING_OLD_LEASE, self.id)
+        if leader.transfer_target is not None:
+            # Rule 8: the log stays still while the target catches up with it.
+            return Refused(Refusal.NOT_LEADER, leader.transfer_target)
         self._out.events.append(events.ReceivedRequest(self.id, describe_command(command)))
         index = self._append(command)
         self._pending_writes[index] = (token, self.term)
@@ -338,6 +406,31 @@ class RaftNode:
         leader.read_round_wanted = True
         return ReadPending()
 
+    def transfer_leadership(self, now: float, target: NodeId | None = None) -> str | None:
+        """Start handing leadership to `target` (None: the most up-to-date follower), rule 8.
+        Returns None when the transfer started, else why it cannot."""
+        self._begin_input(now)
+        leader = self._leader
+        if leader is None:
+            hint = f" (node {self.leader_id} is)" if self.leader_id is not None else ""
+            return f"node {self.id} is not the leader{hint}"
+        if not leader.progress:
+            return "there is no other node to hand leadership to"
+        if leader.transfer_target is not None:
+            return f"a transfer to node {leader.transfer_target} is already under way"
+        if leader.noop_index == 0:
+            return "this leader is still waiting out the old leader's lease; try again shortly"
+        if target is None:
+            target = max(leader.progress, key=lambda peer: (leader.progress[peer].match, -peer))
+        elif target not in leader.progress:
+            return f"node {target} is not another member of this cluster"
+        leader.transfer_target = target
+        leader.transfer_deadline = now + self.config.election_timeout_min
+        leader.lease_released = not self.unsafe.transfer_keeps_lease
+        self._out.events.append(events.TransferStarted(self.id, target, self.term))
+        self._send_append(leader, target, leader.progress[target])
+        return None
+
     # ------------------------------------------------------------------------------------------
     # The lease predicate (rule 4): the one test of whether a read may be served from the lease.
 
@@ -356,6 +449,9 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             return Refused(Refusal.NOT_LEADER, self.leader_id)
+        if leader.lease_released:
+            # Rule 8: a leader that started a transfer serves no more lease reads this term.
+            return Refused(Refusal.NOT_LEADER, leader.transfer_target)
         if now < leader.serving_from:
             return Refused(Refusal.WAITING_OLD_LEASE, self.id)
         noop_committed = leader.noop_index != 0 and self.commit_index >= leader.noop_index
@@ -372,9 +468,11 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             return self._election_deadline
+        checks = min(leader.quorum_check_at, leader.transfer_deadline)
         if leader.noop_index == 0:
-            return min(leader.serving_from, leader.next_heartbeat)
-        return min(leader.next_heartbeat, max(leader.lease_end, leader.step_down_grace_end))
+            return min(leader.serving_from, leader.next_heartbeat, checks)
+        lease_check = max(leader.lease_end, leader.step_down_grace_end)
+        return min(leader.next_heartbeat, lease_check, checks)
 
     def has_ready(self) -> bool:
         leader = self._leader
@@ -396,7 +494,7 @@ class RaftNode:
             self._broadcast(leader, self._last_now)
             leader.replicate_wanted = leader.read_round_wanted = False
         out, self._out = self._out, _Outbox()
-        hard_state = HardState(self.term, self.voted_for) if self._hard_state_dirty else None
+        hard_state = self.hard_state if self._hard_state_dirty else None
         messages = tuple(out.messages)
         if hard_state is not None or not self._log_changed:
             # After a term or vote change every message waits for the disk; with nothing to
@@ -457,6 +555,10 @@ class RaftNode:
     def log(self) -> Sequence[LogEntry]:
         return self._log
 
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for, self._lease_bound, self._drift)
+
     # ------------------------------------------------------------------------------------------
     # Role changes
 
@@ -478,19 +580,45 @@ class RaftNode:
             self._reset_election_timer(now)
         self.role = Role.FOLLOWER
         self.leader_id = leader_id
+        self._pre_votes = None
         self._leader = None  # the one reset path: everything a leader kept goes at once
 
-    def _start_election(self, now: float) -> None:
+    def _start_pre_vote(self, now: float) -> None:
+        """PreVote (Raft thesis §9.6): ask whether a majority would vote for us in the next
+        term, without raising ours, so that a node that cannot win never deposes a leader."""
+        self._out.events.append(events.PreVoteStarted(self.id, self.term + 1))
+        self.leader_id = None
+        self._pre_votes = {self.id}
+        self._reset_election_timer(now)
+        request = RequestVote(
+            self.term + 1,
+            self.id,
+            len(self._log),
+            self._last_log_term(),
+            pre_vote=True,
+            max_clock_drift=self._drift,
+        )
+        self._out.messages.extend(Envelope(peer, request) for peer in self.peer_ids)
+
+    def _start_election(self, now: float, *, transfer: bool = False) -> None:
         self._out.events.append(events.ElectionTimeout(self.id))
         self.role = Role.CANDIDATE
         self.term += 1
         self.voted_for = self.id
         self.leader_id = None
         self._hard_state_dirty = True
+        self._pre_votes = None
         self._votes = {self.id}
         self._vote_lease_bound = LONG_AGO
         self._reset_election_timer(now)
-        request = RequestVote(self.term, self.id, len(self._log), self._last_log_term())
+        request = RequestVote(
+            self.term,
+            self.id,
+            len(self._log),
+            self._last_log_term(),
+            transfer=transfer,
+            max_clock_drift=self._drift,
+        )
         self._out.messages.extend(Envelope(peer, request) for peer in self.peer_ids)
         if len(self._votes) >= self._quorum:
             self._become_leader(now)
@@ -500,14 +628,18 @@ class RaftNode:
         self.leader_id = self.id
         self._out.events.append(events.BecameLeader(self.id, self.term))
         leader = LeaderState.elected(self.peer_ids, len(self._log), self._round)
+        if not self.unsafe.no_pre_vote:
+            leader.quorum_check_at = now + self.config.election_timeout_min
         self._leader = leader
-        # Rule 3: wait out every lease a voter (or we) may still be bound by.
+        # Rule 3: wait out every lease a voter (or we) may still be bound by, in both read
+        # modes: a lease-mode leader may still serve while a read_index one takes over. Rule 8:
+        # an election started by a serving leader's timeout_now has nothing to wait for.
         wait_until = max(self._old_lease_end, self._vote_lease_bound)
-        if self.unsafe.skip_lease_wait or self.config.read_mode is ReadMode.READ_INDEX:
+        if self.unsafe.skip_lease_wait or self._handoff_term == self.term:
             wait_until = now
         leader.serving_from = max(now, wait_until)
         # Rule 7: the first lease can only come from a round sent once serving has begun.
-        leader.step_down_grace_end = leader.serving_from + self.config.leader_lease_span
+        leader.step_down_grace_end = leader.serving_from + self._leader_lease_span
         if leader.serving_from > now:
             self._out.events.append(events.WaitingForOldLease())
             # Heartbeats during the wait keep followers from starting needless elections.
@@ -532,6 +664,7 @@ class RaftNode:
         if self.role is not Role.FOLLOWER or self.leader_id != msg.leader_id:
             self._become_follower(msg.term, msg.leader_id, now)
         self._reset_election_timer(now)
+        self._leader_contact = now
         self._record_old_lease(msg, now)
 
         if msg.prev_log_index > len(self._log):
@@ -556,6 +689,14 @@ class RaftNode:
         if msg.leader_commit > self.commit_index:
             self._apply_committed(min(msg.leader_commit, last_new))
         self._reply_append(msg, success=True, match=last_new, conflict=0)
+        if msg.timeout_now and self.term < MAX_TERM:
+            # Rule 8: our log now holds the leader's whole log, and the leader serves no more
+            # lease reads: campaign at once, with the lease handed off for the next term.
+            self._handoff_term = self.term + 1
+            self._out.events.append(
+                events.TimeoutNowReceived(self.id, msg.leader_id, self._handoff_term)
+            )
+            self._start_election(now, transfer=True)
 
     def _refuse_append(self, msg: AppendEntries) -> bool:
         """Stateful checks of an AppendEntries of our term or later, made before anything
@@ -564,23 +705,64 @@ class RaftNode:
         renews no lease, rule 1) and conflict index 0 (the leader moves nothing). The term is
         not adopted and the election timer not reset: a message we refuse is no news of a
         leader we can follow (rule 2)."""
-        if msg.lease_duration != self.config.lease_duration:
-            # Rule 2: a lease we were not configured for is a configuration error; we neither
-            # wait for it nor follow the leader that uses it.
-            lease = msg.lease_duration
-            reported = self._reported_lease_mismatch
-            if lease not in reported and len(reported) < _MAX_REPORTED_LEASES:
-                reported.add(lease)
-                self._out.events.append(
-                    events.LeaseMismatch(msg.leader_id, lease, self.config.lease_duration)
-                )
+        problem = self._append_problem(msg)
+        if problem is None:
+            return False
+        self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
+        self._out.messages.append(Envelope(msg.leader_id, self._refusal_reply(self.term)))
+        return True
+
+    def _refusal_reply(self, term: int) -> AppendEntriesReply:
+        """Unsuccessful, round 0 (vouches for no round, renews no lease), conflict index 0
+        (moves nothing at the leader)."""
+        return AppendEntriesReply(
+            term, self.id, False, 0, 0, 0, max_clock_drift=self._drift, incarnation=self.incarnation
+        )
+
+    def _answer_unadmitted(self, message: Message) -> None:
+        """docs/design.md §8: a node whose disk was lost acknowledges nothing and votes for
+        no one, answering in the sender's own term so that it deposes no one either."""
+        if isinstance(message, AppendEntries):
+            reply: Message = self._refusal_reply(message.term)
+            self._out.messages.append(Envelope(message.leader_id, reply))
+        elif isinstance(message, RequestVote):
+            reply = RequestVoteReply(message.term, self.id, False, 0.0, pre_vote=message.pre_vote)
+            self._out.messages.append(Envelope(message.candidate_id, reply))
+
+    def _adopt_drift(self, rho: float) -> None:
+        # Rule 6: the cluster's ρ is the largest any node announces; it is persisted.
+        if rho > self._drift:
+            self._drift = rho
+            self._hard_state_dirty = True
+
+    def _ignores_vote_request(self, msg: RequestVote, now: float) -> bool:
+        """Leader stickiness (Raft thesis §4.2.3, with PreVote §9.6): a node that heard from a
+        leader within the minimum election timeout, or is one, refuses a vote or pre-vote for a
+        later term without adopting that term, unless a leader's timeout_now started it."""
+        if self.unsafe.no_pre_vote or msg.transfer:
+            return False
+        if self._leader is not None:
+            leader = self.id
+        elif (
+            self.leader_id is not None
+            and now < self._leader_contact + self.config.election_timeout_min
+        ):
+            leader = self.leader_id
         else:
-            problem = self._append_problem(msg)
-            if problem is None:
-                return False
-            self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
-        reply = AppendEntriesReply(self.term, self.id, False, 0, 0, 0)
-        self._out.messages.append(Envelope(msg.leader_id, reply))
+            return False
+        kind = "pre-vote" if msg.pre_vote else "vote"
+        self._out.events.append(
+            events.VoteIgnored(self.id, kind, msg.candidate_id, msg.term, leader)
+        )
+        reply = RequestVoteReply(
+            self.term,
+            self.id,
+            False,
+            0.0,
+            pre_vote=msg.pre_vote,
+            max_clock_drift=self._drift,
+        )
+        self._out.messages.append(Envelope(msg.candidate_id, reply))
         return True
 
     def _append_problem(self, msg: AppendEntries) -> str | None:
@@ -618,10 +800,20 @@ class RaftNode:
         return None
 
     def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
-        # Rule 2: keep the longest lease seen from any leader of any term. Only a leader using
-        # our own configured lease gets here (_refuse_append), so we never wait longer than our
-        # own bound.
-        self._old_lease_end = max(self._old_lease_end, now + self.config.lease_duration)
+        # Rule 2: keep the longest lease seen from any leader of any term, as long as the leader
+        # claims it (validation caps it at MAX_LEASE_DURATION), whatever our own flags say; and
+        # remember the longest for after a restart.
+        lease = msg.lease_duration
+        if lease != self.config.lease_duration:
+            reported = self._reported_lease_mismatch
+            if lease not in reported and len(reported) < _MAX_REPORTED_LEASES:
+                reported.add(lease)
+                own = self.config.lease_duration
+                self._out.events.append(events.LeaseMismatch(msg.leader_id, lease, own))
+        self._old_lease_end = max(self._old_lease_end, now + lease)
+        if lease > self._lease_bound:
+            self._lease_bound = lease
+            self._hard_state_dirty = True
 
     def _reject_append(self, msg: AppendEntries, conflict: int) -> None:
         self._out.events.append(events.AppendRejected(self.id, msg.leader_id))
@@ -630,7 +822,16 @@ class RaftNode:
     def _reply_append(
         self, msg: AppendEntries, *, success: bool, match: int, conflict: int
     ) -> None:
-        reply = AppendEntriesReply(self.term, self.id, success, match, conflict, msg.round)
+        reply = AppendEntriesReply(
+            self.term,
+            self.id,
+            success,
+            match,
+            conflict,
+            msg.round,
+            max_clock_drift=self._drift,
+            incarnation=self.incarnation,
+        )
         self._out.messages.append(Envelope(msg.leader_id, reply))
 
     def _on_append_entries_reply(self, msg: AppendEntriesReply, now: float) -> None:
@@ -653,17 +854,24 @@ class RaftNode:
         if problem is not None:
             self._out.events.append(events.ProtocolViolation(self.id, msg.follower_id, problem))
             return
+        if msg.incarnation != progress.incarnation:
+            if progress.incarnation and msg.incarnation:
+                old, new = f"{progress.incarnation:x}", f"{msg.incarnation:x}"
+                self._out.events.append(events.PeerReplaced(self.id, msg.follower_id, old, new))
+                progress.forget(len(self._log))
+            progress.incarnation = msg.incarnation or progress.incarnation
+        progress.recent_active = True
         # Rule 1: an answer in our term vouches for its round, whether or not the log matched.
         if self._round >= msg.round > progress.acked_round:
             progress.acked_round = msg.round
             self._on_round_acked(leader, now)
         if msg.success:
-            if progress.on_success(msg.match_index):
+            if progress.on_success(msg.match_index, msg.round):
                 self._maybe_commit()
-            if progress.next <= len(self._log):
+            if progress.next <= len(self._log) or self._timeout_now_due(leader, msg.follower_id):
                 self._send_append(leader, msg.follower_id, progress)
         elif msg.conflict_index > 0:
-            progress.on_rejection(msg.conflict_index)
+            progress.on_rejection(msg.conflict_index, msg.round)
             self._send_append(leader, msg.follower_id, progress)
 
     def _on_request_vote(self, msg: RequestVote, now: float) -> None:
@@ -671,6 +879,15 @@ class RaftNode:
             self._last_log_term(),
             len(self._log),
         )
+        if msg.pre_vote:
+            # Answer as a vote for msg.term would be answered, changing nothing here.
+            granted = msg.term > self.term and up_to_date
+            reply_term = msg.term if granted else self.term
+            pre_vote_reply = RequestVoteReply(
+                reply_term, self.id, granted, 0.0, pre_vote=True, max_clock_drift=self._drift
+            )
+            self._out.messages.append(Envelope(msg.candidate_id, pre_vote_reply))
+            return
         grant = (
             msg.term == self.term
             and self.voted_for in (None, msg.candidate_id)
@@ -686,24 +903,24 @@ class RaftNode:
             self._out.events.append(events.VoteDenied(msg.candidate_id, msg.term))
         # Rule 3: the voter tells the candidate how long it still owes to an old leader.
         remaining = max(0.0, self._old_lease_end - now)
-        reply = RequestVoteReply(self.term, self.id, grant, remaining)
+        reply = RequestVoteReply(self.term, self.id, grant, remaining, max_clock_drift=self._drift)
         self._out.messages.append(Envelope(msg.candidate_id, reply))
 
     def _on_request_vote_reply(self, msg: RequestVoteReply, now: float) -> None:
+        if msg.pre_vote:
+            pre_votes = self._pre_votes
+            if pre_votes is None or not msg.granted or msg.term != self.term + 1:
+                return
+            pre_votes.add(msg.voter_id)
+            if len(pre_votes) >= self._quorum:
+                self._start_election(now)
+            return
         if self.role is not Role.CANDIDATE or msg.term != self.term or not msg.granted:
             return
-        # A voter owes at most its own lease, which must be ours (rule 2): anything longer
-        # would make us wait without bound (rule 3). Not counting the vote is always safe.
-        if msg.old_lease_remaining > self.config.lease_duration * (1 + 1e-9):
-            problem = (
-                f"old_lease_remaining {msg.old_lease_remaining} exceeds the lease "
-                f"{self.config.lease_duration}"
-            )
-            self._out.events.append(events.ProtocolViolation(self.id, msg.voter_id, problem))
-            return
+        # A voter owes at most MAX_LEASE_DURATION (validation), so rule 3 never waits longer.
         self._votes.add(msg.voter_id)
         # Stretch the voter's remaining time by the worst drift between its clock and ours.
-        bound = now + msg.old_lease_remaining * self.config.drift_stretch
+        bound = now + msg.old_lease_remaining * drift_stretch(self._drift)
         self._vote_lease_bound = max(self._vote_lease_bound, bound)
         if len(self._votes) >= self._quorum:
             self._become_leader(now)
@@ -717,7 +934,7 @@ class RaftNode:
         if now >= leader.serving_from:
             leader.round_sent_at[self._round] = now
             if self.unsafe.renew_lease_on_send:
-                leader.lease_end = max(leader.lease_end, now + self.config.leader_lease_span)
+                leader.lease_end = max(leader.lease_end, now + self._leader_lease_span)
         leader.next_heartbeat = now + self.config.heartbeat_interval
         for peer_id, progress in leader.progress.items():
             if heartbeat:
@@ -740,8 +957,24 @@ class RaftNode:
             leader_commit=self.commit_index,
             lease_duration=self.config.lease_duration,
             round=self._round,
+            # Rule 8: once this message brings the target level with our whole log.
+            timeout_now=(
+                leader.transfer_target == peer_id and prev_index + len(entries) == len(self._log)
+            ),
+            max_clock_drift=self._drift,
         )
         self._out.messages.append(Envelope(peer_id, message))
+
+    def _timeout_now_due(self, leader: LeaderState, peer_id: NodeId) -> bool:
+        """The transfer target has just caught up: tell it to campaign without waiting for the
+        next heartbeat."""
+        return leader.transfer_target == peer_id and leader.progress[peer_id].match == len(
+            self._log
+        )
+
+    @property
+    def _leader_lease_span(self) -> float:
+        return lease_span(self.config.lease_duration, self._drift)
 
     def _batch_from(self, prev_index: int, limit: int) -> list[LogEntry]:
         batch = self._log[prev_index : prev_index + limit]
@@ -763,7 +996,7 @@ class RaftNode:
         if sent_at is not None:
             # Rule 1: the lease runs from the round's send time, never from the ack's arrival.
             start = now if self.unsafe.lease_from_ack_time else sent_at
-            leader.lease_end = max(leader.lease_end, start + self.config.leader_lease_span)
+            leader.lease_end = max(leader.lease_end, start + self._leader_lease_span)
         for r in [r for r in leader.round_sent_at if r < quorum_round]:
             del leader.round_sent_at[r]
         self._serve_confirmed_reads(leader)
@@ -861,3 +1094,11 @@ class RaftNode:
         while index > 1 and self._log[index - 2].term == term and index - 1 > self.commit_index:
             index -= 1
         return index
+
+
+def _is_pre_vote_not_refusal(message: Message) -> bool:
+    """A pre-vote request, or a granted pre-vote reply: its term is one nobody holds yet, so it
+    makes no one adopt it (a refused pre-vote reply carries the voter's real term)."""
+    if isinstance(message, RequestVote):
+        return message.pre_vote
+    return isinstance(message, RequestVoteReply) and message.pre_vote and message.granted

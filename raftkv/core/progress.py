@@ -31,29 +31,45 @@ class Progress:
     # `match` when the previous heartbeat went out: no change over a whole heartbeat with
     # entries in flight means they were lost.
     match_at_last_heartbeat: int = 0
+    # The round of the reply that last raised `match`: a rejection from that round or an
+    # earlier one is late (a duplicate, or overtaken) and must not pull `match` back.
+    match_round: int = 0
+    # CheckQuorum: the follower answered since the leader's last check.
+    recent_active: bool = False
+    # The follower's data-directory incarnation, once it told us (0: not yet).
+    incarnation: int = 0
 
     @property
     def in_flight(self) -> int:
         """Entries sent in REPLICATE that the follower has not acknowledged yet."""
         return self.next - 1 - self.match
 
-    def on_success(self, match: int) -> bool:
+    def on_success(self, match: int, round: int = 0) -> bool:
         """The follower's log matches ours up to `match`. Returns whether `match` advanced."""
         advanced = match > self.match
         if advanced:
             self.match = match
+            self.match_round = max(self.match_round, round)
         self.next = max(self.next, self.match + 1)
         self.state = ProgressState.REPLICATE
         return advanced
 
-    def on_rejection(self, conflict_index: int) -> None:
+    def on_rejection(self, conflict_index: int, round: int = 0) -> None:
         """The follower's log does not match before `conflict_index`: probe from there."""
+        if conflict_index <= self.match and round <= self.match_round:
+            return  # sent before the success that set `match`: it says nothing new
         self.state = ProgressState.PROBE
         if conflict_index <= self.match:
             # The follower lost entries it had acknowledged (a damaged disk, an operator
             # cutting its log): believe its log as it is now, or we would probe forever.
             self.match = conflict_index - 1
         self.next = max(self.match + 1, min(self.next, conflict_index))
+
+    def forget(self, log_length: int) -> None:
+        """The follower's data directory was replaced: it holds none of what it acknowledged."""
+        self.match = self.match_round = self.match_at_last_heartbeat = 0
+        self.next = log_length + 1
+        self.state = ProgressState.PROBE
 
     def on_heartbeat(self) -> None:
         """Called at each heartbeat: a stream that made no progress for a whole heartbeat with

@@ -6,7 +6,7 @@ checks first so that it can answer the sender INVALID_ARGUMENT (docs/design.md �
 
 These checks are stateless: they look at the message alone. What needs the node's state (an
 AppendEntries that would cut a committed entry, a reply naming an index the leader does not
-have, a lease duration other than ours) is checked by `RaftNode` itself.
+have) is checked by `RaftNode` itself.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
+from .config import MAX_LEASE_DURATION
 from .messages import AppendEntries, AppendEntriesReply, Message, NodeId, RequestVote
 
 # The highest term a node accepts or reaches. Terms travel as uint64 and are stored in decimal;
@@ -62,6 +63,9 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
     term_problem = _above("term", message.term, MAX_TERM)
     if term_problem is not None:
         return term_problem
+    rho = message.max_clock_drift
+    if not (math.isfinite(rho) and 0 <= rho < 0.5):
+        return f"max_clock_drift must be in [0, 0.5), got {rho}"
     if isinstance(message, AppendEntries):
         return _append_entries_problem(message)
     if isinstance(message, AppendEntriesReply):
@@ -86,6 +90,8 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
         return f"old_lease_remaining must be finite, got {remaining}"
     if remaining < 0:
         return f"old_lease_remaining must be ≥ 0, got {remaining}"
+    if remaining > MAX_LEASE_DURATION:
+        return f"old_lease_remaining {remaining} exceeds the longest lease {MAX_LEASE_DURATION}"
     return None
 
 
@@ -106,6 +112,8 @@ def _append_entries_problem(message: AppendEntries) -> str | None:
         return f"lease_duration must be finite, got {lease}"
     if lease <= 0:
         return f"lease_duration must be a positive number, got {lease}"
+    if lease > MAX_LEASE_DURATION:
+        return f"lease_duration {lease} exceeds the longest lease {MAX_LEASE_DURATION}"
     if message.term == 0:
         return "an AppendEntries needs a term ≥ 1"
     if message.prev_log_term > message.term:

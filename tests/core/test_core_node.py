@@ -109,6 +109,17 @@ class Harness:
         return leader
 
 
+def campaign(node: RaftNode, now: float) -> None:
+    """Let `node`'s election timer fire at `now` and every peer grant its pre-vote: it is then a
+    candidate of the next term with its vote requests queued (PreVote has its own tests)."""
+    node.tick(now)
+    for peer in node.peer_ids:
+        node.step(RequestVoteReply(node.term + 1, peer, True, 0.0, pre_vote=True), now)
+        if node.role is not Role.FOLLOWER:
+            break
+    assert node.role is not Role.FOLLOWER
+
+
 def events(h: Harness, node_id: int) -> list[ev.Event]:
     return [e for r in h.readies[node_id] for e in r.events]
 
@@ -132,8 +143,11 @@ def test_a_fresh_cluster_elects_and_the_leader_appends_a_noop_after_the_restart_
 
 def test_a_vote_is_durable_before_the_reply_that_grants_it() -> None:
     h = Harness()
-    h.tick(1, 3.0)
-    (_, request), *_ = h.take(RequestVote, to=2)
+    campaign(h.nodes[1], 3.0)
+    h.flush(1)
+    request = next(
+        m for _, m in h.take(RequestVote, to=2) if isinstance(m, RequestVote) and not m.pre_vote
+    )
     h.nodes[2].step(request, 3.0)
     ready = h.nodes[2].take_ready()
     assert ready.hard_state == HardState(term=1, voted_for=1)
@@ -282,7 +296,7 @@ def test_leader_never_commits_an_old_term_entry_by_counting_replicas() -> None:
     old = LogEntry(2, SetCommand("k", "old"))
     state = PersistentState(HardState(2, None), [LogEntry(1, NO_OP), old])
     leader = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0, persisted=state)
-    leader.tick(5.0)
+    campaign(leader, 5.0)
     leader.advance(leader.take_ready())
     leader.step(RequestVoteReply(3, 2, True, 0.0), 5.0)
     assert leader.role is Role.LEADER
@@ -311,7 +325,7 @@ def test_leader_counts_itself_only_for_what_it_has_persisted() -> None:
 
 def test_input_between_take_ready_and_advance_is_a_misuse() -> None:
     h = Harness()
-    h.nodes[1].tick(3.0)
+    campaign(h.nodes[1], 3.0)
     h.nodes[1].take_ready()
     with pytest.raises(CoreMisuseError):
         h.nodes[1].tick(3.1)
@@ -323,7 +337,7 @@ def test_input_between_take_ready_and_advance_is_a_misuse() -> None:
 
 def test_advance_without_an_outstanding_ready_is_a_misuse() -> None:
     node = Harness().nodes[1]
-    node.tick(3.0)
+    campaign(node, 3.0)
     ready = node.take_ready()
     assert ready.needs_persist
     node.advance(ready)
@@ -412,61 +426,68 @@ def test_rule2_followers_keep_the_longest_lease_seen_across_leaders() -> None:
     follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
     follower.step(AppendEntries(4, 1, 0, 0, (), 0, 0.5, 1), 10.0)
     follower.step(AppendEntries(5, 2, 0, 0, (), 0, 0.5, 1), 10.1)
-    follower.step(RequestVote(6, 2, 0, 0), 10.2)
+    # A transfer's vote request: the follower answers it although it still hears a leader.
+    follower.step(RequestVote(6, 2, 0, 0, transfer=True), 10.2)
     reply = [e.message for e in follower.take_ready().messages][-1]
     assert isinstance(reply, RequestVoteReply)
     assert reply.old_lease_remaining == pytest.approx(10.1 + 0.5 - 10.2)
 
 
-def test_rule2_a_lease_mismatch_is_logged_and_the_append_refused() -> None:
-    # Intended change (issue 13): a leader using another lease is a configuration error. The
-    # follower neither waits for that lease nor follows the leader: it answers round 0 (no
-    # lease renewal), keeps its term and its election deadline, and logs both values once.
+def test_rule2_a_follower_honours_its_leaders_longer_lease_and_remembers_it() -> None:
+    # Issue 14: a rolling restart that changes the lease leaves nodes with different flags. The
+    # follower records the lease the leader claims (not its own), notes the difference once,
+    # and persists the longest lease it recorded, so that a restart cannot shorten it.
     follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
     follower.advance(follower.take_ready())
-    deadline = follower.next_deadline()
     for now in (0.2, 0.3):
-        follower.step(AppendEntries(4, 1, 0, 0, (), 0, 1e300, 7), now)
+        follower.step(AppendEntries(4, 1, 0, 0, (), 0, 2.0, 7), now)
     ready = follower.take_ready()
+    follower.advance(ready)
     assert [e for e in ready.events if isinstance(e, ev.LeaseMismatch)] == [
-        ev.LeaseMismatch(1, 1e300, 0.5)
+        ev.LeaseMismatch(1, 2.0, 0.5)
     ]
-    replies = [e.message for e in ready.messages]
-    assert replies == [AppendEntriesReply(0, 3, False, 0, 0, 0)] * 2
-    assert follower.term == 0 and follower.leader_id is None
-    assert follower.next_deadline() == deadline
-    follower.step(RequestVote(5, 2, 0, 0), 10.5)
+    assert ready.hard_state is not None and ready.hard_state.lease_bound == 2.0
+    assert follower.term == 4 and follower.leader_id == 1
+    follower.step(RequestVote(5, 2, 0, 0, transfer=True), 1.3)
     reply = [e.message for e in follower.take_ready().messages][-1]
     assert isinstance(reply, RequestVoteReply) and reply.granted
-    assert reply.old_lease_remaining == 0.0  # only its own restart lease, long over
+    assert reply.old_lease_remaining == pytest.approx(0.3 + 2.0 - 1.3)
+    # Restarted with its own (shorter) flags, it still owes the longest lease it recorded.
+    restarted = RaftNode(
+        3, [1, 2], CONFIG, random.Random(0), 50.0, PersistentState(ready.hard_state, ())
+    )
+    restarted.step(RequestVote(6, 2, 0, 0), 50.1)
+    reply = [e.message for e in restarted.take_ready().messages][-1]
+    assert isinstance(reply, RequestVoteReply)
+    assert reply.old_lease_remaining == pytest.approx(2.0 - 0.1)
 
 
-def test_a_vote_reply_owing_more_than_our_lease_is_not_counted() -> None:
+def test_rule2_a_lease_beyond_the_longest_allowed_is_dropped_as_malformed() -> None:
+    follower = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0)
+    follower.advance(follower.take_ready())
+    follower.step(AppendEntries(4, 1, 0, 0, (), 0, 1e300, 7), 0.2)
+    ready = follower.take_ready()
+    assert [type(e) for e in ready.events] == [ev.ProtocolViolation]
+    assert ready.messages == () and follower.term == 0
+
+
+def test_a_vote_reply_owing_a_longer_lease_than_ours_is_waited_out() -> None:
     candidate = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0)
-    candidate.tick(5.0)
+    campaign(candidate, 5.0)
     candidate.advance(candidate.take_ready())
     candidate.step(RequestVoteReply(1, 2, True, 1e300), 5.1)
     ready = candidate.take_ready()
     assert candidate.role is Role.CANDIDATE
     assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
-    candidate.step(RequestVoteReply(1, 3, True, 0.5), 5.1)
+    candidate.step(RequestVoteReply(1, 3, True, 2.0), 5.1)
     assert candidate.status(5.1).role is Role.LEADER
-    assert candidate.status(5.1).waiting_for_old_lease == pytest.approx(0.5)
-
-
-def test_rule2_a_restarted_node_assumes_a_full_lease_is_running() -> None:
-    state = PersistentState(HardState(3, None), [LogEntry(3, NO_OP)])
-    node = RaftNode(2, [1, 3], CONFIG, random.Random(0), 50.0, persisted=state)
-    node.step(RequestVote(4, 1, 1, 3), 50.1)
-    reply = [e.message for e in node.take_ready().messages][-1]
-    assert isinstance(reply, RequestVoteReply) and reply.granted
-    assert reply.old_lease_remaining == pytest.approx(0.4)
+    assert candidate.status(5.1).waiting_for_old_lease == pytest.approx(2.0)
 
 
 def test_rule3_new_leader_waits_out_the_longest_reported_lease_and_appends_nothing() -> None:
     drifty = replace(CONFIG, max_clock_drift=0.1)
     candidate = RaftNode(1, [2, 3], drifty, random.Random(0), 0.0)
-    candidate.tick(5.0)
+    campaign(candidate, 5.0)
     candidate.advance(candidate.take_ready())
     candidate.step(RequestVoteReply(1, 2, True, 0.3), 5.1)
     assert candidate.role is Role.LEADER
@@ -516,7 +537,7 @@ def test_rule4_reads_need_lease_noop_commit_and_leadership() -> None:
 def test_rule4_no_reads_before_the_terms_noop_commits() -> None:
     state = PersistentState(HardState(1, None), [LogEntry(1, NO_OP)])
     leader = RaftNode(1, [2, 3], CONFIG, random.Random(0), 0.0, persisted=state)
-    leader.tick(5.0)
+    campaign(leader, 5.0)
     leader.advance(leader.take_ready())
     leader.step(RequestVoteReply(2, 2, True, 0.0), 5.0)
     ready = leader.take_ready()

@@ -61,6 +61,20 @@ def test_floats_have_at_most_four_decimals_and_no_trailing_zeros(value: float, t
         (RequestVote(3, 2, 5, 2), "2->1 MsgVote term=3 last=5/2"),
         (RequestVoteReply(3, 1, True, 0.3), "1->2 MsgVoteResp term=3 granted old_lease=0.3"),
         (RequestVoteReply(3, 1, False, 0.0), "1->2 MsgVoteResp term=3 denied old_lease=0"),
+        (
+            RequestVote(3, 2, 5, 2, pre_vote=True, max_clock_drift=0.01),
+            "2->1 MsgPreVote term=3 last=5/2 drift=0.01",
+        ),
+        (RequestVote(3, 2, 5, 2, transfer=True), "2->1 MsgVote term=3 last=5/2 transfer"),
+        (RequestVoteReply(3, 1, True, 0.0, pre_vote=True), "1->2 MsgPreVoteResp term=3 granted"),
+        (
+            AppendEntries(3, 2, 1, 1, (), 1, 0.5, 4, timeout_now=True),
+            "2->1 MsgApp term=3 prev=1/1 entries=[] commit=1 lease=0.5 round=4 timeout_now",
+        ),
+        (
+            AppendEntriesReply(3, 1, True, 2, 0, 4, incarnation=0xAB),
+            "1->2 MsgAppResp term=3 ok match=2 round=4 incarnation=ab",
+        ),
     ],
 )
 def test_each_message_kind_has_one_line_that_parses_back(message: Message, text: str) -> None:
@@ -84,6 +98,15 @@ def test_results() -> None:
 def test_a_ready_lists_only_its_non_empty_sections_in_order() -> None:
     node = RaftNode(1, [2, 3], TEST_PROFILE, random.Random(1), 0.0)
     node.tick(5.0)
+    assert describe_ready(node.take_ready()).splitlines() == [
+        "Ready needs_persist=false commit=0:",
+        "send_now:",
+        "  1->2 MsgPreVote term=1 last=0/0",
+        "  1->3 MsgPreVote term=1 last=0/0",
+        "events:",
+        "  Node 1 asking for pre-votes for term 1.",
+    ]
+    node.step(RequestVoteReply(1, 2, True, 0.0, pre_vote=True), 5.0)
     assert describe_ready(node.take_ready()).splitlines() == [
         "Ready needs_persist=true commit=0:",
         "HardState term=1 vote=1",

@@ -25,6 +25,14 @@ EXAMPLES: list[ev.Event] = [
     ev.LeaseMismatch(leader=1, lease=3.5, own=0.3),
     ev.ProtocolViolation(node=1, sender=9, reason="leader_id 9 is not a member of this cluster"),
     ev.TermExhausted(node=1, term=2**63 - 1),
+    ev.CheckQuorumFailed(node=1, seconds=0.4),
+    ev.PreVoteStarted(node=2, term=8),
+    ev.VoteIgnored(node=1, kind="pre-vote", candidate=3, term=9, leader=2),
+    ev.TransferStarted(node=1, target=2, term=4),
+    ev.TransferAborted(node=1, target=2),
+    ev.TimeoutNowReceived(node=2, leader=1, term=5),
+    ev.NotAdmitted(node=3),
+    ev.PeerReplaced(node=1, peer=3, old="1f", new="a0"),
 ]
 
 

@@ -24,11 +24,23 @@ def test_success_moves_match_forward_only_and_starts_streaming() -> None:
 
 
 def test_rejection_probes_from_the_conflict_without_going_below_match() -> None:
-    p = Progress(next=10, match=4, state=ProgressState.REPLICATE)
-    p.on_rejection(6)
+    p = Progress(next=10, match=4, state=ProgressState.REPLICATE, match_round=3)
+    p.on_rejection(6, round=4)
     assert (p.state, p.match, p.next) == (ProgressState.PROBE, 4, 6)
-    p.on_rejection(2)  # the follower lost acknowledged entries: believe it as it is now
+    p.on_rejection(2, round=5)  # the follower lost acknowledged entries: believe it as it is
     assert (p.match, p.next) == (1, 2)
+
+
+def test_a_late_or_duplicate_rejection_never_lowers_match() -> None:
+    # Issue 14: a rejection sent before the success that set `match` (a duplicate delivered
+    # late, or one overtaken by the success) used to pull match back to 0 and make the leader
+    # resend the whole log.
+    p = Progress(next=1)
+    p.on_rejection(1, round=2)  # the probe of round 2: the follower's log is empty
+    assert p.on_success(40, round=3)
+    p.on_rejection(1, round=2)  # the same rejection again, late
+    p.on_rejection(1, round=3)  # or from the success's own round
+    assert (p.state, p.match, p.next) == (ProgressState.REPLICATE, 40, 41)
 
 
 def test_probe_resends_from_next_and_does_not_advance_on_send() -> None:

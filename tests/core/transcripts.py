@@ -80,7 +80,7 @@ from raftkv.core.messages import (
     RequestVoteReply,
     SetCommand,
 )
-from raftkv.core.node import HardState, PersistentState, RaftNode
+from raftkv.core.node import SAFE, HardState, PersistentState, RaftNode, UnsafeSwitches
 from raftkv.core.validation import sender_of
 
 # The unit tests' timings (tests/unit/test_core_node.py): no drift, so lease arithmetic is exact.
@@ -216,6 +216,8 @@ def parse_message(text: str, default_lease: float = 0.5) -> Envelope:
             leader_commit=int(opts.get("commit", "0")),
             lease_duration=float(opts.get("lease", str(default_lease))),
             round=int(opts.get("round", "0")),
+            timeout_now="timeout_now" in flags,
+            max_clock_drift=float(opts.get("drift", "0")),
         )
     elif kind == "MsgAppResp":
         message = AppendEntriesReply(
@@ -225,13 +227,28 @@ def parse_message(text: str, default_lease: float = 0.5) -> Envelope:
             match_index=int(opts.get("match", "0")),
             conflict_index=int(opts.get("conflict", "0")),
             round=int(opts.get("round", "0")),
+            max_clock_drift=float(opts.get("drift", "0")),
+            incarnation=int(opts.get("incarnation", "0"), 16),
         )
-    elif kind == "MsgVote":
+    elif kind in ("MsgVote", "MsgPreVote"):
         last_index, last_term = _position(opts.get("last", "0/0"))
-        message = RequestVote(term, sender, last_index, last_term)
-    elif kind == "MsgVoteResp":
+        message = RequestVote(
+            term,
+            sender,
+            last_index,
+            last_term,
+            pre_vote=kind == "MsgPreVote",
+            transfer="transfer" in flags,
+            max_clock_drift=float(opts.get("drift", "0")),
+        )
+    elif kind in ("MsgVoteResp", "MsgPreVoteResp"):
         message = RequestVoteReply(
-            term, sender, "granted" in flags, float(opts.get("old_lease", "0"))
+            term,
+            sender,
+            "granted" in flags,
+            float(opts.get("old_lease", "0")),
+            pre_vote=kind == "MsgPreVoteResp",
+            max_clock_drift=float(opts.get("drift", "0")),
         )
     else:
         raise TranscriptError(f"unknown message kind {kind!r}")
@@ -263,6 +280,7 @@ class Env:
     clock: float = 0.0
     next_token: int = 1
     quiet: bool = False
+    unsafe: UnsafeSwitches = SAFE
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -367,6 +385,10 @@ class Env:
             config = replace(config, max_clock_drift=float(opts.pop("drift")))
         if "read-mode" in opts:
             config = config.with_read_mode(ReadMode(opts.pop("read-mode")))
+        # prevote=off: the classic election of the Raft paper (no PreVote, no leader stickiness,
+        # no CheckQuorum), for transcripts about the rules underneath; prevote.txt has PreVote.
+        if opts.pop("prevote", "on") == "off":
+            self.unsafe = UnsafeSwitches(no_pre_vote=True)
         self.clock = float(opts.pop("start", "0"))
         if opts:
             raise TranscriptError(f"unknown add-nodes options {sorted(opts)}")
@@ -374,7 +396,9 @@ class Env:
         ids = list(range(1, int(bare[0]) + 1))
         for i in ids:
             peers = [p for p in ids if p != i]
-            self.nodes[i] = RaftNode(i, peers, config, random.Random(i), self.now(i))
+            self.nodes[i] = RaftNode(
+                i, peers, config, random.Random(i), self.now(i), unsafe=self.unsafe
+            )
             self.storage[i] = Storage()
         c = config
         return [
@@ -515,6 +539,7 @@ class Env:
             random.Random(node.id),
             self.now(node.id),
             persisted=persisted,
+            unsafe=node.unsafe,
         )
         vote = disk.hard_state.voted_for
         return [
