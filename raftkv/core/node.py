@@ -587,6 +587,9 @@ class RaftNode:
         """PreVote (Raft thesis §9.6): ask whether a majority would vote for us in the next
         term, without raising ours, so that a node that cannot win never deposes a leader."""
         self._out.events.append(events.PreVoteStarted(self.id, self.term + 1))
+        # A candidate whose election timed out gives it up: late votes of that term must not
+        # make it leader while it asks about the next one.
+        self.role = Role.FOLLOWER
         self.leader_id = None
         self._pre_votes = {self.id}
         self._reset_election_timer(now)
@@ -626,6 +629,7 @@ class RaftNode:
     def _become_leader(self, now: float) -> None:
         self.role = Role.LEADER
         self.leader_id = self.id
+        self._pre_votes = None
         self._out.events.append(events.BecameLeader(self.id, self.term))
         leader = LeaderState.elected(self.peer_ids, len(self._log), self._round)
         if not self.unsafe.no_pre_vote:
