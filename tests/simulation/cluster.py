@@ -476,8 +476,11 @@ class Simulation:
                 backwards = (LogEntry(message.term, command), LogEntry(message.term - 1, command))
                 return replace(message, entries=backwards)
             if choice == 3:
-                # Well-formed, but not our lease: a configuration error the follower refuses.
-                return replace(message, lease_duration=1e300)
+                # Beyond MAX_LEASE_DURATION (a follower would wait that long for it), or a
+                # drift bound outside [0, 0.5): malformed.
+                if self.rng.random() < 0.5:
+                    return replace(message, lease_duration=1e300)
+                return replace(message, max_clock_drift=self.rng.choice([0.7, float("nan")]))
             if choice == 4:
                 return ForgedConflict(message)
             return replace(message, leader_id=STRANGER)
@@ -494,7 +497,7 @@ class Simulation:
         if choice < 2:
             return replace(message, voter_id=STRANGER)
         if choice < 4:
-            # More than any voter can owe under our lease: not counted (rule 3).
+            # More than any voter can owe (MAX_LEASE_DURATION): malformed.
             return replace(message, old_lease_remaining=1e300)
         remaining = self.rng.choice([float("inf"), float("nan"), -1.0])
         return replace(message, old_lease_remaining=remaining)

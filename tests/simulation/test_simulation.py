@@ -64,13 +64,19 @@ NEGATIVE_CONTROLS = {
     "forget_lease_on_restart": ("lease safety", "linearizability"),
 }
 SEED_BUDGET = 120
+# Where a control is caught only by some profile within the budget. lease_from_ack_time needs a
+# new leader elected while the old one's (wrongly late) lease still runs; since PreVote and
+# leader stickiness (issue 14) elections are rarer, and in 600 mixed seeds only 8 caught it,
+# 7 of them in 120 high-drift seeds.
+PROFILE_FOR = {"lease_from_ack_time": "high-drift"}
 
 
 @pytest.mark.parametrize("switch", sorted(NEGATIVE_CONTROLS))
 def test_negative_control_is_caught(switch: str) -> None:
     caught = None
     for seed in range(SEED_BUDGET):
-        scenario = make_scenario(seed, unsafe=UnsafeSwitches(**{switch: True}))
+        unsafe = UnsafeSwitches(**{switch: True})
+        scenario = make_scenario(seed, profile=PROFILE_FOR.get(switch), unsafe=unsafe)
         result = run_scenario(scenario)
         if not result.ok:
             caught = result
@@ -95,8 +101,9 @@ def test_malformed_peer_messages_are_dropped_on_every_seed() -> None:
     assert any("nemesis corrupt" in line for line in traced), "the fault never fired"
     kinds = core_event_kinds(traced)
     assert events.ProtocolViolation in kinds
-    # The stateful variants fire too: another lease, a conflict with a committed entry.
-    assert events.LeaseMismatch in kinds
+    # A lease beyond the longest allowed is malformed; a conflict with a committed entry is
+    # refused by the stateful check.
+    assert any("exceeds the longest lease" in line for line in traced)
     assert any("nemesis forged" in line for line in traced)
     assert any("conflicts with a committed entry" in line for line in traced)
 
