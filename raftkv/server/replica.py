@@ -15,6 +15,7 @@ reply type) and the Nth reply resolves the Nth waiter.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import os
@@ -22,6 +23,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,19 +71,44 @@ from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 COMMIT_HINT_INTERVAL = 2.0
 
 
-class Clock:
-    """This node's monotonic clock.
+# The names the start-up line gives the node's clock (`clock CLOCK_BOOTTIME`).
+BOOTTIME = "CLOCK_BOOTTIME"
+MONOTONIC = "monotonic"
 
-    Test-only seam: RAFTKV_CLOCK_RATE makes it run at that multiple of the real monotonic clock,
-    to show what leases depend on (a rate outside 1 ± max_clock_drift breaks their safety).
-    Wall-clock changes never affect it: only time.monotonic() is read.
+
+def lease_clock_source() -> tuple[str, Callable[[], float]]:
+    """The clock the node's leases are measured on: its name and a function that reads it.
+
+    CLOCK_BOOTTIME where the system has one (Linux): it counts the time the machine spends
+    suspended, which time.monotonic() (CLOCK_MONOTONIC) does not, so a leader that wakes from a
+    suspend sees its lease as lapsed instead of still running (docs/design.md §3). Elsewhere
+    time.monotonic(). Neither moves when the wall clock is set.
+    """
+    clock_id = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock_id is not None:
+        try:
+            time.clock_gettime(clock_id)
+        except OSError:  # EINVAL: a kernel older than the constant (Linux < 2.6.39)
+            pass
+        else:
+            return BOOTTIME, functools.partial(time.clock_gettime, clock_id)
+    return MONOTONIC, time.monotonic
+
+
+class Clock:
+    """This node's lease clock (`lease_clock_source`): seconds since the Clock was made.
+
+    Every `now` the shell feeds to the core comes from here. Test-only seam: RAFTKV_CLOCK_RATE
+    makes it run at that multiple of the underlying clock, to show what leases depend on (a rate
+    outside 1 ± max_clock_drift breaks their safety).
     """
 
     def __init__(self, rate: float = 1.0) -> None:
         if not (math.isfinite(rate) and rate > 0):
             raise SeamError(f"a clock rate must be a finite number above 0, not {rate!r}")
         self.rate = rate
-        self._origin = time.monotonic()
+        self.name, self._read = lease_clock_source()
+        self._origin = self._read()
 
     @classmethod
     def from_environment(cls) -> Clock:
@@ -89,7 +116,7 @@ class Clock:
         return cls(clock_rate_from(os.environ))
 
     def now(self) -> float:
-        return (time.monotonic() - self._origin) * self.rate
+        return (self._read() - self._origin) * self.rate
 
 
 @dataclass(frozen=True)
@@ -133,7 +160,12 @@ def _peer_channel(peer: NodeAddress, tls: LoadedTls | None) -> grpc.aio.Channel:
 
 
 class Replica:
-    def __init__(self, options: ReplicaOptions, dump: DumpLog, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        options: ReplicaOptions,
+        dump: DumpLog,
+        clock: Clock | None = None,
+    ) -> None:
         self.options = options
         self.node_id = options.node_id
         self.dump = dump
@@ -245,25 +277,32 @@ class Replica:
     # ------------------------------------------------------------------------------------------
     # The loop
 
-    async def run(self) -> None:
+    def startup_lines(self) -> list[str]:
+        """The dump lines a node starts with: where it is and how it is configured (naming its
+        lease clock); the test seams in effect, if any, in the UNSAFE line right after (where
+        tools look for it); its peer listener."""
         config = self.options.config
-        self.dump.write(
+        lines = [
             f"Node {self.node_id} starting at {self.address}: term {self.core.term}, "
             f"{len(self.core.log)} log entries, read mode {config.read_mode.value}, "
             f"election {config.election_timeout_min}-{config.election_timeout_max}s, "
             f"heartbeat {config.heartbeat_interval}s, lease {config.lease_duration}s, "
-            f"max drift {config.max_clock_drift}."
-        )
+            f"max drift {config.max_clock_drift}, clock {self.clock.name}."
+        ]
         unsafe = self.options.seams(self.clock.rate)
         if unsafe:
             names = ", ".join(seam.name for seam in unsafe)
-            self.dump.write(f"Node {self.node_id} UNSAFE test switches on: {names}.")
+            lines.append(f"Node {self.node_id} UNSAFE test switches on: {names}.")
         member = self.options.cluster.node(self.node_id)
         security = "mutual TLS" if self.options.peer_tls is not None else "NO AUTHENTICATION"
-        self.dump.write(
+        lines.append(
             f"Node {self.node_id} serves peers at {member.peer_address} ({security}), "
             f"cluster id {self.options.cluster.cluster_id!r}."
         )
+        return lines
+
+    async def run(self) -> None:
+        self.dump.write_lines(self.startup_lines())
         while not self._stopping:
             self._wake.clear()
             self._pump()
@@ -275,6 +314,11 @@ class Replica:
             delay = self.core.next_deadline() - self.clock.now()
             if delay > 0:
                 # A timer that sets the wake event: cheaper than wait_for's task per iteration.
+                # The loop's timers run on CLOCK_MONOTONIC, which stops during a suspend while
+                # the lease clock (CLOCK_BOOTTIME) does not: a deadline that passed while the
+                # machine slept is acted on when the timer fires, at most `delay` after the
+                # wake-up, and `_pump` judges it on the lease clock. Reads do not wait for that:
+                # `begin_read` checks the lease on the lease clock as each one arrives.
                 timer = None
                 if delay != float("inf"):
                     loop = asyncio.get_running_loop()
@@ -313,7 +357,7 @@ class Replica:
             if future is not None and not future.done():
                 future.set_result(reply.result)
         self.dump.write_lines(map(str, ready.events))
-        now = time.monotonic()
+        now = time.monotonic()  # only for the hint's throttle, never given to the core
         hint_due = (
             ready.commit_index != self._commit_hint_written
             and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL

@@ -5,9 +5,9 @@ reach inside it. The seams:
 
 - the `--unsafe-*` flags (one per UnsafeSwitches field, raftkv/core/node.py) and
   `--unsafe-no-fsync`;
-- ``RAFTKV_CLOCK_RATE``: the node's monotonic clock runs at that multiple of real time
-  (replica.Clock); any value other than 1 is a seam, and a value that is not a finite number
-  above 0 is refused;
+- ``RAFTKV_CLOCK_RATE``: the node's lease clock (replica.Clock: CLOCK_BOOTTIME, or
+  time.monotonic() where there is none) runs at that multiple of real time; any value other
+  than 1 is a seam, and a value that is not a finite number above 0 is refused;
 - ``RAFTKV_FAILPOINT``: exit at a named point of a storage write (storage.py);
 - `--insecure-peers`: serve and dial peers without TLS, taking each message's claimed sender at
   its word (any process that reaches the peer port can then act as a node).

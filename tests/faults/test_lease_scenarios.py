@@ -171,8 +171,9 @@ def test_leader_clock_skew_within_the_drift_bound_is_safe(
 def test_wall_clock_jumps_change_nothing(make_cluster: ClusterFactory, tmp_path: Path) -> None:
     """Every node runs under libfaketime with only the wall clock faked
     (FAKETIME_DONT_FAKE_MONOTONIC=1) through a timestamp file the test rewrites: the wall clock
-    of each node jumps +3 days, then −5 days, then back, mid-run. The node reads only
-    time.monotonic(), so nothing may change: no election, no refused read, a linearizable
+    of each node jumps +3 days, then −5 days, then back, mid-run. The node's lease clock is
+    CLOCK_BOOTTIME (which libfaketime 0.9.10 leaves alone with that variable, like
+    CLOCK_MONOTONIC), so nothing may change: no election, no refused read, a linearizable
     history. (Lease 2 s, so that a busy machine cannot make the lease lapse by itself.)"""
     library = faketime_library()
     if library is None:

@@ -22,7 +22,8 @@ HEARTBEAT = 0.05
 def start_line(node: int, unsafe: str = "") -> list[str]:
     lines = [
         f"Node {node} starting at 10.0.0.{node}:50050: term 0, 0 log entries, read mode lease, "
-        f"election 0.4-0.8s, heartbeat {HEARTBEAT}s, lease {LEASE}s, max drift {DRIFT}."
+        f"election 0.4-0.8s, heartbeat {HEARTBEAT}s, lease {LEASE}s, max drift {DRIFT}, "
+        "clock CLOCK_BOOTTIME."
     ]
     if unsafe:
         lines.append(f"Node {node} UNSAFE test switches on: {unsafe}.")
@@ -276,6 +277,17 @@ def test_the_plot_is_a_png(tmp_path: Path) -> None:
     picture = tmp_path / "timeline.png"
     assert logreview.main(["review", str(root), "--plot", str(picture)]) == 1
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_start_up_line_is_read_with_or_without_the_clock_it_names() -> None:
+    (line,) = start_line(2)
+    kind, fields = logreview.classify(line)
+    assert kind is logreview.Kind.START
+    assert dict(fields)["drift"] == str(DRIFT) and dict(fields)["clock"] == "CLOCK_BOOTTIME"
+    older = line.replace(", clock CLOCK_BOOTTIME.", ".")
+    kind, fields = logreview.classify(older)
+    assert kind is logreview.Kind.START
+    assert dict(fields)["drift"] == str(DRIFT) and dict(fields)["clock"] == ""
 
 
 def test_core_sentences_are_classified_by_the_cores_own_event_classes() -> None:

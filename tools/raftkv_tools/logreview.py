@@ -100,7 +100,8 @@ CORE_KINDS: dict[type[events.Event], Kind] = {
     events.AppendRejected: Kind.APPEND,
 }
 
-# The shell's own sentences (raftkv/server: main.py, replica.py), after the stamp.
+# The shell's own sentences (raftkv/server: main.py, replica.py), after the stamp. The start-up
+# line's `, clock NAME` is optional: older dumps do not name the lease clock.
 PATTERNS: list[tuple[Kind, re.Pattern[str]]] = [
     (
         Kind.START,
@@ -108,7 +109,7 @@ PATTERNS: list[tuple[Kind, re.Pattern[str]]] = [
             r"^Node (?P<node>\d+) starting at (?P<address>\S+): term (?P<term>\d+), "
             r"(?P<entries>\d+) log entries, read mode (?P<read_mode>\S+), election \S+s, "
             r"heartbeat (?P<heartbeat>[\d.]+)s, lease (?P<lease>[\d.]+)s, "
-            r"max drift (?P<drift>[\d.]+)\.$"
+            r"max drift (?P<drift>[\d.]+)(?:, clock (?P<clock>\w+))?\.$"
         ),
     ),
     (Kind.UNSAFE, re.compile(r"^Node (?P<node>\d+) UNSAFE test switches on: (?P<names>.*)\.$")),
@@ -147,7 +148,7 @@ def classify(text: str) -> tuple[Kind, tuple[tuple[str, str], ...]]:
     for kind, pattern in PATTERNS:
         match = pattern.match(text)
         if match:
-            return kind, tuple(match.groupdict().items())
+            return kind, tuple(match.groupdict("").items())
     return Kind.OTHER, ()
 
 
