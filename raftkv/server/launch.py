@@ -56,7 +56,8 @@ class NodeLaunch:
     Fields left at None are not passed, so the node uses its default (or the description's).
     `tls` (with `client_cert_auth`) is the client listener's TLS; `certs` (a `raftkv certs`
     folder) or `peer_tls` are the peers' mutual TLS, which a description's `peer_certs` can
-    also give; `insecure_peers` is the test seam that runs peers without it.
+    also give; `insecure_peers` is the test seam that runs peers without it. `chrony_conf` is
+    the chrony configuration the start-up check of the time service reads.
     `unsafe` and `fsync=False` are the test-only negative controls. `extra_args` go on the
     command line verbatim, after everything else (a caller's own pass-through arguments).
     `env` is added to the process's environment (e.g. RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT,
@@ -85,6 +86,7 @@ class NodeLaunch:
     insecure_peers: bool = False
     cluster_id: str | None = None
     quiet: bool = False
+    chrony_conf: Path | None = None
     unsafe: UnsafeSwitches = SAFE
     fsync: bool = True
     allow_unsafe: bool = False
@@ -157,6 +159,8 @@ class NodeLaunch:
             argv += ["--cluster-id", self.cluster_id]
         if self.quiet:
             argv.append("--quiet")
+        if self.chrony_conf is not None:
+            argv += ["--chrony-conf", str(self.chrony_conf)]
         argv += [unsafe_flag(name) for name in self.unsafe.enabled()]
         if not self.fsync:
             argv.append(NO_FSYNC_FLAG)

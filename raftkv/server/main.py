@@ -21,6 +21,11 @@ environment variables RAFTKV_CLOCK_RATE (other than 1) and RAFTKV_FAILPOINT. The
 to start with any of them unless --allow-unsafe acknowledges them; then its dump names them in
 an UNSAFE line at start (raftkv/server/seams.py).
 
+At start the node checks whether the host's time service keeps its clock rate within
+max_clock_drift (chrony's maxslewrate; raftkv/server/timecheck.py) and says so in its dump; when
+it cannot confirm it, it warns on stderr too, and starts either way. --chrony-conf names the
+chrony configuration to read (default: running chronyd's -f, else /etc/chrony/chrony.conf).
+
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line or
 configuration, 1 when the node had to stop (port in use, storage failure, corrupt files).
 """
@@ -56,6 +61,7 @@ from raftkv.server.seams import (
 )
 from raftkv.server.service import KeyValueService, PeerService, RaftService, RefusalLog
 from raftkv.server.storage import StorageError, node_data_dir
+from raftkv.server.timecheck import check_host
 from raftkv.tls import LoadedTls, TlsConfigError, TlsFiles
 
 
@@ -89,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-listen", help="peer bind address (default: the node's peer_address)"
     )
     parser.add_argument("--quiet", action="store_true", help="do not echo events to stdout")
+    parser.add_argument(
+        "--chrony-conf",
+        type=Path,
+        help="chrony configuration for the start-up clock-rate check "
+        "(default: chronyd's -f, else /etc/chrony/chrony.conf or /etc/chrony.conf)",
+    )
     parser.add_argument("--base-port", type=int, default=50050, help="for the assignment form")
     parser.add_argument(
         "--tls-ca", type=Path, help="client listener: CA certificate (PEM); turns TLS on"
@@ -269,7 +281,13 @@ def _bind(
     return None if bound else "the port is probably in use"
 
 
-async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: Clock) -> int:
+async def serve(
+    options: ReplicaOptions,
+    listen: Listeners,
+    quiet: bool,
+    clock: Clock,
+    chrony_conf: Path | None = None,
+) -> int:
     dump = DumpLog(
         node_data_dir(options.data_root, options.node_id), options.node_id, to_stdout=not quiet
     )
@@ -278,7 +296,11 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
     before, after = raise_descriptor_limit()
     if after != before:
         dump.write(f"Node {options.node_id} raised its descriptor limit from {before} to {after}.")
-    replica = Replica(options, dump, clock)
+    time_service = check_host(options.config.max_clock_drift, chrony_conf)
+    replica = Replica(options, dump, clock, time_service)
+    if time_service.warning:
+        # Loudly: the dump line comes after the start-up line, and --quiet keeps it off stdout.
+        print(time_service.stderr_line(options.node_id), file=sys.stderr, flush=True)
     _tune_garbage_collector()
     refusals = RefusalLog(replica)
     clients = client_server()
@@ -349,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raftkv-node: {error}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(options, listen, args.quiet, clock))
+        return asyncio.run(serve(options, listen, args.quiet, clock, args.chrony_conf))
     except StorageError as error:
         print(f"raftkv-node: node {options.node_id}: {error}", file=sys.stderr)
         return 1

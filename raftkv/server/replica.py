@@ -65,6 +65,7 @@ from raftkv.server.seams import (
     seams_in_effect,
 )
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
+from raftkv.server.timecheck import TimeServiceCheck
 from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
@@ -165,11 +166,14 @@ class Replica:
         options: ReplicaOptions,
         dump: DumpLog,
         clock: Clock | None = None,
+        time_service: TimeServiceCheck | None = None,
     ) -> None:
         self.options = options
         self.node_id = options.node_id
         self.dump = dump
         self.clock = clock or Clock.from_environment()
+        # The start-up check of the host's time service (timecheck.py), for the dump.
+        self.time_service = time_service
         self.address = options.cluster.node(self.node_id).address
         self.data_dir = node_data_dir(options.data_root, self.node_id)
         self.storage = NodeStorage(self.data_dir, self.node_id, sync=options.fsync)
@@ -280,7 +284,7 @@ class Replica:
     def startup_lines(self) -> list[str]:
         """The dump lines a node starts with: where it is and how it is configured (naming its
         lease clock); the test seams in effect, if any, in the UNSAFE line right after (where
-        tools look for it); its peer listener."""
+        tools look for it); its peer listener; the time-service check, if one was made."""
         config = self.options.config
         lines = [
             f"Node {self.node_id} starting at {self.address}: term {self.core.term}, "
@@ -299,6 +303,8 @@ class Replica:
             f"Node {self.node_id} serves peers at {member.peer_address} ({security}), "
             f"cluster id {self.options.cluster.cluster_id!r}."
         )
+        if self.time_service is not None:
+            lines.append(self.time_service.dump_line(self.node_id))
         return lines
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ from raftkv.server.dump import DumpLog
 from raftkv.server.replica import BOOTTIME, MONOTONIC, Clock, Replica, ReplicaOptions
 from raftkv.server.seams import CLOCK_RATE_ENV
 from raftkv.server.storage import node_data_dir
+from raftkv.server.timecheck import Outcome, TimeServiceCheck
 
 needs_boottime = pytest.mark.skipif(
     not hasattr(time, "CLOCK_BOOTTIME"), reason="no CLOCK_BOOTTIME on this system"
@@ -113,7 +114,7 @@ def test_the_real_boottime_clock_is_read() -> None:
 # --- the start-up lines ----------------------------------------------------------------------
 
 
-MakeReplica = Callable[[Clock], Replica]
+MakeReplica = Callable[[Clock, TimeServiceCheck | None], Replica]
 
 
 @pytest.fixture
@@ -121,10 +122,10 @@ def make_replica(tmp_path: Path) -> Iterator[MakeReplica]:
     """Replica(...) for a one-node cluster in tmp_path (no peers, nothing started)."""
     made: list[Replica] = []
 
-    def make(clock: Clock) -> Replica:
+    def make(clock: Clock, time_service: TimeServiceCheck | None) -> Replica:
         options = ReplicaOptions(0, ClusterDescription.local(1), profile("fast"), tmp_path)
         dump = DumpLog(node_data_dir(tmp_path, 0), 0, to_stdout=False)
-        replica = Replica(options, dump, clock)
+        replica = Replica(options, dump, clock, time_service)
         made.append(replica)
         return replica
 
@@ -134,22 +135,26 @@ def make_replica(tmp_path: Path) -> Iterator[MakeReplica]:
         replica.dump.close()
 
 
+BOUNDED = TimeServiceCheck(Outcome.BOUNDED, "chronyd slews at most 500 ppm (…), within ….")
+
+
 @needs_boottime
-def test_the_start_up_line_names_the_clock(
+def test_the_start_up_line_names_the_clock_and_the_check_follows(
     make_replica: MakeReplica,
 ) -> None:
-    lines = make_replica(Clock()).startup_lines()
+    lines = make_replica(Clock(), BOUNDED).startup_lines()
     assert lines[0].startswith("Node 0 starting at 127.0.0.1:")
     assert lines[0].endswith(", max drift 0.01, clock CLOCK_BOOTTIME.")
     # --insecure-peers (no peer TLS here) is a seam: its UNSAFE line stays right after.
     assert lines[1] == "Node 0 UNSAFE test switches on: insecure_peers."
     assert lines[2].startswith("Node 0 serves peers at ")
-    assert len(lines) == 3
+    assert lines[3:] == [f"Node 0 clock rate bounded: {BOUNDED.detail}"]
 
 
 def test_the_start_up_line_names_the_fallback_clock(
     make_replica: MakeReplica, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delattr(time, "CLOCK_BOOTTIME", raising=False)
-    lines = make_replica(Clock()).startup_lines()
+    lines = make_replica(Clock(), None).startup_lines()
     assert lines[0].endswith(", clock monotonic.")
+    assert not [line for line in lines if "clock rate" in line]

@@ -34,6 +34,7 @@ def everything(**changes: object) -> NodeLaunch:
         "insecure_peers": True,
         "cluster_id": "c-1",
         "quiet": True,
+        "chrony_conf": Path("/etc/chrony/other.conf"),
         "unsafe": EVERY_SWITCH,
         "fsync": False,
         "allow_unsafe": True,
@@ -70,6 +71,7 @@ def test_every_field_reaches_the_parser_with_its_meaning() -> None:
     assert args.insecure_peers is True
     assert args.cluster_id == "c-1"
     assert args.quiet is True
+    assert args.chrony_conf == Path("/etc/chrony/other.conf")
     assert args.unsafe_no_fsync is True
     assert args.allow_unsafe is True
     for name in UnsafeSwitches.__slots__:

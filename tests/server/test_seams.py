@@ -1,6 +1,7 @@
 """Test seams on a real `raftkv-node` process: each one is refused unless --allow-unsafe
 acknowledges it, and is then named in the dump's UNSAFE line; a bad RAFTKV_CLOCK_RATE is
-refused with a message that names it.
+refused with a message that names it. Also the rest of the start-up lines: the lease clock
+the node reads, and its check of the host's time service.
 
 The node is one of a two-node cluster whose other member never starts: it never elects, so it
 writes nothing to its log (a failpoint never fires) and runs until it is stopped.
@@ -21,6 +22,7 @@ from raftkv.cluster import PEER_PORT_OFFSET
 from raftkv.core.node import UnsafeSwitches
 from raftkv.server.dump import DUMP_FILE
 from raftkv.server.launch import PYTHON_MODULE, NodeLaunch
+from raftkv.server.replica import Clock
 from raftkv.server.seams import unsafe_flag
 from raftkv.server.storage import FAILPOINT_LOG_WRITE, node_data_dir
 from raftkv_tools.certs import issue as issue_certificates
@@ -28,6 +30,7 @@ from raftkv_tools.certs import local_nodes
 from raftkv_tools.ports import free_ports
 
 START_TIMEOUT = 30.0
+CLOCK_RATE_MARK = "Node 0 clock rate "  # the time-service check's dump line, the last at start
 Start = Callable[[Sequence[str], Mapping[str, str]], list[str]]
 UNSAFE_LINE = re.compile(r"^\S+ Node 0 UNSAFE test switches on: (?P<names>.*)\.$")
 
@@ -86,25 +89,29 @@ def started(tmp_path: Path) -> Iterator[Start]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(flags: Sequence[str], env: Mapping[str, str]) -> list[str]:
-        """Start the node, wait for its start-up line, return its dump's first lines."""
-        process = subprocess.Popen(
-            node_command(tmp_path, *flags),
-            env=clean_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        """Start the node, wait for its start-up lines (the last is the time-service check's),
+        return its dump from the first. Its stderr goes to tmp_path/node-<n>.err, n counting
+        the starts from 0."""
+        stderr = tmp_path / f"node-{len(processes)}.err"
+        with stderr.open("wb") as sink:
+            process = subprocess.Popen(
+                node_command(tmp_path, *flags),
+                env=clean_environment(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
         processes.append(process)
         dump = node_data_dir(tmp_path, 0) / DUMP_FILE
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert process.poll() is None, stderr.read_text()
             lines = dump.read_text().splitlines() if dump.exists() else []
             starting = [i for i, line in enumerate(lines) if " starting at " in line]
-            if starting and len(lines) > starting[0] + 1:
+            if starting and any(CLOCK_RATE_MARK in line for line in lines[starting[0] :]):
                 return lines[starting[0] :]
             time.sleep(0.05)
-        raise AssertionError(f"no start-up line in {dump} after {START_TIMEOUT}s")
+        raise AssertionError(f"no start-up lines in {dump} after {START_TIMEOUT}s")
 
     yield start
     for process in processes:
@@ -176,3 +183,21 @@ def test_a_node_without_seams_has_no_unsafe_line(
 ) -> None:
     lines = started(flags, env)
     assert not [line for line in lines if "UNSAFE" in line], lines
+
+
+def test_the_start_up_lines_name_the_lease_clock_and_check_the_time_service(
+    started: Start, tmp_path: Path
+) -> None:
+    lines = started([], {})
+    assert lines[0].endswith(f", clock {Clock().name}."), lines[0]
+    (check,) = [line for line in lines if CLOCK_RATE_MARK in line]
+    detail = check.split(": ", 1)[1]
+    # Whatever this host's time service, a warning kind also goes to stderr, word for word.
+    warned = "WARNING" in check
+    assert warned == (" clock rate bounded: " not in check), check
+    errors = (tmp_path / "node-0.err").read_text().splitlines()
+    warnings = [line for line in errors if ": warning: clock rate " in line]
+    if warned:
+        assert len(warnings) == 1 and warnings[0].endswith(f": {detail}"), errors
+    else:
+        assert warnings == [], errors
