@@ -1,6 +1,6 @@
 """The Ansible role without hosts: ansible-lint, syntax, the typed contract, the rendered
-systemd unit (systemd-analyze verify, no warnings) and cluster description, and the readiness
-probe's rules. The host lab test runs the same playbook against real hosts."""
+systemd unit (systemd-analyze verify, no warnings), cluster description and chrony configuration,
+and the readiness probe's rules. The host lab test runs the same playbook against real hosts."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ pytest.importorskip("ansible", reason="install the deploy extra: make infra-deps
 import yaml  # type: ignore[import-untyped]
 
 from raftkv.cluster import ClusterDescription
+from raftkv.server.timecheck import Outcome, assess, read_chrony_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO_ROOT / "infra" / "ansible"
@@ -52,6 +53,11 @@ RENDER_TASKS = """
   ansible.builtin.template:
     src: cluster.json.j2
     dest: "{out}/{{{{ inventory_hostname }}}}.json"
+    mode: "0644"
+- name: Render the chrony configuration
+  ansible.builtin.template:
+    src: chrony.conf.j2
+    dest: "{out}/{{{{ inventory_hostname }}}}.chrony.conf"
     mode: "0644"
 """
 RENDER = """
@@ -241,6 +247,23 @@ def test_the_cluster_description_lists_every_peer(rendered: Path) -> None:
     }
     assert descriptions[0].profile == "fast" and descriptions[0].name == "static"
     assert descriptions[0].cluster_id == "static"  # raftkv_cluster_id's default: the name
+
+
+def test_the_chrony_configuration_bounds_the_slew_rate_within_every_accepted_drift(
+    rendered: Path,
+) -> None:
+    """raftkv-node's own start-up check (raftkv/server/timecheck.py) on the rendered file: with
+    chronyd running, the clock rate is bounded for the role's default max drift and for the
+    smallest one the role accepts (its first task refuses 0.001 and below)."""
+    config = read_chrony_config(rendered / "raftkv-0.chrony.conf")
+    assert config.problem is None and config.maxslewrate == 500
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    checks = (ROLE / "tasks" / "main.yml").read_text()
+    assert "raftkv_max_clock_drift | float > 0.001" in checks
+    for rho in (defaults["raftkv_max_clock_drift"], 0.001):
+        check = assess(rho, {"chronyd"}, config)
+        assert check.outcome is Outcome.BOUNDED, check
+    assert "\npool " in config.path.read_text()  # Debian's pool: the default inventory's
 
 
 def test_without_client_tls_peers_still_use_mutual_tls(tmp_path: Path) -> None:
