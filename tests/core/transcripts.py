@@ -498,6 +498,13 @@ class Env:
         result = node.propose(SetCommand(key, value), self.now(node.id), token)
         return [f"token={token} {describe_result(result)}"]
 
+    def cmd_transfer_leader(self, rest: str) -> list[str]:
+        bare, opts = _words(rest)
+        node = self.node(bare[0])
+        target = int(opts["to"]) if "to" in opts else None
+        refusal = node.transfer_leadership(self.now(node.id), target)
+        return ["started" if refusal is None else f"refused: {refusal}"]
+
     def cmd_read(self, rest: str) -> list[str]:
         node_text, key = rest.split(" ", 1)
         node = self.node(node_text)
@@ -578,6 +585,7 @@ _COMMANDS: dict[str, Callable[[Env, str], list[str]]] = {
     "heal": Env.cmd_heal,
     "propose": Env.cmd_propose,
     "read": Env.cmd_read,
+    "transfer-leader": Env.cmd_transfer_leader,
     "status": Env.cmd_status,
     "log": Env.cmd_log,
     "deadline": Env.cmd_deadline,
