@@ -1,12 +1,14 @@
 """Run many seeded simulated clusters: `python -m tests.simulation --seeds 500`.
 
-Prints one line per failing seed with the command that replays it, then `N passed, M failed`.
-Exit status 1 when any seed failed.
+Prints one line per failing seed with the command that replays it, the share of the time some
+node could serve while a majority was up and connected (per seed with --serving), then
+`N passed, M failed`. Exit status 1 when any seed failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -14,7 +16,7 @@ from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
 
 from .cluster import ALL_FAULTS, KNOWN_FAULTS, SIM_PROFILES, make_scenario, run_scenario
-from .runner import Options, run_seeds
+from .runner import Options, SeedOutcome, run_seeds
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,6 +36,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--unsafe",
         default="",
         help="comma-separated negative-control switches: " + ",".join(UnsafeSwitches.__slots__),
+    )
+    parser.add_argument(
+        "--serving",
+        action="store_true",
+        help="print each seed's serving fraction (time some node could serve, over the time "
+        "a majority was up and connected)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--trace", action="store_true", help="print the event trace of each seed")
@@ -71,6 +79,21 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def format_fraction(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction:.2%}"
+
+
+def serving_summary(outcomes: list[SeedOutcome]) -> str:
+    measured = [o.serving_fraction for o in outcomes if o.serving_fraction is not None]
+    if not measured:
+        return "serving fraction: never measured (no majority up and connected while serving)"
+    return (
+        f"serving fraction (some node could serve / a majority up and connected): "
+        f"min {min(measured):.2%}, median {statistics.median(measured):.2%}, "
+        f"mean {statistics.fmean(measured):.2%} over {len(measured)} seeds"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     options = options_from(args)
@@ -89,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             result = run_scenario(scenario, trace=True)
             print("\n".join(result.trace or []))
+            print(f"serving fraction {format_fraction(result.serving_fraction)}")
             print(scenario.describe(), "OK" if result.ok else f"FAILED: {result.failure}")
             any_failed = any_failed or not result.ok
         return 1 if any_failed else 0
@@ -98,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         headline = outcome.failure.splitlines()[0] if outcome.failure else "failed"
         print(f"seed {outcome.seed} FAILED ({outcome.description}): {headline}")
         print(f"  replay: {replay_command(outcome.seed, args)}")
+    if args.serving:
+        for outcome in outcomes:
+            print(f"seed {outcome.seed} serving {format_fraction(outcome.serving_fraction)}")
+    print(serving_summary(outcomes))
     operations = sum(o.operations for o in outcomes)
     elapsed = time.monotonic() - started
     print(f"{operations} client operations checked in {elapsed:.1f}s")

@@ -30,6 +30,7 @@ from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from tests.support.linearizability import Operation, Outcome, check_history
 
 from .invariants import SafetyChecker
+from .liveness import ServingMeter
 from .world import (
     ClientRequest,
     ClientResponse,
@@ -181,6 +182,9 @@ class RunResult:
     operations: int = 0
     history: list[Operation] = field(default_factory=list)
     trace: list[str] | None = None
+    # Share of the fault phase during which some node could serve, counted only while a
+    # majority was running and connected (liveness.ServingMeter); None if that never held.
+    serving_fraction: float | None = None
 
 
 class Simulation:
@@ -206,6 +210,7 @@ class Simulation:
         self._values = iter(range(1, 10**9))
         self.faults_active = True
         self.settling = False
+        self.serving = ServingMeter(self.quorum)
 
     # ------------------------------------------------------------------------------------------
     # Set-up draws
@@ -253,7 +258,13 @@ class Simulation:
 
     def _result(self, ok: bool, failure: str = "") -> RunResult:
         return RunResult(
-            self.scenario, ok, failure, len(self.history), self.history, self.world.trace
+            self.scenario,
+            ok,
+            failure,
+            len(self.history),
+            self.history,
+            self.world.trace,
+            self.serving.fraction,
         )
 
     def _run(self) -> None:
@@ -264,7 +275,10 @@ class Simulation:
                 self.rng.uniform(0, self.config.election_timeout_max), self._next_op_for(client)
             )
         self._schedule_nemesis()
+        # Leadership changes at heartbeat granularity at best: half a heartbeat resolves it.
+        self.world.sample_every(self.config.heartbeat_interval / 2, self._sample_serving)
         self.world.run_until(self.scenario.duration)
+        self.world.stop_sampling()
 
         # Heal everything and demand that the cluster recovers and converges.
         self.faults_active = False
@@ -435,6 +449,22 @@ class Simulation:
             if n.core is not None and n.core.serves_lease_reads(self._local(n))
         ]
         self.checker.check_leases(holders, self.world.now)
+
+    def _can_serve(self, node: SimNode) -> bool:
+        """Whether this node, running, could answer a GET now: from its lease, or in
+        read_index mode as a leader whose NO-OP has committed (the read then needs only one
+        more round)."""
+        core = node.core
+        if core is None or node.paused or core.role is not Role.LEADER:
+            return False  # the common case, decided without reading the node's clock
+        if core.config.read_mode is ReadMode.LEASE:
+            return core.serves_lease_reads(self._local(node))
+        return _committed_in_own_term(core)
+
+    def _sample_serving(self) -> None:
+        running = frozenset(i for i, n in self.nodes.items() if n.up and not n.paused)
+        serving = any(self._can_serve(n) for n in self.nodes.values())
+        self.serving.sample(running, frozenset(self.blocked), serving)
 
     # ------------------------------------------------------------------------------------------
     # Network
@@ -855,6 +885,13 @@ class Simulation:
         result = check_history(self.history)
         if not result.ok:
             raise InvariantViolationError(f"linearizability: {result.explanation}")
+
+
+def _committed_in_own_term(core: RaftNode) -> bool:
+    """A leader whose own NO-OP (the first entry of its term) has committed: it can commit
+    writes and, in read_index mode, serve reads."""
+    commit = core.commit_index
+    return core.role is Role.LEADER and commit > 0 and core.log[commit - 1].term == core.term
 
 
 def run_scenario(scenario: Scenario, *, trace: bool = False) -> RunResult:

@@ -28,6 +28,7 @@ class SeedOutcome:
     description: str
     failure: str
     operations: int
+    serving_fraction: float | None = None
 
 
 def run_seed(seed: int, options: Options) -> SeedOutcome:
@@ -40,7 +41,14 @@ def run_seed(seed: int, options: Options) -> SeedOutcome:
         unsafe=options.unsafe,
     )
     result = run_scenario(scenario)
-    return SeedOutcome(seed, result.ok, scenario.describe(), result.failure, result.operations)
+    return SeedOutcome(
+        seed,
+        result.ok,
+        scenario.describe(),
+        result.failure,
+        result.operations,
+        result.serving_fraction,
+    )
 
 
 def run_seeds(seeds: range, options: Options, jobs: int) -> list[SeedOutcome]:

@@ -145,6 +145,12 @@ class World:
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._counter = itertools.count()
         self.trace: list[str] | None = None
+        # A read-only observer called at fixed real-time steps between events. It is not an
+        # event: it takes no place in the queue, so the events (and their order) are the same
+        # with or without it.
+        self._probe: Callable[[], None] | None = None
+        self._probe_period = 0.0
+        self._probe_step = 0
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (max(when, self.now), next(self._counter), action))
@@ -152,15 +158,36 @@ class World:
     def after(self, delay: float, action: Callable[[], None]) -> None:
         self.at(self.now + delay, action)
 
+    def sample_every(self, period: float, probe: Callable[[], None]) -> None:
+        """Call `probe` at every multiple of `period` of real time from now on, with `now` set
+        to that instant; it must only look (state does not change between events)."""
+        self._probe, self._probe_period = probe, period
+        self._probe_step = int(self.now // period) + 1
+
+    def stop_sampling(self) -> None:
+        self._probe = None
+
     def run_until(self, deadline: float, stop: Callable[[], bool] | None = None) -> bool:
         while self._queue and self._queue[0][0] <= deadline:
             when, _, action = heapq.heappop(self._queue)
+            self._sample_until(when)
             self.now = when
             action()
             if stop is not None and stop():
                 return True
+        self._sample_until(deadline)
         self.now = max(self.now, deadline)
         return False
+
+    def _sample_until(self, until: float) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        # Steps are counted, not summed, so that long runs do not accumulate rounding.
+        while self._probe is not None and (when := self._probe_step * self._probe_period) <= until:
+            self.now = max(self.now, when)
+            probe()
+            self._probe_step += 1
 
     def log(self, line: str) -> None:
         if self.trace is not None:
