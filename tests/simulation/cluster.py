@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
 from raftkv.core.messages import (
@@ -35,11 +37,16 @@ from .world import (
     ClientRequest,
     ClientResponse,
     DriftingClock,
+    Durable,
     InvariantViolationError,
     NetworkProfile,
     SimNode,
     World,
 )
+
+# Core features of issue 14 that the simulator uses when the core has them (and does without
+# on today's core): admission of a node whose disk was wiped.
+CORE_HAS_ADMISSION = "admitted" in inspect.signature(RaftNode).parameters
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,11 @@ ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pau
 # "corrupt" turns some peer messages malformed or impossible in flight, as a buggy or hostile
 # peer would send them; the core must refuse each one (raftkv/core/validation.py, and RaftNode's
 # stateful checks: a conflict with a committed entry, another lease, impossible replies).
-EXTRA_FAULTS = frozenset({"corrupt"})
+# The operational ("day-2") world of issue 14:
+# "wipe" replaces a node's disk by an empty one (a VM recreated by Terraform) and, a while
+#   later, restores it from a peer's files; at most a minority is wiped at a time.
+DAY2_FAULTS = frozenset({"wipe"})
+EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
 STRANGER = 99
@@ -210,6 +221,10 @@ class Simulation:
         self._values = iter(range(1, 10**9))
         self.faults_active = True
         self.settling = False
+        # Day-2 faults (DAY2_FAULTS).
+        # Nodes whose disk was wiped and that are not yet restored from a peer's files.
+        self.wiped: set[int] = set()
+        self.max_wiped = (scenario.nodes - 1) // 2
         self.serving = ServingMeter(self.quorum)
 
     # ------------------------------------------------------------------------------------------
@@ -285,6 +300,7 @@ class Simulation:
         self.settling = True
         self.blocked.clear()
         self.slow_links.clear()
+        self._end_day2_faults()
         for node in self.nodes.values():
             if node.paused:
                 self._resume(node)
@@ -298,7 +314,7 @@ class Simulation:
         converged = self.world.run_until(self.world.now + settle, self._converged)
         if not converged:
             raise InvariantViolationError(self._no_progress_report())
-        self.checker.check_durability({i: n.durable.entries for i, n in self.nodes.items()})
+        self._check_durability()
 
     def _converged(self) -> bool:
         if any(c.current is not None for c in self.clients):
@@ -331,6 +347,12 @@ class Simulation:
         return node.clock.local(self.world.now)
 
     def _start_node(self, node: SimNode) -> None:
+        admission: dict[str, Any] = {}
+        if CORE_HAS_ADMISSION:
+            admission["admitted"] = node.admitted
+        if not node.admitted:
+            how = "admitted=False" if CORE_HAS_ADMISSION else "a core without admission: new node"
+            self.world.log(f"node {node.node_id} starts wiped ({how})")
         node.core = RaftNode(
             node.node_id,
             [i for i in self.ids if i != node.node_id],
@@ -339,6 +361,7 @@ class Simulation:
             self._local(node),
             persisted=node.durable.snapshot(),
             unsafe=self.scenario.unsafe,
+            **admission,
         )
         node.pending_ready = None
         node.inbox.clear()
@@ -361,7 +384,11 @@ class Simulation:
         node.resume_action = None
         node.timer_generation += 1
         self.world.log(f"node {node.node_id} crashed")
-        self.checker.check_durability({i: n.durable.entries for i, n in self.nodes.items()})
+        self._check_durability()
+
+    def _check_durability(self) -> None:
+        durable_logs = {i: n.durable.entries for i, n in self.nodes.items()}
+        self.checker.check_durability(durable_logs, self.wiped)
 
     def _process(self, node: SimNode) -> None:
         """Feed queued inputs and timers, then start persisting the next Ready."""
@@ -462,7 +489,9 @@ class Simulation:
         return _committed_in_own_term(core)
 
     def _sample_serving(self) -> None:
-        running = frozenset(i for i, n in self.nodes.items() if n.up and not n.paused)
+        running = frozenset(
+            i for i, n in self.nodes.items() if n.up and not n.paused and i not in self.wiped
+        )
         serving = any(self._can_serve(n) for n in self.nodes.values())
         self.serving.sample(running, frozenset(self.blocked), serving)
 
@@ -730,6 +759,8 @@ class Simulation:
             actions += [self._pause_random]
         if "drift" in f:
             actions += [self._change_rate]
+        if "wipe" in f:
+            actions += [self._wipe_random]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -877,6 +908,85 @@ class Simulation:
         node.clock.set_rate(self._draw_rate(), self.world.now)
         if node.core is not None:
             self._arm_timer(node, node.core)
+
+    # ------------------------------------------------------------------------------------------
+    # Nemesis: the day-2 faults (DAY2_FAULTS)
+
+    def _wipe_random(self) -> None:
+        """A node's machine is replaced with an empty disk under the same id (a VM recreated
+        by Terraform). The deployment knows the cluster exists, so it starts the node as not
+        admitted; a while later the operator restores it from a peer's files."""
+        if len(self.wiped) >= self.max_wiped:
+            return  # the cluster survives only a minority of lost disks at a time
+        candidates = [self.nodes[i] for i in self.ids if i not in self.wiped]
+        leader = self._leader_id()
+        followers = [n for n in candidates if n.node_id != leader]
+        if followers and self.rng.random() < 0.5:
+            # The follower with the longest log: the copy that committed entries are most
+            # likely to need while other followers lag.
+            node = max(followers, key=lambda n: len(n.durable.entries))
+        else:
+            node = self.rng.choice(candidates)
+        self._crash(node)
+        node.durable = Durable()
+        node.admitted = False
+        self.wiped.add(node.node_id)
+        self.world.log(f"nemesis wipe {node.node_id}: empty disk (no log, term 0, no vote)")
+        self._check_durability()
+        downtime = self.rng.uniform(0, 3) * self.config.election_timeout_max
+        restore_after = downtime + self.rng.uniform(2, 10) * self.config.election_timeout_max
+
+        def restart() -> None:
+            if not node.up and self.faults_active:
+                self._start_node(node)
+
+        def restore() -> None:
+            if self.faults_active:
+                self._restore(node)
+
+        self.world.after(downtime, restart)
+        self.world.after(restore_after, restore)
+
+    def _restore(self, node: SimNode) -> None:
+        """The documented recovery of a wiped node: stop it, copy a healthy peer's log and
+        term (not its vote: this node cast none in that term that it remembers), start it as
+        admitted."""
+        if node.node_id not in self.wiped:
+            return
+        source = self._restore_source()
+        self._crash(node)
+        files = source.durable
+        hard_state = replace(files.hard_state, voted_for=None)
+        node.durable = Durable(hard_state, list(files.entries), files.commit_hint)
+        node.admitted = True
+        self.wiped.discard(node.node_id)
+        self.world.log(
+            f"nemesis restore {node.node_id} from node {source.node_id}'s files "
+            f"(log {len(files.entries)}, term {hard_state.term})"
+        )
+        self._check_durability()
+        if self.faults_active:
+            self._start_node(node)
+
+    def _restore_source(self) -> SimNode:
+        """The current leader; without one, the node whose files hold the most up-to-date log
+        (Raft's comparison: it holds every committed entry, as a leader would)."""
+        leader = self._leader_id()
+        if leader is not None and leader not in self.wiped:
+            return self.nodes[leader]
+        healthy = [n for n in self.nodes.values() if n.node_id not in self.wiped]
+
+        def up_to_date(node: SimNode) -> tuple[int, int]:
+            entries = node.durable.entries
+            return (entries[-1].term if entries else 0, len(entries))
+
+        return max(healthy, key=up_to_date)
+
+    def _end_day2_faults(self) -> None:
+        """The final heal of the day-2 faults. Draws nothing from the seed unless one of them
+        happened."""
+        for node_id in sorted(self.wiped):
+            self._restore(self.nodes[node_id])
 
     # ------------------------------------------------------------------------------------------
     # Final judgement

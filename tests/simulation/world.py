@@ -118,6 +118,9 @@ class SimNode:
     node_id: int
     clock: DriftingClock
     durable: Durable = field(default_factory=Durable)
+    # False from a wipe until the node is restored from a peer's files: passed to a core that
+    # knows about admission (RaftNode's `admitted`), so that it neither votes nor acknowledges.
+    admitted: bool = True
     core: RaftNode | None = None
     paused: bool = False
     pending_ready: Ready | None = None
