@@ -85,7 +85,9 @@ ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pau
 # The operational ("day-2") world of issue 14:
 # "wipe" replaces a node's disk by an empty one (a VM recreated by Terraform) and, a while
 #   later, restores it from a peer's files; at most a minority is wiped at a time.
-DAY2_FAULTS = frozenset({"wipe"})
+# "oneway" cuts one node's links in one direction for tens of election timeouts: it can send
+#   to its peers but hear none of them, or the reverse. The heal cycle leaves it alone.
+DAY2_FAULTS = frozenset({"wipe", "oneway"})
 EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
@@ -225,6 +227,10 @@ class Simulation:
         # Nodes whose disk was wiped and that are not yet restored from a peer's files.
         self.wiped: set[int] = set()
         self.max_wiped = (scenario.nodes - 1) // 2
+        # Links of the one persistent one-way cut, apart from `blocked` so that partitions and
+        # heals leave them alone.
+        self.one_way_cut: frozenset[tuple[int, int]] = frozenset()
+        self._one_way_cuts_made = 0
         self.serving = ServingMeter(self.quorum)
 
     # ------------------------------------------------------------------------------------------
@@ -493,14 +499,15 @@ class Simulation:
             i for i, n in self.nodes.items() if n.up and not n.paused and i not in self.wiped
         )
         serving = any(self._can_serve(n) for n in self.nodes.values())
-        self.serving.sample(running, frozenset(self.blocked), serving)
+        cut = frozenset(self.blocked | self.one_way_cut)
+        self.serving.sample(running, cut, serving)
 
     # ------------------------------------------------------------------------------------------
     # Network
 
     def _send_to_node(self, source: int, envelope: Envelope) -> None:
         link = (source, envelope.to)
-        if link in self.blocked:
+        if link in self.blocked or link in self.one_way_cut:
             return
         extra = self.slow_links.get(link, 0.0)
         target = self.nodes.get(envelope.to)
@@ -761,6 +768,8 @@ class Simulation:
             actions += [self._change_rate]
         if "wipe" in f:
             actions += [self._wipe_random]
+        if "oneway" in f:
+            actions += [self._cut_one_way]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -982,9 +991,39 @@ class Simulation:
 
         return max(healthy, key=up_to_date)
 
+    def _cut_one_way(self) -> None:
+        """One node's links cut in one direction for a long time: it sends to its peers but
+        hears none of them, or they hear nothing from it. Only its scheduled end (or the final
+        heal) lifts it; one at a time."""
+        if self.one_way_cut:
+            return
+        node_id = self.rng.choice(self.ids)
+        sends_only = self.rng.random() < 0.5
+        duration = self.rng.uniform(10, 30) * self.config.election_timeout_max
+        peers = [i for i in self.ids if i != node_id]
+        if sends_only:
+            self.one_way_cut = frozenset((peer, node_id) for peer in peers)
+            shape = "sends to its peers but hears none of them"
+        else:
+            self.one_way_cut = frozenset((node_id, peer) for peer in peers)
+            shape = "hears its peers but none of them hears it"
+        self._one_way_cuts_made += 1
+        cut_number = self._one_way_cuts_made
+        self.world.log(f"nemesis one-way cut: {node_id} {shape}, for {duration:.4f}s")
+
+        def end() -> None:
+            if self._one_way_cuts_made == cut_number and self.one_way_cut:
+                self.one_way_cut = frozenset()
+                self.world.log(f"nemesis one-way cut of {node_id} ends")
+
+        self.world.after(duration, end)
+
     def _end_day2_faults(self) -> None:
-        """The final heal of the day-2 faults. Draws nothing from the seed unless one of them
-        happened."""
+        """The final heal of the day-2 faults: the cut lifted, wiped nodes restored. Draws
+        nothing from the seed unless one of them happened."""
+        if self.one_way_cut:
+            self.one_way_cut = frozenset()
+            self.world.log("one-way cut healed")
         for node_id in sorted(self.wiped):
             self._restore(self.nodes[node_id])
 
