@@ -15,8 +15,8 @@ import time
 from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
 
-from .cluster import ALL_FAULTS, KNOWN_FAULTS, SIM_PROFILES, make_scenario, run_scenario
-from .runner import Options, SeedOutcome, run_seeds
+from .cluster import ALL_FAULTS, KNOWN_FAULTS, SCENARIOS, SIM_PROFILES, run_scenario
+from .runner import Options, SeedOutcome, run_seeds, scenario_for
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,6 +38,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma-separated negative-control switches: " + ",".join(UnsafeSwitches.__slots__),
     )
     parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        help="a fixed scenario instead of drawn ones (it sets nodes, profile and faults): "
+        "one-way-cut = 3 nodes, fast profile, one follower that can send but not receive for "
+        "most of the run, no other fault (implies --serving)",
+    )
+    parser.add_argument(
         "--serving",
         action="store_true",
         help="print each seed's serving fraction (time some node could serve, over the time "
@@ -57,12 +64,15 @@ def options_from(args: argparse.Namespace) -> Options:
     bad = [s for s in switches if s not in UnsafeSwitches.__slots__]
     if bad:
         raise SystemExit(f"unknown unsafe switches: {', '.join(bad)}")
+    if args.scenario is not None and (args.nodes is not None or args.profile is not None):
+        raise SystemExit(f"--scenario {args.scenario} sets the cluster size and profile itself")
     return Options(
         nodes=args.nodes,
         profile=args.profile,
         faults=faults,
         read_mode=ReadMode(args.read_mode) if args.read_mode else None,
         unsafe=UnsafeSwitches(**{s: True for s in switches}),
+        scenario=args.scenario,
     )
 
 
@@ -76,6 +86,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         parts.append(f"--faults {args.faults}")
     if args.unsafe:
         parts.append(f"--unsafe {args.unsafe}")
+    if args.scenario is not None:
+        parts.append(f"--scenario {args.scenario}")
     return " ".join(parts)
 
 
@@ -102,14 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trace:
         any_failed = False
         for seed in seeds:
-            scenario = make_scenario(
-                seed,
-                nodes=options.nodes,
-                profile=options.profile,
-                faults=options.faults,
-                read_mode=options.read_mode,
-                unsafe=options.unsafe,
-            )
+            scenario = scenario_for(seed, options)
             result = run_scenario(scenario, trace=True)
             print("\n".join(result.trace or []))
             print(f"serving fraction {format_fraction(result.serving_fraction)}")
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         headline = outcome.failure.splitlines()[0] if outcome.failure else "failed"
         print(f"seed {outcome.seed} FAILED ({outcome.description}): {headline}")
         print(f"  replay: {replay_command(outcome.seed, args)}")
-    if args.serving:
+    if args.serving or args.scenario is not None:
         for outcome in outcomes:
             print(f"seed {outcome.seed} serving {format_fraction(outcome.serving_fraction)}")
     print(serving_summary(outcomes))

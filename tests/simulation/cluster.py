@@ -128,14 +128,20 @@ class Scenario:
     keys: int
     duration: float
     unsafe: UnsafeSwitches = SAFE
+    # The liveness scenario of issue 14: a single send-only cut of a follower, from the first
+    # nemesis step that finds a leader to the end of the faults (see one_way_cut_scenario).
+    lone_one_way_cut: bool = False
 
     def describe(self) -> str:
         unsafe = ",".join(self.unsafe.enabled()) or "none"
-        return (
+        text = (
             f"seed={self.seed} nodes={self.nodes} profile={self.profile} "
             f"read_mode={self.timing.read_mode.value} faults={','.join(sorted(self.faults))} "
             f"unsafe={unsafe}"
         )
+        if self.lone_one_way_cut:
+            text += " scenario=one-way-cut"
+        return text
 
 
 def make_scenario(
@@ -164,6 +170,28 @@ def make_scenario(
         duration=timing.election_timeout_max * 40,
         unsafe=unsafe,
     )
+
+
+ONE_WAY_CUT = "one-way-cut"
+SCENARIOS = (ONE_WAY_CUT,)
+
+
+def one_way_cut_scenario(
+    seed: int, *, read_mode: ReadMode | None = None, unsafe: UnsafeSwitches = SAFE
+) -> Scenario:
+    """Three nodes, fast timings, and one fault only: a follower that can send to its peers
+    but hears none of them, for most of the run. The other two are a connected majority all
+    along, so a cluster with PreVote and CheckQuorum serves nearly all the time; without
+    PreVote the cut node's elections keep deposing their leader (issue 14)."""
+    scenario = make_scenario(
+        seed,
+        nodes=3,
+        profile="fast",
+        faults=frozenset({"oneway"}),
+        read_mode=read_mode,
+        unsafe=unsafe,
+    )
+    return replace(scenario, lone_one_way_cut=True)
 
 
 @dataclass
@@ -997,9 +1025,17 @@ class Simulation:
         heal) lifts it; one at a time."""
         if self.one_way_cut:
             return
-        node_id = self.rng.choice(self.ids)
-        sends_only = self.rng.random() < 0.5
-        duration = self.rng.uniform(10, 30) * self.config.election_timeout_max
+        if self.scenario.lone_one_way_cut:
+            leader = self._leader_id()
+            if leader is None:
+                return  # wait for a leader, so that the cut falls on a follower
+            node_id = self.rng.choice([i for i in self.ids if i != leader])
+            sends_only = True
+            duration = self.scenario.duration - self.world.now
+        else:
+            node_id = self.rng.choice(self.ids)
+            sends_only = self.rng.random() < 0.5
+            duration = self.rng.uniform(10, 30) * self.config.election_timeout_max
         peers = [i for i in self.ids if i != node_id]
         if sends_only:
             self.one_way_cut = frozenset((peer, node_id) for peer in peers)
