@@ -33,6 +33,7 @@ from tests.support.linearizability import Operation, Outcome, check_history
 
 from .invariants import SafetyChecker
 from .liveness import ServingMeter
+from .rollout import describe_change, draw_change
 from .world import (
     ClientRequest,
     ClientResponse,
@@ -87,7 +88,9 @@ ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pau
 #   later, restores it from a peer's files; at most a minority is wiped at a time.
 # "oneway" cuts one node's links in one direction for tens of election timeouts: it can send
 #   to its peers but hear none of them, or the reverse. The heal cycle leaves it alone.
-DAY2_FAULTS = frozenset({"wipe", "oneway"})
+# "lease_change" rolls a timing change out node by node (crash, restart with the new
+#   configuration): another lease duration, drift bound or read mode.
+DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change"})
 EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
@@ -243,7 +246,7 @@ class Simulation:
         # Extra one-way delay per link (congestion, a slow route): (from, to) -> seconds.
         self.slow_links: dict[tuple[int, int], float] = {}
         self.network = self._draw_network()
-        self.nodes = {i: SimNode(i, self._draw_clock()) for i in self.ids}
+        self.nodes = {i: SimNode(i, self._draw_clock(), self.config) for i in self.ids}
         self.clients = [_Client(c, self.rng.choice(self.ids)) for c in range(scenario.clients)]
         self.history: list[Operation] = []
         self._op_ids = iter(range(1, 10**9))
@@ -259,6 +262,8 @@ class Simulation:
         # heals leave them alone.
         self.one_way_cut: frozenset[tuple[int, int]] = frozenset()
         self._one_way_cuts_made = 0
+        # The configuration a rolling change is moving every node to ("lease_change").
+        self.rollout_target: TimingConfig | None = None
         self.serving = ServingMeter(self.quorum)
 
     # ------------------------------------------------------------------------------------------
@@ -390,7 +395,7 @@ class Simulation:
         node.core = RaftNode(
             node.node_id,
             [i for i in self.ids if i != node.node_id],
-            self.config,
+            node.config,
             random.Random(self.rng.random()),
             self._local(node),
             persisted=node.durable.snapshot(),
@@ -502,14 +507,28 @@ class Simulation:
         self.world.at(when, fire)
 
     def _check_leases(self) -> None:
-        if self.config.read_mode is not ReadMode.LEASE:
-            return
+        # Each node by its own read mode: a rolling change ("lease_change") mixes them.
         holders = [
-            n.node_id
+            n
             for n in self.nodes.values()
-            if n.core is not None and n.core.serves_lease_reads(self._local(n))
+            if n.core is not None
+            and n.core.config.read_mode is ReadMode.LEASE
+            and n.core.serves_lease_reads(self._local(n))
         ]
-        self.checker.check_leases(holders, self.world.now)
+        self.checker.check_leases([n.node_id for n in holders], self.world.now)
+        if holders and self.rollout_target is not None:
+            committing = [
+                (n.node_id, n.core.term)
+                for n in self.nodes.values()
+                if n.core is not None
+                and n.core.config.read_mode is ReadMode.READ_INDEX
+                and _committed_in_own_term(n.core)
+            ]
+            self.checker.check_lease_against_read_index(
+                [(n.node_id, n.core.term) for n in holders if n.core is not None],
+                committing,
+                self.world.now,
+            )
 
     def _can_serve(self, node: SimNode) -> bool:
         """Whether this node, running, could answer a GET now: from its lease, or in
@@ -798,6 +817,8 @@ class Simulation:
             actions += [self._wipe_random]
         if "oneway" in f:
             actions += [self._cut_one_way]
+        if "lease_change" in f:
+            actions += [self._roll_config_change]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -1054,14 +1075,53 @@ class Simulation:
 
         self.world.after(duration, end)
 
+    def _roll_config_change(self) -> None:
+        """One step of a rolling configuration change: restart one node that still runs the
+        old timings with the new ones (disk intact). Once every node has them, the next step
+        starts another change."""
+        target = self.rollout_target
+        if target is None or all(n.config == target for n in self.nodes.values()):
+            current = target or self.config
+            target = draw_change(self.rng, self.config, current)
+            self.rollout_target = target
+            self.world.log(f"nemesis config rollout: {describe_change(current, target)}")
+        node = self.rng.choice([n for n in self.nodes.values() if n.config != target])
+        old, node.config = node.config, target
+        on_target = sum(n.config == target for n in self.nodes.values())
+        self.world.log(
+            f"nemesis config change on {node.node_id}: {describe_change(old, target)} "
+            f"({on_target}/{len(self.ids)} nodes)"
+        )
+        # A service restart, not a reboot: back quickly. A node that is down already gets the
+        # new configuration when it restarts.
+        self._crash_and_restart(
+            node.node_id, self.rng.uniform(0, 0.5) * self.config.election_timeout_max
+        )
+
+    def _finish_rollout(self) -> None:
+        """The operator completes the change under way: until then, nodes with different
+        leases refuse each other's AppendEntries (rule 2) and the cluster cannot converge."""
+        target = self.rollout_target
+        if target is None:
+            return
+        for node in self.nodes.values():
+            if node.config != target:
+                self.world.log(
+                    f"config change on {node.node_id} completes the rollout: "
+                    f"{describe_change(node.config, target)}"
+                )
+                node.config = target
+                self._crash(node)
+
     def _end_day2_faults(self) -> None:
-        """The final heal of the day-2 faults: the cut lifted, wiped nodes restored. Draws
-        nothing from the seed unless one of them happened."""
+        """The final heal of the day-2 faults: the cut lifted, wiped nodes restored, the
+        rolling change completed. Draws nothing from the seed unless one of them happened."""
         if self.one_way_cut:
             self.one_way_cut = frozenset()
             self.world.log("one-way cut healed")
         for node_id in sorted(self.wiped):
             self._restore(self.nodes[node_id])
+        self._finish_rollout()
 
     # ------------------------------------------------------------------------------------------
     # Final judgement

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftkv.core.config import TimingConfig
 from raftkv.core.messages import (
     LogEntry,
 )
@@ -117,6 +118,9 @@ class Durable:
 class SimNode:
     node_id: int
     clock: DriftingClock
+    # The timings this node's core is (re)started with: a rolling configuration change
+    # ("lease_change") gives nodes different ones for a while.
+    config: TimingConfig
     durable: Durable = field(default_factory=Durable)
     # False from a wipe until the node is restored from a peer's files: passed to a core that
     # knows about admission (RaftNode's `admitted`), so that it neither votes nor acknowledges.
