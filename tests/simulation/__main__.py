@@ -15,7 +15,14 @@ import time
 from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
 
-from .cluster import ALL_FAULTS, KNOWN_FAULTS, SCENARIOS, SIM_PROFILES, run_scenario
+from .cluster import (
+    ALL_FAULTS,
+    KNOWN_FAULTS,
+    SCENARIOS,
+    SIM_PROFILES,
+    SuspendClock,
+    run_scenario,
+)
 from .runner import Options, SeedOutcome, run_seeds, scenario_for
 
 
@@ -43,6 +50,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="a fixed scenario instead of drawn ones (it sets nodes, profile and faults): "
         "one-way-cut = 3 nodes, fast profile, one follower that can send but not receive for "
         "most of the run, no other fault (implies --serving)",
+    )
+    parser.add_argument(
+        "--suspend-clock",
+        choices=[c.value for c in SuspendClock],
+        default=SuspendClock.MONOTONIC.value,
+        help="what a suspended node's clock does (the clockstop fault): monotonic stops, as "
+        "time.monotonic() does across suspend; boottime keeps counting, as CLOCK_BOOTTIME does",
     )
     parser.add_argument(
         "--serving",
@@ -73,6 +87,7 @@ def options_from(args: argparse.Namespace) -> Options:
         read_mode=ReadMode(args.read_mode) if args.read_mode else None,
         unsafe=UnsafeSwitches(**{s: True for s in switches}),
         scenario=args.scenario,
+        suspend_clock=SuspendClock(args.suspend_clock),
     )
 
 
@@ -88,6 +103,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         parts.append(f"--unsafe {args.unsafe}")
     if args.scenario is not None:
         parts.append(f"--scenario {args.scenario}")
+    if args.suspend_clock != SuspendClock.MONOTONIC.value:
+        parts.append(f"--suspend-clock {args.suspend_clock}")
     return " ".join(parts)
 
 

@@ -7,6 +7,7 @@ import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
@@ -90,7 +91,9 @@ ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pau
 #   to its peers but hear none of them, or the reverse. The heal cycle leaves it alone.
 # "lease_change" rolls a timing change out node by node (crash, restart with the new
 #   configuration): another lease duration, drift bound or read mode.
-DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change"})
+# "clockstop" suspends a node's machine: nothing runs, and its monotonic clock stops too,
+#   unless the scenario's clock keeps counting across suspend (SuspendClock.BOOTTIME).
+DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop"})
 EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
@@ -118,6 +121,16 @@ SIM_PROFILES: dict[str, TimingConfig] = {
 }
 
 
+class SuspendClock(Enum):
+    """What a node's monotonic clock does while its machine is suspended ("clockstop")."""
+
+    # Stops, as CLOCK_MONOTONIC (Python's time.monotonic) does on Linux: on resume the node's
+    # clock is short of the suspended time, and a lease it held looks as if it still ran.
+    MONOTONIC = "monotonic"
+    # Keeps counting, as CLOCK_BOOTTIME does: a suspend is an ordinary pause.
+    BOOTTIME = "boottime"
+
+
 @dataclass(frozen=True)
 class Scenario:
     """Everything a seed decides up front (the rest is drawn while it runs)."""
@@ -131,6 +144,7 @@ class Scenario:
     keys: int
     duration: float
     unsafe: UnsafeSwitches = SAFE
+    suspend_clock: SuspendClock = SuspendClock.MONOTONIC
     # The liveness scenario of issue 14: a single send-only cut of a follower, from the first
     # nemesis step that finds a leader to the end of the faults (see one_way_cut_scenario).
     lone_one_way_cut: bool = False
@@ -142,6 +156,8 @@ class Scenario:
             f"read_mode={self.timing.read_mode.value} faults={','.join(sorted(self.faults))} "
             f"unsafe={unsafe}"
         )
+        if "clockstop" in self.faults:
+            text += f" suspend_clock={self.suspend_clock.value}"
         if self.lone_one_way_cut:
             text += " scenario=one-way-cut"
         return text
@@ -155,6 +171,7 @@ def make_scenario(
     faults: frozenset[str] = ALL_FAULTS,
     read_mode: ReadMode | None = None,
     unsafe: UnsafeSwitches = SAFE,
+    suspend_clock: SuspendClock = SuspendClock.MONOTONIC,
 ) -> Scenario:
     rng = random.Random(f"scenario-{seed}")
     chosen_nodes = nodes or rng.choice([3, 3, 5, 5, 7])
@@ -172,6 +189,7 @@ def make_scenario(
         keys=rng.randint(1, 4),
         duration=timing.election_timeout_max * 40,
         unsafe=unsafe,
+        suspend_clock=suspend_clock,
     )
 
 
@@ -420,6 +438,9 @@ class Simulation:
         node.inbox.clear()
         node.waiting.clear()
         node.paused = False
+        node.suspensions += 1
+        if node.clock.stopped:
+            node.clock.start(self.world.now)  # a machine that is restarted runs again
         node.resume_action = None
         node.timer_generation += 1
         self.world.log(f"node {node.node_id} crashed")
@@ -819,6 +840,8 @@ class Simulation:
             actions += [self._cut_one_way]
         if "lease_change" in f:
             actions += [self._roll_config_change]
+        if "clockstop" in f:
+            actions += [self._suspend_random]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -955,6 +978,9 @@ class Simulation:
     def _resume(self, node: SimNode) -> None:
         node.paused = False
         self.world.log(f"nemesis resume {node.node_id}")
+        if node.clock.stopped:
+            node.clock.start(self.world.now)
+            self.world.log(f"node {node.node_id}'s clock goes on from where it stopped")
         action, node.resume_action = node.resume_action, None
         if action is not None:
             action()
@@ -1112,6 +1138,34 @@ class Simulation:
                 )
                 node.config = target
                 self._crash(node)
+
+    def _suspend_random(self) -> None:
+        """A node's machine is suspended (a VM paused by its host, a laptop lid): it runs
+        nothing and, with SuspendClock.MONOTONIC, its clock stops too."""
+        candidates = [n for n in self.nodes.values() if n.up and not n.paused]
+        if not candidates:
+            return
+        leader = self._leader_id()
+        if leader is not None and not self.nodes[leader].paused and self.rng.random() < 0.5:
+            node = self.nodes[leader]  # the node whose lease a stopped clock stretches
+        else:
+            node = self.rng.choice(candidates)
+        node.paused = True
+        node.suspensions += 1
+        suspension = node.suspensions
+        clock_stops = self.scenario.suspend_clock is SuspendClock.MONOTONIC
+        if clock_stops:
+            node.clock.stop(self.world.now)
+        # Long enough for the others to elect a leader and for every old lease to run out.
+        duration = self.rng.uniform(1, 8) * self.config.election_timeout_max
+        what = "its clock stops" if clock_stops else "its clock keeps counting"
+        self.world.log(f"nemesis suspend {node.node_id} for {duration:.4f}s ({what})")
+
+        def resume() -> None:
+            if node.paused and node.suspensions == suspension:
+                self._resume(node)
+
+        self.world.after(duration, resume)
 
     def _end_day2_faults(self) -> None:
         """The final heal of the day-2 faults: the cut lifted, wiped nodes restored, the

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
 
-from .cluster import ONE_WAY_CUT, Scenario, make_scenario, one_way_cut_scenario, run_scenario
+from .cluster import (
+    ONE_WAY_CUT,
+    Scenario,
+    SuspendClock,
+    make_scenario,
+    one_way_cut_scenario,
+    run_scenario,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,7 @@ class Options:
     # A named scenario (cluster.SCENARIOS) instead of drawn ones: it fixes nodes, profile and
     # faults itself.
     scenario: str | None = None
+    suspend_clock: SuspendClock = SuspendClock.MONOTONIC
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ def scenario_for(seed: int, options: Options) -> Scenario:
         faults=options.faults,
         read_mode=options.read_mode,
         unsafe=options.unsafe,
+        suspend_clock=options.suspend_clock,
     )
 
 

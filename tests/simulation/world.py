@@ -36,24 +36,42 @@ class InvariantViolationError(AssertionError):
 
 
 class DriftingClock:
-    """A monotonic clock whose rate stays within [1 − ρ, 1 + ρ] of real time, piecewise."""
+    """A monotonic clock whose rate stays within [1 − ρ, 1 + ρ] of real time, piecewise.
+
+    It can also be stopped, as CLOCK_MONOTONIC is while its machine is suspended: it then reads
+    the same value until started again, and continues from there, short of the suspended time.
+    """
 
     def __init__(self, offset: float, rate: float) -> None:
         self._base_real = 0.0
         self._base_local = offset
         self.rate = rate
+        self.stopped = False
 
     def local(self, real: float) -> float:
+        if self.stopped:
+            return self._base_local
         return self._base_local + (real - self._base_real) * self.rate
 
     def real_for(self, local: float, now_real: float) -> float:
-        """When, at the current rate, this clock will read `local` (never before now_real)."""
+        """When, at the current rate, this clock will read `local` (never before now_real); for
+        a stopped clock, when it would if it started now."""
         return max(now_real, now_real + (local - self.local(now_real)) / self.rate)
 
     def set_rate(self, rate: float, now_real: float) -> None:
         self._base_local = self.local(now_real)
         self._base_real = now_real
         self.rate = rate
+
+    def stop(self, now_real: float) -> None:
+        self._base_local = self.local(now_real)
+        self._base_real = now_real
+        self.stopped = True
+
+    def start(self, now_real: float) -> None:
+        """Go on from the reading at which the clock stopped (the stopped time is lost)."""
+        self._base_real = now_real
+        self.stopped = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +152,9 @@ class SimNode:
     waiting: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Work that completed while the process was stopped, done when it resumes.
     resume_action: Callable[[], None] | None = None
+    # Counts suspensions and crashes, so that the scheduled end of a suspension that a crash
+    # already ended does not cut a later one short.
+    suspensions: int = 0
 
     @property
     def up(self) -> bool:
