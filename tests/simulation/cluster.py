@@ -47,8 +47,10 @@ from .world import (
 )
 
 # Core features of issue 14 that the simulator uses when the core has them (and does without
-# on today's core): admission of a node whose disk was wiped.
+# on today's core): admission of a node whose disk was wiped, and leadership transfer.
 CORE_HAS_ADMISSION = "admitted" in inspect.signature(RaftNode).parameters
+# Looked up by name: the attribute is absent from today's core, and typed code may not name it.
+TRANSFER_METHOD = "transfer_leadership"
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pau
 #   configuration): another lease duration, drift bound or read mode.
 # "clockstop" suspends a node's machine: nothing runs, and its monotonic clock stops too,
 #   unless the scenario's clock keeps counting across suspend (SuspendClock.BOOTTIME).
-DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop"})
+# "transfer" asks the leader to hand leadership over, when the core can
+#   (RaftNode.transfer_leadership).
+DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop", "transfer"})
 EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
@@ -465,6 +469,8 @@ class Simulation:
                 core.step(payload, now)
             elif kind == "get":
                 self._serve_read(node, core, payload, now)
+            elif kind == "transfer":
+                self._transfer_leadership(node, core, payload, now)
             else:
                 self._propose(node, core, payload, now)
         if now >= core.next_deadline():
@@ -842,6 +848,8 @@ class Simulation:
             actions += [self._roll_config_change]
         if "clockstop" in f:
             actions += [self._suspend_random]
+        if "transfer" in f:
+            actions += [self._ask_leader_to_transfer]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -1166,6 +1174,28 @@ class Simulation:
                 self._resume(node)
 
         self.world.after(duration, resume)
+
+    def _ask_leader_to_transfer(self) -> None:
+        leader = self._leader_id()
+        if leader is None:
+            return
+        node = self.nodes[leader]
+        if not hasattr(node.core, TRANSFER_METHOD):
+            self.world.log("nemesis transfer skipped: the core has no transfer_leadership")
+            return
+        peers = [i for i in self.ids if i != leader]
+        target = None if not peers or self.rng.random() < 0.3 else self.rng.choice(peers)
+        self.world.log(f"nemesis transfer: asking leader {leader} to hand over to {target}")
+        # Queued like any input, as an operator's request would reach the shell.
+        node.inbox.append(("transfer", target))
+        self._process(node)
+
+    def _transfer_leadership(
+        self, node: SimNode, core: RaftNode, target: int | None, now: float
+    ) -> None:
+        transfer: Callable[[float, int | None], object] = getattr(core, TRANSFER_METHOD)
+        result = transfer(now, target)
+        self.world.log(f"[{node.node_id}] transfer_leadership(target={target}) -> {result}")
 
     def _end_day2_faults(self) -> None:
         """The final heal of the day-2 faults: the cut lifted, wiped nodes restored, the
