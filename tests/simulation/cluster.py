@@ -1061,12 +1061,14 @@ class Simulation:
             self._start_node(node)
 
     def _restore_source(self) -> SimNode:
-        """The current leader; without one, the node whose files hold the most up-to-date log
-        (Raft's comparison: it holds every committed entry, as a leader would)."""
-        leader = self._leader_id()
-        if leader is not None and leader not in self.wiped:
-            return self.nodes[leader]
+        """The leader that is serving, as an operator would pick it (a deposed leader that has
+        not heard so yet may lack committed entries); without one, the node whose files hold
+        the most up-to-date log (Raft's comparison: among a majority it holds every committed
+        entry, as a leader would)."""
         healthy = [n for n in self.nodes.values() if n.node_id not in self.wiped]
+        serving = [n for n in healthy if n.core is not None and self._can_serve(n)]
+        if serving:
+            return max(serving, key=lambda n: n.core.term if n.core else 0)
 
         def up_to_date(node: SimNode) -> tuple[int, int]:
             entries = node.durable.entries
