@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
 from raftkv.core.messages import (
@@ -30,15 +33,24 @@ from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from tests.support.linearizability import Operation, Outcome, check_history
 
 from .invariants import SafetyChecker
+from .liveness import ServingMeter
+from .rollout import describe_change, draw_change
 from .world import (
     ClientRequest,
     ClientResponse,
     DriftingClock,
+    Durable,
     InvariantViolationError,
     NetworkProfile,
     SimNode,
     World,
 )
+
+# Core features of issue 14 that the simulator uses when the core has them (and does without
+# on today's core): admission of a node whose disk was wiped, and leadership transfer.
+CORE_HAS_ADMISSION = "admitted" in inspect.signature(RaftNode).parameters
+# Looked up by name: the attribute is absent from today's core, and typed code may not name it.
+TRANSFER_METHOD = "transfer_leadership"
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,19 @@ ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pau
 # "corrupt" turns some peer messages malformed or impossible in flight, as a buggy or hostile
 # peer would send them; the core must refuse each one (raftkv/core/validation.py, and RaftNode's
 # stateful checks: a conflict with a committed entry, another lease, impossible replies).
-EXTRA_FAULTS = frozenset({"corrupt"})
+# The operational ("day-2") world of issue 14:
+# "wipe" replaces a node's disk by an empty one (a VM recreated by Terraform) and, a while
+#   later, restores it from a peer's files; at most a minority is wiped at a time.
+# "oneway" cuts one node's links in one direction for tens of election timeouts: it can send
+#   to its peers but hear none of them, or the reverse. The heal cycle leaves it alone.
+# "lease_change" rolls a timing change out node by node (crash, restart with the new
+#   configuration): another lease duration, drift bound or read mode.
+# "clockstop" suspends a node's machine: nothing runs, and its monotonic clock stops too,
+#   unless the scenario's clock keeps counting across suspend (SuspendClock.BOOTTIME).
+# "transfer" asks the leader to hand leadership over, when the core can
+#   (RaftNode.transfer_leadership).
+DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop", "transfer"})
+EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
 STRANGER = 99
@@ -101,6 +125,16 @@ SIM_PROFILES: dict[str, TimingConfig] = {
 }
 
 
+class SuspendClock(Enum):
+    """What a node's monotonic clock does while its machine is suspended ("clockstop")."""
+
+    # Stops, as CLOCK_MONOTONIC (Python's time.monotonic) does on Linux: on resume the node's
+    # clock is short of the suspended time, and a lease it held looks as if it still ran.
+    MONOTONIC = "monotonic"
+    # Keeps counting, as CLOCK_BOOTTIME does: a suspend is an ordinary pause.
+    BOOTTIME = "boottime"
+
+
 @dataclass(frozen=True)
 class Scenario:
     """Everything a seed decides up front (the rest is drawn while it runs)."""
@@ -114,14 +148,23 @@ class Scenario:
     keys: int
     duration: float
     unsafe: UnsafeSwitches = SAFE
+    suspend_clock: SuspendClock = SuspendClock.MONOTONIC
+    # The liveness scenario of issue 14: a single send-only cut of a follower, from the first
+    # nemesis step that finds a leader to the end of the faults (see one_way_cut_scenario).
+    lone_one_way_cut: bool = False
 
     def describe(self) -> str:
         unsafe = ",".join(self.unsafe.enabled()) or "none"
-        return (
+        text = (
             f"seed={self.seed} nodes={self.nodes} profile={self.profile} "
             f"read_mode={self.timing.read_mode.value} faults={','.join(sorted(self.faults))} "
             f"unsafe={unsafe}"
         )
+        if "clockstop" in self.faults:
+            text += f" suspend_clock={self.suspend_clock.value}"
+        if self.lone_one_way_cut:
+            text += " scenario=one-way-cut"
+        return text
 
 
 def make_scenario(
@@ -132,6 +175,7 @@ def make_scenario(
     faults: frozenset[str] = ALL_FAULTS,
     read_mode: ReadMode | None = None,
     unsafe: UnsafeSwitches = SAFE,
+    suspend_clock: SuspendClock = SuspendClock.MONOTONIC,
 ) -> Scenario:
     rng = random.Random(f"scenario-{seed}")
     chosen_nodes = nodes or rng.choice([3, 3, 5, 5, 7])
@@ -149,7 +193,30 @@ def make_scenario(
         keys=rng.randint(1, 4),
         duration=timing.election_timeout_max * 40,
         unsafe=unsafe,
+        suspend_clock=suspend_clock,
     )
+
+
+ONE_WAY_CUT = "one-way-cut"
+SCENARIOS = (ONE_WAY_CUT,)
+
+
+def one_way_cut_scenario(
+    seed: int, *, read_mode: ReadMode | None = None, unsafe: UnsafeSwitches = SAFE
+) -> Scenario:
+    """Three nodes, fast timings, and one fault only: a follower that can send to its peers
+    but hears none of them, for most of the run. The other two are a connected majority all
+    along, so a cluster with PreVote and CheckQuorum serves nearly all the time; without
+    PreVote the cut node's elections keep deposing their leader (issue 14)."""
+    scenario = make_scenario(
+        seed,
+        nodes=3,
+        profile="fast",
+        faults=frozenset({"oneway"}),
+        read_mode=read_mode,
+        unsafe=unsafe,
+    )
+    return replace(scenario, lone_one_way_cut=True)
 
 
 @dataclass
@@ -181,6 +248,9 @@ class RunResult:
     operations: int = 0
     history: list[Operation] = field(default_factory=list)
     trace: list[str] | None = None
+    # Share of the fault phase during which some node could serve, counted only while a
+    # majority was running and connected (liveness.ServingMeter); None if that never held.
+    serving_fraction: float | None = None
 
 
 class Simulation:
@@ -198,7 +268,7 @@ class Simulation:
         # Extra one-way delay per link (congestion, a slow route): (from, to) -> seconds.
         self.slow_links: dict[tuple[int, int], float] = {}
         self.network = self._draw_network()
-        self.nodes = {i: SimNode(i, self._draw_clock()) for i in self.ids}
+        self.nodes = {i: SimNode(i, self._draw_clock(), self.config) for i in self.ids}
         self.clients = [_Client(c, self.rng.choice(self.ids)) for c in range(scenario.clients)]
         self.history: list[Operation] = []
         self._op_ids = iter(range(1, 10**9))
@@ -206,6 +276,17 @@ class Simulation:
         self._values = iter(range(1, 10**9))
         self.faults_active = True
         self.settling = False
+        # Day-2 faults (DAY2_FAULTS).
+        # Nodes whose disk was wiped and that are not yet restored from a peer's files.
+        self.wiped: set[int] = set()
+        self.max_wiped = (scenario.nodes - 1) // 2
+        # Links of the one persistent one-way cut, apart from `blocked` so that partitions and
+        # heals leave them alone.
+        self.one_way_cut: frozenset[tuple[int, int]] = frozenset()
+        self._one_way_cuts_made = 0
+        # The configuration a rolling change is moving every node to ("lease_change").
+        self.rollout_target: TimingConfig | None = None
+        self.serving = ServingMeter(self.quorum)
 
     # ------------------------------------------------------------------------------------------
     # Set-up draws
@@ -253,7 +334,13 @@ class Simulation:
 
     def _result(self, ok: bool, failure: str = "") -> RunResult:
         return RunResult(
-            self.scenario, ok, failure, len(self.history), self.history, self.world.trace
+            self.scenario,
+            ok,
+            failure,
+            len(self.history),
+            self.history,
+            self.world.trace,
+            self.serving.fraction,
         )
 
     def _run(self) -> None:
@@ -264,13 +351,17 @@ class Simulation:
                 self.rng.uniform(0, self.config.election_timeout_max), self._next_op_for(client)
             )
         self._schedule_nemesis()
+        # Leadership changes at heartbeat granularity at best: half a heartbeat resolves it.
+        self.world.sample_every(self.config.heartbeat_interval / 2, self._sample_serving)
         self.world.run_until(self.scenario.duration)
+        self.world.stop_sampling()
 
         # Heal everything and demand that the cluster recovers and converges.
         self.faults_active = False
         self.settling = True
         self.blocked.clear()
         self.slow_links.clear()
+        self._end_day2_faults()
         for node in self.nodes.values():
             if node.paused:
                 self._resume(node)
@@ -284,7 +375,7 @@ class Simulation:
         converged = self.world.run_until(self.world.now + settle, self._converged)
         if not converged:
             raise InvariantViolationError(self._no_progress_report())
-        self.checker.check_durability({i: n.durable.entries for i, n in self.nodes.items()})
+        self._check_durability()
 
     def _converged(self) -> bool:
         if any(c.current is not None for c in self.clients):
@@ -317,14 +408,21 @@ class Simulation:
         return node.clock.local(self.world.now)
 
     def _start_node(self, node: SimNode) -> None:
+        admission: dict[str, Any] = {}
+        if CORE_HAS_ADMISSION:
+            admission["admitted"] = node.admitted
+        if not node.admitted:
+            how = "admitted=False" if CORE_HAS_ADMISSION else "a core without admission: new node"
+            self.world.log(f"node {node.node_id} starts wiped ({how})")
         node.core = RaftNode(
             node.node_id,
             [i for i in self.ids if i != node.node_id],
-            self.config,
+            node.config,
             random.Random(self.rng.random()),
             self._local(node),
             persisted=node.durable.snapshot(),
             unsafe=self.scenario.unsafe,
+            **admission,
         )
         node.pending_ready = None
         node.inbox.clear()
@@ -344,10 +442,17 @@ class Simulation:
         node.inbox.clear()
         node.waiting.clear()
         node.paused = False
+        node.suspensions += 1
+        if node.clock.stopped:
+            node.clock.start(self.world.now)  # a machine that is restarted runs again
         node.resume_action = None
         node.timer_generation += 1
         self.world.log(f"node {node.node_id} crashed")
-        self.checker.check_durability({i: n.durable.entries for i, n in self.nodes.items()})
+        self._check_durability()
+
+    def _check_durability(self) -> None:
+        durable_logs = {i: n.durable.entries for i, n in self.nodes.items()}
+        self.checker.check_durability(durable_logs, self.wiped)
 
     def _process(self, node: SimNode) -> None:
         """Feed queued inputs and timers, then start persisting the next Ready."""
@@ -364,6 +469,8 @@ class Simulation:
                 core.step(payload, now)
             elif kind == "get":
                 self._serve_read(node, core, payload, now)
+            elif kind == "transfer":
+                self._transfer_leadership(node, core, payload, now)
             else:
                 self._propose(node, core, payload, now)
         if now >= core.next_deadline():
@@ -427,21 +534,54 @@ class Simulation:
         self.world.at(when, fire)
 
     def _check_leases(self) -> None:
-        if self.config.read_mode is not ReadMode.LEASE:
-            return
+        # Each node by its own read mode: a rolling change ("lease_change") mixes them.
         holders = [
-            n.node_id
+            n
             for n in self.nodes.values()
-            if n.core is not None and n.core.serves_lease_reads(self._local(n))
+            if n.core is not None
+            and n.core.config.read_mode is ReadMode.LEASE
+            and n.core.serves_lease_reads(self._local(n))
         ]
-        self.checker.check_leases(holders, self.world.now)
+        self.checker.check_leases([n.node_id for n in holders], self.world.now)
+        if holders and self.rollout_target is not None:
+            committing = [
+                (n.node_id, n.core.term)
+                for n in self.nodes.values()
+                if n.core is not None
+                and n.core.config.read_mode is ReadMode.READ_INDEX
+                and _committed_in_own_term(n.core)
+            ]
+            self.checker.check_lease_against_read_index(
+                [(n.node_id, n.core.term) for n in holders if n.core is not None],
+                committing,
+                self.world.now,
+            )
+
+    def _can_serve(self, node: SimNode) -> bool:
+        """Whether this node, running, could answer a GET now: from its lease, or in
+        read_index mode as a leader whose NO-OP has committed (the read then needs only one
+        more round)."""
+        core = node.core
+        if core is None or node.paused or core.role is not Role.LEADER:
+            return False  # the common case, decided without reading the node's clock
+        if core.config.read_mode is ReadMode.LEASE:
+            return core.serves_lease_reads(self._local(node))
+        return _committed_in_own_term(core)
+
+    def _sample_serving(self) -> None:
+        running = frozenset(
+            i for i, n in self.nodes.items() if n.up and not n.paused and i not in self.wiped
+        )
+        serving = any(self._can_serve(n) for n in self.nodes.values())
+        cut = frozenset(self.blocked | self.one_way_cut)
+        self.serving.sample(running, cut, serving)
 
     # ------------------------------------------------------------------------------------------
     # Network
 
     def _send_to_node(self, source: int, envelope: Envelope) -> None:
         link = (source, envelope.to)
-        if link in self.blocked:
+        if link in self.blocked or link in self.one_way_cut:
             return
         extra = self.slow_links.get(link, 0.0)
         target = self.nodes.get(envelope.to)
@@ -703,6 +843,16 @@ class Simulation:
             actions += [self._pause_random]
         if "drift" in f:
             actions += [self._change_rate]
+        if "wipe" in f:
+            actions += [self._wipe_random]
+        if "oneway" in f:
+            actions += [self._cut_one_way]
+        if "lease_change" in f:
+            actions += [self._roll_config_change]
+        if "clockstop" in f:
+            actions += [self._suspend_random]
+        if "transfer" in f:
+            actions += [self._ask_leader_to_transfer]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -839,6 +989,9 @@ class Simulation:
     def _resume(self, node: SimNode) -> None:
         node.paused = False
         self.world.log(f"nemesis resume {node.node_id}")
+        if node.clock.stopped:
+            node.clock.start(self.world.now)
+            self.world.log(f"node {node.node_id}'s clock goes on from where it stopped")
         action, node.resume_action = node.resume_action, None
         if action is not None:
             action()
@@ -852,12 +1005,227 @@ class Simulation:
             self._arm_timer(node, node.core)
 
     # ------------------------------------------------------------------------------------------
+    # Nemesis: the day-2 faults (DAY2_FAULTS)
+
+    def _wipe_random(self) -> None:
+        """A node's machine is replaced with an empty disk under the same id (a VM recreated
+        by Terraform). The deployment knows the cluster exists, so it starts the node as not
+        admitted; a while later the operator restores it from a peer's files."""
+        if len(self.wiped) >= self.max_wiped:
+            return  # the cluster survives only a minority of lost disks at a time
+        candidates = [self.nodes[i] for i in self.ids if i not in self.wiped]
+        leader = self._leader_id()
+        followers = [n for n in candidates if n.node_id != leader]
+        if followers and self.rng.random() < 0.5:
+            # The follower with the longest log: the copy that committed entries are most
+            # likely to need while other followers lag.
+            node = max(followers, key=lambda n: len(n.durable.entries))
+        else:
+            node = self.rng.choice(candidates)
+        self._crash(node)
+        node.durable = Durable()
+        node.admitted = False
+        self.wiped.add(node.node_id)
+        self.world.log(f"nemesis wipe {node.node_id}: empty disk (no log, term 0, no vote)")
+        self._check_durability()
+        downtime = self.rng.uniform(0, 3) * self.config.election_timeout_max
+        restore_after = downtime + self.rng.uniform(2, 10) * self.config.election_timeout_max
+
+        def restart() -> None:
+            if not node.up and self.faults_active:
+                self._start_node(node)
+
+        def restore() -> None:
+            if self.faults_active:
+                self._restore(node)
+
+        self.world.after(downtime, restart)
+        self.world.after(restore_after, restore)
+
+    def _restore(self, node: SimNode) -> None:
+        """The documented recovery of a wiped node: stop it, copy a healthy peer's log and
+        term (not its vote: this node cast none in that term that it remembers), start it as
+        admitted."""
+        if node.node_id not in self.wiped:
+            return
+        source = self._restore_source()
+        self._crash(node)
+        files = source.durable
+        hard_state = replace(files.hard_state, voted_for=None)
+        node.durable = Durable(hard_state, list(files.entries), files.commit_hint)
+        node.admitted = True
+        self.wiped.discard(node.node_id)
+        self.world.log(
+            f"nemesis restore {node.node_id} from node {source.node_id}'s files "
+            f"(log {len(files.entries)}, term {hard_state.term})"
+        )
+        self._check_durability()
+        if self.faults_active:
+            self._start_node(node)
+
+    def _restore_source(self) -> SimNode:
+        """The leader that is serving, as an operator would pick it (a deposed leader that has
+        not heard so yet may lack committed entries); without one, the node whose files hold
+        the most up-to-date log (Raft's comparison: among a majority it holds every committed
+        entry, as a leader would)."""
+        healthy = [n for n in self.nodes.values() if n.node_id not in self.wiped]
+        serving = [n for n in healthy if n.core is not None and self._can_serve(n)]
+        if serving:
+            return max(serving, key=lambda n: n.core.term if n.core else 0)
+
+        def up_to_date(node: SimNode) -> tuple[int, int]:
+            entries = node.durable.entries
+            return (entries[-1].term if entries else 0, len(entries))
+
+        return max(healthy, key=up_to_date)
+
+    def _cut_one_way(self) -> None:
+        """One node's links cut in one direction for a long time: it sends to its peers but
+        hears none of them, or they hear nothing from it. Only its scheduled end (or the final
+        heal) lifts it; one at a time."""
+        if self.one_way_cut:
+            return
+        if self.scenario.lone_one_way_cut:
+            leader = self._leader_id()
+            if leader is None:
+                return  # wait for a leader, so that the cut falls on a follower
+            node_id = self.rng.choice([i for i in self.ids if i != leader])
+            sends_only = True
+            duration = self.scenario.duration - self.world.now
+        else:
+            node_id = self.rng.choice(self.ids)
+            sends_only = self.rng.random() < 0.5
+            duration = self.rng.uniform(10, 30) * self.config.election_timeout_max
+        peers = [i for i in self.ids if i != node_id]
+        if sends_only:
+            self.one_way_cut = frozenset((peer, node_id) for peer in peers)
+            shape = "sends to its peers but hears none of them"
+        else:
+            self.one_way_cut = frozenset((node_id, peer) for peer in peers)
+            shape = "hears its peers but none of them hears it"
+        self._one_way_cuts_made += 1
+        cut_number = self._one_way_cuts_made
+        self.world.log(f"nemesis one-way cut: {node_id} {shape}, for {duration:.4f}s")
+
+        def end() -> None:
+            if self._one_way_cuts_made == cut_number and self.one_way_cut:
+                self.one_way_cut = frozenset()
+                self.world.log(f"nemesis one-way cut of {node_id} ends")
+
+        self.world.after(duration, end)
+
+    def _roll_config_change(self) -> None:
+        """One step of a rolling configuration change: restart one node that still runs the
+        old timings with the new ones (disk intact). Once every node has them, the next step
+        starts another change."""
+        target = self.rollout_target
+        if target is None or all(n.config == target for n in self.nodes.values()):
+            current = target or self.config
+            target = draw_change(self.rng, self.config, current)
+            self.rollout_target = target
+            self.world.log(f"nemesis config rollout: {describe_change(current, target)}")
+        node = self.rng.choice([n for n in self.nodes.values() if n.config != target])
+        old, node.config = node.config, target
+        on_target = sum(n.config == target for n in self.nodes.values())
+        self.world.log(
+            f"nemesis config change on {node.node_id}: {describe_change(old, target)} "
+            f"({on_target}/{len(self.ids)} nodes)"
+        )
+        # A service restart, not a reboot: back quickly. A node that is down already gets the
+        # new configuration when it restarts.
+        self._crash_and_restart(
+            node.node_id, self.rng.uniform(0, 0.5) * self.config.election_timeout_max
+        )
+
+    def _finish_rollout(self) -> None:
+        """The operator completes the change under way: until then, nodes with different
+        leases refuse each other's AppendEntries (rule 2) and the cluster cannot converge."""
+        target = self.rollout_target
+        if target is None:
+            return
+        for node in self.nodes.values():
+            if node.config != target:
+                self.world.log(
+                    f"config change on {node.node_id} completes the rollout: "
+                    f"{describe_change(node.config, target)}"
+                )
+                node.config = target
+                self._crash(node)
+
+    def _suspend_random(self) -> None:
+        """A node's machine is suspended (a VM paused by its host, a laptop lid): it runs
+        nothing and, with SuspendClock.MONOTONIC, its clock stops too."""
+        candidates = [n for n in self.nodes.values() if n.up and not n.paused]
+        if not candidates:
+            return
+        leader = self._leader_id()
+        if leader is not None and not self.nodes[leader].paused and self.rng.random() < 0.5:
+            node = self.nodes[leader]  # the node whose lease a stopped clock stretches
+        else:
+            node = self.rng.choice(candidates)
+        node.paused = True
+        node.suspensions += 1
+        suspension = node.suspensions
+        clock_stops = self.scenario.suspend_clock is SuspendClock.MONOTONIC
+        if clock_stops:
+            node.clock.stop(self.world.now)
+        # Long enough for the others to elect a leader and for every old lease to run out.
+        duration = self.rng.uniform(1, 8) * self.config.election_timeout_max
+        what = "its clock stops" if clock_stops else "its clock keeps counting"
+        self.world.log(f"nemesis suspend {node.node_id} for {duration:.4f}s ({what})")
+
+        def resume() -> None:
+            if node.paused and node.suspensions == suspension:
+                self._resume(node)
+
+        self.world.after(duration, resume)
+
+    def _ask_leader_to_transfer(self) -> None:
+        leader = self._leader_id()
+        if leader is None:
+            return
+        node = self.nodes[leader]
+        if not hasattr(node.core, TRANSFER_METHOD):
+            self.world.log("nemesis transfer skipped: the core has no transfer_leadership")
+            return
+        peers = [i for i in self.ids if i != leader]
+        target = None if not peers or self.rng.random() < 0.3 else self.rng.choice(peers)
+        self.world.log(f"nemesis transfer: asking leader {leader} to hand over to {target}")
+        # Queued like any input, as an operator's request would reach the shell.
+        node.inbox.append(("transfer", target))
+        self._process(node)
+
+    def _transfer_leadership(
+        self, node: SimNode, core: RaftNode, target: int | None, now: float
+    ) -> None:
+        transfer: Callable[[float, int | None], object] = getattr(core, TRANSFER_METHOD)
+        result = transfer(now, target)
+        self.world.log(f"[{node.node_id}] transfer_leadership(target={target}) -> {result}")
+
+    def _end_day2_faults(self) -> None:
+        """The final heal of the day-2 faults: the cut lifted, wiped nodes restored, the
+        rolling change completed. Draws nothing from the seed unless one of them happened."""
+        if self.one_way_cut:
+            self.one_way_cut = frozenset()
+            self.world.log("one-way cut healed")
+        for node_id in sorted(self.wiped):
+            self._restore(self.nodes[node_id])
+        self._finish_rollout()
+
+    # ------------------------------------------------------------------------------------------
     # Final judgement
 
     def _check_linearizable(self) -> None:
         result = check_history(self.history)
         if not result.ok:
             raise InvariantViolationError(f"linearizability: {result.explanation}")
+
+
+def _committed_in_own_term(core: RaftNode) -> bool:
+    """A leader whose own NO-OP (the first entry of its term) has committed: it can commit
+    writes and, in read_index mode, serve reads."""
+    commit = core.commit_index
+    return core.role is Role.LEADER and commit > 0 and core.log[commit - 1].term == core.term
 
 
 def run_scenario(scenario: Scenario, *, trace: bool = False) -> RunResult:

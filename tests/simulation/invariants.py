@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from raftkv.core.messages import Command, LogEntry
 from raftkv.core.node import RaftNode, Ready, Role
@@ -76,15 +76,44 @@ class SafetyChecker:
                 f"lease safety: nodes {holders} all hold a valid lease at real time {real_now:.6f}"
             )
 
-    def check_durability(self, durable_logs: dict[int, list[LogEntry]]) -> None:
+    def check_lease_against_read_index(
+        self,
+        lease_holders: Iterable[tuple[int, int]],
+        committing_leaders: Iterable[tuple[int, int]],
+        real_now: float,
+    ) -> None:
+        """While a node may serve reads from its lease, no leader of a later term may have
+        committed anything: the lease reads would miss its writes. In a cluster of one read
+        mode this is the lease check above (or nothing); it matters while a rolling change
+        switches nodes between lease and read_index, whose leaders wait for no old lease.
+        Both arguments are (node, term) pairs."""
+        committing = list(committing_leaders)
+        for holder, holder_term in lease_holders:
+            for leader, leader_term in committing:
+                if leader != holder and leader_term > holder_term:
+                    raise InvariantViolationError(
+                        f"lease safety: node {holder} holds a lease of term {holder_term} while "
+                        f"node {leader}, a read_index leader of term {leader_term}, has "
+                        f"committed in its term, at real time {real_now:.6f}"
+                    )
+
+    def check_durability(
+        self, durable_logs: dict[int, list[LogEntry]], wiped: Collection[int] = ()
+    ) -> None:
+        """Every committed entry is durable on a majority. A wiped node (disk replaced, not yet
+        restored from a peer) lost its copy for real; it is counted as a holder all the same,
+        because Raft keeps an entry that was on a majority as long as at most a minority is
+        wiped at a time (and the wiped nodes stay out of elections until restored): what must
+        not happen is a loss beyond the wiped disks."""
         for index, entry in self.committed.items():
             holders = [
                 node_id
                 for node_id, log in durable_logs.items()
                 if index <= len(log) and log[index - 1] == entry
             ]
-            if len(holders) < self.quorum:
+            if len(set(holders) | set(wiped)) < self.quorum:
+                lost = f" (wiped: {sorted(wiped)})" if wiped else ""
                 raise InvariantViolationError(
                     f"durability: committed entry {entry} at index {index} is durable only on "
-                    f"nodes {holders}, fewer than a majority"
+                    f"nodes {holders}{lost}, fewer than a majority"
                 )

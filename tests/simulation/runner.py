@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from raftkv.core.config import ReadMode
 from raftkv.core.node import UnsafeSwitches
 
-from .cluster import make_scenario, run_scenario
+from .cluster import (
+    ONE_WAY_CUT,
+    Scenario,
+    SuspendClock,
+    make_scenario,
+    one_way_cut_scenario,
+    run_scenario,
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,10 @@ class Options:
     faults: frozenset[str]
     read_mode: ReadMode | None
     unsafe: UnsafeSwitches
+    # A named scenario (cluster.SCENARIOS) instead of drawn ones: it fixes nodes, profile and
+    # faults itself.
+    scenario: str | None = None
+    suspend_clock: SuspendClock = SuspendClock.MONOTONIC
 
 
 @dataclass(frozen=True)
@@ -28,19 +39,36 @@ class SeedOutcome:
     description: str
     failure: str
     operations: int
+    serving_fraction: float | None = None
 
 
-def run_seed(seed: int, options: Options) -> SeedOutcome:
-    scenario = make_scenario(
+def scenario_for(seed: int, options: Options) -> Scenario:
+    if options.scenario == ONE_WAY_CUT:
+        return one_way_cut_scenario(seed, read_mode=options.read_mode, unsafe=options.unsafe)
+    if options.scenario is not None:
+        raise ValueError(f"unknown scenario {options.scenario!r}")
+    return make_scenario(
         seed,
         nodes=options.nodes,
         profile=options.profile,
         faults=options.faults,
         read_mode=options.read_mode,
         unsafe=options.unsafe,
+        suspend_clock=options.suspend_clock,
     )
+
+
+def run_seed(seed: int, options: Options) -> SeedOutcome:
+    scenario = scenario_for(seed, options)
     result = run_scenario(scenario)
-    return SeedOutcome(seed, result.ok, scenario.describe(), result.failure, result.operations)
+    return SeedOutcome(
+        seed,
+        result.ok,
+        scenario.describe(),
+        result.failure,
+        result.operations,
+        result.serving_fraction,
+    )
 
 
 def run_seeds(seeds: range, options: Options, jobs: int) -> list[SeedOutcome]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftkv.core.config import TimingConfig
 from raftkv.core.messages import (
     LogEntry,
 )
@@ -35,24 +36,42 @@ class InvariantViolationError(AssertionError):
 
 
 class DriftingClock:
-    """A monotonic clock whose rate stays within [1 − ρ, 1 + ρ] of real time, piecewise."""
+    """A monotonic clock whose rate stays within [1 − ρ, 1 + ρ] of real time, piecewise.
+
+    It can also be stopped, as CLOCK_MONOTONIC is while its machine is suspended: it then reads
+    the same value until started again, and continues from there, short of the suspended time.
+    """
 
     def __init__(self, offset: float, rate: float) -> None:
         self._base_real = 0.0
         self._base_local = offset
         self.rate = rate
+        self.stopped = False
 
     def local(self, real: float) -> float:
+        if self.stopped:
+            return self._base_local
         return self._base_local + (real - self._base_real) * self.rate
 
     def real_for(self, local: float, now_real: float) -> float:
-        """When, at the current rate, this clock will read `local` (never before now_real)."""
+        """When, at the current rate, this clock will read `local` (never before now_real); for
+        a stopped clock, when it would if it started now."""
         return max(now_real, now_real + (local - self.local(now_real)) / self.rate)
 
     def set_rate(self, rate: float, now_real: float) -> None:
         self._base_local = self.local(now_real)
         self._base_real = now_real
         self.rate = rate
+
+    def stop(self, now_real: float) -> None:
+        self._base_local = self.local(now_real)
+        self._base_real = now_real
+        self.stopped = True
+
+    def start(self, now_real: float) -> None:
+        """Go on from the reading at which the clock stopped (the stopped time is lost)."""
+        self._base_real = now_real
+        self.stopped = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +136,13 @@ class Durable:
 class SimNode:
     node_id: int
     clock: DriftingClock
+    # The timings this node's core is (re)started with: a rolling configuration change
+    # ("lease_change") gives nodes different ones for a while.
+    config: TimingConfig
     durable: Durable = field(default_factory=Durable)
+    # False from a wipe until the node is restored from a peer's files: passed to a core that
+    # knows about admission (RaftNode's `admitted`), so that it neither votes nor acknowledges.
+    admitted: bool = True
     core: RaftNode | None = None
     paused: bool = False
     pending_ready: Ready | None = None
@@ -127,6 +152,9 @@ class SimNode:
     waiting: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Work that completed while the process was stopped, done when it resumes.
     resume_action: Callable[[], None] | None = None
+    # Counts suspensions and crashes, so that the scheduled end of a suspension that a crash
+    # already ended does not cut a later one short.
+    suspensions: int = 0
 
     @property
     def up(self) -> bool:
@@ -145,6 +173,12 @@ class World:
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._counter = itertools.count()
         self.trace: list[str] | None = None
+        # A read-only observer called at fixed real-time steps between events. It is not an
+        # event: it takes no place in the queue, so the events (and their order) are the same
+        # with or without it.
+        self._probe: Callable[[], None] | None = None
+        self._probe_period = 0.0
+        self._probe_step = 0
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (max(when, self.now), next(self._counter), action))
@@ -152,15 +186,36 @@ class World:
     def after(self, delay: float, action: Callable[[], None]) -> None:
         self.at(self.now + delay, action)
 
+    def sample_every(self, period: float, probe: Callable[[], None]) -> None:
+        """Call `probe` at every multiple of `period` of real time from now on, with `now` set
+        to that instant; it must only look (state does not change between events)."""
+        self._probe, self._probe_period = probe, period
+        self._probe_step = int(self.now // period) + 1
+
+    def stop_sampling(self) -> None:
+        self._probe = None
+
     def run_until(self, deadline: float, stop: Callable[[], bool] | None = None) -> bool:
         while self._queue and self._queue[0][0] <= deadline:
             when, _, action = heapq.heappop(self._queue)
+            self._sample_until(when)
             self.now = when
             action()
             if stop is not None and stop():
                 return True
+        self._sample_until(deadline)
         self.now = max(self.now, deadline)
         return False
+
+    def _sample_until(self, until: float) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        # Steps are counted, not summed, so that long runs do not accumulate rounding.
+        while self._probe is not None and (when := self._probe_step * self._probe_period) <= until:
+            self.now = max(self.now, when)
+            probe()
+            self._probe_step += 1
 
     def log(self, line: str) -> None:
         if self.trace is not None:
