@@ -354,3 +354,49 @@ def test_a_candidate_that_times_out_gives_up_its_term_before_asking_for_pre_vote
     assert role(node) is Role.FOLLOWER
     node.step(RequestVoteReply(2, 3, True, 0.0, pre_vote=True), 9.0)
     assert role(node) is Role.CANDIDATE and node.term == 2
+
+
+def restart_with_a_shorter_lease(unsafe: UnsafeSwitches) -> tuple[RaftNode, RaftNode, float]:
+    """Issue 14's reproduction, no drift: leader 1 (lease 3.5 s) keeps its lease through node
+    3's acknowledgements after losing node 2; node 3 restarts with a 0.3 s lease, then loses
+    node 1 too, and wins an election with node 2's vote. Returns (old leader, new leader, the
+    instant the new leader starts serving)."""
+    long = replace(CONFIG, lease_duration=3.5, heartbeat_interval=0.1)
+    h = Harness(config=long)
+    old = h.elect(1, 4.0)  # past every node's restart lease
+    now = 4.0
+    for _ in range(30):  # 3 s in which node 2 hears nothing: its promise runs out
+        now += 0.1
+        h.tick(1, now)
+        h.deliver_all(now, drop_to={2})
+    hard_state = h.readies[3][-1].hard_state or h.nodes[3].hard_state
+    assert hard_state.lease_bound == 3.5
+    short = replace(long, lease_duration=0.3)
+    entries = tuple(h.nodes[3].log)
+    persisted = PersistentState(hard_state, entries)
+    new = RaftNode(3, [1, 2], short, random.Random(3), now, persisted, unsafe)
+    h.nodes[3] = new
+    h.in_flight.clear()
+    # Node 1 is now cut off from both; node 3's timer fires and node 2 votes for it.
+    while role(new) is not Role.LEADER:
+        now = new.next_deadline()
+        h.tick(3, now)
+        h.deliver_all(now, drop_to={1})
+    serving = now + new.status(now).waiting_for_old_lease
+    return old, new, serving
+
+
+def test_a_restart_with_a_shorter_lease_still_waits_out_the_longer_one() -> None:
+    old, new, serving = restart_with_a_shorter_lease(UnsafeSwitches())
+    # Node 3 waited out the 3.5 s lease it had acknowledged: the old lease is over by then.
+    assert old.lease_read_refusal(serving) is not None
+    assert new.status(serving).waiting_for_old_lease == 0
+
+
+def test_negative_control_forgetting_the_lease_bound_gives_two_lease_holders() -> None:
+    old, new, serving = restart_with_a_shorter_lease(UnsafeSwitches(forget_lease_bound=True))
+    # The new leader is done waiting (and appends and commits at once) while the old one still
+    # holds its lease and answers reads: a stale read.
+    assert role(new) is Role.LEADER and new.status(serving).waiting_for_old_lease == 0
+    assert old.lease_read_refusal(serving) is None
+    assert old.status(serving).lease_remaining > 0

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
 from raftkv.core.messages import (
@@ -45,12 +43,6 @@ from .world import (
     SimNode,
     World,
 )
-
-# Core features of issue 14 that the simulator uses when the core has them (and does without
-# on today's core): admission of a node whose disk was wiped, and leadership transfer.
-CORE_HAS_ADMISSION = "admitted" in inspect.signature(RaftNode).parameters
-# Looked up by name: the attribute is absent from today's core, and typed code may not name it.
-TRANSFER_METHOD = "transfer_leadership"
 
 
 @dataclass(frozen=True)
@@ -408,12 +400,8 @@ class Simulation:
         return node.clock.local(self.world.now)
 
     def _start_node(self, node: SimNode) -> None:
-        admission: dict[str, Any] = {}
-        if CORE_HAS_ADMISSION:
-            admission["admitted"] = node.admitted
         if not node.admitted:
-            how = "admitted=False" if CORE_HAS_ADMISSION else "a core without admission: new node"
-            self.world.log(f"node {node.node_id} starts wiped ({how})")
+            self.world.log(f"node {node.node_id} starts wiped (admitted=False)")
         node.core = RaftNode(
             node.node_id,
             [i for i in self.ids if i != node.node_id],
@@ -422,7 +410,7 @@ class Simulation:
             self._local(node),
             persisted=node.durable.snapshot(),
             unsafe=self.scenario.unsafe,
-            **admission,
+            admitted=node.admitted,
         )
         node.pending_ready = None
         node.inbox.clear()
@@ -1185,9 +1173,6 @@ class Simulation:
         if leader is None:
             return
         node = self.nodes[leader]
-        if not hasattr(node.core, TRANSFER_METHOD):
-            self.world.log("nemesis transfer skipped: the core has no transfer_leadership")
-            return
         peers = [i for i in self.ids if i != leader]
         target = None if not peers or self.rng.random() < 0.3 else self.rng.choice(peers)
         self.world.log(f"nemesis transfer: asking leader {leader} to hand over to {target}")
@@ -1198,8 +1183,7 @@ class Simulation:
     def _transfer_leadership(
         self, node: SimNode, core: RaftNode, target: int | None, now: float
     ) -> None:
-        transfer: Callable[[float, int | None], object] = getattr(core, TRANSFER_METHOD)
-        result = transfer(now, target)
+        result = core.transfer_leadership(now, target)
         self.world.log(f"[{node.node_id}] transfer_leadership(target={target}) -> {result}")
 
     def _end_day2_faults(self) -> None:
