@@ -447,7 +447,7 @@ class Cluster:
         """
         wanted = frozenset((a, b) for a, b in flows if a != b)
         if self.fabric is not None:
-            self.fabric.set_blocked(wanted)
+            self.fabric.set_blocked(wanted, self.fabric.closed_ports)
         else:
             self._apply_proxy_blocks(wanted, self._lost)
         self._partition = wanted
@@ -466,8 +466,10 @@ class Cluster:
         self.proxies.set_blocked(partition | lost)
 
     def heal(self) -> None:
-        """Reconnect everything and remove every delay."""
+        """Reconnect everything (closed ports included) and remove every delay."""
         self._lost = frozenset()
+        if self.fabric is not None:
+            self.fabric.set_blocked((), ())
         self.set_partition(())
         if self.proxies is not None:
             self.proxies.set_blocked(())
@@ -510,6 +512,16 @@ class Cluster:
 
     def cut_one_way(self, src: int, dst: int) -> None:
         self.set_partition(self._partition | {(src, dst)})
+
+    def close_peer_port(self, node_id: int) -> None:
+        """Nobody can connect to `node_id`'s peer port, while its own connections to the other
+        nodes work both ways (kernel mode only): it sends requests and gets their replies, but
+        receives no request — it hears no leader. Partitions leave it closed; `heal` opens it."""
+        if self.fabric is None:
+            raise ClusterError("closing a port needs the kernel network (netns)")
+        port = int(default_peer_address(self.addresses[node_id]).rpartition(":")[2])
+        closed = self.fabric.closed_ports | {(node_id, port)}
+        self.fabric.set_blocked(self.fabric.blocked, closed)
 
     def set_delay(self, src: int, dst: int, seconds: float) -> None:
         """Add `seconds` to every byte src sends dst (proxied links only)."""

@@ -133,6 +133,7 @@ class Fabric:
         self.nft = find_binary("nft") or "nft"
         self._lock_fd: int | None = None
         self._blocked: frozenset[tuple[int, int]] = frozenset()
+        self._closed_ports: frozenset[tuple[int, int]] = frozenset()
         self._up = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -256,14 +257,26 @@ class Fabric:
     def blocked(self) -> frozenset[tuple[int, int]]:
         return self._blocked
 
-    def set_blocked(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Drop every packet from node a to node b for each (a, b), and nothing else.
+    @property
+    def closed_ports(self) -> frozenset[tuple[int, int]]:
+        return self._closed_ports
 
-        The table is replaced in one nft transaction, so there is no instant with a partial
-        rule set."""
+    def set_blocked(
+        self, pairs: Iterable[tuple[int, int]], closed_ports: Iterable[tuple[int, int]] = ()
+    ) -> None:
+        """Drop every packet from node a to node b for each (a, b), and every packet another
+        node sends to port p of node n for each (n, p) in `closed_ports`, and nothing else.
+
+        A closed port is a one-way cut at the level of connections: nobody can open one to
+        that port, while the node's own connections (to other nodes' ports) work both ways.
+        On a node's peer port it makes a node that sends requests and gets their replies but
+        receives no request: it hears no leader. The table is replaced in one nft
+        transaction, so there is no instant with a partial rule set."""
         wanted = frozenset(pairs)
+        closed = frozenset(closed_ports)
         rules = "\n".join(
-            f"    ip saddr {node_ip(a)} ip daddr {node_ip(b)} drop" for a, b in sorted(wanted)
+            [f"    ip saddr {node_ip(a)} ip daddr {node_ip(b)} drop" for a, b in sorted(wanted)]
+            + [f"    ip daddr {node_ip(n)} tcp dport {port} drop" for n, port in sorted(closed)]
         )
         script = (
             f"table {NFT_FAMILY} {NFT_TABLE}\n"
@@ -277,6 +290,7 @@ class Fabric:
         )
         _run(self.nft, "-f", "-", stdin=script)
         self._blocked = wanted
+        self._closed_ports = closed
 
     def ruleset(self) -> str:
         listing: str = _run(self.nft, "list", "table", NFT_FAMILY, NFT_TABLE, check=False).stdout
