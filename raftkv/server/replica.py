@@ -44,7 +44,6 @@ from raftkv.core.messages import (
 )
 from raftkv.core.node import (
     SAFE,
-    HardState,
     NodeStatus,
     PersistentState,
     RaftNode,
@@ -140,7 +139,9 @@ class Replica:
         self.clock = clock or Clock.from_environment()
         self.address = options.cluster.node(self.node_id).address
         self.data_dir = node_data_dir(options.data_root, self.node_id)
-        self.storage = NodeStorage(self.data_dir, self.node_id, sync=options.fsync)
+        self.storage = NodeStorage(
+            self.data_dir, self.node_id, sync=options.fsync, cluster_id=options.cluster.cluster_id
+        )
         loaded = self.storage.load()
         if loaded.dropped_torn_line:
             dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
@@ -161,6 +162,7 @@ class Replica:
             self.clock.now(),
             persisted=PersistentState(loaded.hard_state, loaded.entries, loaded.commit_length),
             unsafe=options.unsafe,
+            incarnation=loaded.incarnation,
         )
         self._inputs: deque[tuple[Message, None] | tuple[Command, asyncio.Future[object]]] = deque()
         self._wake = asyncio.Event()
@@ -379,8 +381,11 @@ class Replica:
         for link in self.peers.values():
             await link.close()
         try:
-            hard_state = HardState(self.core.term, self.core.voted_for)
-            if hard_state == self._hard_state:
+            # Only when the term and vote on disk are the core's: the bounds only grow, and
+            # saving larger ones is always safe.
+            hard_state = self.core.hard_state
+            saved = self._hard_state
+            if (hard_state.term, hard_state.voted_for) == (saved.term, saved.voted_for):
                 self.storage.save_metadata(hard_state, self.core.commit_index)
         except StorageError as error:
             self.dump.write(f"Node {self.node_id} could not save the commit hint: {error}")
