@@ -38,7 +38,7 @@ from pathlib import Path
 
 import grpc
 
-from raftkv.cluster import ClusterConfigError, ClusterDescription
+from raftkv.cluster import INITIAL_CLUSTER_STATES, ClusterConfigError, ClusterDescription
 from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
 from raftkv.core.node import UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-id", help="override the cluster id (default: the description's, or its name)"
     )
     parser.add_argument(
+        "--initial-cluster-state",
+        choices=INITIAL_CLUSTER_STATES,
+        default=None,
+        help="new: an empty data directory starts a member of a new cluster; existing: the "
+        "cluster exists, so a node with an empty data directory neither votes nor acknowledges "
+        "until restored (raftkv restore-node). Default: the description's, else new",
+    )
+    parser.add_argument(
         INSECURE_PEERS_FLAG,
         action="store_true",
         help="TEST SEAM: peers without TLS or authentication (needs --allow-unsafe)",
@@ -165,6 +173,8 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, Listeners]:
     unsafe = UnsafeSwitches(**{n: getattr(args, f"unsafe_{n}") for n in UnsafeSwitches.__slots__})
     if args.cluster_id is not None:
         cluster = replace(cluster, cluster_id=args.cluster_id)
+    if args.initial_cluster_state is not None:
+        cluster = replace(cluster, initial_cluster_state=args.initial_cluster_state)
     client_tls = _client_tls(args)
     options = ReplicaOptions(
         node_id,

@@ -142,7 +142,10 @@ class Replica:
         self.storage = NodeStorage(
             self.data_dir, self.node_id, sync=options.fsync, cluster_id=options.cluster.cluster_id
         )
-        loaded = self.storage.load()
+        # docs/design.md §5: an empty directory under a cluster that already exists is not
+        # admitted (its old votes and acknowledgements are lost), and stays so until restored.
+        loaded = self.storage.load(admit_if_new=options.cluster.initial_cluster_state == "new")
+        self._not_admitted = None if loaded.admitted else self._not_admitted_notice(loaded.created)
         if loaded.dropped_torn_line:
             dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
         if loaded.upgraded_old_format:
@@ -162,6 +165,7 @@ class Replica:
             self.clock.now(),
             persisted=PersistentState(loaded.hard_state, loaded.entries, loaded.commit_length),
             unsafe=options.unsafe,
+            admitted=loaded.admitted,
             incarnation=loaded.incarnation,
         )
         self._inputs: deque[tuple[Message, None] | tuple[Command, asyncio.Future[object]]] = deque()
@@ -244,6 +248,27 @@ class Replica:
         except ValueError:
             return None
 
+    def _not_admitted_notice(self, first_start: bool) -> str:
+        """What a node that is not admitted says at start: why, and how to recover."""
+        cluster = self.options.cluster.cluster_id
+        if first_start:
+            why = (
+                f"has an empty data directory but cluster {cluster!r} already exists "
+                "(--initial-cluster-state existing)"
+            )
+        else:
+            metadata = self.storage.directory / "metadata.txt"
+            why = (
+                f"is not admitted to cluster {cluster!r}: its data directory was empty when it "
+                f"first started under the existing cluster ({metadata} says admitted false)"
+            )
+        return (
+            f"Node {self.node_id} {why}: it will not vote or acknowledge entries. Recover its "
+            "data from the leader: stop this node, run `raftkv restore-node --from <the "
+            f"leader's logs_node_<id> directory> --into {self.options.data_root} --id "
+            f"{self.node_id}`, then start it again."
+        )
+
     # ------------------------------------------------------------------------------------------
     # The loop
 
@@ -266,6 +291,9 @@ class Replica:
             f"Node {self.node_id} serves peers at {member.peer_address} ({security}), "
             f"cluster id {self.options.cluster.cluster_id!r}."
         )
+        if self._not_admitted is not None:
+            self.dump.write(self._not_admitted)
+            print(f"raftkv-node: {self._not_admitted}", file=sys.stderr, flush=True)
         while not self._stopping:
             self._wake.clear()
             self._pump()

@@ -291,6 +291,7 @@ def node_launch(
     *,
     read_mode: str | None = None,
     lease: float | None = None,
+    initial_cluster_state: str = "new",
 ) -> NodeLaunch:
     return NodeLaunch(
         node_id,
@@ -299,6 +300,7 @@ def node_launch(
         profile=profile,
         read_mode=read_mode,
         lease=lease,
+        initial_cluster_state=initial_cluster_state,
         quiet=True,
     )
 
@@ -366,14 +368,26 @@ def up(
     )
     if reused:
         print(
-            f"  reusing the data in {layout.data_dir} (`make cluster-clean` starts afresh)",
+            f"  reusing the data in {layout.data_dir} (`make cluster-clean` starts afresh); "
+            "the cluster exists, so a node whose data directory is empty waits to be restored "
+            "(--initial-cluster-state existing)",
             file=out,
         )
+    # A node that finds its data directory empty in a cluster that already holds data must not
+    # start as a new member: it could vote twice in a term (docs/design.md §5).
+    state = "existing" if reused else "new"
 
     processes: dict[int, subprocess.Popen[bytes]] = {}
     for node in description.nodes:
         processes[node.id] = spawn_node(
-            node_launch(layout, node.id, profile, read_mode=read_mode, lease=lease),
+            node_launch(
+                layout,
+                node.id,
+                profile,
+                read_mode=read_mode,
+                lease=lease,
+                initial_cluster_state=state,
+            ),
             output=layout.out_file(node.id),
             truncate=True,
             new_session=True,
