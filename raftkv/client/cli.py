@@ -12,6 +12,8 @@ With the development and operations tools installed (raftkv-tools, tools/), also
     raftkv bench [OPTIONS]    benchmark a cluster (own options: raftkv bench --help)
     raftkv logs review DIR    merge gathered dump files, check invariants (--plot FILE.png)
     raftkv certs --out DIR    make a CA and per-node TLS certificates (raftkv certs --help)
+    raftkv restore-node --from DIR --into DATA --id N
+                              give a node whose disk was lost the leader's log
 
 Those come from the entry-point group `raftkv.commands` (raftkv/client/commands.py), so
 `raftkv --help` lists every command this installation accepts. Global options given before such
