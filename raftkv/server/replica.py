@@ -15,6 +15,7 @@ reply type) and the Nth reply resolves the Nth waiter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -23,6 +24,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import grpc
@@ -123,6 +125,39 @@ class FatalNodeError(RuntimeError):
     """The node cannot continue safely (storage failure, broken invariant)."""
 
 
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    """A leadership transfer queued for the loop (None: the most up-to-date follower)."""
+
+    target: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDone:
+    leader_id: int
+    previous_leader_id: int
+    term: int
+    seconds: float
+
+
+class TransferRefusal(Enum):
+    NOT_LEADER = "not-leader"
+    # The leader is still waiting out an old lease: it can transfer shortly.
+    NOT_YET = "not-yet"
+    # The leader refuses (no other node, a transfer under way, an unknown target).
+    REFUSED = "refused"
+    TIMED_OUT = "timed-out"
+    # This node was elected again.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRefused:
+    reason: TransferRefusal
+    details: str
+    leader_hint: int | None = None
+
+
 def _peer_channel(peer: NodeAddress, tls: LoadedTls | None) -> grpc.aio.Channel:
     """A channel to `peer`'s peer listener that accepts only a certificate naming that node."""
     if tls is None:
@@ -168,7 +203,12 @@ class Replica:
             admitted=loaded.admitted,
             incarnation=loaded.incarnation,
         )
-        self._inputs: deque[tuple[Message, None] | tuple[Command, asyncio.Future[object]]] = deque()
+        self._inputs: deque[
+            tuple[Message, None] | tuple[Command | TransferRequest, asyncio.Future[object]]
+        ] = deque()
+        # Set, and replaced by a fresh one, whenever the node's role, term or leader changes.
+        self._leadership_changed = asyncio.Event()
+        self._leadership = (self.core.role, self.core.term, self.core.leader_id)
         self._wake = asyncio.Event()
         self._reply_waiters: dict[tuple[int, type], deque[asyncio.Future[Message]]] = {}
         self._client_waiters: dict[int, asyncio.Future[object]] = {}
@@ -228,6 +268,58 @@ class Replica:
         self._client_waiters[token] = future
         self._wake.set()
         return future
+
+    async def transfer_leadership(
+        self, target: int | None, timeout: float
+    ) -> TransferDone | TransferRefused:
+        """Hand leadership to `target` (None: the most up-to-date follower) and wait, up to
+        `timeout` seconds, until another node leads (docs/design.md §3 rule 8)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        term = self.core.term
+        if target == self.node_id and self.core.role is Role.LEADER:
+            return TransferDone(self.node_id, self.node_id, term, 0.0)
+        future: asyncio.Future[object] = loop.create_future()
+        self._inputs.append((TransferRequest(target), future))
+        self._wake.set()
+        try:
+            answer = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            answer = TransferRefused(
+                TransferRefusal.TIMED_OUT, f"node {self.node_id} did not take the request in time"
+            )
+        if isinstance(answer, TransferRefused):
+            return answer
+        what = "the most up-to-date follower" if target is None else f"node {target}"
+        while True:
+            core = self.core
+            leader = core.leader_id
+            if core.role is not Role.LEADER and leader is not None and leader != self.node_id:
+                seconds = loop.time() - started
+                self.dump.write(
+                    f"Node {self.node_id} handed leadership over to node {leader} "
+                    f"(term {core.term}) in {seconds:.3f} s."
+                )
+                return TransferDone(leader, self.node_id, core.term, seconds)
+            if core.role is Role.LEADER and core.term > term:
+                return TransferRefused(
+                    TransferRefusal.FAILED,
+                    f"the transfer to {what} failed: node {self.node_id} was elected again "
+                    f"(term {core.term})",
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return TransferRefused(
+                    TransferRefusal.TIMED_OUT,
+                    f"leadership did not move from node {self.node_id} to {what} within "
+                    f"{timeout:.2f} s (now: {core.role.value} in term {core.term}, leader "
+                    f"{'unknown' if leader is None else leader})",
+                    leader,
+                )
+            changed = self._leadership_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
 
     async def read(self, key: str, timeout: float) -> ReadValue | Refused:
         result = self.begin_read(key)
@@ -300,6 +392,7 @@ class Replica:
             while self.core.has_ready() and not self._stopping:
                 await self._handle_ready(self.core.take_ready())
                 self._pump()
+            self._note_leadership()
             if self._inputs or self._stopping:
                 continue
             delay = self.core.next_deadline() - self.clock.now()
@@ -320,6 +413,10 @@ class Replica:
             if future is None:
                 self.core.step(item, now)  # type: ignore[arg-type]
                 continue
+            if isinstance(item, TransferRequest):
+                if not future.done():
+                    future.set_result(self._start_transfer(item.target, now))
+                continue
             token = next(self._tokens)
             result = self.core.propose(item, now, token)  # type: ignore[arg-type]
             if isinstance(result, Refused):
@@ -329,6 +426,25 @@ class Replica:
                 self._client_waiters[token] = future
         if now >= self.core.next_deadline():
             self.core.tick(now)
+
+    def _start_transfer(self, target: int | None, now: float) -> TransferRefused | None:
+        """The core's transfer_leadership (an input: fed here, never between take_ready and
+        advance); None when the transfer started."""
+        refusal = self.core.transfer_leadership(now, target)
+        if refusal is None:
+            return None
+        if self.core.role is not Role.LEADER:
+            return TransferRefused(TransferRefusal.NOT_LEADER, refusal, self.core.leader_id)
+        if self.core.status(now).waiting_for_old_lease > 0:
+            return TransferRefused(TransferRefusal.NOT_YET, refusal, self.node_id)
+        return TransferRefused(TransferRefusal.REFUSED, refusal)
+
+    def _note_leadership(self) -> None:
+        leadership = (self.core.role, self.core.term, self.core.leader_id)
+        if leadership != self._leadership:
+            self._leadership = leadership
+            self._leadership_changed.set()
+            self._leadership_changed = asyncio.Event()
 
     async def _handle_ready(self, ready: Ready) -> None:
         # A leader's AppendEntries first: the majority round is the longest wait in a SET.
