@@ -21,6 +21,10 @@ environment variables RAFTKV_CLOCK_RATE (other than 1) and RAFTKV_FAILPOINT. The
 to start with any of them unless --allow-unsafe acknowledges them; then its dump names them in
 an UNSAFE line at start (raftkv/server/seams.py).
 
+SIGTERM/SIGINT stops the node; a leader first hands leadership to its most up-to-date follower
+and waits (at most two election timeouts) until another node leads. A second signal stops it at
+once.
+
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line or
 configuration, 1 when the node had to stop (port in use, storage failure, corrupt files).
 """
@@ -40,11 +44,17 @@ import grpc
 
 from raftkv.cluster import INITIAL_CLUSTER_STATES, ClusterConfigError, ClusterDescription
 from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
-from raftkv.core.node import UnsafeSwitches
+from raftkv.core.node import Role, UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import REPEAT_INTERVAL, DumpLog
-from raftkv.server.replica import Clock, FatalNodeError, Replica, ReplicaOptions
+from raftkv.server.replica import (
+    Clock,
+    FatalNodeError,
+    Replica,
+    ReplicaOptions,
+    TransferRefused,
+)
 from raftkv.server.resources import client_server, raise_descriptor_limit
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
@@ -323,14 +333,22 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
     await peer_server.start()
     await clients.start()
     flusher = asyncio.create_task(_flush_refusals(refusals))
-    stop = asyncio.Event()
+    # The first SIGTERM/SIGINT stops the node gracefully (a leader hands leadership over
+    # first); a second one stops it at once.
+    stop, stop_now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (stop_now if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     runner = asyncio.create_task(replica.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
+    if not runner.done():
+        await hand_over_leadership(replica, runner, stop_now)
     if runner.done() and runner.exception() is not None:
         dump.write(f"Node {options.node_id} stopped: {runner.exception()}")
         status = 1
@@ -346,6 +364,41 @@ async def serve(options: ReplicaOptions, listen: Listeners, quiet: bool, clock: 
         await runner
     dump.close()
     return status
+
+
+# A stopping leader waits at most this many (longest) election timeouts for another leader.
+HANDOVER_ELECTION_TIMEOUTS = 2
+
+
+async def hand_over_leadership(
+    replica: Replica, runner: asyncio.Task[None], stop_now: asyncio.Event
+) -> None:
+    """Before a leader stops: hand leadership to its most up-to-date follower and wait until
+    another node leads, so that the cluster does not wait for an election timeout (and the
+    old lease) without a leader. Gives up after HANDOVER_ELECTION_TIMEOUTS election timeouts,
+    when `stop_now` is set (a second signal) or when the replica's loop ends."""
+    node_id = replica.node_id
+    if replica.core.role is not Role.LEADER or not replica.peers:
+        return
+    timeout = HANDOVER_ELECTION_TIMEOUTS * replica.options.config.election_timeout_max
+    replica.dump.write(
+        f"Node {node_id} is the leader: handing leadership to its most up-to-date follower "
+        f"before stopping (at most {timeout:g} s; a second signal stops it at once)."
+    )
+    handover = asyncio.create_task(replica.transfer_leadership(None, timeout))
+    interrupted = asyncio.create_task(stop_now.wait())
+    await asyncio.wait({handover, interrupted, runner}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not handover.done():
+        handover.cancel()
+        if stop_now.is_set():
+            replica.dump.write(f"Node {node_id} received a second signal: stopping at once.")
+        return
+    outcome = handover.result()
+    if isinstance(outcome, TransferRefused):
+        replica.dump.write(
+            f"Node {node_id} could not hand leadership over ({outcome.details}); stopping anyway."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
