@@ -340,6 +340,26 @@ class Replica:
         except ValueError:
             return None
 
+    def _configuration_notice(self) -> str | None:
+        """What the persisted bounds change about this node's own flags (rules 2 and 6)."""
+        config = self.options.config
+        parts = []
+        lease, recorded = config.lease_duration, self.core.lease_bound
+        if recorded > lease:
+            parts.append(
+                f"its lease is {lease:g} s but it recorded a {recorded:g} s lease before; it "
+                f"waits {recorded:g} s after this start and honours each leader's lease"
+            )
+        drift, announced = config.max_clock_drift, self.core.drift_bound
+        if announced > drift:
+            parts.append(
+                f"its max clock drift is {drift:g} but a node announced {announced:g} before; "
+                f"it uses {announced:g}"
+            )
+        if not parts:
+            return None
+        return f"Node {self.node_id} configuration notice: {'; '.join(parts)}."
+
     def _not_admitted_notice(self, first_start: bool) -> str:
         """What a node that is not admitted says at start: why, and how to recover."""
         cluster = self.options.cluster.cluster_id
@@ -386,6 +406,9 @@ class Replica:
         if self._not_admitted is not None:
             self.dump.write(self._not_admitted)
             print(f"raftkv-node: {self._not_admitted}", file=sys.stderr, flush=True)
+        notice = self._configuration_notice()
+        if notice is not None:
+            self.dump.write(notice)
         while not self._stopping:
             self._wake.clear()
             self._pump()

@@ -1,6 +1,7 @@
-"""Admission (issue 14, part 4): --initial-cluster-state and the description's
-initial_cluster_state, a replica that starts on an empty directory under an existing cluster,
-and a data directory of another cluster."""
+"""What a node says and decides at start (issue 14): admission (--initial-cluster-state and the
+description's initial_cluster_state, a replica that starts on an empty directory under an
+existing cluster), a data directory of another cluster, and the configuration notice when its
+persisted lease or drift bound exceeds its own flags."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from raftkv.cluster import ClusterConfigError, ClusterDescription, NodeAddress
-from raftkv.core.config import profile
+from raftkv.core.config import TimingConfig, profile
 from raftkv.server import main as node_main
 from raftkv.server.dump import DumpLog
 from raftkv.server.replica import Replica, ReplicaOptions
 from raftkv.server.storage import FAILPOINT_ENV, METADATA_FILE_NAME, node_data_dir
 
+FAST = profile("fast")
 NODES = (
     NodeAddress(0, "127.0.0.1:1"),
     NodeAddress(1, "127.0.0.1:2"),
@@ -56,12 +58,14 @@ def test_the_flag_overrides_the_description_and_new_is_the_default(tmp_path: Pat
     assert state("1", "3", "--initial-cluster-state", "existing") == "existing"
 
 
-def start_replica(data_root: Path, state: str) -> tuple[bool, list[str]]:
+def start_replica(
+    data_root: Path, state: str, config: TimingConfig = FAST
+) -> tuple[bool, list[str]]:
     """A replica started and stopped: (admitted, its dump lines)."""
     options = ReplicaOptions(
         1,
         ClusterDescription(NODES, name="c", cluster_id="c-7", initial_cluster_state=state),
-        profile("fast"),
+        config,
         data_root,
     )
 
@@ -135,3 +139,21 @@ def test_a_data_directory_of_another_cluster_stops_the_node(
     assert len(err) == 1, err
     assert err[0].startswith(f"raftkv-node: node 1: {metadata} records clusterId 'c-7' but ")
     assert "configured for cluster 'other'" in err[0]
+
+
+def test_a_longer_recorded_lease_or_drift_is_announced_at_start(tmp_path: Path) -> None:
+    start_replica(tmp_path, "new")
+    _, lines = start_replica(tmp_path, "new")
+    assert not any("configuration notice" in line for line in lines)
+    metadata = node_data_dir(tmp_path, 1) / METADATA_FILE_NAME
+    text = metadata.read_text()
+    text = text.replace("leaseBound 0.0\n", "leaseBound 3.5\n")
+    text = text.replace(f"driftBound {FAST.max_clock_drift!r}\n", "driftBound 0.05\n")
+    metadata.write_text(text)
+    _, lines = start_replica(tmp_path, "new")
+    notices = [line.split(" ", 1)[1] for line in lines if "configuration notice" in line]
+    assert notices == [
+        "Node 1 configuration notice: its lease is 0.3 s but it recorded a 3.5 s lease before; "
+        "it waits 3.5 s after this start and honours each leader's lease; its max clock drift "
+        "is 0.01 but a node announced 0.05 before; it uses 0.05."
+    ]
