@@ -239,10 +239,10 @@ class StorageDataLostError(StorageError):
 
     def __init__(self, path: str | os.PathLike[str], what: str, directory: Path) -> None:
         super().__init__(
-            f"{what}. The node's data is damaged; restore {directory} from a backup. Emptying "
-            "the directory instead is safe only while every other node is running and holds "
-            "every committed entry (there are no membership changes: an emptied node forgets "
-            "its votes and the entries it acknowledged)."
+            f"{what}. The node's data is damaged; restore {directory} from a backup, or move "
+            "it away, start the node with --initial-cluster-state existing and give it the "
+            "leader's log with `raftkv restore-node` (an emptied node forgets its votes and the "
+            "entries it acknowledged: it must not start as a new member)."
         )
         self.path = os.fspath(path)
 

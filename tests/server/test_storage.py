@@ -656,7 +656,7 @@ def test_a_log_shorter_than_the_commit_length_stops_the_node(
     assert message.startswith(
         f"{log_path} holds {kept or 0} entries but {data_dir / METADATA_FILE_NAME} records "
         "commitLength 3: committed entries are missing. The node's data is damaged; restore "
-        f"{data_dir} from a backup."
+        f"{data_dir} from a backup, or move it away"
     )
     assert "\n" not in message
     assert (log_path.read_bytes() if log_path.exists() else b"") == before
