@@ -48,13 +48,7 @@ from raftkv.core.node import Role, UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import REPEAT_INTERVAL, DumpLog
-from raftkv.server.replica import (
-    Clock,
-    FatalNodeError,
-    Replica,
-    ReplicaOptions,
-    TransferRefused,
-)
+from raftkv.server.replica import Clock, FatalNodeError, Replica, ReplicaOptions
 from raftkv.server.resources import client_server, raise_descriptor_limit
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
@@ -66,6 +60,7 @@ from raftkv.server.seams import (
 )
 from raftkv.server.service import KeyValueService, PeerService, RaftService, RefusalLog
 from raftkv.server.storage import StorageError, node_data_dir
+from raftkv.server.transfer import TransferRefused
 from raftkv.tls import LoadedTls, TlsConfigError, TlsFiles
 
 

@@ -24,7 +24,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import grpc
@@ -64,6 +63,7 @@ from raftkv.server.seams import (
     seams_in_effect,
 )
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
+from raftkv.server.transfer import TransferDone, TransferRefusal, TransferRefused, TransferRequest
 from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
@@ -123,39 +123,6 @@ class ReplicaOptions:
 
 class FatalNodeError(RuntimeError):
     """The node cannot continue safely (storage failure, broken invariant)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransferRequest:
-    """A leadership transfer queued for the loop (None: the most up-to-date follower)."""
-
-    target: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class TransferDone:
-    leader_id: int
-    previous_leader_id: int
-    term: int
-    seconds: float
-
-
-class TransferRefusal(Enum):
-    NOT_LEADER = "not-leader"
-    # The leader is still waiting out an old lease: it can transfer shortly.
-    NOT_YET = "not-yet"
-    # The leader refuses (no other node, a transfer under way, an unknown target).
-    REFUSED = "refused"
-    TIMED_OUT = "timed-out"
-    # This node was elected again.
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class TransferRefused:
-    reason: TransferRefusal
-    details: str
-    leader_hint: int | None = None
 
 
 def _peer_channel(peer: NodeAddress, tls: LoadedTls | None) -> grpc.aio.Channel:

@@ -22,7 +22,7 @@ from raftkv.rpc.metadata import (
     STALE_SEQUENCE_REFUSAL,
     TRANSFER_REFUSAL,
 )
-from raftkv.server.replica import TransferRefusal, TransferRefused
+from raftkv.server.transfer import TransferRefusal, TransferRefused
 
 READ_TIMEOUT_DETAILS = "read timed out"
 SET_TIMEOUT_DETAILS = (

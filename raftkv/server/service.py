@@ -34,13 +34,14 @@ from raftkv.server.pipeline import (
     pump,
     status_code_number,
 )
-from raftkv.server.replica import Replica, TransferRefused
+from raftkv.server.replica import Replica
 from raftkv.server.replies import (
     SERVE_CLIENT_TIMEOUT_DATA,
     outcome_reply,
     timeout_reply,
     transfer_reply,
 )
+from raftkv.server.transfer import TransferRefused
 from raftkv.tls import peer_node_id
 
 DEFAULT_CLIENT_TIMEOUT = 5.0

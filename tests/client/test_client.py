@@ -43,8 +43,8 @@ from raftkv.server.pipeline import (
     ReplyBudget,
     status_code_number,
 )
-from raftkv.server.replica import TransferRefusal, TransferRefused
 from raftkv.server.replies import outcome_reply, transfer_reply
+from raftkv.server.transfer import TransferRefusal, TransferRefused
 from raftkv.tls import LoadedTls, TlsFiles
 from raftkv_tools.certs import issue as issue_certificates
 from raftkv_tools.certs import local_nodes
