@@ -21,8 +21,12 @@ tools reach the machine (ssh target, or "localhost" for a local cluster); `data_
 parent of the node's `logs_node_<id>/` folder on that machine.
 
 `cluster_id` (default: `name`) travels in every peer message; a node refuses messages from
-another cluster. `peer_certs` (optional) is the folder `raftkv certs --out` wrote (ca.pem,
-node-<id>.pem, node-<id>.key): the node's peer mTLS files, when its command line names none.
+another cluster. `initial_cluster_state` (`new`, the default, or `existing`; etcd's name) says
+whether the cluster already exists: a node that finds its data directory empty under an
+existing cluster does not take part until its data is restored (docs/design.md §5); the
+node's --initial-cluster-state overrides it.
+`peer_certs` (optional) is the folder `raftkv certs --out` wrote (ca.pem, node-<id>.pem,
+node-<id>.key): the node's peer mTLS files, when its command line names none.
 `tls` (optional) is `{"ca": PATH}` and, for --client-cert-auth, `"cert"` and `"key"`: the
 client listener serves TLS with certificates signed by that CA, and clients present that pair.
 Relative paths are relative to the description file's folder.
@@ -40,6 +44,9 @@ DEFAULT_BASE_PORT = 50050
 # A node's peer port when the description gives none: its client port + this.
 PEER_PORT_OFFSET = 1000
 DEFAULT_DESCRIPTION = Path("cluster/cluster.json")
+# What a node does with an empty data directory (docs/design.md §5): start as a member of a new
+# cluster, or wait to be restored into one that already exists.
+INITIAL_CLUSTER_STATES = ("new", "existing")
 
 
 class ClusterConfigError(ValueError):
@@ -84,6 +91,7 @@ class ClusterDescription:
     tls: dict[str, str] = field(default_factory=dict)
     cluster_id: str = ""
     peer_certs: str = ""
+    initial_cluster_state: str = "new"
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -98,6 +106,10 @@ class ClusterDescription:
             object.__setattr__(self, "cluster_id", self.name)
         if len(self.cluster_id.encode()) > MAX_CLUSTER_ID_BYTES:
             raise ClusterConfigError(f"cluster_id is longer than {MAX_CLUSTER_ID_BYTES} bytes")
+        if self.initial_cluster_state not in INITIAL_CLUSTER_STATES:
+            raise ClusterConfigError(
+                f"initial_cluster_state must be new or existing, not {self.initial_cluster_state!r}"
+            )
 
     def node(self, node_id: int) -> NodeAddress:
         for node in self.nodes:
@@ -119,6 +131,8 @@ class ClusterDescription:
         }
         if self.peer_certs:
             body["peer_certs"] = self.peer_certs
+        if self.initial_cluster_state != "new":
+            body["initial_cluster_state"] = self.initial_cluster_state
         if self.tls:
             body["tls"] = self.tls
         return json.dumps(body, indent=2) + "\n"
@@ -182,6 +196,7 @@ class ClusterDescription:
             tls={str(k): str(v) for k, v in tls.items()},
             cluster_id=str(body.get("cluster_id") or ""),
             peer_certs=str(body.get("peer_certs") or ""),
+            initial_cluster_state=str(body.get("initial_cluster_state") or "new"),
         )
 
     @classmethod

@@ -5,9 +5,10 @@ from .errors import (
     NoLeaderError,
     RaftKVError,
     StaleSequenceError,
+    TransferError,
     UnknownOutcomeError,
 )
-from .library import RaftKVClient, SyncClient
+from .library import RaftKVClient, SyncClient, TransferResult
 from .status import NodeStatusRow
 
 __all__ = [
@@ -18,5 +19,7 @@ __all__ = [
     "RaftKVError",
     "StaleSequenceError",
     "SyncClient",
+    "TransferError",
+    "TransferResult",
     "UnknownOutcomeError",
 ]

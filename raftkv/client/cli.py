@@ -6,12 +6,17 @@
     raftkv set KEY VALUE...   store the VALUE words joined by single spaces; prints OK
     raftkv status             one row per node: role, term, commit, leader, lease, reachable
     raftkv shell              interactive GET / SET / STATUS prompt (also reads piped stdin)
+    raftkv transfer-leader [--to N]
+                              hand leadership to node N (default: the most up-to-date
+                              follower) and wait until it leads
 
 With the development and operations tools installed (raftkv-tools, tools/), also:
 
     raftkv bench [OPTIONS]    benchmark a cluster (own options: raftkv bench --help)
     raftkv logs review DIR    merge gathered dump files, check invariants (--plot FILE.png)
     raftkv certs --out DIR    make a CA and per-node TLS certificates (raftkv certs --help)
+    raftkv restore-node --from DIR --into DATA --id N
+                              give a node whose disk was lost the leader's log
 
 Those come from the entry-point group `raftkv.commands` (raftkv/client/commands.py), so
 `raftkv --help` lists every command this installation accepts. Global options given before such
@@ -31,6 +36,7 @@ Exit codes:
     5  invalid request (empty or oversized key, oversized value, text that is not Unicode)
     6  SET refused for a stale sequence number: not applied, because a higher sequence number
        of its client id was already applied (another writer used the same client id)
+    7  transfer-leader: refused by the leader, not done in time, or its outcome is unknown
   130  interrupted (Ctrl-C)
 """
 
@@ -54,6 +60,7 @@ from .errors import (
     NoLeaderError,
     RaftKVError,
     StaleSequenceError,
+    TransferError,
     UnknownOutcomeError,
 )
 from .library import SyncClient
@@ -62,7 +69,7 @@ from .status import format_status_table
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
 PROMPT = "raftkv> "
-PRODUCT_COMMANDS = ("get", "set", "status", "shell")
+PRODUCT_COMMANDS = ("get", "set", "status", "shell", "transfer-leader")
 
 
 class ExitCode(IntEnum):
@@ -73,6 +80,7 @@ class ExitCode(IntEnum):
     OUTCOME_UNKNOWN = 4
     INVALID_REQUEST = 5
     STALE_SEQUENCE = 6
+    TRANSFER_FAILED = 7
     INTERRUPTED = 130
 
 
@@ -85,6 +93,7 @@ exit codes:
   4    SET outcome unknown: it may or may not have been applied
   5    invalid request (empty or oversized key, oversized value, text that is not Unicode)
   6    SET refused for a stale sequence number (not applied; another writer used its client id)
+  7    transfer-leader refused, not done in time, or its outcome unknown
   130  interrupted
 
 The cluster comes from --peers, else --cluster, else $RAFTKV_CLUSTER, else cluster/cluster.json.
@@ -208,6 +217,21 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
     shell = commands.add_parser("shell", help="interactive GET/SET/STATUS prompt")
     shell.set_defaults(command=_shell_command)
 
+    transfer = commands.add_parser(
+        "transfer-leader",
+        help="hand leadership to another node and wait until it leads",
+        description="Ask the leader to hand leadership over (it stops serving lease reads at "
+        "once, catches the target up and tells it to campaign), then wait until another node "
+        "leads. Useful before taking the leader down for maintenance.",
+    )
+    transfer.add_argument(
+        "--to",
+        metavar="N",
+        type=_node_id,
+        help="the node to hand leadership to (default: the most up-to-date follower)",
+    )
+    transfer.set_defaults(command=_transfer_leader_command)
+
     for name, extra in extra_commands.items():
         # No options of its own (not even -h): everything after the name goes to the command.
         sub = commands.add_parser(name, help=extra.summary, add_help=False)
@@ -229,6 +253,12 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return seconds
+
+
+def _node_id(text: str) -> int:
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"not a node id: {text!r}")
+    return int(text)
 
 
 def _load_cluster(args: argparse.Namespace) -> ClusterDescription:
@@ -253,6 +283,8 @@ def _exit_code_for(error: RaftKVError) -> ExitCode:
         return ExitCode.OUTCOME_UNKNOWN
     if isinstance(error, StaleSequenceError):
         return ExitCode.STALE_SEQUENCE
+    if isinstance(error, TransferError):
+        return ExitCode.TRANSFER_FAILED
     return ExitCode.NO_LEADER
 
 
@@ -280,6 +312,18 @@ def _status_command(client: SyncClient, args: argparse.Namespace) -> int:
     if not any(row.reachable for row in rows):
         print("raftkv: no node answered", file=sys.stderr)
         return ExitCode.NO_LEADER
+    return ExitCode.OK
+
+
+def _transfer_leader_command(client: SyncClient, args: argparse.Namespace) -> int:
+    result = client.transfer_leader(args.to)
+    if not result.moved:
+        print(f"node {result.leader_id} is already the leader (term {result.term})")
+    else:
+        print(
+            f"leader is now node {result.leader_id} (was {result.previous_leader_id}), "
+            f"took {result.seconds:.2f} s"
+        )
     return ExitCode.OK
 
 

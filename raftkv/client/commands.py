@@ -8,9 +8,10 @@ an object with
                                                    the arguments after NAME, the global options
                                                    given before NAME; returns the exit status
 
-raftkv-tools registers `bench`, `logs` and `certs` (tools/pyproject.toml). A name that is one of
-the product's own commands (get, set, status, shell) is ignored; an entry point that fails to
-load is listed as unavailable, with the reason, instead of breaking the product's commands.
+raftkv-tools registers `bench`, `logs`, `certs` and `restore-node` (tools/pyproject.toml). A
+name that is one of the product's own commands (get, set, status, shell, transfer-leader) is
+ignored; an entry point that fails to load is listed as unavailable, with the reason, instead of
+breaking the product's commands.
 Without raftkv-tools, `raftkv bench` (or logs, certs) says the command comes with raftkv-tools;
 --help then lists only what this installation can run.
 """
@@ -86,7 +87,7 @@ class NotInstalledCommand:
 
 
 # The commands raftkv-tools registers; only used to explain their absence, never to run them.
-TOOLS_COMMANDS = ("bench", "certs", "logs")
+TOOLS_COMMANDS = ("bench", "certs", "logs", "restore-node")
 
 
 def discover(reserved: Sequence[str] = ()) -> dict[str, Command]:

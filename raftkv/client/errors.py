@@ -3,6 +3,7 @@
     RaftKVError
     ├── InvalidRequestError      the request is malformed; retrying cannot help
     ├── StaleSequenceError       a SET was refused: its client id already has a higher seq
+    ├── TransferError            a leadership transfer was refused or did not complete
     └── NoLeaderError            no node could serve before the deadline
         └── UnknownOutcomeError  a SET may or may not have been applied
 
@@ -45,6 +46,13 @@ class StaleSequenceError(RaftKVError):
             f"refused and not applied, because a higher sequence number of this client id was "
             f"already applied (is another writer using this client id?)"
         )
+
+
+class TransferError(RaftKVError):
+    """A leadership transfer (`transfer_leader`) was refused by the leader (no other node, a
+    transfer already under way, an unknown target), or leadership did not move in time, or the
+    outcome is unknown (the connection broke after the request left). The message says which;
+    the cluster may still have a leader (`status()` tells)."""
 
 
 class NoLeaderError(RaftKVError):

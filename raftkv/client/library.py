@@ -52,6 +52,7 @@ from raftkv.rpc.metadata import (
     RPC_LIMIT_DETAILS,
     STALE_SEQUENCE_DETAILS,
     STALE_SEQUENCE_REFUSAL,
+    TRANSFER_REFUSAL,
 )
 from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
@@ -60,6 +61,7 @@ from .errors import (
     NoLeaderError,
     RaftKVError,
     StaleSequenceError,
+    TransferError,
     UnknownOutcomeError,
 )
 from .pipeline import PipelineConnection, PipelineTimeoutError, StreamBrokenError
@@ -78,6 +80,7 @@ __all__ = [
     "NodeStatusRow",
     "RaftKVClient",
     "SyncClient",
+    "TransferResult",
     "check_key",
     "check_value",
 ]
@@ -118,6 +121,22 @@ class _Failure:
     may_have_applied: bool
     # A SET refused for a stale seq: final, never retried.
     stale_sequence: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """A completed leadership transfer: who leads now, who led, the new term, and how long it
+    took from the request to the answer, as this client measured it."""
+
+    leader_id: int
+    previous_leader_id: int
+    term: int
+    seconds: float
+
+    @property
+    def moved(self) -> bool:
+        """False when the requested node was the leader already."""
+        return self.leader_id != self.previous_leader_id
 
 
 class _Backoff:
@@ -254,6 +273,72 @@ class RaftKVClient:
             await asyncio.gather(
                 *(self._node_status(endpoint, timeout) for endpoint in self._endpoints)
             )
+        )
+
+    async def transfer_leader(self, to: int | None = None) -> TransferResult:
+        """Ask the leader to hand leadership to node `to` (None: its most up-to-date follower)
+        and wait until another node leads. Finds the leader first, following leader hints.
+
+        Raises TransferError when the leader refuses (no other node, a transfer under way, an
+        unknown target), when leadership did not move in time, or when a connection broke
+        after the request left (the transfer may have happened: it is not retried, since a
+        second request would move leadership again); NoLeaderError when no leader answered
+        before the timeout."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._timeout
+        request = raftkv_pb2.TransferLeaderRequest()
+        if to is not None:
+            request.to = to
+        backoff = _Backoff(self._rng)
+        last_said: dict[_Endpoint, str] = {}
+        hops_without_pause = 0
+        target = self._known_leader or self._first_node or self._rng.choice(self._endpoints)
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                reply = await self._stub(target).TransferLeader(request, timeout=remaining)
+            except grpc.aio.AioRpcError as error:
+                hint, reason = self._transfer_failure(target, error)
+            else:
+                self._known_leader = self._endpoint_by_id.get(reply.leader_id)
+                return TransferResult(
+                    reply.leader_id, reply.previous_leader_id, reply.term, loop.time() - started
+                )
+            last_said[target] = reason
+            if hint is not None or target == self._known_leader:
+                self._known_leader = hint
+            if hint is not None and hint != target and hops_without_pause < len(self._endpoints):
+                hops_without_pause += 1
+            else:
+                hops_without_pause = 0
+                await asyncio.sleep(min(backoff.next_delay(), max(deadline - loop.time(), 0)))
+            target = hint if hint is not None else self._node_after(target)
+        said = {endpoint.label: last_said[endpoint] for endpoint in self._ordered(last_said)}
+        raise NoLeaderError(said, loop.time() - started)
+
+    def _transfer_failure(
+        self, target: _Endpoint, error: grpc.aio.AioRpcError
+    ) -> tuple[_Endpoint | None, str]:
+        """(the node to ask next, what `target` said) for a retryable failure of
+        TransferLeader; raises TransferError for a final one."""
+        code, details = error.code(), error.details() or ""
+        metadata = _trailing_metadata(error)
+        hint = self._leader_hint(metadata)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            if metadata.get(REFUSAL_METADATA) == TRANSFER_REFUSAL:
+                raise TransferError(f"{target.label} refused the transfer: {details}")
+            where = "leader unknown" if hint is None else f"leader is {hint.label}"
+            return hint, f"not leader ({where})"
+        if code == grpc.StatusCode.UNAVAILABLE and (hint is not None or _never_connected(details)):
+            # The node's own answer (it cannot transfer yet), or no connection at all.
+            return hint, f"unavailable ({shorten(details)})"
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
+            raise TransferError(f"{target.label}: {details}")
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return None, "does not serve KeyValue.TransferLeader"
+        raise TransferError(
+            f"the transfer's outcome is unknown: {target.label} failed with {code.name} "
+            f"({shorten(details)}) after the request left; `raftkv status` shows the leader"
         )
 
     async def close(self) -> None:
@@ -484,6 +569,9 @@ class SyncClient:
     def status(self) -> list[NodeStatusRow]:
         return self._runner.run(self._client.status())
 
+    def transfer_leader(self, to: int | None = None) -> TransferResult:
+        return self._runner.run(self._client.transfer_leader(to))
+
     def close(self) -> None:
         try:
             self._runner.run(self._client.close())
@@ -549,6 +637,11 @@ def _is_stale_sequence(details: str, metadata: dict[str, str]) -> bool:
         return True
     has_hint = LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
     return not has_hint and details == STALE_SEQUENCE_DETAILS
+
+
+def _trailing_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    metadata = error.trailing_metadata() or ()
+    return {str(key): str(value) for key, value in metadata}
 
 
 def _never_connected(details: str) -> bool:

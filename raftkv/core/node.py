@@ -559,6 +559,18 @@ class RaftNode:
     def hard_state(self) -> HardState:
         return HardState(self.term, self.voted_for, self._lease_bound, self._drift)
 
+    @property
+    def lease_bound(self) -> float:
+        """The longest lease this node has recorded for a leader (rule 2); after a restart it
+        assumes max(this, its own configured lease)."""
+        return self._lease_bound
+
+    @property
+    def drift_bound(self) -> float:
+        """The clock drift bound ρ this node uses: the largest any node announced, its own
+        configured one included (rule 6)."""
+        return self._drift
+
     # ------------------------------------------------------------------------------------------
     # Role changes
 

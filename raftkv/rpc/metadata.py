@@ -12,6 +12,8 @@ LEADER_ID_METADATA = "leader-id"
 LEADER_ADDRESS_METADATA = "leader-address"
 REFUSAL_METADATA = "refusal"
 STALE_SEQUENCE_REFUSAL = "stale-sequence"
+# KeyValue.TransferLeader refused by the leader itself (not a redirect: no leader hint).
+TRANSFER_REFUSAL = "transfer"
 STALE_SEQUENCE_DETAILS = (
     "stale sequence number: a higher sequence number of this client id was already applied, "
     "so this SET was not applied"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17raftkv/rpc/raftkv.proto\x12\x04raft\"\"\n\x0fServeClientArgs\x12\x0f\n\x07Request\x18\x01 \x01(\t\"C\n\x10ServeClientReply\x12\x0c\n\x04\x44\x61ta\x18\x01 \x01(\t\x12\x10\n\x08LeaderID\x18\x02 \x01(\t\x12\x0f\n\x07Success\x18\x03 \x01(\x08\"H\n\nSetCommand\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x06\n\x04NoOp\"`\n\x08LogEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x1f\n\x03set\x18\x02 \x01(\x0b\x32\x10.raft.SetCommandH\x00\x12\x1a\n\x04noop\x18\x03 \x01(\x0b\x32\n.raft.NoOpH\x00\x42\t\n\x07\x63ommand\"\xc2\x01\n\x11\x41ppendEntriesArgs\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\r\x12\x16\n\x0eprev_log_index\x18\x03 \x01(\x04\x12\x15\n\rprev_log_term\x18\x04 \x01(\x04\x12\x1f\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x0e.raft.LogEntry\x12\x15\n\rleader_commit\x18\x06 \x01(\x04\x12\x16\n\x0elease_duration\x18\x07 \x01(\x01\x12\r\n\x05round\x18\x08 \x01(\x04\"\x84\x01\n\x12\x41ppendEntriesReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x13\n\x0b\x66ollower_id\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onflict_index\x18\x05 \x01(\x04\x12\r\n\x05round\x18\x06 \x01(\x04\"d\n\x0fRequestVoteArgs\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x02 \x01(\r\x12\x16\n\x0elast_log_index\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\"`\n\x10RequestVoteReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08voter_id\x18\x02 \x01(\r\x12\x0f\n\x07granted\x18\x03 \x01(\x08\x12\x1b\n\x13old_lease_remaining\x18\x04 \x01(\x01\"\xea\x01\n\x0bRaftMessage\x12\x31\n\x0e\x61ppend_entries\x18\x01 \x01(\x0b\x32\x17.raft.AppendEntriesArgsH\x00\x12-\n\x0crequest_vote\x18\x02 \x01(\x0b\x32\x15.raft.RequestVoteArgsH\x00\x12\x38\n\x14\x61ppend_entries_reply\x18\x03 \x01(\x0b\x32\x18.raft.AppendEntriesReplyH\x00\x12\x34\n\x12request_vote_reply\x18\x04 \x01(\x0b\x32\x16.raft.RequestVoteReplyH\x00\x42\t\n\x07message\"G\n\x0cRaftMessages\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.raft.RaftMessage\x12\x12\n\ncluster_id\x18\x02 \x01(\t\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"+\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t\"H\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1c\n\x0bSetResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"\x0f\n\rStatusRequest\"\x82\x02\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x16\n\tleader_id\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x12\n\nlog_length\x18\x05 \x01(\x04\x12\x15\n\rcommit_length\x18\x06 \x01(\x04\x12\x16\n\x0e\x61pplied_length\x18\x07 \x01(\x04\x12\x17\n\x0flease_remaining\x18\x08 \x01(\x01\x12\x1d\n\x15waiting_for_old_lease\x18\t \x01(\x01\x12\x11\n\tread_mode\x18\n \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\tB\x0c\n\n_leader_id\"z\n\x0fPipelineRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x1f\n\x03get\x18\x02 \x01(\x0b\x32\x10.raft.GetRequestH\x00\x12\x1f\n\x03set\x18\x03 \x01(\x0b\x32\x10.raft.SetRequestH\x00\x12\x12\n\ntimeout_ms\x18\x04 \x01(\rB\x04\n\x02op\"\xa6\x01\n\rPipelineReply\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x16\n\tleader_id\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\r\n\x05\x66ound\x18\x06 \x01(\x08\x12\r\n\x05value\x18\x07 \x01(\t\x12\r\n\x05index\x18\x08 \x01(\x04\x42\x0c\n\n_leader_id\";\n\x10PipelineRequests\x12\'\n\x08requests\x18\x01 \x03(\x0b\x32\x15.raft.PipelineRequest\"7\n\x0fPipelineReplies\x12$\n\x07replies\x18\x01 \x03(\x0b\x32\x13.raft.PipelineReply2\x80\x02\n\x04Raft\x12<\n\x0bServeClient\x12\x15.raft.ServeClientArgs\x1a\x16.raft.ServeClientReply\x12\x42\n\rAppendEntries\x12\x17.raft.AppendEntriesArgs\x1a\x18.raft.AppendEntriesReply\x12<\n\x0bRequestVote\x12\x15.raft.RequestVoteArgs\x1a\x16.raft.RequestVoteReply\x12\x38\n\nPeerStream\x12\x12.raft.RaftMessages\x1a\x12.raft.RaftMessages(\x01\x30\x01\x32\xd6\x01\n\x08KeyValue\x12*\n\x03Get\x12\x10.raft.GetRequest\x1a\x11.raft.GetResponse\x12*\n\x03Set\x12\x10.raft.SetRequest\x1a\x11.raft.SetResponse\x12\x33\n\x06Status\x12\x13.raft.StatusRequest\x1a\x14.raft.StatusResponse\x12=\n\x08Pipeline\x12\x16.raft.PipelineRequests\x1a\x15.raft.PipelineReplies(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17raftkv/rpc/raftkv.proto\x12\x04raft\"\"\n\x0fServeClientArgs\x12\x0f\n\x07Request\x18\x01 \x01(\t\"C\n\x10ServeClientReply\x12\x0c\n\x04\x44\x61ta\x18\x01 \x01(\t\x12\x10\n\x08LeaderID\x18\x02 \x01(\t\x12\x0f\n\x07Success\x18\x03 \x01(\x08\"H\n\nSetCommand\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x06\n\x04NoOp\"`\n\x08LogEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x1f\n\x03set\x18\x02 \x01(\x0b\x32\x10.raft.SetCommandH\x00\x12\x1a\n\x04noop\x18\x03 \x01(\x0b\x32\n.raft.NoOpH\x00\x42\t\n\x07\x63ommand\"\xf0\x01\n\x11\x41ppendEntriesArgs\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\r\x12\x16\n\x0eprev_log_index\x18\x03 \x01(\x04\x12\x15\n\rprev_log_term\x18\x04 \x01(\x04\x12\x1f\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x0e.raft.LogEntry\x12\x15\n\rleader_commit\x18\x06 \x01(\x04\x12\x16\n\x0elease_duration\x18\x07 \x01(\x01\x12\r\n\x05round\x18\x08 \x01(\x04\x12\x13\n\x0btimeout_now\x18\t \x01(\x08\x12\x17\n\x0fmax_clock_drift\x18\n \x01(\x01\"\xb2\x01\n\x12\x41ppendEntriesReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x13\n\x0b\x66ollower_id\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onflict_index\x18\x05 \x01(\x04\x12\r\n\x05round\x18\x06 \x01(\x04\x12\x17\n\x0fmax_clock_drift\x18\x07 \x01(\x01\x12\x13\n\x0bincarnation\x18\x08 \x01(\x04\"\xa1\x01\n\x0fRequestVoteArgs\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63\x61ndidate_id\x18\x02 \x01(\r\x12\x16\n\x0elast_log_index\x18\x03 \x01(\x04\x12\x15\n\rlast_log_term\x18\x04 \x01(\x04\x12\x10\n\x08pre_vote\x18\x05 \x01(\x08\x12\x10\n\x08transfer\x18\x06 \x01(\x08\x12\x17\n\x0fmax_clock_drift\x18\x07 \x01(\x01\"\x8b\x01\n\x10RequestVoteReply\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08voter_id\x18\x02 \x01(\r\x12\x0f\n\x07granted\x18\x03 \x01(\x08\x12\x1b\n\x13old_lease_remaining\x18\x04 \x01(\x01\x12\x10\n\x08pre_vote\x18\x05 \x01(\x08\x12\x17\n\x0fmax_clock_drift\x18\x06 \x01(\x01\"\xea\x01\n\x0bRaftMessage\x12\x31\n\x0e\x61ppend_entries\x18\x01 \x01(\x0b\x32\x17.raft.AppendEntriesArgsH\x00\x12-\n\x0crequest_vote\x18\x02 \x01(\x0b\x32\x15.raft.RequestVoteArgsH\x00\x12\x38\n\x14\x61ppend_entries_reply\x18\x03 \x01(\x0b\x32\x18.raft.AppendEntriesReplyH\x00\x12\x34\n\x12request_vote_reply\x18\x04 \x01(\x0b\x32\x16.raft.RequestVoteReplyH\x00\x42\t\n\x07message\"G\n\x0cRaftMessages\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.raft.RaftMessage\x12\x12\n\ncluster_id\x18\x02 \x01(\t\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"+\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t\"H\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1c\n\x0bSetResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"\x0f\n\rStatusRequest\"\x82\x02\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x16\n\tleader_id\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x12\n\nlog_length\x18\x05 \x01(\x04\x12\x15\n\rcommit_length\x18\x06 \x01(\x04\x12\x16\n\x0e\x61pplied_length\x18\x07 \x01(\x04\x12\x17\n\x0flease_remaining\x18\x08 \x01(\x01\x12\x1d\n\x15waiting_for_old_lease\x18\t \x01(\x01\x12\x11\n\tread_mode\x18\n \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\tB\x0c\n\n_leader_id\"z\n\x0fPipelineRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x1f\n\x03get\x18\x02 \x01(\x0b\x32\x10.raft.GetRequestH\x00\x12\x1f\n\x03set\x18\x03 \x01(\x0b\x32\x10.raft.SetRequestH\x00\x12\x12\n\ntimeout_ms\x18\x04 \x01(\rB\x04\n\x02op\"\xa6\x01\n\rPipelineReply\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x16\n\tleader_id\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0eleader_address\x18\x05 \x01(\t\x12\r\n\x05\x66ound\x18\x06 \x01(\x08\x12\r\n\x05value\x18\x07 \x01(\t\x12\r\n\x05index\x18\x08 \x01(\x04\x42\x0c\n\n_leader_id\"/\n\x15TransferLeaderRequest\x12\x0f\n\x02to\x18\x01 \x01(\x05H\x00\x88\x01\x01\x42\x05\n\x03_to\"b\n\x13TransferLeaderReply\x12\x11\n\tleader_id\x18\x01 \x01(\r\x12\x1a\n\x12previous_leader_id\x18\x02 \x01(\r\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\";\n\x10PipelineRequests\x12\'\n\x08requests\x18\x01 \x03(\x0b\x32\x15.raft.PipelineRequest\"7\n\x0fPipelineReplies\x12$\n\x07replies\x18\x01 \x03(\x0b\x32\x13.raft.PipelineReply2\x80\x02\n\x04Raft\x12<\n\x0bServeClient\x12\x15.raft.ServeClientArgs\x1a\x16.raft.ServeClientReply\x12\x42\n\rAppendEntries\x12\x17.raft.AppendEntriesArgs\x1a\x18.raft.AppendEntriesReply\x12<\n\x0bRequestVote\x12\x15.raft.RequestVoteArgs\x1a\x16.raft.RequestVoteReply\x12\x38\n\nPeerStream\x12\x12.raft.RaftMessages\x1a\x12.raft.RaftMessages(\x01\x30\x01\x32\xa0\x02\n\x08KeyValue\x12*\n\x03Get\x12\x10.raft.GetRequest\x1a\x11.raft.GetResponse\x12*\n\x03Set\x12\x10.raft.SetRequest\x1a\x11.raft.SetResponse\x12\x33\n\x06Status\x12\x13.raft.StatusRequest\x1a\x14.raft.StatusResponse\x12=\n\x08Pipeline\x12\x16.raft.PipelineRequests\x1a\x15.raft.PipelineReplies(\x01\x30\x01\x12H\n\x0eTransferLeader\x12\x1b.raft.TransferLeaderRequest\x1a\x19.raft.TransferLeaderReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,39 +42,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGENTRY']._serialized_start=220
   _globals['_LOGENTRY']._serialized_end=316
   _globals['_APPENDENTRIESARGS']._serialized_start=319
-  _globals['_APPENDENTRIESARGS']._serialized_end=513
-  _globals['_APPENDENTRIESREPLY']._serialized_start=516
-  _globals['_APPENDENTRIESREPLY']._serialized_end=648
-  _globals['_REQUESTVOTEARGS']._serialized_start=650
-  _globals['_REQUESTVOTEARGS']._serialized_end=750
-  _globals['_REQUESTVOTEREPLY']._serialized_start=752
-  _globals['_REQUESTVOTEREPLY']._serialized_end=848
-  _globals['_RAFTMESSAGE']._serialized_start=851
-  _globals['_RAFTMESSAGE']._serialized_end=1085
-  _globals['_RAFTMESSAGES']._serialized_start=1087
-  _globals['_RAFTMESSAGES']._serialized_end=1158
-  _globals['_GETREQUEST']._serialized_start=1160
-  _globals['_GETREQUEST']._serialized_end=1185
-  _globals['_GETRESPONSE']._serialized_start=1187
-  _globals['_GETRESPONSE']._serialized_end=1230
-  _globals['_SETREQUEST']._serialized_start=1232
-  _globals['_SETREQUEST']._serialized_end=1304
-  _globals['_SETRESPONSE']._serialized_start=1306
-  _globals['_SETRESPONSE']._serialized_end=1334
-  _globals['_STATUSREQUEST']._serialized_start=1336
-  _globals['_STATUSREQUEST']._serialized_end=1351
-  _globals['_STATUSRESPONSE']._serialized_start=1354
-  _globals['_STATUSRESPONSE']._serialized_end=1612
-  _globals['_PIPELINEREQUEST']._serialized_start=1614
-  _globals['_PIPELINEREQUEST']._serialized_end=1736
-  _globals['_PIPELINEREPLY']._serialized_start=1739
-  _globals['_PIPELINEREPLY']._serialized_end=1905
-  _globals['_PIPELINEREQUESTS']._serialized_start=1907
-  _globals['_PIPELINEREQUESTS']._serialized_end=1966
-  _globals['_PIPELINEREPLIES']._serialized_start=1968
-  _globals['_PIPELINEREPLIES']._serialized_end=2023
-  _globals['_RAFT']._serialized_start=2026
-  _globals['_RAFT']._serialized_end=2282
-  _globals['_KEYVALUE']._serialized_start=2285
-  _globals['_KEYVALUE']._serialized_end=2499
+  _globals['_APPENDENTRIESARGS']._serialized_end=559
+  _globals['_APPENDENTRIESREPLY']._serialized_start=562
+  _globals['_APPENDENTRIESREPLY']._serialized_end=740
+  _globals['_REQUESTVOTEARGS']._serialized_start=743
+  _globals['_REQUESTVOTEARGS']._serialized_end=904
+  _globals['_REQUESTVOTEREPLY']._serialized_start=907
+  _globals['_REQUESTVOTEREPLY']._serialized_end=1046
+  _globals['_RAFTMESSAGE']._serialized_start=1049
+  _globals['_RAFTMESSAGE']._serialized_end=1283
+  _globals['_RAFTMESSAGES']._serialized_start=1285
+  _globals['_RAFTMESSAGES']._serialized_end=1356
+  _globals['_GETREQUEST']._serialized_start=1358
+  _globals['_GETREQUEST']._serialized_end=1383
+  _globals['_GETRESPONSE']._serialized_start=1385
+  _globals['_GETRESPONSE']._serialized_end=1428
+  _globals['_SETREQUEST']._serialized_start=1430
+  _globals['_SETREQUEST']._serialized_end=1502
+  _globals['_SETRESPONSE']._serialized_start=1504
+  _globals['_SETRESPONSE']._serialized_end=1532
+  _globals['_STATUSREQUEST']._serialized_start=1534
+  _globals['_STATUSREQUEST']._serialized_end=1549
+  _globals['_STATUSRESPONSE']._serialized_start=1552
+  _globals['_STATUSRESPONSE']._serialized_end=1810
+  _globals['_PIPELINEREQUEST']._serialized_start=1812
+  _globals['_PIPELINEREQUEST']._serialized_end=1934
+  _globals['_PIPELINEREPLY']._serialized_start=1937
+  _globals['_PIPELINEREPLY']._serialized_end=2103
+  _globals['_TRANSFERLEADERREQUEST']._serialized_start=2105
+  _globals['_TRANSFERLEADERREQUEST']._serialized_end=2152
+  _globals['_TRANSFERLEADERREPLY']._serialized_start=2154
+  _globals['_TRANSFERLEADERREPLY']._serialized_end=2252
+  _globals['_PIPELINEREQUESTS']._serialized_start=2254
+  _globals['_PIPELINEREQUESTS']._serialized_end=2313
+  _globals['_PIPELINEREPLIES']._serialized_start=2315
+  _globals['_PIPELINEREPLIES']._serialized_end=2370
+  _globals['_RAFT']._serialized_start=2373
+  _globals['_RAFT']._serialized_end=2629
+  _globals['_KEYVALUE']._serialized_start=2632
+  _globals['_KEYVALUE']._serialized_end=2920
 # @@protoc_insertion_point(module_scope)

@@ -165,6 +165,8 @@ class AppendEntriesArgs(_message.Message):
     LEADER_COMMIT_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
+    TIMEOUT_NOW_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     leader_id: _builtins.int
     prev_log_index: _builtins.int
@@ -174,6 +176,12 @@ class AppendEntriesArgs(_message.Message):
     """A duration (seconds of the leader's clock); absolute times never travel."""
     round: _builtins.int
     """Numbers the leader's broadcast round; echoed in the reply."""
+    timeout_now: _builtins.bool
+    """Leadership transfer (docs/design.md §3 rule 8): the receiver campaigns at once if this
+    message brings its log level with the leader's.
+    """
+    max_clock_drift: _builtins.float
+    """The sender's clock drift bound rho; every node adopts the largest it hears."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
     def __init__(
@@ -187,10 +195,12 @@ class AppendEntriesArgs(_message.Message):
         leader_commit: _builtins.int = ...,
         lease_duration: _builtins.float = ...,
         round: _builtins.int = ...,
+        timeout_now: _builtins.bool = ...,
+        max_clock_drift: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "leader_commit", b"leader_commit", "leader_id", b"leader_id", "lease_duration", b"lease_duration", "prev_log_index", b"prev_log_index", "prev_log_term", b"prev_log_term", "round", b"round", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "leader_commit", b"leader_commit", "leader_id", b"leader_id", "lease_duration", b"lease_duration", "max_clock_drift", b"max_clock_drift", "prev_log_index", b"prev_log_index", "prev_log_term", b"prev_log_term", "round", b"round", "term", b"term", "timeout_now", b"timeout_now"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,12 +216,19 @@ class AppendEntriesReply(_message.Message):
     MATCH_INDEX_FIELD_NUMBER: _builtins.int
     CONFLICT_INDEX_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     follower_id: _builtins.int
     success: _builtins.bool
     match_index: _builtins.int
     conflict_index: _builtins.int
     round: _builtins.int
+    max_clock_drift: _builtins.float
+    incarnation: _builtins.int
+    """The follower's data directory (docs/design.md §5): a new one means a node whose disk was
+    replaced, holding none of what the old one acknowledged. Below 2^63; 0 = not told.
+    """
     def __init__(
         self,
         *,
@@ -221,10 +238,12 @@ class AppendEntriesReply(_message.Message):
         match_index: _builtins.int = ...,
         conflict_index: _builtins.int = ...,
         round: _builtins.int = ...,
+        max_clock_drift: _builtins.float = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_index", b"conflict_index", "follower_id", b"follower_id", "match_index", b"match_index", "round", b"round", "success", b"success", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_index", b"conflict_index", "follower_id", b"follower_id", "incarnation", b"incarnation", "match_index", b"match_index", "max_clock_drift", b"max_clock_drift", "round", b"round", "success", b"success", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,10 +257,20 @@ class RequestVoteArgs(_message.Message):
     CANDIDATE_ID_FIELD_NUMBER: _builtins.int
     LAST_LOG_INDEX_FIELD_NUMBER: _builtins.int
     LAST_LOG_TERM_FIELD_NUMBER: _builtins.int
+    PRE_VOTE_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     candidate_id: _builtins.int
     last_log_index: _builtins.int
     last_log_term: _builtins.int
+    pre_vote: _builtins.bool
+    """PreVote (Raft thesis §9.6): `term` is the term the candidate would campaign in; nothing
+    changes at the voter.
+    """
+    transfer: _builtins.bool
+    """A campaign started by a leader's timeout_now (leadership transfer)."""
+    max_clock_drift: _builtins.float
     def __init__(
         self,
         *,
@@ -249,10 +278,13 @@ class RequestVoteArgs(_message.Message):
         candidate_id: _builtins.int = ...,
         last_log_index: _builtins.int = ...,
         last_log_term: _builtins.int = ...,
+        pre_vote: _builtins.bool = ...,
+        transfer: _builtins.bool = ...,
+        max_clock_drift: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_id", b"candidate_id", "last_log_index", b"last_log_index", "last_log_term", b"last_log_term", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_id", b"candidate_id", "last_log_index", b"last_log_index", "last_log_term", b"last_log_term", "max_clock_drift", b"max_clock_drift", "pre_vote", b"pre_vote", "term", b"term", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,11 +298,15 @@ class RequestVoteReply(_message.Message):
     VOTER_ID_FIELD_NUMBER: _builtins.int
     GRANTED_FIELD_NUMBER: _builtins.int
     OLD_LEASE_REMAINING_FIELD_NUMBER: _builtins.int
+    PRE_VOTE_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     voter_id: _builtins.int
     granted: _builtins.bool
     old_lease_remaining: _builtins.float
     """Seconds (voter's clock) the voter still owes to the longest leader lease it has seen."""
+    pre_vote: _builtins.bool
+    max_clock_drift: _builtins.float
     def __init__(
         self,
         *,
@@ -278,10 +314,12 @@ class RequestVoteReply(_message.Message):
         voter_id: _builtins.int = ...,
         granted: _builtins.bool = ...,
         old_lease_remaining: _builtins.float = ...,
+        pre_vote: _builtins.bool = ...,
+        max_clock_drift: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "old_lease_remaining", b"old_lease_remaining", "term", b"term", "voter_id", b"voter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "max_clock_drift", b"max_clock_drift", "old_lease_remaining", b"old_lease_remaining", "pre_vote", b"pre_vote", "term", b"term", "voter_id", b"voter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,6 +640,65 @@ class PipelineReply(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__leader_id) -> _WhichOneofReturnType__leader_id | None: ...
 
 Global___PipelineReply: _TypeAlias = PipelineReply  # noqa: Y015
+
+@_typing.final
+class TransferLeaderRequest(_message.Message):
+    """Leadership transfer, asked of the leader (another node answers FAILED_PRECONDITION with the
+    leader hint). FAILED_PRECONDITION with trailing metadata "refusal: transfer" when the leader
+    refuses (no other node, a transfer under way, an unknown target); UNAVAILABLE while the leader
+    cannot transfer yet (it still waits out an old lease); DEADLINE_EXCEEDED when leadership did
+    not move in time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    to: _builtins.int
+    """The node to hand leadership to; absent or negative: the most up-to-date follower."""
+    def __init__(
+        self,
+        *,
+        to: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_to", b"_to", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_to", b"_to", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__to: _TypeAlias = _typing.Literal["to"]  # noqa: Y015
+    _WhichOneofArgType__to: _TypeAlias = _typing.Literal["_to", b"_to"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__to) -> _WhichOneofReturnType__to | None: ...
+
+Global___TransferLeaderRequest: _TypeAlias = TransferLeaderRequest  # noqa: Y015
+
+@_typing.final
+class TransferLeaderReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_LEADER_ID_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    leader_id: _builtins.int
+    """The node that leads now, and the one that led when the request arrived."""
+    previous_leader_id: _builtins.int
+    term: _builtins.int
+    """The new leader's term."""
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        leader_id: _builtins.int = ...,
+        previous_leader_id: _builtins.int = ...,
+        term: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "leader_id", b"leader_id", "previous_leader_id", b"previous_leader_id", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferLeaderReply: _TypeAlias = TransferLeaderReply  # noqa: Y015
 
 @_typing.final
 class PipelineRequests(_message.Message):

@@ -255,6 +255,11 @@ class KeyValueStub:
                 request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineRequests.SerializeToString,
                 response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineReplies.FromString,
                 _registered_method=True)
+        self.TransferLeader = channel.unary_unary(
+                '/raft.KeyValue/TransferLeader',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderRequest.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderReply.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -284,6 +289,12 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferLeader(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +317,11 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Pipeline,
                     request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineRequests.FromString,
                     response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.PipelineReplies.SerializeToString,
+            ),
+            'TransferLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferLeader,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderRequest.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +432,33 @@ class KeyValue:
             '/raft.KeyValue/Pipeline',
             raftkv_dot_rpc_dot_raftkv__pb2.PipelineRequests.SerializeToString,
             raftkv_dot_rpc_dot_raftkv__pb2.PipelineReplies.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raft.KeyValue/TransferLeader',
+            raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderRequest.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderReply.FromString,
             options,
             channel_credentials,
             insecure,

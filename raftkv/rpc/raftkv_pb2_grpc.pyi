@@ -90,6 +90,7 @@ class KeyValueStub:
     Set: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.SetRequest, _raftkv_pb2.SetResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.StatusRequest, _raftkv_pb2.StatusResponse]
     Pipeline: _grpc.StreamStreamMultiCallable[_raftkv_pb2.PipelineRequests, _raftkv_pb2.PipelineReplies]
+    TransferLeader: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -98,6 +99,7 @@ class KeyValueAsyncStub(KeyValueStub):
     Set: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.SetRequest, _raftkv_pb2.SetResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.StatusRequest, _raftkv_pb2.StatusResponse]  # type: ignore[assignment]
     Pipeline: _aio.StreamStreamMultiCallable[_raftkv_pb2.PipelineRequests, _raftkv_pb2.PipelineReplies]  # type: ignore[assignment]
+    TransferLeader: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]  # type: ignore[assignment]
 
 class KeyValueServicer:
     def Get(
@@ -123,5 +125,11 @@ class KeyValueServicer:
         request_iterator: _MaybeAsyncIterator[_raftkv_pb2.PipelineRequests],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_raftkv_pb2.PipelineReplies], _abc.AsyncIterator[_raftkv_pb2.PipelineReplies]]: ...
+
+    def TransferLeader(
+        self,
+        request: _raftkv_pb2.TransferLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftkv_pb2.TransferLeaderReply, _abc.Awaitable[_raftkv_pb2.TransferLeaderReply]]: ...
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from raftkv.cluster import INITIAL_CLUSTER_STATES
 from raftkv.core.config import ReadMode
 from raftkv.core.node import SAFE, UnsafeSwitches
 from raftkv.server.seams import (
@@ -85,6 +86,8 @@ class NodeLaunch:
     peer_tls: TlsFiles | None = None
     insecure_peers: bool = False
     cluster_id: str | None = None
+    # "new" or "existing" (--initial-cluster-state); None: the description's, else new.
+    initial_cluster_state: str | None = None
     quiet: bool = False
     chrony_conf: Path | None = None
     unsafe: UnsafeSwitches = SAFE
@@ -98,6 +101,11 @@ class NodeLaunch:
             raise ValueError("a node needs exactly one of cluster= and peers=")
         if self.read_mode is not None:
             ReadMode(self.read_mode)  # ValueError for a mode the node does not know
+        states = INITIAL_CLUSTER_STATES
+        if self.initial_cluster_state is not None and self.initial_cluster_state not in states:
+            raise ValueError(
+                f"initial_cluster_state must be new or existing, not {self.initial_cluster_state!r}"
+            )
         seams = self.seams()
         if seams and not self.allow_unsafe:
             raise ValueError(
@@ -157,6 +165,8 @@ class NodeLaunch:
             argv.append(INSECURE_PEERS_FLAG)
         if self.cluster_id is not None:
             argv += ["--cluster-id", self.cluster_id]
+        if self.initial_cluster_state is not None:
+            argv += ["--initial-cluster-state", self.initial_cluster_state]
         if self.quiet:
             argv.append("--quiet")
         if self.chrony_conf is not None:

@@ -26,6 +26,10 @@ max_clock_drift (chrony's maxslewrate; raftkv/server/timecheck.py) and says so i
 it cannot confirm it, it warns on stderr too, and starts either way. --chrony-conf names the
 chrony configuration to read (default: running chronyd's -f, else /etc/chrony/chrony.conf).
 
+SIGTERM/SIGINT stops the node; a leader first hands leadership to its most up-to-date follower
+and waits (at most two election timeouts) until another node leads. A second signal stops it at
+once.
+
 Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line or
 configuration, 1 when the node had to stop (port in use, storage failure, corrupt files).
 """
@@ -43,9 +47,9 @@ from pathlib import Path
 
 import grpc
 
-from raftkv.cluster import ClusterConfigError, ClusterDescription
+from raftkv.cluster import INITIAL_CLUSTER_STATES, ClusterConfigError, ClusterDescription
 from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
-from raftkv.core.node import UnsafeSwitches
+from raftkv.core.node import Role, UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import REPEAT_INTERVAL, DumpLog
@@ -62,6 +66,7 @@ from raftkv.server.seams import (
 from raftkv.server.service import KeyValueService, PeerService, RaftService, RefusalLog
 from raftkv.server.storage import StorageError, node_data_dir
 from raftkv.server.timecheck import check_host
+from raftkv.server.transfer import TransferRefused
 from raftkv.tls import LoadedTls, TlsConfigError, TlsFiles
 
 
@@ -124,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-id", help="override the cluster id (default: the description's, or its name)"
     )
     parser.add_argument(
+        "--initial-cluster-state",
+        choices=INITIAL_CLUSTER_STATES,
+        default=None,
+        help="new: an empty data directory starts a member of a new cluster; existing: the "
+        "cluster exists, so a node with an empty data directory neither votes nor acknowledges "
+        "until restored (raftkv restore-node). Default: the description's, else new",
+    )
+    parser.add_argument(
         INSECURE_PEERS_FLAG,
         action="store_true",
         help="TEST SEAM: peers without TLS or authentication (needs --allow-unsafe)",
@@ -177,6 +190,8 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, Listeners]:
     unsafe = UnsafeSwitches(**{n: getattr(args, f"unsafe_{n}") for n in UnsafeSwitches.__slots__})
     if args.cluster_id is not None:
         cluster = replace(cluster, cluster_id=args.cluster_id)
+    if args.initial_cluster_state is not None:
+        cluster = replace(cluster, initial_cluster_state=args.initial_cluster_state)
     client_tls = _client_tls(args)
     options = ReplicaOptions(
         node_id,
@@ -335,14 +350,22 @@ async def serve(
     await peer_server.start()
     await clients.start()
     flusher = asyncio.create_task(_flush_refusals(refusals))
-    stop = asyncio.Event()
+    # The first SIGTERM/SIGINT stops the node gracefully (a leader hands leadership over
+    # first); a second one stops it at once.
+    stop, stop_now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (stop_now if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     runner = asyncio.create_task(replica.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
+    if not runner.done():
+        await hand_over_leadership(replica, runner, stop_now)
     if runner.done() and runner.exception() is not None:
         dump.write(f"Node {options.node_id} stopped: {runner.exception()}")
         status = 1
@@ -358,6 +381,41 @@ async def serve(
         await runner
     dump.close()
     return status
+
+
+# A stopping leader waits at most this many (longest) election timeouts for another leader.
+HANDOVER_ELECTION_TIMEOUTS = 2
+
+
+async def hand_over_leadership(
+    replica: Replica, runner: asyncio.Task[None], stop_now: asyncio.Event
+) -> None:
+    """Before a leader stops: hand leadership to its most up-to-date follower and wait until
+    another node leads, so that the cluster does not wait for an election timeout (and the
+    old lease) without a leader. Gives up after HANDOVER_ELECTION_TIMEOUTS election timeouts,
+    when `stop_now` is set (a second signal) or when the replica's loop ends."""
+    node_id = replica.node_id
+    if replica.core.role is not Role.LEADER or not replica.peers:
+        return
+    timeout = HANDOVER_ELECTION_TIMEOUTS * replica.options.config.election_timeout_max
+    replica.dump.write(
+        f"Node {node_id} is the leader: handing leadership to its most up-to-date follower "
+        f"before stopping (at most {timeout:g} s; a second signal stops it at once)."
+    )
+    handover = asyncio.create_task(replica.transfer_leadership(None, timeout))
+    interrupted = asyncio.create_task(stop_now.wait())
+    await asyncio.wait({handover, interrupted, runner}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not handover.done():
+        handover.cancel()
+        if stop_now.is_set():
+            replica.dump.write(f"Node {node_id} received a second signal: stopping at once.")
+        return
+    outcome = handover.result()
+    if isinstance(outcome, TransferRefused):
+        replica.dump.write(
+            f"Node {node_id} could not hand leadership over ({outcome.details}); stopping anyway."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

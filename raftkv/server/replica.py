@@ -15,6 +15,7 @@ reply type) and the Nth reply resolves the Nth waiter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import math
@@ -46,7 +47,6 @@ from raftkv.core.messages import (
 )
 from raftkv.core.node import (
     SAFE,
-    HardState,
     NodeStatus,
     PersistentState,
     RaftNode,
@@ -66,6 +66,7 @@ from raftkv.server.seams import (
 )
 from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
 from raftkv.server.timecheck import TimeServiceCheck
+from raftkv.server.transfer import TransferDone, TransferRefusal, TransferRefused, TransferRequest
 from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
@@ -176,8 +177,13 @@ class Replica:
         self.time_service = time_service
         self.address = options.cluster.node(self.node_id).address
         self.data_dir = node_data_dir(options.data_root, self.node_id)
-        self.storage = NodeStorage(self.data_dir, self.node_id, sync=options.fsync)
-        loaded = self.storage.load()
+        self.storage = NodeStorage(
+            self.data_dir, self.node_id, sync=options.fsync, cluster_id=options.cluster.cluster_id
+        )
+        # docs/design.md §5: an empty directory under a cluster that already exists is not
+        # admitted (its old votes and acknowledgements are lost), and stays so until restored.
+        loaded = self.storage.load(admit_if_new=options.cluster.initial_cluster_state == "new")
+        self._not_admitted = None if loaded.admitted else self._not_admitted_notice(loaded.created)
         if loaded.dropped_torn_line:
             dump.write(f"Node {self.node_id} dropped a torn last line of logs.txt (crash).")
         if loaded.upgraded_old_format:
@@ -197,8 +203,15 @@ class Replica:
             self.clock.now(),
             persisted=PersistentState(loaded.hard_state, loaded.entries, loaded.commit_length),
             unsafe=options.unsafe,
+            admitted=loaded.admitted,
+            incarnation=loaded.incarnation,
         )
-        self._inputs: deque[tuple[Message, None] | tuple[Command, asyncio.Future[object]]] = deque()
+        self._inputs: deque[
+            tuple[Message, None] | tuple[Command | TransferRequest, asyncio.Future[object]]
+        ] = deque()
+        # Set, and replaced by a fresh one, whenever the node's role, term or leader changes.
+        self._leadership_changed = asyncio.Event()
+        self._leadership = (self.core.role, self.core.term, self.core.leader_id)
         self._wake = asyncio.Event()
         self._reply_waiters: dict[tuple[int, type], deque[asyncio.Future[Message]]] = {}
         self._client_waiters: dict[int, asyncio.Future[object]] = {}
@@ -259,6 +272,58 @@ class Replica:
         self._wake.set()
         return future
 
+    async def transfer_leadership(
+        self, target: int | None, timeout: float
+    ) -> TransferDone | TransferRefused:
+        """Hand leadership to `target` (None: the most up-to-date follower) and wait, up to
+        `timeout` seconds, until another node leads (docs/design.md §3 rule 8)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        term = self.core.term
+        if target == self.node_id and self.core.role is Role.LEADER:
+            return TransferDone(self.node_id, self.node_id, term, 0.0)
+        future: asyncio.Future[object] = loop.create_future()
+        self._inputs.append((TransferRequest(target), future))
+        self._wake.set()
+        try:
+            answer = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            answer = TransferRefused(
+                TransferRefusal.TIMED_OUT, f"node {self.node_id} did not take the request in time"
+            )
+        if isinstance(answer, TransferRefused):
+            return answer
+        what = "the most up-to-date follower" if target is None else f"node {target}"
+        while True:
+            core = self.core
+            leader = core.leader_id
+            if core.role is not Role.LEADER and leader is not None and leader != self.node_id:
+                seconds = loop.time() - started
+                self.dump.write(
+                    f"Node {self.node_id} handed leadership over to node {leader} "
+                    f"(term {core.term}) in {seconds:.3f} s."
+                )
+                return TransferDone(leader, self.node_id, core.term, seconds)
+            if core.role is Role.LEADER and core.term > term:
+                return TransferRefused(
+                    TransferRefusal.FAILED,
+                    f"the transfer to {what} failed: node {self.node_id} was elected again "
+                    f"(term {core.term})",
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return TransferRefused(
+                    TransferRefusal.TIMED_OUT,
+                    f"leadership did not move from node {self.node_id} to {what} within "
+                    f"{timeout:.2f} s (now: {core.role.value} in term {core.term}, leader "
+                    f"{'unknown' if leader is None else leader})",
+                    leader,
+                )
+            changed = self._leadership_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
     async def read(self, key: str, timeout: float) -> ReadValue | Refused:
         result = self.begin_read(key)
         if not isinstance(result, asyncio.Future):
@@ -277,6 +342,47 @@ class Replica:
             return self.options.cluster.node(leader_id).address
         except ValueError:
             return None
+
+    def _configuration_notice(self) -> str | None:
+        """What the persisted bounds change about this node's own flags (rules 2 and 6)."""
+        config = self.options.config
+        parts = []
+        lease, recorded = config.lease_duration, self.core.lease_bound
+        if recorded > lease:
+            parts.append(
+                f"its lease is {lease:g} s but it recorded a {recorded:g} s lease before; it "
+                f"waits {recorded:g} s after this start and honours each leader's lease"
+            )
+        drift, announced = config.max_clock_drift, self.core.drift_bound
+        if announced > drift:
+            parts.append(
+                f"its max clock drift is {drift:g} but a node announced {announced:g} before; "
+                f"it uses {announced:g}"
+            )
+        if not parts:
+            return None
+        return f"Node {self.node_id} configuration notice: {'; '.join(parts)}."
+
+    def _not_admitted_notice(self, first_start: bool) -> str:
+        """What a node that is not admitted says at start: why, and how to recover."""
+        cluster = self.options.cluster.cluster_id
+        if first_start:
+            why = (
+                f"has an empty data directory but cluster {cluster!r} already exists "
+                "(--initial-cluster-state existing)"
+            )
+        else:
+            metadata = self.storage.directory / "metadata.txt"
+            why = (
+                f"is not admitted to cluster {cluster!r}: its data directory was empty when it "
+                f"first started under the existing cluster ({metadata} says admitted false)"
+            )
+        return (
+            f"Node {self.node_id} {why}: it will not vote or acknowledge entries. Recover its "
+            "data from the leader: stop this node, run `raftkv restore-node --from <the "
+            f"leader's logs_node_<id> directory> --into {self.options.data_root} --id "
+            f"{self.node_id}`, then start it again."
+        )
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -305,16 +411,23 @@ class Replica:
         )
         if self.time_service is not None:
             lines.append(self.time_service.dump_line(self.node_id))
+        notice = self._configuration_notice()
+        if notice is not None:
+            lines.append(notice)
         return lines
 
     async def run(self) -> None:
         self.dump.write_lines(self.startup_lines())
+        if self._not_admitted is not None:
+            self.dump.write(self._not_admitted)
+            print(f"raftkv-node: {self._not_admitted}", file=sys.stderr, flush=True)
         while not self._stopping:
             self._wake.clear()
             self._pump()
             while self.core.has_ready() and not self._stopping:
                 await self._handle_ready(self.core.take_ready())
                 self._pump()
+            self._note_leadership()
             if self._inputs or self._stopping:
                 continue
             delay = self.core.next_deadline() - self.clock.now()
@@ -340,6 +453,10 @@ class Replica:
             if future is None:
                 self.core.step(item, now)  # type: ignore[arg-type]
                 continue
+            if isinstance(item, TransferRequest):
+                if not future.done():
+                    future.set_result(self._start_transfer(item.target, now))
+                continue
             token = next(self._tokens)
             result = self.core.propose(item, now, token)  # type: ignore[arg-type]
             if isinstance(result, Refused):
@@ -349,6 +466,25 @@ class Replica:
                 self._client_waiters[token] = future
         if now >= self.core.next_deadline():
             self.core.tick(now)
+
+    def _start_transfer(self, target: int | None, now: float) -> TransferRefused | None:
+        """The core's transfer_leadership (an input: fed here, never between take_ready and
+        advance); None when the transfer started."""
+        refusal = self.core.transfer_leadership(now, target)
+        if refusal is None:
+            return None
+        if self.core.role is not Role.LEADER:
+            return TransferRefused(TransferRefusal.NOT_LEADER, refusal, self.core.leader_id)
+        if self.core.status(now).waiting_for_old_lease > 0:
+            return TransferRefused(TransferRefusal.NOT_YET, refusal, self.node_id)
+        return TransferRefused(TransferRefusal.REFUSED, refusal)
+
+    def _note_leadership(self) -> None:
+        leadership = (self.core.role, self.core.term, self.core.leader_id)
+        if leadership != self._leadership:
+            self._leadership = leadership
+            self._leadership_changed.set()
+            self._leadership_changed = asyncio.Event()
 
     async def _handle_ready(self, ready: Ready) -> None:
         # A leader's AppendEntries first: the majority round is the longest wait in a SET.
@@ -429,8 +565,11 @@ class Replica:
         for link in self.peers.values():
             await link.close()
         try:
-            hard_state = HardState(self.core.term, self.core.voted_for)
-            if hard_state == self._hard_state:
+            # Only when the term and vote on disk are the core's: the bounds only grow, and
+            # saving larger ones is always safe.
+            hard_state = self.core.hard_state
+            saved = self._hard_state
+            if (hard_state.term, hard_state.voted_for) == (saved.term, saved.voted_for):
                 self.storage.save_metadata(hard_state, self.core.commit_index)
         except StorageError as error:
             self.dump.write(f"Node {self.node_id} could not save the commit hint: {error}")

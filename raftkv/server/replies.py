@@ -20,7 +20,9 @@ from raftkv.rpc.metadata import (
     REFUSAL_METADATA,
     STALE_SEQUENCE_DETAILS,
     STALE_SEQUENCE_REFUSAL,
+    TRANSFER_REFUSAL,
 )
+from raftkv.server.transfer import TransferRefusal, TransferRefused
 
 READ_TIMEOUT_DETAILS = "read timed out"
 SET_TIMEOUT_DETAILS = (
@@ -84,6 +86,30 @@ def outcome_reply(
     hint = outcome.leader_hint
     address = "" if hint is None else address_of(hint) or ""
     return Reply(code, outcome.reason.value, hint, address)
+
+
+_TRANSFER_CODES = {
+    TransferRefusal.NOT_LEADER: grpc.StatusCode.FAILED_PRECONDITION,
+    TransferRefusal.NOT_YET: grpc.StatusCode.UNAVAILABLE,
+    TransferRefusal.REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
+    TransferRefusal.TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    TransferRefusal.FAILED: grpc.StatusCode.ABORTED,
+}
+
+
+def transfer_reply(refused: TransferRefused, address_of: Callable[[int], str | None]) -> Reply:
+    """KeyValue.TransferLeader's answer when leadership did not move: not the leader
+    (FAILED_PRECONDITION and the leader hint, like every redirect), not yet (UNAVAILABLE), the
+    leader's own refusal (FAILED_PRECONDITION, `refusal: transfer`, no hint), not in time
+    (DEADLINE_EXCEEDED) or elected again (ABORTED)."""
+    code = _TRANSFER_CODES[refused.reason]
+    if refused.reason is TransferRefusal.REFUSED:
+        return Reply(code, refused.details, refusal=TRANSFER_REFUSAL)
+    hint = refused.leader_hint
+    if refused.reason is TransferRefusal.TIMED_OUT:
+        hint = None
+    address = "" if hint is None else address_of(hint) or ""
+    return Reply(code, refused.details, hint, address)
 
 
 def timeout_reply(request_kind: str) -> Reply:

@@ -35,10 +35,19 @@ from raftkv.server.pipeline import (
     status_code_number,
 )
 from raftkv.server.replica import Replica
-from raftkv.server.replies import SERVE_CLIENT_TIMEOUT_DATA, outcome_reply, timeout_reply
+from raftkv.server.replies import (
+    SERVE_CLIENT_TIMEOUT_DATA,
+    outcome_reply,
+    timeout_reply,
+    transfer_reply,
+)
+from raftkv.server.transfer import TransferRefused
 from raftkv.tls import peer_node_id
 
 DEFAULT_CLIENT_TIMEOUT = 5.0
+# A TransferLeader waits at most this many (longest) election timeouts for another leader: the
+# core gives up after one and steps down, and an election follows.
+TRANSFER_WAIT_ELECTION_TIMEOUTS = 3
 
 
 class RequestError(PipelineRequestError):
@@ -362,6 +371,32 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         if status.leader_id is not None:
             response.leader_id = status.leader_id
         return response
+
+    async def TransferLeader(  # noqa: N802 - gRPC method name
+        self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TransferLeaderReply:
+        target = request.to if request.HasField("to") and request.to >= 0 else None
+        config = self.replica.options.config
+        timeout = min(
+            _client_timeout(context), TRANSFER_WAIT_ELECTION_TIMEOUTS * config.election_timeout_max
+        )
+        outcome = await self.replica.transfer_leadership(target, timeout)
+        if isinstance(outcome, TransferRefused):
+            reply = transfer_reply(outcome, self.replica.leader_address)
+            context.set_trailing_metadata(reply.trailing_metadata())
+            await _abort(context, reply.code, reply.details)
+        detail = (
+            f"node {outcome.leader_id} is already the leader"
+            if outcome.leader_id == outcome.previous_leader_id
+            else f"node {outcome.previous_leader_id} handed leadership to node "
+            f"{outcome.leader_id} in {outcome.seconds:.3f} s"
+        )
+        return pb.TransferLeaderReply(
+            leader_id=outcome.leader_id,
+            previous_leader_id=outcome.previous_leader_id,
+            term=outcome.term,
+            detail=detail,
+        )
 
     # grpc.aio's writer API (context.write), not an async generator: a write that the client does
     # not take within the stall timeout can then be abandoned. The stub types only the generator.

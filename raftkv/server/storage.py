@@ -62,21 +62,45 @@ the caller must still await one call before issuing the next if their order matt
   order: commitLength is saved only after the log lines it counts are durable, and a fresh node
   writes its metadata.txt (term 0) before its first log line.
 
-``metadata.txt`` — ``name value`` lines, all four always present, each ending with ``\\n``::
+``metadata.txt`` — ``name value`` lines, each ending with ``\\n``::
 
     commitLength 12
     term 4
     votedFor 2
     nodeId 1
+    leaseBound 3.5
+    driftBound 0.01
+    incarnation 5f0c9a1e33d2b7a4
+    clusterId local-5f0c9a1e
+    admitted true
 
-  ``votedFor`` is ``None`` when the node has not voted in ``term``. The file is replaced
-  atomically (write ``metadata.txt.tmp``, fsync it, ``os.replace``, fsync the directory). No file
-  beside an empty log means a fresh node (term 0, no vote, commitLength 0), and `NodeStorage.load`
-  writes that state at once. A malformed file raises `StorageCorruption`, and so does a
-  ``term`` above ``MAX_TERM`` or a ``commitLength`` above ``MAX_INDEX``
-  (``raftkv/core/validation.py``), which no node writes; a ``nodeId`` other than this node's
-  raises `StorageError`. commitLength is only a hint of how much is committed
-  (it may lag), but never more than the log held when it was written.
+  ``votedFor`` is ``None`` when the node has not voted in ``term``. ``leaseBound`` and
+  ``driftBound`` are the core's `HardState.lease_bound` (the longest lease the node recorded for
+  a leader, rule 2) and `HardState.drift_bound` (the largest clock drift bound announced to it),
+  written with ``repr()`` so that they read back exactly; a value that is not a finite decimal
+  number ≥ 0, a ``leaseBound`` above ``MAX_LEASE_DURATION`` or a ``driftBound`` of 0.5 or more
+  is corruption. ``incarnation`` (16 lowercase hex digits, 1..2**63−1) is random, made when the
+  data directory is first used and never changed after, except by `NodeStorage.admit`
+  (``raftkv restore-node``): the node's replies carry it, so a leader tells a replaced disk
+  from the old one. ``clusterId`` (escaped like a key) names the cluster the directory belongs
+  to: a storage opened for another cluster refuses to load (`ClusterIdMismatchError`).
+  ``admitted false`` marks a directory that was empty when its node started under a cluster
+  that already existed (``--initial-cluster-state existing``): that node neither votes nor
+  acknowledges entries, and the line stays until ``raftkv restore-node`` rewrites the directory.
+
+  The file is replaced atomically (write ``metadata.txt.tmp``, fsync it, ``os.replace``, fsync
+  the directory). No file beside an empty log means a fresh node (term 0, no vote,
+  commitLength 0, a new incarnation, admitted unless ``load(admit_if_new=False)``), and
+  `NodeStorage.load` writes that state at once. A file of the previous format (only the first
+  four lines) still loads, with bounds 0, admitted, and the configured cluster id; `load` then
+  writes it anew with a new incarnation and that cluster id. A malformed file raises
+  `StorageCorruption`, and so does a ``term`` above ``MAX_TERM`` or a ``commitLength`` above
+  ``MAX_INDEX`` (``raftkv/core/validation.py``), which no node writes; a ``nodeId`` other than
+  this node's raises `StorageError`. commitLength is only a hint of how much is committed (it
+  may lag), but never more than the log held when it was written.
+
+  `read_node_files` reads a directory (a running node's included) without locking or writing:
+  what ``raftkv restore-node`` copies from the leader.
 
 Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
 raises `StorageError` with a one-line message naming the file and the system's reason, and a
@@ -107,17 +131,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import re
+import secrets
 import string
 import threading
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Final, assert_never
 
+from raftkv.core.config import MAX_LEASE_DURATION
 from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
 from raftkv.core.node import HardState
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
@@ -130,17 +157,23 @@ __all__ = [
     "FAILPOINT_LOG_WRITE",
     "FAILPOINT_METADATA_RENAME",
     "LOG_FILE_NAME",
+    "MAX_INCARNATION",
     "METADATA_FILE_NAME",
+    "ClusterIdMismatchError",
     "HardState",
     "LoadedState",
+    "NodeFiles",
     "NodeStorage",
     "StorageCorruption",
     "StorageDataLostError",
     "StorageError",
+    "StoredMetadata",
     "decode_entry",
     "encode_entry",
     "escape_field",
+    "new_incarnation",
     "node_data_dir",
+    "read_node_files",
     "unescape_field",
 ]
 
@@ -166,9 +199,20 @@ _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
 _INDEX_LABEL: Final = "index="
 _METADATA_NAMES: Final = ("commitLength", "term", "votedFor", "nodeId")
+# Written since issue 14; a file without them still loads (docs/design.md §5).
+_METADATA_ADDED_NAMES: Final = ("leaseBound", "driftBound", "incarnation", "clusterId", "admitted")
 # No node writes a term or a commit length above these (the core never goes past MAX_TERM):
 # a larger value is damage, and loading it would start the node beyond what its peers accept.
 _METADATA_BOUNDS: Final = {"commitLength": MAX_INDEX, "term": MAX_TERM}
+# The same for the bounds (limit, whether the limit itself is allowed): the core never records a
+# lease above MAX_LEASE_DURATION nor accepts a drift bound of 0.5 or more.
+_FLOAT_BOUNDS: Final = {"leaseBound": (MAX_LEASE_DURATION, True), "driftBound": (0.5, False)}
+# What repr() writes for a finite float ≥ 0 (and what int() writes), nothing else: no sign,
+# no spaces, no "inf", "nan" or underscores, which float() would accept.
+_FLOAT_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?")
+_INCARNATION_RE: Final = re.compile(r"[0-9a-f]{16}")
+# Incarnations are below 2**63, so that signed 64-bit readers and JSON tools keep them exact.
+MAX_INCARNATION: Final = 2**63 - 1
 
 
 class StorageError(Exception):
@@ -195,10 +239,10 @@ class StorageDataLostError(StorageError):
 
     def __init__(self, path: str | os.PathLike[str], what: str, directory: Path) -> None:
         super().__init__(
-            f"{what}. The node's data is damaged; restore {directory} from a backup. Emptying "
-            "the directory instead is safe only while every other node is running and holds "
-            "every committed entry (there are no membership changes: an emptied node forgets "
-            "its votes and the entries it acknowledged)."
+            f"{what}. The node's data is damaged; restore {directory} from a backup, or move "
+            "it away, start the node with --initial-cluster-state existing and give it the "
+            "leader's log with `raftkv restore-node` (an emptied node forgets its votes and the "
+            "entries it acknowledged: it must not start as a new member)."
         )
         self.path = os.fspath(path)
 
@@ -212,6 +256,38 @@ class LoadedState:
     dropped_torn_line: bool
     # logs.txt was in the old line format (no index=) and has been rewritten in the new one.
     upgraded_old_format: bool = False
+    # The data directory's incarnation (made when it was first used, never changed after).
+    incarnation: int = 0
+    # The cluster the directory belongs to (None only for storage opened without one).
+    cluster_id: str | None = None
+    # False: the directory was empty under a cluster that already existed, and nobody has
+    # restored it since (docs/design.md §5); the node must neither vote nor acknowledge.
+    admitted: bool = True
+    # The directory was empty: this load wrote its first metadata.txt.
+    created: bool = False
+
+
+class ClusterIdMismatchError(StorageError):
+    """The data directory belongs to another cluster than the one the node is configured for."""
+
+    def __init__(self, path: Path, stored: str, configured: str) -> None:
+        super().__init__(
+            f"{path} records clusterId {stored!r} but this node is configured for cluster "
+            f"{configured!r}: the data directory belongs to another cluster. Start the node "
+            f"with that cluster's description (or --cluster-id {stored}), or move "
+            f"{path.parent} away to join cluster {configured!r} with an empty directory"
+        )
+        self.stored = stored
+        self.configured = configured
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFiles:
+    """A node's files as `read_node_files` found them, untouched."""
+
+    metadata: StoredMetadata | None
+    entries: list[LogEntry]
+    dropped_torn_line: bool
 
 
 @dataclass(slots=True)
@@ -420,18 +496,99 @@ def _preview(text: str, limit: int = 60) -> str:
 # Metadata format.
 
 
-def _encode_metadata(hard_state: HardState, commit_length: int, node_id: NodeId) -> str:
+@dataclass(frozen=True, slots=True)
+class StoredMetadata:
+    """A parsed metadata.txt."""
+
+    hard_state: HardState
+    commit_length: int
+    node_id: NodeId
+    # None for a file written before these lines existed (NodeStorage.load adds them).
+    incarnation: int | None = None
+    cluster_id: str | None = None
+    # False for a node started on an empty data directory under a cluster that already exists
+    # (--initial-cluster-state existing), until `raftkv restore-node` re-admits it.
+    admitted: bool = True
+
+
+def new_incarnation() -> int:
+    """A random incarnation for a new data directory: in 1..MAX_INCARNATION (0 means "not told"
+    on the wire)."""
+    return secrets.randbelow(MAX_INCARNATION) + 1
+
+
+def _encode_metadata(metadata: StoredMetadata) -> str:
+    hard_state = metadata.hard_state
     voted_for = "None" if hard_state.voted_for is None else str(hard_state.voted_for)
-    return (
-        f"commitLength {commit_length}\n"
-        f"term {hard_state.term}\n"
-        f"votedFor {voted_for}\n"
-        f"nodeId {node_id}\n"
-    )
+    lines = [
+        f"commitLength {metadata.commit_length}",
+        f"term {hard_state.term}",
+        f"votedFor {voted_for}",
+        f"nodeId {metadata.node_id}",
+        # repr: the shortest text that reads back as exactly the same float.
+        f"leaseBound {float(hard_state.lease_bound)!r}",
+        f"driftBound {float(hard_state.drift_bound)!r}",
+    ]
+    if metadata.incarnation is not None:
+        lines.append(f"incarnation {metadata.incarnation:016x}")
+    if metadata.cluster_id is not None:
+        lines.append(f"clusterId {escape_field(metadata.cluster_id)}")
+    lines.append(f"admitted {'true' if metadata.admitted else 'false'}")
+    return "".join(line + "\n" for line in lines)
 
 
-def _parse_metadata(data: bytes, path: Path) -> tuple[HardState, int, int]:
-    """Returns (hard state, commit length, node id)."""
+def _check_metadata(metadata: StoredMetadata) -> None:
+    """ValueError for a value `_parse_metadata` would refuse: nothing unreadable is written."""
+    hard_state = metadata.hard_state
+    _check_uint(hard_state.term, "term")
+    if hard_state.voted_for is not None:
+        _check_uint(hard_state.voted_for, "voted_for")
+    _check_uint(metadata.commit_length, "commit_length")
+    for name, value in (
+        ("leaseBound", hard_state.lease_bound),
+        ("driftBound", hard_state.drift_bound),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a float, got {value!r}")
+        problem = _float_problem(name, float(value))
+        if problem is not None:
+            raise ValueError(problem)
+    incarnation = metadata.incarnation
+    if incarnation is not None and not (
+        type(incarnation) is int and 0 < incarnation <= MAX_INCARNATION
+    ):
+        raise ValueError(f"incarnation must be an int in 1..{MAX_INCARNATION}, got {incarnation!r}")
+
+
+def _float_problem(name: str, value: float) -> str | None:
+    if not math.isfinite(value) or value < 0:
+        return f"{name} {value!r} is not a finite number ≥ 0"
+    limit, inclusive = _FLOAT_BOUNDS[name]
+    if value > limit or (value == limit and not inclusive):
+        return f"{name} {value!r} exceeds the limit {limit}"
+    return None
+
+
+def _parse_float(raw: str, name: str) -> float:
+    if not _FLOAT_RE.fullmatch(raw):
+        raise ValueError(f"{name} {_preview(raw)} is not a decimal number")
+    value = float(raw)
+    problem = _float_problem(name, value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _parse_incarnation(raw: str) -> int:
+    if not _INCARNATION_RE.fullmatch(raw):
+        raise ValueError(f"incarnation {_preview(raw)} is not 16 lowercase hex digits")
+    value = int(raw, 16)
+    if not 0 < value <= MAX_INCARNATION:
+        raise ValueError(f"incarnation {raw} is outside 1..{MAX_INCARNATION:016x}")
+    return value
+
+
+def _parse_metadata(data: bytes, path: Path) -> StoredMetadata:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -439,29 +596,61 @@ def _parse_metadata(data: bytes, path: Path) -> tuple[HardState, int, int]:
     lines = text.split("\n")
     if lines[-1]:
         raise StorageCorruption(path, len(lines), "last line has no newline (truncated file?)")
-    values: dict[str, int | None] = {}
+    values: dict[str, object] = {}
     for line_no, line in enumerate(lines[:-1], start=1):
         name, separator, raw = line.partition(" ")
         if not separator:
             raise StorageCorruption(path, line_no, f"expected 'name value', got {_preview(line)}")
-        if name not in _METADATA_NAMES:
+        if name not in _METADATA_NAMES and name not in _METADATA_ADDED_NAMES:
             raise StorageCorruption(path, line_no, f"unknown name {_preview(name)}")
         if name in values:
             raise StorageCorruption(path, line_no, f"{name} appears twice")
         try:
-            value = None if name == "votedFor" and raw == "None" else _parse_uint(raw, name)
+            values[name] = _parse_metadata_value(name, raw)
         except ValueError as exc:
             raise StorageCorruption(path, line_no, str(exc)) from None
-        bound = _METADATA_BOUNDS.get(name)
-        if value is not None and bound is not None and value > bound:
-            raise StorageCorruption(path, line_no, f"{name} {value} exceeds the limit {bound}")
-        values[name] = value
     missing = [name for name in _METADATA_NAMES if name not in values]
     if missing:
         raise StorageCorruption(path, None, f"missing {', '.join(missing)}")
     commit_length, term, node_id = values["commitLength"], values["term"], values["nodeId"]
-    assert commit_length is not None and term is not None and node_id is not None
-    return HardState(term=term, voted_for=values["votedFor"]), commit_length, node_id
+    voted_for, incarnation = values["votedFor"], values.get("incarnation")
+    lease_bound, drift_bound = values.get("leaseBound", 0.0), values.get("driftBound", 0.0)
+    cluster_id, admitted = values.get("clusterId"), values.get("admitted", True)
+    assert isinstance(commit_length, int) and isinstance(term, int) and isinstance(node_id, int)
+    assert voted_for is None or isinstance(voted_for, int)
+    assert isinstance(lease_bound, float) and isinstance(drift_bound, float)
+    assert incarnation is None or isinstance(incarnation, int)
+    assert cluster_id is None or isinstance(cluster_id, str)
+    assert isinstance(admitted, bool)
+    return StoredMetadata(
+        HardState(term, voted_for, lease_bound, drift_bound),
+        commit_length,
+        node_id,
+        incarnation,
+        cluster_id,
+        admitted,
+    )
+
+
+def _parse_metadata_value(name: str, raw: str) -> object:
+    """One line's value; ValueError (the message names the field) for a malformed one."""
+    if name in ("leaseBound", "driftBound"):
+        return _parse_float(raw, name)
+    if name == "incarnation":
+        return _parse_incarnation(raw)
+    if name == "clusterId":
+        return _unescape_named(raw, "clusterId")
+    if name == "admitted":
+        if raw not in ("true", "false"):
+            raise ValueError(f"admitted {_preview(raw)} is neither true nor false")
+        return raw == "true"
+    if name == "votedFor" and raw == "None":
+        return None
+    value = _parse_uint(raw, name)
+    bound = _METADATA_BOUNDS.get(name)
+    if bound is not None and value > bound:
+        raise ValueError(f"{name} {value} exceeds the limit {bound}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,13 +664,28 @@ class NodeStorage:
     offset of every line, which is what makes truncation a single ``ftruncate``.
     """
 
-    def __init__(self, directory: Path, node_id: NodeId, *, sync: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        node_id: NodeId,
+        *,
+        sync: bool = True,
+        cluster_id: str | None = None,
+    ) -> None:
         # sync=False is the `--unsafe-no-fsync` negative control: writes reach only the page
         # cache, so a machine crash (not a process kill) can lose acknowledged entries.
         self._sync = sync
         self._failpoint = _failpoint_from_env()
         self._directory = Path(directory)
         self._node_id = node_id
+        # The cluster this node is configured for: written into a new metadata.txt (or one
+        # without a clusterId line), and a metadata.txt naming another one stops the load.
+        self._cluster_id = cluster_id
+        # What every metadata.txt this storage writes carries besides the hard state (set by
+        # `load`, changed only by `admit`).
+        self._incarnation = 0
+        self._stored_cluster_id: str | None = cluster_id
+        self._admitted = True
         self._log_path = self._directory / LOG_FILE_NAME
         self._metadata_path = self._directory / METADATA_FILE_NAME
         self._lock = threading.Lock()
@@ -531,36 +735,46 @@ class NodeStorage:
         """Number of entries in the log file (valid after `load`)."""
         return len(self._offsets)
 
-    def load(self) -> LoadedState:
+    def load(self, *, admit_if_new: bool = True) -> LoadedState:
         """Read metadata and log, check them against each other, then repair a torn last log
-        line or upgrade a log of the old format. See the module docstring."""
+        line or upgrade a log of the old format. See the module docstring.
+
+        `admit_if_new=False` (--initial-cluster-state existing): an empty directory is recorded
+        as not admitted, and stays so across restarts until `admit` (docs/design.md §5)."""
         with self._lock:
             fd = self._open_fd()
             # Everything is checked before anything is written: a directory that belongs to
-            # another node, or that has lost data, is left as it is for the operator.
+            # another node or cluster, or that has lost data, is left as it is for the operator.
             metadata = self._load_metadata()
             scanned = self._scan_log(fd)
             entries = scanned.entries
+            _check_files(metadata, entries, self._metadata_path, self._log_path)
             if metadata is None:
-                if entries:
-                    raise StorageDataLostError(
-                        self._metadata_path,
-                        f"{self._metadata_path} is missing but {self._log_path} holds "
-                        f"{len(entries)} entries: the node's term and vote are lost (starting as "
-                        "new, it could vote twice in one term)",
-                        self._directory,
-                    )
-                hard_state, commit_length = HardState(term=0, voted_for=None), 0
+                metadata = StoredMetadata(
+                    HardState(term=0, voted_for=None),
+                    0,
+                    self._node_id,
+                    new_incarnation(),
+                    self._cluster_id,
+                    admitted=admit_if_new,
+                )
+                rewrite = created = True
             else:
-                hard_state, commit_length = metadata
-                if commit_length > len(entries):
-                    raise StorageDataLostError(
-                        self._log_path,
-                        f"{self._log_path} holds {len(entries)} entries but "
-                        f"{self._metadata_path} records commitLength {commit_length}: "
-                        "committed entries are missing",
-                        self._directory,
-                    )
+                # A file written before incarnations and cluster ids gets them now.
+                rewrite = metadata.incarnation is None or (
+                    metadata.cluster_id is None and self._cluster_id is not None
+                )
+                created = False
+                metadata = replace(
+                    metadata,
+                    incarnation=metadata.incarnation or new_incarnation(),
+                    cluster_id=metadata.cluster_id or self._cluster_id,
+                )
+            assert metadata.incarnation is not None
+            self._incarnation = metadata.incarnation
+            self._stored_cluster_id = metadata.cluster_id
+            self._admitted = metadata.admitted
+            hard_state, commit_length = metadata.hard_state, metadata.commit_length
             if scanned.torn_problem is not None:
                 logger.warning(
                     "%s: dropping torn last line %d (%s; %d bytes) left by an interrupted append",
@@ -581,13 +795,21 @@ class NodeStorage:
                         raise self._fail(f"repairing {self._log_path} failed: {exc}") from exc
                 self._offsets = scanned.offsets
                 self._end = scanned.end
-            if metadata is None:
+            if rewrite:
                 # A fresh node writes its metadata before its first log line, so that a log
                 # without metadata.txt always means a lost file, never a crash.
-                self._save_metadata_locked(hard_state, 0, failpoint=False)
+                self._save_metadata_locked(hard_state, commit_length, failpoint=False)
             self._loaded = True
             return LoadedState(
-                hard_state, entries, commit_length, scanned.torn_problem is not None, upgraded
+                hard_state,
+                entries,
+                commit_length,
+                scanned.torn_problem is not None,
+                upgraded,
+                incarnation=metadata.incarnation,
+                cluster_id=metadata.cluster_id,
+                admitted=metadata.admitted,
+                created=created,
             )
 
     def append_entries(self, first_index: int, entries: Sequence[LogEntry]) -> None:
@@ -637,20 +859,41 @@ class NodeStorage:
             if index <= len(self._offsets):
                 self._truncate_locked(fd, index)
 
+    @property
+    def incarnation(self) -> int:
+        """The data directory's incarnation (valid after `load`)."""
+        return self._incarnation
+
     def save_metadata(self, hard_state: HardState, commit_length: int) -> None:
         """Atomically replace metadata.txt; returns once the new file is durable."""
-        _check_uint(hard_state.term, "term")
-        if hard_state.voted_for is not None:
-            _check_uint(hard_state.voted_for, "voted_for")
-        _check_uint(commit_length, "commit_length")
+        _check_metadata(StoredMetadata(hard_state, commit_length, self._node_id))
         with self._lock:
             self._writable_fd()
             self._save_metadata_locked(hard_state, commit_length, failpoint=True)
 
+    def admit(self, hard_state: HardState, commit_length: int) -> int:
+        """Mark the directory admitted, under a new incarnation, with this hard state (what
+        `raftkv restore-node` does once the log is in place). Returns the new incarnation."""
+        _check_metadata(StoredMetadata(hard_state, commit_length, self._node_id))
+        with self._lock:
+            self._writable_fd()
+            self._incarnation = new_incarnation()
+            self._admitted = True
+            self._save_metadata_locked(hard_state, commit_length, failpoint=False)
+            return self._incarnation
+
     def _save_metadata_locked(
         self, hard_state: HardState, commit_length: int, *, failpoint: bool
     ) -> None:
-        data = _encode_metadata(hard_state, commit_length, self._node_id).encode("utf-8")
+        metadata = StoredMetadata(
+            hard_state,
+            commit_length,
+            self._node_id,
+            self._incarnation,
+            self._stored_cluster_id,
+            self._admitted,
+        )
+        data = _encode_metadata(metadata).encode("utf-8")
         tmp_path = self._directory / _METADATA_TMP_NAME
         try:
             with self._reserve.opened(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as tmp_fd:
@@ -727,21 +970,20 @@ class NodeStorage:
         del self._offsets[index - 1 :]
         self._end = offset
 
-    def _load_metadata(self) -> tuple[HardState, int] | None:
-        """(hard state, commit length), or None when there is no metadata.txt."""
-        try:
-            data = self._metadata_path.read_bytes()
-        except FileNotFoundError:
+    def _load_metadata(self) -> StoredMetadata | None:
+        """The parsed metadata.txt, or None when there is none."""
+        metadata = _read_metadata(self._metadata_path)
+        if metadata is None:
             return None
-        except OSError as exc:
-            raise StorageError(f"cannot read {self._metadata_path}: {exc}") from exc
-        hard_state, commit_length, node_id = _parse_metadata(data, self._metadata_path)
-        if node_id != self._node_id:
+        if metadata.node_id != self._node_id:
             raise StorageError(
-                f"data directory {self._directory} belongs to node {node_id}, "
+                f"data directory {self._directory} belongs to node {metadata.node_id}, "
                 f"not to node {self._node_id}"
             )
-        return hard_state, commit_length
+        stored, configured = metadata.cluster_id, self._cluster_id
+        if stored is not None and configured is not None and stored != configured:
+            raise ClusterIdMismatchError(self._metadata_path, stored, configured)
+        return metadata
 
     def _scan_log(self, fd: int) -> _ScannedLog:
         """Parse the log without changing it; raises StorageCorruption for a bad line that is
@@ -750,41 +992,7 @@ class NodeStorage:
             data = _read_all(fd)
         except OSError as exc:
             raise StorageError(f"cannot read {self._log_path}: {exc}") from exc
-        path = str(self._log_path)
-        entries: list[LogEntry] = []
-        offsets: list[int] = []
-        start = 0
-        line_no = 0
-        torn_problem: str | None = None
-        old_format: bool | None = None
-        while start < len(data):
-            line_no += 1
-            newline = data.find(b"\n", start)
-            if newline == -1:
-                torn_problem = "no trailing newline"
-                break
-            try:
-                entry, index = _decode_line_bytes(data[start:newline], path, line_no)
-            except StorageCorruption as exc:
-                if newline + 1 < len(data):
-                    raise
-                torn_problem = exc.problem
-                break
-            # A line that parses and passes its checksum is never a torn append, so what
-            # follows is checked on every line, the last one included.
-            if old_format is None:
-                old_format = index is None
-            if old_format:
-                if index is not None:
-                    raise StorageCorruption(
-                        path, line_no, "has an index= field but line 1 is in the old format"
-                    )
-            else:
-                _check_index(index, path, line_no)
-            offsets.append(start)
-            entries.append(entry)
-            start = newline + 1
-        return _ScannedLog(entries, offsets, start, torn_problem, line_no, bool(old_format))
+        return _scan_log_data(data, str(self._log_path))
 
     def _upgrade_log_locked(self, entries: list[LogEntry]) -> None:
         """Rewrite logs.txt in the indexed format: a new file, synced, renamed over the old one.
@@ -828,6 +1036,101 @@ class NodeStorage:
             self._log_path,
             len(entries),
         )
+
+
+def _scan_log_data(data: bytes, path: str) -> _ScannedLog:
+    """Parse a log's bytes; raises StorageCorruption for a bad line that is not a torn last
+    line."""
+    entries: list[LogEntry] = []
+    offsets: list[int] = []
+    start = 0
+    line_no = 0
+    torn_problem: str | None = None
+    old_format: bool | None = None
+    while start < len(data):
+        line_no += 1
+        newline = data.find(b"\n", start)
+        if newline == -1:
+            torn_problem = "no trailing newline"
+            break
+        try:
+            entry, index = _decode_line_bytes(data[start:newline], path, line_no)
+        except StorageCorruption as exc:
+            if newline + 1 < len(data):
+                raise
+            torn_problem = exc.problem
+            break
+        # A line that parses and passes its checksum is never a torn append, so what
+        # follows is checked on every line, the last one included.
+        if old_format is None:
+            old_format = index is None
+        if old_format:
+            if index is not None:
+                raise StorageCorruption(
+                    path, line_no, "has an index= field but line 1 is in the old format"
+                )
+        else:
+            _check_index(index, path, line_no)
+        offsets.append(start)
+        entries.append(entry)
+        start = newline + 1
+    return _ScannedLog(entries, offsets, start, torn_problem, line_no, bool(old_format))
+
+
+def _read_metadata(path: Path) -> StoredMetadata | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+    return _parse_metadata(data, path)
+
+
+def _check_files(
+    metadata: StoredMetadata | None, entries: list[LogEntry], metadata_path: Path, log_path: Path
+) -> None:
+    """StorageDataLostError when the log and the metadata show that durable data is gone."""
+    directory = log_path.parent
+    if metadata is None:
+        if entries:
+            raise StorageDataLostError(
+                metadata_path,
+                f"{metadata_path} is missing but {log_path} holds {len(entries)} entries: the "
+                "node's term and vote are lost (starting as new, it could vote twice in one "
+                "term)",
+                directory,
+            )
+    elif metadata.commit_length > len(entries):
+        raise StorageDataLostError(
+            log_path,
+            f"{log_path} holds {len(entries)} entries but {metadata_path} records commitLength "
+            f"{metadata.commit_length}: committed entries are missing",
+            directory,
+        )
+
+
+def read_node_files(directory: Path) -> NodeFiles:
+    """A node's metadata.txt and logs.txt, read without locking, repairing or writing anything
+    (a running node's files may be read: `raftkv restore-node` copies the leader's).
+
+    Every line is checked as `NodeStorage.load` checks it (StorageCorruption otherwise), and so
+    is the log against the metadata (StorageDataLostError); a torn last line, which a running
+    node may be in the middle of appending, is left out. metadata.txt is read first: the node
+    saves a commitLength only once the lines it counts are durable, so the log read after it
+    holds at least that many."""
+    directory = Path(directory)
+    metadata_path, log_path = directory / METADATA_FILE_NAME, directory / LOG_FILE_NAME
+    metadata = _read_metadata(metadata_path)
+    try:
+        data = log_path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    except OSError as exc:
+        raise StorageError(f"cannot read {log_path}: {exc}") from exc
+    scanned = _scan_log_data(data, str(log_path))
+    _check_files(metadata, scanned.entries, metadata_path, log_path)
+    return NodeFiles(metadata, scanned.entries, scanned.torn_problem is not None)
 
 
 def _decode_line_bytes(raw: bytes, path: str, line_no: int) -> tuple[LogEntry, int | None]:

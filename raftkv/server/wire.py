@@ -84,6 +84,8 @@ def append_entries_to_pb(m: AppendEntries) -> pb.AppendEntriesArgs:
         leader_commit=m.leader_commit,
         lease_duration=m.lease_duration,
         round=m.round,
+        timeout_now=m.timeout_now,
+        max_clock_drift=m.max_clock_drift,
     )
 
 
@@ -97,6 +99,8 @@ def append_entries_from_pb(m: pb.AppendEntriesArgs, peers: Collection[int]) -> A
         leader_commit=m.leader_commit,
         lease_duration=m.lease_duration,
         round=m.round,
+        timeout_now=m.timeout_now,
+        max_clock_drift=m.max_clock_drift,
     )
     return _checked(message, peers)
 
@@ -109,12 +113,21 @@ def append_reply_to_pb(m: AppendEntriesReply) -> pb.AppendEntriesReply:
         match_index=m.match_index,
         conflict_index=m.conflict_index,
         round=m.round,
+        max_clock_drift=m.max_clock_drift,
+        incarnation=m.incarnation,
     )
 
 
 def append_reply_from_pb(m: pb.AppendEntriesReply, peers: Collection[int]) -> AppendEntriesReply:
     message = AppendEntriesReply(
-        m.term, m.follower_id, m.success, m.match_index, m.conflict_index, m.round
+        m.term,
+        m.follower_id,
+        m.success,
+        m.match_index,
+        m.conflict_index,
+        m.round,
+        max_clock_drift=m.max_clock_drift,
+        incarnation=m.incarnation,
     )
     return _checked(message, peers)
 
@@ -125,11 +138,22 @@ def request_vote_to_pb(m: RequestVote) -> pb.RequestVoteArgs:
         candidate_id=m.candidate_id,
         last_log_index=m.last_log_index,
         last_log_term=m.last_log_term,
+        pre_vote=m.pre_vote,
+        transfer=m.transfer,
+        max_clock_drift=m.max_clock_drift,
     )
 
 
 def request_vote_from_pb(m: pb.RequestVoteArgs, peers: Collection[int]) -> RequestVote:
-    message = RequestVote(m.term, m.candidate_id, m.last_log_index, m.last_log_term)
+    message = RequestVote(
+        m.term,
+        m.candidate_id,
+        m.last_log_index,
+        m.last_log_term,
+        pre_vote=m.pre_vote,
+        transfer=m.transfer,
+        max_clock_drift=m.max_clock_drift,
+    )
     return _checked(message, peers)
 
 
@@ -139,11 +163,20 @@ def vote_reply_to_pb(m: RequestVoteReply) -> pb.RequestVoteReply:
         voter_id=m.voter_id,
         granted=m.granted,
         old_lease_remaining=m.old_lease_remaining,
+        pre_vote=m.pre_vote,
+        max_clock_drift=m.max_clock_drift,
     )
 
 
 def vote_reply_from_pb(m: pb.RequestVoteReply, peers: Collection[int]) -> RequestVoteReply:
-    message = RequestVoteReply(m.term, m.voter_id, m.granted, m.old_lease_remaining)
+    message = RequestVoteReply(
+        m.term,
+        m.voter_id,
+        m.granted,
+        m.old_lease_remaining,
+        pre_vote=m.pre_vote,
+        max_clock_drift=m.max_clock_drift,
+    )
     return _checked(message, peers)
 
 

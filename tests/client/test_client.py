@@ -12,7 +12,7 @@ import asyncio
 import io
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +27,7 @@ from raftkv.client.errors import (
     InvalidRequestError,
     NoLeaderError,
     StaleSequenceError,
+    TransferError,
     UnknownOutcomeError,
 )
 from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient, SyncClient
@@ -42,7 +43,8 @@ from raftkv.server.pipeline import (
     ReplyBudget,
     status_code_number,
 )
-from raftkv.server.replies import outcome_reply
+from raftkv.server.replies import outcome_reply, transfer_reply
+from raftkv.server.transfer import TransferRefusal, TransferRefused
 from raftkv.tls import LoadedTls, TlsFiles
 from raftkv_tools.certs import issue as issue_certificates
 from raftkv_tools.certs import local_nodes
@@ -111,6 +113,10 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         self.upcoming: list[Behaviour] = []
         self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
         self.reply_budget = ReplyBudget.for_node()
+        # TransferLeader: the requests received, a scripted refusal, and how a leader hands over.
+        self.transfers: list[raftkv_pb2.TransferLeaderRequest] = []
+        self.transfer_refusal: TransferRefused | None = None
+        self.hand_over: Callable[[int], None] = lambda target: None
 
     @property
     def received_sets(self) -> list[raftkv_pb2.SetRequest]:
@@ -143,6 +149,32 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         if leader_id is not None:
             reply.leader_id = leader_id
         return reply
+
+    async def TransferLeader(  # noqa: N802
+        self, request: raftkv_pb2.TransferLeaderRequest, context: Any
+    ) -> raftkv_pb2.TransferLeaderReply:
+        self.transfers.append(request)
+        refused = self.transfer_refusal
+        if refused is None:
+            match self.usual:
+                case NotLeader(leader_id):
+                    refused = TransferRefused(
+                        TransferRefusal.NOT_LEADER, "not the leader", leader_id
+                    )
+                case Unavailable(leader_id):
+                    refused = TransferRefused(TransferRefusal.NOT_YET, "old lease", leader_id)
+                case Hang():
+                    await asyncio.get_running_loop().create_future()
+        if refused is not None:
+            # The server's own mapping, so that a change there shows here.
+            reply = transfer_reply(refused, lambda node_id: None)
+            context.set_trailing_metadata(reply.trailing_metadata())
+            await context.abort(reply.code, reply.details)
+        target = request.to if request.HasField("to") else (self.node_id + 1) % 3
+        self.hand_over(target)
+        return raftkv_pb2.TransferLeaderReply(
+            leader_id=target, previous_leader_id=self.node_id, term=4
+        )
 
     def next_behaviour(self, request: raftkv_pb2.GetRequest | raftkv_pb2.SetRequest) -> Behaviour:
         self.received.append(request)
@@ -247,6 +279,8 @@ class FakeCluster:
         # Bound but never listening: connecting is refused, and no other test can take the port.
         self._reserved_sockets: list[socket.socket] = []
         self.description = ClusterDescription.local(1)
+        for node in self.nodes:
+            node.hand_over = self.lead
 
     def __enter__(self) -> FakeCluster:
         self._thread.start()
@@ -858,3 +892,105 @@ def test_shell_reports_no_leader_and_carries_on(
         assert transcript[1].startswith("NODE")
         assert transcript[-1].startswith("no leader: ")
         assert len(transcript) == 6  # two errors and a four-line table
+
+
+# -- leadership transfer ------------------------------------------------------------------------
+
+
+def test_transfer_leader_finds_the_leader_and_reports_who_leads_now() -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                result = await client.transfer_leader(2)
+                assert (result.leader_id, result.previous_leader_id, result.term) == (2, 1, 4)
+                assert result.moved and result.seconds >= 0
+                # The client now sends its requests to the new leader.
+                fake.shared.store["k"] = "v"
+                assert await client.get("k") == "v"
+
+        asyncio.run(scenario())
+        assert [len(node.transfers) for node in fake.nodes] == [1, 1, 0]
+        assert fake.nodes[1].transfers[0].to == 2
+        assert len(fake.nodes[2].received) == 1
+
+
+def test_transfer_leader_to_any_node_sends_no_target() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        with SyncClient(fake.description, first_node=0) as client:
+            assert client.transfer_leader().leader_id == 1
+        assert not fake.nodes[0].transfers[0].HasField("to")
+
+
+@pytest.mark.parametrize(
+    ("refusal", "message"),
+    [
+        (
+            TransferRefused(TransferRefusal.REFUSED, "there is no other node"),
+            "node 0 refused the transfer: there is no other node",
+        ),
+        (
+            TransferRefused(TransferRefusal.TIMED_OUT, "leadership did not move within 2.40 s"),
+            "node 0: leadership did not move within 2.40 s",
+        ),
+        (
+            TransferRefused(TransferRefusal.FAILED, "node 0 was elected again (term 5)"),
+            "node 0: node 0 was elected again (term 5)",
+        ),
+    ],
+)
+def test_a_transfer_the_leader_refuses_or_that_fails_is_not_retried(
+    refusal: TransferRefused, message: str
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].transfer_refusal = refusal
+        with (
+            SyncClient(fake.description, first_node=0) as client,
+            pytest.raises(TransferError) as info,
+        ):
+            client.transfer_leader(1)
+        assert str(info.value) == message
+        assert len(fake.nodes[0].transfers) == 1
+
+
+def test_a_leader_waiting_out_an_old_lease_is_asked_again() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].transfer_refusal = TransferRefused(TransferRefusal.NOT_YET, "wait", 0)
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                task = asyncio.create_task(client.transfer_leader(2))
+                while not fake.nodes[0].transfers:
+                    await asyncio.sleep(0.01)
+                fake.nodes[0].transfer_refusal = None
+                assert (await task).leader_id == 2
+
+        asyncio.run(scenario())
+        assert len(fake.nodes[0].transfers) >= 2
+
+
+def test_cli_transfer_leader(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        quick = ["--cluster", cluster, "--timeout", "0.5"]
+        assert main([*quick, "transfer-leader"]) == 3
+        assert "no leader" in capsys.readouterr().err
+
+        fake.lead(1)
+        assert main([*quick, "transfer-leader", "--to", "2"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("leader is now node 2 (was 1), took ") and out.endswith(" s\n")
+
+        fake.nodes[2].transfer_refusal = TransferRefused(
+            TransferRefusal.REFUSED, "a transfer to node 0 is already under way"
+        )
+        assert main([*quick, "transfer-leader", "--to", "0"]) == 7
+        err = capsys.readouterr().err
+        assert err == (
+            "raftkv: node 2 refused the transfer: a transfer to node 0 is already under way\n"
+        )
+        assert main([*quick, "transfer-leader", "--to", "x"]) == 2

@@ -456,6 +456,8 @@ def test_rule2_a_follower_honours_its_leaders_longer_lease_and_remembers_it() ->
     restarted = RaftNode(
         3, [1, 2], CONFIG, random.Random(0), 50.0, PersistentState(ready.hard_state, ())
     )
+    assert restarted.lease_bound == 2.0
+    assert restarted.drift_bound == CONFIG.max_clock_drift
     restarted.step(RequestVote(6, 2, 0, 0), 50.1)
     reply = [e.message for e in restarted.take_ready().messages][-1]
     assert isinstance(reply, RequestVoteReply)

@@ -214,6 +214,7 @@ def test_the_unit_verifies_without_a_warning(rendered: Path) -> None:
         assert hardening in text
     assert "--id 1 " in text and "--lease 4.0" in text and "--max-drift 0.01" in text
     assert "--profile fast" in text and "Description=raftkv node 1 of cluster static" in text
+    assert "--initial-cluster-state new" in text
     # Both listeners use the node's certificate; clients must present one of their own.
     tls = "/etc/raftkv/tls"
     assert f"--peer-ca {tls}/ca.pem --peer-cert {tls}/node.pem --peer-key {tls}/node.key" in text

@@ -197,9 +197,10 @@ def test_a_one_node_cluster_whose_log_was_deleted_refuses_to_serve(
     assert line == (
         f"raftkv-node: node {node}: {path} holds 0 entries but {metadata} records "
         "commitLength 21: committed entries are missing. The node's data is damaged; restore "
-        f"{path.parent} from a backup. Emptying the directory instead is safe only while every "
-        "other node is running and holds every committed entry (there are no membership "
-        "changes: an emptied node forgets its votes and the entries it acknowledged)."
+        f"{path.parent} from a backup, or move it away, start the node with "
+        "--initial-cluster-state existing and give it the leader's log with `raftkv "
+        "restore-node` (an emptied node forgets its votes and the entries it acknowledged: it "
+        "must not start as a new member)."
     )
     assert "commitLength 21\n" in metadata.read_text(), "left for the operator"
 

@@ -131,9 +131,8 @@ def test_a_faulty_peer_neither_stops_nor_stalls_the_cluster(
         refused_backwards[target] = wire_reason(cluster, target, backwards_request)
         assert send(cluster, target, backwards_request) == grpc.StatusCode.INVALID_ARGUMENT
 
-    # 3. A heartbeat with lease_duration=1e300 (the next leader waited 1e300 s): above
-    #    MAX_LEASE_DURATION, so malformed (a follower honours its leader's lease, rule 2, up to
-    #    that bound).
+    # 3. A heartbeat with lease_duration=1e300 (the next leader waited 1e300 s): beyond the
+    #    longest lease a node accepts (MAX_LEASE_DURATION), so refused on arrival.
     refused_lease: dict[int, str] = {}
     for target in cluster.ids:
         state = status_of(cluster, target)

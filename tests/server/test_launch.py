@@ -33,6 +33,7 @@ def everything(**changes: object) -> NodeLaunch:
         "peer_tls": TlsFiles(Path("/p/ca.pem"), Path("/p/node.pem"), Path("/p/node.key")),
         "insecure_peers": True,
         "cluster_id": "c-1",
+        "initial_cluster_state": "existing",
         "quiet": True,
         "chrony_conf": Path("/etc/chrony/other.conf"),
         "unsafe": EVERY_SWITCH,
@@ -70,6 +71,7 @@ def test_every_field_reaches_the_parser_with_its_meaning() -> None:
     )
     assert args.insecure_peers is True
     assert args.cluster_id == "c-1"
+    assert args.initial_cluster_state == "existing"
     assert args.quiet is True
     assert args.chrony_conf == Path("/etc/chrony/other.conf")
     assert args.unsafe_no_fsync is True
@@ -120,7 +122,12 @@ def test_programs_a_python_module_or_the_console_script() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"cluster": None}, {"peers": ["h:1"]}, {"read_mode": "eventual"}],
+    [
+        {"cluster": None},
+        {"peers": ["h:1"]},
+        {"read_mode": "eventual"},
+        {"initial_cluster_state": "joining"},
+    ],
 )
 def test_a_spec_the_node_would_refuse_is_refused_here(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):

@@ -333,8 +333,11 @@ def test_fresh_directory_is_created_and_empty(tmp_path: Path) -> None:
     assert (directory / LOG_FILE_NAME).read_bytes() == b""
     # Written before any log line: a log without metadata.txt then always means a lost file.
     assert (directory / METADATA_FILE_NAME).read_text() == (
-        "commitLength 0\nterm 0\nvotedFor None\nnodeId 1\n"
+        "commitLength 0\nterm 0\nvotedFor None\nnodeId 1\nleaseBound 0.0\ndriftBound 0.0\n"
+        f"incarnation {loaded.incarnation:016x}\nadmitted true\n"
     )
+    assert 0 < loaded.incarnation < 2**63
+    assert loaded.created and loaded.admitted and loaded.cluster_id is None
     assert loaded.entries == []
     assert loaded.hard_state == HardState(term=0, voted_for=None)
     assert loaded.commit_length == 0
@@ -596,13 +599,16 @@ def test_metadata_is_replaced_atomically_and_reloads(data_dir: Path) -> None:
     with open_storage(data_dir) as storage:
         storage.load()
         storage.save_metadata(HardState(term=3, voted_for=2), 4)
+        incarnation = f"incarnation {storage.incarnation:016x}\n"
         assert (data_dir / METADATA_FILE_NAME).read_text() == (
-            "commitLength 4\nterm 3\nvotedFor 2\nnodeId 1\n"
+            "commitLength 4\nterm 3\nvotedFor 2\nnodeId 1\nleaseBound 0.0\ndriftBound 0.0\n"
+            f"{incarnation}admitted true\n"
         )
         storage.save_metadata(HardState(term=4, voted_for=None), 5)
     assert sorted(path.name for path in data_dir.iterdir()) == [LOG_FILE_NAME, METADATA_FILE_NAME]
     assert (data_dir / METADATA_FILE_NAME).read_text() == (
-        "commitLength 5\nterm 4\nvotedFor None\nnodeId 1\n"
+        "commitLength 5\nterm 4\nvotedFor None\nnodeId 1\nleaseBound 0.0\ndriftBound 0.0\n"
+        f"{incarnation}admitted true\n"
     )
     loaded = reload(data_dir)
     assert loaded.hard_state == HardState(term=4, voted_for=None)
@@ -650,7 +656,7 @@ def test_a_log_shorter_than_the_commit_length_stops_the_node(
     assert message.startswith(
         f"{log_path} holds {kept or 0} entries but {data_dir / METADATA_FILE_NAME} records "
         "commitLength 3: committed entries are missing. The node's data is damaged; restore "
-        f"{data_dir} from a backup."
+        f"{data_dir} from a backup, or move it away"
     )
     assert "\n" not in message
     assert (log_path.read_bytes() if log_path.exists() else b"") == before
@@ -933,8 +939,10 @@ def test_an_old_format_log_loads_and_is_upgraded(data_dir: Path) -> None:
         storage_module.encode_lines(entries, 1)
     )
     assert not (data_dir / "logs.txt.tmp").exists()
+    # The metadata of that time is written in today's format too (new incarnation, bounds 0).
     assert (data_dir / METADATA_FILE_NAME).read_text() == (
-        "commitLength 4\nterm 3\nvotedFor 2\nnodeId 1\n"
+        "commitLength 4\nterm 3\nvotedFor 2\nnodeId 1\nleaseBound 0.0\ndriftBound 0.0\n"
+        f"incarnation {loaded.incarnation:016x}\nadmitted true\n"
     )
     again = reload(data_dir)
     assert again.entries == entries and not again.upgraded_old_format

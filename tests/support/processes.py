@@ -117,6 +117,8 @@ class LocalCluster:
     `profile`, `lease` and `read_mode` set every node's timing (the effective values are in
     `self.timing`); `extra_args` go to every node's command line, `node_args[i]` to node i's only;
     `prefix` runs every node under a wrapper (e.g. `prlimit --nofile=128:128 --`).
+    `initial_cluster_state` ("new" or "existing", None: the node's default) is passed to every
+    node; `start_node(i, initial_cluster_state=...)` sets it for node i (and its later starts).
     A test seam among them or in `env` (an `--unsafe-*` flag, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT)
     needs `allow_unsafe=True` (or `cluster.allow_unsafe = True` before the start that uses it).
     """
@@ -134,6 +136,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         allow_unsafe: bool = False,
         prefix: Sequence[str] = (),
+        initial_cluster_state: str | None = None,
     ) -> None:
         self.root = tmp_path / "cluster"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,8 @@ class LocalCluster:
         self.env = dict(env or {})
         self.allow_unsafe = allow_unsafe
         self.prefix = list(prefix)
+        self.initial_cluster_state = initial_cluster_state
+        self.node_cluster_states: dict[int, str] = {}
         self.timing = _timing(profile, lease, read_mode)
         self.ports = free_ports(size, offsets=(0, PEER_PORT_OFFSET))
         self.certs = self.root / "tls"
@@ -195,6 +200,7 @@ class LocalCluster:
             profile=self.profile,
             lease=self.lease,
             read_mode=self.read_mode,
+            initial_cluster_state=self.node_cluster_states.get(node_id, self.initial_cluster_state),
             quiet=True,
             extra_args=[*self.extra_args, *self.node_args.get(node_id, ())],
             env=self.env,
@@ -208,10 +214,12 @@ class LocalCluster:
                 self.start_node(node_id)
         return self
 
-    def start_node(self, node_id: int) -> None:
+    def start_node(self, node_id: int, *, initial_cluster_state: str | None = None) -> None:
         node = self.nodes[node_id]
         if node.running:
             raise RuntimeError(f"node {node_id} is already running ({node.state()})")
+        if initial_cluster_state is not None:
+            self.node_cluster_states[node_id] = initial_cluster_state
         node.starts += 1
         with node.out_path.open("ab") as output:
             output.write(f"--- start #{node.starts} at {datetime.now().isoformat()} ---\n".encode())

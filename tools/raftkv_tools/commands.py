@@ -74,6 +74,13 @@ CERTS = ToolCommand(
     "deploy",
     takes_cluster=True,
 )
+RESTORE_NODE = ToolCommand(
+    "restore-node",
+    "give a node whose disk was lost a copy of the leader's log (raftkv restore-node --help)",
+    "raftkv_tools.restore",
+    "",
+    takes_cluster=True,
+)
 CLUSTER = ToolCommand(
     "cluster",
     "a local cluster in the background: up, down, status, clean",
@@ -95,5 +102,6 @@ def _script(command: ToolCommand) -> Callable[[], int]:
 bench_script = _script(BENCH)
 logs_script = _script(LOGS)
 certs_script = _script(CERTS)
+restore_node_script = _script(RESTORE_NODE)
 cluster_script = _script(CLUSTER)
 delayproxy_script = _script(DELAYPROXY)

@@ -19,8 +19,11 @@ What `--dir` (default `cluster/`) holds:
 client port stays plaintext, so clients written for the assignment work unmodified. Then it
 starts each node as a detached process (its own session, so closing the terminal does not
 stop it), then polls every node's Status until one leader holds a lease and every other node
-names it, and prints the table. It refuses to start when pid files name live nodes or when a
-port is taken, and starts nothing then.
+names it, and prints the table. Nodes start with --initial-cluster-state new, or existing when
+data/ already holds node data: a node whose directory is empty then stays out (it is not
+admitted, docs/design.md §5), and `up` says how to restore it with `raftkv restore-node`.
+It refuses to start when pid files name live nodes or when a port is taken, and starts nothing
+then.
 
 Exit status: 0 on success; 1 when the command failed (the message says why); 2 for a bad
 command line. `down` on a stopped cluster succeeds ("cluster is not running").
@@ -291,6 +294,7 @@ def node_launch(
     *,
     read_mode: str | None = None,
     lease: float | None = None,
+    initial_cluster_state: str = "new",
 ) -> NodeLaunch:
     return NodeLaunch(
         node_id,
@@ -299,6 +303,7 @@ def node_launch(
         profile=profile,
         read_mode=read_mode,
         lease=lease,
+        initial_cluster_state=initial_cluster_state,
         quiet=True,
     )
 
@@ -366,14 +371,26 @@ def up(
     )
     if reused:
         print(
-            f"  reusing the data in {layout.data_dir} (`make cluster-clean` starts afresh)",
+            f"  reusing the data in {layout.data_dir} (`make cluster-clean` starts afresh); "
+            "the cluster exists, so a node whose data directory is empty waits to be restored "
+            "(--initial-cluster-state existing)",
             file=out,
         )
+    # A node that finds its data directory empty in a cluster that already holds data must not
+    # start as a new member: it could vote twice in a term (docs/design.md §5).
+    state = "existing" if reused else "new"
 
     processes: dict[int, subprocess.Popen[bytes]] = {}
     for node in description.nodes:
         processes[node.id] = spawn_node(
-            node_launch(layout, node.id, profile, read_mode=read_mode, lease=lease),
+            node_launch(
+                layout,
+                node.id,
+                profile,
+                read_mode=read_mode,
+                lease=lease,
+                initial_cluster_state=state,
+            ),
             output=layout.out_file(node.id),
             truncate=True,
             new_session=True,
@@ -413,9 +430,12 @@ def _await_leader(
                 _stop_started(layout, processes)
                 raise LocalClusterError("a node exited during start-up; nothing is left running")
             rows = poller.poll()
-            leader = elected_leader(rows)
+            # A node that is not admitted follows no one until it is restored.
+            waiting = not_admitted(layout, description)
+            members = [r for r in rows if r.node_id not in waiting]
+            leader = elected_leader(members)
             expired = time.monotonic() >= deadline
-            if leader is not None and (settled(rows) or expired):
+            if leader is not None and (settled(members) or expired):
                 break
             if expired:
                 print(format_status_table(rows), file=out)
@@ -426,10 +446,30 @@ def _await_leader(
                 )
             time.sleep(POLL_INTERVAL)
     print(format_status_table(rows), file=out)
+    for node_id in sorted(waiting):
+        source = layout.data_dir / f"logs_node_{leader}"
+        print(
+            f"\nnode {node_id} is not admitted (its data directory was empty, but the cluster "
+            "holds data): it neither votes nor acknowledges entries. To restore it from node "
+            f"{leader}'s files: make cluster-down; raftkv restore-node --from {source} --into "
+            f"{layout.data_dir} --id {node_id} --cluster {layout.description}; make cluster-up",
+            file=out,
+        )
     print(f"\nnode {leader} is the leader. Next steps:", file=out)
     for step in next_steps(layout):
         print(f"  {step}", file=out)
     return 0
+
+
+def not_admitted(layout: Layout, description: ClusterDescription) -> set[int]:
+    """The nodes whose metadata.txt says they are waiting to be restored (docs/design.md §5)."""
+    waiting = set()
+    for node in description.nodes:
+        metadata = layout.data_dir / f"logs_node_{node.id}" / "metadata.txt"
+        with contextlib.suppress(OSError):
+            if "admitted false\n" in metadata.read_text(errors="replace").splitlines(True):
+                waiting.add(node.id)
+    return waiting
 
 
 def next_steps(layout: Layout) -> list[str]:

@@ -1,0 +1,102 @@
+"""raftkv.server.wire: every core message survives protobuf both ways, its day-2 fields included
+(PreVote, transfer, drift, incarnation), and what a peer could not have sent is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from raftkv.core.messages import (
+    NO_OP,
+    AppendEntries,
+    AppendEntriesReply,
+    LogEntry,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+    SetCommand,
+)
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.server import wire
+
+PEERS = {0, 1, 2}
+# The largest incarnation a data directory gets (below 2**63, docs/design.md §5).
+LARGEST_INCARNATION = 2**63 - 1
+
+ENTRIES = (LogEntry(1, SetCommand("k", "v w", "client", 3)), LogEntry(2, NO_OP))
+
+MESSAGES: list[Message] = [
+    AppendEntries(2, 0, 0, 0, ENTRIES, 1, 0.3, 7),
+    AppendEntries(2, 0, 2, 2, (), 2, 3.5, 8, timeout_now=True, max_clock_drift=0.01),
+    AppendEntriesReply(2, 1, True, 2, 0, 7),
+    AppendEntriesReply(2, 1, False, 0, 3, 8, max_clock_drift=0.25, incarnation=LARGEST_INCARNATION),
+    AppendEntriesReply(2, 1, True, 2, 0, 9, incarnation=0x5F0C9A1E33D2B7A4),
+    RequestVote(3, 2, 2, 2),
+    RequestVote(3, 2, 2, 2, pre_vote=True, max_clock_drift=0.01),
+    RequestVote(3, 2, 2, 2, transfer=True, max_clock_drift=0.49),
+    RequestVoteReply(3, 0, True, 0.25),
+    RequestVoteReply(3, 0, False, 0.0, pre_vote=True, max_clock_drift=0.02),
+]
+
+CONVERTERS: dict[type, tuple[Callable[[Any], Any], Callable[[Any, set[int]], Message]]] = {
+    AppendEntries: (wire.append_entries_to_pb, wire.append_entries_from_pb),
+    AppendEntriesReply: (wire.append_reply_to_pb, wire.append_reply_from_pb),
+    RequestVote: (wire.request_vote_to_pb, wire.request_vote_from_pb),
+    RequestVoteReply: (wire.vote_reply_to_pb, wire.vote_reply_from_pb),
+}
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_protobuf_and_its_bytes(message: Message) -> None:
+    to_pb, from_pb = CONVERTERS[type(message)]
+    encoded = to_pb(message)
+    again = type(encoded).FromString(encoded.SerializeToString())
+    assert from_pb(again, PEERS) == message
+
+
+def test_the_day2_fields_have_their_own_numbers_after_the_old_ones() -> None:
+    # Appended, never renumbered: a node of the previous version reads the old fields unchanged
+    # and ignores the new ones (proto3 skips unknown fields).
+    numbers = {
+        (message.DESCRIPTOR.name, field.name): field.number
+        for message in (
+            pb.AppendEntriesArgs,
+            pb.AppendEntriesReply,
+            pb.RequestVoteArgs,
+            pb.RequestVoteReply,
+        )
+        for field in message.DESCRIPTOR.fields
+    }
+    assert numbers[("AppendEntriesArgs", "round")] == 8
+    assert numbers[("AppendEntriesArgs", "timeout_now")] == 9
+    assert numbers[("AppendEntriesArgs", "max_clock_drift")] == 10
+    assert numbers[("AppendEntriesReply", "round")] == 6
+    assert numbers[("AppendEntriesReply", "max_clock_drift")] == 7
+    assert numbers[("AppendEntriesReply", "incarnation")] == 8
+    assert numbers[("RequestVoteArgs", "pre_vote")] == 5
+    assert numbers[("RequestVoteArgs", "transfer")] == 6
+    assert numbers[("RequestVoteArgs", "max_clock_drift")] == 7
+    assert numbers[("RequestVoteReply", "pre_vote")] == 5
+    assert numbers[("RequestVoteReply", "max_clock_drift")] == 6
+
+
+def test_a_message_of_the_previous_version_decodes_with_the_defaults() -> None:
+    old = pb.RequestVoteArgs(term=3, candidate_id=2, last_log_index=1, last_log_term=1)
+    assert wire.request_vote_from_pb(old, PEERS) == RequestVote(3, 2, 1, 1)
+    reply = pb.AppendEntriesReply(term=3, follower_id=1, success=True, match_index=1, round=4)
+    decoded = wire.append_reply_from_pb(reply, PEERS)
+    assert decoded.incarnation == 0 and decoded.max_clock_drift == 0.0
+
+
+@pytest.mark.parametrize("drift", [0.5, 2.0, float("nan"), float("inf"), -0.1])
+def test_a_drift_bound_outside_the_allowed_range_is_refused(drift: float) -> None:
+    with pytest.raises(wire.WireError, match="max_clock_drift"):
+        wire.request_vote_from_pb(
+            pb.RequestVoteArgs(term=3, candidate_id=2, max_clock_drift=drift), PEERS
+        )
+    with pytest.raises(wire.WireError, match="max_clock_drift"):
+        wire.vote_reply_from_pb(
+            pb.RequestVoteReply(term=3, voter_id=2, max_clock_drift=drift), PEERS
+        )
