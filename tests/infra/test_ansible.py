@@ -319,6 +319,7 @@ def row(
     leader: int | None = 0,
     applied: int = 10,
     reachable: bool = True,
+    waiting: float = 0.0,
 ) -> Any:
     from raftkv.client.library import NodeStatusRow
 
@@ -333,6 +334,7 @@ def row(
         leader_id=leader,
         commit_length=applied,
         applied_length=applied,
+        waiting_for_old_lease=waiting,
     )
 
 
@@ -344,6 +346,41 @@ def test_the_probe_lets_a_node_stop_only_while_the_others_keep_a_majority() -> N
     one_down = [row(0, "leader"), row(1), row(2, reachable=False)]
     assert "only nodes [0]" in probe.safe_to_stop(one_down, 1)
     assert probe.safe_to_stop([row(0), row(1), row(2)], 0) == "no node is leader"
+
+
+def test_the_probe_names_the_leader_a_majority_follows() -> None:
+    probe = probe_module()
+    assert probe.majority_leader([row(0, "leader"), row(1), row(2, reachable=False)]) == 0
+    assert probe.has_leader([row(0, "leader"), row(1), row(2)]) is None
+    # A deposed leader that has not heard of the new term yet is not the one that leads.
+    moved = [row(0, "leader"), row(1, "leader", term=4, leader=1), row(2, term=4, leader=1)]
+    assert probe.majority_leader(moved) == 1
+    # A leader only it follows (the others are down) leads nothing.
+    alone = [row(0, "leader"), row(1, reachable=False), row(2, reachable=False)]
+    assert probe.majority_leader(alone) is None
+    assert probe.has_leader(alone) == "no leader that a majority follows"
+    assert probe.majority_leader([row(0, leader=None), row(1, leader=None), row(2)]) is None
+
+
+def test_the_probe_waits_until_leadership_has_moved_and_the_new_leader_serves() -> None:
+    probe = probe_module()
+    assert probe.handed_over([row(0, "leader"), row(1), row(2)], 0) == "node 0 still leads"
+    campaigning = [row(0, leader=None), row(1, "candidate", term=4, leader=None), row(2)]
+    assert probe.handed_over(campaigning, 0) is not None
+    waiting = [
+        row(0, term=4, leader=1),
+        row(1, "leader", term=4, leader=1, waiting=0.3),
+        row(2, term=4, leader=1),
+    ]
+    assert "waits out an old lease" in probe.handed_over(waiting, 0)
+    served = [
+        row(0, term=4, leader=1),
+        row(1, "leader", term=4, leader=1),
+        row(2, term=4, leader=1),
+    ]
+    assert probe.handed_over(served, 0) is None
+    # Node 2 has not heard of the new leader yet: without node 0, only node 1 agrees.
+    assert "only nodes [1]" in probe.handed_over([*served[:2], row(2)], 0)
 
 
 def test_the_probe_waits_for_a_restarted_node_to_catch_up() -> None:
