@@ -119,13 +119,17 @@ test-deps:
 # `make bench` measures our own 3-node cluster (temp dir, fsync on); BENCH_ARGS adds options
 # (`make bench BENCH_ARGS="-c 1 --workloads get"`, see `raftkv bench --help`). `make bench-peers`
 # runs the whole comparison with etcd 3.4 (Debian) and PySyncObj in one command (~17 min:
-# three rounds of every LAN run, medians shown).
+# three rounds of every LAN run, medians shown). `make bench-rolling` restarts every node of a
+# local cluster three times, followers first and the leader last, under a client, and prints
+# each restart's unavailability (raftkv_tools/bench/rolling.py; `BENCH_ARGS="--nodes 5"`,
+# `--source DIR` runs the nodes from another checkout; ~20 s for 3 nodes, ~35 s for 5).
 BENCH_ARGS ?=
 BENCH_PKGS_CHECK = etcd:etcd-server etcd:etcd-client
 BENCH_AFTER_INSTALL = if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi;
 BENCH_PEERS_ARGS ?= --against etcd,pysyncobj --rounds 3 --latency --wan 50ms --failover 5 --fill 100000
+BENCH_ROLLING_ARGS ?= --nodes 3 --rounds 3
 
-.PHONY: bench bench-peers bench-deps
+.PHONY: bench bench-peers bench-deps bench-rolling
 
 bench: venv
 	$(VENV)/bin/raftkv bench $(BENCH_ARGS)
@@ -140,6 +144,9 @@ bench-deps: venv
 
 bench-peers: bench-deps
 	$(VENV)/bin/raftkv bench $(BENCH_PEERS_ARGS) $(BENCH_ARGS)
+
+bench-rolling: venv
+	$(PY) -m raftkv_tools.bench.rolling $(BENCH_ROLLING_ARGS) $(BENCH_ARGS)
 
 # The fault tests alone (make test runs them too): kill -9, SIGSTOP, kernel partitions, delay,
 # clock skew, lease scenarios, negative controls and short Jepsen-style runs. ~6 min.
