@@ -223,8 +223,13 @@ class RaftNode:
         self._hard_state_dirty = False
         # Rule 6: the largest ρ any node announced, ours included; it only grows.
         self._drift = max(config.max_clock_drift, state.hard_state.drift_bound)
-        # Rule 2: the longest lease recorded for any leader (persisted with the hard state).
+        # Rule 2: the longest lease this node may still be bound by for some leader (persisted
+        # with the hard state). It comes down only once every promise of it has run out: when
+        # it was last recorded (or the node started) is `_bound_recorded_at`, and the longest
+        # lease recorded since then is `_longest_since`.
         self._lease_bound = state.hard_state.lease_bound
+        self._bound_recorded_at = now
+        self._longest_since = 0.0
         # docs/design.md §8: a node whose disk was lost under a cluster that exists neither votes
         # nor acknowledges until re-admitted; its incarnation names this data directory.
         self.admitted = admitted
@@ -827,8 +832,18 @@ class RaftNode:
                 own = self.config.lease_duration
                 self._out.events.append(events.LeaseMismatch(msg.leader_id, lease, own))
         self._old_lease_end = max(self._old_lease_end, now + lease)
-        if lease > self._lease_bound:
-            self._lease_bound = lease
+        if lease >= self._lease_bound:
+            if lease > self._lease_bound:
+                self._lease_bound = lease
+                self._hard_state_dirty = True
+            self._bound_recorded_at, self._longest_since = now, 0.0
+            return
+        self._longest_since = max(self._longest_since, lease)
+        if now >= self._bound_recorded_at + self._lease_bound:
+            # Every promise of the longer bound has run out (a rolling change shortened the
+            # lease): from now on a restart need only assume the longest lease since.
+            self._lease_bound = self._longest_since
+            self._bound_recorded_at, self._longest_since = now, 0.0
             self._hard_state_dirty = True
 
     def _reject_append(self, msg: AppendEntries, conflict: int) -> None:

@@ -400,3 +400,26 @@ def test_negative_control_forgetting_the_lease_bound_gives_two_lease_holders() -
     assert role(new) is Role.LEADER and new.status(serving).waiting_for_old_lease == 0
     assert old.lease_read_refusal(serving) is None
     assert old.status(serving).lease_remaining > 0
+
+
+def test_the_lease_bound_comes_down_once_every_promise_of_the_longer_one_has_run_out() -> None:
+    # A rolling change from 3.5 s to 0.3 s: once the node has followed only 0.3 s leaders for
+    # 3.5 s, no promise of the longer lease can be running, and a restart waits 0.3 s again.
+    hard = HardState(4, None, lease_bound=3.5)
+    node = RaftNode(3, [1, 2], CONFIG, random.Random(0), 10.0, PersistentState(hard, ()))
+    node.advance(node.take_ready())
+    now = 10.0
+    while now < 13.4:
+        now += 0.1
+        node.step(AppendEntries(5, 1, 0, 0, (), 0, 0.3, 1), now)
+        ready = node.take_ready()
+        node.advance(ready)
+        assert node.lease_bound == 3.5 and (ready.hard_state is None or now < 10.2)
+    now += 0.2
+    node.step(AppendEntries(5, 1, 0, 0, (), 0, 0.3, 1), now)
+    ready = node.take_ready()
+    assert ready.hard_state is not None and ready.hard_state.lease_bound == 0.3
+    # A longer lease recorded again raises it at once.
+    node.advance(ready)
+    node.step(AppendEntries(5, 1, 0, 0, (), 0, 2.0, 2), now + 0.1)
+    assert node.lease_bound == 2.0
