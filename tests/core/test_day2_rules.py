@@ -358,37 +358,44 @@ def test_a_candidate_that_times_out_gives_up_its_term_before_asking_for_pre_vote
 
 def restart_with_a_shorter_lease(unsafe: UnsafeSwitches) -> tuple[RaftNode, RaftNode, float]:
     """Issue 14's reproduction, no drift: leader 1 (lease 3.5 s) keeps its lease through node
-    3's acknowledgements after losing node 2; node 3 restarts with a 0.3 s lease, then loses
-    node 1 too, and wins an election with node 2's vote. Returns (old leader, new leader, the
-    instant the new leader starts serving)."""
+    3's acknowledgements after losing node 2; node 3 restarts with a 0.3 s lease, node 1 is
+    cut off from both, and node 2 or 3 wins an election with the other's vote (node 3, just
+    restarted, follows no leader, so it grants at once). Every node's timer runs (node 1's
+    CheckQuorum included). Returns (old leader, new leader, the instant the new leader starts
+    serving)."""
     long = replace(CONFIG, lease_duration=3.5, heartbeat_interval=0.1)
     h = Harness(config=long)
     old = h.elect(1, 4.0)  # past every node's restart lease
     now = 4.0
     for _ in range(30):  # 3 s in which node 2 hears nothing: its promise runs out
-        now += 0.1
+        now = round(now + 0.1, 9)
         h.tick(1, now)
         h.deliver_all(now, drop_to={2})
+    # Node 1's CheckQuorum has just passed (at t=7) and node 3's acknowledgement counts for the
+    # next check: node 1 stays leader, with its lease, until t=9.
     hard_state = h.readies[3][-1].hard_state or h.nodes[3].hard_state
     assert hard_state.lease_bound == 3.5
     short = replace(long, lease_duration=0.3)
-    entries = tuple(h.nodes[3].log)
-    persisted = PersistentState(hard_state, entries)
-    new = RaftNode(3, [1, 2], short, random.Random(3), now, persisted, unsafe)
-    h.nodes[3] = new
+    persisted = PersistentState(hard_state, tuple(h.nodes[3].log))
+    h.nodes[3] = RaftNode(3, [1, 2], short, random.Random(3), now, persisted, unsafe)
     h.in_flight.clear()
-    # Node 1 is now cut off from both; node 3's timer fires and node 2 votes for it.
-    while role(new) is not Role.LEADER:
-        now = new.next_deadline()
-        h.tick(3, now)
+    while not (leaders := [h.nodes[i] for i in (2, 3) if role(h.nodes[i]) is Role.LEADER]):
+        assert now < 20.0, "no new leader"
+        now = round(now + 0.01, 9)
+        for node_id, node in h.nodes.items():
+            if now >= node.next_deadline():
+                h.tick(node_id, now)
+        h.in_flight = [(src, e) for src, e in h.in_flight if src != 1]  # node 1 is cut off
         h.deliver_all(now, drop_to={1})
+    new = leaders[0]
     serving = now + new.status(now).waiting_for_old_lease
     return old, new, serving
 
 
 def test_a_restart_with_a_shorter_lease_still_waits_out_the_longer_one() -> None:
     old, new, serving = restart_with_a_shorter_lease(UnsafeSwitches())
-    # Node 3 waited out the 3.5 s lease it had acknowledged: the old lease is over by then.
+    # Node 3 waited out the 3.5 s lease it had acknowledged: the old leader cannot serve then
+    # (its lease ran out, or CheckQuorum stepped it down first).
     assert old.lease_read_refusal(serving) is not None
     assert new.status(serving).waiting_for_old_lease == 0
 
