@@ -140,19 +140,13 @@ def inspect_source(path: Path | None) -> NodeSource:
 
 
 def _has_command(root: Path, name: str) -> bool:
-    """Whether `raftkv NAME` exists in the checkout `root` (its --help exits 0)."""
+    """Whether the checkout `root` has `raftkv NAME`: its CLI lists the command. Read, not run:
+    a checkout without a raftkv package of its own would run the installed one instead."""
+    cli = root / "raftkv" / "client" / "cli.py"
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "raftkv", name, "--help"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-            cwd=root,
-            env=source_environment(root),
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        return f'"{name}"' in cli.read_text()
+    except OSError:
         return False
-    return done.returncode == 0
 
 
 def source_environment(root: Path) -> dict[str, str]:
