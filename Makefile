@@ -44,9 +44,15 @@ lint: venv infra-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint -q -c infra/ansible/.ansible-lint infra/ansible
 	terraform fmt -check -recursive infra/terraform
 
-# Many more seeded clusters than `make test` runs; prints one line per failing seed.
+# Many more seeded clusters than `make test` runs; prints one line per failing seed. The second
+# run adds the day-2 faults (wiped disks, one-way cuts, rolling timing changes, suspends with
+# CLOCK_BOOTTIME, leadership transfers) to the usual ones, on other seeds.
+DAY2_SEEDS ?= 2000
+DAY2_FAULTS := crash,delay,drift,duplicate,loss,partition,pause,wipe,oneway,lease_change,clockstop,transfer
 soak: venv
 	$(PY) -m tests.simulation --seeds $(SEEDS) --jobs 2
+	$(PY) -m tests.simulation --start 100000 --seeds $(DAY2_SEEDS) --faults $(DAY2_FAULTS) \
+		--suspend-clock boottime --jobs 2
 
 sim: venv
 	$(PY) -m tests.simulation --seeds 100
