@@ -30,7 +30,7 @@ from raftkv_tools.bench.workload import WORKLOADS
 from raftkv_tools.delayproxy import parse_delay
 
 
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+def positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
@@ -79,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c",
         "--clients",
-        type=_positive(int),
+        type=positive(int),
         default=64,
         help="concurrent closed-loop clients (default: 64)",
     )
     parser.add_argument(
         "-d",
         "--duration",
-        type=_positive(float),
+        type=positive(float),
         default=10.0,
         help="measured seconds per run (default: 10)",
     )
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rounds",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         help="repeat every run, alternating systems; the median is shown",
     )
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--failover-clients",
-        type=_positive(int),
+        type=positive(int),
         default=16,
         help="clients during failover trials (default: 16)",
     )

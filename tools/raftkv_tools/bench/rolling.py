@@ -79,6 +79,7 @@ from raftkv.client.status import NodeStatusRow
 from raftkv.cluster import PEER_PORT_OFFSET, ClusterDescription
 from raftkv.core.config import PROFILES
 from raftkv.server.launch import NodeLaunch
+from raftkv_tools.bench.cli import positive
 from raftkv_tools.certs import issue as issue_certificates
 from raftkv_tools.certs import local_nodes
 from raftkv_tools.launcher import spawn_node
@@ -724,19 +725,6 @@ def render(report: dict[str, Any]) -> str:
 # Command line
 
 
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-        return value
-
-    return parse
-
-
 def _not_negative(text: str) -> float:
     try:
         value = float(text)
@@ -757,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Options()
     parser.add_argument("--nodes", type=int, choices=[3, 5], default=defaults.nodes)
     parser.add_argument(
-        "--rounds", type=_positive(int), default=defaults.rounds, help="restarts of every node"
+        "--rounds", type=positive(int), default=defaults.rounds, help="restarts of every node"
     )
     parser.add_argument("--order", choices=ORDERS, default=defaults.order)
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report here")
@@ -777,16 +765,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_not_negative, default=defaults.interval, help="s between operations"
     )
     parser.add_argument(
-        "--per-try", type=_positive(float), default=defaults.per_try, help="s per attempt"
+        "--per-try", type=positive(float), default=defaults.per_try, help="s per attempt"
     )
     parser.add_argument(
-        "--op-timeout", type=_positive(float), default=defaults.op_timeout, help="s per operation"
+        "--op-timeout", type=positive(float), default=defaults.op_timeout, help="s per operation"
     )
     parser.add_argument(
-        "--gap-factor", type=_positive(float), default=defaults.gap_factor, help="× normal gap"
+        "--gap-factor", type=positive(float), default=defaults.gap_factor, help="× normal gap"
     )
     parser.add_argument(
-        "--warmup", type=_positive(float), default=defaults.warmup, help="s before the first stop"
+        "--warmup", type=positive(float), default=defaults.warmup, help="s before the first stop"
     )
     parser.add_argument(
         "--pause", type=_not_negative, default=defaults.pause, help="s after each node caught up"
