@@ -425,10 +425,18 @@ class RaftNode:
             return f"a transfer to node {leader.transfer_target} is already under way"
         if leader.noop_index == 0:
             return "this leader is still waiting out the old leader's lease; try again shortly"
+        # Only to a node that answers: a transfer to a dead node ends with this leader stepping
+        # down (rule 8), so anyone allowed to ask could otherwise cost the cluster an election.
+        silence = self.config.election_timeout_min
+        answering = [p for p, pr in leader.progress.items() if now - pr.heard_at < silence]
         if target is None:
-            target = max(leader.progress, key=lambda peer: (leader.progress[peer].match, -peer))
+            if not answering:
+                return f"no follower has answered within {silence}s"
+            target = max(answering, key=lambda peer: (leader.progress[peer].match, -peer))
         elif target not in leader.progress:
             return f"node {target} is not another member of this cluster"
+        elif target not in answering:
+            return f"node {target} has not answered within {silence}s"
         leader.transfer_target = target
         leader.transfer_deadline = now + self.config.election_timeout_min
         leader.lease_released = not self.unsafe.transfer_keeps_lease
@@ -892,6 +900,7 @@ class RaftNode:
                 progress.forget(len(self._log))
             progress.incarnation = msg.incarnation or progress.incarnation
         progress.recent_active = True
+        progress.heard_at = now
         # Rule 1: an answer in our term vouches for its round, whether or not the log matched.
         if self._round >= msg.round > progress.acked_round:
             progress.acked_round = msg.round

@@ -36,6 +36,9 @@ class Progress:
     match_round: int = 0
     # CheckQuorum: the follower answered since the leader's last check.
     recent_active: bool = False
+    # When the follower last answered (the leader's clock): a transfer goes only to a node
+    # that answers.
+    heard_at: float = float("-inf")
     # The follower's data-directory incarnation, once it told us (0: not yet).
     incarnation: int = 0
 

@@ -430,3 +430,18 @@ def test_the_lease_bound_comes_down_once_every_promise_of_the_longer_one_has_run
     node.advance(ready)
     node.step(AppendEntries(5, 1, 0, 0, (), 0, 2.0, 2), now + 0.1)
     assert node.lease_bound == 2.0
+
+
+def test_a_transfer_goes_only_to_a_node_that_answers() -> None:
+    # A transfer to a dead node ends with the leader stepping down; refusing it up front keeps
+    # any client allowed to ask from costing the cluster an election.
+    h = Harness()
+    leader = h.elect(1, 3.0)
+    now = 3.0
+    for _ in range(12):  # node 3 stops answering for longer than election_timeout_min
+        now = round(now + 0.1, 9)
+        h.tick(1, now)
+        h.deliver_all(now, drop_to={3})
+    assert leader.transfer_leadership(now, target=3) == "node 3 has not answered within 1.0s"
+    assert leader.transfer_leadership(now) is None  # the most up-to-date node that answers
+    assert leader._leader is not None and leader._leader.transfer_target == 2
