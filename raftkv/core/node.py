@@ -906,12 +906,17 @@ class RaftNode:
             progress.acked_round = msg.round
             self._on_round_acked(leader, now)
         if msg.success:
-            if progress.on_success(msg.match_index, msg.round):
+            advanced = progress.on_success(msg.match_index, msg.round)
+            if advanced:
                 self._maybe_commit()
-            if progress.next <= len(self._log) or self._timeout_now_due(leader, msg.follower_id):
+            # Only entries, or the timeout_now of a target that has just caught up: an empty
+            # append answering a success would be answered by another success, and so on for
+            # as long as the window stays full (etcd's maybeSendAppend(sendIfEmpty=false)).
+            caught_up = advanced and self._timeout_now_due(leader, msg.follower_id)
+            window = 4 * self.config.max_entries_per_message
+            if progress.next_send(len(self._log), window)[1] or caught_up:
                 self._send_append(leader, msg.follower_id, progress)
-        elif msg.conflict_index > 0:
-            progress.on_rejection(msg.conflict_index, msg.round)
+        elif msg.conflict_index > 0 and progress.on_rejection(msg.conflict_index, msg.round):
             self._send_append(leader, msg.follower_id, progress)
 
     def _on_request_vote(self, msg: RequestVote, now: float) -> None:

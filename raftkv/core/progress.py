@@ -57,16 +57,18 @@ class Progress:
         self.state = ProgressState.REPLICATE
         return advanced
 
-    def on_rejection(self, conflict_index: int, round: int = 0) -> None:
-        """The follower's log does not match before `conflict_index`: probe from there."""
+    def on_rejection(self, conflict_index: int, round: int = 0) -> bool:
+        """The follower's log does not match before `conflict_index`: probe from there.
+        Returns False for a late rejection, which changes nothing (nothing to resend)."""
         if conflict_index <= self.match and round <= self.match_round:
-            return  # sent before the success that set `match`: it says nothing new
+            return False  # sent before the success that set `match`: it says nothing new
         self.state = ProgressState.PROBE
         if conflict_index <= self.match:
             # The follower lost entries it had acknowledged (a damaged disk, an operator
             # cutting its log): believe its log as it is now, or we would probe forever.
             self.match = conflict_index - 1
         self.next = max(self.match + 1, min(self.next, conflict_index))
+        return True
 
     def forget(self, log_length: int) -> None:
         """The follower's data directory was replaced: it holds none of what it acknowledged."""
