@@ -24,6 +24,7 @@ from raftkv.core.messages import (
     SetCommand,
 )
 from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
+from raftkv.core.progress import ProgressState
 
 from .test_core_node import CONFIG, Harness, events
 
@@ -445,3 +446,21 @@ def test_a_transfer_goes_only_to_a_node_that_answers() -> None:
     assert leader.transfer_leadership(now, target=3) == "node 3 has not answered within 1.0s"
     assert leader.transfer_leadership(now) is None  # the most up-to-date node that answers
     assert leader._leader is not None and leader._leader.transfer_target == 2
+
+
+def test_a_success_reply_with_the_window_full_sends_no_empty_append() -> None:
+    # Found by the soak (seed 1707): with the window of entries in flight full, each success
+    # reply that moved nothing was answered by an empty append, answered by another success,
+    # and so on without end at one instant.
+    h = Harness(config=replace(CONFIG, max_entries_per_message=1))
+    leader = h.elect(1, 3.0)
+    for n in range(8):
+        leader.propose(SetCommand("k", str(n)), 3.1, token=n)
+    h.flush(1)
+    h.in_flight.clear()
+    progress = leader._leader.progress[2] if leader._leader else None
+    assert progress is not None and progress.state is ProgressState.REPLICATE
+    progress.next = progress.match + 5  # the window (4 entries) in flight, nothing answered
+    assert progress.next <= len(leader.log)
+    leader.step(AppendEntriesReply(1, 2, True, progress.match, 0, leader._round), 3.2)
+    assert not [e for e in leader.take_ready().messages if isinstance(e.message, AppendEntries)]
