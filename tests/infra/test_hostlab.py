@@ -336,6 +336,9 @@ def test_a_change_and_new_certificates_restart_one_node_at_a_time(
     the writer keeps the client certificate it started with, which stays valid."""
     node_certs = deployment.fingerprints("/etc/raftkv/tls/node.pem")
     ops_cert = (deployment.cluster_json.parent / "tls" / "client-ops.pem").read_bytes()
+    with deployment.client() as client:
+        leaders = [row.node_id for row in client.status() if row.role == "leader"]
+    assert len(leaders) == 1, leaders
     writer = Writer(deployment)
     writer.start()
     try:
@@ -358,6 +361,15 @@ def test_a_change_and_new_certificates_restart_one_node_at_a_time(
     ordered = sorted(windows.values())
     for (_, first_started), (second_stopped, _) in itertools.pairwise(ordered):
         assert first_started < second_stopped, f"restarts overlapped: {ordered}"
+    # The leader went last, and handed leadership over before it was stopped.
+    last = max(windows, key=lambda node: windows[node][0])
+    assert last == leaders[0], (leaders, windows)
+    old_leader = next(host for host in deployment.lab.hosts if host.index == last)
+    handed = deployment.lab.ssh(
+        old_leader,
+        f"grep -c 'transferring leadership' /var/lib/raftkv/logs_node_{last}/dump.txt || true",
+    )
+    assert int(handed.stdout) >= 1, f"node {last} did not hand leadership over"
     for host in deployment.lab.hosts:
         started = deployment.lab.ssh(
             host, f"grep -c 'max drift 0.02' /var/lib/raftkv/logs_node_{host.index}/dump.txt"
