@@ -437,6 +437,11 @@ class RaftNode:
             return f"node {target} is not another member of this cluster"
         elif target not in answering:
             return f"node {target} has not answered within {silence}s"
+        behind = len(self._log) - leader.progress[target].match
+        if behind > self.config.max_entries_per_message:
+            # It could not catch up before the transfer's deadline, and a transfer that fails
+            # makes this leader step down (rule 8).
+            return f"node {target} is {behind} entries behind; try again once it has caught up"
         leader.transfer_target = target
         leader.transfer_deadline = now + self.config.election_timeout_min
         leader.lease_released = not self.unsafe.transfer_keeps_lease
@@ -750,12 +755,15 @@ class RaftNode:
 
     def _answer_unadmitted(self, message: Message) -> None:
         """docs/design.md §8: a node whose disk was lost acknowledges nothing and votes for
-        no one, answering in the sender's own term so that it deposes no one either."""
+        no one, answering in the sender's own term so that it deposes no one either (for a
+        pre-vote that is the asked term minus one: a refusal in the asked term would raise the
+        asker's term, and the asker would then depose its leader)."""
         if isinstance(message, AppendEntries):
             reply: Message = self._refusal_reply(message.term)
             self._out.messages.append(Envelope(message.leader_id, reply))
         elif isinstance(message, RequestVote):
-            reply = RequestVoteReply(message.term, self.id, False, 0.0, pre_vote=message.pre_vote)
+            term = max(1, message.term - 1) if message.pre_vote else message.term
+            reply = RequestVoteReply(term, self.id, False, 0.0, pre_vote=message.pre_vote)
             self._out.messages.append(Envelope(message.candidate_id, reply))
 
     def _adopt_drift(self, rho: float) -> None:
@@ -899,8 +907,11 @@ class RaftNode:
                 self._out.events.append(events.PeerReplaced(self.id, msg.follower_id, old, new))
                 progress.forget(len(self._log))
             progress.incarnation = msg.incarnation or progress.incarnation
-        progress.recent_active = True
-        progress.heard_at = now
+        if msg.round > 0:
+            # An answer that vouches for a round: a round-0 refusal (a node that is not
+            # admitted, or refuses this leader) is no sign of a follower that can take part.
+            progress.recent_active = True
+            progress.heard_at = now
         # Rule 1: an answer in our term vouches for its round, whether or not the log matched.
         if self._round >= msg.round > progress.acked_round:
             progress.acked_round = msg.round
@@ -913,8 +924,7 @@ class RaftNode:
             # append answering a success would be answered by another success, and so on for
             # as long as the window stays full (etcd's maybeSendAppend(sendIfEmpty=false)).
             caught_up = advanced and self._timeout_now_due(leader, msg.follower_id)
-            window = 4 * self.config.max_entries_per_message
-            if progress.next_send(len(self._log), window)[1] or caught_up:
+            if progress.next_send(len(self._log), self._window)[1] or caught_up:
                 self._send_append(leader, msg.follower_id, progress)
         elif msg.conflict_index > 0 and progress.on_rejection(msg.conflict_index, msg.round):
             self._send_append(leader, msg.follower_id, progress)
@@ -990,7 +1000,7 @@ class RaftNode:
     def _send_append(self, leader: LeaderState, peer_id: NodeId, progress: Progress) -> None:
         """The one place that decides what a follower is sent next."""
         limit = self.config.max_entries_per_message
-        prev_index, with_entries = progress.next_send(len(self._log), window=4 * limit)
+        prev_index, with_entries = progress.next_send(len(self._log), window=self._window)
         entries = self._batch_from(prev_index, limit) if with_entries else []
         progress.sent(prev_index, len(entries))
         message = AppendEntries(
@@ -1016,6 +1026,11 @@ class RaftNode:
         return leader.transfer_target == peer_id and leader.progress[peer_id].match == len(
             self._log
         )
+
+    @property
+    def _window(self) -> int:
+        """Entries a leader streams to one follower before waiting for its answers."""
+        return 4 * self.config.max_entries_per_message
 
     @property
     def _leader_lease_span(self) -> float:
