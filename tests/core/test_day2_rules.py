@@ -464,3 +464,33 @@ def test_a_success_reply_with_the_window_full_sends_no_empty_append() -> None:
     assert progress.next <= len(leader.log)
     leader.step(AppendEntriesReply(1, 2, True, progress.match, 0, leader._round), 3.2)
     assert not [e for e in leader.take_ready().messages if isinstance(e.message, AppendEntries)]
+
+
+def test_a_pre_vote_refused_by_a_node_that_is_not_admitted_raises_no_term() -> None:
+    # Found in review: answered in the asked term, the refusal raised the asker's term, and
+    # the asker then deposed its leader, which PreVote is there to prevent.
+    node = RaftNode(3, [1, 2], CONFIG, random.Random(0), 0.0, admitted=False)
+    node.take_ready()
+    node.step(RequestVote(5, 1, 0, 0, pre_vote=True), 1.0)
+    assert node.take_ready().messages == (
+        Envelope(1, RequestVoteReply(4, 3, False, 0.0, pre_vote=True)),
+    )
+
+
+def test_leadership_goes_neither_to_a_node_that_is_not_admitted_nor_far_behind() -> None:
+    # Found in review: round-0 refusals counted as answers, so a client could name a node that
+    # can never take over, and the leader would step down at the transfer's deadline.
+    h = Harness(size=5, config=replace(CONFIG, max_entries_per_message=2))
+    leader = h.elect(1, 3.0)
+    h.nodes[4] = RaftNode(4, [1, 2, 3, 5], h.nodes[4].config, random.Random(4), 3.0, admitted=False)
+    now = 3.0
+    for n in range(12):  # node 4 answers every heartbeat, with round-0 refusals only
+        now = round(now + 0.1, 9)
+        leader.propose(SetCommand("k", str(n)), now, token=n)
+        h.tick(1, now)
+        h.deliver_all(now, drop_to={5} if n >= 4 else None)  # node 5 falls behind
+    assert role(leader) is Role.LEADER
+    assert leader.transfer_leadership(now, target=4) == "node 4 has not answered within 1.0s"
+    refusal = leader.transfer_leadership(now, target=5)
+    assert refusal is not None and "entries behind" in refusal, refusal
+    assert leader.transfer_leadership(now) is None  # to node 2 or 3, which are level with it
