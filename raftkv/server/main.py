@@ -311,7 +311,8 @@ async def serve(
     before, after = raise_descriptor_limit()
     if after != before:
         dump.write(f"Node {options.node_id} raised its descriptor limit from {before} to {after}.")
-    time_service = check_host(options.config.max_clock_drift, chrony_conf)
+    # Off the event loop: it reads files and may run `chronyc` (up to 3 s).
+    time_service = await asyncio.to_thread(check_host, options.config.max_clock_drift, chrony_conf)
     replica = Replica(options, dump, clock, time_service)
     if time_service.warning:
         # Loudly: the dump line comes after the start-up line, and --quiet keeps it off stdout.

@@ -565,8 +565,8 @@ class Replica:
         for link in self.peers.values():
             await link.close()
         try:
-            # Only when the term and vote on disk are the core's: the bounds only grow, and
-            # saving larger ones is always safe.
+            # Only when the term and vote on disk are the core's. The core's lease bound is
+            # safe to save at any time: it comes down only once its promises have run out.
             hard_state = self.core.hard_state
             saved = self._hard_state
             if (hard_state.term, hard_state.voted_for) == (saved.term, saved.voted_for):
