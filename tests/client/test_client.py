@@ -964,8 +964,9 @@ def test_a_leader_waiting_out_an_old_lease_is_asked_again() -> None:
         async def scenario() -> None:
             async with RaftKVClient(fake.description, first_node=0) as client:
                 task = asyncio.create_task(client.transfer_leader(2))
-                while not fake.nodes[0].transfers:
-                    await asyncio.sleep(0.01)
+                async with asyncio.timeout(10):  # a request that never comes fails the test
+                    while not fake.nodes[0].transfers:
+                        await asyncio.sleep(0.01)
                 fake.nodes[0].transfer_refusal = None
                 assert (await task).leader_id == 2
 

@@ -72,8 +72,16 @@ def start_replica(
     async def run() -> bool:
         dump = DumpLog(node_data_dir(data_root, 1), 1, to_stdout=False)
         replica = Replica(options, dump)
+        dump_file = node_data_dir(data_root, 1) / "dump.txt"
+
+        def starts() -> int:
+            return dump_file.read_text(errors="replace").count("serves peers at")
+
+        before = starts()
         runner = asyncio.create_task(replica.run())
-        await asyncio.sleep(0)  # run() writes its start-up lines before it first waits
+        async with asyncio.timeout(10):  # until run() has written this start's lines
+            while starts() == before:
+                await asyncio.sleep(0.01)
         admitted = replica.core.admitted
         await replica.stop()
         runner.cancel()
