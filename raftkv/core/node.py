@@ -69,6 +69,7 @@ from .messages import (
 )
 from .progress import Progress
 from .quorum import majority, quorum_value
+from .raft_log import RaftLog
 from .state_machine import KeyValueStateMachine
 from .validation import MAX_TERM, malformed, sender_of
 
@@ -217,7 +218,7 @@ class RaftNode:
         self._quorum = majority(len(self.peer_ids) + 1)
 
         state = persisted or PersistentState(HardState(0, None), ())
-        self._log: list[LogEntry] = list(state.entries)
+        self._log = RaftLog(state.entries)
         self.term = state.hard_state.term
         self.voted_for = state.hard_state.voted_for
         self._hard_state_dirty = False
@@ -248,9 +249,9 @@ class RaftNode:
         self.state_machine = KeyValueStateMachine()
 
         # Log bookkeeping for Ready: entries from _unstable_from on are not yet handed out.
-        self._unstable_from = len(self._log) + 1
+        self._unstable_from = self._log.last_index + 1
         self._log_changed = False
-        self._persisted_length = len(self._log)
+        self._persisted_length = self._log.last_index
         self._awaiting_advance = False
         self._ready_log_length = 0
 
@@ -286,9 +287,11 @@ class RaftNode:
         # that stepped down still learns whether its entry committed or was overwritten.
         self._pending_writes: dict[int, tuple[int, int]] = {}
 
-        self._apply_committed(min(state.commit_index, len(self._log)), announce=False)
+        self._apply_committed(min(state.commit_index, self._log.last_index), announce=False)
         if self.commit_index:
-            self._out.events.append(events.Restored(self.id, len(self._log), self.commit_index))
+            self._out.events.append(
+                events.Restored(self.id, self._log.last_index, self.commit_index)
+            )
         if not admitted:
             self._out.events.append(events.NotAdmitted(self.id))
 
@@ -437,7 +440,7 @@ class RaftNode:
             return f"node {target} is not another member of this cluster"
         elif target not in answering:
             return f"node {target} has not answered within {silence}s"
-        behind = len(self._log) - leader.progress[target].match
+        behind = self._log.last_index - leader.progress[target].match
         if behind > self.config.max_entries_per_message:
             # It could not catch up before the transfer's deadline, and a transfer that fails
             # makes this leader step down (rule 8).
@@ -524,7 +527,7 @@ class RaftNode:
         ready = Ready(
             hard_state=hard_state,
             first_index=self._unstable_from,
-            entries=tuple(self._log[self._unstable_from - 1 :]),
+            entries=tuple(self._log.slice(self._unstable_from, self._log.last_index + 1)),
             log_changed=self._log_changed,
             commit_index=self.commit_index,
             send_now=send_now,
@@ -535,8 +538,8 @@ class RaftNode:
         )
         self._hard_state_dirty = False
         self._log_changed = False
-        self._unstable_from = len(self._log) + 1
-        self._ready_log_length = len(self._log)
+        self._unstable_from = self._log.last_index + 1
+        self._ready_log_length = self._log.last_index
         self._awaiting_advance = ready.needs_persist
         return ready
 
@@ -560,7 +563,7 @@ class RaftNode:
             term=self.term,
             leader_id=self.id if leader is not None else self.leader_id,
             voted_for=self.voted_for,
-            log_length=len(self._log),
+            log_length=self._log.last_index,
             commit_index=self.commit_index,
             last_applied=self.commit_index,
             lease_remaining=max(0.0, leader.lease_end - now) if leader is not None else 0.0,
@@ -570,7 +573,8 @@ class RaftNode:
         )
 
     @property
-    def log(self) -> Sequence[LogEntry]:
+    def log(self) -> RaftLog:
+        """The log, read-only for callers (the simulator's checker, status)."""
         return self._log
 
     @property
@@ -626,7 +630,7 @@ class RaftNode:
         request = RequestVote(
             self.term + 1,
             self.id,
-            len(self._log),
+            self._log.last_index,
             self._last_log_term(),
             pre_vote=True,
             max_clock_drift=self._drift,
@@ -647,7 +651,7 @@ class RaftNode:
         request = RequestVote(
             self.term,
             self.id,
-            len(self._log),
+            self._log.last_index,
             self._last_log_term(),
             transfer=transfer,
             max_clock_drift=self._drift,
@@ -661,7 +665,7 @@ class RaftNode:
         self.leader_id = self.id
         self._pre_votes = None
         self._out.events.append(events.BecameLeader(self.id, self.term))
-        leader = LeaderState.elected(self.peer_ids, len(self._log), self._round)
+        leader = LeaderState.elected(self.peer_ids, self._log.last_index, self._round)
         if not self.unsafe.no_pre_vote:
             leader.quorum_check_at = now + self.config.election_timeout_min
         self._leader = leader
@@ -701,11 +705,11 @@ class RaftNode:
         self._leader_contact = now
         self._record_old_lease(msg, now)
 
-        if msg.prev_log_index > len(self._log):
-            self._reject_append(msg, conflict=len(self._log) + 1)
+        if msg.prev_log_index > self._log.last_index:
+            self._reject_append(msg, conflict=self._log.last_index + 1)
             return
-        if msg.prev_log_index > 0:
-            local_term = self._log[msg.prev_log_index - 1].term
+        if msg.prev_log_index > self._log.offset:
+            local_term = self._log.term(msg.prev_log_index)
             if local_term != msg.prev_log_term:
                 self._reject_append(msg, conflict=self._first_index_of_term(msg.prev_log_index))
                 return
@@ -714,8 +718,8 @@ class RaftNode:
         if conflict is not None:
             self._truncate_from(conflict)
         last_new = msg.prev_log_index + len(msg.entries)
-        if last_new > len(self._log):
-            first_new = len(self._log) + 1
+        if last_new > self._log.last_index:
+            first_new = self._log.last_index + 1
             self._log.extend(msg.entries[first_new - msg.prev_log_index - 1 :])
             self._unstable_from = min(self._unstable_from, first_new)
             self._log_changed = True
@@ -815,24 +819,25 @@ class RaftNode:
             entry = msg.entries[conflict - msg.prev_log_index - 1]
             return (
                 f"entry {conflict} (term {entry.term}) conflicts with a committed entry "
-                f"(term {self._log[conflict - 1].term}, commit index {self.commit_index})"
+                f"(term {self._log.term(conflict)}, commit index {self.commit_index})"
             )
         return None
 
     def _matches_prev(self, msg: AppendEntries) -> bool:
         """Log matching: we hold the entry before `msg.entries`, with the leader's term."""
         prev = msg.prev_log_index
-        return prev <= len(self._log) and (
-            prev == 0 or self._log[prev - 1].term == msg.prev_log_term
-        )
+        # Entries up to the compaction point are committed, so every legitimate leader has them.
+        return prev <= self._log.offset or self._log.term(prev) == msg.prev_log_term
 
     def _first_conflict(self, msg: AppendEntries) -> int | None:
         """The first index where an entry of `msg` differs in term from ours (only such a real
         conflict truncates; a stale or duplicated message never does), or None."""
         for index, entry in enumerate(msg.entries, start=msg.prev_log_index + 1):
-            if index > len(self._log):
+            if index <= self._log.offset:
+                continue  # committed and compacted: the same entry in every legitimate log
+            if index > self._log.last_index:
                 return None
-            if self._log[index - 1].term != entry.term:
+            if self._log.term(index) != entry.term:
                 return index
         return None
 
@@ -889,14 +894,15 @@ class RaftNode:
         if progress is None:
             return
         problem = None
-        if msg.success and msg.match_index > len(self._log):
+        if msg.success and msg.match_index > self._log.last_index:
             problem = (
-                f"match_index {msg.match_index} is beyond this leader's log ({len(self._log)})"
+                f"match_index {msg.match_index} is beyond this leader's log "
+                f"({self._log.last_index})"
             )
-        elif not msg.success and msg.conflict_index > len(self._log) + 1:
+        elif not msg.success and msg.conflict_index > self._log.last_index + 1:
             problem = (
                 f"conflict_index {msg.conflict_index} is beyond this leader's log "
-                f"({len(self._log)}) + 1"
+                f"({self._log.last_index}) + 1"
             )
         if problem is not None:
             self._out.events.append(events.ProtocolViolation(self.id, msg.follower_id, problem))
@@ -905,7 +911,7 @@ class RaftNode:
             if progress.incarnation and msg.incarnation:
                 old, new = f"{progress.incarnation:x}", f"{msg.incarnation:x}"
                 self._out.events.append(events.PeerReplaced(self.id, msg.follower_id, old, new))
-                progress.forget(len(self._log))
+                progress.forget(self._log.last_index)
             progress.incarnation = msg.incarnation or progress.incarnation
         if msg.round > 0:
             # An answer that vouches for a round: a round-0 refusal (a node that is not
@@ -924,7 +930,7 @@ class RaftNode:
             # append answering a success would be answered by another success, and so on for
             # as long as the window stays full (etcd's maybeSendAppend(sendIfEmpty=false)).
             caught_up = advanced and self._timeout_now_due(leader, msg.follower_id)
-            if progress.next_send(len(self._log), self._window)[1] or caught_up:
+            if progress.next_send(self._log.last_index, self._window)[1] or caught_up:
                 self._send_append(leader, msg.follower_id, progress)
         elif msg.conflict_index > 0 and progress.on_rejection(msg.conflict_index, msg.round):
             self._send_append(leader, msg.follower_id, progress)
@@ -932,7 +938,7 @@ class RaftNode:
     def _on_request_vote(self, msg: RequestVote, now: float) -> None:
         up_to_date = (msg.last_log_term, msg.last_log_index) >= (
             self._last_log_term(),
-            len(self._log),
+            self._log.last_index,
         )
         if msg.pre_vote:
             # Answer as a vote for msg.term would be answered, changing nothing here.
@@ -1000,7 +1006,7 @@ class RaftNode:
     def _send_append(self, leader: LeaderState, peer_id: NodeId, progress: Progress) -> None:
         """The one place that decides what a follower is sent next."""
         limit = self.config.max_entries_per_message
-        prev_index, with_entries = progress.next_send(len(self._log), window=self._window)
+        prev_index, with_entries = progress.next_send(self._log.last_index, window=self._window)
         entries = self._batch_from(prev_index, limit) if with_entries else []
         progress.sent(prev_index, len(entries))
         message = AppendEntries(
@@ -1014,7 +1020,8 @@ class RaftNode:
             round=self._round,
             # Rule 8: once this message brings the target level with our whole log.
             timeout_now=(
-                leader.transfer_target == peer_id and prev_index + len(entries) == len(self._log)
+                leader.transfer_target == peer_id
+                and prev_index + len(entries) == self._log.last_index
             ),
             max_clock_drift=self._drift,
         )
@@ -1023,8 +1030,9 @@ class RaftNode:
     def _timeout_now_due(self, leader: LeaderState, peer_id: NodeId) -> bool:
         """The transfer target has just caught up: tell it to campaign without waiting for the
         next heartbeat."""
-        return leader.transfer_target == peer_id and leader.progress[peer_id].match == len(
-            self._log
+        return (
+            leader.transfer_target == peer_id
+            and leader.progress[peer_id].match == self._log.last_index
         )
 
     @property
@@ -1037,7 +1045,7 @@ class RaftNode:
         return lease_span(self.config.lease_duration, self._drift)
 
     def _batch_from(self, prev_index: int, limit: int) -> list[LogEntry]:
-        batch = self._log[prev_index : prev_index + limit]
+        batch = list(self._log.slice(prev_index + 1, prev_index + 1 + limit))
         budget = self.config.max_message_chars
         for count, entry in enumerate(batch):
             command = entry.command
@@ -1076,7 +1084,7 @@ class RaftNode:
         if leader is None:
             return
         candidate = quorum_value([self._persisted_length, *leader.match_indexes()], self._quorum)
-        if candidate > self.commit_index and self._log[candidate - 1].term == self.term:
+        if candidate > self.commit_index and self._log.term(candidate) == self.term:
             self._apply_committed(candidate)
             self._serve_confirmed_reads(leader)
 
@@ -1084,15 +1092,14 @@ class RaftNode:
     # Log and state machine
 
     def _append(self, command: Command) -> int:
-        self._log.append(LogEntry(self.term, command))
-        index = len(self._log)
+        index = self._log.append(LogEntry(self.term, command))
         self._unstable_from = min(self._unstable_from, index)
         self._log_changed = True
         return index
 
     def _truncate_from(self, index: int) -> None:
         # Never at or below the commit index: _append_problem refuses such a message first.
-        del self._log[index - 1 :]
+        self._log.truncate_from(index)
         self._unstable_from = min(self._unstable_from, index)
         self._persisted_length = min(self._persisted_length, index - 1)
         self._log_changed = True
@@ -1109,7 +1116,7 @@ class RaftNode:
         first, self.commit_index = self.commit_index + 1, commit_index
         role = "leader" if self.role is Role.LEADER else "follower"
         for index in range(first, commit_index + 1):
-            entry = self._log[index - 1]
+            entry = self._log.entry(index)
             effect_index = self.state_machine.apply(entry.command, index)
             self._out.applied.append((index, entry))
             if announce and isinstance(entry.command, SetCommand):
@@ -1144,16 +1151,19 @@ class RaftNode:
         self._election_deadline = now + timeout
 
     def _last_log_term(self) -> int:
-        return self._log[-1].term if self._log else 0
+        return self._log.last_term
 
     def _term_at(self, index: int) -> int:
-        return self._log[index - 1].term if index > 0 else 0
+        term = self._log.term(index)
+        if term is None:
+            raise CoreMisuseError(
+                f"term of entry {index} asked, but the log holds "
+                f"{self._log.first_index}..{self._log.last_index}"
+            )
+        return term
 
     def _first_index_of_term(self, index: int) -> int:
-        term = self._log[index - 1].term
-        while index > 1 and self._log[index - 2].term == term and index - 1 > self.commit_index:
-            index -= 1
-        return index
+        return self._log.first_index_of_term(index, floor=self.commit_index)
 
 
 def _is_pre_vote_not_refusal(message: Message) -> bool:

@@ -394,7 +394,7 @@ class Replica:
         config = self.options.config
         lines = [
             f"Node {self.node_id} starting at {self.address}: term {self.core.term}, "
-            f"{len(self.core.log)} log entries, read mode {config.read_mode.value}, "
+            f"{self.core.log.last_index} log entries, read mode {config.read_mode.value}, "
             f"election {config.election_timeout_min}-{config.election_timeout_max}s, "
             f"heartbeat {config.heartbeat_interval}s, lease {config.lease_duration}s, "
             f"max drift {config.max_clock_drift}, clock {self.clock.name}."

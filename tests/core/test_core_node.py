@@ -135,9 +135,9 @@ def test_a_fresh_cluster_elects_and_the_leader_appends_a_noop_after_the_restart_
     leader = h.nodes[1]
     assert leader.role is Role.LEADER and leader.term == 1
     # Every node assumed at start-up that a lease of L might be running; by t=3 it is over.
-    assert leader.log == [LogEntry(1, NO_OP)]
+    assert leader.log.held() == [LogEntry(1, NO_OP)]
     assert ev.BecameLeader(node=1, term=1) in events(h, 1)
-    assert all(n.log == [LogEntry(1, NO_OP)] for n in h.nodes.values())
+    assert all(n.log.held() == [LogEntry(1, NO_OP)] for n in h.nodes.values())
     assert leader.commit_index == 1
 
 
@@ -210,12 +210,12 @@ def test_follower_truncates_only_on_a_real_conflict() -> None:
     # A stale, shorter duplicate of the first message must not cut entries 2 and 3.
     follower.step(append(1, 0, 0, [e1]), 0.2)
     follower.advance(follower.take_ready())
-    assert follower.log == [e1, e2, e3]
+    assert follower.log.held() == [e1, e2, e3]
     # A conflicting entry of a later term at index 2 replaces 2 and everything after it.
     x = LogEntry(2, SetCommand("k", "x"))
     follower.step(append(2, 1, 1, [x]), 0.3)
     ready = follower.take_ready()
-    assert follower.log == [e1, x]
+    assert follower.log.held() == [e1, x]
     assert (ready.first_index, ready.entries) == (2, (x,))
 
 
@@ -244,7 +244,7 @@ def test_an_append_that_would_cut_a_committed_entry_is_refused_and_answered() ->
     forged = LogEntry(2, SetCommand("k", "forged"))
     follower.step(append(2, 1, 1, [forged], commit=2), 0.2)  # index 2 is committed
     ready = follower.take_ready()
-    assert follower.log == [e1, e2] and not ready.log_changed
+    assert follower.log.held() == [e1, e2] and not ready.log_changed
     assert follower.state_machine.get("k") == "b"
     (violation,) = [e for e in ready.events if isinstance(e, ev.ProtocolViolation)]
     assert "conflicts with a committed entry" in violation.reason
@@ -267,7 +267,7 @@ def test_a_second_leader_in_one_term_is_refused() -> None:
 def test_replies_naming_indexes_beyond_the_leaders_log_are_dropped() -> None:
     h = Harness()
     leader = h.elect(1, 3.0)
-    length, commit = len(leader.log), leader.commit_index
+    length, commit = leader.log.last_index, leader.commit_index
     r = leader._round
     for reply in (
         AppendEntriesReply(1, 2, True, 10**6, 0, r),
@@ -277,7 +277,7 @@ def test_replies_naming_indexes_beyond_the_leaders_log_are_dropped() -> None:
         leader.step(reply, 3.2)
     ready = leader.take_ready()
     assert len([e for e in ready.events if isinstance(e, ev.ProtocolViolation)]) == 3
-    assert leader.commit_index == commit and len(leader.log) == length
+    assert leader.commit_index == commit and leader.log.last_index == length
     for progress in leader._leader.progress.values():  # type: ignore[union-attr]
         assert 0 <= progress.match < progress.next <= length + 1
 
@@ -301,7 +301,7 @@ def test_leader_never_commits_an_old_term_entry_by_counting_replicas() -> None:
     leader.step(RequestVoteReply(3, 2, True, 0.0), 5.0)
     assert leader.role is Role.LEADER
     leader.advance(leader.take_ready())
-    assert leader.log[-1] == LogEntry(3, NO_OP)
+    assert leader.log.held()[-1] == LogEntry(3, NO_OP)
     round_ = leader._round
     leader.step(AppendEntriesReply(3, 2, True, 2, 0, round_), 5.1)  # old entry replicated
     assert leader.commit_index == 0
@@ -498,17 +498,17 @@ def test_rule3_new_leader_waits_out_the_longest_reported_lease_and_appends_nothi
     assert ev.WaitingForOldLease() in ready.events
     wait_end = 5.1 + 0.3 * 1.1 / 0.9
     assert candidate.status(5.1).waiting_for_old_lease == pytest.approx(wait_end - 5.1)
-    assert candidate.log == []
+    assert candidate.log.held() == []
     refused = candidate.propose(SetCommand("a", "1"), 5.2, token=1)
     assert refused == Refused(Refusal.WAITING_OLD_LEASE, 1)
     assert candidate.read("a", 5.2, 2) == Refused(Refusal.WAITING_OLD_LEASE, 1)
     assert candidate.next_deadline() <= wait_end
     candidate.tick(wait_end - 1e-6)
     candidate.advance(candidate.take_ready())
-    assert candidate.log == []
+    assert candidate.log.held() == []
     candidate.tick(wait_end)
     candidate.advance(candidate.take_ready())
-    assert candidate.log == [LogEntry(1, NO_OP)]
+    assert candidate.log.held() == [LogEntry(1, NO_OP)]
 
 
 def test_rule3_rounds_sent_during_the_wait_do_not_grant_a_lease() -> None:
@@ -544,7 +544,7 @@ def test_rule4_no_reads_before_the_terms_noop_commits() -> None:
     leader.step(RequestVoteReply(2, 2, True, 0.0), 5.0)
     ready = leader.take_ready()
     leader.advance(ready)
-    assert leader.log[-1] == LogEntry(2, NO_OP)
+    assert leader.log.held()[-1] == LogEntry(2, NO_OP)
     # Both followers answer the NO-OP's round with a log mismatch: a lease, but no commit.
     for envelope in ready.messages:
         assert isinstance(envelope.message, AppendEntries)
@@ -676,7 +676,7 @@ def test_append_entries_batches_are_capped_by_size() -> None:
     h.deliver_all(3.15)
     h.tick(1, 3.2)
     h.deliver_all(3.2)
-    assert h.nodes[2].log[-1].command == SetCommand("big", "y" * 500)
+    assert h.nodes[2].log.held()[-1].command == SetCommand("big", "y" * 500)
 
 
 def test_a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> None:
@@ -686,12 +686,12 @@ def test_a_follower_that_lost_acknowledged_entries_is_caught_up_again() -> None:
         leader.propose(SetCommand("k", str(i)), 3.1, token=i)
     h.flush(1)
     h.deliver_all(3.1)
-    assert len(h.nodes[2].log) == 4
+    assert h.nodes[2].log.last_index == 4
     # Node 2 restarts having lost its last two (acknowledged) entries.
-    state = PersistentState(HardState(1, 1), h.nodes[2].log[:2])
+    state = PersistentState(HardState(1, 1), h.nodes[2].log.held()[:2])
     h.nodes[2] = RaftNode(2, [1, 3], CONFIG, random.Random(5), 3.2, persisted=state)
     h.tick(1, 3.21)
     h.deliver_all(3.21)
     h.tick(1, 3.32)
     h.deliver_all(3.32)
-    assert h.nodes[2].log == leader.log
+    assert h.nodes[2].log.held() == leader.log.held()

@@ -95,7 +95,7 @@ def plausible(node: RaftNode) -> st.SearchStrategy[Message]:
     """Messages close to what `node` expects (its term, indexes inside or just past its log,
     matching previous terms, our lease), so that conflicts with committed entries, forged
     acknowledgements and leaders of the same term actually happen, not just malformed input."""
-    log = list(node.log)
+    log = node.log.held()
     length = len(log)
     others = st.sampled_from([i for i in IDS if i != node.id])
     terms = st.integers(max(node.term, 1), node.term + 2)
@@ -156,7 +156,7 @@ class Cluster:
     def snapshot(self, node_id: int) -> Snapshot:
         node = self.nodes[node_id]
         return Snapshot(
-            node.term, node.voted_for, node.commit_index, list(node.log[: node.commit_index])
+            node.term, node.voted_for, node.commit_index, list(node.log.held()[: node.commit_index])
         )
 
     def flush(self, node_id: int) -> list[Envelope]:
@@ -174,13 +174,13 @@ class Cluster:
         if malformed(message, node.peer_ids) is not None:
             # Refused unseen: nothing sent, persisted or changed, and the refusal reported.
             self.flush(node_id)
-            before = (self.snapshot(node_id), list(node.log))
+            before = (self.snapshot(node_id), node.log.held())
             node.step(message, self.now)
             ready = node.take_ready()
             node.advance(ready)
             assert ready.messages == () and ready.hard_state is None and not ready.log_changed
             assert any(isinstance(e, events.ProtocolViolation) for e in ready.events), message
-            assert (self.snapshot(node_id), list(node.log)) == before
+            assert (self.snapshot(node_id), node.log.held()) == before
             return
         node.step(message, self.now)
         sent = self.flush(node_id)
@@ -248,14 +248,14 @@ class Cluster:
             assert after.voted_for == before.voted_for
         assert after.commit_index >= before.commit_index
         assert after.committed[: len(before.committed)] == before.committed
-        assert node.commit_index <= len(node.log) <= MAX_INDEX
-        terms = [e.term for e in node.log]
+        assert node.commit_index <= node.log.last_index <= MAX_INDEX
+        terms = [e.term for e in node.log.held()]
         assert terms == sorted(terms)
         assert not terms or (terms[0] >= 1 and terms[-1] <= node.term <= MAX_TERM)
         leader = node._leader
         if leader is not None:
             for progress in leader.progress.values():
-                assert 0 <= progress.match < progress.next <= len(node.log) + 1, progress
+                assert 0 <= progress.match < progress.next <= node.log.last_index + 1, progress
         self.seen[node_id] = after
 
 

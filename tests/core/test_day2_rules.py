@@ -286,7 +286,7 @@ def test_a_node_that_is_not_admitted_never_votes_acknowledges_or_campaigns() -> 
         RequestVoteReply(1, 3, False, 0.0),
         AppendEntriesReply(1, 3, False, 0, 0, 0),
     ]
-    assert node.log == [] and node.term == 0 and node.voted_for is None
+    assert node.log.held() == [] and node.term == 0 and node.voted_for is None
 
 
 def test_a_leader_forgets_what_a_follower_with_a_new_incarnation_acknowledged() -> None:
@@ -377,7 +377,7 @@ def restart_with_a_shorter_lease(unsafe: UnsafeSwitches) -> tuple[RaftNode, Raft
     hard_state = h.readies[3][-1].hard_state or h.nodes[3].hard_state
     assert hard_state.lease_bound == 3.5
     short = replace(long, lease_duration=0.3)
-    persisted = PersistentState(hard_state, tuple(h.nodes[3].log))
+    persisted = PersistentState(hard_state, tuple(h.nodes[3].log.held()))
     h.nodes[3] = RaftNode(3, [1, 2], short, random.Random(3), now, persisted, unsafe)
     h.in_flight.clear()
     while not (leaders := [h.nodes[i] for i in (2, 3) if role(h.nodes[i]) is Role.LEADER]):
@@ -461,7 +461,7 @@ def test_a_success_reply_with_the_window_full_sends_no_empty_append() -> None:
     progress = leader._leader.progress[2] if leader._leader else None
     assert progress is not None and progress.state is ProgressState.REPLICATE
     progress.next = progress.match + 5  # the window (4 entries) in flight, nothing answered
-    assert progress.next <= len(leader.log)
+    assert progress.next <= leader.log.last_index
     leader.step(AppendEntriesReply(1, 2, True, progress.match, 0, leader._round), 3.2)
     assert not [e for e in leader.take_ready().messages if isinstance(e.message, AppendEntries)]
 

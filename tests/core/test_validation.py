@@ -115,14 +115,14 @@ def test_well_formed_messages_pass() -> None:
 def test_the_core_drops_a_malformed_message_and_reports_it(message: Message, reason: str) -> None:
     node = RaftNode(1, MEMBERS, CONFIG, random.Random(0), 0.0)
     node.advance(node.take_ready())
-    before = (node.term, node.voted_for, node.role, list(node.log), node.next_deadline())
+    before = (node.term, node.voted_for, node.role, node.log.held(), node.next_deadline())
     node.step(message, 0.1)
     ready = node.take_ready()
     assert ready.messages == () and ready.hard_state is None and not ready.log_changed
     assert len(ready.events) == 1
     event = ready.events[0]
     assert isinstance(event, ev.ProtocolViolation) and reason in event.reason
-    assert (node.term, node.voted_for, node.role, list(node.log), node.next_deadline()) == before
+    assert (node.term, node.voted_for, node.role, node.log.held(), node.next_deadline()) == before
 
 
 def test_unsafe_switches_name_what_they_turn_on() -> None:

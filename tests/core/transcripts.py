@@ -533,7 +533,7 @@ class Env:
 
     def cmd_log(self, rest: str) -> list[str]:
         bare, _ = _words(rest)
-        return [f"{i}: {describe_entries(list(self.nodes[i].log))}" for i in self.ids(bare)]
+        return [f"{i}: {describe_entries(self.nodes[i].log.held())}" for i in self.ids(bare)]
 
     def cmd_restart(self, rest: str) -> list[str]:
         node = self.node(rest.strip())

@@ -59,7 +59,7 @@ class ForgedConflict:
         if commit == 0:
             return replace(self.base, term=MAX_TERM + 1)  # nothing committed to conflict with
         prev = commit - 1
-        prev_term = core.log[prev - 1].term if prev else 0
+        prev_term = core.log.term(prev) or 0
         # A term above the receiver's, so no earlier check answers for it, and above the term
         # of its committed entry, so the entry conflicts with it.
         term = core.term + 1
@@ -378,7 +378,7 @@ class Simulation:
         if len(leaders) != 1:
             return False
         leader = leaders[0]
-        noop_committed = any(e.term == leader.term for e in leader.log[: leader.commit_index])
+        noop_committed = leader.log.term(leader.commit_index) == leader.term
         return noop_committed and all(
             n.core is not None and n.core.commit_index == leader.commit_index
             for n in self.nodes.values()
@@ -1209,7 +1209,7 @@ def _committed_in_own_term(core: RaftNode) -> bool:
     """A leader whose own NO-OP (the first entry of its term) has committed: it can commit
     writes and, in read_index mode, serve reads."""
     commit = core.commit_index
-    return core.role is Role.LEADER and commit > 0 and core.log[commit - 1].term == core.term
+    return core.role is Role.LEADER and commit > 0 and core.log.term(commit) == core.term
 
 
 def run_scenario(scenario: Scenario, *, trace: bool = False) -> RunResult:

@@ -28,7 +28,7 @@ class SafetyChecker:
             log = core.log
             for offset, entry in enumerate(ready.entries):
                 index = ready.first_index + offset
-                prev_term = log[index - 2].term if index > 1 else 0
+                prev_term = log.term(index - 1) or 0
                 identity = (prev_term, entry.command)
                 known = self._entry_identity.setdefault((index, entry.term), identity)
                 if known != identity:
@@ -63,7 +63,9 @@ class SafetyChecker:
         for index, entry in self.committed.items():
             if self.committed_in_term[index] >= core.term:
                 continue
-            if index > len(log) or log[index - 1] != entry:
+            if index <= log.offset:
+                continue  # compacted: covered by the snapshot (checked when it is made)
+            if index > log.last_index or log.entry(index) != entry:
                 raise InvariantViolationError(
                     f"leader completeness: node {node_id}, leader of term {core.term}, lacks "
                     f"committed entry {entry} at index {index}"
