@@ -6,19 +6,45 @@ table. Only the answer to the proposer depends on it (node.py): a SET that carri
 is applied when its seq is above the client's last applied seq; a retry of that last applied
 SET (same seq) is skipped and answered with the index where it was applied; a SET below it is
 skipped and refused as stale, never acknowledged.
+
+Both maps are persistent (`immutables.Map`, a hash array mapped trie): taking a snapshot is
+taking two references, O(1) whatever the size, so the Raft loop never pauses to copy the data
+(docs/design.md §10); the worker thread that writes the image reads a version nobody changes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import immutables
+
 from .messages import Command, NoOpCommand, SetCommand
+
+# client id -> (highest seq applied for it, the log index where that SET was applied, the cluster
+# time in ms of its last activity; 0 until sessions expire). Plain tuples: a snapshot line each.
+SessionRecord = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotImage:
+    """The state machine as of log entry `index` (of `term`): what snapshot.txt holds."""
+
+    index: int
+    term: int
+    data: immutables.Map[str, str]
+    sessions: immutables.Map[str, SessionRecord]
+    cluster_time: int = 0
+
+
+_EMPTY_DATA: immutables.Map[str, str] = immutables.Map()
+_EMPTY_SESSIONS: immutables.Map[str, SessionRecord] = immutables.Map()
 
 
 class KeyValueStateMachine:
-    def __init__(self) -> None:
-        self._data: dict[str, str] = {}
-        # client id → (highest seq applied for it, the log index where that SET was applied).
-        # Plain tuples so that a snapshot can serialise the table as it is.
-        self._last_applied: dict[str, tuple[int, int]] = {}
+    def __init__(self, image: SnapshotImage | None = None) -> None:
+        self._data = image.data if image is not None else _EMPTY_DATA
+        self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
+        self._cluster_time = image.cluster_time if image is not None else 0
 
     def apply(self, command: Command, index: int) -> int | None:
         """Apply the committed command at log `index`.
@@ -30,15 +56,18 @@ class KeyValueStateMachine:
         """
         if isinstance(command, NoOpCommand):
             return index
-        assert isinstance(command, SetCommand)
+        if not isinstance(command, SetCommand):
+            raise TypeError(f"not a command: {command!r}")
         if command.client_id:
-            last_seq, last_index = self._last_applied.get(command.client_id, (0, 0))
+            last_seq, last_index, _ = self._sessions.get(command.client_id, (0, 0, 0))
             if command.seq == last_seq:
                 return last_index
             if command.seq < last_seq:
                 return None
-            self._last_applied[command.client_id] = (command.seq, index)
-        self._data[command.key] = command.value
+            self._sessions = self._sessions.set(
+                command.client_id, (command.seq, index, self._cluster_time)
+            )
+        self._data = self._data.set(command.key, command.value)
         return index
 
     def get(self, key: str) -> str | None:
@@ -46,10 +75,15 @@ class KeyValueStateMachine:
 
     def last_applied(self, client_id: str) -> tuple[int, int] | None:
         """(highest seq applied, its log index) for `client_id`, or None if none was applied."""
-        return self._last_applied.get(client_id)
+        record = self._sessions.get(client_id)
+        return None if record is None else (record[0], record[1])
+
+    def image(self, index: int, term: int) -> SnapshotImage:
+        """This state, as of entry `index`, in O(1): later applies do not change the image."""
+        return SnapshotImage(index, term, self._data, self._sessions, self._cluster_time)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def snapshot_items(self) -> dict[str, str]:
-        return dict(self._data)
+        return dict(self._data.items())

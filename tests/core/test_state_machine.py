@@ -60,3 +60,25 @@ def test_replicas_applying_the_same_log_agree() -> None:
     assert all(r.snapshot_items() == {"a": "3", "b": "2"} for r in replicas)
     assert all(answer == [1, 1, 3, 4, None] for answer in answers)
     assert all(r.last_applied("c") == (2, 4) and r.last_applied("d") == (5, 3) for r in replicas)
+
+
+def test_an_image_is_a_point_in_time_copy_that_later_applies_do_not_change() -> None:
+    machine = KeyValueStateMachine()
+    machine.apply(SetCommand("a", "1", "c", 1), 1)
+    image = machine.image(1, 1)
+    machine.apply(SetCommand("a", "2", "c", 2), 2)
+    machine.apply(SetCommand("b", "3"), 3)
+    assert (image.index, image.term) == (1, 1)
+    assert dict(image.data.items()) == {"a": "1"}
+    assert dict(image.sessions.items()) == {"c": (1, 1, 0)}
+    assert machine.snapshot_items() == {"a": "2", "b": "3"}
+
+
+def test_a_machine_started_from_an_image_continues_where_the_image_ends() -> None:
+    original = KeyValueStateMachine()
+    original.apply(SetCommand("a", "1", "c", 4), 7)
+    restored = KeyValueStateMachine(original.image(7, 2))
+    assert restored.get("a") == "1" and restored.last_applied("c") == (4, 7)
+    assert restored.apply(SetCommand("a", "x", "c", 4), 9) == 7  # a retry still deduplicates
+    assert restored.apply(SetCommand("a", "y", "c", 5), 9) == 9
+    assert restored.get("a") == "y" and original.get("a") == "1"
