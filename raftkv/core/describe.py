@@ -140,6 +140,9 @@ def describe_ready(ready: Ready) -> str:
         vote = "none" if hard.voted_for is None else hard.voted_for
         bounds = f" lease_bound={fmt_float(hard.lease_bound)}" if hard.lease_bound else ""
         lines.append(f"HardState term={hard.term} vote={vote}{bounds}")
+    if ready.log_reset is not None:
+        index, term = ready.log_reset
+        lines.append(f"LogReset: the log now starts after {index}/{term}")
     if ready.log_changed:
         if ready.entries:
             lines.append(f"Entries from={ready.first_index}: {describe_entries(ready.entries)}")
@@ -158,6 +161,14 @@ def describe_ready(ready: Ready) -> str:
     if ready.applied:
         lines.append("applied:")
         lines.extend(f"  {index}: {describe_entry(entry)}" for index, entry in ready.applied)
+    if ready.snapshot is not None:
+        image = ready.snapshot
+        lines.append(
+            f"Snapshot index={image.index} term={image.term} keys={len(image.data)} "
+            f"sessions={len(image.sessions)} (write in the background)"
+        )
+    if ready.compact_to:
+        lines.append(f"CompactTo {ready.compact_to} (after the entries above)")
     if ready.events:
         lines.append("events:")
         lines.extend(f"  {event}" for event in ready.events)

@@ -267,6 +267,48 @@ class PeerReplaced(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotLoaded(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} started from its snapshot at index {index} (term {term}), "
+        "{entries} log entries after it."
+    )
+    node: int
+    index: int
+    term: int
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSaved(Event):
+    """A snapshot of the state machine is durable; the log may be compacted up to it."""
+
+    TEMPLATE: ClassVar[str] = "Node {node} saved a snapshot at index {index} (term {term})."
+    node: int
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFailed(Event):
+    """Writing a snapshot failed; the log is kept whole and the node tries again later."""
+
+    TEMPLATE: ClassVar[str] = "Node {node} could not save a snapshot at index {index}: {reason}"
+    node: int
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogCompacted(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} compacted its log: it now starts after index {index} (term {term})."
+    )
+    node: int
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolViolation(Event):
     """A peer's message that breaks the protocol; the core dropped it unseen."""
 

@@ -42,7 +42,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import events
-from .config import ReadMode, TimingConfig, drift_stretch, lease_span
+from .config import (
+    DEFAULT_SNAPSHOTS,
+    ReadMode,
+    SnapshotPolicy,
+    TimingConfig,
+    drift_stretch,
+    lease_span,
+)
 from .events import Event, describe_command
 from .leader import LONG_AGO, NEVER, LeaderState, PendingRead
 from .messages import (
@@ -70,7 +77,7 @@ from .messages import (
 from .progress import Progress
 from .quorum import majority, quorum_value
 from .raft_log import RaftLog
-from .state_machine import KeyValueStateMachine
+from .state_machine import KeyValueStateMachine, SnapshotImage
 from .validation import MAX_TERM, malformed, sender_of
 
 __all__ = ["LONG_AGO", "NEVER"]
@@ -110,6 +117,9 @@ class UnsafeSwitches:
     transfer_keeps_lease: bool = False
     # A restarted node assumes only its own configured lease, not the longest it recorded.
     forget_lease_bound: bool = False
+    # Compacts the log when a snapshot is taken, not once it is durable (a crash in between
+    # loses committed entries: the simulator's durability check must catch it).
+    compact_before_snapshot_durable: bool = False
 
     def enabled(self) -> list[str]:
         return [name for name in self.__slots__ if getattr(self, name)]
@@ -134,9 +144,16 @@ class HardState:
 @dataclass(frozen=True, slots=True)
 class PersistentState:
     hard_state: HardState
+    # The log entries log_offset + 1, log_offset + 2, ... (docs/design.md §5: logs.txt).
     entries: Sequence[LogEntry]
     # Only a hint (the commit index is volatile in Raft), clamped to the log on load.
     commit_index: int = 0
+    # The durable snapshot, if any: the state machine as of its index, all of it committed.
+    snapshot: SnapshotImage | None = None
+    # The last index before `entries` and its term (0, 0 for a log never compacted); never
+    # beyond the snapshot's index, or entries in between would be lost.
+    log_offset: int = 0
+    log_offset_term: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +176,20 @@ class Ready:
     replies: tuple[ClientReply, ...]
     applied: tuple[tuple[int, LogEntry], ...]
     events: tuple[Event, ...]
+    # Before this Ready's entries: the stored log is replaced by an empty one that starts
+    # after (index, term), which a durable snapshot covers (an installed snapshot, or a log
+    # found at start-up not to agree with the snapshot).
+    log_reset: tuple[int, int] | None = None
+    # A point-in-time image of the state machine to write in the background (docs/design.md
+    # §10); the caller reports the outcome with `snapshot_saved` or `snapshot_failed`.
+    snapshot: SnapshotImage | None = None
+    # After this Ready's entries: the stored log may drop the entries before this index,
+    # keeping the entry at it (0: nothing to drop). Only ever up to a durable snapshot.
+    compact_to: int = 0
 
     @property
     def needs_persist(self) -> bool:
-        return self.hard_state is not None or self.log_changed
+        return self.hard_state is not None or self.log_changed or self.log_reset is not None
 
     @property
     def messages(self) -> tuple[Envelope, ...]:
@@ -183,6 +210,9 @@ class NodeStatus:
     last_applied: int
     lease_remaining: float
     waiting_for_old_lease: float
+    # The durable snapshot's index (0: none) and the first log entry held in memory.
+    snapshot_index: int = 0
+    first_index: int = 1
 
 
 @dataclass(slots=True)
@@ -206,19 +236,48 @@ class RaftNode:
         *,
         admitted: bool = True,
         incarnation: int = 0,
+        snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS,
     ) -> None:
         config.validate()
+        snapshots.validate()
         if node_id in peers:
             raise ValueError(f"node {node_id} lists itself among its peers")
         self.id = node_id
         self.peer_ids = tuple(sorted(set(peers)))
         self.config = config
         self.unsafe = unsafe
+        self.snapshots = snapshots
         self._rng = rng
         self._quorum = majority(len(self.peer_ids) + 1)
 
         state = persisted or PersistentState(HardState(0, None), ())
-        self._log = RaftLog(state.entries)
+        snapshot = state.snapshot
+        if state.log_offset > (snapshot.index if snapshot is not None else 0):
+            covered = snapshot.index if snapshot is not None else 0
+            raise ValueError(
+                f"the log starts after index {state.log_offset} but the snapshot covers only "
+                f"{covered}: entries {covered + 1}..{state.log_offset} are missing"
+            )
+        self._log = RaftLog(
+            state.entries, offset=state.log_offset, offset_term=state.log_offset_term
+        )
+        # Everything in a snapshot is committed; a log that does not reach its last entry, or
+        # holds another term there, has a tail that can never commit (a crash between an
+        # install's snapshot and its log reset): the snapshot wins (etcd raft's restore()).
+        self._log_reset: tuple[int, int] | None = None
+        self._snapshot_index = self._snapshot_term = 0
+        if snapshot is not None:
+            self._snapshot_index, self._snapshot_term = snapshot.index, snapshot.term
+            if self._log.term(snapshot.index) != snapshot.term:
+                self._log.reset(snapshot.index, snapshot.term)
+                self._log_reset = (snapshot.index, snapshot.term)
+        # The index of the image handed out in a Ready whose outcome is not known yet (0: none),
+        # and when a failed write may be tried again.
+        self._snapshot_capture = 0
+        self._snapshot_retry_at = LONG_AGO
+        # Bytes of keys and values applied since the last image was taken (the size trigger).
+        self._applied_bytes = 0
+        self._compact_to = 0
         self.term = state.hard_state.term
         self.voted_for = state.hard_state.voted_for
         self._hard_state_dirty = False
@@ -245,8 +304,8 @@ class RaftNode:
         self.leader_id: NodeId | None = None
         # Figure 2's commitIndex. Committed entries are applied at once, so lastApplied is
         # always equal to it and is not kept separately.
-        self.commit_index = 0
-        self.state_machine = KeyValueStateMachine()
+        self.commit_index = self._snapshot_index
+        self.state_machine = KeyValueStateMachine(snapshot)
 
         # Log bookkeeping for Ready: entries from _unstable_from on are not yet handed out.
         self._unstable_from = self._log.last_index + 1
@@ -287,8 +346,13 @@ class RaftNode:
         # that stepped down still learns whether its entry committed or was overwritten.
         self._pending_writes: dict[int, tuple[int, int]] = {}
 
+        if snapshot is not None:
+            after = self._log.last_index - snapshot.index
+            self._out.events.append(
+                events.SnapshotLoaded(self.id, snapshot.index, snapshot.term, after)
+            )
         self._apply_committed(min(state.commit_index, self._log.last_index), announce=False)
-        if self.commit_index:
+        if self.commit_index > self._snapshot_index:
             self._out.events.append(
                 events.Restored(self.id, self._log.last_index, self.commit_index)
             )
@@ -495,6 +559,31 @@ class RaftNode:
         lease_check = max(leader.lease_end, leader.step_down_grace_end)
         return min(leader.next_heartbeat, lease_check, checks)
 
+    def snapshot_saved(self, index: int, now: float) -> None:
+        """The image of `Ready.snapshot` at `index` is durable (docs/design.md §10): the log
+        may now be compacted up to it."""
+        self._begin_input(now)
+        if index == self._snapshot_capture:
+            self._snapshot_capture = 0
+        if index <= self._snapshot_index:
+            return  # superseded by a later snapshot, or reported twice
+        term = self._log.term(index)
+        if term is None or index > self.commit_index:
+            raise CoreMisuseError(f"snapshot_saved({index}) for no image this node handed out")
+        self._snapshot_index, self._snapshot_term = index, term
+        self._out.events.append(events.SnapshotSaved(self.id, index, term))
+        self._compact()
+
+    def snapshot_failed(self, index: int, now: float, reason: str) -> None:
+        """Writing the image at `index` failed: keep the whole log, and try again after an
+        election timeout (a full disk must not turn into a retry loop)."""
+        self._begin_input(now)
+        if index != self._snapshot_capture:
+            return
+        self._snapshot_capture = 0
+        self._snapshot_retry_at = now + self.config.election_timeout_max
+        self._out.events.append(events.SnapshotFailed(self.id, index, reason))
+
     def has_ready(self) -> bool:
         leader = self._leader
         return bool(
@@ -505,6 +594,9 @@ class RaftNode:
             or self._out.applied
             or self._out.events
             or (leader is not None and (leader.replicate_wanted or leader.read_round_wanted))
+            or self._log_reset is not None
+            or self._compact_to > 0
+            or self._snapshot_due()
         )
 
     def take_ready(self) -> Ready:
@@ -514,6 +606,7 @@ class RaftNode:
         if leader is not None and (leader.replicate_wanted or leader.read_round_wanted):
             self._broadcast(leader, self._last_now)
             leader.replicate_wanted = leader.read_round_wanted = False
+        image = self._capture_snapshot() if self._snapshot_due() else None
         out, self._out = self._out, _Outbox()
         hard_state = self.hard_state if self._hard_state_dirty else None
         messages = tuple(out.messages)
@@ -535,7 +628,12 @@ class RaftNode:
             replies=tuple(out.replies),
             applied=tuple(out.applied),
             events=tuple(out.events),
+            log_reset=self._log_reset,
+            snapshot=image,
+            compact_to=self._compact_to,
         )
+        self._log_reset = None
+        self._compact_to = 0
         self._hard_state_dirty = False
         self._log_changed = False
         self._unstable_from = self._log.last_index + 1
@@ -570,6 +668,8 @@ class RaftNode:
             waiting_for_old_lease=(
                 max(0.0, leader.serving_from - now) if leader is not None else 0.0
             ),
+            snapshot_index=self._snapshot_index,
+            first_index=self._log.first_index,
         )
 
     @property
@@ -1007,6 +1107,10 @@ class RaftNode:
         """The one place that decides what a follower is sent next."""
         limit = self.config.max_entries_per_message
         prev_index, with_entries = progress.next_send(self._log.last_index, window=self._window)
+        if prev_index < self._log.offset:
+            # The follower needs entries compacted away: only a snapshot can catch it up. Until
+            # then it is sent heartbeats anchored where this leader still knows the term.
+            prev_index, with_entries = self._log.offset, False
         entries = self._batch_from(prev_index, limit) if with_entries else []
         progress.sent(prev_index, len(entries))
         message = AppendEntries(
@@ -1118,6 +1222,8 @@ class RaftNode:
         for index in range(first, commit_index + 1):
             entry = self._log.entry(index)
             effect_index = self.state_machine.apply(entry.command, index)
+            if isinstance(entry.command, SetCommand):
+                self._applied_bytes += len(entry.command.key) + len(entry.command.value)
             self._out.applied.append((index, entry))
             if announce and isinstance(entry.command, SetCommand):
                 self._out.events.append(
@@ -1135,6 +1241,38 @@ class RaftNode:
                     # A retry of the client's last applied SET answers where that one applied.
                     result = WriteDone(effect_index)
                 self._out.replies.append(ClientReply(token, result))
+
+    # ------------------------------------------------------------------------------------------
+    # Snapshots and compaction (docs/design.md §10)
+
+    def _snapshot_due(self) -> bool:
+        if self._snapshot_capture or self._last_now < self._snapshot_retry_at:
+            return False
+        since = self.commit_index - max(self._snapshot_index, self._log.offset)
+        policy = self.snapshots
+        return since > 0 and (since >= policy.entries or self._applied_bytes >= policy.bytes)
+
+    def _capture_snapshot(self) -> SnapshotImage:
+        # Every committed entry is applied (§2), so the state machine *is* the state at the
+        # commit index; taking the image costs two references, whatever the data's size.
+        index = self.commit_index
+        image = self.state_machine.image(index, self._term_at(index))
+        self._snapshot_capture = index
+        self._applied_bytes = 0
+        if self.unsafe.compact_before_snapshot_durable:
+            self._compact(up_to=index)
+        return image
+
+    def _compact(self, up_to: int | None = None) -> None:
+        """Drop log entries the durable snapshot covers, keeping `trailing_entries` before it
+        for followers a little behind (hashicorp/raft: min(snapshot, last − trailing))."""
+        limit = self._snapshot_index if up_to is None else up_to
+        target = min(limit, self._log.last_index - self.snapshots.trailing_entries)
+        if target <= self._log.offset:
+            return
+        self._log.compact_to(target)
+        self._compact_to = target
+        self._out.events.append(events.LogCompacted(self.id, target, self._log.offset_term))
 
     # ------------------------------------------------------------------------------------------
     # Helpers

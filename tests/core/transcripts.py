@@ -17,7 +17,7 @@ shared clock `t` (plus its own `skew`, 0 unless set); `t` only moves forward.
 
 Commands (`ID…` = one or more node ids; `[…]` optional):
   add-nodes N [config=test|fast|seed] [election=MIN-MAX] [heartbeat=S] [lease=S] [drift=ρ]
-            [read-mode=lease|read_index] [start=T]
+            [read-mode=lease|read_index] [start=T] [prevote=off] [snapshot=E/T]
                         N nodes 1..N, node i with random.Random(i), all created at t=start (0).
   skew ID S             node ID's clock reads t + S from now on.
   advance-clock D       t += D.
@@ -41,6 +41,10 @@ Commands (`ID…` = one or more node ids; `[…]` optional):
   deadline ID…          the node's next_deadline(), on its own clock (t + skew).
   restart ID            a new RaftNode built from what the harness persisted for ID (queued
                         messages to it stay queued; work it had not handed out is lost).
+  save-snapshot ID [fail=REASON]
+                        the node's oldest snapshot image being written becomes durable (or its
+                        write fails), and the node is told; `add-nodes … snapshot=E/T` makes
+                        the nodes snapshot every E committed entries and keep T after.
   raw-step ID MESSAGE   step a hand-written message, written as describe_message prints it
                         (`1->2 MsgApp term=2 prev=0/0 entries=[2:SET k v] commit=0 lease=0.5
                         round=1`; omitted fields take defaults). ID is the recipient.
@@ -61,7 +65,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
+from raftkv.core.config import (
+    DEFAULT_SNAPSHOTS,
+    FAST_PROFILE,
+    SEED_PROFILE,
+    ReadMode,
+    SnapshotPolicy,
+    TimingConfig,
+)
 from raftkv.core.describe import (
     describe_entries,
     describe_message,
@@ -81,6 +92,7 @@ from raftkv.core.messages import (
     SetCommand,
 )
 from raftkv.core.node import SAFE, HardState, PersistentState, RaftNode, UnsafeSwitches
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.core.validation import sender_of
 
 # The unit tests' timings (tests/unit/test_core_node.py): no drift, so lease arithmetic is exact.
@@ -264,8 +276,14 @@ class Storage:
     """What a node has persisted (the harness plays its disk)."""
 
     hard_state: HardState = field(default_factory=lambda: HardState(0, None))
+    # The log entries offset + 1, offset + 2, ...; the entry at `offset` had `offset_term`.
     entries: list[LogEntry] = field(default_factory=list)
     commit_index: int = 0
+    offset: int = 0
+    offset_term: int = 0
+    snapshot: SnapshotImage | None = None
+    # Images handed out by Readys and not yet reported saved or failed, oldest first.
+    writing: list[SnapshotImage] = field(default_factory=list)
 
 
 @dataclass
@@ -281,6 +299,7 @@ class Env:
     next_token: int = 1
     quiet: bool = False
     unsafe: UnsafeSwitches = SAFE
+    snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -312,9 +331,17 @@ class Env:
             ready = node.take_ready()
             out += describe_ready(ready).splitlines()
             disk = self.storage[node_id]
+            if ready.log_reset is not None:
+                disk.entries, (disk.offset, disk.offset_term) = [], ready.log_reset
             if ready.log_changed:
-                del disk.entries[ready.first_index - 1 :]
+                del disk.entries[ready.first_index - disk.offset - 1 :]
                 disk.entries.extend(ready.entries)
+            if ready.compact_to > disk.offset:
+                keep = ready.compact_to - disk.offset
+                disk.offset_term = disk.entries[keep - 1].term
+                disk.offset, disk.entries = ready.compact_to, disk.entries[keep:]
+            if ready.snapshot is not None:
+                disk.writing.append(ready.snapshot)
             if ready.hard_state is not None:
                 disk.hard_state = ready.hard_state
             disk.commit_index = ready.commit_index
@@ -389,6 +416,10 @@ class Env:
         # no CheckQuorum), for transcripts about the rules underneath; prevote.txt has PreVote.
         if opts.pop("prevote", "on") == "off":
             self.unsafe = UnsafeSwitches(no_pre_vote=True)
+        # snapshot=ENTRIES/TRAILING: snapshot every ENTRIES committed entries, keep TRAILING.
+        if "snapshot" in opts:
+            every, _, trailing = opts.pop("snapshot").partition("/")
+            self.snapshots = SnapshotPolicy(entries=int(every), trailing_entries=int(trailing))
         self.clock = float(opts.pop("start", "0"))
         if opts:
             raise TranscriptError(f"unknown add-nodes options {sorted(opts)}")
@@ -397,7 +428,13 @@ class Env:
         for i in ids:
             peers = [p for p in ids if p != i]
             self.nodes[i] = RaftNode(
-                i, peers, config, random.Random(i), self.now(i), unsafe=self.unsafe
+                i,
+                peers,
+                config,
+                random.Random(i),
+                self.now(i),
+                unsafe=self.unsafe,
+                snapshots=self.snapshots,
             )
             self.storage[i] = Storage()
         c = config
@@ -533,12 +570,25 @@ class Env:
 
     def cmd_log(self, rest: str) -> list[str]:
         bare, _ = _words(rest)
-        return [f"{i}: {describe_entries(self.nodes[i].log.held())}" for i in self.ids(bare)]
+        out = []
+        for i in self.ids(bare):
+            log = self.nodes[i].log
+            after = f"after {log.offset}/{log.offset_term} " if log.offset else ""
+            out.append(f"{i}: {after}{describe_entries(log.held())}")
+        return out
 
     def cmd_restart(self, rest: str) -> list[str]:
         node = self.node(rest.strip())
         disk = self.storage[node.id]
-        persisted = PersistentState(disk.hard_state, tuple(disk.entries), disk.commit_index)
+        persisted = PersistentState(
+            disk.hard_state,
+            tuple(disk.entries),
+            disk.commit_index,
+            snapshot=disk.snapshot,
+            log_offset=disk.offset,
+            log_offset_term=disk.offset_term,
+        )
+        disk.writing.clear()  # a write in flight dies with the process
         self.nodes[node.id] = RaftNode(
             node.id,
             list(node.peer_ids),
@@ -547,13 +597,32 @@ class Env:
             self.now(node.id),
             persisted=persisted,
             unsafe=node.unsafe,
+            snapshots=node.snapshots,
         )
         vote = disk.hard_state.voted_for
+        snapshot = f"snapshot={disk.snapshot.index}/{disk.snapshot.term} " if disk.snapshot else ""
+        after = f"after {disk.offset}/{disk.offset_term} " if disk.offset else ""
         return [
             f"restarted {node.id} at t={fmt_float(self.clock)} from term={disk.hard_state.term} "
-            f"vote={'none' if vote is None else vote} log={describe_entries(disk.entries)} "
-            f"commit_hint={disk.commit_index}"
+            f"vote={'none' if vote is None else vote} {snapshot}log={after}"
+            f"{describe_entries(disk.entries)} commit_hint={disk.commit_index}"
         ]
+
+    def cmd_save_snapshot(self, rest: str) -> list[str]:
+        """save-snapshot ID [fail=REASON]: the node's oldest image in flight becomes durable
+        (or its write fails); the node is told, as an input."""
+        bare, opts = _words(rest)
+        node = self.node(bare[0])
+        disk = self.storage[node.id]
+        if not disk.writing:
+            raise TranscriptError(f"node {node.id} is writing no snapshot")
+        image = disk.writing.pop(0)
+        if "fail" in opts:
+            node.snapshot_failed(image.index, self.now(node.id), opts["fail"])
+            return [f"snapshot {image.index} of {node.id} failed"]
+        disk.snapshot = image
+        node.snapshot_saved(image.index, self.now(node.id))
+        return [f"snapshot {image.index}/{image.term} of {node.id} is durable"]
 
     def cmd_raw_step(self, rest: str) -> list[str]:
         node_text, _, text = rest.strip().partition(" ")
@@ -590,6 +659,7 @@ _COMMANDS: dict[str, Callable[[Env, str], list[str]]] = {
     "log": Env.cmd_log,
     "deadline": Env.cmd_deadline,
     "restart": Env.cmd_restart,
+    "save-snapshot": Env.cmd_save_snapshot,
     "raw-step": Env.cmd_raw_step,
     "log-level": Env.cmd_log_level,
 }

@@ -1,0 +1,238 @@
+"""Snapshots and compaction in the core (docs/design.md §10): when an image is handed out, what
+is compacted once it is durable, and how a node starts from a snapshot and a log tail."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from raftkv.core import events as ev
+from raftkv.core.config import SnapshotPolicy, TimingConfig
+from raftkv.core.messages import (
+    NO_OP,
+    AppendEntries,
+    AppendEntriesReply,
+    LogEntry,
+    RequestVoteReply,
+    SetCommand,
+)
+from raftkv.core.node import (
+    CoreMisuseError,
+    HardState,
+    PersistentState,
+    RaftNode,
+    Ready,
+    Role,
+    UnsafeSwitches,
+)
+from raftkv.core.state_machine import KeyValueStateMachine, SnapshotImage
+
+CONFIG = TimingConfig(
+    election_timeout_min=1.0,
+    election_timeout_max=2.0,
+    heartbeat_interval=0.1,
+    lease_duration=0.5,
+    max_clock_drift=0.0,
+)
+
+
+def single(policy: SnapshotPolicy, unsafe: UnsafeSwitches | None = None) -> RaftNode:
+    """A cluster of one, already leader and serving (its NO-OP at index 1 committed)."""
+    node = RaftNode(
+        1, [], CONFIG, random.Random(1), 0.0, snapshots=policy, unsafe=unsafe or UnsafeSwitches()
+    )
+    node.tick(node.next_deadline())
+    node.tick(node.next_deadline())  # the old-lease wait of rule 3 ends
+    drain(node)
+    assert node.role is Role.LEADER and node.commit_index == 1
+    return node
+
+
+def drain(node: RaftNode) -> list[Ready]:
+    readies = []
+    while node.has_ready():
+        ready = node.take_ready()
+        readies.append(ready)
+        node.advance(ready)
+    return readies
+
+
+def write(node: RaftNode, count: int, value: str = "v", now: float = 5.0) -> list[Ready]:
+    for i in range(count):
+        node.propose(SetCommand(f"k{i}", value), now, i + 1)
+    return drain(node)
+
+
+def image_of(readies: list[Ready]) -> SnapshotImage:
+    images = [r.snapshot for r in readies if r.snapshot is not None]
+    assert len(images) == 1, images
+    return images[0]
+
+
+def test_an_image_is_handed_out_once_enough_has_committed_and_compaction_waits_for_it() -> None:
+    node = single(SnapshotPolicy(entries=5, trailing_entries=2))
+    readies = write(node, 4)
+    image = image_of(readies)
+    assert (image.index, image.term) == (5, 1) and len(image.data) == 4
+    assert all(r.compact_to == 0 for r in readies)
+    assert node.log.first_index == 1  # nothing dropped before the image is durable
+    write(node, 6)  # no second image while the first is being written
+    assert node.log.last_index == 11
+    node.snapshot_saved(5, 6.0)
+    [ready] = drain(node)
+    # min(snapshot index 5, last 11 − 2 trailing): the whole snapshot, since the tail is long.
+    assert ready.compact_to == 5 and node.log.first_index == 6
+    assert node.status(6.0).snapshot_index == 5
+    assert ev.SnapshotSaved(1, 5, 1) in ready.events and ev.LogCompacted(1, 5, 1) in ready.events
+    # 6 more entries have committed since: the next image comes in the same Ready.
+    assert ready.snapshot is not None and ready.snapshot.index == 11
+
+
+def test_the_trailing_entries_stay_when_the_log_after_the_snapshot_is_short() -> None:
+    node = single(SnapshotPolicy(entries=5, trailing_entries=3))
+    image = image_of(write(node, 4))
+    node.snapshot_saved(image.index, 6.0)
+    [ready] = drain(node)
+    assert ready.compact_to == 2 and node.log.first_index == 3 and node.log.offset_term == 1
+
+
+def test_large_values_trigger_a_snapshot_before_the_entry_count_does() -> None:
+    node = single(SnapshotPolicy(entries=1000, bytes=300))
+    assert all(r.snapshot is None for r in write(node, 1, "x" * 100))
+    assert image_of(write(node, 2, "x" * 100)).index == 4
+
+
+def test_a_failed_write_is_retried_only_after_an_election_timeout() -> None:
+    node = single(SnapshotPolicy(entries=2, trailing_entries=0))
+    image = image_of(write(node, 1))
+    node.snapshot_failed(image.index, 6.0, "No space left on device")
+    [ready] = drain(node)
+    assert ev.SnapshotFailed(1, 2, "No space left on device") in ready.events
+    assert node.log.first_index == 1
+    assert all(r.snapshot is None for r in write(node, 3, now=6.5))
+    node.tick(6.0 + CONFIG.election_timeout_max)
+    assert image_of(drain(node)).index == 5
+
+
+def test_a_late_or_unknown_saved_report_is_ignored_or_refused() -> None:
+    node = single(SnapshotPolicy(entries=2, trailing_entries=0))
+    image = image_of(write(node, 1))
+    node.snapshot_saved(image.index, 6.0)
+    drain(node)
+    node.snapshot_saved(image.index, 6.0)  # twice: nothing more happens
+    assert not node.has_ready()
+    with pytest.raises(CoreMisuseError):
+        node.snapshot_saved(99, 6.0)
+
+
+def test_a_node_starts_from_its_snapshot_and_the_log_after_it() -> None:
+    machine = KeyValueStateMachine()
+    machine.apply(SetCommand("a", "1", "c", 1), 3)
+    image = machine.image(4, 2)
+    tail = [LogEntry(2, SetCommand("b", "2")), LogEntry(3, NO_OP)]
+    state = PersistentState(
+        HardState(3, None), tail, commit_index=5, snapshot=image, log_offset=4, log_offset_term=2
+    )
+    node = RaftNode(2, [1, 3], CONFIG, random.Random(2), 0.0, persisted=state)
+    assert (node.commit_index, node.log.first_index, node.log.last_index) == (5, 5, 6)
+    assert node.state_machine.get("a") == "1" and node.state_machine.get("b") == "2"
+    assert node.state_machine.last_applied("c") == (1, 3)
+    [ready] = drain(node)
+    assert ready.log_reset is None and [i for i, _ in ready.applied] == [5]
+    assert ev.SnapshotLoaded(2, 4, 2, 2) in ready.events
+
+
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        ([LogEntry(1, NO_OP)], "the log does not reach the snapshot"),
+        ([LogEntry(1, NO_OP)] * 4, "the log holds another term at the snapshot's index"),
+    ],
+)
+def test_a_log_that_disagrees_with_the_snapshot_is_replaced_by_it(
+    entries: list[LogEntry], why: str
+) -> None:
+    image = KeyValueStateMachine().image(4, 2)
+    state = PersistentState(HardState(2, None), entries, snapshot=image)
+    node = RaftNode(2, [1, 3], CONFIG, random.Random(2), 0.0, persisted=state)
+    assert (node.log.offset, node.log.last_index, node.log.last_term) == (4, 4, 2), why
+    assert node.commit_index == 4
+    [ready] = drain(node)
+    assert ready.log_reset == (4, 2) and ready.needs_persist
+
+
+def test_a_log_that_starts_after_the_snapshot_is_refused() -> None:
+    image = KeyValueStateMachine().image(4, 2)
+    with pytest.raises(ValueError, match=r"entries 5\.\.6 are missing"):
+        RaftNode(
+            2,
+            [1, 3],
+            CONFIG,
+            random.Random(2),
+            0.0,
+            persisted=PersistentState(
+                HardState(2, None), [], snapshot=image, log_offset=6, log_offset_term=2
+            ),
+        )
+    with pytest.raises(ValueError, match=r"entries 1\.\.3 are missing"):
+        RaftNode(
+            2,
+            [1, 3],
+            CONFIG,
+            random.Random(2),
+            0.0,
+            persisted=PersistentState(HardState(2, None), [], log_offset=3, log_offset_term=1),
+        )
+
+
+def test_a_follower_accepts_entries_it_already_compacted_without_truncating() -> None:
+    image = KeyValueStateMachine().image(4, 1)
+    state = PersistentState(
+        HardState(1, 1),
+        [LogEntry(1, SetCommand("k", "5"))],
+        commit_index=5,
+        snapshot=image,
+        log_offset=4,
+        log_offset_term=1,
+    )
+    node = RaftNode(2, [1, 3], CONFIG, random.Random(2), 0.0, persisted=state)
+    drain(node)
+    entries = tuple(LogEntry(1, SetCommand("k", str(i))) for i in range(3, 7))
+    message = AppendEntries(1, 1, 2, 1, entries, 5, 0.5, round=7)
+    node.step(message, 0.1)
+    [ready] = drain(node)
+    reply = ready.messages[0].message
+    assert isinstance(reply, AppendEntriesReply) and reply.success and reply.match_index == 6
+    assert ready.first_index == 6 and ready.entries == entries[-1:]
+    assert node.log.first_index == 5 and node.log.last_index == 6
+
+
+def test_a_follower_behind_the_compaction_point_gets_heartbeats_anchored_there() -> None:
+    # Node 1 restarts from a snapshot at 10 with nothing after it, and wins an election.
+    image = KeyValueStateMachine().image(10, 1)
+    state = PersistentState(HardState(1, 1), [], snapshot=image, log_offset=10, log_offset_term=1)
+    unsafe = UnsafeSwitches(no_pre_vote=True)
+    node = RaftNode(1, [2, 3], CONFIG, random.Random(1), 0.0, persisted=state, unsafe=unsafe)
+    now = node.next_deadline()
+    node.tick(now)
+    drain(node)
+    node.step(RequestVoteReply(2, 2, True, 0.0), now)
+    drain(node)
+    assert node.role is Role.LEADER
+    # Node 3 has an empty log: it rejects, pointing at index 1, which was compacted away.
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 1), now)
+    [ready] = drain(node)
+    [heartbeat] = [e.message for e in ready.messages if e.to == 3]
+    assert isinstance(heartbeat, AppendEntries)
+    assert (heartbeat.prev_log_index, heartbeat.prev_log_term, heartbeat.entries) == (10, 1, ())
+
+
+def test_the_negative_control_compacts_before_the_image_is_durable() -> None:
+    node = single(
+        SnapshotPolicy(entries=2, trailing_entries=0),
+        UnsafeSwitches(compact_before_snapshot_durable=True),
+    )
+    readies = write(node, 1)
+    [ready] = [r for r in readies if r.snapshot is not None]
+    assert ready.compact_to == 2 and node.log.first_index == 3
