@@ -22,6 +22,8 @@ from .messages import (
     AppendEntriesReply,
     ClientReply,
     Envelope,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     Message,
     ReadPending,
@@ -92,6 +94,16 @@ def _main_body(message: Message) -> str:
             parts.append(f"conflict={message.conflict_index}")
         parts.append(f"round={message.round}")
         return " ".join(parts)
+    if isinstance(message, InstallSnapshot):
+        done = " done" if message.done else ""
+        return (
+            f"MsgSnap term={message.term} last={message.last_index}/{message.last_term} "
+            f"lease={fmt_float(message.lease_duration)}{done}"
+        )
+    if isinstance(message, InstallSnapshotReply):
+        return (
+            f"MsgSnapResp term={message.term} last={message.last_index} match={message.match_index}"
+        )
     if isinstance(message, RequestVote):
         kind = "MsgPreVote" if message.pre_vote else "MsgVote"
         return f"{kind} term={message.term} last={message.last_log_index}/{message.last_log_term}"

@@ -309,6 +309,36 @@ class LogCompacted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSending(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Leader {node} sending its snapshot at index {index} (term {term}) to Node {peer}: "
+        "the entries it needs were compacted."
+    )
+    node: int
+    peer: int
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSendFailed(Event):
+    TEMPLATE: ClassVar[str] = "Leader {node} could not send its snapshot to Node {peer}."
+    node: int
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInstalled(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} installed the leader's snapshot at index {index} (term {term}), "
+        "replacing its state and log."
+    )
+    node: int
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolViolation(Event):
     """A peer's message that breaks the protocol; the core dropped it unseen."""
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .state_machine import SnapshotImage
 
 NodeId = int
 
@@ -113,7 +117,50 @@ class RequestVoteReply:
     max_clock_drift: float = 0.0
 
 
-Message = AppendEntries | AppendEntriesReply | RequestVote | RequestVoteReply
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """One chunk of a snapshot a leader streams to a follower that needs entries it compacted
+    (Raft thesis §5.3). The core sees the chunks' Raft fields, not their bytes: each one is news
+    of the leader (election timer, lease rule 2) like an AppendEntries; the receiving shell
+    writes the bytes, and on the last chunk (`done`) attaches the verified `image`.
+
+    From a leader's core, a message with `done` False is the intent "stream the snapshot at
+    (last_index, last_term) to this follower": the shell turns it into the chunks.
+    """
+
+    term: int
+    leader_id: NodeId
+    last_index: int
+    last_term: int
+    lease_duration: float
+    done: bool = False
+    image: SnapshotImage | None = None
+    max_clock_drift: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotReply:
+    term: int
+    follower_id: NodeId
+    # The snapshot the chunk belonged to, and whether it was its last chunk.
+    last_index: int
+    done: bool = False
+    # On the last chunk: the follower's log matches the leader's up to here (the snapshot's
+    # index once installed; its commit index when the snapshot was stale). 0 on other chunks,
+    # and from a node that refuses it (not admitted, or in another term).
+    match_index: int = 0
+    max_clock_drift: float = 0.0
+    incarnation: int = 0
+
+
+Message = (
+    AppendEntries
+    | AppendEntriesReply
+    | RequestVote
+    | RequestVoteReply
+    | InstallSnapshot
+    | InstallSnapshotReply
+)
 
 
 @dataclass(frozen=True, slots=True)

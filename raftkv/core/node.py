@@ -60,6 +60,8 @@ from .messages import (
     ClientReply,
     Command,
     Envelope,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     Message,
     NodeId,
@@ -74,7 +76,7 @@ from .messages import (
     SetCommand,
     WriteDone,
 )
-from .progress import Progress
+from .progress import Progress, ProgressState
 from .quorum import majority, quorum_value
 from .raft_log import RaftLog
 from .state_machine import KeyValueStateMachine, SnapshotImage
@@ -176,6 +178,9 @@ class Ready:
     replies: tuple[ClientReply, ...]
     applied: tuple[tuple[int, LogEntry], ...]
     events: tuple[Event, ...]
+    # A snapshot received from the leader, to become the node's snapshot.txt before the log is
+    # reset (log_reset holds its position) and before any reply is sent.
+    installed: SnapshotImage | None = None
     # Before this Ready's entries: the stored log is replaced by an empty one that starts
     # after (index, term), which a durable snapshot covers (an installed snapshot, or a log
     # found at start-up not to agree with the snapshot).
@@ -265,6 +270,7 @@ class RaftNode:
         # holds another term there, has a tail that can never commit (a crash between an
         # install's snapshot and its log reset): the snapshot wins (etcd raft's restore()).
         self._log_reset: tuple[int, int] | None = None
+        self._installed: SnapshotImage | None = None
         self._snapshot_index = self._snapshot_term = 0
         if snapshot is not None:
             self._snapshot_index, self._snapshot_term = snapshot.index, snapshot.term
@@ -390,8 +396,16 @@ class RaftNode:
             and self._refuse_append(message)
         ):
             return
+        if (
+            isinstance(message, InstallSnapshot)
+            and message.term >= self.term
+            and self._refuse_snapshot(message)
+        ):
+            return
         if message.term > self.term and not _is_pre_vote_not_refusal(message):
-            leader = message.leader_id if isinstance(message, AppendEntries) else None
+            leader = (
+                message.leader_id if isinstance(message, AppendEntries | InstallSnapshot) else None
+            )
             self._become_follower(message.term, leader, now)
         if isinstance(message, AppendEntries):
             self._on_append_entries(message, now)
@@ -399,8 +413,12 @@ class RaftNode:
             self._on_append_entries_reply(message, now)
         elif isinstance(message, RequestVote):
             self._on_request_vote(message, now)
-        else:
+        elif isinstance(message, RequestVoteReply):
             self._on_request_vote_reply(message, now)
+        elif isinstance(message, InstallSnapshot):
+            self._on_install_snapshot(message, now)
+        else:
+            self._on_install_snapshot_reply(message, now)
 
     def tick(self, now: float) -> None:
         self._begin_input(now)
@@ -584,6 +602,17 @@ class RaftNode:
         self._snapshot_retry_at = now + self.config.election_timeout_max
         self._out.events.append(events.SnapshotFailed(self.id, index, reason))
 
+    def snapshot_send_failed(self, peer_id: NodeId, now: float) -> None:
+        """Streaming a snapshot to `peer_id` failed (stream broken, deadline passed): probe the
+        follower again; a new transfer starts only once it answers."""
+        self._begin_input(now)
+        leader = self._leader
+        progress = leader.progress.get(peer_id) if leader is not None else None
+        if progress is None or progress.state is not ProgressState.SNAPSHOT:
+            return
+        self._out.events.append(events.SnapshotSendFailed(self.id, peer_id))
+        progress.snapshot_done(0)
+
     def has_ready(self) -> bool:
         leader = self._leader
         return bool(
@@ -610,7 +639,7 @@ class RaftNode:
         out, self._out = self._out, _Outbox()
         hard_state = self.hard_state if self._hard_state_dirty else None
         messages = tuple(out.messages)
-        if hard_state is not None or not self._log_changed:
+        if hard_state is not None or not (self._log_changed or self._log_reset is not None):
             # After a term or vote change every message waits for the disk; with nothing to
             # persist, "after persisting" is now.
             send_now, send_after = ((), messages) if hard_state is not None else (messages, ())
@@ -628,11 +657,13 @@ class RaftNode:
             replies=tuple(out.replies),
             applied=tuple(out.applied),
             events=tuple(out.events),
+            installed=self._installed,
             log_reset=self._log_reset,
             snapshot=image,
             compact_to=self._compact_to,
         )
         self._log_reset = None
+        self._installed = None
         self._compact_to = 0
         self._hard_state_dirty = False
         self._log_changed = False
@@ -850,6 +881,67 @@ class RaftNode:
         self._out.messages.append(Envelope(msg.leader_id, self._refusal_reply(self.term)))
         return True
 
+    def _on_install_snapshot(self, msg: InstallSnapshot, now: float) -> None:
+        if msg.term < self.term:
+            self._reply_snapshot(msg, match=0, term=self.term)
+            return
+        # Every chunk is news of the leader, as an AppendEntries is (Raft thesis §5.3): it
+        # resets the election timer and records the leader's lease (rule 2). Its reply vouches
+        # for no round, so a chunk never renews a lease; heartbeats go on doing that.
+        if self.role is not Role.FOLLOWER or self.leader_id != msg.leader_id:
+            self._become_follower(msg.term, msg.leader_id, now)
+        self._reset_election_timer(now)
+        self._leader_contact = now
+        self._record_old_lease(msg, now)
+        image = msg.image
+        if image is None:
+            self._reply_snapshot(msg, match=0)
+            return
+        if image.index <= self.commit_index:
+            # Stale or duplicate: this node already has all of it (etcd raft's restore()).
+            self._reply_snapshot(msg, match=self.commit_index)
+            return
+        if self._log.term(image.index) == image.term:
+            # The log already holds the snapshot's last entry: it and everything before it
+            # are committed; the entries after it stay (they may be the leader's too).
+            self._apply_committed(image.index)
+            self._reply_snapshot(msg, match=image.index)
+            return
+        self._install(image)
+        self._reply_snapshot(msg, match=image.index)
+
+    def _install(self, image: SnapshotImage) -> None:
+        """Replace the state machine and the whole log by the leader's snapshot."""
+        self._out.events.append(events.SnapshotInstalled(self.id, image.index, image.term))
+        self.state_machine = KeyValueStateMachine(image)
+        self._log.reset(image.index, image.term)
+        self.commit_index = self._snapshot_index = image.index
+        self._snapshot_term = image.term
+        self._installed = image
+        self._log_reset = (image.index, image.term)
+        self._applied_bytes = 0
+        self._unstable_from = image.index + 1
+        self._persisted_length = image.index
+        self._log_changed = False
+        # Whatever this node proposed as an earlier leader is gone from its log: the outcome
+        # is for the cluster to know (the entry may or may not be in the snapshot).
+        for index in sorted(self._pending_writes):
+            token, _ = self._pending_writes.pop(index)
+            lost = Refused(Refusal.ENTRY_LOST, self.leader_id)
+            self._out.replies.append(ClientReply(token, lost))
+
+    def _reply_snapshot(self, msg: InstallSnapshot, *, match: int, term: int | None = None) -> None:
+        reply = InstallSnapshotReply(
+            self.term if term is None else term,
+            self.id,
+            msg.last_index,
+            msg.done,
+            match,
+            max_clock_drift=self._drift,
+            incarnation=self.incarnation,
+        )
+        self._out.messages.append(Envelope(msg.leader_id, reply))
+
     def _refusal_reply(self, term: int) -> AppendEntriesReply:
         """Unsuccessful, round 0 (vouches for no round, renews no lease), conflict index 0
         (moves nothing at the leader)."""
@@ -865,6 +957,8 @@ class RaftNode:
         if isinstance(message, AppendEntries):
             reply: Message = self._refusal_reply(message.term)
             self._out.messages.append(Envelope(message.leader_id, reply))
+        elif isinstance(message, InstallSnapshot):
+            self._reply_snapshot(message, match=0, term=message.term)
         elif isinstance(message, RequestVote):
             term = max(1, message.term - 1) if message.pre_vote else message.term
             reply = RequestVoteReply(term, self.id, False, 0.0, pre_vote=message.pre_vote)
@@ -906,12 +1000,28 @@ class RaftNode:
         self._out.messages.append(Envelope(msg.candidate_id, reply))
         return True
 
-    def _append_problem(self, msg: AppendEntries) -> str | None:
+    def _second_leader_problem(self, msg: AppendEntries | InstallSnapshot) -> str | None:
         if msg.term == self.term:
             if self.role is Role.LEADER:
                 return f"a second leader in term {msg.term} (this node leads it)"
             if self.leader_id is not None and self.leader_id != msg.leader_id:
                 return f"a second leader in term {msg.term} (node {self.leader_id} leads it)"
+        return None
+
+    def _refuse_snapshot(self, msg: InstallSnapshot) -> bool:
+        """As `_refuse_append`: a chunk from a second leader of a term is refused, answered
+        with nothing installed, and changes nothing."""
+        problem = self._second_leader_problem(msg)
+        if problem is None:
+            return False
+        self._out.events.append(events.ProtocolViolation(self.id, msg.leader_id, problem))
+        self._reply_snapshot(msg, match=0, term=self.term)
+        return True
+
+    def _append_problem(self, msg: AppendEntries) -> str | None:
+        problem = self._second_leader_problem(msg)
+        if problem is not None:
+            return problem
         if not self._matches_prev(msg):
             return None  # the log-matching rule rejects it, changing nothing
         conflict = self._first_conflict(msg)
@@ -941,7 +1051,7 @@ class RaftNode:
                 return index
         return None
 
-    def _record_old_lease(self, msg: AppendEntries, now: float) -> None:
+    def _record_old_lease(self, msg: AppendEntries | InstallSnapshot, now: float) -> None:
         # Rule 2: keep the longest lease seen from any leader of any term, as long as the leader
         # claims it (validation caps it at MAX_LEASE_DURATION), whatever our own flags say; and
         # remember the longest for after a restart.
@@ -1108,8 +1218,12 @@ class RaftNode:
         limit = self.config.max_entries_per_message
         prev_index, with_entries = progress.next_send(self._log.last_index, window=self._window)
         if prev_index < self._log.offset:
-            # The follower needs entries compacted away: only a snapshot can catch it up. Until
-            # then it is sent heartbeats anchored where this leader still knows the term.
+            # The follower needs entries compacted away: only a snapshot can catch it up
+            # (Raft thesis §5.3). Meanwhile it is sent heartbeats anchored where this leader
+            # still knows the term, which keep its election timer and the lease going.
+            answering = self._last_now - progress.heard_at < self.config.election_timeout_min
+            if progress.state is not ProgressState.SNAPSHOT and answering:
+                self._send_snapshot(peer_id, progress)
             prev_index, with_entries = self._log.offset, False
         entries = self._batch_from(prev_index, limit) if with_entries else []
         progress.sent(prev_index, len(entries))
@@ -1130,6 +1244,43 @@ class RaftNode:
             max_clock_drift=self._drift,
         )
         self._out.messages.append(Envelope(peer_id, message))
+
+    def _send_snapshot(self, peer_id: NodeId, progress: Progress) -> None:
+        # The intent: the shell streams the durable snapshot.txt in chunks, each stamped
+        # with this term and lease (its header, not this message, says which index it holds).
+        index, term = self._snapshot_index, self._snapshot_term
+        progress.become_snapshot(index)
+        intent = InstallSnapshot(
+            self.term,
+            self.id,
+            index,
+            term,
+            self.config.lease_duration,
+            max_clock_drift=self._drift,
+        )
+        self._out.messages.append(Envelope(peer_id, intent))
+        self._out.events.append(events.SnapshotSending(self.id, peer_id, index, term))
+
+    def _on_install_snapshot_reply(self, msg: InstallSnapshotReply, now: float) -> None:
+        leader = self._leader
+        if msg.term < self.term or leader is None or not msg.done:
+            return
+        progress = leader.progress.get(msg.follower_id)
+        if progress is None:
+            return
+        if msg.match_index > self._log.last_index:
+            problem = (
+                f"match_index {msg.match_index} is beyond this leader's log "
+                f"({self._log.last_index})"
+            )
+            self._out.events.append(events.ProtocolViolation(self.id, msg.follower_id, problem))
+            return
+        if progress.state is ProgressState.SNAPSHOT:
+            progress.snapshot_done(msg.match_index)
+        else:
+            progress.on_success(msg.match_index)
+        self._maybe_commit()
+        self._send_append(leader, msg.follower_id, progress)
 
     def _timeout_now_due(self, leader: LeaderState, peer_id: NodeId) -> bool:
         """The transfer target has just caught up: tell it to campaign without waiting for the
@@ -1268,6 +1419,11 @@ class RaftNode:
         for followers a little behind (hashicorp/raft: min(snapshot, last − trailing))."""
         limit = self._snapshot_index if up_to is None else up_to
         target = min(limit, self._log.last_index - self.snapshots.trailing_entries)
+        if self._leader is not None:
+            # A follower installing a snapshot continues from the entry after it: keep that
+            # entry, or it would need another snapshot, and again (a livelock under load).
+            pending = [p.pending_snapshot for p in self._leader.progress.values()]
+            target = min([target, *(index for index in pending if index)])
         if target <= self._log.offset:
             return
         self._log.compact_to(target)

@@ -8,6 +8,9 @@ States:
   AppendEntries at a time, from `next − 1`, and moves `next` only on the follower's answer.
 - REPLICATE: the follower's log matches up to `match`. The leader streams entries from `next`
   optimistically (advancing `next` on send), with a bounded window in flight.
+- SNAPSHOT: the follower needs entries the leader compacted away; a snapshot up to
+  `pending_snapshot` is being streamed to it, and it gets only heartbeats until that ends
+  (etcd's StateSnapshot).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from enum import Enum
 class ProgressState(Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 @dataclass(slots=True)
@@ -41,6 +45,8 @@ class Progress:
     heard_at: float = float("-inf")
     # The follower's data-directory incarnation, once it told us (0: not yet).
     incarnation: int = 0
+    # In SNAPSHOT: the index of the snapshot being sent (0 otherwise).
+    pending_snapshot: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -54,7 +60,10 @@ class Progress:
             self.match = match
             self.match_round = max(self.match_round, round)
         self.next = max(self.next, self.match + 1)
+        if self.state is ProgressState.SNAPSHOT and self.match < self.pending_snapshot:
+            return advanced  # a heartbeat's answer: the entries it needs are still compacted
         self.state = ProgressState.REPLICATE
+        self.pending_snapshot = 0
         return advanced
 
     def on_rejection(self, conflict_index: int, round: int = 0) -> bool:
@@ -62,6 +71,8 @@ class Progress:
         Returns False for a late rejection, which changes nothing (nothing to resend)."""
         if conflict_index <= self.match and round <= self.match_round:
             return False  # sent before the success that set `match`: it says nothing new
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # its log stays short until the snapshot is installed
         self.state = ProgressState.PROBE
         if conflict_index <= self.match:
             # The follower lost entries it had acknowledged (a damaged disk, an operator
@@ -75,6 +86,20 @@ class Progress:
         self.match = self.match_round = self.match_at_last_heartbeat = 0
         self.next = log_length + 1
         self.state = ProgressState.PROBE
+        self.pending_snapshot = 0
+
+    def become_snapshot(self, snapshot_index: int) -> None:
+        """The snapshot up to `snapshot_index` is being sent; nothing else until it ends."""
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = snapshot_index
+        self.next = max(self.next, snapshot_index + 1)
+
+    def snapshot_done(self, match: int) -> None:
+        """The transfer ended: installed up to `match` (or failed: 0); probe from there."""
+        self.match = max(self.match, match)
+        self.next = self.match + 1
+        self.state = ProgressState.PROBE
+        self.pending_snapshot = 0
 
     def on_heartbeat(self) -> None:
         """Called at each heartbeat: a stream that made no progress for a whole heartbeat with
@@ -96,6 +121,8 @@ class Progress:
         """
         if self.state is ProgressState.PROBE:
             return self.next - 1, True
+        if self.state is ProgressState.SNAPSHOT:
+            return self.match, False
         if self.next <= log_length and self.in_flight < window:
             return self.next - 1, True
         return self.match, False

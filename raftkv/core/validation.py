@@ -15,7 +15,15 @@ import math
 from collections.abc import Collection
 
 from .config import MAX_LEASE_DURATION
-from .messages import AppendEntries, AppendEntriesReply, Message, NodeId, RequestVote
+from .messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    Message,
+    NodeId,
+    RequestVote,
+)
 
 # The highest term a node accepts or reaches. Terms travel as uint64 and are stored in decimal;
 # 2**63 − 1 also fits a signed 64-bit integer, so no reader anywhere can overflow on a term the
@@ -30,9 +38,9 @@ MAX_INDEX = 2**63 - 1
 
 def sender_of(message: Message) -> NodeId:
     """The node id a message claims to come from."""
-    if isinstance(message, AppendEntries):
+    if isinstance(message, AppendEntries | InstallSnapshot):
         return message.leader_id
-    if isinstance(message, AppendEntriesReply):
+    if isinstance(message, AppendEntriesReply | InstallSnapshotReply):
         return message.follower_id
     if isinstance(message, RequestVote):
         return message.candidate_id
@@ -57,6 +65,8 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
         field = {
             AppendEntries: "leader_id",
             AppendEntriesReply: "follower_id",
+            InstallSnapshot: "leader_id",
+            InstallSnapshotReply: "follower_id",
             RequestVote: "candidate_id",
         }.get(type(message), "voter_id")
         return f"{field} {sender} is not a member of this cluster"
@@ -68,6 +78,13 @@ def malformed(message: Message, members: Collection[NodeId]) -> str | None:
         return f"max_clock_drift must be in [0, 0.5), got {rho}"
     if isinstance(message, AppendEntries):
         return _append_entries_problem(message)
+    if isinstance(message, InstallSnapshot):
+        return _install_snapshot_problem(message)
+    if isinstance(message, InstallSnapshotReply):
+        return _first(
+            _above("last_index", message.last_index, MAX_INDEX),
+            _above("match_index", message.match_index, MAX_INDEX),
+        )
     if isinstance(message, AppendEntriesReply):
         return _first(
             _above("match_index", message.match_index, MAX_INDEX),
@@ -106,14 +123,38 @@ def _position_problem(name: str, index: int, term: int) -> str | None:
     return None
 
 
-def _append_entries_problem(message: AppendEntries) -> str | None:
-    lease = message.lease_duration
+def _lease_problem(lease: float) -> str | None:
     if not math.isfinite(lease):
         return f"lease_duration must be finite, got {lease}"
     if lease <= 0:
         return f"lease_duration must be a positive number, got {lease}"
     if lease > MAX_LEASE_DURATION:
         return f"lease_duration {lease} exceeds the longest lease {MAX_LEASE_DURATION}"
+    return None
+
+
+def _install_snapshot_problem(message: InstallSnapshot) -> str | None:
+    lease_problem = _lease_problem(message.lease_duration)
+    if lease_problem is not None:
+        return lease_problem
+    if message.term == 0:
+        return "an InstallSnapshot needs a term ≥ 1"
+    if message.last_index == 0 or message.last_term == 0:
+        return "a snapshot covers at least entry 1, of a term ≥ 1"
+    if message.last_term > message.term:
+        return "the snapshot's last_term exceeds the leader's term"
+    if message.done != (message.image is not None):
+        return "only the last chunk of a snapshot carries its image"
+    image = message.image
+    if image is not None and (image.index, image.term) != (message.last_index, message.last_term):
+        return "the snapshot received is not the one the chunk names"
+    return _above("last_index", message.last_index, MAX_INDEX)
+
+
+def _append_entries_problem(message: AppendEntries) -> str | None:
+    lease_problem = _lease_problem(message.lease_duration)
+    if lease_problem is not None:
+        return lease_problem
     if message.term == 0:
         return "an AppendEntries needs a term ≥ 1"
     if message.prev_log_term > message.term:

@@ -13,6 +13,8 @@ from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     RequestVoteReply,
     SetCommand,
@@ -208,10 +210,13 @@ def test_a_follower_accepts_entries_it_already_compacted_without_truncating() ->
     assert node.log.first_index == 5 and node.log.last_index == 6
 
 
-def test_a_follower_behind_the_compaction_point_gets_heartbeats_anchored_there() -> None:
-    # Node 1 restarts from a snapshot at 10 with nothing after it, and wins an election.
-    image = KeyValueStateMachine().image(10, 1)
-    state = PersistentState(HardState(1, 1), [], snapshot=image, log_offset=10, log_offset_term=1)
+def leader_after_snapshot() -> RaftNode:
+    """Node 1, restarted from a snapshot at 10 with nothing after it, elected in term 2."""
+    machine = KeyValueStateMachine()
+    machine.apply(SetCommand("k", "v"), 9)
+    state = PersistentState(
+        HardState(1, 1), [], snapshot=machine.image(10, 1), log_offset=10, log_offset_term=1
+    )
     unsafe = UnsafeSwitches(no_pre_vote=True)
     node = RaftNode(1, [2, 3], CONFIG, random.Random(1), 0.0, persisted=state, unsafe=unsafe)
     now = node.next_deadline()
@@ -220,12 +225,139 @@ def test_a_follower_behind_the_compaction_point_gets_heartbeats_anchored_there()
     node.step(RequestVoteReply(2, 2, True, 0.0), now)
     drain(node)
     assert node.role is Role.LEADER
+    return node
+
+
+def sent_to(ready: Ready, peer: int) -> list[object]:
+    return [e.message for e in ready.messages if e.to == peer]
+
+
+def test_a_follower_behind_the_compaction_point_is_sent_the_snapshot_once() -> None:
+    node = leader_after_snapshot()
+    now = node.next_deadline() - 0.5
     # Node 3 has an empty log: it rejects, pointing at index 1, which was compacted away.
     node.step(AppendEntriesReply(2, 3, False, 0, 1, 1), now)
     [ready] = drain(node)
-    [heartbeat] = [e.message for e in ready.messages if e.to == 3]
+    intent, heartbeat = sent_to(ready, 3)
+    assert intent == InstallSnapshot(2, 1, 10, 1, CONFIG.lease_duration)
     assert isinstance(heartbeat, AppendEntries)
     assert (heartbeat.prev_log_index, heartbeat.prev_log_term, heartbeat.entries) == (10, 1, ())
+    assert ev.SnapshotSending(1, 3, 10, 1) in ready.events
+    # While it streams, rejections move nothing and start no second transfer.
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2), now)
+    assert not any(isinstance(m, InstallSnapshot) for r in drain(node) for m in sent_to(r, 3))
+    # Installed: replication goes on from the snapshot's index.
+    node.step(InstallSnapshotReply(2, 3, 10, True, 10), now)
+    [ready] = drain(node)
+    [append] = sent_to(ready, 3)
+    assert isinstance(append, AppendEntries) and append.prev_log_index == 10
+
+
+def test_a_failed_transfer_is_retried_once_the_follower_answers_again() -> None:
+    node = leader_after_snapshot()
+    now = node.next_deadline() - 0.5
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 1), now)
+    drain(node)
+    node.snapshot_send_failed(3, now)
+    [ready] = drain(node)
+    assert ev.SnapshotSendFailed(1, 3) in ready.events
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2), now)
+    [ready] = drain(node)
+    assert isinstance(sent_to(ready, 3)[0], InstallSnapshot)
+    node.snapshot_send_failed(2, now)  # a follower not being sent one: nothing happens
+    assert not node.has_ready()
+
+
+def follower(commit: int = 0, entries: tuple[LogEntry, ...] = ()) -> RaftNode:
+    state = PersistentState(HardState(2, None), entries, commit_index=commit)
+    node = RaftNode(3, [1, 2], CONFIG, random.Random(3), 0.0, persisted=state)
+    drain(node)
+    return node
+
+
+def chunk(image: SnapshotImage | None, *, term: int = 2, lease: float = 0.5) -> InstallSnapshot:
+    return InstallSnapshot(term, 1, 10, 1, lease, done=image is not None, image=image)
+
+
+def test_a_follower_installs_the_snapshot_from_its_last_chunk() -> None:
+    node = follower(entries=(LogEntry(1, NO_OP), LogEntry(2, SetCommand("x", "old"))))
+    deadline = node.next_deadline()
+    node.step(chunk(None, lease=0.9), 0.5)
+    [ready] = drain(node)
+    assert node.next_deadline() > deadline  # a chunk resets the election timer
+    assert node.leader_id == 1 and node.lease_bound == 0.9  # and records the lease (rule 2)
+    assert ready.messages[0].message == InstallSnapshotReply(2, 3, 10, False, 0)
+    machine = KeyValueStateMachine()
+    machine.apply(SetCommand("k", "v", "c", 1), 9)
+    image = machine.image(10, 1)
+    node.step(chunk(image), 0.6)
+    [ready] = drain(node)
+    assert ready.installed is image and ready.log_reset == (10, 1) and ready.needs_persist
+    assert ready.send_now == () and ready.send_after_persist[0].message == InstallSnapshotReply(
+        2, 3, 10, True, 10
+    )
+    assert node.state_machine.get("k") == "v" and node.state_machine.get("x") is None
+    assert node.state_machine.last_applied("c") == (1, 9)
+    assert (node.commit_index, node.log.offset, node.log.last_index) == (10, 10, 10)
+    assert node.status(0.6).snapshot_index == 10
+    assert ev.SnapshotInstalled(3, 10, 1) in ready.events
+    # A duplicate of the last chunk is stale now: answered, nothing changes.
+    node.step(chunk(image), 0.7)
+    [ready] = drain(node)
+    assert ready.installed is None and ready.messages[0].message == InstallSnapshotReply(
+        2, 3, 10, True, 10
+    )
+
+
+def test_a_snapshot_whose_last_entry_the_log_holds_only_commits() -> None:
+    entries = tuple(LogEntry(1, SetCommand("k", str(i))) for i in range(12))
+    node = follower(entries=entries)
+    node.step(chunk(KeyValueStateMachine().image(10, 1)), 0.5)
+    [ready] = drain(node)
+    assert ready.installed is None and ready.log_reset is None
+    assert node.commit_index == 10 and node.log.last_index == 12
+    assert node.state_machine.get("k") == "9"
+
+
+def test_a_snapshot_from_an_old_term_is_refused_in_the_followers_term() -> None:
+    node = follower()
+    node.step(chunk(None, term=2), 0.1)
+    drain(node)
+    node.step(replace_term(chunk(KeyValueStateMachine().image(10, 1)), 5), 0.2)
+    drain(node)
+    node.step(chunk(KeyValueStateMachine().image(10, 1), term=2), 0.3)
+    [ready] = drain(node)
+    assert ready.installed is None
+    assert ready.messages[0].message == InstallSnapshotReply(5, 3, 10, True, 0)
+
+
+def replace_term(message: InstallSnapshot, term: int) -> InstallSnapshot:
+    return InstallSnapshot(
+        term,
+        message.leader_id,
+        message.last_index,
+        message.last_term,
+        message.lease_duration,
+        message.done,
+        message.image,
+    )
+
+
+def test_a_leader_refuses_a_snapshot_from_a_second_leader_of_its_term() -> None:
+    node = leader_after_snapshot()
+    node.step(InstallSnapshot(2, 2, 10, 1, 0.5), 1.0)
+    [ready] = drain(node)
+    assert node.role is Role.LEADER
+    assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
+
+
+def test_a_node_that_is_not_admitted_installs_nothing() -> None:
+    node = RaftNode(3, [1, 2], CONFIG, random.Random(3), 0.0, admitted=False)
+    drain(node)
+    node.step(chunk(KeyValueStateMachine().image(10, 1)), 0.5)
+    [ready] = drain(node)
+    assert ready.installed is None and node.commit_index == 0
+    assert ready.messages[0].message == InstallSnapshotReply(2, 3, 10, True, 0)
 
 
 def test_the_negative_control_compacts_before_the_image_is_durable() -> None:

@@ -14,6 +14,8 @@ from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     Message,
     RequestVote,
@@ -21,11 +23,14 @@ from raftkv.core.messages import (
     SetCommand,
 )
 from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
+from raftkv.core.state_machine import KeyValueStateMachine
 from raftkv.core.validation import MAX_INDEX, MAX_TERM, malformed
 
 CONFIG = TimingConfig(1.0, 2.0, 0.1, 0.5, 0.0)
 MEMBERS = (2, 3)
 
+
+IMAGE = KeyValueStateMachine().image(5, 1)
 
 GOOD_APPEND = AppendEntries(
     term=2,
@@ -89,6 +94,19 @@ BAD: list[tuple[Message, str]] = [
     (RequestVoteReply(0, 3, True, 0.0), "a vote reply needs a term ≥ 1"),
     (RequestVoteReply(MAX_TERM + 1, 3, True, 0.0), "exceeds the limit"),
     (RequestVoteReply(1, 8, True, 0.0), "voter_id 8 is not a member"),
+    (InstallSnapshot(2, 9, 5, 1, 0.5), "leader_id 9 is not a member"),
+    (InstallSnapshot(2, 2, 5, 1, 1e300), "exceeds the longest lease"),
+    (InstallSnapshot(0, 2, 5, 1, 0.5), "an InstallSnapshot needs a term ≥ 1"),
+    (InstallSnapshot(2, 2, 0, 1, 0.5), "a snapshot covers at least entry 1"),
+    (InstallSnapshot(2, 2, 5, 0, 0.5), "a snapshot covers at least entry 1"),
+    (InstallSnapshot(2, 2, 5, 3, 0.5), "last_term exceeds the leader's term"),
+    (InstallSnapshot(2, 2, 5, 1, 0.5, done=True), "only the last chunk"),
+    (InstallSnapshot(2, 2, 5, 1, 0.5, image=IMAGE), "only the last chunk"),
+    (InstallSnapshot(2, 2, 6, 1, 0.5, done=True, image=IMAGE), "not the one the chunk names"),
+    (InstallSnapshot(2, 2, MAX_INDEX + 1, 1, 0.5), "last_index"),
+    (InstallSnapshotReply(2, 7, 5), "follower_id 7 is not a member"),
+    (InstallSnapshotReply(2, 3, MAX_INDEX + 1), "last_index"),
+    (InstallSnapshotReply(2, 3, 5, True, MAX_INDEX + 1), "match_index"),
 ]
 
 

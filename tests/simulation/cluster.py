@@ -16,6 +16,8 @@ from raftkv.core.messages import (
     AppendEntriesReply,
     ClientReply,
     Envelope,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     Message,
     ReadPending,
@@ -622,6 +624,17 @@ class Simulation:
             return replace(message, follower_id=STRANGER)
         if isinstance(message, RequestVote):
             return replace(message, candidate_id=STRANGER)
+        if isinstance(message, InstallSnapshot):
+            if choice < 2:
+                return replace(message, lease_duration=1e300)
+            if choice < 4 and message.image is not None:
+                # Names another snapshot than the one received: refused.
+                return replace(message, last_index=message.last_index + 1)
+            return replace(message, leader_id=STRANGER)
+        if isinstance(message, InstallSnapshotReply):
+            if choice < 3:
+                return replace(message, done=True, match_index=MAX_INDEX)
+            return replace(message, follower_id=STRANGER)
         if choice < 2:
             return replace(message, voter_id=STRANGER)
         if choice < 4:
