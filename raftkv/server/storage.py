@@ -149,6 +149,7 @@ from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetComman
 from raftkv.core.node import HardState
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server.resources import DescriptorReserve
+from raftkv.server.storage_errors import StorageCorruption, StorageError
 
 # Re-exported: the escaping is shared by every file of a node and lives in textformat; callers
 # that know it as storage's keep working.
@@ -219,22 +220,6 @@ _FLOAT_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?")
 _INCARNATION_RE: Final = re.compile(r"[0-9a-f]{16}")
 # Incarnations are below 2**63, so that signed 64-bit readers and JSON tools keep them exact.
 MAX_INCARNATION: Final = 2**63 - 1
-
-
-class StorageError(Exception):
-    """The data directory cannot be used; the node must not continue with it."""
-
-
-# The name is fixed by the interface the shell was specified against, hence no Error suffix.
-class StorageCorruption(StorageError):  # noqa: N818
-    """A file holds data this module could not have written (and that is not a torn append)."""
-
-    def __init__(self, path: str | os.PathLike[str], line_no: int | None, problem: str) -> None:
-        where = f"{os.fspath(path)}, line {line_no}" if line_no is not None else os.fspath(path)
-        super().__init__(f"corrupt data in {where}: {problem}")
-        self.path = os.fspath(path)
-        self.line_no = line_no
-        self.problem = problem
 
 
 class StorageDataLostError(StorageError):
