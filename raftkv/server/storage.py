@@ -1,11 +1,13 @@
-"""Durable per-node storage: the Raft log (``logs.txt``) and the hard state (``metadata.txt``).
+"""Durable per-node storage: the Raft log (``logs.txt``), the hard state (``metadata.txt``) and
+the snapshot (``snapshot.txt``, format in `raftkv.server.snapshot_file`).
 
-Both files live in one data directory per node, conventionally ``logs_node_<id>/``
+The files live in one data directory per node, conventionally ``logs_node_<id>/``
 (see `node_data_dir`). This module is plain blocking code: the asyncio shell runs its methods
 in a worker thread (``asyncio.to_thread``); an internal lock serialises concurrent callers, but
 the caller must still await one call before issuing the next if their order matters.
 
-``logs.txt`` — one Raft log entry per line, entry ``i`` on line ``i``::
+``logs.txt`` — one Raft log entry per line, in index order without gaps; entry ``i`` on line
+``i`` until the log is compacted (below), after which the first line may hold any index::
 
     SET user:1 hello%20world 3 client=abc seq=7 index=1 crc=12e590c5
     SET greeting %- 3 client=%- seq=0 index=2 crc=695fa2ce
@@ -15,7 +17,7 @@ the caller must still await one call before issuing the next if their order matt
   * ``SET <key> <value> <term> client=<client id> seq=<seq> index=<i> crc=<crc>`` and
     ``NO-OP <term> index=<i> crc=<crc>``. Fields are separated by exactly one space and all of
     them are always present; ``client=%- seq=0`` is a SET without deduplication. ``<i>`` is the
-    entry's log index, which is also its line number.
+    entry's log index: its line number, plus the first line's index minus 1 once compacted.
   * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
     zeros.
   * Key, value and client id are escaped (`raftkv.server.textformat`, shared by every file of
@@ -34,7 +36,7 @@ the caller must still await one call before issuing the next if their order matt
   * ``<crc>`` is ``zlib.crc32`` of the UTF-8 bytes of everything before `` crc=``, ``index=``
     included, as 8 lowercase hex digits. Every line, the last one included, ends with ``\\n``.
     Since the checksum covers the index, a line that was lost, duplicated or moved cannot pass
-    for another: line ``n`` must say ``index=n``.
+    for another: line ``n`` must say ``index=n`` (``index=k+n-1`` in a log starting at ``k``).
 
   Loading: a last line without ``\\n``, or a last line that is unparsable or fails its checksum,
   is an interrupted append (appends are fsynced before they are acknowledged, so nobody relied
@@ -42,11 +44,11 @@ the caller must still await one call before issuing the next if their order matt
   `LoadedState.dropped_torn_line` is set (a warning is logged too). A bad line followed by any
   other line raises `StorageCorruption` naming the file, the line number and the problem: the
   node refuses to start rather than silently lose acknowledged entries. So does a line that
-  parses and passes its checksum but whose ``index=`` is not its line number, the last line
-  included (an interrupted append cannot produce one). This is deliberately conservative: a
-  crash whose unsynced pages reached the disk out of order can also produce it, and then an
-  operator decides. Lines lost from the end of the file are invisible to these checks; the
-  commit point below catches those that were committed.
+  parses and passes its checksum but whose ``index=`` does not follow the line before it, the
+  last line included (an interrupted append cannot produce one). This is deliberately
+  conservative: a crash whose unsynced pages reached the disk out of order can also produce it,
+  and then an operator decides. Lines lost from the end of the file are invisible to these
+  checks; the commit point below catches those that were committed.
 
   The old format (before ``index=``; the same lines without that field, the checksum covering
   the rest) still loads: a file whose first line has no ``index=`` field is read as the old
@@ -62,6 +64,45 @@ the caller must still await one call before issuing the next if their order matt
   saying what is missing and what the operator can do. Both are sound because of the write
   order: commitLength is saved only after the log lines it counts are durable, and a fresh node
   writes its metadata.txt (term 0) before its first log line.
+
+  Snapshots and compaction. `NodeStorage.save_snapshot` writes the state machine at index S as
+  snapshot.txt; once it is durable, `NodeStorage.compact` drops the lines below an index
+  c ≤ S, keeping line c as the *sentinel*: it is not a live entry (the snapshot covers it), it
+  only gives the term of the entry before the first live one, which the consistency checks of
+  AppendEntries and RequestVote need. `NodeStorage.reset_log` (an installed snapshot, or a tail
+  that disagrees with the snapshot) leaves an empty logs.txt; the lines appended after it start
+  at S + 1. Loading, with k the first line's index (`LoadedState.log_offset` and
+  ``log_offset_term`` say where the live entries start):
+
+    * no snapshot.txt: k must be 1 (offset 0), else `StorageDataLostError` ("logs.txt starts at
+      index k but there is no snapshot.txt: entries 1..k−1 are missing");
+    * a snapshot at S and an empty log: the offset is S with the snapshot's term;
+    * k ≤ S: line k is the sentinel (offset k, its term), the live entries are the lines after
+      it. This is also what a crash between a snapshot's rename and the compaction leaves (a
+      whole log from k = 1 beside a new snapshot): the core, not the loader, skips the entries
+      the snapshot covers, and replaces a log that disagrees with the snapshot at S;
+    * k = S + 1: the log was reset to the snapshot, line k is the first live entry (offset S);
+    * k > S + 1: `StorageDataLostError` ("entries S+1..k−1 are missing").
+
+  The other checks: metadata.txt missing beside a snapshot or a non-empty log, and a
+  commitLength above both the snapshot's index and the last line's, are lost data (the snapshot
+  only holds committed entries); a snapshot whose clusterId is not the cluster's raises
+  `ClusterIdMismatchError`; an old-format log (which predates snapshots) beside a snapshot is
+  corrupt. The old-format upgrade applies only to a log from index 1 with no snapshot.
+
+  Compaction and reset replace logs.txt like the upgrade does (`_replace_log_locked`): the kept
+  lines are copied byte for byte to ``logs.txt.tmp``, which is synced and locked, renamed over
+  logs.txt, and the directory is synced, so the directory lock never lapses and a crash leaves
+  either the old file or the new one. A snapshot is written to ``snapshot.txt.tmp`` and synced
+  without the storage's lock (appends go on meanwhile), then renamed under it unless a snapshot
+  at the same or a later index got there first (the newer one wins; the stale file is deleted).
+  Crash points, and why each is safe: before the snapshot's rename, the old snapshot (or none)
+  and the whole log; after it, the new snapshot and the old whole log, whose first line serves
+  as the sentinel; during compaction before the rename, the whole log; after it, the compacted
+  log, whose sentinel the durable snapshot covers. The order makes these the only
+  combinations: a log is compacted or reset only up to a snapshot already durable. `load`
+  deletes the temporary files a crash leaves (``logs.txt.tmp``, ``snapshot.txt.tmp``, and the
+  InstallSnapshot receiver's ``snapshot.txt.recv``), once the checks have passed.
 
 ``metadata.txt`` — ``name value`` lines, each ending with ``\\n``::
 
@@ -101,7 +142,9 @@ the caller must still await one call before issuing the next if their order matt
   may lag), but never more than the log held when it was written.
 
   `read_node_files` reads a directory (a running node's included) without locking or writing:
-  what ``raftkv restore-node`` copies from the leader.
+  what ``raftkv restore-node`` copies from the leader. It reads metadata.txt, then logs.txt,
+  then snapshot.txt, an order in which a running node's concurrent snapshot and compaction
+  cannot look like lost data (see its docstring).
 
 Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
 raises `StorageError` with a one-line message naming the file and the system's reason, and a
@@ -125,6 +168,10 @@ Failpoints, for crash tests: the environment variable ``RAFTKV_FAILPOINT`` is re
   * ``after-metadata-rename-before-dirsync`` — the first `NodeStorage.save_metadata` calls
     ``os._exit(137)`` after ``os.replace`` and before the directory fsync (a fresh node's first
     metadata.txt, written by `NodeStorage.load`, does not count).
+  * ``after-snapshot-write-before-rename`` — `NodeStorage.save_snapshot` calls ``os._exit(137)``
+    once ``snapshot.txt.tmp`` is written and synced, before the rename.
+  * ``during-log-compaction`` — `NodeStorage.compact` calls ``os._exit(137)`` once
+    ``logs.txt.tmp`` is written and synced, before the rename.
 """
 
 from __future__ import annotations
