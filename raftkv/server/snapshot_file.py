@@ -60,8 +60,9 @@ from typing import Final
 
 import immutables
 
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
-from raftkv.server.storage import StorageCorruption, StorageError
+from raftkv.server.storage_errors import StorageCorruption, StorageError
 from raftkv.server.textformat import (
     UINT_RE,
     escape_field,
@@ -81,7 +82,9 @@ __all__ = [
     "SnapshotReader",
     "encode_snapshot",
     "read_snapshot_file",
+    "snapshot_tmp_path",
     "write_snapshot_file",
+    "write_snapshot_tmp",
 ]
 
 SNAPSHOT_FILE_NAME: Final = "snapshot.txt"
@@ -167,6 +170,13 @@ class LoadedSnapshot:
     sessions: immutables.Map[str, SessionRecord]
     size: int
     crc: int
+
+    def image(self) -> SnapshotImage:
+        """The core's view of this snapshot (what a loaded or received snapshot hands it)."""
+        header = self.header
+        return SnapshotImage(
+            header.last_index, header.last_term, self.data, self.sessions, header.cluster_time
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,26 +306,28 @@ def _check_line_length(line: bytes, what: str) -> None:
         )
 
 
-def write_snapshot_file(
+def snapshot_tmp_path(path: Path) -> Path:
+    """Where `write_snapshot_tmp` writes the snapshot meant for `path`: ``<path>.tmp``."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
+def write_snapshot_tmp(
     path: Path,
     header: SnapshotHeader,
     data: Mapping[str, str],
     sessions: Mapping[str, SessionRecord],
 ) -> SnapshotInfo:
-    """Replace the snapshot at `path` with this state, durably; returns once the new file and
-    its name are on disk.
+    """Write this state to ``<path>.tmp`` (mode 0600) and fdatasync it, leaving `path` alone:
+    the first half of `write_snapshot_file`, for a caller that renames it under its own lock
+    (`raftkv.server.storage.NodeStorage.save_snapshot`).
 
-    Written to ``<path>.tmp`` (mode 0600), fdatasync'ed, renamed over `path`, the directory
-    fsync'ed: until the rename the previous snapshot stays whole under `path`, and after it
-    the new one is complete (a crash in between leaves one or the other, never a mix). On any
-    failure the temporary file is removed and the previous snapshot is untouched; an OSError
-    becomes `StorageError` naming the file and the system's reason, and a ValueError from
-    `encode_snapshot` (a value no file may hold) is raised as it is.
-
-    No lock: the caller makes sure only one snapshot of a directory is written at a time.
+    On any failure the temporary file is removed; an OSError becomes `StorageError` naming the
+    file and the system's reason, and a ValueError from `encode_snapshot` (a value no file may
+    hold) is raised as it is.
     """
     path = Path(path)
-    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path = snapshot_tmp_path(path)
     totals = _Totals()
     try:
         fd = os.open(tmp_path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
@@ -328,13 +340,43 @@ def write_snapshot_file(
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp_path, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         if isinstance(exc, OSError):
             raise StorageError(f"writing {path} failed: {exc}") from exc
         raise
+    return SnapshotInfo(header, len(data), len(sessions), totals.size, totals.crc)
+
+
+def write_snapshot_file(
+    path: Path,
+    header: SnapshotHeader,
+    data: Mapping[str, str],
+    sessions: Mapping[str, SessionRecord],
+) -> SnapshotInfo:
+    """Replace the snapshot at `path` with this state, durably; returns once the new file and
+    its name are on disk.
+
+    Written to ``<path>.tmp`` (mode 0600), fdatasync'ed (`write_snapshot_tmp`), renamed over
+    `path`, the directory fsync'ed: until the rename the previous snapshot stays whole under
+    `path`, and after it the new one is complete (a crash in between leaves one or the other,
+    never a mix). On any failure the temporary file is removed and the previous snapshot is
+    untouched; an OSError becomes `StorageError` naming the file and the system's reason, and a
+    ValueError from `encode_snapshot` (a value no file may hold) is raised as it is.
+
+    No lock: the caller makes sure only one snapshot of a directory is written at a time (a
+    node's snapshots go through `NodeStorage.save_snapshot`, which does).
+    """
+    path = Path(path)
+    tmp_path = snapshot_tmp_path(path)
+    info = write_snapshot_tmp(path, header, data, sessions)
+    try:
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise StorageError(f"writing {path} failed: {exc}") from exc
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -345,7 +387,7 @@ def write_snapshot_file(
         # The new file is in place but its name may not be durable: as after any failed
         # sync, only a restart that re-reads the directory is safe.
         raise StorageError(f"writing {path} failed: syncing {path.parent}: {exc}") from exc
-    return SnapshotInfo(header, len(data), len(sessions), totals.size, totals.crc)
+    return info
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,11 +1,13 @@
-"""Durable per-node storage: the Raft log (``logs.txt``) and the hard state (``metadata.txt``).
+"""Durable per-node storage: the Raft log (``logs.txt``), the hard state (``metadata.txt``) and
+the snapshot (``snapshot.txt``, format in `raftkv.server.snapshot_file`).
 
-Both files live in one data directory per node, conventionally ``logs_node_<id>/``
+The files live in one data directory per node, conventionally ``logs_node_<id>/``
 (see `node_data_dir`). This module is plain blocking code: the asyncio shell runs its methods
 in a worker thread (``asyncio.to_thread``); an internal lock serialises concurrent callers, but
 the caller must still await one call before issuing the next if their order matters.
 
-``logs.txt`` — one Raft log entry per line, entry ``i`` on line ``i``::
+``logs.txt`` — one Raft log entry per line, in index order without gaps; entry ``i`` on line
+``i`` until the log is compacted (below), after which the first line may hold any index::
 
     SET user:1 hello%20world 3 client=abc seq=7 index=1 crc=12e590c5
     SET greeting %- 3 client=%- seq=0 index=2 crc=695fa2ce
@@ -15,7 +17,7 @@ the caller must still await one call before issuing the next if their order matt
   * ``SET <key> <value> <term> client=<client id> seq=<seq> index=<i> crc=<crc>`` and
     ``NO-OP <term> index=<i> crc=<crc>``. Fields are separated by exactly one space and all of
     them are always present; ``client=%- seq=0`` is a SET without deduplication. ``<i>`` is the
-    entry's log index, which is also its line number.
+    entry's log index: its line number, plus the first line's index minus 1 once compacted.
   * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
     zeros.
   * Key, value and client id are escaped (`raftkv.server.textformat`, shared by every file of
@@ -34,7 +36,7 @@ the caller must still await one call before issuing the next if their order matt
   * ``<crc>`` is ``zlib.crc32`` of the UTF-8 bytes of everything before `` crc=``, ``index=``
     included, as 8 lowercase hex digits. Every line, the last one included, ends with ``\\n``.
     Since the checksum covers the index, a line that was lost, duplicated or moved cannot pass
-    for another: line ``n`` must say ``index=n``.
+    for another: line ``n`` must say ``index=n`` (``index=k+n-1`` in a log starting at ``k``).
 
   Loading: a last line without ``\\n``, or a last line that is unparsable or fails its checksum,
   is an interrupted append (appends are fsynced before they are acknowledged, so nobody relied
@@ -42,11 +44,11 @@ the caller must still await one call before issuing the next if their order matt
   `LoadedState.dropped_torn_line` is set (a warning is logged too). A bad line followed by any
   other line raises `StorageCorruption` naming the file, the line number and the problem: the
   node refuses to start rather than silently lose acknowledged entries. So does a line that
-  parses and passes its checksum but whose ``index=`` is not its line number, the last line
-  included (an interrupted append cannot produce one). This is deliberately conservative: a
-  crash whose unsynced pages reached the disk out of order can also produce it, and then an
-  operator decides. Lines lost from the end of the file are invisible to these checks; the
-  commit point below catches those that were committed.
+  parses and passes its checksum but whose ``index=`` does not follow the line before it, the
+  last line included (an interrupted append cannot produce one). This is deliberately
+  conservative: a crash whose unsynced pages reached the disk out of order can also produce it,
+  and then an operator decides. Lines lost from the end of the file are invisible to these
+  checks; the commit point below catches those that were committed.
 
   The old format (before ``index=``; the same lines without that field, the checksum covering
   the rest) still loads: a file whose first line has no ``index=`` field is read as the old
@@ -62,6 +64,45 @@ the caller must still await one call before issuing the next if their order matt
   saying what is missing and what the operator can do. Both are sound because of the write
   order: commitLength is saved only after the log lines it counts are durable, and a fresh node
   writes its metadata.txt (term 0) before its first log line.
+
+  Snapshots and compaction. `NodeStorage.save_snapshot` writes the state machine at index S as
+  snapshot.txt; once it is durable, `NodeStorage.compact` drops the lines below an index
+  c ≤ S, keeping line c as the *sentinel*: it is not a live entry (the snapshot covers it), it
+  only gives the term of the entry before the first live one, which the consistency checks of
+  AppendEntries and RequestVote need. `NodeStorage.reset_log` (an installed snapshot, or a tail
+  that disagrees with the snapshot) leaves an empty logs.txt; the lines appended after it start
+  at S + 1. Loading, with k the first line's index (`LoadedState.log_offset` and
+  ``log_offset_term`` say where the live entries start):
+
+    * no snapshot.txt: k must be 1 (offset 0), else `StorageDataLostError` ("logs.txt starts at
+      index k but there is no snapshot.txt: entries 1..k−1 are missing");
+    * a snapshot at S and an empty log: the offset is S with the snapshot's term;
+    * k ≤ S: line k is the sentinel (offset k, its term), the live entries are the lines after
+      it. This is also what a crash between a snapshot's rename and the compaction leaves (a
+      whole log from k = 1 beside a new snapshot): the core, not the loader, skips the entries
+      the snapshot covers, and replaces a log that disagrees with the snapshot at S;
+    * k = S + 1: the log was reset to the snapshot, line k is the first live entry (offset S);
+    * k > S + 1: `StorageDataLostError` ("entries S+1..k−1 are missing").
+
+  The other checks: metadata.txt missing beside a snapshot or a non-empty log, and a
+  commitLength above both the snapshot's index and the last line's, are lost data (the snapshot
+  only holds committed entries); a snapshot whose clusterId is not the cluster's raises
+  `ClusterIdMismatchError`; an old-format log (which predates snapshots) beside a snapshot is
+  corrupt. The old-format upgrade applies only to a log from index 1 with no snapshot.
+
+  Compaction and reset replace logs.txt like the upgrade does (`_replace_log_locked`): the kept
+  lines are copied byte for byte to ``logs.txt.tmp``, which is synced and locked, renamed over
+  logs.txt, and the directory is synced, so the directory lock never lapses and a crash leaves
+  either the old file or the new one. A snapshot is written to ``snapshot.txt.tmp`` and synced
+  without the storage's lock (appends go on meanwhile), then renamed under it unless a snapshot
+  at the same or a later index got there first (the newer one wins; the stale file is deleted).
+  Crash points, and why each is safe: before the snapshot's rename, the old snapshot (or none)
+  and the whole log; after it, the new snapshot and the old whole log, whose first line serves
+  as the sentinel; during compaction before the rename, the whole log; after it, the compacted
+  log, whose sentinel the durable snapshot covers. The order makes these the only
+  combinations: a log is compacted or reset only up to a snapshot already durable. `load`
+  deletes the temporary files a crash leaves (``logs.txt.tmp``, ``snapshot.txt.tmp``, and the
+  InstallSnapshot receiver's ``snapshot.txt.recv``), once the checks have passed.
 
 ``metadata.txt`` — ``name value`` lines, each ending with ``\\n``::
 
@@ -101,7 +142,9 @@ the caller must still await one call before issuing the next if their order matt
   may lag), but never more than the log held when it was written.
 
   `read_node_files` reads a directory (a running node's included) without locking or writing:
-  what ``raftkv restore-node`` copies from the leader.
+  what ``raftkv restore-node`` copies from the leader. It reads metadata.txt, then logs.txt,
+  then snapshot.txt, an order in which a running node's concurrent snapshot and compaction
+  cannot look like lost data (see its docstring).
 
 Failure handling: an OSError while opening, writing or syncing (EROFS, EACCES, ENOSPC, EIO, …)
 raises `StorageError` with a one-line message naming the file and the system's reason, and a
@@ -125,6 +168,10 @@ Failpoints, for crash tests: the environment variable ``RAFTKV_FAILPOINT`` is re
   * ``after-metadata-rename-before-dirsync`` — the first `NodeStorage.save_metadata` calls
     ``os._exit(137)`` after ``os.replace`` and before the directory fsync (a fresh node's first
     metadata.txt, written by `NodeStorage.load`, does not count).
+  * ``after-snapshot-write-before-rename`` — `NodeStorage.save_snapshot` calls ``os._exit(137)``
+    once ``snapshot.txt.tmp`` is written and synced, before the rename.
+  * ``during-log-compaction`` — `NodeStorage.compact` calls ``os._exit(137)`` once
+    ``logs.txt.tmp`` is written and synced, before the rename.
 """
 
 from __future__ import annotations
@@ -138,7 +185,7 @@ import re
 import secrets
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -147,8 +194,19 @@ from typing import Final, assert_never
 from raftkv.core.config import MAX_LEASE_DURATION
 from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
 from raftkv.core.node import HardState
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server.resources import DescriptorReserve
+from raftkv.server.snapshot_file import (
+    SNAPSHOT_FILE_NAME,
+    LoadedSnapshot,
+    SnapshotHeader,
+    SnapshotInfo,
+    read_snapshot_file,
+    snapshot_tmp_path,
+    write_snapshot_tmp,
+)
+from raftkv.server.storage_errors import StorageCorruption, StorageError
 
 # Re-exported: the escaping is shared by every file of a node and lives in textformat; callers
 # that know it as storage's keep working.
@@ -165,11 +223,14 @@ __all__ = [
     "EMPTY_FIELD",
     "FAILPOINT_ENV",
     "FAILPOINT_EXIT_CODE",
+    "FAILPOINT_LOG_COMPACTION",
     "FAILPOINT_LOG_WRITE",
     "FAILPOINT_METADATA_RENAME",
+    "FAILPOINT_SNAPSHOT_RENAME",
     "LOG_FILE_NAME",
     "MAX_INCARNATION",
     "METADATA_FILE_NAME",
+    "SNAPSHOT_FILE_NAME",
     "ClusterIdMismatchError",
     "HardState",
     "LoadedState",
@@ -194,12 +255,24 @@ LOG_FILE_NAME: Final = "logs.txt"
 METADATA_FILE_NAME: Final = "metadata.txt"
 _METADATA_TMP_NAME: Final = "metadata.txt.tmp"
 _LOG_TMP_NAME: Final = "logs.txt.tmp"
+_SNAPSHOT_TMP_NAME: Final = SNAPSHOT_FILE_NAME + ".tmp"
+# Where the InstallSnapshot receiver streams a leader's snapshot before it is installed.
+_SNAPSHOT_RECV_NAME: Final = SNAPSHOT_FILE_NAME + ".recv"
+# Left by a crash while one of them was being written; the file they were to replace is intact.
+_STALE_TMP_NAMES: Final = (_LOG_TMP_NAME, _SNAPSHOT_TMP_NAME, _SNAPSHOT_RECV_NAME)
 
 FAILPOINT_ENV: Final = "RAFTKV_FAILPOINT"
 FAILPOINT_LOG_WRITE: Final = "after-log-write-before-fsync"
 FAILPOINT_METADATA_RENAME: Final = "after-metadata-rename-before-dirsync"
+FAILPOINT_SNAPSHOT_RENAME: Final = "after-snapshot-write-before-rename"
+FAILPOINT_LOG_COMPACTION: Final = "during-log-compaction"
 FAILPOINT_EXIT_CODE: Final = 137
-_FAILPOINTS: Final = (FAILPOINT_LOG_WRITE, FAILPOINT_METADATA_RENAME)
+_FAILPOINTS: Final = (
+    FAILPOINT_LOG_WRITE,
+    FAILPOINT_METADATA_RENAME,
+    FAILPOINT_SNAPSHOT_RENAME,
+    FAILPOINT_LOG_COMPACTION,
+)
 
 _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
@@ -221,22 +294,6 @@ _INCARNATION_RE: Final = re.compile(r"[0-9a-f]{16}")
 MAX_INCARNATION: Final = 2**63 - 1
 
 
-class StorageError(Exception):
-    """The data directory cannot be used; the node must not continue with it."""
-
-
-# The name is fixed by the interface the shell was specified against, hence no Error suffix.
-class StorageCorruption(StorageError):  # noqa: N818
-    """A file holds data this module could not have written (and that is not a torn append)."""
-
-    def __init__(self, path: str | os.PathLike[str], line_no: int | None, problem: str) -> None:
-        where = f"{os.fspath(path)}, line {line_no}" if line_no is not None else os.fspath(path)
-        super().__init__(f"corrupt data in {where}: {problem}")
-        self.path = os.fspath(path)
-        self.line_no = line_no
-        self.problem = problem
-
-
 class StorageDataLostError(StorageError):
     """Data the node wrote durably is gone (a file deleted or cut short): the node must not serve.
 
@@ -256,8 +313,9 @@ class StorageDataLostError(StorageError):
 @dataclass(frozen=True, slots=True)
 class LoadedState:
     hard_state: HardState
+    # The log entries log_offset + 1, log_offset + 2, … (all of them when nothing was compacted).
     entries: list[LogEntry]
-    # Never above len(entries): a larger commitLength on disk stops the load.
+    # Never above max(snapshot index, last log index): a larger commitLength stops the load.
     commit_length: int
     dropped_torn_line: bool
     # logs.txt was in the old line format (no index=) and has been rewritten in the new one.
@@ -271,6 +329,14 @@ class LoadedState:
     admitted: bool = True
     # The directory was empty: this load wrote its first metadata.txt.
     created: bool = False
+    # snapshot.txt, checked whole; None when the node never took or installed one.
+    snapshot: LoadedSnapshot | None = None
+    # The last index not in `entries`, and its term: the log's sentinel line (compacted to it),
+    # or the snapshot's last entry when the log starts right after it; 0 and 0 with no snapshot.
+    # Never above the snapshot's index. The entries may still disagree with the snapshot (a
+    # crash between installing a snapshot and resetting the log): the core checks that.
+    log_offset: int = 0
+    log_offset_term: int = 0
 
 
 class ClusterIdMismatchError(StorageError):
@@ -292,14 +358,21 @@ class NodeFiles:
     """A node's files as `read_node_files` found them, untouched."""
 
     metadata: StoredMetadata | None
+    # As in LoadedState: the entries after log_offset.
     entries: list[LogEntry]
     dropped_torn_line: bool
+    snapshot: LoadedSnapshot | None = None
+    log_offset: int = 0
+    log_offset_term: int = 0
 
 
 @dataclass(slots=True)
 class _ScannedLog:
+    # Every line's entry, a sentinel line included; line n holds index first_index + n - 1.
     entries: list[LogEntry]
     offsets: list[int]
+    # The index on the first line (1 for an empty log or one of the old format).
+    first_index: int
     # Byte offset just past the last good line.
     end: int
     torn_problem: str | None
@@ -342,30 +415,33 @@ def _with_crc(body: str) -> str:
     return f"{body}{_CRC_SEPARATOR}{zlib.crc32(body.encode('utf-8')):08x}"
 
 
-def decode_entry(line: str, *, path: str, line_no: int, legacy: bool = False) -> LogEntry:
+def decode_entry(
+    line: str, *, path: str, line_no: int, legacy: bool = False, index: int | None = None
+) -> LogEntry:
     """Parse line `line_no` (without its newline) of a logs.txt. Raises StorageCorruption
     naming `path:line_no` if it is malformed, fails its checksum, or (lines written since the
-    indexed format) holds another index than `line_no`.
+    indexed format) holds another index than `index`, which defaults to `line_no` (a log that
+    was never compacted; a compacted one starts at a later index).
 
     ``legacy=True`` parses the old line format, which has no index= field (see `NodeStorage.load`
     for how such files are recognised and upgraded).
     """
-    entry, index = _decode_line(line, path, line_no)
-    if legacy and index is not None:
+    entry, stored = _decode_line(line, path, line_no)
+    if legacy and stored is not None:
         raise StorageCorruption(path, line_no, "has an index= field in a file of the old format")
     if not legacy:
-        _check_index(index, path, line_no)
+        _check_index(stored, path, line_no, line_no if index is None else index)
     return entry
 
 
-def _check_index(index: int | None, path: str, line_no: int) -> None:
+def _check_index(index: int | None, path: str, line_no: int, expected: int) -> None:
     if index is None:
         raise StorageCorruption(path, line_no, "no index= field (a line of the old format)")
-    if index != line_no:
+    if index != expected:
         raise StorageCorruption(
             path,
             line_no,
-            f"holds the entry for index {index}, not {line_no}: a line before it is missing or "
+            f"holds the entry for index {index}, not {expected}: a line before it is missing or "
             "duplicated, or lines are out of order",
         )
 
@@ -629,10 +705,23 @@ class NodeStorage:
         self._admitted = True
         self._log_path = self._directory / LOG_FILE_NAME
         self._metadata_path = self._directory / METADATA_FILE_NAME
+        self._snapshot_path = self._directory / SNAPSHOT_FILE_NAME
         self._lock = threading.Lock()
-        # _offsets[i] is the byte offset of the line holding log index i + 1.
+        # Held by `save_snapshot` from start to end (never with _lock waiting on it), so that two
+        # snapshots never write the same temporary file at once; appends do not wait for it.
+        self._snapshot_lock = threading.Lock()
+        # _offsets[i] is the byte offset of the line holding log index _first_line + i.
         self._offsets: list[int] = []
         self._end = 0
+        # The index of the file's first line (or of the next line appended to an empty file):
+        # _log_offset when that line is a compaction's sentinel, else _log_offset + 1.
+        self._first_line = 1
+        # The last index the log does not hold live (the sentinel's, or the snapshot's after a
+        # reset); appends and truncations start above it.
+        self._log_offset = 0
+        # The durable snapshot.txt's last index and term (0, 0: none).
+        self._snapshot_index = 0
+        self._snapshot_term = 0
         self._loaded = False
         self._failure: str | None = None
         # Every descriptor the storage opens after this one comes through it, so that a process
@@ -673,8 +762,25 @@ class NodeStorage:
 
     @property
     def log_length(self) -> int:
-        """Number of entries in the log file (valid after `load`)."""
-        return len(self._offsets)
+        """The index of the log's last entry: its length in Raft's terms, compacted entries
+        included (valid after `load`)."""
+        return self._first_line + len(self._offsets) - 1
+
+    @property
+    def log_offset(self) -> int:
+        """The last index the log does not hold live (0 when nothing was compacted): appends
+        and truncations must start above it."""
+        return self._log_offset
+
+    @property
+    def snapshot_index(self) -> int:
+        """The last index of the durable snapshot.txt (0 when there is none)."""
+        return self._snapshot_index
+
+    @property
+    def snapshot_term(self) -> int:
+        """The term of the durable snapshot's last entry (0 when there is none)."""
+        return self._snapshot_term
 
     def load(self, *, admit_if_new: bool = True) -> LoadedState:
         """Read metadata and log, check them against each other, then repair a torn last log
@@ -687,9 +793,25 @@ class NodeStorage:
             # Everything is checked before anything is written: a directory that belongs to
             # another node or cluster, or that has lost data, is left as it is for the operator.
             metadata = self._load_metadata()
+            snapshot = read_snapshot_file(self._snapshot_path)
+            if snapshot is not None:
+                configured = self._cluster_id
+                if configured is None and metadata is not None:
+                    configured = metadata.cluster_id
+                _check_snapshot_cluster(snapshot, self._snapshot_path, configured)
+            header = None if snapshot is None else snapshot.header
             scanned = self._scan_log(fd)
-            entries = scanned.entries
-            _check_files(metadata, entries, self._metadata_path, self._log_path)
+            layout = _log_layout(scanned, header, self._log_path, self._snapshot_path)
+            _check_files(
+                metadata,
+                layout,
+                header,
+                self._metadata_path,
+                self._log_path,
+                self._snapshot_path,
+            )
+            entries = layout.entries
+            self._remove_stale_files()
             if metadata is None:
                 metadata = StoredMetadata(
                     HardState(term=0, voted_for=None),
@@ -724,6 +846,7 @@ class NodeStorage:
                     scanned.torn_problem,
                     os.fstat(fd).st_size - scanned.end,
                 )
+            # _log_layout refuses an old-format log beside a snapshot: this is a log from 1.
             upgraded = scanned.old_format and bool(entries)
             if upgraded:
                 self._upgrade_log_locked(entries)
@@ -736,6 +859,9 @@ class NodeStorage:
                         raise self._fail(f"repairing {self._log_path} failed: {exc}") from exc
                 self._offsets = scanned.offsets
                 self._end = scanned.end
+            self._first_line, self._log_offset = layout.first_line, layout.offset
+            if header is not None:
+                self._snapshot_index, self._snapshot_term = header.last_index, header.last_term
             if rewrite:
                 # A fresh node writes its metadata before its first log line, so that a log
                 # without metadata.txt always means a lost file, never a crash.
@@ -751,6 +877,9 @@ class NodeStorage:
                 cluster_id=metadata.cluster_id,
                 admitted=metadata.admitted,
                 created=created,
+                snapshot=snapshot,
+                log_offset=layout.offset,
+                log_offset_term=layout.offset_term,
             )
 
     def append_entries(self, first_index: int, entries: Sequence[LogEntry]) -> None:
@@ -772,7 +901,7 @@ class NodeStorage:
             self._check_first_index(first_index)
             if lines and f" {_INDEX_LABEL}{first_index}{_CRC_SEPARATOR}".encode() not in lines[0]:
                 raise ValueError(f"lines were not encoded for index {first_index}")
-            if first_index <= len(self._offsets):
+            if first_index <= self.log_length:
                 self._truncate_locked(fd, first_index)
             if not lines:
                 return
@@ -792,13 +921,127 @@ class NodeStorage:
             self._end = offset
 
     def truncate_from(self, index: int) -> None:
-        """Remove the entries at log indexes ``>= index`` (1-based) and sync."""
+        """Remove the entries at log indexes ``>= index`` (1-based) and sync. `index` must be
+        above `log_offset`: compacted entries (and the sentinel) are committed."""
         if index < 1:
             raise ValueError(f"log indexes start at 1, got {index}")
         with self._lock:
             fd = self._writable_fd()
-            if index <= len(self._offsets):
+            if index <= self._log_offset:
+                raise ValueError(
+                    f"cannot truncate from {index}: the log is compacted up to {self._log_offset}"
+                )
+            if index <= self.log_length:
                 self._truncate_locked(fd, index)
+
+    def save_snapshot(self, image: SnapshotImage) -> SnapshotInfo | None:
+        """Write `image` as snapshot.txt, durably; None (nothing changed) when the storage
+        already holds a snapshot at `image.index` or later (an installed or newer snapshot won
+        while this one was written).
+
+        Meant for a worker thread while the event loop goes on appending: the file is encoded
+        and synced as ``snapshot.txt.tmp`` without the storage's lock (seconds for a large
+        state); only the check, the rename and the directory fsync take it. One snapshot is
+        written at a time (a second call waits). The snapshot records the configured cluster
+        id. Raises ValueError for a state no file may hold, StorageError for an OSError (after
+        the rename, the storage is unusable, as after any failed write)."""
+        header = SnapshotHeader(
+            image.index,
+            image.term,
+            self._cluster_id or self._stored_cluster_id or "",
+            image.cluster_time,
+        )
+        tmp_path = snapshot_tmp_path(self._snapshot_path)
+        with self._snapshot_lock:
+            with self._lock:
+                self._writable_fd()
+                if self._snapshot_index >= image.index:
+                    return None
+            info = write_snapshot_tmp(self._snapshot_path, header, image.data, image.sessions)
+            with self._lock:
+                try:
+                    self._writable_fd()
+                    if self._snapshot_index >= image.index:
+                        return None
+                    if self._failpoint == FAILPOINT_SNAPSHOT_RENAME:
+                        os._exit(FAILPOINT_EXIT_CODE)
+                    try:
+                        os.replace(tmp_path, self._snapshot_path)
+                        if self._sync:
+                            self._fsync_directory(self._directory)
+                    except OSError as exc:
+                        raise self._fail(f"saving {self._snapshot_path} failed: {exc}") from exc
+                finally:
+                    # Still there unless renamed: superseded, or the storage failed or closed.
+                    with contextlib.suppress(OSError):
+                        tmp_path.unlink()
+                self._snapshot_index, self._snapshot_term = image.index, image.term
+                return info
+
+    def compact(self, compact_to: int) -> None:
+        """Drop the log lines below `compact_to`, keeping its line as the sentinel (its term is
+        the one the entry after it is checked against). Durable on return.
+
+        A no-op when the log already starts at `compact_to` or later. `compact_to` must be
+        covered by the durable snapshot and held by the log (ValueError otherwise: the caller
+        has a bug). The kept lines are copied unchanged to ``logs.txt.tmp``, which is synced,
+        locked and renamed over logs.txt (the hand-over of `_replace_log_locked`): a crash
+        leaves either the whole old log or the compacted one."""
+        with self._lock:
+            fd = self._writable_fd()
+            if compact_to <= self._log_offset:
+                return
+            if compact_to > self._snapshot_index:
+                raise ValueError(
+                    f"cannot compact to {compact_to}: the durable snapshot ends at "
+                    f"{self._snapshot_index}"
+                )
+            if compact_to > self.log_length:
+                raise ValueError(
+                    f"cannot compact to {compact_to}: the log ends at {self.log_length}"
+                )
+            if compact_to == self._first_line:
+                # Already the first line (the log starts right after a reset): it becomes the
+                # sentinel, as a reload would take it, without rewriting anything.
+                self._log_offset = compact_to
+                return
+            keep = compact_to - self._first_line
+            start, end = self._offsets[keep], self._end
+
+            def copy_tail(tmp_fd: int) -> None:
+                _copy_range(fd, start, end, tmp_fd)
+
+            self._replace_log_locked(copy_tail, "compacting", FAILPOINT_LOG_COMPACTION)
+            self._offsets = [offset - start for offset in self._offsets[keep:]]
+            self._end = end - start
+            self._first_line = self._log_offset = compact_to
+
+    def reset_log(self, index: int, term: int) -> None:
+        """Replace the log with an empty one after (`index`, `term`): an installed snapshot,
+        or a tail that disagrees with the snapshot. The next append starts at index + 1.
+
+        The durable snapshot must cover `index` (ValueError otherwise), so that no entry up to
+        it is lost, and have `term` if it ends there. Atomic like `compact`. Reloaded, an
+        empty log starts after the snapshot (which may be later than `index`)."""
+        if index < 1 or term < 1:
+            raise ValueError(f"a log cannot start after index {index} of term {term}")
+        with self._lock:
+            self._writable_fd()
+            if index > self._snapshot_index:
+                raise ValueError(
+                    f"cannot reset the log to {index}: the durable snapshot ends at "
+                    f"{self._snapshot_index}"
+                )
+            if index == self._snapshot_index and term != self._snapshot_term:
+                raise ValueError(
+                    f"cannot reset the log to index {index} of term {term}: the snapshot ends "
+                    f"there with term {self._snapshot_term}"
+                )
+            self._replace_log_locked(lambda _fd: None, "resetting", None)
+            self._offsets = []
+            self._end = 0
+            self._log_offset = index
+            self._first_line = index + 1
 
     @property
     def incarnation(self) -> int:
@@ -891,10 +1134,11 @@ class NodeStorage:
         return fd
 
     def _check_first_index(self, first_index: int) -> None:
-        if not 1 <= first_index <= len(self._offsets) + 1:
+        low, high = self._log_offset + 1, self.log_length + 1
+        if not low <= first_index <= high:
+            held = f"{high - low} entries" if low == 1 else f"entries {low}..{high - 1}"
             raise ValueError(
-                f"first_index {first_index} is outside 1..{len(self._offsets) + 1} "
-                f"(the log holds {len(self._offsets)} entries)"
+                f"first_index {first_index} is outside {low}..{high} (the log holds {held})"
             )
 
     def _fail(self, reason: str) -> StorageError:
@@ -902,14 +1146,29 @@ class NodeStorage:
         return StorageError(reason)
 
     def _truncate_locked(self, fd: int, index: int) -> None:
-        offset = self._offsets[index - 1]
+        # Callers keep index above _log_offset, so a sentinel line is never cut.
+        position = index - self._first_line
+        offset = self._offsets[position]
         try:
             os.ftruncate(fd, offset)
             self._sync_fd(fd)
         except OSError as exc:
             raise self._fail(f"truncating {self._log_path} failed: {exc}") from exc
-        del self._offsets[index - 1 :]
+        del self._offsets[position:]
         self._end = offset
+
+    def _remove_stale_files(self) -> None:
+        """Unlink the temporary files a crash left: each was to replace a file that is still
+        whole (or that already replaced it), so nothing in them is needed."""
+        for name in _STALE_TMP_NAMES:
+            path = self._directory / name
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._fail(f"removing the stale {path} failed: {exc}") from exc
+            logger.info("%s: removed a temporary file left by an interrupted write", path)
 
     def _load_metadata(self) -> StoredMetadata | None:
         """The parsed metadata.txt, or None when there is none."""
@@ -936,36 +1195,10 @@ class NodeStorage:
         return _scan_log_data(data, str(self._log_path))
 
     def _upgrade_log_locked(self, entries: list[LogEntry]) -> None:
-        """Rewrite logs.txt in the indexed format: a new file, synced, renamed over the old one.
-
-        The new file is locked before the rename, so the directory lock never lapses.
-        """
+        """Rewrite logs.txt in the indexed format (`_replace_log_locked`)."""
         lines = encode_lines(entries, 1)
-        tmp_path = self._directory / _LOG_TMP_NAME
-        try:
-            fd = self._reserve.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-        except OSError as exc:
-            raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(fd, b"".join(lines), 0)
-            self._sync_fd(fd)
-            os.replace(tmp_path, self._log_path)
-        except OSError as exc:
-            os.close(fd)
-            self._reserve.refill()
-            with contextlib.suppress(OSError):
-                tmp_path.unlink()
-            raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
-        old_fd, self._fd = self._fd, fd
-        if old_fd is not None:
-            os.close(old_fd)
-        self._reserve.refill()
-        try:
-            if self._sync:
-                self._fsync_directory(self._directory)
-        except OSError as exc:
-            raise self._fail(f"upgrading {self._log_path} failed: {exc}") from exc
+        payload = b"".join(lines)
+        self._replace_log_locked(lambda fd: _write_all(fd, payload, 0), "upgrading", None)
         offset = 0
         self._offsets = []
         for line in lines:
@@ -978,6 +1211,48 @@ class NodeStorage:
             len(entries),
         )
 
+    def _replace_log_locked(
+        self, fill: Callable[[int], None], action: str, failpoint: str | None
+    ) -> None:
+        """Replace logs.txt with what `fill` writes into a new file: ``logs.txt.tmp``, synced,
+        renamed over logs.txt, the directory synced; the storage then appends to the new file.
+        The caller updates the offsets.
+
+        The one way logs.txt is replaced (upgrade, compaction, reset). The new file is locked
+        before the rename, so the directory lock never lapses: until the rename the old file
+        (locked by the old descriptor) is logs.txt, after it the new one (locked by the new).
+        `failpoint` fires once the new file is synced, before the rename.
+        """
+        tmp_path = self._directory / _LOG_TMP_NAME
+        try:
+            fd = self._reserve.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        except OSError as exc:
+            raise self._fail(f"{action} {self._log_path} failed: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fill(fd)
+            self._sync_fd(fd)
+            if failpoint is not None and self._failpoint == failpoint:
+                os._exit(FAILPOINT_EXIT_CODE)
+            os.replace(tmp_path, self._log_path)
+        except BaseException as exc:
+            os.close(fd)
+            self._reserve.refill()
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            if isinstance(exc, OSError):
+                raise self._fail(f"{action} {self._log_path} failed: {exc}") from exc
+            raise
+        old_fd, self._fd = self._fd, fd
+        if old_fd is not None:
+            os.close(old_fd)
+        self._reserve.refill()
+        try:
+            if self._sync:
+                self._fsync_directory(self._directory)
+        except OSError as exc:
+            raise self._fail(f"{action} {self._log_path} failed: {exc}") from exc
+
 
 def _scan_log_data(data: bytes, path: str) -> _ScannedLog:
     """Parse a log's bytes; raises StorageCorruption for a bad line that is not a torn last
@@ -988,6 +1263,9 @@ def _scan_log_data(data: bytes, path: str) -> _ScannedLog:
     line_no = 0
     torn_problem: str | None = None
     old_format: bool | None = None
+    # A compacted log starts at a later index (its sentinel line); the lines after the first
+    # must follow it without a gap.
+    first_index = 1
     while start < len(data):
         line_no += 1
         newline = data.find(b"\n", start)
@@ -1005,17 +1283,23 @@ def _scan_log_data(data: bytes, path: str) -> _ScannedLog:
         # follows is checked on every line, the last one included.
         if old_format is None:
             old_format = index is None
+            if index is not None:
+                if index < 1:
+                    raise StorageCorruption(path, line_no, "index=0: log indexes start at 1")
+                first_index = index
         if old_format:
             if index is not None:
                 raise StorageCorruption(
                     path, line_no, "has an index= field but line 1 is in the old format"
                 )
         else:
-            _check_index(index, path, line_no)
+            _check_index(index, path, line_no, first_index + line_no - 1)
         offsets.append(start)
         entries.append(entry)
         start = newline + 1
-    return _ScannedLog(entries, offsets, start, torn_problem, line_no, bool(old_format))
+    return _ScannedLog(
+        entries, offsets, first_index, start, torn_problem, line_no, bool(old_format)
+    )
 
 
 def _read_metadata(path: Path) -> StoredMetadata | None:
@@ -1028,40 +1312,134 @@ def _read_metadata(path: Path) -> StoredMetadata | None:
     return _parse_metadata(data, path)
 
 
-def _check_files(
-    metadata: StoredMetadata | None, entries: list[LogEntry], metadata_path: Path, log_path: Path
-) -> None:
-    """StorageDataLostError when the log and the metadata show that durable data is gone."""
+@dataclass(frozen=True, slots=True)
+class _LogLayout:
+    """Where the scanned lines sit against the snapshot (`_log_layout`)."""
+
+    # The last index the log does not hold live: its sentinel line's, or the snapshot's.
+    offset: int
+    offset_term: int
+    # The entries offset + 1, … .
+    entries: list[LogEntry]
+    # The index of the first line in the file: offset (a sentinel line) or offset + 1.
+    first_line: int
+    # The index of the last line (offset when there is none after the sentinel, or no line).
+    last_index: int
+
+
+def _log_layout(
+    scanned: _ScannedLog,
+    snapshot: SnapshotHeader | None,
+    log_path: Path,
+    snapshot_path: Path,
+) -> _LogLayout:
+    """The log's offset and live entries, from its first line and the snapshot; raises
+    StorageDataLostError when entries between the snapshot and the first line are missing."""
+    lines, first = scanned.entries, scanned.first_index
     directory = log_path.parent
+    if snapshot is None:
+        if lines and first != 1:
+            raise StorageDataLostError(
+                log_path,
+                f"{log_path} starts at index {first} but there is no {snapshot_path}: entries "
+                f"1..{first - 1} are missing",
+                directory,
+            )
+        return _LogLayout(0, 0, lines, 1, len(lines))
+    last_snapshot, snapshot_term = snapshot.last_index, snapshot.last_term
+    if not lines:
+        # Compacted up to the snapshot, then reset (an installed snapshot): nothing after it yet.
+        return _LogLayout(last_snapshot, snapshot_term, [], last_snapshot + 1, last_snapshot)
+    if scanned.old_format:
+        # Old-format files predate snapshots, and a node upgrades its log at the start that
+        # precedes any snapshot: the pair cannot come from a node.
+        raise StorageCorruption(
+            log_path, 1, f"a log of the old format (no index=) beside {snapshot_path}"
+        )
+    last_line = first + len(lines) - 1
+    if first == last_snapshot + 1:
+        # Written after a reset to the snapshot: the first line is the first live entry.
+        return _LogLayout(last_snapshot, snapshot_term, lines, first, last_line)
+    if first > last_snapshot + 1:
+        raise StorageDataLostError(
+            log_path,
+            f"{log_path} starts at index {first} but {snapshot_path} ends at index "
+            f"{last_snapshot}: entries {last_snapshot + 1}..{first - 1} are missing",
+            directory,
+        )
+    # The first line is the sentinel of a compaction: only its term matters, and the snapshot
+    # covers it (a log of one line holds no live entry).
+    return _LogLayout(first, lines[0].term, lines[1:], first, last_line)
+
+
+def _check_files(
+    metadata: StoredMetadata | None,
+    layout: _LogLayout,
+    snapshot: SnapshotHeader | None,
+    metadata_path: Path,
+    log_path: Path,
+    snapshot_path: Path,
+) -> None:
+    """StorageDataLostError when the log, the snapshot and the metadata show that durable data
+    is gone."""
+    directory = log_path.parent
+    lines = layout.last_index - layout.first_line + 1
     if metadata is None:
-        if entries:
+        if lines > 0:
             raise StorageDataLostError(
                 metadata_path,
-                f"{metadata_path} is missing but {log_path} holds {len(entries)} entries: the "
+                f"{metadata_path} is missing but {log_path} holds {lines} entries: the "
                 "node's term and vote are lost (starting as new, it could vote twice in one "
                 "term)",
                 directory,
             )
-    elif metadata.commit_length > len(entries):
+        if snapshot is not None:
+            raise StorageDataLostError(
+                metadata_path,
+                f"{metadata_path} is missing but {snapshot_path} holds the state up to index "
+                f"{snapshot.last_index}: the node's term and vote are lost (starting as new, it "
+                "could vote twice in one term)",
+                directory,
+            )
+        return
+    # The snapshot only ever holds committed entries, and commitLength is saved only once the
+    # log lines it counts are durable: together they reach at least commitLength.
+    if snapshot is None and metadata.commit_length > layout.last_index:
         raise StorageDataLostError(
             log_path,
-            f"{log_path} holds {len(entries)} entries but {metadata_path} records commitLength "
+            f"{log_path} holds {layout.last_index} entries but {metadata_path} records "
+            f"commitLength {metadata.commit_length}: committed entries are missing",
+            directory,
+        )
+    if snapshot is not None and metadata.commit_length > max(
+        snapshot.last_index, layout.last_index
+    ):
+        raise StorageDataLostError(
+            log_path,
+            f"{log_path} ends at index {layout.last_index} and {snapshot_path} at index "
+            f"{snapshot.last_index} but {metadata_path} records commitLength "
             f"{metadata.commit_length}: committed entries are missing",
             directory,
         )
 
 
 def read_node_files(directory: Path) -> NodeFiles:
-    """A node's metadata.txt and logs.txt, read without locking, repairing or writing anything
-    (a running node's files may be read: `raftkv restore-node` copies the leader's).
+    """A node's metadata.txt, logs.txt and snapshot.txt, read without locking, repairing or
+    writing anything (a running node's files may be read: `raftkv restore-node` copies the
+    leader's).
 
     Every line is checked as `NodeStorage.load` checks it (StorageCorruption otherwise), and so
-    is the log against the metadata (StorageDataLostError); a torn last line, which a running
-    node may be in the middle of appending, is left out. metadata.txt is read first: the node
-    saves a commitLength only once the lines it counts are durable, so the log read after it
-    holds at least that many."""
+    are the files against each other (StorageDataLostError); a torn last line, which a running
+    node may be in the middle of appending, is left out. The order makes a running node's
+    files consistent: metadata.txt first, because the node saves a commitLength only once the
+    lines it counts are durable (and snapshots only hold committed entries); then logs.txt,
+    then snapshot.txt, because the node compacts its log only up to a snapshot already renamed
+    into place, and a snapshot's index never decreases, so the snapshot read after the log
+    reaches at least the log's first line. (Read the other way round, a compaction in between
+    would look like missing entries.)"""
     directory = Path(directory)
     metadata_path, log_path = directory / METADATA_FILE_NAME, directory / LOG_FILE_NAME
+    snapshot_path = directory / SNAPSHOT_FILE_NAME
     metadata = _read_metadata(metadata_path)
     try:
         data = log_path.read_bytes()
@@ -1070,8 +1448,29 @@ def read_node_files(directory: Path) -> NodeFiles:
     except OSError as exc:
         raise StorageError(f"cannot read {log_path}: {exc}") from exc
     scanned = _scan_log_data(data, str(log_path))
-    _check_files(metadata, scanned.entries, metadata_path, log_path)
-    return NodeFiles(metadata, scanned.entries, scanned.torn_problem is not None)
+    snapshot = read_snapshot_file(snapshot_path)
+    if snapshot is not None and metadata is not None:
+        _check_snapshot_cluster(snapshot, snapshot_path, metadata.cluster_id)
+    header = None if snapshot is None else snapshot.header
+    layout = _log_layout(scanned, header, log_path, snapshot_path)
+    _check_files(metadata, layout, header, metadata_path, log_path, snapshot_path)
+    return NodeFiles(
+        metadata,
+        layout.entries,
+        scanned.torn_problem is not None,
+        snapshot,
+        layout.offset,
+        layout.offset_term,
+    )
+
+
+def _check_snapshot_cluster(
+    snapshot: LoadedSnapshot, snapshot_path: Path, cluster_id: str | None
+) -> None:
+    """ClusterIdMismatchError when the snapshot names another cluster than `cluster_id`."""
+    stored = snapshot.header.cluster_id
+    if cluster_id is not None and stored != cluster_id:
+        raise ClusterIdMismatchError(snapshot_path, stored, cluster_id)
 
 
 def _decode_line_bytes(raw: bytes, path: str, line_no: int) -> tuple[LogEntry, int | None]:
@@ -1116,6 +1515,17 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+def _copy_range(source_fd: int, start: int, end: int, target_fd: int) -> None:
+    """Copy bytes start..end-1 of `source_fd` to the start of `target_fd`, unchanged."""
+    position = start
+    while position < end:
+        chunk = os.pread(source_fd, min(end - position, 1 << 20), position)
+        if not chunk:
+            raise OSError(f"{end - position} bytes of the log vanished while it was copied")
+        _write_all(target_fd, chunk, position - start)
+        position += len(chunk)
 
 
 def _read_all(fd: int) -> bytes:

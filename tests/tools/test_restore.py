@@ -6,16 +6,20 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import immutables
 import pytest
 
 from raftkv.client.commands import GlobalOptions
 from raftkv.cluster import ClusterDescription, NodeAddress
 from raftkv.core.config import profile
 from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.core.state_machine import SnapshotImage
+from raftkv.server.snapshot_file import SnapshotHeader, write_snapshot_file
 from raftkv.server.storage import (
     FAILPOINT_ENV,
     LOG_FILE_NAME,
     METADATA_FILE_NAME,
+    SNAPSHOT_FILE_NAME,
     HardState,
     NodeStorage,
     node_data_dir,
@@ -168,3 +172,77 @@ def test_raftkv_tools_registers_the_command() -> None:
     points = project["project"]["entry-points"]["raftkv.commands"]
     assert points["restore-node"] == "raftkv_tools.commands:RESTORE_NODE"
     assert commands.RESTORE_NODE.module == "raftkv_tools.restore"
+
+
+def _leader_with_snapshot(tmp_path: Path, compact_to: int) -> Path:
+    """Node 0's directory after a snapshot at index 3 and a compaction to `compact_to`, with
+    entries 4 and 5 after it."""
+    directory = node_data_dir(tmp_path / "leader", 0)
+    with NodeStorage(directory, 0, cluster_id="c1") as storage:
+        storage.load()
+        storage.append_entries(1, [*ENTRIES, LogEntry(4, NO_OP), LogEntry(5, NO_OP)])
+        storage.save_metadata(LEADER_STATE, 4)
+        storage.save_snapshot(SNAPSHOT)
+        storage.compact(compact_to)
+    return directory
+
+
+SNAPSHOT = SnapshotImage(
+    3, 4, immutables.Map({"a": "1"}), immutables.Map({"c": (1, 2, 0)}), cluster_time=9
+)
+
+
+@pytest.mark.parametrize("compact_to", [1, 2, 3])
+def test_the_leaders_snapshot_is_copied_with_the_entries_after_it(
+    tmp_path: Path, compact_to: int
+) -> None:
+    leader_dir = _leader_with_snapshot(tmp_path, compact_to)
+    root = tmp_path / "data"
+    restored = restore.restore_node(leader_dir, root, 2, lease=0.3)
+    assert (restored.snapshot_index, restored.entries) == (3, 2)
+    assert "the snapshot up to index 3 and 2 log entries from" in restored.describe(2, leader_dir)
+    target = node_data_dir(root, 2)
+    assert (target / SNAPSHOT_FILE_NAME).read_bytes() == (
+        leader_dir / SNAPSHOT_FILE_NAME
+    ).read_bytes()
+    with NodeStorage(target, 2, cluster_id="c1") as storage:
+        loaded = storage.load()
+    assert loaded.admitted and loaded.snapshot is not None
+    assert loaded.snapshot.image() == SNAPSHOT
+    assert (loaded.log_offset, loaded.log_offset_term) == (3, 4)
+    assert loaded.entries == [LogEntry(4, NO_OP), LogEntry(5, NO_OP)]
+
+
+def test_a_log_that_disagrees_with_the_snapshot_is_left_out(tmp_path: Path) -> None:
+    leader_dir = _leader_with_snapshot(tmp_path, 1)
+    # The snapshot now ends at index 3 of term 5, which the log's line 3 (term 4) contradicts.
+    header = SnapshotHeader(3, 5, "c1", 0)
+    write_snapshot_file(leader_dir / SNAPSHOT_FILE_NAME, header, immutables.Map(), immutables.Map())
+    restored = restore.restore_node(leader_dir, tmp_path / "data", 2, lease=0.3)
+    assert (restored.snapshot_index, restored.entries) == (3, 0)
+    files = read_node_files(node_data_dir(tmp_path / "data", 2))
+    assert files.entries == [] and (files.log_offset, files.log_offset_term) == (3, 5)
+
+
+def test_a_restore_interrupted_after_the_snapshot_runs_again(tmp_path: Path) -> None:
+    leader_dir = _leader_with_snapshot(tmp_path, 3)
+    root = tmp_path / "data"
+    with NodeStorage(node_data_dir(root, 2), 2, cluster_id="c1") as storage:
+        storage.load(admit_if_new=False)
+        storage.save_snapshot(SNAPSHOT)  # where a crash of the first run could stop
+    restored = restore.restore_node(leader_dir, root, 2, lease=0.3)
+    assert (restored.snapshot_index, restored.entries) == (3, 2)
+    assert read_node_files(node_data_dir(root, 2)).entries == [
+        LogEntry(4, NO_OP),
+        LogEntry(5, NO_OP),
+    ]
+
+
+def test_a_target_with_a_newer_snapshot_than_the_source_is_refused(tmp_path: Path) -> None:
+    leader_dir = _leader_with_snapshot(tmp_path, 3)
+    root = tmp_path / "data"
+    with NodeStorage(node_data_dir(root, 2), 2, cluster_id="c1") as storage:
+        storage.load(admit_if_new=False)
+        storage.save_snapshot(SnapshotImage(9, 5, immutables.Map(), immutables.Map()))
+    with pytest.raises(restore.RestoreError, match=r"snapshot\.txt up to index 9, beyond the"):
+        restore.restore_node(leader_dir, root, 2, lease=0.3)

@@ -8,10 +8,14 @@ Until membership changes exist this is how a node whose data directory was lost 
 with --initial-cluster-state existing, so it neither voted nor acknowledged anything), it
 writes DATA_ROOT/logs_node_N/:
 
-  * logs.txt: the entries of the source's logs.txt, every line checked as the node itself checks
-    it (checksum, index); a torn last line, which a running source may be in the middle of
-    appending, is left out. Copy from the current leader: it holds every committed entry, some
-    of which may have been acknowledged by no one but the lost node.
+  * snapshot.txt, when the source has one: the same state, written anew (the file is a pure
+    function of the state and the cluster id, so it is the source's byte for byte).
+  * logs.txt: the entries of the source's logs.txt after its snapshot, every line checked as the
+    node itself checks it (checksum, index); a torn last line, which a running source may be in
+    the middle of appending, is left out, and so are the lines the snapshot covers (all of them
+    if the log disagrees with the snapshot at its index, as the node itself would drop them).
+    Copy from the current leader: it holds every committed entry, some of which may have been
+    acknowledged by no one but the lost node.
   * metadata.txt: term = the source's term + 1, no vote, commitLength 0, leaseBound = the
     larger of the source's and the configured lease (--lease, else the profile's of the cluster
     description), the source's driftBound, a new incarnation, the source's clusterId, and
@@ -39,9 +43,12 @@ from pathlib import Path
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
 from raftkv.core.config import MAX_LEASE_DURATION, ConfigError, profile
 from raftkv.core.messages import LogEntry
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.core.validation import MAX_TERM
 from raftkv.server.storage import (
+    SNAPSHOT_FILE_NAME,
     HardState,
+    NodeFiles,
     NodeStorage,
     StorageError,
     node_data_dir,
@@ -62,19 +69,27 @@ class UsageError(ValueError):
 @dataclass(frozen=True)
 class Restored:
     directory: Path
+    # The log entries written (those after the snapshot).
     entries: int
     hard_state: HardState
     incarnation: int
     cluster_id: str | None
     dropped_torn_line: bool
+    # The last index of the snapshot written (0: the source had none).
+    snapshot_index: int = 0
 
     def describe(self, node_id: int, source: Path) -> str:
         hard = self.hard_state
-        last = "" if not self.entries else f", up to index {self.entries}"
+        last_index = self.snapshot_index + self.entries
+        last = "" if not self.entries else f", up to index {last_index}"
+        snapshot = (
+            f"the snapshot up to index {self.snapshot_index} and " if self.snapshot_index else ""
+        )
         torn = "; the source's torn last line was left out" if self.dropped_torn_line else ""
         return (
-            f"restored node {node_id} into {self.directory}: {self.entries} log entries from "
-            f"{source}{last}{torn}; term {hard.term}, no vote, commitLength 0, lease bound "
+            f"restored node {node_id} into {self.directory}: {snapshot}{self.entries} log "
+            f"entries from {source}{last}{torn}; term {hard.term}, no vote, commitLength 0, "
+            "lease bound "
             f"{hard.lease_bound} s, drift bound {hard.drift_bound}, new incarnation "
             f"{self.incarnation:016x}, cluster id {self.cluster_id!r}. Start node {node_id}: "
             "it follows the leader and catches up."
@@ -110,7 +125,7 @@ def restore_node(
             f"{source} is the directory of a node that is not admitted itself: copy from the "
             "current leader"
         )
-    if not files.entries:
+    if not files.entries and files.snapshot is None:
         raise RestoreError(f"{source} holds no log entries: copy from the current leader")
     if metadata.hard_state.term >= MAX_TERM:
         raise RestoreError(f"the source's term {metadata.hard_state.term} has no successor")
@@ -122,13 +137,38 @@ def restore_node(
         lease_bound=max(metadata.hard_state.lease_bound, lease),
         drift_bound=metadata.hard_state.drift_bound,
     )
+    image = None if files.snapshot is None else files.snapshot.image()
+    tail = _tail_after(files, image)
     try:
-        incarnation = _write(target, node_id, cluster, files.entries, hard_state)
-    except StorageError as error:
+        incarnation = _write(target, node_id, cluster, image, tail, hard_state)
+    except (StorageError, ValueError) as error:
         raise RestoreError(f"cannot restore into {target}: {error}") from None
     return Restored(
-        target, len(files.entries), hard_state, incarnation, cluster, files.dropped_torn_line
+        target,
+        len(tail),
+        hard_state,
+        incarnation,
+        cluster,
+        files.dropped_torn_line,
+        0 if image is None else image.index,
     )
+
+
+def _tail_after(files: NodeFiles, image: SnapshotImage | None) -> list[LogEntry]:
+    """The source's entries after its snapshot: none when its log disagrees with the snapshot
+    at the snapshot's index or does not reach it (the node drops such a log at start-up)."""
+    if image is None:
+        return files.entries
+    offset, entries = files.log_offset, files.entries
+    if image.index == offset:
+        term_there: int | None = files.log_offset_term
+    elif offset < image.index <= offset + len(entries):
+        term_there = entries[image.index - offset - 1].term
+    else:
+        term_there = None
+    if term_there != image.term:
+        return []
+    return entries[image.index - offset :]
 
 
 def _check_target(target: Path, node_id: int) -> None:
@@ -157,11 +197,12 @@ def _write(
     target: Path,
     node_id: int,
     cluster_id: str | None,
+    image: SnapshotImage | None,
     entries: Sequence[LogEntry],
     hard_state: HardState,
 ) -> int:
-    """The log first, then the metadata that admits it: a crash in between leaves a node that
-    is still not admitted, and a second run starts over."""
+    """The snapshot and the log first, then the metadata that admits them: a crash in between
+    leaves a node that is still not admitted, and a second run starts over."""
     try:
         storage = NodeStorage(target, node_id, cluster_id=cluster_id)
     except StorageError as error:
@@ -172,7 +213,20 @@ def _write(
         loaded = storage.load(admit_if_new=False)
         if loaded.admitted:  # admitted between the check and the lock
             raise RestoreError(f"{target} holds an admitted node's data; nothing was changed")
-        storage.append_entries(1, entries)
+        held = 0 if loaded.snapshot is None else loaded.snapshot.header.last_index
+        if held > (0 if image is None else image.index):
+            # Only a node that installed a snapshot has one, and only an admitted node does.
+            raise RestoreError(
+                f"{target} holds a {SNAPSHOT_FILE_NAME} up to index {held}, beyond the source's: "
+                "move the directory away first"
+            )
+        if image is None:
+            storage.append_entries(1, entries)
+        else:
+            # None when a previous run already wrote this snapshot: the same state.
+            storage.save_snapshot(image)
+            storage.reset_log(image.index, image.term)
+            storage.append_entries(image.index + 1, entries)
         return storage.admit(hard_state, 0)
 
 
