@@ -1411,7 +1411,8 @@ class RaftNode:
         self._snapshot_capture = index
         self._applied_bytes = 0
         if self.unsafe.compact_before_snapshot_durable:
-            self._compact(up_to=index)
+            # Only entries already handed out (this Ready may still carry the rest).
+            self._compact(up_to=min(index, self._unstable_from - 1))
         return image
 
     def _compact(self, up_to: int | None = None) -> None:
