@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, TimingConfig
+from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, SnapshotPolicy, TimingConfig
 from raftkv.core.messages import (
     NO_OP,
     Accepted,
@@ -29,6 +29,7 @@ from raftkv.core.messages import (
     WriteDone,
 )
 from raftkv.core.node import SAFE, RaftNode, Ready, Role, UnsafeSwitches
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from tests.support.linearizability import Operation, Outcome, check_history
 
@@ -48,6 +49,18 @@ from .world import (
 
 
 @dataclass(frozen=True)
+class SnapshotChunk:
+    """Chunk `number` of `total` of a snapshot on the wire (the shell's InstallSnapshotArgs):
+    the receiving shell hands the core `message`, with the image once every chunk arrived in
+    order (snapshot_transfer.py's receiver)."""
+
+    message: InstallSnapshot
+    number: int
+    total: int
+    image: SnapshotImage
+
+
+@dataclass(frozen=True)
 class ForgedConflict:
     """An AppendEntries to be rewritten when the receiver steps it, so that its one entry
     conflicts with the receiver's last committed entry (which its commit index proves): the
@@ -61,6 +74,10 @@ class ForgedConflict:
         if commit == 0:
             return replace(self.base, term=MAX_TERM + 1)  # nothing committed to conflict with
         prev = commit - 1
+        if prev < core.log.offset:
+            # The committed entry is compacted: the receiver skips what its snapshot covers,
+            # so forge a malformed message instead (refused all the same).
+            return replace(self.base, term=MAX_TERM + 1)
         prev_term = core.log.term(prev) or 0
         # A term above the receiver's, so no earlier check answers for it, and above the term
         # of its committed entry, so the entry conflicts with it.
@@ -75,7 +92,11 @@ class ForgedConflict:
         )
 
 
-ALL_FAULTS = frozenset({"loss", "delay", "duplicate", "partition", "crash", "pause", "drift"})
+# Every scenario snapshots and compacts often (Scenario.snapshots); "snapshot" adds a
+# follower cut off long enough to need an InstallSnapshot, and snapshot writes that fail.
+ALL_FAULTS = frozenset(
+    {"loss", "delay", "duplicate", "partition", "crash", "pause", "drift", "snapshot"}
+)
 # Faults run only when asked for (so that the default seeds stay what they were):
 # "corrupt" turns some peer messages malformed or impossible in flight, as a buggy or hostile
 # peer would send them; the core must refuse each one (raftkv/core/validation.py, and RaftNode's
@@ -146,6 +167,8 @@ class Scenario:
     # The liveness scenario of issue 14: a single send-only cut of a follower, from the first
     # nemesis step that finds a leader to the end of the faults (see one_way_cut_scenario).
     lone_one_way_cut: bool = False
+    # Small thresholds, so that every run snapshots, compacts and installs many times.
+    snapshots: SnapshotPolicy = field(default_factory=lambda: SnapshotPolicy(20, 1 << 20, 5))
 
     def describe(self) -> str:
         unsafe = ",".join(self.unsafe.enabled()) or "none"
@@ -158,6 +181,8 @@ class Scenario:
             text += f" suspend_clock={self.suspend_clock.value}"
         if self.lone_one_way_cut:
             text += " scenario=one-way-cut"
+        policy = self.snapshots
+        text += f" snapshot={policy.entries}/{policy.bytes}/{policy.trailing_entries}"
         return text
 
 
@@ -177,6 +202,11 @@ def make_scenario(
     timing = SIM_PROFILES[chosen_profile]
     mode = read_mode or (ReadMode.READ_INDEX if rng.random() < 0.15 else ReadMode.LEASE)
     timing = replace(timing, read_mode=mode, max_entries_per_message=rng.choice([2, 16, 512]))
+    snapshots = SnapshotPolicy(
+        entries=rng.choice([8, 20, 60]),
+        bytes=rng.choice([200, 1 << 20]),
+        trailing_entries=rng.choice([0, 3, 10]),
+    )
     return Scenario(
         seed=seed,
         nodes=chosen_nodes,
@@ -188,6 +218,7 @@ def make_scenario(
         duration=timing.election_timeout_max * 40,
         unsafe=unsafe,
         suspend_clock=suspend_clock,
+        snapshots=snapshots,
     )
 
 
@@ -281,6 +312,9 @@ class Simulation:
         # The configuration a rolling change is moving every node to ("lease_change").
         self.rollout_target: TimingConfig | None = None
         self.serving = ServingMeter(self.quorum)
+        # Snapshot transfers under way, (leader, follower) -> transfer id (one at a time).
+        self.transfers: dict[tuple[int, int], int] = {}
+        self._transfer_ids = iter(range(1, 10**9))
 
     # ------------------------------------------------------------------------------------------
     # Set-up draws
@@ -404,27 +438,46 @@ class Simulation:
     def _start_node(self, node: SimNode) -> None:
         if not node.admitted:
             self.world.log(f"node {node.node_id} starts wiped (admitted=False)")
+        durable = node.durable
+        covered = durable.snapshot.index if durable.snapshot is not None else 0
+        if durable.offset > covered:
+            # What the real storage refuses to start from (StorageDataLostError).
+            raise InvariantViolationError(
+                f"durability: node {node.node_id}'s log starts after index {durable.offset} "
+                f"but its snapshot covers only {covered}: entries {covered + 1}.."
+                f"{durable.offset} are lost"
+            )
         node.core = RaftNode(
             node.node_id,
             [i for i in self.ids if i != node.node_id],
             node.config,
             random.Random(self.rng.random()),
             self._local(node),
-            persisted=node.durable.snapshot(),
+            persisted=durable.persisted(),
             unsafe=self.scenario.unsafe,
             admitted=node.admitted,
+            snapshots=self.scenario.snapshots,
         )
         node.pending_ready = None
         node.inbox.clear()
         node.waiting.clear()
-        self.world.log(f"node {node.node_id} started (log {len(node.durable.entries)})")
+        node.receiving.clear()
+        snapshot = f", snapshot {covered}" if covered else ""
+        self.world.log(
+            f"node {node.node_id} started (log {durable.offset + 1}..{durable.last_index}"
+            f"{snapshot})"
+        )
         self._process(node)
 
     def _crash(self, node: SimNode) -> None:
         if not node.up:
             return
         ready = node.pending_ready
-        if ready is not None and ready.log_changed and self.rng.random() < 0.5:
+        if ready is not None and ready.installed is not None and self.rng.random() < 0.5:
+            # Crash between an install's rename of snapshot.txt and its log reset: the core
+            # finds a log that does not reach the snapshot and drops it at start-up.
+            node.durable.snapshot = ready.installed
+        elif ready is not None and ready.log_changed and self.rng.random() < 0.5:
             # Torn persist: part of the log write reached the disk, the metadata did not.
             node.durable.write_log(ready, keep=self.rng.randint(0, len(ready.entries)))
         node.core = None
@@ -432,6 +485,9 @@ class Simulation:
         node.inbox.clear()
         node.waiting.clear()
         node.paused = False
+        node.receiving.clear()
+        # Its snapshot senders die with the process.
+        self.transfers = {k: t for k, t in self.transfers.items() if k[0] != node.node_id}
         node.suspensions += 1
         if node.clock.stopped:
             node.clock.start(self.world.now)  # a machine that is restarted runs again
@@ -441,8 +497,7 @@ class Simulation:
         self._check_durability()
 
     def _check_durability(self) -> None:
-        durable_logs = {i: n.durable.entries for i, n in self.nodes.items()}
-        self.checker.check_durability(durable_logs, self.wiped)
+        self.checker.check_durability({i: n.durable for i, n in self.nodes.items()}, self.wiped)
 
     def _process(self, node: SimNode) -> None:
         """Feed queued inputs and timers, then start persisting the next Ready."""
@@ -461,6 +516,12 @@ class Simulation:
                 self._serve_read(node, core, payload, now)
             elif kind == "transfer":
                 self._transfer_leadership(node, core, payload, now)
+            elif kind == "snapshot_saved":
+                core.snapshot_saved(payload, now)
+            elif kind == "snapshot_failed":
+                core.snapshot_failed(payload, now, "simulated disk error")
+            elif kind == "snapshot_send_failed":
+                core.snapshot_send_failed(payload, now)
             else:
                 self._propose(node, core, payload, now)
         if now >= core.next_deadline():
@@ -478,11 +539,14 @@ class Simulation:
                 self._answer_later(node, reply)
             for envelope in ready.send_now:
                 self._send_to_node(node.node_id, envelope)
+            if ready.snapshot is not None:
+                self._write_snapshot(node, core, ready.snapshot)
             if ready.needs_persist:
                 node.pending_ready = ready
                 disk = self.rng.choice([0.0, 0.0001, 0.001, self.config.heartbeat_interval * 0.2])
                 self.world.after(disk, lambda: self._persisted(node, core, ready))
                 return
+            node.durable.compact(ready.compact_to)
             self._deliver(node, ready)
             core.advance(ready)
             self._process(node)
@@ -496,14 +560,102 @@ class Simulation:
             # A stopped process sends nothing; finish this persist when it resumes.
             node.resume_action = lambda: self._persisted(node, core, ready)
             return
+        if ready.installed is not None:
+            node.durable.snapshot = ready.installed
         node.durable.write_log(ready)
         if ready.hard_state is not None:
             node.durable.hard_state = ready.hard_state
         node.durable.commit_hint = ready.commit_index
+        node.durable.compact(ready.compact_to)
         node.pending_ready = None
         self._deliver(node, ready)
         core.advance(ready)
         self._process(node)
+
+    def _write_snapshot(self, node: SimNode, core: RaftNode, image: SnapshotImage) -> None:
+        """The shell's background snapshot write: slow (serialising and fsyncing a whole
+        state), lost if the node crashes first, sometimes failing; when it ends the core is
+        told, as an input. storage.save_snapshot keeps a newer snapshot (an install) that
+        landed meanwhile."""
+        beat = self.config.heartbeat_interval
+        delay = self.rng.choice([0.0005, beat * 0.5, beat * 2, self.config.election_timeout_max])
+        fails = "snapshot" in self.scenario.faults and self.rng.random() < 0.1
+
+        def written() -> None:
+            if node.core is not core:
+                return  # crashed while writing: the old snapshot.txt is still there
+            if node.paused:
+                self.world.after(beat, written)  # a stopped process finishes nothing
+                return
+            if fails:
+                node.inbox.append(("snapshot_failed", image.index))
+            else:
+                durable = node.durable
+                if durable.snapshot is None or durable.snapshot.index < image.index:
+                    durable.snapshot = image
+                node.inbox.append(("snapshot_saved", image.index))
+            self._process(node)
+
+        self.world.after(delay, written)
+
+    def _start_snapshot_transfer(self, leader: SimNode, to: int, intent: InstallSnapshot) -> None:
+        """The leader's shell streams its durable snapshot (the file, not the intent, says
+        which) in chunks through the faulty network, one after another; a transfer not done
+        by its deadline is reported failed to the core, which starts another once the
+        follower answers again."""
+        key = (leader.node_id, to)
+        image = leader.durable.snapshot
+        if key in self.transfers or image is None:
+            return
+        transfer = next(self._transfer_ids)
+        self.transfers[key] = transfer
+        core = leader.core
+        total = 1 + len(image.data) // 2
+        spacing = self.network.min_delay
+        chunk = replace(intent, last_index=image.index, last_term=image.term)
+        self.world.log(
+            f"[{leader.node_id}] streams snapshot {image.index} to {to} ({total} chunks)"
+        )
+
+        def send(number: int) -> None:
+            if leader.core is not core or core is None or core.term != intent.term:
+                return  # the sender died with its process or its leadership
+            payload = SnapshotChunk(chunk, number, total, image)
+            self._transmit(leader.node_id, to, payload)
+            if number + 1 < total:
+                self.world.after(spacing, lambda: send(number + 1))
+
+        def deadline() -> None:
+            if self.transfers.get(key) != transfer:
+                return
+            if leader.paused:
+                # A stopped process reports nothing until it runs again.
+                self.world.after(self.config.heartbeat_interval, deadline)
+                return
+            del self.transfers[key]
+            self.world.log(f"[{leader.node_id}] snapshot transfer to {to} ended by its deadline")
+            if leader.core is core:
+                leader.inbox.append(("snapshot_send_failed", to))
+                self._process(leader)
+
+        send(0)
+        limit = max(self.config.election_timeout_max, total * self.config.election_timeout_min)
+        self.world.after(limit, deadline)
+
+    def _receive_chunk(self, node: SimNode, chunk: SnapshotChunk) -> InstallSnapshot:
+        """The follower's shell: bytes are kept only in order (a first chunk starts over);
+        the core sees every chunk, with the image once the last one completes the file."""
+        message = chunk.message
+        key = (message.leader_id, message.last_index, message.last_term)
+        received = node.receiving.get(key, 0)
+        if chunk.number == 0:
+            node.receiving = {key: 1}
+        elif chunk.number == received:
+            node.receiving[key] = received + 1
+        if node.receiving.get(key) == chunk.total and chunk.number == chunk.total - 1:
+            del node.receiving[key]
+            return replace(message, done=True, image=chunk.image)
+        return message
 
     def _deliver(self, node: SimNode, ready: Ready) -> None:
         for envelope in ready.send_after_persist:
@@ -570,19 +722,28 @@ class Simulation:
     # Network
 
     def _send_to_node(self, source: int, envelope: Envelope) -> None:
-        link = (source, envelope.to)
-        if link in self.blocked or link in self.one_way_cut:
+        if isinstance(envelope.message, InstallSnapshot):
+            # From a core, an InstallSnapshot is the intent to stream a snapshot.
+            self._start_snapshot_transfer(self.nodes[source], envelope.to, envelope.message)
             return
-        extra = self.slow_links.get(link, 0.0)
-        target = self.nodes.get(envelope.to)
-        if target is None:
-            return  # an answer to a stranger (only a core that accepts malformed input sends one)
         message: Message | ForgedConflict = envelope.message
         if self.faults_active and self.network.corrupt and self.rng.random() < self.network.corrupt:
             message = self._corrupt(envelope.message)
             self.world.log(f"nemesis corrupt {source}->{envelope.to} {message}")
+        self._transmit(source, envelope.to, message)
+
+    def _transmit(
+        self, source: int, to: int, payload: Message | ForgedConflict | SnapshotChunk
+    ) -> None:
+        link = (source, to)
+        if link in self.blocked or link in self.one_way_cut:
+            return
+        extra = self.slow_links.get(link, 0.0)
+        target = self.nodes.get(to)
+        if target is None:
+            return  # an answer to a stranger (only a core that accepts malformed input sends one)
         for delay in self._delivery_delays(extra):
-            self.world.after(delay, lambda: self._arrive(target, message))
+            self.world.after(delay, lambda: self._arrive(target, payload))
 
     def _corrupt(self, message: Message) -> Message | ForgedConflict:
         """`message` turned into one a correct core refuses: malformed (validation.py), or
@@ -661,6 +822,8 @@ class Simulation:
     def _arrive(self, node: SimNode, message: object) -> None:
         if not node.up:
             return
+        if isinstance(message, SnapshotChunk):
+            message = self._receive_chunk(node, message)
         node.inbox.append(("message", message))
         self._process(node)
 
@@ -854,6 +1017,8 @@ class Simulation:
             actions += [self._suspend_random]
         if "transfer" in f:
             actions += [self._ask_leader_to_transfer]
+        if "snapshot" in f:
+            actions += [self._lag_follower]
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
@@ -931,6 +1096,20 @@ class Simulation:
             return
         self.blocked = {(a, b) for a in self.ids for b in self.ids if node_id in (a, b) and a != b}
         self.world.log(f"nemesis isolate {node_id}")
+
+    def _lag_follower(self) -> None:
+        """A follower cut off while the others go on writing, for long enough that the
+        leader compacts what it lacks: it comes back to an InstallSnapshot, which may race
+        with the partitions, crashes and AppendEntries that follow."""
+        leader = self._leader_id()
+        followers = [i for i in self.ids if i != leader]
+        if leader is None or not followers:
+            return
+        lagging = self.rng.choice(followers)
+        self._isolate(lagging)
+        self.world.log(f"nemesis lag {lagging}: cut off while the others write")
+        duration = self.rng.uniform(2, 6) * self.config.election_timeout_max
+        self.world.after(duration, self._heal)
 
     def _restart_all_but_isolated_leader(self) -> None:
         """The leader is cut off while every other node restarts, forgetting what it saw."""
@@ -1020,7 +1199,7 @@ class Simulation:
         if followers and self.rng.random() < 0.5:
             # The follower with the longest log: the copy that committed entries are most
             # likely to need while other followers lag.
-            node = max(followers, key=lambda n: len(n.durable.entries))
+            node = max(followers, key=lambda n: n.durable.last_index)
         else:
             node = self.rng.choice(candidates)
         self._crash(node)
@@ -1053,12 +1232,13 @@ class Simulation:
         self._crash(node)
         files = source.durable
         hard_state = replace(files.hard_state, voted_for=None)
-        node.durable = Durable(hard_state, list(files.entries), files.commit_hint)
+        node.durable = files.copy()
+        node.durable.hard_state = hard_state
         node.admitted = True
         self.wiped.discard(node.node_id)
         self.world.log(
             f"nemesis restore {node.node_id} from node {source.node_id}'s files "
-            f"(log {len(files.entries)}, term {hard_state.term})"
+            f"(log {files.offset + 1}..{files.last_index}, term {hard_state.term})"
         )
         self._check_durability()
         if self.faults_active:
@@ -1075,8 +1255,7 @@ class Simulation:
             return max(serving, key=lambda n: n.core.term if n.core else 0)
 
         def up_to_date(node: SimNode) -> tuple[int, int]:
-            entries = node.durable.entries
-            return (entries[-1].term if entries else 0, len(entries))
+            return (node.durable.last_term, node.durable.last_index)
 
         return max(healthy, key=up_to_date)
 

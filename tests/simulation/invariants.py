@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
 
 from raftkv.core.messages import Command, LogEntry
 from raftkv.core.node import RaftNode, Ready, Role
+from raftkv.core.state_machine import KeyValueStateMachine, SnapshotImage
 
 from .world import InvariantViolationError
+
+
+class Disk(Protocol):
+    def holds(self, index: int, entry: LogEntry) -> bool: ...
 
 
 class SafetyChecker:
@@ -18,6 +24,10 @@ class SafetyChecker:
         self._entry_identity: dict[tuple[int, int], tuple[int, Command]] = {}
         # index -> entry applied there by anyone: every node must apply the same.
         self.committed: dict[int, LogEntry] = {}
+        # The state machine replayed from `committed`, and its image after each index: what
+        # every snapshot of that index must hold.
+        self._reference = KeyValueStateMachine()
+        self._reference_images: dict[int, SnapshotImage] = {}
         # index -> term of the leader that committed it (the first node to apply an entry is
         # the leader that committed it: followers learn of commits from leaders).
         self.committed_in_term: dict[int, int] = {}
@@ -44,6 +54,34 @@ class SafetyChecker:
                     f"state machine safety: node {node_id} applied {entry} at index {index}, "
                     f"another node applied {known_entry}"
                 )
+
+        for image, how in ((ready.snapshot, "took"), (ready.installed, "installed")):
+            if image is not None:
+                self.check_snapshot(node_id, image, how)
+
+    def check_snapshot(self, node_id: int, image: SnapshotImage, how: str) -> None:
+        """A snapshot at index I holds exactly the state of the committed entries 1..I."""
+        while len(self._reference_images) < image.index:
+            index = len(self._reference_images) + 1
+            entry = self.committed.get(index)
+            if entry is None:
+                raise InvariantViolationError(
+                    f"snapshot content: node {node_id} {how} a snapshot at index {image.index}, "
+                    f"but entry {index} is not known to be committed"
+                )
+            self._reference.apply(entry.command, index)
+            self._reference_images[index] = self._reference.image(index, entry.term)
+        expected = self._reference_images[image.index]
+        if (image.term, image.data, image.sessions) != (
+            expected.term,
+            expected.data,
+            expected.sessions,
+        ):
+            raise InvariantViolationError(
+                f"snapshot content: node {node_id} {how} a snapshot at index {image.index} "
+                f"(term {image.term}, {len(image.data)} keys) that differs from the committed "
+                f"entries replayed (term {expected.term}, {len(expected.data)} keys)"
+            )
 
     def on_step(self, node_id: int, core: RaftNode) -> None:
         if core.role is not Role.LEADER:
@@ -99,20 +137,14 @@ class SafetyChecker:
                         f"committed in its term, at real time {real_now:.6f}"
                     )
 
-    def check_durability(
-        self, durable_logs: dict[int, list[LogEntry]], wiped: Collection[int] = ()
-    ) -> None:
+    def check_durability(self, disks: Mapping[int, Disk], wiped: Collection[int] = ()) -> None:
         """Every committed entry is durable on a majority. A wiped node (disk replaced, not yet
         restored from a peer) lost its copy for real; it is counted as a holder all the same,
         because Raft keeps an entry that was on a majority as long as at most a minority is
         wiped at a time (and the wiped nodes stay out of elections until restored): what must
         not happen is a loss beyond the wiped disks."""
         for index, entry in self.committed.items():
-            holders = [
-                node_id
-                for node_id, log in durable_logs.items()
-                if index <= len(log) and log[index - 1] == entry
-            ]
+            holders = [node_id for node_id, disk in disks.items() if disk.holds(index, entry)]
             if len(set(holders) | set(wiped)) < self.quorum:
                 lost = f" (wiped: {sorted(wiped)})" if wiped else ""
                 raise InvariantViolationError(

@@ -25,6 +25,7 @@ from raftkv.core.node import (
     RaftNode,
     Ready,
 )
+from raftkv.core.state_machine import SnapshotImage
 
 
 class InvariantViolationError(AssertionError):
@@ -115,21 +116,75 @@ class ClientResponse:
 
 @dataclass
 class Durable:
-    """What survives a crash: the fsynced log and metadata."""
+    """What survives a crash: the fsynced snapshot, log and metadata (storage.py's files)."""
 
     hard_state: HardState = field(default_factory=lambda: HardState(0, None))
+    # The log entries offset + 1, offset + 2, ... (logs.txt after compaction).
     entries: list[LogEntry] = field(default_factory=list)
     commit_hint: int = 0
+    snapshot: SnapshotImage | None = None
+    offset: int = 0
+    offset_term: int = 0
+
+    @property
+    def last_index(self) -> int:
+        return self.offset + len(self.entries)
+
+    @property
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.offset_term
 
     def write_log(self, ready: Ready, keep: int | None = None) -> None:
+        if ready.log_reset is not None:
+            self.entries, (self.offset, self.offset_term) = [], ready.log_reset
         if not ready.log_changed:
             return
-        del self.entries[ready.first_index - 1 :]
+        del self.entries[ready.first_index - self.offset - 1 :]
         new = ready.entries if keep is None else ready.entries[:keep]
         self.entries.extend(new)
 
-    def snapshot(self) -> PersistentState:
-        return PersistentState(self.hard_state, tuple(self.entries), self.commit_hint)
+    def compact(self, index: int) -> None:
+        """Drop the entries before `index`, keeping it (storage.py's compaction)."""
+        if index <= self.offset:
+            return
+        keep = index - self.offset
+        if keep > len(self.entries):
+            raise InvariantViolationError(
+                f"simulator: compaction to {index} beyond the durable log ({self.last_index})"
+            )
+        self.offset_term = self.entries[keep - 1].term
+        self.entries = self.entries[keep:]
+        self.offset = index
+
+    def holds(self, index: int, entry: LogEntry) -> bool:
+        """The entry is on this disk: in the log, or covered by the snapshot (whose content
+        the checker verifies against the committed entries when it is made)."""
+        if self.snapshot is not None and index <= self.snapshot.index:
+            return True
+        return (
+            self.offset < index <= self.last_index
+            and self.entries[index - self.offset - 1] == entry
+        )
+
+    def persisted(self) -> PersistentState:
+        return PersistentState(
+            self.hard_state,
+            tuple(self.entries),
+            self.commit_hint,
+            snapshot=self.snapshot,
+            log_offset=self.offset,
+            log_offset_term=self.offset_term,
+        )
+
+    def copy(self) -> Durable:
+        return Durable(
+            self.hard_state,
+            list(self.entries),
+            self.commit_hint,
+            self.snapshot,
+            self.offset,
+            self.offset_term,
+        )
 
 
 @dataclass
@@ -155,6 +210,9 @@ class SimNode:
     # Counts suspensions and crashes, so that the scheduled end of a suspension that a crash
     # already ended does not cut a later one short.
     suspensions: int = 0
+    # Snapshots being received, (leader, index, term) -> chunks received in order so far (the
+    # shell's snapshot.txt.recv): lost in a crash.
+    receiving: dict[tuple[int, int, int], int] = field(default_factory=dict)
 
     @property
     def up(self) -> bool:
