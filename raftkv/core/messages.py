@@ -33,11 +33,26 @@ class SetCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteCommand:
+    """Remove `key` (nothing changes when it is absent). `client_id`/`seq` as for SetCommand:
+    a client's SETs and DELETEs share one sequence, so a retried DELETE applies once."""
+
+    key: str
+    client_id: str = ""
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        # Interned like SetCommand's: a log of one client's writes repeats its id.
+        object.__setattr__(self, "key", sys.intern(self.key))
+        object.__setattr__(self, "client_id", sys.intern(self.client_id))
+
+
+@dataclass(frozen=True, slots=True)
 class NoOpCommand:
     """Appended by every new leader so that entries of earlier terms commit with it."""
 
 
-Command = SetCommand | NoOpCommand
+Command = SetCommand | DeleteCommand | NoOpCommand
 NO_OP = NoOpCommand()
 
 

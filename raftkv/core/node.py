@@ -52,10 +52,12 @@ from .messages import (
     AppendEntriesReply,
     ClientReply,
     Command,
+    DeleteCommand,
     Envelope,
     LogEntry,
     Message,
     NodeId,
+    NoOpCommand,
     ProposeResult,
     ReadPending,
     ReadResult,
@@ -1051,6 +1053,8 @@ class RaftNode:
             command = entry.command
             if isinstance(command, SetCommand):
                 budget -= len(command.key) + len(command.value)
+            elif isinstance(command, DeleteCommand):
+                budget -= len(command.key)
             if budget < 0 and count > 0:
                 return batch[:count]
         return batch
@@ -1119,7 +1123,9 @@ class RaftNode:
             entry = self._log.entry(index)
             effect_index = self.state_machine.apply(entry.command, index)
             self._out.applied.append((index, entry))
-            if announce and isinstance(entry.command, SetCommand):
+            # Every client write is announced (SET and DELETE: the log review matches these
+            # lines to logs.txt entry by entry, skipping only NO-OPs).
+            if announce and not isinstance(entry.command, NoOpCommand):
                 self._out.events.append(
                     events.Committed(self.id, role, describe_command(entry.command))
                 )

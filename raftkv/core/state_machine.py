@@ -1,11 +1,13 @@
-"""The replicated key-value state machine, including the exactly-once table for client SETs.
+"""The replicated key-value state machine, including the exactly-once table for client writes.
 
 The dedup table is part of the replicated state (Raft thesis §6.3): every replica applies the
 same entries in the same order, so every replica skips the same duplicates and keeps the same
-table. Only the answer to the proposer depends on it (node.py): a SET that carries a client id
-is applied when its seq is above the client's last applied seq; a retry of that last applied
-SET (same seq) is skipped and answered with the index where it was applied; a SET below it is
-skipped and refused as stale, never acknowledged.
+table. Only the answer to the proposer depends on it (node.py): a write (SET or DELETE) that
+carries a client id is applied when its seq is above the client's last applied seq; a retry of
+that last applied write (same seq) is skipped and answered with the index where it was applied;
+a write below it is skipped and refused as stale, never acknowledged. A client's SETs and
+DELETEs share one sequence and one table entry. A DELETE of an absent key changes no data but
+still counts as applied (its seq is recorded), so its retry is recognised like a SET's.
 
 Both maps are persistent (`immutables.Map`, a hash array mapped trie): taking a snapshot is
 taking two references, O(1) whatever the size, so the Raft loop never pauses to copy the data
@@ -18,9 +20,9 @@ from dataclasses import dataclass
 
 import immutables
 
-from .messages import Command, NoOpCommand, SetCommand
+from .messages import Command, DeleteCommand, NoOpCommand, SetCommand
 
-# client id -> (highest seq applied for it, the log index where that SET was applied, the cluster
+# client id -> (highest seq applied for it, the log index where that write was applied, the cluster
 # time in ms of its last activity; 0 until sessions expire). Plain tuples: a snapshot line each.
 SessionRecord = tuple[int, int, int]
 
@@ -50,13 +52,13 @@ class KeyValueStateMachine:
         """Apply the committed command at log `index`.
 
         Returns the index the command's effect is at: `index` when it was applied (a no-op, a
-        SET without client id, or a SET with a new highest seq for its client); the index of the
-        original entry when it repeats the client's last applied seq (skipped); None when a higher
-        seq of its client was already applied (skipped, and must not be acknowledged).
+        write without client id, or a write with a new highest seq for its client); the index of
+        the original entry when it repeats the client's last applied seq (skipped); None when a
+        higher seq of its client was already applied (skipped, and must not be acknowledged).
         """
         if isinstance(command, NoOpCommand):
             return index
-        if not isinstance(command, SetCommand):
+        if not isinstance(command, SetCommand | DeleteCommand):
             raise TypeError(f"not a command: {command!r}")
         if command.client_id:
             last_seq, last_index, _ = self._sessions.get(command.client_id, (0, 0, 0))
@@ -67,7 +69,10 @@ class KeyValueStateMachine:
             self._sessions = self._sessions.set(
                 command.client_id, (command.seq, index, self._cluster_time)
             )
-        self._data = self._data.set(command.key, command.value)
+        if isinstance(command, SetCommand):
+            self._data = self._data.set(command.key, command.value)
+        elif command.key in self._data:
+            self._data = self._data.delete(command.key)
         return index
 
     def get(self, key: str) -> str | None:

@@ -15,6 +15,7 @@ from raftkv.core.messages import (
     AppendEntries,
     AppendEntriesReply,
     ClientReply,
+    DeleteCommand,
     Envelope,
     LogEntry,
     Message,
@@ -615,7 +616,7 @@ def test_an_overwritten_proposal_is_answered_as_lost() -> None:
 
 
 def _propose_and_commit(
-    h: Harness, leader: RaftNode, command: SetCommand, now: float, token: int
+    h: Harness, leader: RaftNode, command: SetCommand | DeleteCommand, now: float, token: int
 ) -> tuple[int, list[WriteDone | ReadValue | Refused]]:
     """Propose, deliver until quiet; the entry's index and the replies to `token`."""
     result = leader.propose(command, now, token=token)
@@ -659,6 +660,27 @@ def test_a_new_leader_answers_retries_and_stale_seqs_from_the_replicated_table()
     index, replies = _propose_and_commit(h, new, SetCommand("k", "six", "c", 6), now + 0.02, 4)
     assert replies == [WriteDone(index)]
     assert new.state_machine.get("k") == "six"
+
+
+def test_a_delete_commits_on_every_node_and_a_retry_answers_its_first_index() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    _propose_and_commit(h, leader, SetCommand("k", "v", "c", 1), 3.2, 1)
+    index, replies = _propose_and_commit(h, leader, DeleteCommand("k", "c", 2), 3.25, 2)
+    assert replies == [WriteDone(index)]
+    # The retry is a new entry every replica skips; like a SET's, it answers the first index.
+    _, replies = _propose_and_commit(h, leader, DeleteCommand("k", "c", 2), 3.3, 3)
+    assert replies == [WriteDone(index)]
+    # The client's seq is shared by its SETs and DELETEs: a SET with seq 1 is now stale.
+    _, replies = _propose_and_commit(h, leader, SetCommand("k", "again", "c", 1), 3.35, 4)
+    assert replies == [Refused(Refusal.STALE_SEQUENCE, None)]
+    h.tick(1, 3.5)  # a heartbeat tells the followers the commit index
+    h.deliver_all(3.5)
+    assert all(n.commit_index == leader.commit_index for n in h.nodes.values())
+    assert all(n.state_machine.get("k") is None for n in h.nodes.values())
+    assert leader.read("k", 3.51, 5) == ReadValue(None)
+    announced = [e for e in events(h, 2) if isinstance(e, ev.Committed)]
+    assert [e.command for e in announced] == ["SET k v", "DELETE k", "DELETE k", "SET k again"]
 
 
 def test_append_entries_batches_are_capped_by_size() -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from raftkv.core.messages import NO_OP, SetCommand
+from raftkv.core.messages import NO_OP, DeleteCommand, SetCommand
 from raftkv.core.state_machine import KeyValueStateMachine
 
 
@@ -42,6 +42,46 @@ def test_commands_without_client_id_are_never_deduplicated() -> None:
     assert machine.apply(SetCommand("k", "x"), 1) == 1
     assert machine.apply(SetCommand("k", "x"), 2) == 2
     assert machine.last_applied("") is None
+
+
+def test_delete_removes_the_key_and_is_idempotent() -> None:
+    machine = KeyValueStateMachine()
+    machine.apply(SetCommand("a", "1"), 1)
+    machine.apply(SetCommand("b", "2"), 2)
+    assert machine.apply(DeleteCommand("a"), 3) == 3
+    assert machine.get("a") is None
+    # Without a client id a DELETE is never deduplicated; deleting again changes nothing.
+    assert machine.apply(DeleteCommand("a"), 4) == 4
+    assert machine.snapshot_items() == {"b": "2"}
+    assert len(machine) == 1
+
+
+def test_a_delete_of_an_absent_key_changes_no_data_but_records_the_session() -> None:
+    machine = KeyValueStateMachine()
+    machine.apply(SetCommand("b", "2"), 1)
+    image = machine.image(1, 1)
+    assert machine.apply(DeleteCommand("never-set", "c", 1), 2) == 2
+    assert machine.snapshot_items() == {"b": "2"}
+    assert machine.image(2, 1).data is image.data  # the data map was not even rebuilt
+    assert machine.last_applied("c") == (1, 2)
+    assert machine.apply(DeleteCommand("never-set", "c", 1), 3) == 2  # its retry
+
+
+def test_sets_and_deletes_of_one_client_share_its_sequence() -> None:
+    machine = KeyValueStateMachine()
+    assert machine.apply(SetCommand("k", "v", "c", 1), 1) == 1
+    assert machine.apply(DeleteCommand("k", "c", 2), 2) == 2
+    # A retry of the DELETE answers its index and does not delete a value written since.
+    assert machine.apply(SetCommand("k", "w", "other", 1), 3) == 3
+    assert machine.apply(DeleteCommand("k", "c", 2), 4) == 2
+    assert machine.get("k") == "w"
+    # Seq 1 (the SET) is below the DELETE's: stale, not applied.
+    assert machine.apply(SetCommand("k", "old", "c", 1), 5) is None
+    # ... and a DELETE below a SET's seq is stale too.
+    assert machine.apply(SetCommand("k", "x", "c", 3), 6) == 6
+    assert machine.apply(DeleteCommand("k", "c", 2), 7) is None
+    assert machine.get("k") == "x"
+    assert machine.last_applied("c") == (3, 6)
 
 
 def test_replicas_applying_the_same_log_agree() -> None:
