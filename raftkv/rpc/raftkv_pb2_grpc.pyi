@@ -91,6 +91,7 @@ class KeyValueStub:
     Status: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.StatusRequest, _raftkv_pb2.StatusResponse]
     Pipeline: _grpc.StreamStreamMultiCallable[_raftkv_pb2.PipelineRequests, _raftkv_pb2.PipelineReplies]
     TransferLeader: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]
+    Delete: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.DeleteRequest, _raftkv_pb2.DeleteResponse]
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -100,6 +101,7 @@ class KeyValueAsyncStub(KeyValueStub):
     Status: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.StatusRequest, _raftkv_pb2.StatusResponse]  # type: ignore[assignment]
     Pipeline: _aio.StreamStreamMultiCallable[_raftkv_pb2.PipelineRequests, _raftkv_pb2.PipelineReplies]  # type: ignore[assignment]
     TransferLeader: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.DeleteRequest, _raftkv_pb2.DeleteResponse]  # type: ignore[assignment]
 
 class KeyValueServicer:
     def Get(
@@ -131,5 +133,11 @@ class KeyValueServicer:
         request: _raftkv_pb2.TransferLeaderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_raftkv_pb2.TransferLeaderReply, _abc.Awaitable[_raftkv_pb2.TransferLeaderReply]]: ...
+
+    def Delete(
+        self,
+        request: _raftkv_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftkv_pb2.DeleteResponse, _abc.Awaitable[_raftkv_pb2.DeleteResponse]]: ...
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

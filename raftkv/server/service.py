@@ -15,6 +15,7 @@ import grpc
 
 from raftkv.core.events import ProtocolViolation
 from raftkv.core.messages import (
+    DeleteCommand,
     ReadValue,
     Refused,
     SetCommand,
@@ -68,14 +69,25 @@ def validate_value(value: str) -> None:
         raise RequestError(f"the value is {size} bytes; the limit is {MAX_VALUE_BYTES}")
 
 
+def validate_session(client_id: str, seq: int) -> None:
+    """A write's dedup fields (SET and DELETE alike)."""
+    if len(client_id.encode()) > MAX_CLIENT_ID_BYTES:
+        raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
+    if client_id and seq == 0:
+        raise RequestError("a request with a client_id needs a seq ≥ 1")
+
+
 def command_from_set_request(request: pb.SetRequest) -> SetCommand:
     validate_key(request.key)
     validate_value(request.value)
-    if len(request.client_id.encode()) > MAX_CLIENT_ID_BYTES:
-        raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
-    if request.client_id and request.seq == 0:
-        raise RequestError("a request with a client_id needs a seq ≥ 1")
+    validate_session(request.client_id, request.seq)
     return SetCommand(request.key, request.value, request.client_id, request.seq)
+
+
+def command_from_delete_request(request: pb.DeleteRequest) -> DeleteCommand:
+    validate_key(request.key)
+    validate_session(request.client_id, request.seq)
+    return DeleteCommand(request.key, request.client_id, request.seq)
 
 
 def parse_assignment_request(request: str) -> tuple[str, str, str | None]:
@@ -293,6 +305,9 @@ class ReplicaPipelineBackend:
     def start_set(self, request: pb.SetRequest) -> object | asyncio.Future[object]:
         return self.replica.begin_proposal(command_from_set_request(request))
 
+    def start_delete(self, request: pb.DeleteRequest) -> object | asyncio.Future[object]:
+        return self.replica.begin_proposal(command_from_delete_request(request))
+
     def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
         if isinstance(outcome, ReadValue):
             if outcome.value is not None:
@@ -343,14 +358,35 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             command = command_from_set_request(request)
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        index = await self._write(command, context, "set")
+        return pb.SetResponse(index=index)
+
+    async def Delete(  # noqa: N802 - gRPC method name
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteResponse:
+        try:
+            command = command_from_delete_request(request)
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        index = await self._write(command, context, "delete")
+        return pb.DeleteResponse(index=index)
+
+    async def _write(
+        self,
+        command: SetCommand | DeleteCommand,
+        context: grpc.aio.ServicerContext,
+        request_kind: str,
+    ) -> int:
+        """Propose a client write and wait for it to apply: its log index, or the call ends
+        with the refusal or the timeout (one path for Set and Delete)."""
         try:
             result = await self.replica.propose(command, _client_timeout(context))
         except TimeoutError:
-            await self._time_out(context, "set")
+            await self._time_out(context, request_kind)
         if isinstance(result, Refused):
             await self._refuse(context, result)
         assert isinstance(result, WriteDone)
-        return pb.SetResponse(index=result.index)
+        return result.index
 
     async def Status(  # noqa: N802 - gRPC method name
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext

@@ -90,6 +90,7 @@ class Stale:
 
 
 Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale
+ClientRequest = raftkv_pb2.GetRequest | raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest
 SERVE, HANG, INVALID, STALE = Serve(), Hang(), Invalid(), Stale()
 
 
@@ -109,9 +110,9 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         self.node_id = node_id
         self.shared = shared
         self.usual: Behaviour = NotLeader()
-        # Consumed one per GET/SET before `usual` applies again.
+        # Consumed one per GET/SET/DELETE before `usual` applies again.
         self.upcoming: list[Behaviour] = []
-        self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
+        self.received: list[ClientRequest] = []
         self.reply_budget = ReplyBudget.for_node()
         # TransferLeader: the requests received, a scripted refusal, and how a leader hands over.
         self.transfers: list[raftkv_pb2.TransferLeaderRequest] = []
@@ -176,7 +177,7 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
             leader_id=target, previous_leader_id=self.node_id, term=4
         )
 
-    def next_behaviour(self, request: raftkv_pb2.GetRequest | raftkv_pb2.SetRequest) -> Behaviour:
+    def next_behaviour(self, request: ClientRequest) -> Behaviour:
         self.received.append(request)
         return self.upcoming.pop(0) if self.upcoming else self.usual
 
@@ -211,6 +212,18 @@ class _ScriptedBackend:
             shared.log_length += 1
             shared.index_of_write[write] = shared.log_length
             shared.store[request.key] = request.value
+        return ("index", shared.index_of_write[write])
+
+    def start_delete(self, request: raftkv_pb2.DeleteRequest) -> object:
+        outcome = self._refusal(self.node.next_behaviour(request))
+        if outcome is not None:
+            return outcome
+        shared = self.node.shared
+        write = (request.client_id, request.seq)
+        if write not in shared.index_of_write:
+            shared.log_length += 1
+            shared.index_of_write[write] = shared.log_length
+            shared.store.pop(request.key, None)
         return ("index", shared.index_of_write[write])
 
     def _refusal(self, behaviour: Behaviour) -> object | None:

@@ -1,0 +1,115 @@
+"""The client port of a real (one-node, in-process) node: the typed KeyValue API and the Pipeline
+stream end to end, from gRPC through the replica and the core to logs.txt and back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.server.storage import LOG_FILE_NAME, node_data_dir
+from tests.support.one_node import OneNodeCluster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[OneNodeCluster]:
+    with OneNodeCluster(tmp_path) as running:
+        yield running
+
+
+def unary(node: OneNodeCluster, method: str, request: object) -> object:
+    async def call() -> object:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = raftkv_pb2_grpc.KeyValueStub(channel)
+            return await getattr(stub, method)(request, timeout=5)
+
+    return node.call(call())
+
+
+def pipelined(node: OneNodeCluster, *requests: pb.PipelineRequest) -> dict[int, pb.PipelineReply]:
+    """Send `requests` in one batch; their replies by tag."""
+
+    async def call() -> dict[int, pb.PipelineReply]:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stream = raftkv_pb2_grpc.KeyValueStub(channel).Pipeline()
+            await stream.write(pb.PipelineRequests(requests=requests))
+            replies: dict[int, pb.PipelineReply] = {}
+            while len(replies) < len(requests):
+                batch = await stream.read()
+                replies.update((reply.tag, reply) for reply in batch.replies)
+            await stream.done_writing()
+            return replies
+
+    result: dict[int, pb.PipelineReply] = node.call(call())
+    return result
+
+
+def serve_client(node: OneNodeCluster, text: str) -> pb.ServeClientReply:
+    async def call() -> pb.ServeClientReply:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = raftkv_pb2_grpc.RaftStub(channel)
+            reply: pb.ServeClientReply = await stub.ServeClient(
+                pb.ServeClientArgs(Request=text), timeout=5
+            )
+            return reply
+
+    result: pb.ServeClientReply = node.call(call())
+    return result
+
+
+def test_delete_over_the_typed_api_is_replicated_idempotent_and_logged(
+    node: OneNodeCluster, tmp_path: Path
+) -> None:
+    unary(node, "Set", pb.SetRequest(key="k", value="v", client_id="c", seq=1))
+    deleted = unary(node, "Delete", pb.DeleteRequest(key="k", client_id="c", seq=2))
+    assert isinstance(deleted, pb.DeleteResponse) and deleted.index > 0
+    assert unary(node, "Get", pb.GetRequest(key="k")) == pb.GetResponse(found=False)
+    # A retry answers the first DELETE's index; deleting an absent key is no error.
+    again = unary(node, "Delete", pb.DeleteRequest(key="k", client_id="c", seq=2))
+    assert again == deleted
+    absent = unary(node, "Delete", pb.DeleteRequest(key="never", client_id="c", seq=3))
+    assert isinstance(absent, pb.DeleteResponse) and absent.index > deleted.index
+    # The seq is shared with the client's SETs: seq 1 is stale now.
+    with pytest.raises(grpc.RpcError) as stale:
+        unary(node, "Set", pb.SetRequest(key="k", value="old", client_id="c", seq=1))
+    assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    log = (node_data_dir(tmp_path, 0) / LOG_FILE_NAME).read_text().splitlines()
+    assert log[deleted.index - 1].startswith("DEL k ")
+    assert " client=c seq=2 " in log[deleted.index - 1]
+
+
+def test_a_malformed_delete_is_invalid_argument(node: OneNodeCluster) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        unary(node, "Delete", pb.DeleteRequest(key=""))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_delete_on_the_pipeline_answers_with_the_index(node: OneNodeCluster) -> None:
+    replies = pipelined(
+        node,
+        pb.PipelineRequest(tag=1, set=pb.SetRequest(key="p", value="1")),
+        pb.PipelineRequest(tag=2, delete=pb.DeleteRequest(key="p")),
+        pb.PipelineRequest(tag=3, delete=pb.DeleteRequest(key="")),
+    )
+    assert replies[1].code == replies[2].code == 0
+    assert replies[2].index == replies[1].index + 1
+    assert replies[3].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    [after] = pipelined(node, pb.PipelineRequest(tag=4, get=pb.GetRequest(key="p"))).values()
+    assert (after.code, after.found) == (0, False)
+
+
+def test_serve_client_keeps_only_get_and_set(node: OneNodeCluster) -> None:
+    assert serve_client(node, "SET a hello world").Success
+    for text in ("DEL a", "DELETE a"):
+        reply = serve_client(node, text)
+        assert not reply.Success
+        assert reply.Data.startswith("unknown command")
+    assert serve_client(node, "GET a") == pb.ServeClientReply(
+        Data="hello world", LeaderID="0", Success=True
+    )
