@@ -9,7 +9,7 @@ an object with
                                                    given before NAME; returns the exit status
 
 raftkv-tools registers `bench`, `logs`, `certs` and `restore-node` (tools/pyproject.toml). A
-name that is one of the product's own commands (get, set, status, shell, transfer-leader) is
+name that is one of the product's own commands (get, set, del, status, shell, transfer-leader) is
 ignored; an entry point that fails to load is listed as unavailable, with the reason, instead of
 breaking the product's commands.
 Without raftkv-tools, `raftkv bench` (or logs, certs) says the command comes with raftkv-tools;

@@ -3,6 +3,7 @@
     async with RaftKVClient(ClusterDescription.load(path)) as client:
         index = await client.set("greeting", "hello world")
         value = await client.get("greeting")        # None when the key is absent
+        await client.delete("greeting")             # no error when it is absent
         rows = await client.status()                # one NodeStatusRow per node
 
 The client knows every node's address. It sends a request to the last node that served it (or a
@@ -10,19 +11,21 @@ random node), follows the leader hints (leader id and address) that followers at
 FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
 FAILED_PRECONDITION with `refusal: stale-sequence` (on the Pipeline stream: no leader hint and
-the stale-sequence details text) is not a redirect: `set()` raises `StaleSequenceError` at once.
+the stale-sequence details text) is not a redirect: `set()` and `delete()` raise
+`StaleSequenceError` at once.
 
-GETs and SETs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
+GETs, SETs and DELETEs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
 calls from one client share it, and whatever is queued goes out as one message, which costs the
 node far less than a unary call each. Status uses the unary RPC.
 
-A SET carries the client's id and a sequence number; every retry of one SET reuses them, so the
-server applies it at most once. Sequence numbers start at 1 and never come from the clock: every
-client instance has a client id of its own (a random one, or the caller's id with a random
-suffix), so no two runs ever share an id and a restarted program cannot send a seq below one the
-server already applied for its id. A SET is reported as done only when a node acknowledged it. If
-the deadline passes after an attempt whose fate is unknown (a timeout, or a connection that broke
-after the request left), `set()` raises `UnknownOutcomeError` rather than `NoLeaderError`.
+A SET or DELETE carries the client's id and a sequence number (one sequence for both kinds);
+every retry of one write reuses them, so the server applies it at most once. Sequence numbers
+start at 1 and never come from the clock: every client instance has a client id of its own (a
+random one, or the caller's id with a random suffix), so no two runs ever share an id and a
+restarted program cannot send a seq below one the server already applied for its id. A write is
+reported as done only when a node acknowledged it. If the deadline passes after an attempt whose
+fate is unknown (a timeout, or a connection that broke after the request left), `set()` and
+`delete()` raise `UnknownOutcomeError` rather than `NoLeaderError`.
 
 Use one client from one event loop: grpc.aio channels belong to the loop that created them. For
 blocking code, `SyncClient` wraps a client with a private event loop.
@@ -119,7 +122,7 @@ class _Failure:
     leader_hint: _Endpoint | None
     # False only when the request certainly was not applied (refused, or never sent).
     may_have_applied: bool
-    # A SET refused for a stale seq: final, never retried.
+    # A write refused for a stale seq: final, never retried.
     stale_sequence: bool = False
 
 
@@ -169,9 +172,9 @@ class RaftKVClient:
     its id. The price: a SET cannot be retried across instances; a process that dies during a
     `set()` leaves that SET's outcome unknown, exactly as `UnknownOutcomeError` does.
 
-    SETs from one client are sent one at a time: the server's dedup keeps only the highest
-    sequence number per client, so a later SET overtaking an earlier one would make the earlier
-    one look like a duplicate. Use several clients for parallel writes.
+    Writes (SETs and DELETEs) from one client are sent one at a time: the server's dedup keeps
+    only the highest sequence number per client, so a later write overtaking an earlier one
+    would make the earlier one look like a duplicate. Use several clients for parallel writes.
 
     `tls_root_cert` (PEM) turns TLS on and verifies the nodes against it; `tls_client_cert`,
     (private key, certificate chain) in PEM, is presented to nodes that demand a client
@@ -244,7 +247,7 @@ class RaftKVClient:
         reply = await self._call_leader(
             lambda pipe, timeout: pipe.get(request, timeout),
             deadline=deadline,
-            set_request=None,
+            write=None,
         )
         return reply.value if reply.found else None
 
@@ -262,7 +265,25 @@ class RaftKVClient:
             reply = await self._call_leader(
                 lambda pipe, timeout: pipe.set(request, timeout),
                 deadline=deadline,
-                set_request=request,
+                write=request,
+            )
+        return int(reply.index)
+
+    async def delete(self, key: str) -> int:
+        """Remove `key` once a majority has the DELETE; returns the entry's log index. A key that
+        is absent is no error (the DELETE is applied and changes nothing). It takes the next seq
+        of this client, like a SET, and is retried and deduplicated the same way."""
+        check_key(key)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        async with self._write_lock:
+            self._last_seq += 1
+            request = raftkv_pb2.DeleteRequest(
+                key=key, client_id=self.client_id, seq=self._last_seq
+            )
+            reply = await self._call_leader(
+                lambda pipe, timeout: pipe.delete(request, timeout),
+                deadline=deadline,
+                write=request,
             )
         return int(reply.index)
 
@@ -359,7 +380,7 @@ class RaftKVClient:
         invoke: Callable[[PipelineConnection, float], Awaitable[raftkv_pb2.PipelineReply]],
         *,
         deadline: float,
-        set_request: raftkv_pb2.SetRequest | None,
+        write: raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest | None,
     ) -> raftkv_pb2.PipelineReply:
         loop = asyncio.get_running_loop()
         started = deadline - self._timeout
@@ -383,9 +404,9 @@ class RaftKVClient:
                     self._known_leader = target
                     return reply
                 failure = self._describe_refusal(reply, try_timeout)
-            if failure.stale_sequence and set_request is not None:
+            if failure.stale_sequence and write is not None:
                 raise StaleSequenceError(
-                    key=set_request.key, client_id=set_request.client_id, seq=set_request.seq
+                    key=write.key, client_id=write.client_id, seq=write.seq, verb=_verb(write)
                 )
 
             last_said[target] = failure.reason
@@ -405,13 +426,14 @@ class RaftKVClient:
         said_in_order = {
             endpoint.label: last_said[endpoint] for endpoint in self._ordered(last_said)
         }
-        if set_request is not None and may_have_applied:
+        if write is not None and may_have_applied:
             raise UnknownOutcomeError(
                 said_in_order,
                 elapsed,
-                key=set_request.key,
-                client_id=set_request.client_id,
-                seq=set_request.seq,
+                key=write.key,
+                client_id=write.client_id,
+                seq=write.seq,
+                verb=_verb(write),
             )
         raise NoLeaderError(said_in_order, elapsed)
 
@@ -566,6 +588,9 @@ class SyncClient:
     def set(self, key: str, value: str) -> int:
         return self._runner.run(self._client.set(key, value))
 
+    def delete(self, key: str) -> int:
+        return self._runner.run(self._client.delete(key))
+
     def status(self) -> list[NodeStatusRow]:
         return self._runner.run(self._client.status())
 
@@ -624,6 +649,11 @@ def _utf8_size(text: object, what: str) -> int:
             f"the {what} is not valid Unicode text: lone surrogate U+{bad:04X} at position "
             f"{error.start}"
         ) from None
+
+
+def _verb(write: raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest) -> str:
+    """How errors name a write: SET or DELETE."""
+    return "SET" if isinstance(write, raftkv_pb2.SetRequest) else "DELETE"
 
 
 # -- reading gRPC errors ------------------------------------------------------------------------

@@ -123,6 +123,10 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
     def received_sets(self) -> list[raftkv_pb2.SetRequest]:
         return [r for r in self.received if isinstance(r, raftkv_pb2.SetRequest)]
 
+    @property
+    def received_writes(self) -> list[raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest]:
+        return [r for r in self.received if not isinstance(r, raftkv_pb2.GetRequest)]
+
     async def Pipeline(  # noqa: N802
         self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
     ) -> AsyncIterator[raftkv_pb2.PipelineReplies]:
@@ -632,6 +636,48 @@ def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:
         assert fake.shared.store == {"k": "w"}
 
 
+def test_deletes_share_the_clients_seqs_and_a_retry_reuses_its_seq() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [Serve(), HANG]
+
+        async def scenario() -> tuple[str, list[int]]:
+            client = RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2)
+            async with client:
+                indexes = [await client.set("k", "v"), await client.delete("k")]
+                indexes.append(await client.delete("k"))
+            return client.client_id, indexes
+
+        client_id, indexes = asyncio.run(scenario())
+        assert indexes == [1, 2, 3]
+        # At the leader: the hung DELETE and its retry carry seq 2; the next write is seq 3
+        # (the timed-out try may also have asked a follower, which redirected it).
+        sent = [(type(r).__name__, r.client_id, r.seq) for r in fake.nodes[0].received_writes]
+        assert sent == [
+            ("SetRequest", client_id, 1),
+            ("DeleteRequest", client_id, 2),
+            ("DeleteRequest", client_id, 2),
+            ("DeleteRequest", client_id, 3),
+        ]
+        assert fake.shared.store == {}
+
+
+def test_a_stale_delete_is_raised_at_once_and_names_the_delete() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [STALE]
+
+        async def scenario() -> StaleSequenceError:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                with pytest.raises(StaleSequenceError) as caught:
+                    await client.delete("k")
+                return caught.value
+
+        error = asyncio.run(asyncio.wait_for(scenario(), 4.0))
+        assert (error.key, error.seq, error.verb) == ("k", 1, "DELETE")
+        assert str(error).startswith("stale sequence number: DELETE 'k' (client ")
+
+
 def test_a_stale_sequence_error_says_what_happened() -> None:
     error = StaleSequenceError(key="k", client_id="writer.0123", seq=7)
     assert str(error) == (
@@ -756,6 +802,44 @@ def test_cli_set_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert fake.shared.store == {"greeting": "hello big world", "counter": "-1"}
 
 
+def test_cli_del_exits_0_whether_or_not_the_key_existed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+        cluster = str(fake.write_description(tmp_path))
+        fake.shared.store.update({"a": "1", "b": "2"})
+        assert main(["--cluster", cluster, "del", "a"]) == 0
+        assert capsys.readouterr().out == "OK\n"
+        assert main(["--cluster", cluster, "del", "-v", "never-set"]) == 0
+        assert capsys.readouterr().out == "OK (index 2)\n"
+        assert fake.shared.store == {"b": "2"}
+        # Each CLI run is a new client instance: a client id of its own, seqs from 1.
+        assert [(type(r).__name__, r.key, r.seq) for r in fake.nodes[1].received_writes] == [
+            ("DeleteRequest", "a", 1),
+            ("DeleteRequest", "never-set", 1),
+        ]
+        assert main(["--cluster", cluster, "del", ""]) == 5
+        assert capsys.readouterr().err == "raftkv: the key is empty\n"
+        assert main(["--cluster", cluster, "del"]) == 2
+        capsys.readouterr()
+
+
+def test_cli_del_exit_codes_for_an_unknown_outcome_and_a_stale_seq(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        fake.lead(0)
+        fake.nodes[0].usual = HANG
+        assert main(["--cluster", cluster, "--timeout", "0.3", "del", "k"]) == 4
+        assert "outcome unknown: DELETE 'k' (client " in capsys.readouterr().err
+        fake.lead(0)
+        fake.nodes[0].upcoming = [STALE]
+        assert main(["--cluster", cluster, "del", "k"]) == 6
+        assert capsys.readouterr().err.startswith("raftkv: stale sequence number: DELETE 'k' ")
+
+
 def test_cli_finds_the_cluster_through_peers_and_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -849,8 +933,8 @@ def test_cli_usage_and_cluster_file_errors(
     assert main(["--help"]) == 0
     help_text = capsys.readouterr().out
     assert "exit codes:" in help_text
-    assert "4    SET outcome unknown" in help_text
-    assert "6    SET refused for a stale sequence number" in help_text
+    assert "4    SET or DEL outcome unknown" in help_text
+    assert "6    SET or DEL refused for a stale sequence number" in help_text
 
 
 # -- the shell ----------------------------------------------------------------------------------
@@ -868,6 +952,9 @@ def test_shell_reads_commands_from_a_pipe(
         "GET",
         "SET k",
         "SET  2  x",
+        "DEL greeting",
+        "delete never-set",
+        "DEL",
         "help",
         "EXIT",
         "GET greeting",  # never runs: EXIT ended the session
@@ -877,19 +964,23 @@ def test_shell_reads_commands_from_a_pipe(
         monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(commands) + "\n"))
         assert main(["--cluster", str(fake.write_description(tmp_path)), "shell"]) == 0
         transcript = capsys.readouterr().out.splitlines()
-        assert transcript[:7] == [
+        assert transcript[:10] == [
             "OK",
             "hello big world",
             "(key not found)",
-            "unknown command 'FROB'; usage: GET key | SET key value | STATUS | HELP | EXIT",
+            "unknown command 'FROB'; usage: GET key | SET key value | DEL key | STATUS | HELP "
+            "| EXIT",
             "usage: GET key",
             "usage: SET key value",
             "OK",
+            "OK",
+            "OK",
+            "usage: DEL key",
         ]
-        assert transcript[7].startswith("commands (case-insensitive):")
+        assert transcript[10].startswith("commands (case-insensitive):")
         assert "raftkv>" not in "\n".join(transcript)
-        assert fake.shared.store == {"greeting": "hello big world", "2": "x"}
-        assert len(fake.nodes[2].received) == 4
+        assert fake.shared.store == {"2": "x"}
+        assert len(fake.nodes[2].received) == 6
 
 
 def test_shell_reports_no_leader_and_carries_on(

@@ -9,6 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from raftkv.client.cli import main
+from raftkv.client.library import SyncClient
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server.storage import LOG_FILE_NAME, node_data_dir
@@ -113,3 +115,20 @@ def test_serve_client_keeps_only_get_and_set(node: OneNodeCluster) -> None:
     assert serve_client(node, "GET a") == pb.ServeClientReply(
         Data="hello world", LeaderID="0", Success=True
     )
+
+
+def test_the_client_library_and_the_cli_delete_on_a_real_node(
+    node: OneNodeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with SyncClient(node.description) as client:
+        first = client.set("user:1", "alice")
+        assert client.delete("user:1") == first + 1
+        assert client.get("user:1") is None
+        assert client.delete("user:1") == first + 2  # absent: applied, changes nothing
+    assert main(["--peers", node.address, "set", "user:2", "bob"]) == 0
+    assert main(["--peers", node.address, "del", "user:2"]) == 0
+    assert main(["--peers", node.address, "del", "user:2"]) == 0
+    assert main(["--peers", node.address, "get", "user:2"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "OK\nOK\nOK\n"
+    assert captured.err == "raftkv: key not found\n"
