@@ -173,6 +173,29 @@ class ReadValue:
 
 
 @dataclass(frozen=True, slots=True)
+class RangeQuery:
+    """A LIST: keys that start with `prefix` and sort after `start_after` (code point order),
+    at most `limit` of them (≥ 1)."""
+
+    prefix: str
+    start_after: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRange:
+    """A linearizable LIST page: (key, value) pairs in key order; `more` says whether a key
+    after the last one matches too (ask again with start_after = the last key)."""
+
+    items: tuple[tuple[str, str], ...]
+    more: bool
+
+
+# What a read asks: the value of one key (GET), or a page of keys (LIST).
+ReadQuery = str | RangeQuery
+
+
+@dataclass(frozen=True, slots=True)
 class ReadPending:
     """read_index mode: the answer comes later as a ClientReply with the same token."""
 
@@ -190,7 +213,7 @@ class WriteDone:
     index: int
 
 
-ReadResult = ReadValue | ReadPending | Refused
+ReadResult = ReadValue | ReadRange | ReadPending | Refused
 ProposeResult = Accepted | Refused
 
 
@@ -199,4 +222,4 @@ class ClientReply:
     """The deferred answer to a proposal or a read_index read, keyed by the caller's token."""
 
     token: int
-    result: WriteDone | ReadValue | Refused
+    result: WriteDone | ReadValue | ReadRange | Refused

@@ -12,6 +12,11 @@ still counts as applied (its seq is recorded), so its retry is recognised like a
 Both maps are persistent (`immutables.Map`, a hash array mapped trie): taking a snapshot is
 taking two references, O(1) whatever the size, so the Raft loop never pauses to copy the data
 (docs/design.md §10); the worker thread that writes the image reads a version nobody changes.
+
+A hash map has no order, and LIST pages through keys in order, so the machine also keeps the
+keys in a `SortedList`: an index derived from the data, changed only when a key appears or is
+deleted (an overwrite leaves it alone), rebuilt from an image's data at start and never part of
+an image (it is mutable, and the data says everything it does).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import immutables
+from sortedcontainers import SortedList
 
-from .messages import Command, DeleteCommand, NoOpCommand, SetCommand
+from raftkv.limits import MAX_LIST_PAGE_BYTES
+
+from .messages import Command, DeleteCommand, NoOpCommand, RangeQuery, ReadRange, SetCommand
 
 # client id -> (highest seq applied for it, the log index where that write was applied, the cluster
 # time in ms of its last activity; 0 until sessions expire). Plain tuples: a snapshot line each.
@@ -47,6 +55,8 @@ class KeyValueStateMachine:
         self._data = image.data if image is not None else _EMPTY_DATA
         self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
         self._cluster_time = image.cluster_time if image is not None else 0
+        # Invariant: holds exactly the keys of _data, sorted (code point order, like str's <).
+        self._keys = SortedList(self._data.keys())
 
     def apply(self, command: Command, index: int) -> int | None:
         """Apply the committed command at log `index`.
@@ -70,13 +80,41 @@ class KeyValueStateMachine:
                 command.client_id, (command.seq, index, self._cluster_time)
             )
         if isinstance(command, SetCommand):
+            if command.key not in self._data:
+                self._keys.add(command.key)
             self._data = self._data.set(command.key, command.value)
         elif command.key in self._data:
+            self._keys.remove(command.key)
             self._data = self._data.delete(command.key)
         return index
 
     def get(self, key: str) -> str | None:
         return self._data.get(key)
+
+    def range(self, query: RangeQuery, max_bytes: int = MAX_LIST_PAGE_BYTES) -> ReadRange:
+        """The keys that start with `query.prefix` and sort after `query.start_after`, with their
+        values, in order: at most `query.limit` of them and `max_bytes` of keys and values
+        (UTF-8), but always the first one there is. O(log n + page)."""
+        prefix, start_after = query.prefix, query.start_after
+        if start_after < prefix:
+            # Every key with the prefix sorts at or after the prefix itself.
+            keys = self._keys.irange(minimum=prefix)
+        else:
+            keys = self._keys.irange(minimum=start_after, inclusive=(False, True))
+        items: list[tuple[str, str]] = []
+        size = 0
+        for key in keys:
+            # The keys with a prefix are one run in sorted order: the first without it ends it.
+            if not key.startswith(prefix):
+                return ReadRange(tuple(items), more=False)
+            if len(items) == query.limit:
+                return ReadRange(tuple(items), more=True)
+            value: str = self._data[key]
+            size += _utf8_size(key) + _utf8_size(value)
+            if items and size > max_bytes:
+                return ReadRange(tuple(items), more=True)
+            items.append((key, value))
+        return ReadRange(tuple(items), more=False)
 
     def last_applied(self, client_id: str) -> tuple[int, int] | None:
         """(highest seq applied, its log index) for `client_id`, or None if none was applied."""
@@ -92,3 +130,9 @@ class KeyValueStateMachine:
 
     def snapshot_items(self) -> dict[str, str]:
         return dict(self._data.items())
+
+
+def _utf8_size(text: str) -> int:
+    # surrogatepass: a size, never an exception, whatever the text (the shell refuses lone
+    # surrogates before they reach the log, so they do not occur here anyway).
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -20,6 +20,7 @@ from raftkv.core.messages import (
     LogEntry,
     Message,
     ReadPending,
+    ReadRange,
     ReadValue,
     Refusal,
     Refused,
@@ -557,6 +558,27 @@ def test_rule4_no_reads_before_the_terms_noop_commits() -> None:
     assert leader.lease_read_refusal(5.1) == Refused(Refusal.NOT_READY, 1)
     assert not leader.serves_lease_reads(5.1)
     assert leader.read("k", 5.1, 1) == Refused(Refusal.NOT_READY, 1)
+    assert leader.read_range("", "", 10, 5.1, 2) == Refused(Refusal.NOT_READY, 1)
+
+
+def test_rule4_a_list_is_served_and_refused_exactly_like_a_get() -> None:
+    h = Harness()
+    follower = h.nodes[2]
+    leader = h.elect(1, 3.0)
+    assert follower.read_range("", "", 10, 3.6, 1) == Refused(Refusal.NOT_LEADER, 1)
+    for token, key in enumerate(("k/2", "k/1", "other"), start=1):
+        leader.propose(SetCommand(key, f"v{token}"), 3.6, token=token)
+    h.flush(1)
+    h.deliver_all(3.6)
+    page = ReadRange((("k/1", "v2"), ("k/2", "v1")), more=False)
+    assert leader.read_range("k/", "", 10, 3.6, 2) == page
+    assert leader.read_range("k/", "", 1, 3.6, 3) == ReadRange((("k/1", "v2"),), more=True)
+    lease_end = 3.6 + leader.status(3.6).lease_remaining
+    # The GET's predicate decides: at the end of the lease both are refused, for one reason.
+    assert leader.read("k/1", lease_end, 4) == Refused(Refusal.NO_LEASE, 1)
+    assert leader.read_range("k/", "", 10, lease_end, 5) == Refused(Refusal.NO_LEASE, 1)
+    with pytest.raises(ValueError, match="limit"):
+        leader.read_range("", "", 0, 3.6, 6)
 
 
 def test_rule5_a_leader_whose_lease_lapses_steps_down() -> None:
@@ -585,6 +607,32 @@ def test_read_index_mode_answers_after_a_fresh_majority_round() -> None:
     assert not any(r.token == 42 for r in h.replies)
     h.deliver_all(3.3)
     assert ClientReply(42, ReadValue("v")) in h.replies
+
+
+def test_read_index_mode_answers_a_list_after_a_fresh_majority_round() -> None:
+    h = Harness(config=CONFIG.with_read_mode(ReadMode.READ_INDEX))
+    leader = h.elect(1, 3.0)
+    leader.propose(SetCommand("k", "v"), 3.1, token=1)
+    h.flush(1)
+    h.deliver_all(3.1)
+    assert isinstance(leader.read_range("", "", 10, 3.2, 42), ReadPending)
+    assert isinstance(leader.read("k", 3.2, 43), ReadPending)
+    # A write after the LIST arrived is not in its answer: the read index was taken before it.
+    leader.propose(SetCommand("later", "x"), 3.2, token=2)
+    h.flush(1)
+    assert not any(r.token in (42, 43) for r in h.replies)
+    h.deliver_all(3.3)
+    assert ClientReply(43, ReadValue("v")) in h.replies
+    [answer] = [r.result for r in h.replies if r.token == 42]
+    assert isinstance(answer, ReadRange) and ("k", "v") in answer.items
+    # A leader that steps down refuses the LISTs it holds, like its GETs.
+    held = leader.read_range("", "", 10, 3.4, 44)
+    assert isinstance(held, ReadPending)
+    h.flush(1)
+    h.in_flight.clear()
+    leader.step(AppendEntries(5, 2, 0, 0, (), 0, 0.5, 1), 3.5)
+    h.flush(1)
+    assert [r.result for r in h.replies if r.token == 44] == [Refused(Refusal.NOT_LEADER, 2)]
 
 
 def test_a_proposal_returns_its_index_and_a_reply_when_it_applies() -> None:
@@ -617,7 +665,7 @@ def test_an_overwritten_proposal_is_answered_as_lost() -> None:
 
 def _propose_and_commit(
     h: Harness, leader: RaftNode, command: SetCommand | DeleteCommand, now: float, token: int
-) -> tuple[int, list[WriteDone | ReadValue | Refused]]:
+) -> tuple[int, list[WriteDone | ReadValue | ReadRange | Refused]]:
     """Propose, deliver until quiet; the entry's index and the replies to `token`."""
     result = leader.propose(command, now, token=token)
     assert isinstance(result, Accepted)
