@@ -265,6 +265,11 @@ class KeyValueStub:
                 request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.List = channel.unary_unary(
+                '/raft.KeyValue/List',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -306,6 +311,12 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +349,11 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteRequest.FromString,
                     response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +518,33 @@ class KeyValue:
             '/raft.KeyValue/Delete',
             raftkv_dot_rpc_dot_raftkv__pb2.DeleteRequest.SerializeToString,
             raftkv_dot_rpc_dot_raftkv__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raft.KeyValue/List',
+            raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,

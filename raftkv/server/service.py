@@ -16,12 +16,19 @@ import grpc
 from raftkv.core.events import ProtocolViolation
 from raftkv.core.messages import (
     DeleteCommand,
+    ReadRange,
     ReadValue,
     Refused,
     SetCommand,
     WriteDone,
 )
-from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from raftkv.limits import (
+    DEFAULT_LIST_LIMIT,
+    MAX_CLIENT_ID_BYTES,
+    MAX_KEY_BYTES,
+    MAX_LIST_LIMIT,
+    MAX_VALUE_BYTES,
+)
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
@@ -67,6 +74,20 @@ def validate_value(value: str) -> None:
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > MAX_VALUE_BYTES:
         raise RequestError(f"the value is {size} bytes; the limit is {MAX_VALUE_BYTES}")
+
+
+def list_query(request: pb.ListRequest) -> tuple[str, str, int]:
+    """(prefix, start_after, limit) of a LIST, limit 0 meaning the default. Raises
+    RequestError."""
+    for name, text in (("prefix", request.prefix), ("start_after", request.start_after)):
+        # Never a key itself, but no longer than one: a longer one could match nothing.
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_KEY_BYTES:
+            raise RequestError(f"the {name} is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    limit = request.limit or DEFAULT_LIST_LIMIT
+    if limit > MAX_LIST_LIMIT:
+        raise RequestError(f"the limit is {limit}; at most {MAX_LIST_LIMIT} items per page")
+    return request.prefix, request.start_after, limit
 
 
 def validate_session(client_id: str, seq: int) -> None:
@@ -350,6 +371,26 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             await self._refuse(context, result)
         assert isinstance(result, ReadValue)
         return pb.GetResponse(found=result.value is not None, value=result.value or "")
+
+    async def List(  # noqa: N802 - gRPC method name
+        self, request: pb.ListRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListResponse:
+        # Get's path exactly: the same read rules in the core, refusals and metadata here.
+        try:
+            prefix, start_after, limit = list_query(request)
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            result = await self.replica.read_range(
+                prefix, start_after, limit, _client_timeout(context)
+            )
+        except TimeoutError:
+            await self._time_out(context, "list")
+        if isinstance(result, Refused):
+            await self._refuse(context, result)
+        assert isinstance(result, ReadRange)
+        items = [pb.KeyValuePair(key=key, value=value) for key, value in result.items]
+        return pb.ListResponse(items=items, more=result.more)
 
     async def Set(  # noqa: N802 - gRPC method name
         self, request: pb.SetRequest, context: grpc.aio.ServicerContext

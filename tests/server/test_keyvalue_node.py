@@ -1,5 +1,6 @@
 """The client port of a real (one-node, in-process) node: the typed KeyValue API and the Pipeline
-stream end to end, from gRPC through the replica and the core to logs.txt and back."""
+stream end to end, from gRPC through the replica and the core to logs.txt and back: DELETE, LIST
+(both read modes), and the assignment's ServeClient, which keeps GET and SET only."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import grpc.aio
 import pytest
 
 from raftkv.client.cli import main
 from raftkv.client.library import SyncClient
+from raftkv.core.config import ReadMode
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
+from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 from raftkv.server.storage import LOG_FILE_NAME, node_data_dir
 from tests.support.one_node import OneNodeCluster
 
@@ -25,9 +29,16 @@ def node(tmp_path: Path) -> Iterator[OneNodeCluster]:
         yield running
 
 
+def channel_to(node: OneNodeCluster) -> grpc.aio.Channel:
+    # The client library's options: pages and batches of MiB values fit.
+    return grpc.aio.insecure_channel(node.address, options=CLIENT_CHANNEL_OPTIONS)
+
+
 def unary(node: OneNodeCluster, method: str, request: object) -> object:
     async def call() -> object:
-        async with grpc.aio.insecure_channel(node.address) as channel:
+        async with grpc.aio.insecure_channel(
+            node.address, options=CLIENT_CHANNEL_OPTIONS
+        ) as channel:
             stub = raftkv_pb2_grpc.KeyValueStub(channel)
             return await getattr(stub, method)(request, timeout=5)
 
@@ -38,7 +49,9 @@ def pipelined(node: OneNodeCluster, *requests: pb.PipelineRequest) -> dict[int, 
     """Send `requests` in one batch; their replies by tag."""
 
     async def call() -> dict[int, pb.PipelineReply]:
-        async with grpc.aio.insecure_channel(node.address) as channel:
+        async with grpc.aio.insecure_channel(
+            node.address, options=CLIENT_CHANNEL_OPTIONS
+        ) as channel:
             stream = raftkv_pb2_grpc.KeyValueStub(channel).Pipeline()
             await stream.write(pb.PipelineRequests(requests=requests))
             replies: dict[int, pb.PipelineReply] = {}
@@ -54,7 +67,9 @@ def pipelined(node: OneNodeCluster, *requests: pb.PipelineRequest) -> dict[int, 
 
 def serve_client(node: OneNodeCluster, text: str) -> pb.ServeClientReply:
     async def call() -> pb.ServeClientReply:
-        async with grpc.aio.insecure_channel(node.address) as channel:
+        async with grpc.aio.insecure_channel(
+            node.address, options=CLIENT_CHANNEL_OPTIONS
+        ) as channel:
             stub = raftkv_pb2_grpc.RaftStub(channel)
             reply: pb.ServeClientReply = await stub.ServeClient(
                 pb.ServeClientArgs(Request=text), timeout=5
@@ -132,3 +147,55 @@ def test_the_client_library_and_the_cli_delete_on_a_real_node(
     captured = capsys.readouterr()
     assert captured.out == "OK\nOK\nOK\n"
     assert captured.err == "raftkv: key not found\n"
+
+
+def list_page(
+    node: OneNodeCluster, prefix: str = "", start_after: str = "", limit: int = 0
+) -> tuple[list[tuple[str, str]], bool]:
+    request = pb.ListRequest(prefix=prefix, start_after=start_after, limit=limit)
+    reply = unary(node, "List", request)
+    assert isinstance(reply, pb.ListResponse)
+    return [(item.key, item.value) for item in reply.items], reply.more
+
+
+def fill(node: OneNodeCluster, items: dict[str, str]) -> None:
+    requests = [
+        pb.PipelineRequest(tag=tag, set=pb.SetRequest(key=key, value=value))
+        for tag, (key, value) in enumerate(items.items(), start=1)
+    ]
+    assert all(reply.code == 0 for reply in pipelined(node, *requests).values())
+
+
+def test_list_pages_through_a_prefix_in_order(node: OneNodeCluster) -> None:
+    fill(node, {f"user:{i:03}": f"name {i}" for i in range(150)} | {"other": "x", "user": "u"})
+    items, more = list_page(node, "user:")
+    assert more and len(items) == 100  # the default limit
+    assert items[0] == ("user:000", "name 0") and items[-1][0] == "user:099"
+    items, more = list_page(node, "user:", start_after=items[-1][0])
+    assert not more and [key for key, _ in items] == [f"user:{i:03}" for i in range(100, 150)]
+    assert list_page(node, "user:", limit=150)[1] is False  # exactly the limit: no more
+    assert list_page(node, "nobody") == ([], False)
+    assert list_page(node, "user:", start_after="zzz") == ([], False)
+    assert list_page(node, "user:", start_after="a", limit=1) == ([("user:000", "name 0")], True)
+    unary(node, "Delete", pb.DeleteRequest(key="user:000"))
+    assert list_page(node, "user", limit=2) == ([("user", "u"), ("user:001", "name 1")], True)
+    with pytest.raises(grpc.RpcError) as refused:
+        list_page(node, limit=1001)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_list_pages_hold_at_most_4_mib(node: OneNodeCluster) -> None:
+    mib = "v" * (1024 * 1024)
+    fill(node, {f"big{i}": mib for i in range(5)})
+    items, more = list_page(node, "big")
+    assert [key for key, _ in items] == ["big0", "big1", "big2"] and more
+    assert all(value == mib for _, value in items)
+    items, more = list_page(node, "big", start_after="big2")
+    assert [key for key, _ in items] == ["big3", "big4"] and not more
+
+
+def test_list_in_read_index_mode(tmp_path: Path) -> None:
+    with OneNodeCluster(tmp_path, read_mode=ReadMode.READ_INDEX) as node:
+        fill(node, {"a": "1", "b": "2"})
+        assert list_page(node) == ([("a", "1"), ("b", "2")], False)
+        assert unary(node, "Get", pb.GetRequest(key="b")) == pb.GetResponse(found=True, value="2")

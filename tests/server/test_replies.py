@@ -17,7 +17,15 @@ from typing import Any
 import grpc
 import pytest
 
-from raftkv.core.messages import Command, DeleteCommand, ReadValue, Refusal, Refused, WriteDone
+from raftkv.core.messages import (
+    Command,
+    DeleteCommand,
+    ReadRange,
+    ReadValue,
+    Refusal,
+    Refused,
+    WriteDone,
+)
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.server.service import KeyValueService, RaftService, ReplicaPipelineBackend
 
@@ -59,6 +67,7 @@ class FakeReplica:
     def __init__(self, outcome: object, leader_id: int | None = 3) -> None:
         self.outcome = outcome
         self.proposed: list[Command] = []
+        self.listed: list[tuple[str, str, int]] = []
         self.node_id = OWN_ID
         self.peers: dict[int, object] = {}
         self.options = type("Options", (), {"config": type("Config", (), {})()})()
@@ -72,6 +81,10 @@ class FakeReplica:
         return self.outcome
 
     async def read(self, key: str, timeout: float) -> object:
+        return self._answer()
+
+    async def read_range(self, prefix: str, start_after: str, limit: int, timeout: float) -> object:
+        self.listed.append((prefix, start_after, limit))
         return self._answer()
 
     async def propose(self, command: Command, timeout: float) -> object:
@@ -120,6 +133,8 @@ def _typed(outcome: object, verb: str) -> tuple[Any, FakeContext]:
     async def call() -> Any:
         if verb == "get":
             return await service.Get(pb.GetRequest(key="k"), context)
+        if verb == "list":
+            return await service.List(pb.ListRequest(prefix="k"), context)
         if verb == "delete":
             return await service.Delete(pb.DeleteRequest(key="k", client_id="c", seq=1), context)
         request = pb.SetRequest(key="k", value="v", client_id="c", seq=1)
@@ -154,7 +169,7 @@ def _metadata(hint: int | None) -> tuple[tuple[str, str], ...]:
 
 @pytest.mark.parametrize("hint", HINTS)
 @pytest.mark.parametrize(("reason", "code", "details"), REFUSALS)
-@pytest.mark.parametrize("verb", ["get", "set", "delete"])
+@pytest.mark.parametrize("verb", ["get", "list", "set", "delete"])
 def test_typed_api_refusals(
     verb: str, reason: Refusal, code: grpc.StatusCode, details: str, hint: int | None
 ) -> None:
@@ -261,6 +276,11 @@ def test_timeouts_on_every_path() -> None:
         grpc.StatusCode.DEADLINE_EXCEEDED,
         SET_TIMEOUT,
     )
+    _, list_context = _typed(TimeoutError, "list")
+    assert (list_context.code, list_context.details) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "read timed out",
+    )
     _, delete_context = _typed(TimeoutError, "delete")
     assert (delete_context.code, delete_context.details) == (
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -322,3 +342,39 @@ def test_serve_client_still_refuses_delete_as_an_unknown_command(request_text: s
         Success=False,
     )
     assert _serve_client(WriteDone(1), request_text) == expected.SerializeToString()
+
+
+def test_a_list_answers_its_page_and_defaults_its_limit() -> None:
+    page = ReadRange((("k1", "a"), ("k2", "b")), more=True)
+    replica = FakeReplica(page)
+    service = KeyValueService(replica)  # type: ignore[arg-type]
+    reply = asyncio.run(service.List(pb.ListRequest(prefix="k", start_after="k0"), FakeContext()))
+    assert reply == pb.ListResponse(
+        items=[pb.KeyValuePair(key="k1", value="a"), pb.KeyValuePair(key="k2", value="b")],
+        more=True,
+    )
+    asyncio.run(service.List(pb.ListRequest(limit=1000), FakeContext()))
+    assert replica.listed == [("k", "k0", 100), ("", "", 1000)]
+    nothing = KeyValueService(FakeReplica(ReadRange((), more=False)))  # type: ignore[arg-type]
+    assert asyncio.run(nothing.List(pb.ListRequest(), FakeContext())) == pb.ListResponse()
+
+
+@pytest.mark.parametrize(
+    ("request_obj", "problem"),
+    [
+        (pb.ListRequest(limit=1001), "the limit is 1001; at most 1000 items per page"),
+        (pb.ListRequest(prefix="p" * 1025), "the prefix is 1025 bytes"),
+        (pb.ListRequest(start_after="s" * 1025), "the start_after is 1025 bytes"),
+    ],
+)
+def test_a_malformed_list_is_invalid_argument_and_reads_nothing(
+    request_obj: pb.ListRequest, problem: str
+) -> None:
+    replica = FakeReplica(ReadRange((), more=False))
+    context = FakeContext()
+    service = KeyValueService(replica)  # type: ignore[arg-type]
+    with pytest.raises(AbortError):
+        asyncio.run(service.List(request_obj, context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details is not None and context.details.startswith(problem)
+    assert replica.listed == []

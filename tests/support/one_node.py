@@ -20,13 +20,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import grpc.aio
-
 from raftkv.cluster import ClusterDescription
 from raftkv.core.config import ReadMode, TimingConfig, profile
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server.dump import DumpLog
 from raftkv.server.replica import Replica, ReplicaOptions
+from raftkv.server.resources import client_server
 from raftkv.server.service import KeyValueService, RaftService
 from raftkv.server.storage import node_data_dir
 
@@ -70,7 +69,7 @@ class OneNodeCluster:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=timeout)
 
     async def _start(self) -> str:
-        server = grpc.aio.server()
+        server = client_server()  # the client port's own options and caps
         port = server.add_insecure_port("127.0.0.1:0")
         address = f"127.0.0.1:{port}"
         # The node's own description names the port it serves on (its leader hints use it).
