@@ -21,11 +21,12 @@ the caller must still await one call before issuing the next if their order matt
     simply have no DEL lines.
   * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
     zeros.
-  * Key, value and client id are escaped: the UTF-8 bytes of every space, ``%``, ``=`` and every
-    character for which ``str.isprintable()`` is false (control characters including newline,
-    tab and CR, U+0085, U+2028, format characters, unassigned code points, …) are written as
-    ``%XX`` (uppercase hex); all other characters, non-ASCII included, are written as they are,
-    so ordinary text stays readable. The empty string is written as ``%-``, which no escaped
+  * Key, value and client id are escaped (`raftkv.server.textformat`, shared by every file of
+    a node): the UTF-8 bytes of every space, ``%``, ``=`` and every character for which
+    ``str.isprintable()`` is false (control characters including newline, tab and CR, U+0085,
+    U+2028, format characters, unassigned code points, …) are written as ``%XX`` (uppercase
+    hex); all other characters, non-ASCII included, are written as they are, so ordinary text
+    stays readable. The empty string is written as ``%-``, which no escaped
     non-empty string can produce because a literal ``%`` is always ``%25``. The decoder accepts
     any well-formed ``%XX`` sequence that yields valid UTF-8, so files stay readable by Python
     versions whose Unicode tables consider a different set of characters printable.
@@ -138,7 +139,6 @@ import math
 import os
 import re
 import secrets
-import string
 import threading
 import zlib
 from collections.abc import Sequence
@@ -159,6 +159,17 @@ from raftkv.core.messages import (
 from raftkv.core.node import HardState
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server.resources import DescriptorReserve
+
+# Re-exported: the escaping is shared by every file of a node and lives in textformat; callers
+# that know it as storage's keep working.
+from raftkv.server.textformat import (
+    EMPTY_FIELD,
+    check_uint,
+    escape_field,
+    parse_uint,
+    preview,
+    unescape_field,
+)
 
 __all__ = [
     "EMPTY_FIELD",
@@ -200,11 +211,6 @@ FAILPOINT_METADATA_RENAME: Final = "after-metadata-rename-before-dirsync"
 FAILPOINT_EXIT_CODE: Final = 137
 _FAILPOINTS: Final = (FAILPOINT_LOG_WRITE, FAILPOINT_METADATA_RENAME)
 
-EMPTY_FIELD: Final = "%-"
-_ALWAYS_ESCAPED: Final = frozenset(" %=")
-_HEX_DIGITS: Final = frozenset(string.hexdigits)
-# `[0-9]`, not `\d`: int() would also accept "+1", " 1", "1_0" and non-ASCII digits.
-_UINT_RE: Final = re.compile(r"0|[1-9][0-9]*")
 _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
 _INDEX_LABEL: Final = "index="
@@ -319,59 +325,10 @@ def node_data_dir(base: Path, node_id: NodeId) -> Path:
 # Line format.
 
 
-def escape_field(text: str) -> str:
-    """Escape a key, value or client id into one space-free, newline-free token."""
-    if not text:
-        return EMPTY_FIELD
-    if text.isprintable() and _ALWAYS_ESCAPED.isdisjoint(text):
-        return text
-    parts: list[str] = []
-    for position, char in enumerate(text):
-        if char in _ALWAYS_ESCAPED or not char.isprintable():
-            try:
-                raw = char.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"cannot store {_preview(text)}: lone surrogate U+{ord(char):04X} at "
-                    f"position {position} is not valid Unicode"
-                ) from None
-            parts.append("".join(f"%{byte:02X}" for byte in raw))
-        else:
-            parts.append(char)
-    return "".join(parts)
-
-
-def unescape_field(token: str) -> str:
-    """Inverse of `escape_field`. Raises ValueError for a token it could not have produced."""
-    if token == EMPTY_FIELD:
-        return ""
-    if not token:
-        raise ValueError("empty field (the empty string is written as %-)")
-    if "%" not in token:
-        return token
-    decoded = bytearray()
-    i = 0
-    while i < len(token):
-        char = token[i]
-        if char == "%":
-            digits = token[i + 1 : i + 3]
-            if len(digits) != 2 or not _HEX_DIGITS.issuperset(digits):
-                raise ValueError(f"malformed escape {token[i : i + 3]!r} at position {i}")
-            decoded.append(int(digits, 16))
-            i += 3
-        else:
-            decoded += char.encode("utf-8")
-            i += 1
-    try:
-        return decoded.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"escapes do not form valid UTF-8 ({exc.reason})") from None
-
-
 def encode_entry(entry: LogEntry, index: int) -> str:
     """The line for `entry` at log index `index` (1-based), without the trailing newline."""
-    _check_uint(entry.term, "term")
-    _check_uint(index, "index")
+    check_uint(entry.term, "term")
+    check_uint(index, "index")
     if index < 1:
         raise ValueError(f"log indexes start at 1, got {index}")
     return _with_crc(f"{_encode_body(entry)} {_INDEX_LABEL}{index}")
@@ -381,13 +338,13 @@ def _encode_body(entry: LogEntry) -> str:
     """The fields of `entry` that both line formats share: everything before index= and crc=."""
     command = entry.command
     if isinstance(command, SetCommand):
-        _check_uint(command.seq, "seq")
+        check_uint(command.seq, "seq")
         return (
             f"SET {escape_field(command.key)} {escape_field(command.value)} {entry.term} "
             f"client={escape_field(command.client_id)} seq={command.seq}"
         )
     if isinstance(command, DeleteCommand):
-        _check_uint(command.seq, "seq")
+        check_uint(command.seq, "seq")
         return (
             f"DEL {escape_field(command.key)} {entry.term} "
             f"client={escape_field(command.client_id)} seq={command.seq}"
@@ -433,10 +390,10 @@ def _decode_line(line: str, path: str, line_no: int) -> tuple[LogEntry, int | No
     """Either line format; returns the entry and its index= (None: the old format)."""
     body, separator, stored = line.rpartition(_CRC_SEPARATOR)
     if not separator:
-        raise StorageCorruption(path, line_no, f"no checksum field: {_preview(line)}")
+        raise StorageCorruption(path, line_no, f"no checksum field: {preview(line)}")
     if not _CRC_RE.fullmatch(stored):
         raise StorageCorruption(
-            path, line_no, f"checksum {_preview(stored)} is not 8 lowercase hex digits"
+            path, line_no, f"checksum {preview(stored)} is not 8 lowercase hex digits"
         )
     try:
         body_bytes = body.encode("utf-8")
@@ -451,7 +408,7 @@ def _decode_line(line: str, path: str, line_no: int) -> tuple[LogEntry, int | No
     index: int | None = None
     try:
         if fields[-1].startswith(_INDEX_LABEL):
-            index = _parse_uint(fields.pop()[len(_INDEX_LABEL) :], "index")
+            index = parse_uint(fields.pop()[len(_INDEX_LABEL) :], "index")
         return _parse_body(fields), index
     except ValueError as exc:
         raise StorageCorruption(path, line_no, str(exc)) from None
@@ -461,25 +418,25 @@ def _parse_body(fields: list[str]) -> LogEntry:
     match fields:
         case ["SET", key, value, term, client, seq]:
             return LogEntry(
-                _parse_uint(term, "term"),
+                parse_uint(term, "term"),
                 SetCommand(
                     key=_unescape_named(key, "key"),
                     value=_unescape_named(value, "value"),
                     client_id=_unescape_named(_strip_label(client, "client="), "client id"),
-                    seq=_parse_uint(_strip_label(seq, "seq="), "seq"),
+                    seq=parse_uint(_strip_label(seq, "seq="), "seq"),
                 ),
             )
         case ["DEL", key, term, client, seq]:
             return LogEntry(
-                _parse_uint(term, "term"),
+                parse_uint(term, "term"),
                 DeleteCommand(
                     key=_unescape_named(key, "key"),
                     client_id=_unescape_named(_strip_label(client, "client="), "client id"),
-                    seq=_parse_uint(_strip_label(seq, "seq="), "seq"),
+                    seq=parse_uint(_strip_label(seq, "seq="), "seq"),
                 ),
             )
         case ["NO-OP", term]:
-            return LogEntry(_parse_uint(term, "term"), NO_OP)
+            return LogEntry(parse_uint(term, "term"), NO_OP)
         case ["SET", *_]:
             raise ValueError(f"SET line has {len(fields)} fields, expected 6")
         case ["DEL", *_]:
@@ -487,36 +444,20 @@ def _parse_body(fields: list[str]) -> LogEntry:
         case ["NO-OP", *_]:
             raise ValueError(f"NO-OP line has {len(fields)} fields, expected 2")
         case _:
-            raise ValueError(f"unknown command {_preview(fields[0])}")
+            raise ValueError(f"unknown command {preview(fields[0])}")
 
 
 def _unescape_named(token: str, name: str) -> str:
     try:
         return unescape_field(token)
     except ValueError as exc:
-        raise ValueError(f"bad {name} {_preview(token)}: {exc}") from None
+        raise ValueError(f"bad {name} {preview(token)}: {exc}") from None
 
 
 def _strip_label(token: str, label: str) -> str:
     if not token.startswith(label):
-        raise ValueError(f"expected {label}..., got {_preview(token)}")
+        raise ValueError(f"expected {label}..., got {preview(token)}")
     return token[len(label) :]
-
-
-def _parse_uint(token: str, name: str) -> int:
-    if not _UINT_RE.fullmatch(token):
-        raise ValueError(f"{name} {_preview(token)} is not an unsigned decimal integer")
-    return int(token)
-
-
-def _check_uint(value: object, name: str) -> None:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-
-
-def _preview(text: str, limit: int = 60) -> str:
-    # A corrupt line can be megabytes long; error messages show only its start.
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} chars)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,10 +508,10 @@ def _encode_metadata(metadata: StoredMetadata) -> str:
 def _check_metadata(metadata: StoredMetadata) -> None:
     """ValueError for a value `_parse_metadata` would refuse: nothing unreadable is written."""
     hard_state = metadata.hard_state
-    _check_uint(hard_state.term, "term")
+    check_uint(hard_state.term, "term")
     if hard_state.voted_for is not None:
-        _check_uint(hard_state.voted_for, "voted_for")
-    _check_uint(metadata.commit_length, "commit_length")
+        check_uint(hard_state.voted_for, "voted_for")
+    check_uint(metadata.commit_length, "commit_length")
     for name, value in (
         ("leaseBound", hard_state.lease_bound),
         ("driftBound", hard_state.drift_bound),
@@ -598,7 +539,7 @@ def _float_problem(name: str, value: float) -> str | None:
 
 def _parse_float(raw: str, name: str) -> float:
     if not _FLOAT_RE.fullmatch(raw):
-        raise ValueError(f"{name} {_preview(raw)} is not a decimal number")
+        raise ValueError(f"{name} {preview(raw)} is not a decimal number")
     value = float(raw)
     problem = _float_problem(name, value)
     if problem is not None:
@@ -608,7 +549,7 @@ def _parse_float(raw: str, name: str) -> float:
 
 def _parse_incarnation(raw: str) -> int:
     if not _INCARNATION_RE.fullmatch(raw):
-        raise ValueError(f"incarnation {_preview(raw)} is not 16 lowercase hex digits")
+        raise ValueError(f"incarnation {preview(raw)} is not 16 lowercase hex digits")
     value = int(raw, 16)
     if not 0 < value <= MAX_INCARNATION:
         raise ValueError(f"incarnation {raw} is outside 1..{MAX_INCARNATION:016x}")
@@ -627,9 +568,9 @@ def _parse_metadata(data: bytes, path: Path) -> StoredMetadata:
     for line_no, line in enumerate(lines[:-1], start=1):
         name, separator, raw = line.partition(" ")
         if not separator:
-            raise StorageCorruption(path, line_no, f"expected 'name value', got {_preview(line)}")
+            raise StorageCorruption(path, line_no, f"expected 'name value', got {preview(line)}")
         if name not in _METADATA_NAMES and name not in _METADATA_ADDED_NAMES:
-            raise StorageCorruption(path, line_no, f"unknown name {_preview(name)}")
+            raise StorageCorruption(path, line_no, f"unknown name {preview(name)}")
         if name in values:
             raise StorageCorruption(path, line_no, f"{name} appears twice")
         try:
@@ -669,11 +610,11 @@ def _parse_metadata_value(name: str, raw: str) -> object:
         return _unescape_named(raw, "clusterId")
     if name == "admitted":
         if raw not in ("true", "false"):
-            raise ValueError(f"admitted {_preview(raw)} is neither true nor false")
+            raise ValueError(f"admitted {preview(raw)} is neither true nor false")
         return raw == "true"
     if name == "votedFor" and raw == "None":
         return None
-    value = _parse_uint(raw, name)
+    value = parse_uint(raw, name)
     bound = _METADATA_BOUNDS.get(name)
     if bound is not None and value > bound:
         raise ValueError(f"{name} {value} exceeds the limit {bound}")
