@@ -21,7 +21,7 @@ the caller must still await one call before issuing the next if their order matt
     simply have no DEL lines.
   * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
     zeros.
-  * Key, value and client id are escaped (`raftkv.server.textformat`, shared by every file of
+  * Key, value and client id are escaped (`raftkv.textformat`, shared by every file of
     a node): the UTF-8 bytes of every space, ``%``, ``=`` and every character for which
     ``str.isprintable()`` is false (control characters including newline, tab and CR, U+0085,
     U+2028, format characters, unassigned code points, …) are written as ``%XX`` (uppercase
@@ -162,7 +162,7 @@ from raftkv.server.resources import DescriptorReserve
 
 # Re-exported: the escaping is shared by every file of a node and lives in textformat; callers
 # that know it as storage's keep working.
-from raftkv.server.textformat import (
+from raftkv.textformat import (
     EMPTY_FIELD,
     check_uint,
     escape_field,
