@@ -5,6 +5,9 @@
     raftkv get KEY            print the value (nothing on stdout if the key is absent)
     raftkv set KEY VALUE...   store the VALUE words joined by single spaces; prints OK
     raftkv del KEY            remove KEY; prints OK (also when KEY was absent)
+    raftkv ls [PREFIX] [--limit N] [--keys-only]
+                              every key that starts with PREFIX, in order, one `KEY VALUE` line
+                              each, both escaped as logs.txt escapes them (a space is %20)
     raftkv status             one row per node: role, term, commit, leader, lease, reachable
     raftkv shell              interactive GET / SET / DEL / STATUS prompt (also piped stdin)
     raftkv transfer-leader [--to N]
@@ -53,6 +56,8 @@ from enum import IntEnum
 from pathlib import Path
 
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
+from raftkv.limits import MAX_LIST_LIMIT
+from raftkv.textformat import escape_field
 from raftkv.tls import TlsConfigError, client_tls
 
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
@@ -70,7 +75,7 @@ from .status import format_status_table
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
 PROMPT = "raftkv> "
-PRODUCT_COMMANDS = ("get", "set", "del", "status", "shell", "transfer-leader")
+PRODUCT_COMMANDS = ("get", "set", "del", "ls", "status", "shell", "transfer-leader")
 
 
 class ExitCode(IntEnum):
@@ -223,6 +228,26 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
     )
     delete.set_defaults(command=_delete_command)
 
+    ls = commands.add_parser(
+        "ls",
+        help="list the keys that start with PREFIX, with their values",
+        description="Print every key that starts with PREFIX (default: all keys) in Unicode "
+        "code point order, one `KEY VALUE` line each. Keys and values are escaped as logs.txt "
+        "escapes them, so every line has exactly two fields: a space, %%, = and unprintable "
+        "characters are %%XX (UTF-8 bytes), the empty value is %%-. Each page of up to 1000 "
+        "keys is a linearizable read; the whole listing is not one snapshot.",
+    )
+    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+    ls.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_count,
+        default=None,
+        help="print at most N keys (default: all); a note on stderr says when more follow",
+    )
+    ls.add_argument("--keys-only", action="store_true", help="print the keys only")
+    ls.set_defaults(command=_ls_command)
+
     status = commands.add_parser("status", help="show every node of the cluster")
     status.set_defaults(command=_status_command)
 
@@ -265,6 +290,12 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return seconds
+
+
+def _positive_count(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def _node_id(text: str) -> int:
@@ -323,6 +354,30 @@ def _delete_command(client: SyncClient, args: argparse.Namespace) -> int:
     # telling the two apart would need a read the DELETE does not make.
     index = client.delete(args.key)
     print(f"OK (index {index})" if args.verbose else "OK")
+    return ExitCode.OK
+
+
+def _ls_command(client: SyncClient, args: argparse.Namespace) -> int:
+    wanted: int | None = args.limit
+    shown = 0
+    start_after = ""
+    while wanted is None or shown < wanted:
+        page_size = MAX_LIST_LIMIT if wanted is None else min(MAX_LIST_LIMIT, wanted - shown)
+        page = client.list(args.prefix, start_after, page_size)
+        for key, value in page.items:
+            # Escaped like logs.txt: a key or value with a space or a newline stays one field.
+            print(
+                escape_field(key)
+                if args.keys_only
+                else f"{escape_field(key)} {escape_field(value)}"
+            )
+        shown += len(page.items)
+        if page.next_start_after is None:
+            return ExitCode.OK
+        start_after = page.next_start_after
+    print(
+        f"raftkv: more keys follow the {shown} shown (raise --limit to see them)", file=sys.stderr
+    )
     return ExitCode.OK
 
 

@@ -30,7 +30,13 @@ from raftkv.client.errors import (
     TransferError,
     UnknownOutcomeError,
 )
-from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient, SyncClient
+from raftkv.client.library import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    ListPage,
+    RaftKVClient,
+    SyncClient,
+)
 from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
@@ -90,7 +96,12 @@ class Stale:
 
 
 Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale
-ClientRequest = raftkv_pb2.GetRequest | raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest
+ClientRequest = (
+    raftkv_pb2.GetRequest
+    | raftkv_pb2.SetRequest
+    | raftkv_pb2.DeleteRequest
+    | raftkv_pb2.ListRequest
+)
 SERVE, HANG, INVALID, STALE = Serve(), Hang(), Invalid(), Stale()
 
 
@@ -125,7 +136,38 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
 
     @property
     def received_writes(self) -> list[raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest]:
-        return [r for r in self.received if not isinstance(r, raftkv_pb2.GetRequest)]
+        return [
+            r
+            for r in self.received
+            if isinstance(r, raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest)
+        ]
+
+    async def List(  # noqa: N802
+        self, request: raftkv_pb2.ListRequest, context: Any
+    ) -> raftkv_pb2.ListResponse:
+        # A unary RPC: refusals are status codes with the leader hint in trailing metadata,
+        # from the server's own mapping.
+        match self.next_behaviour(request):
+            case Serve():
+                keys = sorted(
+                    key
+                    for key in self.shared.store
+                    if key.startswith(request.prefix) and key > request.start_after
+                )
+                limit = request.limit or 100
+                page = [raftkv_pb2.KeyValuePair(key=k, value=self.shared.store[k]) for k in keys]
+                return raftkv_pb2.ListResponse(items=page[:limit], more=len(keys) > limit)
+            case NotLeader(leader_id):
+                refused = outcome_reply(Refused(Refusal.NOT_LEADER, leader_id), lambda _: None)
+            case Unavailable(leader_id):
+                refused = outcome_reply(Refused(Refusal.NO_LEASE, leader_id), lambda _: None)
+            case Invalid():
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the limit is 1001")
+            case _:
+                await asyncio.get_running_loop().create_future()  # Hang
+        context.set_trailing_metadata(refused.trailing_metadata())
+        await context.abort(refused.code, refused.details)
+        raise AssertionError("abort returned")
 
     async def Pipeline(  # noqa: N802
         self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
@@ -678,6 +720,48 @@ def test_a_stale_delete_is_raised_at_once_and_names_the_delete() -> None:
         assert str(error).startswith("stale sequence number: DELETE 'k' (client ")
 
 
+def test_list_follows_the_leader_hint_and_waits_out_an_unavailable_leader() -> None:
+    with FakeCluster() as fake:
+        fake.lead(2)
+        fake.shared.store.update({"user:1": "a", "user:2": "b", "other": "c"})
+        fake.nodes[2].upcoming = [Unavailable(2)]
+
+        async def scenario() -> ListPage:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                return await client.list("user:")
+
+        page = asyncio.run(scenario())
+        assert page == ListPage((("user:1", "a"), ("user:2", "b")), more=False)
+        assert page.next_start_after is None
+        # Node 0 redirected to node 2, which asked for a retry, then served.
+        assert [len(node.received) for node in fake.nodes] == [1, 0, 2]
+
+
+def test_list_all_walks_every_page_and_list_refuses_bad_arguments_before_sending() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.shared.store.update({f"k{i:02}": str(i) for i in range(25)})
+        with SyncClient(fake.description, first_node=0) as client:
+            assert list(client.list_all("k", page_size=10)) == [
+                (f"k{i:02}", str(i)) for i in range(25)
+            ]
+            requests = [r for r in fake.nodes[0].received if isinstance(r, raftkv_pb2.ListRequest)]
+            assert [(r.start_after, r.limit) for r in requests] == [
+                ("", 10),
+                ("k09", 10),
+                ("k19", 10),
+            ]
+            first = client.list("k", limit=3)
+            assert first.more and first.next_start_after == "k02"
+            for bad in ({"limit": 0}, {"limit": 1001}, {"prefix": "p" * 1025}):
+                with pytest.raises(InvalidRequestError):
+                    client.list(**bad)
+            fake.nodes[0].upcoming = [INVALID]
+            with pytest.raises(InvalidRequestError, match="1001"):
+                client.list("k")
+        assert len(fake.nodes[0].received) == 5
+
+
 def test_a_stale_sequence_error_says_what_happened() -> None:
     error = StaleSequenceError(key="k", client_id="writer.0123", seq=7)
     assert str(error) == (
@@ -838,6 +922,32 @@ def test_cli_del_exit_codes_for_an_unknown_outcome_and_a_stale_seq(
         fake.nodes[0].upcoming = [STALE]
         assert main(["--cluster", cluster, "del", "k"]) == 6
         assert capsys.readouterr().err.startswith("raftkv: stale sequence number: DELETE 'k' ")
+
+
+def test_cli_ls_prints_escaped_lines_page_after_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        cluster = str(fake.write_description(tmp_path))
+        fake.shared.store.update(
+            {"user:2": "two words", "user:1": "", "user:3": "a=b\nc", "other": "x"}
+        )
+        assert main(["--cluster", cluster, "ls", "user:"]) == 0
+        assert capsys.readouterr().out == ("user:1 %-\nuser:2 two%20words\nuser:3 a%3Db%0Ac\n")
+        assert main(["--cluster", cluster, "ls", "--keys-only"]) == 0
+        assert capsys.readouterr().out == "other\nuser:1\nuser:2\nuser:3\n"
+        assert main(["--cluster", cluster, "ls", "user:", "--limit", "2"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == "user:1 %-\nuser:2 two%20words\n"
+        assert captured.err == "raftkv: more keys follow the 2 shown (raise --limit to see them)\n"
+        assert main(["--cluster", cluster, "ls", "nobody"]) == 0
+        assert capsys.readouterr().out == ""
+        assert main(["--cluster", cluster, "ls", "--limit", "0"]) == 2
+        capsys.readouterr()
+        # Without --limit it asks for the largest pages; with one, for no more than it shows.
+        limits = [r.limit for r in fake.nodes[0].received if isinstance(r, raftkv_pb2.ListRequest)]
+        assert limits == [1000, 1000, 2, 1000]
 
 
 def test_cli_finds_the_cluster_through_peers_and_the_environment(

@@ -199,3 +199,27 @@ def test_list_in_read_index_mode(tmp_path: Path) -> None:
         fill(node, {"a": "1", "b": "2"})
         assert list_page(node) == ([("a", "1"), ("b", "2")], False)
         assert unary(node, "Get", pb.GetRequest(key="b")) == pb.GetResponse(found=True, value="2")
+
+
+def test_the_cli_lists_a_real_node(
+    node: OneNodeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The transcript README.md shows (`raftkv del`, `raftkv ls`).
+    peers = ["--peers", node.address]
+    for key, words in (("user:1", ["Ada", "Lovelace"]), ("user:2", ["Alan"]), ("user:3", ["x"])):
+        assert main([*peers, "set", key, *words]) == 0
+    assert main([*peers, "set", "other", "y"]) == 0
+    assert main([*peers, "del", "user:3"]) == 0
+    assert main([*peers, "ls", "user:"]) == 0
+    assert main([*peers, "ls", "--keys-only"]) == 0
+    assert main([*peers, "ls", "--limit", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[5:] == [
+        "user:1 Ada%20Lovelace",
+        "user:2 Alan",
+        "other",
+        "user:1",
+        "user:2",
+        "other y",
+    ]
+    assert captured.err == "raftkv: more keys follow the 1 shown (raise --limit to see them)\n"
