@@ -8,6 +8,12 @@ them before sending it, so that a bad request fails fast and without a round tri
 MAX_KEY_BYTES = 1024
 # A value: at most this many bytes of UTF-8 (1 MiB).
 MAX_VALUE_BYTES = 1024 * 1024
+# A LIST page: `limit` items when the client does not say (0), at most MAX_LIST_LIMIT, and at
+# most MAX_LIST_PAGE_BYTES of keys and values (UTF-8; a page always holds at least one item, so a
+# 1 MiB value still comes back, alone). 4 MiB leaves a page far below MAX_MESSAGE_BYTES.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+MAX_LIST_PAGE_BYTES = 4 * 1024 * 1024
 # A SET's client_id, the key of the server's dedup table: at most this many bytes of UTF-8.
 MAX_CLIENT_ID_BYTES = 256
 # The largest gRPC message a node sends or receives (peer batches of AppendEntries can carry many

@@ -4,8 +4,12 @@
 
     raftkv get KEY            print the value (nothing on stdout if the key is absent)
     raftkv set KEY VALUE...   store the VALUE words joined by single spaces; prints OK
+    raftkv del KEY            remove KEY; prints OK (also when KEY was absent)
+    raftkv ls [PREFIX] [--limit N] [--keys-only]
+                              every key that starts with PREFIX, in order, one `KEY VALUE` line
+                              each, both escaped as logs.txt escapes them (a space is %20)
     raftkv status             one row per node: role, term, commit, leader, lease, reachable
-    raftkv shell              interactive GET / SET / STATUS prompt (also reads piped stdin)
+    raftkv shell              interactive GET / SET / DEL / STATUS prompt (also piped stdin)
     raftkv transfer-leader [--to N]
                               hand leadership to node N (default: the most up-to-date
                               follower) and wait until it leads
@@ -32,10 +36,10 @@ Exit codes:
     1  key not found (get)
     2  usage error, or the cluster description is missing or malformed
     3  no leader: the cluster could not serve before the timeout (status: no node answered)
-    4  SET outcome unknown: it may or may not have been applied
+    4  SET or DEL outcome unknown: it may or may not have been applied
     5  invalid request (empty or oversized key, oversized value, text that is not Unicode)
-    6  SET refused for a stale sequence number: not applied, because a higher sequence number
-       of its client id was already applied (another writer used the same client id)
+    6  SET or DEL refused for a stale sequence number: not applied, because a higher sequence
+       number of its client id was already applied (another writer used the same client id)
     7  transfer-leader: refused by the leader, not done in time, or its outcome is unknown
   130  interrupted (Ctrl-C)
 """
@@ -52,6 +56,8 @@ from enum import IntEnum
 from pathlib import Path
 
 from raftkv.cluster import DEFAULT_DESCRIPTION, ClusterConfigError, ClusterDescription
+from raftkv.limits import MAX_LIST_LIMIT
+from raftkv.textformat import escape_field
 from raftkv.tls import TlsConfigError, client_tls
 
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
@@ -69,7 +75,7 @@ from .status import format_status_table
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
 PROMPT = "raftkv> "
-PRODUCT_COMMANDS = ("get", "set", "status", "shell", "transfer-leader")
+PRODUCT_COMMANDS = ("get", "set", "del", "ls", "status", "shell", "transfer-leader")
 
 
 class ExitCode(IntEnum):
@@ -90,9 +96,10 @@ exit codes:
   1    key not found (get)
   2    usage error, or the cluster description is missing or malformed
   3    no leader: the cluster could not serve before the timeout (status: no node answered)
-  4    SET outcome unknown: it may or may not have been applied
+  4    SET or DEL outcome unknown: it may or may not have been applied
   5    invalid request (empty or oversized key, oversized value, text that is not Unicode)
-  6    SET refused for a stale sequence number (not applied; another writer used its client id)
+  6    SET or DEL refused for a stale sequence number (not applied; another writer used its
+       client id)
   7    transfer-leader refused, not done in time, or its outcome unknown
   130  interrupted
 
@@ -104,6 +111,7 @@ SHELL_HELP = """\
 commands (case-insensitive):
   GET key          print the value of key
   SET key value    store value (it may contain spaces)
+  DEL key          remove key (DELETE too; no error when it is absent)
   STATUS           show every node
   HELP             this text
   EXIT, QUIT       leave (Ctrl-D too)"""
@@ -144,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code_for(error)
     except KeyboardInterrupt:
         maybe_applied = (
-            " (the SET may or may not have been applied)" if command is _set_command else ""
+            f" (the {_WRITES[command]} may or may not have been applied)"
+            if command in _WRITES
+            else ""
         )
         print(f"raftkv: interrupted{maybe_applied}", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -211,10 +221,37 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
     )
     set_.set_defaults(command=_set_command)
 
+    delete = commands.add_parser("del", help="remove KEY (no error when it is absent)")
+    delete.add_argument("key", metavar="KEY")
+    delete.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="print the index"
+    )
+    delete.set_defaults(command=_delete_command)
+
+    ls = commands.add_parser(
+        "ls",
+        help="list the keys that start with PREFIX, with their values",
+        description="Print every key that starts with PREFIX (default: all keys) in Unicode "
+        "code point order, one `KEY VALUE` line each. Keys and values are escaped as logs.txt "
+        "escapes them, so every line has exactly two fields: a space, %%, = and unprintable "
+        "characters are %%XX (UTF-8 bytes), the empty value is %%-. Each page of up to 1000 "
+        "keys is a linearizable read; the whole listing is not one snapshot.",
+    )
+    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+    ls.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_count,
+        default=None,
+        help="print at most N keys (default: all); a note on stderr says when more follow",
+    )
+    ls.add_argument("--keys-only", action="store_true", help="print the keys only")
+    ls.set_defaults(command=_ls_command)
+
     status = commands.add_parser("status", help="show every node of the cluster")
     status.set_defaults(command=_status_command)
 
-    shell = commands.add_parser("shell", help="interactive GET/SET/STATUS prompt")
+    shell = commands.add_parser("shell", help="interactive GET/SET/DEL/STATUS prompt")
     shell.set_defaults(command=_shell_command)
 
     transfer = commands.add_parser(
@@ -253,6 +290,12 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return seconds
+
+
+def _positive_count(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def _node_id(text: str) -> int:
@@ -304,6 +347,42 @@ def _set_command(client: SyncClient, args: argparse.Namespace) -> int:
     index = client.set(args.key, " ".join(args.words))
     print(f"OK (index {index})" if args.verbose else "OK")
     return ExitCode.OK
+
+
+def _delete_command(client: SyncClient, args: argparse.Namespace) -> int:
+    # Exit 0 whether or not the key existed: the key is absent afterwards either way, and
+    # telling the two apart would need a read the DELETE does not make.
+    index = client.delete(args.key)
+    print(f"OK (index {index})" if args.verbose else "OK")
+    return ExitCode.OK
+
+
+def _ls_command(client: SyncClient, args: argparse.Namespace) -> int:
+    wanted: int | None = args.limit
+    shown = 0
+    start_after = ""
+    while wanted is None or shown < wanted:
+        page_size = MAX_LIST_LIMIT if wanted is None else min(MAX_LIST_LIMIT, wanted - shown)
+        page = client.list(args.prefix, start_after, page_size)
+        for key, value in page.items:
+            # Escaped like logs.txt: a key or value with a space or a newline stays one field.
+            print(
+                escape_field(key)
+                if args.keys_only
+                else f"{escape_field(key)} {escape_field(value)}"
+            )
+        shown += len(page.items)
+        if page.next_start_after is None:
+            return ExitCode.OK
+        start_after = page.next_start_after
+    print(
+        f"raftkv: more keys follow the {shown} shown (raise --limit to see them)", file=sys.stderr
+    )
+    return ExitCode.OK
+
+
+# The commands that write, for the interrupted message: their outcome is unknown.
+_WRITES = {_set_command: "SET", _delete_command: "DEL"}
 
 
 def _status_command(client: SyncClient, args: argparse.Namespace) -> int:
@@ -382,6 +461,9 @@ def _run_shell_line(client: SyncClient, line: str, *, verbose: bool) -> bool:
         elif command == "SET" and len(words) >= 3:
             index = client.set(words[1], " ".join(words[2:]))
             _say(f"OK (index {index})" if verbose else "OK")
+        elif command in ("DEL", "DELETE") and len(words) == 2:
+            index = client.delete(words[1])
+            _say(f"OK (index {index})" if verbose else "OK")
         elif command == "STATUS" and len(words) == 1:
             _say(format_status_table(client.status()))
         else:
@@ -395,7 +477,10 @@ def _run_shell_line(client: SyncClient, line: str, *, verbose: bool) -> bool:
     except StaleSequenceError as error:
         _say(f"error: {error}")
     except KeyboardInterrupt:
-        interrupted_write = " (a SET may or may not have been applied)" if command == "SET" else ""
+        writes = ("SET", "DEL", "DELETE")
+        interrupted_write = (
+            f" (a {command} may or may not have been applied)" if command in writes else ""
+        )
         _say(f"interrupted{interrupted_write}")
     return True
 
@@ -404,11 +489,16 @@ def _shell_usage(command: str) -> str:
     usages = {
         "GET": "usage: GET key",
         "SET": "usage: SET key value",
+        "DEL": "usage: DEL key",
+        "DELETE": "usage: DELETE key",
         "STATUS": "usage: STATUS",
     }
     if command in usages:
         return usages[command]
-    return f"unknown command {command!r}; usage: GET key | SET key value | STATUS | HELP | EXIT"
+    return (
+        f"unknown command {command!r}; usage: GET key | SET key value | DEL key | STATUS | HELP "
+        "| EXIT"
+    )
 
 
 def _say(text: str) -> None:

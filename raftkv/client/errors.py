@@ -2,10 +2,10 @@
 
     RaftKVError
     ├── InvalidRequestError      the request is malformed; retrying cannot help
-    ├── StaleSequenceError       a SET was refused: its client id already has a higher seq
+    ├── StaleSequenceError       a SET or DELETE was refused: its client id has a higher seq
     ├── TransferError            a leadership transfer was refused or did not complete
     └── NoLeaderError            no node could serve before the deadline
-        └── UnknownOutcomeError  a SET may or may not have been applied
+        └── UnknownOutcomeError  a SET or DELETE may or may not have been applied
 
 Catch `UnknownOutcomeError` before `NoLeaderError`: it is the more specific (and more worrying)
 case, and every `UnknownOutcomeError` is also a `NoLeaderError`.
@@ -29,20 +29,22 @@ class InvalidRequestError(RaftKVError):
 
 
 class StaleSequenceError(RaftKVError):
-    """A node refused a SET because a higher sequence number of its client id was already
-    applied (FAILED_PRECONDITION with `refusal: stale-sequence`, no leader hint).
+    """A node refused a SET (or DELETE: `verb` says which) because a higher sequence number of
+    its client id was already applied (FAILED_PRECONDITION with `refusal: stale-sequence`, no
+    leader hint).
 
-    The SET was not applied, and never will be: every replica skips it. Never retried. This
+    The write was not applied, and never will be: every replica skips it. Never retried. This
     client gives every instance its own client id (see RaftKVClient), so this means that
-    another writer sent SETs under the same client id, which breaks exactly-once for both.
+    another writer sent writes under the same client id, which breaks exactly-once for both.
     """
 
-    def __init__(self, *, key: str, client_id: str, seq: int) -> None:
+    def __init__(self, *, key: str, client_id: str, seq: int, verb: str = "SET") -> None:
         self.key = key
         self.client_id = client_id
         self.seq = seq
+        self.verb = verb
         super().__init__(
-            f"stale sequence number: SET {_preview(key)} (client {client_id}, seq {seq}) was "
+            f"stale sequence number: {verb} {_preview(key)} (client {client_id}, seq {seq}) was "
             f"refused and not applied, because a higher sequence number of this client id was "
             f"already applied (is another writer using this client id?)"
         )
@@ -78,12 +80,13 @@ class NoLeaderError(RaftKVError):
 
 
 class UnknownOutcomeError(NoLeaderError):
-    """A SET was sent but never acknowledged: it may or may not have been applied.
+    """A SET or DELETE (`verb`) was sent but never acknowledged: it may or may not have been
+    applied.
 
     At least one attempt ended without a definite refusal (a timeout, or a connection that broke
     after the request left). Retrying the same logical write is safe only through the same client
     instance's dedup (client_id, seq), which this client already did until the deadline; a new
-    `set()` call is a new write.
+    `set()` or `delete()` call is a new write.
     """
 
     def __init__(
@@ -94,15 +97,17 @@ class UnknownOutcomeError(NoLeaderError):
         key: str,
         client_id: str,
         seq: int,
+        verb: str = "SET",
     ) -> None:
         self.key = key
         self.client_id = client_id
         self.seq = seq
+        self.verb = verb
         super().__init__(node_errors, elapsed)
 
     def _describe(self) -> str:
         return (
-            f"outcome unknown: SET {_preview(self.key)} (client {self.client_id}, seq "
+            f"outcome unknown: {self.verb} {_preview(self.key)} (client {self.client_id}, seq "
             f"{self.seq}) may or may not have been applied; {super()._describe()}"
         )
 

@@ -3,6 +3,10 @@
     async with RaftKVClient(ClusterDescription.load(path)) as client:
         index = await client.set("greeting", "hello world")
         value = await client.get("greeting")        # None when the key is absent
+        await client.delete("greeting")             # no error when it is absent
+        page = await client.list("user:")           # ListPage(items, more), one page
+        async for key, value in client.list_all("user:"):   # every page
+            ...
         rows = await client.status()                # one NodeStatusRow per node
 
 The client knows every node's address. It sends a request to the last node that served it (or a
@@ -10,19 +14,22 @@ random node), follows the leader hints (leader id and address) that followers at
 FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts moves to the
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
 FAILED_PRECONDITION with `refusal: stale-sequence` (on the Pipeline stream: no leader hint and
-the stale-sequence details text) is not a redirect: `set()` raises `StaleSequenceError` at once.
+the stale-sequence details text) is not a redirect: `set()` and `delete()` raise
+`StaleSequenceError` at once.
 
-GETs and SETs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
+GETs, SETs and DELETEs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
 calls from one client share it, and whatever is queued goes out as one message, which costs the
-node far less than a unary call each. Status uses the unary RPC.
+node far less than a unary call each. LIST and Status use unary RPCs (LIST with the same retry
+rules as a GET).
 
-A SET carries the client's id and a sequence number; every retry of one SET reuses them, so the
-server applies it at most once. Sequence numbers start at 1 and never come from the clock: every
-client instance has a client id of its own (a random one, or the caller's id with a random
-suffix), so no two runs ever share an id and a restarted program cannot send a seq below one the
-server already applied for its id. A SET is reported as done only when a node acknowledged it. If
-the deadline passes after an attempt whose fate is unknown (a timeout, or a connection that broke
-after the request left), `set()` raises `UnknownOutcomeError` rather than `NoLeaderError`.
+A SET or DELETE carries the client's id and a sequence number (one sequence for both kinds);
+every retry of one write reuses them, so the server applies it at most once. Sequence numbers
+start at 1 and never come from the clock: every client instance has a client id of its own (a
+random one, or the caller's id with a random suffix), so no two runs ever share an id and a
+restarted program cannot send a seq below one the server already applied for its id. A write is
+reported as done only when a node acknowledged it. If the deadline passes after an attempt whose
+fate is unknown (a timeout, or a connection that broke after the request left), `set()` and
+`delete()` raise `UnknownOutcomeError` rather than `NoLeaderError`.
 
 Use one client from one event loop: grpc.aio channels belong to the loop that created them. For
 blocking code, `SyncClient` wraps a client with a private event loop.
@@ -31,19 +38,26 @@ blocking code, `SyncClient` wraps a client with a private event loop.
 from __future__ import annotations
 
 import asyncio
+import builtins  # the clients' own `list` method shadows the builtin in their class bodies
 import math
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
 
 from raftkv.cluster import ClusterDescription
-from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from raftkv.limits import (
+    DEFAULT_LIST_LIMIT,
+    MAX_CLIENT_ID_BYTES,
+    MAX_KEY_BYTES,
+    MAX_LIST_LIMIT,
+    MAX_VALUE_BYTES,
+)
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
 from raftkv.rpc.metadata import (
     LEADER_ADDRESS_METADATA,
@@ -77,6 +91,7 @@ from .status import (
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
+    "ListPage",
     "NodeStatusRow",
     "RaftKVClient",
     "SyncClient",
@@ -90,6 +105,8 @@ MAX_BACKOFF_SECONDS = 0.5
 
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# What one attempt brings back when it succeeds: a PipelineReply, or a unary RPC's response.
+_Reply = TypeVar("_Reply")
 
 
 def _client_id_suffix() -> str:
@@ -119,8 +136,22 @@ class _Failure:
     leader_hint: _Endpoint | None
     # False only when the request certainly was not applied (refused, or never sent).
     may_have_applied: bool
-    # A SET refused for a stale seq: final, never retried.
+    # A write refused for a stale seq: final, never retried.
     stale_sequence: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of a LIST: (key, value) pairs in key order, and whether another page follows
+    (ask for it with start_after = `items[-1][0]`, which `next_start_after` gives)."""
+
+    items: tuple[tuple[str, str], ...]
+    more: bool
+
+    @property
+    def next_start_after(self) -> str | None:
+        """Where the next page starts, or None when this was the last."""
+        return self.items[-1][0] if self.more and self.items else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +200,9 @@ class RaftKVClient:
     its id. The price: a SET cannot be retried across instances; a process that dies during a
     `set()` leaves that SET's outcome unknown, exactly as `UnknownOutcomeError` does.
 
-    SETs from one client are sent one at a time: the server's dedup keeps only the highest
-    sequence number per client, so a later SET overtaking an earlier one would make the earlier
-    one look like a duplicate. Use several clients for parallel writes.
+    Writes (SETs and DELETEs) from one client are sent one at a time: the server's dedup keeps
+    only the highest sequence number per client, so a later write overtaking an earlier one
+    would make the earlier one look like a duplicate. Use several clients for parallel writes.
 
     `tls_root_cert` (PEM) turns TLS on and verifies the nodes against it; `tls_client_cert`,
     (private key, certificate chain) in PEM, is presented to nodes that demand a client
@@ -244,7 +275,7 @@ class RaftKVClient:
         reply = await self._call_leader(
             lambda pipe, timeout: pipe.get(request, timeout),
             deadline=deadline,
-            set_request=None,
+            write=None,
         )
         return reply.value if reply.found else None
 
@@ -262,11 +293,61 @@ class RaftKVClient:
             reply = await self._call_leader(
                 lambda pipe, timeout: pipe.set(request, timeout),
                 deadline=deadline,
-                set_request=request,
+                write=request,
             )
         return int(reply.index)
 
-    async def status(self) -> list[NodeStatusRow]:
+    async def delete(self, key: str) -> int:
+        """Remove `key` once a majority has the DELETE; returns the entry's log index. A key that
+        is absent is no error (the DELETE is applied and changes nothing). It takes the next seq
+        of this client, like a SET, and is retried and deduplicated the same way."""
+        check_key(key)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        async with self._write_lock:
+            self._last_seq += 1
+            request = raftkv_pb2.DeleteRequest(
+                key=key, client_id=self.client_id, seq=self._last_seq
+            )
+            reply = await self._call_leader(
+                lambda pipe, timeout: pipe.delete(request, timeout),
+                deadline=deadline,
+                write=request,
+            )
+        return int(reply.index)
+
+    async def list(
+        self, prefix: str = "", start_after: str = "", limit: int = DEFAULT_LIST_LIMIT
+    ) -> ListPage:
+        """One linearizable page of the keys that start with `prefix` and sort after
+        `start_after` (Unicode code point order), with their values: at most `limit` items
+        (1..1000) and 4 MiB, but at least one when there is one. Served by the leader under a
+        GET's rules, and retried like a GET."""
+        check_list(prefix, start_after, limit)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        request = raftkv_pb2.ListRequest(prefix=prefix, start_after=start_after, limit=limit)
+
+        async def invoke(stub: Any, timeout: float) -> raftkv_pb2.ListResponse:
+            response: raftkv_pb2.ListResponse = await stub.List(request, timeout=timeout)
+            return response
+
+        reply = await self._call_leader_unary(invoke, deadline=deadline)
+        return ListPage(tuple((item.key, item.value) for item in reply.items), reply.more)
+
+    async def list_all(
+        self, prefix: str = "", *, start_after: str = "", page_size: int = DEFAULT_LIST_LIMIT
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Every key with `prefix` (after `start_after`) and its value, page by page. Each page
+        is linearizable on its own, not the whole walk: a key written between two pages is
+        seen if it sorts after the page it missed. Each page gets the whole timeout."""
+        while True:
+            page = await self.list(prefix, start_after, page_size)
+            for item in page.items:
+                yield item
+            if page.next_start_after is None:
+                return
+            start_after = page.next_start_after
+
+    async def status(self) -> builtins.list[NodeStatusRow]:
         """Every node's Status, asked in parallel; nodes that do not answer have reachable=False."""
         timeout = min(self._per_try_timeout, self._timeout)
         return list(
@@ -359,8 +440,51 @@ class RaftKVClient:
         invoke: Callable[[PipelineConnection, float], Awaitable[raftkv_pb2.PipelineReply]],
         *,
         deadline: float,
-        set_request: raftkv_pb2.SetRequest | None,
+        write: raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest | None,
     ) -> raftkv_pb2.PipelineReply:
+        """A request on the Pipeline stream, with the retry rules of the module docstring."""
+
+        async def attempt(
+            target: _Endpoint, try_timeout: float
+        ) -> raftkv_pb2.PipelineReply | _Failure:
+            try:
+                reply = await invoke(self._pipe(target), try_timeout)
+            except StreamBrokenError as error:
+                return self._describe_failure(error.code, error.details, {}, try_timeout)
+            except PipelineTimeoutError:
+                return _Failure(f"timed out after {try_timeout:.2f}s", None, True)
+            if reply.code == 0:
+                return reply
+            return self._describe_refusal(reply, try_timeout)
+
+        return await self._retry_at_leader(attempt, deadline=deadline, write=write)
+
+    async def _call_leader_unary(
+        self, invoke: Callable[[Any, float], Awaitable[_Reply]], *, deadline: float
+    ) -> _Reply:
+        """A unary read (List) with the same retry rules; `invoke` gets the node's stub."""
+
+        async def attempt(target: _Endpoint, try_timeout: float) -> _Reply | _Failure:
+            try:
+                return await invoke(self._stub(target), try_timeout)
+            except grpc.aio.AioRpcError as error:
+                code, details = error.code(), error.details() or ""
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidRequestError(details or "invalid request") from None
+                metadata = _trailing_metadata(error)
+                return self._describe_failure(code, details, metadata, try_timeout)
+
+        return await self._retry_at_leader(attempt, deadline=deadline, write=None)
+
+    async def _retry_at_leader(
+        self,
+        attempt: Callable[[_Endpoint, float], Awaitable[_Reply | _Failure]],
+        *,
+        deadline: float,
+        write: raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest | None,
+    ) -> _Reply:
+        """The retry loop: `attempt` asks one node once and returns its answer or a _Failure;
+        follows hints, backs off, and raises as the module docstring says."""
         loop = asyncio.get_running_loop()
         started = deadline - self._timeout
         backoff = _Backoff(self._rng)
@@ -372,20 +496,13 @@ class RaftKVClient:
         target = self._known_leader or self._first_node or self._rng.choice(self._endpoints)
         while (remaining := deadline - loop.time()) > 0:
             try_timeout = min(self._per_try_timeout, remaining)
-            try:
-                reply = await invoke(self._pipe(target), try_timeout)
-            except StreamBrokenError as error:
-                failure = self._describe_failure(error.code, error.details, {}, try_timeout)
-            except PipelineTimeoutError:
-                failure = _Failure(f"timed out after {try_timeout:.2f}s", None, True)
-            else:
-                if reply.code == 0:
-                    self._known_leader = target
-                    return reply
-                failure = self._describe_refusal(reply, try_timeout)
-            if failure.stale_sequence and set_request is not None:
+            failure = await attempt(target, try_timeout)
+            if not isinstance(failure, _Failure):
+                self._known_leader = target
+                return failure
+            if failure.stale_sequence and write is not None:
                 raise StaleSequenceError(
-                    key=set_request.key, client_id=set_request.client_id, seq=set_request.seq
+                    key=write.key, client_id=write.client_id, seq=write.seq, verb=_verb(write)
                 )
 
             last_said[target] = failure.reason
@@ -405,13 +522,14 @@ class RaftKVClient:
         said_in_order = {
             endpoint.label: last_said[endpoint] for endpoint in self._ordered(last_said)
         }
-        if set_request is not None and may_have_applied:
+        if write is not None and may_have_applied:
             raise UnknownOutcomeError(
                 said_in_order,
                 elapsed,
-                key=set_request.key,
-                client_id=set_request.client_id,
-                seq=set_request.seq,
+                key=write.key,
+                client_id=write.client_id,
+                seq=write.seq,
+                verb=_verb(write),
             )
         raise NoLeaderError(said_in_order, elapsed)
 
@@ -487,7 +605,7 @@ class RaftKVClient:
         position = self._endpoints.index(endpoint)
         return self._endpoints[(position + 1) % len(self._endpoints)]
 
-    def _ordered(self, endpoints: Iterable[_Endpoint]) -> list[_Endpoint]:
+    def _ordered(self, endpoints: Iterable[_Endpoint]) -> builtins.list[_Endpoint]:
         rank = {endpoint: position for position, endpoint in enumerate(self._endpoints)}
         return sorted(
             endpoints, key=lambda endpoint: (rank.get(endpoint, len(rank)), endpoint.address)
@@ -566,7 +684,26 @@ class SyncClient:
     def set(self, key: str, value: str) -> int:
         return self._runner.run(self._client.set(key, value))
 
-    def status(self) -> list[NodeStatusRow]:
+    def delete(self, key: str) -> int:
+        return self._runner.run(self._client.delete(key))
+
+    def list(
+        self, prefix: str = "", start_after: str = "", limit: int = DEFAULT_LIST_LIMIT
+    ) -> ListPage:
+        return self._runner.run(self._client.list(prefix, start_after, limit))
+
+    def list_all(
+        self, prefix: str = "", *, start_after: str = "", page_size: int = DEFAULT_LIST_LIMIT
+    ) -> Iterator[tuple[str, str]]:
+        """As `RaftKVClient.list_all`, a page fetched whenever the last one is used up."""
+        while True:
+            page = self.list(prefix, start_after, page_size)
+            yield from page.items
+            if page.next_start_after is None:
+                return
+            start_after = page.next_start_after
+
+    def status(self) -> builtins.list[NodeStatusRow]:
         return self._runner.run(self._client.status())
 
     def transfer_leader(self, to: int | None = None) -> TransferResult:
@@ -602,6 +739,18 @@ def check_key(key: str) -> None:
         raise InvalidRequestError(f"the key is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}")
 
 
+def check_list(prefix: str, start_after: str, limit: int) -> None:
+    """Raise InvalidRequestError unless the server would accept this LIST."""
+    for name, text in (("prefix", prefix), ("start_after", start_after)):
+        size = _utf8_size(text, name)
+        if size > MAX_KEY_BYTES:
+            raise InvalidRequestError(
+                f"the {name} is {size} bytes of UTF-8; the limit is {MAX_KEY_BYTES}"
+            )
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequestError(f"the limit must be 1..{MAX_LIST_LIMIT}, not {limit!r}")
+
+
 def check_value(value: str) -> None:
     """Raise InvalidRequestError unless the server would accept `value`."""
     size = _utf8_size(value, "value")
@@ -624,6 +773,11 @@ def _utf8_size(text: object, what: str) -> int:
             f"the {what} is not valid Unicode text: lone surrogate U+{bad:04X} at position "
             f"{error.start}"
         ) from None
+
+
+def _verb(write: raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest) -> str:
+    """How errors name a write: SET or DELETE."""
+    return "SET" if isinstance(write, raftkv_pb2.SetRequest) else "DELETE"
 
 
 # -- reading gRPC errors ------------------------------------------------------------------------

@@ -63,6 +63,13 @@ class PipelineConnection:
         size = len(request.key) + len(request.value)
         return await self._request(raftkv_pb2.PipelineRequest(set=request), size, timeout)
 
+    async def delete(
+        self, request: raftkv_pb2.DeleteRequest, timeout: float
+    ) -> raftkv_pb2.PipelineReply:
+        return await self._request(
+            raftkv_pb2.PipelineRequest(delete=request), len(request.key), timeout
+        )
+
     async def close(self) -> None:
         self._closed = True
         if self._stream is not None:
@@ -101,9 +108,7 @@ class PipelineConnection:
         batch, size = [], 0
         while self._queue and (not batch or size < MAX_BATCH_BYTES):
             request = self._queue.pop(0)
-            which = request.WhichOneof("op")
-            item = request.get if which == "get" else request.set
-            size += len(item.key) + len(getattr(item, "value", ""))
+            size += _size(request)
             batch.append(request)
         self._queued_bytes = max(0, self._queued_bytes - size)
         return batch
@@ -175,6 +180,16 @@ class _Stream:
             error = StreamBrokenError(grpc.StatusCode.CANCELLED, "the stream was cancelled")
         self._sender.cancel()
         owner._broken(self, error)
+
+
+def _size(request: raftkv_pb2.PipelineRequest) -> int:
+    """What a request counts against MAX_BATCH_BYTES: its key and value."""
+    which = request.WhichOneof("op")
+    if which == "set":
+        return len(request.set.key) + len(request.set.value)
+    if which == "delete":
+        return len(request.delete.key)
+    return len(request.get.key)
 
 
 def _expire(future: asyncio.Future[raftkv_pb2.PipelineReply]) -> None:

@@ -27,6 +27,7 @@ from .messages import (
     LogEntry,
     Message,
     ReadPending,
+    ReadRange,
     ReadValue,
     Refused,
     RequestVote,
@@ -124,7 +125,7 @@ def describe_message(item: Envelope | Message) -> str:
 
 
 def describe_result(
-    result: Accepted | WriteDone | ReadValue | ReadPending | Refused,
+    result: Accepted | WriteDone | ReadValue | ReadRange | ReadPending | Refused,
 ) -> str:
     """A propose/read result or a deferred reply's result, e.g. `Refused NO_LEASE hint=1`."""
     if isinstance(result, Accepted):
@@ -133,6 +134,9 @@ def describe_result(
         return f"WriteDone index={result.index}"
     if isinstance(result, ReadValue):
         return "ReadValue " + ("<unset>" if result.value is None else repr(result.value))
+    if isinstance(result, ReadRange):
+        items = ", ".join(f"{key!r}={value!r}" for key, value in result.items)
+        return f"ReadRange [{items}] more={str(result.more).lower()}"
     if isinstance(result, ReadPending):
         return "ReadPending"
     hint = "none" if result.leader_hint is None else str(result.leader_hint)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from .messages import Command, NoOpCommand
+from .messages import Command, DeleteCommand, NoOpCommand
 
 _FIELD = re.compile(r"\{(\w+)\}")
 _PATTERNS = {
@@ -24,9 +24,12 @@ _CONVERT = {"int": int, "float": float, "str": str}
 
 
 def describe_command(command: Command) -> str:
-    """A command as the assignment prints it: `SET {key} {value}` or `NO-OP`."""
+    """A command as the assignment prints it: `SET {key} {value}` or `NO-OP`; and ours,
+    `DELETE {key}` (the key is the rest of the text, so it parses back like a SET's)."""
     if isinstance(command, NoOpCommand):
         return "NO-OP"
+    if isinstance(command, DeleteCommand):
+        return f"DELETE {command.key}"
     return f"SET {command.key} {command.value}"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .messages import NodeId
+from .messages import NodeId, ReadQuery
 from .progress import Progress
 
 NEVER = float("inf")
@@ -19,11 +19,11 @@ LONG_AGO = float("-inf")
 
 @dataclass(slots=True)
 class PendingRead:
-    """A read_index read (Raft §6.4): served once a majority answered `round` and the state
-    machine has applied up to `read_index`."""
+    """A read_index read (Raft §6.4) of a GET or a LIST (`query`): served once a majority
+    answered `round` and the state machine has applied up to `read_index`."""
 
     token: int
-    key: str
+    query: ReadQuery
     read_index: int
     round: int
 

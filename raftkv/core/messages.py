@@ -37,11 +37,26 @@ class SetCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteCommand:
+    """Remove `key` (nothing changes when it is absent). `client_id`/`seq` as for SetCommand:
+    a client's SETs and DELETEs share one sequence, so a retried DELETE applies once."""
+
+    key: str
+    client_id: str = ""
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        # Interned like SetCommand's: a log of one client's writes repeats its id.
+        object.__setattr__(self, "key", sys.intern(self.key))
+        object.__setattr__(self, "client_id", sys.intern(self.client_id))
+
+
+@dataclass(frozen=True, slots=True)
 class NoOpCommand:
     """Appended by every new leader so that entries of earlier terms commit with it."""
 
 
-Command = SetCommand | NoOpCommand
+Command = SetCommand | DeleteCommand | NoOpCommand
 NO_OP = NoOpCommand()
 
 
@@ -205,6 +220,29 @@ class ReadValue:
 
 
 @dataclass(frozen=True, slots=True)
+class RangeQuery:
+    """A LIST: keys that start with `prefix` and sort after `start_after` (code point order),
+    at most `limit` of them (≥ 1)."""
+
+    prefix: str
+    start_after: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRange:
+    """A linearizable LIST page: (key, value) pairs in key order; `more` says whether a key
+    after the last one matches too (ask again with start_after = the last key)."""
+
+    items: tuple[tuple[str, str], ...]
+    more: bool
+
+
+# What a read asks: the value of one key (GET), or a page of keys (LIST).
+ReadQuery = str | RangeQuery
+
+
+@dataclass(frozen=True, slots=True)
 class ReadPending:
     """read_index mode: the answer comes later as a ClientReply with the same token."""
 
@@ -222,7 +260,7 @@ class WriteDone:
     index: int
 
 
-ReadResult = ReadValue | ReadPending | Refused
+ReadResult = ReadValue | ReadRange | ReadPending | Refused
 ProposeResult = Accepted | Refused
 
 
@@ -231,4 +269,4 @@ class ClientReply:
     """The deferred answer to a proposal or a read_index read, keyed by the caller's token."""
 
     token: int
-    result: WriteDone | ReadValue | Refused
+    result: WriteDone | ReadValue | ReadRange | Refused

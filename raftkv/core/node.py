@@ -3,12 +3,14 @@
 The caller (the asyncio shell, or the test simulator) drives it:
 
 1. Feed inputs: `step(message, now)`, `propose(command, now, token)`, `tick(now)` when
-   `next_deadline()` has passed. `read(key, now, token)` may be called at any time.
+   `next_deadline()` has passed. `read(key, now, token)` and `read_range(prefix, start_after,
+   limit, now, token)` may be called at any time.
 2. `take_ready()` hands back everything to do. The caller must, in this order: send
    `ready.send_now`, persist `ready.first_index/entries` to the log and then `ready.hard_state`
    (durably), send `ready.send_after_persist`, and call `advance(ready)`. `ready.replies` may be
    delivered at any point: they report only entries already durable on a majority and reads
-   already checked. No other input except `read` may be fed between `take_ready` and `advance`.
+   already checked. No other input except the reads may be fed between `take_ready` and
+   `advance`.
 
 Where each rule of Figure 2 (Raft paper) and of the lease (docs/design.md §3) lives:
 - Terms: checked once, at the top of `step`; a higher term makes us a follower
@@ -59,15 +61,19 @@ from .messages import (
     AppendEntriesReply,
     ClientReply,
     Command,
+    DeleteCommand,
     Envelope,
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
     Message,
     NodeId,
+    NoOpCommand,
     ProposeResult,
+    RangeQuery,
     ReadPending,
-    ReadResult,
+    ReadQuery,
+    ReadRange,
     ReadValue,
     Refusal,
     Refused,
@@ -483,16 +489,35 @@ class RaftNode:
         leader.replicate_wanted = True
         return Accepted(index, self.term)
 
-    def read(self, key: str, now: float, token: int) -> ReadResult:
+    def read(self, key: str, now: float, token: int) -> ReadValue | ReadPending | Refused:
         """Answer a GET now if it is safe to (rule 4), else refuse or (read_index) defer."""
+        held = self._hold_read(key, now, token)
+        return ReadValue(self.state_machine.get(key)) if held is None else held
+
+    def read_range(
+        self, prefix: str, start_after: str, limit: int, now: float, token: int
+    ) -> ReadRange | ReadPending | Refused:
+        """A LIST page, under exactly a GET's rules: the same permit, the same deferral in
+        read_index mode. `limit` ≥ 1 (the shell checks the client's)."""
+        if limit < 1:
+            raise ValueError(f"a LIST needs a limit ≥ 1, got {limit}")
+        query = RangeQuery(prefix, start_after, limit)
+        held = self._hold_read(query, now, token)
+        return self.state_machine.range(query) if held is None else held
+
+    def _hold_read(self, query: ReadQuery, now: float, token: int) -> ReadPending | Refused | None:
+        """The one read path, GET and LIST alike (rule 4): None when the read may be answered
+        now (lease mode), else why not, or that it waits (read_index mode) for a round started
+        after it and for the commit index of now to apply; `_serve_confirmed_reads` answers it.
+        Appends nothing and changes no persistent state, so it may come at any time."""
         self._last_now = max(self._last_now, now)
         lease_mode = self.config.read_mode is ReadMode.LEASE
         leader = self._read_permit(now, need_lease=lease_mode)
         if isinstance(leader, Refused):
             return leader
         if lease_mode:
-            return ReadValue(self.state_machine.get(key))
-        leader.pending_reads.append(PendingRead(token, key, self.commit_index, self._round + 1))
+            return None
+        leader.pending_reads.append(PendingRead(token, query, self.commit_index, self._round + 1))
         leader.read_round_wanted = True
         return ReadPending()
 
@@ -1306,6 +1331,8 @@ class RaftNode:
             command = entry.command
             if isinstance(command, SetCommand):
                 budget -= len(command.key) + len(command.value)
+            elif isinstance(command, DeleteCommand):
+                budget -= len(command.key)
             if budget < 0 and count > 0:
                 return batch[:count]
         return batch
@@ -1328,8 +1355,13 @@ class RaftNode:
         still_waiting = []
         for read in leader.pending_reads:
             if read.round <= leader.quorum_round and self.commit_index >= read.read_index:
-                value = self.state_machine.get(read.key)
-                self._out.replies.append(ClientReply(read.token, ReadValue(value)))
+                query = read.query
+                answer = (
+                    self.state_machine.range(query)
+                    if isinstance(query, RangeQuery)
+                    else ReadValue(self.state_machine.get(query))
+                )
+                self._out.replies.append(ClientReply(read.token, answer))
             else:
                 still_waiting.append(read)
         leader.pending_reads = still_waiting
@@ -1376,7 +1408,9 @@ class RaftNode:
             if isinstance(entry.command, SetCommand):
                 self._applied_bytes += len(entry.command.key) + len(entry.command.value)
             self._out.applied.append((index, entry))
-            if announce and isinstance(entry.command, SetCommand):
+            # Every client write is announced (SET and DELETE: the log review matches these
+            # lines to logs.txt entry by entry, skipping only NO-OPs).
+            if announce and not isinstance(entry.command, NoOpCommand):
                 self._out.events.append(
                     events.Committed(self.id, role, describe_command(entry.command))
                 )

@@ -1,15 +1,22 @@
-"""The replicated key-value state machine, including the exactly-once table for client SETs.
+"""The replicated key-value state machine, including the exactly-once table for client writes.
 
 The dedup table is part of the replicated state (Raft thesis §6.3): every replica applies the
 same entries in the same order, so every replica skips the same duplicates and keeps the same
-table. Only the answer to the proposer depends on it (node.py): a SET that carries a client id
-is applied when its seq is above the client's last applied seq; a retry of that last applied
-SET (same seq) is skipped and answered with the index where it was applied; a SET below it is
-skipped and refused as stale, never acknowledged.
+table. Only the answer to the proposer depends on it (node.py): a write (SET or DELETE) that
+carries a client id is applied when its seq is above the client's last applied seq; a retry of
+that last applied write (same seq) is skipped and answered with the index where it was applied;
+a write below it is skipped and refused as stale, never acknowledged. A client's SETs and
+DELETEs share one sequence and one table entry. A DELETE of an absent key changes no data but
+still counts as applied (its seq is recorded), so its retry is recognised like a SET's.
 
 Both maps are persistent (`immutables.Map`, a hash array mapped trie): taking a snapshot is
 taking two references, O(1) whatever the size, so the Raft loop never pauses to copy the data
 (docs/design.md §10); the worker thread that writes the image reads a version nobody changes.
+
+A hash map has no order, and LIST pages through keys in order, so the machine also keeps the
+keys in a `SortedList`: an index derived from the data, changed only when a key appears or is
+deleted (an overwrite leaves it alone), rebuilt from an image's data at start and never part of
+an image (it is mutable, and the data says everything it does).
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import immutables
+from sortedcontainers import SortedList
 
-from .messages import Command, NoOpCommand, SetCommand
+from raftkv.limits import MAX_LIST_PAGE_BYTES
 
-# client id -> (highest seq applied for it, the log index where that SET was applied, the cluster
+from .messages import Command, DeleteCommand, NoOpCommand, RangeQuery, ReadRange, SetCommand
+
+# client id -> (highest seq applied for it, the log index where that write was applied, the cluster
 # time in ms of its last activity; 0 until sessions expire). Plain tuples: a snapshot line each.
 SessionRecord = tuple[int, int, int]
 
@@ -45,18 +55,20 @@ class KeyValueStateMachine:
         self._data = image.data if image is not None else _EMPTY_DATA
         self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
         self._cluster_time = image.cluster_time if image is not None else 0
+        # Invariant: holds exactly the keys of _data, sorted (code point order, like str's <).
+        self._keys = SortedList(self._data.keys())
 
     def apply(self, command: Command, index: int) -> int | None:
         """Apply the committed command at log `index`.
 
         Returns the index the command's effect is at: `index` when it was applied (a no-op, a
-        SET without client id, or a SET with a new highest seq for its client); the index of the
-        original entry when it repeats the client's last applied seq (skipped); None when a higher
-        seq of its client was already applied (skipped, and must not be acknowledged).
+        write without client id, or a write with a new highest seq for its client); the index of
+        the original entry when it repeats the client's last applied seq (skipped); None when a
+        higher seq of its client was already applied (skipped, and must not be acknowledged).
         """
         if isinstance(command, NoOpCommand):
             return index
-        if not isinstance(command, SetCommand):
+        if not isinstance(command, SetCommand | DeleteCommand):
             raise TypeError(f"not a command: {command!r}")
         if command.client_id:
             last_seq, last_index, _ = self._sessions.get(command.client_id, (0, 0, 0))
@@ -67,11 +79,42 @@ class KeyValueStateMachine:
             self._sessions = self._sessions.set(
                 command.client_id, (command.seq, index, self._cluster_time)
             )
-        self._data = self._data.set(command.key, command.value)
+        if isinstance(command, SetCommand):
+            if command.key not in self._data:
+                self._keys.add(command.key)
+            self._data = self._data.set(command.key, command.value)
+        elif command.key in self._data:
+            self._keys.remove(command.key)
+            self._data = self._data.delete(command.key)
         return index
 
     def get(self, key: str) -> str | None:
         return self._data.get(key)
+
+    def range(self, query: RangeQuery, max_bytes: int = MAX_LIST_PAGE_BYTES) -> ReadRange:
+        """The keys that start with `query.prefix` and sort after `query.start_after`, with their
+        values, in order: at most `query.limit` of them and `max_bytes` of keys and values
+        (UTF-8), but always the first one there is. O(log n + page)."""
+        prefix, start_after = query.prefix, query.start_after
+        if start_after < prefix:
+            # Every key with the prefix sorts at or after the prefix itself.
+            keys = self._keys.irange(minimum=prefix)
+        else:
+            keys = self._keys.irange(minimum=start_after, inclusive=(False, True))
+        items: list[tuple[str, str]] = []
+        size = 0
+        for key in keys:
+            # The keys with a prefix are one run in sorted order: the first without it ends it.
+            if not key.startswith(prefix):
+                return ReadRange(tuple(items), more=False)
+            if len(items) == query.limit:
+                return ReadRange(tuple(items), more=True)
+            value: str = self._data[key]
+            size += _utf8_size(key) + _utf8_size(value)
+            if items and size > max_bytes:
+                return ReadRange(tuple(items), more=True)
+            items.append((key, value))
+        return ReadRange(tuple(items), more=False)
 
     def last_applied(self, client_id: str) -> tuple[int, int] | None:
         """(highest seq applied, its log index) for `client_id`, or None if none was applied."""
@@ -87,3 +130,9 @@ class KeyValueStateMachine:
 
     def snapshot_items(self) -> dict[str, str]:
         return dict(self._data.items())
+
+
+def _utf8_size(text: str) -> int:
+    # surrogatepass: a size, never an exception, whatever the text (the shell refuses lone
+    # surrogates before they reach the log, so they do not occur here anyway).
+    return len(text.encode("utf-8", "surrogatepass"))

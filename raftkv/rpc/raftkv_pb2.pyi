@@ -125,29 +125,58 @@ class NoOp(_message.Message):
 Global___NoOp: _TypeAlias = NoOp  # noqa: Y015
 
 @_typing.final
+class DeleteCommand(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    client_id: _builtins.str
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCommand: _TypeAlias = DeleteCommand  # noqa: Y015
+
+@_typing.final
 class LogEntry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TERM_FIELD_NUMBER: _builtins.int
     SET_FIELD_NUMBER: _builtins.int
     NOOP_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     @_builtins.property
     def set(self) -> Global___SetCommand: ...
     @_builtins.property
     def noop(self) -> Global___NoOp: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteCommand: ...
     def __init__(
         self,
         *,
         term: _builtins.int = ...,
         set: Global___SetCommand | None = ...,
         noop: Global___NoOp | None = ...,
+        delete: Global___DeleteCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "noop", b"noop", "set", b"set"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "noop", b"noop", "set", b"set", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["set", "noop"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["set", "noop", "delete"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
@@ -396,9 +425,10 @@ class GetRequest(_message.Message):
       FAILED_PRECONDITION  not the leader (trailing metadata "leader-id" / "leader-address")
       UNAVAILABLE          leader cannot serve yet (no lease, waiting for the old lease, ...)
       INVALID_ARGUMENT     malformed request (empty or oversized key, oversized value, ...)
-      DEADLINE_EXCEEDED    the outcome of a SET is unknown: retry with the same client_id/seq
-      ABORTED              this node's copy of the SET was overwritten by another leader; another
-                           copy may still commit, so the outcome is unknown: retry as above
+      DEADLINE_EXCEEDED    the outcome of a SET or DELETE is unknown: retry with the same
+                           client_id/seq
+      ABORTED              this node's copy of the write was overwritten by another leader;
+                           another copy may still commit, so the outcome is unknown: retry as above
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -489,6 +519,131 @@ class SetResponse(_message.Message):
 Global___SetResponse: _TypeAlias = SetResponse  # noqa: Y015
 
 @_typing.final
+class DeleteRequest(_message.Message):
+    """Removes the key; a key that is absent is not an error (nothing changes). A client's SETs and
+    DELETEs share its client_id's seqs: a DELETE is deduplicated exactly like a SET.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    client_id: _builtins.str
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
+
+@_typing.final
+class DeleteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
+
+@_typing.final
+class ListRequest(_message.Message):
+    """A page of the keys that start with `prefix` and sort after `start_after` (Unicode code point
+    order; "" = from the first), with their values: linearizable, served by the leader under the
+    same rules as a Get (and refused the same way). At most `limit` items (0 = 100; above 1000 is
+    INVALID_ARGUMENT) and at most 4 MiB of keys and values, but always at least one item if there
+    is one. `more`: another page exists; ask again with start_after = the last key returned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    START_AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    start_after: _builtins.str
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        start_after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "prefix", b"prefix", "start_after", b"start_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequest: _TypeAlias = ListRequest  # noqa: Y015
+
+@_typing.final
+class KeyValuePair(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyValuePair: _TypeAlias = KeyValuePair  # noqa: Y015
+
+@_typing.final
+class ListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValuePair]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___KeyValuePair] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListResponse: _TypeAlias = ListResponse  # noqa: Y015
+
+@_typing.final
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -571,6 +726,7 @@ class PipelineRequest(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     SET_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     tag: _builtins.int
     timeout_ms: _builtins.int
@@ -578,19 +734,22 @@ class PipelineRequest(_message.Message):
     def get(self) -> Global___GetRequest: ...
     @_builtins.property
     def set(self) -> Global___SetRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest: ...
     def __init__(
         self,
         *,
         tag: _builtins.int = ...,
         get: Global___GetRequest | None = ...,
         set: Global___SetRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
         timeout_ms: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["get", b"get", "op", b"op", "set", b"set"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "get", b"get", "op", b"op", "set", b"set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["get", b"get", "op", b"op", "set", b"set", "tag", b"tag", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "get", b"get", "op", b"op", "set", b"set", "tag", b"tag", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["get", "set"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["get", "set", "delete"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -618,7 +777,7 @@ class PipelineReply(_message.Message):
     """GET: whether the key exists, and its value."""
     value: _builtins.str
     index: _builtins.int
-    """SET: the entry's log index."""
+    """SET and DELETE: the entry's log index."""
     def __init__(
         self,
         *,

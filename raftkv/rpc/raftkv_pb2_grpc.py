@@ -260,6 +260,16 @@ class KeyValueStub:
                 request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderRequest.SerializeToString,
                 response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderReply.FromString,
                 _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/raft.KeyValue/Delete',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/raft.KeyValue/List',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -295,6 +305,18 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +344,16 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.TransferLeader,
                     request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderRequest.FromString,
                     response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderReply.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteRequest.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.DeleteResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -459,6 +491,60 @@ class KeyValue:
             '/raft.KeyValue/TransferLeader',
             raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderRequest.SerializeToString,
             raftkv_dot_rpc_dot_raftkv__pb2.TransferLeaderReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raft.KeyValue/Delete',
+            raftkv_dot_rpc_dot_raftkv__pb2.DeleteRequest.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raft.KeyValue/List',
+            raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,

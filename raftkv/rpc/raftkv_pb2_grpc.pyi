@@ -91,6 +91,8 @@ class KeyValueStub:
     Status: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.StatusRequest, _raftkv_pb2.StatusResponse]
     Pipeline: _grpc.StreamStreamMultiCallable[_raftkv_pb2.PipelineRequests, _raftkv_pb2.PipelineReplies]
     TransferLeader: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]
+    Delete: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.DeleteRequest, _raftkv_pb2.DeleteResponse]
+    List: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.ListRequest, _raftkv_pb2.ListResponse]
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -100,6 +102,8 @@ class KeyValueAsyncStub(KeyValueStub):
     Status: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.StatusRequest, _raftkv_pb2.StatusResponse]  # type: ignore[assignment]
     Pipeline: _aio.StreamStreamMultiCallable[_raftkv_pb2.PipelineRequests, _raftkv_pb2.PipelineReplies]  # type: ignore[assignment]
     TransferLeader: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.DeleteRequest, _raftkv_pb2.DeleteResponse]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.ListRequest, _raftkv_pb2.ListResponse]  # type: ignore[assignment]
 
 class KeyValueServicer:
     def Get(
@@ -131,5 +135,17 @@ class KeyValueServicer:
         request: _raftkv_pb2.TransferLeaderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_raftkv_pb2.TransferLeaderReply, _abc.Awaitable[_raftkv_pb2.TransferLeaderReply]]: ...
+
+    def Delete(
+        self,
+        request: _raftkv_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftkv_pb2.DeleteResponse, _abc.Awaitable[_raftkv_pb2.DeleteResponse]]: ...
+
+    def List(
+        self,
+        request: _raftkv_pb2.ListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftkv_pb2.ListResponse, _abc.Awaitable[_raftkv_pb2.ListResponse]]: ...
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

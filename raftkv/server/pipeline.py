@@ -3,7 +3,7 @@
 A unary gRPC call costs the Python server far more than the work behind a GET (the benchmark's
 profile: ~85% of the leader's time went to per-call machinery). On one stream a client sends
 batches of tagged requests; the session starts each one as it is read, in order, and sends back
-every reply that is ready in one message — a GET's at once, a SET's when it commits.
+every reply that is ready in one message — a GET's at once, a SET's or DELETE's when it commits.
 
 The session is generic over a `PipelineBackend` (our replica; the benchmark's PySyncObj front door
 is another): the backend starts a request and either answers at once or returns a future, and
@@ -65,11 +65,14 @@ class PipelineBackend(Protocol):
     def start_set(self, request: pb.SetRequest) -> object | asyncio.Future[object]:
         """An outcome now, or a future of one. Raises PipelineRequestError."""
 
+    def start_delete(self, request: pb.DeleteRequest) -> object | asyncio.Future[object]:
+        """An outcome now, or a future of one. Raises PipelineRequestError."""
+
     def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
         """Set the reply's code and fields from an outcome the start_* methods produced."""
 
     def timeout_details(self, request_kind: str) -> str:
-        """What DEADLINE_EXCEEDED says for a "get" or "set" that was not answered in time."""
+        """What DEADLINE_EXCEEDED says for a "get", "set" or "delete" not answered in time."""
 
 
 class ReplyBudget:
@@ -136,7 +139,7 @@ class PipelineSession:
         # The estimated size of the replies in _outbox.
         self._outbox_bytes = 0
         self._ready = asyncio.Event()
-        # tag -> (deadline, "get"/"set", future)
+        # tag -> (deadline, "get"/"set"/"delete", future)
         self._waiting: dict[int, tuple[float, str, asyncio.Future[object]]] = {}
         self._reading = True
         # The outbox and the batch gRPC is writing: a batch stuck in a write to a client that
@@ -214,8 +217,10 @@ class PipelineSession:
                 outcome = self._backend.start_get(request.get)
             elif kind == "set":
                 outcome = self._backend.start_set(request.set)
+            elif kind == "delete":
+                outcome = self._backend.start_delete(request.delete)
             else:
-                raise PipelineRequestError("a request needs either get or set")
+                raise PipelineRequestError("a request needs one of get, set or delete")
         except PipelineRequestError as error:
             self._post_error(tag, _INVALID_ARGUMENT, str(error))
             return

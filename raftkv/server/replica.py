@@ -41,6 +41,7 @@ from raftkv.core.messages import (
     InstallSnapshotReply,
     Message,
     ReadPending,
+    ReadRange,
     ReadValue,
     Refusal,
     Refused,
@@ -267,8 +268,20 @@ class Replica:
         ReadValue or Refused. Cancel the future to stop waiting."""
         token = next(self._tokens)
         result = self.core.read(key, self.clock.now(), token)
-        if not isinstance(result, ReadPending):
-            return result
+        return self._held_read(token) if isinstance(result, ReadPending) else result
+
+    def begin_read_range(
+        self, prefix: str, start_after: str, limit: int
+    ) -> ReadRange | Refused | asyncio.Future[object]:
+        """A LIST page, as `begin_read` (the same rules; the future gets ReadRange or
+        Refused)."""
+        token = next(self._tokens)
+        result = self.core.read_range(prefix, start_after, limit, self.clock.now(), token)
+        return self._held_read(token) if isinstance(result, ReadPending) else result
+
+    def _held_read(self, token: int) -> asyncio.Future[object]:
+        """The future that the core's ClientReply with `token` resolves: a read it holds
+        (read_index mode) until a majority has answered a later round."""
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._client_waiters[token] = future
         self._wake.set()
@@ -332,6 +345,17 @@ class Replica:
             return result
         answer = await asyncio.wait_for(result, timeout)
         assert isinstance(answer, ReadValue | Refused)
+        return answer
+
+    async def read_range(
+        self, prefix: str, start_after: str, limit: int, timeout: float
+    ) -> ReadRange | Refused:
+        """A LIST page (ReadRange) or why not; raises TimeoutError like `read`."""
+        result = self.begin_read_range(prefix, start_after, limit)
+        if not isinstance(result, asyncio.Future):
+            return result
+        answer = await asyncio.wait_for(result, timeout)
+        assert isinstance(answer, ReadRange | Refused)
         return answer
 
     def status(self) -> NodeStatus:

@@ -1,9 +1,9 @@
 """What a client is told about a core outcome: one mapping for every client path.
 
-The core answers a GET or SET with ReadValue, WriteDone or Refused, or the wait times out. The
-typed unary Get/Set, the assignment's ServeClient and the Pipeline stream each put the answer
-in their own shape, but all take the status code, the message and the leader hint from here
-(tests/server/test_replies.py pins every path's reply for each outcome).
+The core answers a GET, SET or DELETE with ReadValue, WriteDone or Refused, or the wait times
+out. The typed unary Get/Set/Delete, the assignment's ServeClient and the Pipeline stream each
+put the answer in their own shape, but all take the status code, the message and the leader hint
+from here (tests/server/test_replies.py pins every path's reply for each outcome).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from raftkv.core.messages import ReadValue, Refusal, Refused, WriteDone
+from raftkv.core.messages import ReadRange, ReadValue, Refusal, Refused, WriteDone
 from raftkv.rpc.metadata import (
     LEADER_ADDRESS_METADATA,
     LEADER_ID_METADATA,
@@ -69,7 +69,7 @@ class Reply:
 
 
 def outcome_reply(
-    outcome: ReadValue | WriteDone | Refused, address_of: Callable[[int], str | None]
+    outcome: ReadValue | ReadRange | WriteDone | Refused, address_of: Callable[[int], str | None]
 ) -> Reply:
     """The reply to a core outcome; `address_of` gives a hinted leader's client address."""
     if not isinstance(outcome, Refused):
@@ -113,6 +113,7 @@ def transfer_reply(refused: TransferRefused, address_of: Callable[[int], str | N
 
 
 def timeout_reply(request_kind: str) -> Reply:
-    """The reply to a "get" or "set" whose outcome did not arrive in time (a SET's is unknown)."""
-    details = SET_TIMEOUT_DETAILS if request_kind == "set" else READ_TIMEOUT_DETAILS
+    """The reply to a "get", "list", "set" or "delete" whose outcome did not arrive in time (a
+    write's is unknown)."""
+    details = SET_TIMEOUT_DETAILS if request_kind in ("set", "delete") else READ_TIMEOUT_DETAILS
     return Reply(grpc.StatusCode.DEADLINE_EXCEEDED, details)

@@ -15,12 +15,20 @@ import grpc
 
 from raftkv.core.events import ProtocolViolation
 from raftkv.core.messages import (
+    DeleteCommand,
+    ReadRange,
     ReadValue,
     Refused,
     SetCommand,
     WriteDone,
 )
-from raftkv.limits import MAX_CLIENT_ID_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from raftkv.limits import (
+    DEFAULT_LIST_LIMIT,
+    MAX_CLIENT_ID_BYTES,
+    MAX_KEY_BYTES,
+    MAX_LIST_LIMIT,
+    MAX_VALUE_BYTES,
+)
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import wire
@@ -68,14 +76,39 @@ def validate_value(value: str) -> None:
         raise RequestError(f"the value is {size} bytes; the limit is {MAX_VALUE_BYTES}")
 
 
+def list_query(request: pb.ListRequest) -> tuple[str, str, int]:
+    """(prefix, start_after, limit) of a LIST, limit 0 meaning the default. Raises
+    RequestError."""
+    for name, text in (("prefix", request.prefix), ("start_after", request.start_after)):
+        # Never a key itself, but no longer than one: a longer one could match nothing.
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_KEY_BYTES:
+            raise RequestError(f"the {name} is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    limit = request.limit or DEFAULT_LIST_LIMIT
+    if limit > MAX_LIST_LIMIT:
+        raise RequestError(f"the limit is {limit}; at most {MAX_LIST_LIMIT} items per page")
+    return request.prefix, request.start_after, limit
+
+
+def validate_session(client_id: str, seq: int) -> None:
+    """A write's dedup fields (SET and DELETE alike)."""
+    if len(client_id.encode()) > MAX_CLIENT_ID_BYTES:
+        raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
+    if client_id and seq == 0:
+        raise RequestError("a request with a client_id needs a seq ≥ 1")
+
+
 def command_from_set_request(request: pb.SetRequest) -> SetCommand:
     validate_key(request.key)
     validate_value(request.value)
-    if len(request.client_id.encode()) > MAX_CLIENT_ID_BYTES:
-        raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
-    if request.client_id and request.seq == 0:
-        raise RequestError("a request with a client_id needs a seq ≥ 1")
+    validate_session(request.client_id, request.seq)
     return SetCommand(request.key, request.value, request.client_id, request.seq)
+
+
+def command_from_delete_request(request: pb.DeleteRequest) -> DeleteCommand:
+    validate_key(request.key)
+    validate_session(request.client_id, request.seq)
+    return DeleteCommand(request.key, request.client_id, request.seq)
 
 
 def parse_assignment_request(request: str) -> tuple[str, str, str | None]:
@@ -293,6 +326,9 @@ class ReplicaPipelineBackend:
     def start_set(self, request: pb.SetRequest) -> object | asyncio.Future[object]:
         return self.replica.begin_proposal(command_from_set_request(request))
 
+    def start_delete(self, request: pb.DeleteRequest) -> object | asyncio.Future[object]:
+        return self.replica.begin_proposal(command_from_delete_request(request))
+
     def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
         if isinstance(outcome, ReadValue):
             if outcome.value is not None:
@@ -336,6 +372,26 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         assert isinstance(result, ReadValue)
         return pb.GetResponse(found=result.value is not None, value=result.value or "")
 
+    async def List(  # noqa: N802 - gRPC method name
+        self, request: pb.ListRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListResponse:
+        # Get's path exactly: the same read rules in the core, refusals and metadata here.
+        try:
+            prefix, start_after, limit = list_query(request)
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            result = await self.replica.read_range(
+                prefix, start_after, limit, _client_timeout(context)
+            )
+        except TimeoutError:
+            await self._time_out(context, "list")
+        if isinstance(result, Refused):
+            await self._refuse(context, result)
+        assert isinstance(result, ReadRange)
+        items = [pb.KeyValuePair(key=key, value=value) for key, value in result.items]
+        return pb.ListResponse(items=items, more=result.more)
+
     async def Set(  # noqa: N802 - gRPC method name
         self, request: pb.SetRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetResponse:
@@ -343,14 +399,35 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             command = command_from_set_request(request)
         except RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        index = await self._write(command, context, "set")
+        return pb.SetResponse(index=index)
+
+    async def Delete(  # noqa: N802 - gRPC method name
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteResponse:
+        try:
+            command = command_from_delete_request(request)
+        except RequestError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        index = await self._write(command, context, "delete")
+        return pb.DeleteResponse(index=index)
+
+    async def _write(
+        self,
+        command: SetCommand | DeleteCommand,
+        context: grpc.aio.ServicerContext,
+        request_kind: str,
+    ) -> int:
+        """Propose a client write and wait for it to apply: its log index, or the call ends
+        with the refusal or the timeout (one path for Set and Delete)."""
         try:
             result = await self.replica.propose(command, _client_timeout(context))
         except TimeoutError:
-            await self._time_out(context, "set")
+            await self._time_out(context, request_kind)
         if isinstance(result, Refused):
             await self._refuse(context, result)
         assert isinstance(result, WriteDone)
-        return pb.SetResponse(index=result.index)
+        return result.index
 
     async def Status(  # noqa: N802 - gRPC method name
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext

@@ -26,7 +26,7 @@ same index write byte-identical files and a ``cmp`` or a checksum compares them:
   * ``KEY <key> <value>``, one line per key, in ascending key order (Python's ``str`` order:
     code points) and without duplicates; then ``SESSION <client id> <seq> <index>
     <lastActiveMs>``, one line per session, in ascending client id order. Keys, values and
-    client ids are escaped as in every file of a node (`raftkv.server.textformat`).
+    client ids are escaped as in every file of a node (`raftkv.textformat`).
   * ``keys`` and ``sessions`` are the numbers of those lines.
   * The last line is ``END crc=<crc>``: ``zlib.crc32`` of every byte before it, as 8 lowercase
     hex digits, followed by ``\\n``, and nothing after it.
@@ -63,7 +63,7 @@ import immutables
 from raftkv.core.state_machine import SnapshotImage
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.server.storage_errors import StorageCorruption, StorageError
-from raftkv.server.textformat import (
+from raftkv.textformat import (
     UINT_RE,
     escape_field,
     preview,

@@ -13,14 +13,17 @@ the caller must still await one call before issuing the next if their order matt
     SET greeting %- 3 client=%- seq=0 index=2 crc=695fa2ce
     NO-OP 4 index=3 crc=2fdbac7e
     SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 index=4 crc=dc02b4d0
+    DEL user:1 5 client=abc seq=8 index=5 crc=65377292
 
-  * ``SET <key> <value> <term> client=<client id> seq=<seq> index=<i> crc=<crc>`` and
+  * ``SET <key> <value> <term> client=<client id> seq=<seq> index=<i> crc=<crc>``,
+    ``DEL <key> <term> client=<client id> seq=<seq> index=<i> crc=<crc>`` and
     ``NO-OP <term> index=<i> crc=<crc>``. Fields are separated by exactly one space and all of
-    them are always present; ``client=%- seq=0`` is a SET without deduplication. ``<i>`` is the
+    them are always present; ``client=%- seq=0`` is a write without deduplication. ``<i>`` is the
     entry's log index: its line number, plus the first line's index minus 1 once compacted.
+    Files written before DELETE existed simply have no DEL lines.
   * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
     zeros.
-  * Key, value and client id are escaped (`raftkv.server.textformat`, shared by every file of
+  * Key, value and client id are escaped (`raftkv.textformat`, shared by every file of
     a node): the UTF-8 bytes of every space, ``%``, ``=`` and every character for which
     ``str.isprintable()`` is false (control characters including newline, tab and CR, U+0085,
     U+2028, format characters, unassigned code points, …) are written as ``%XX`` (uppercase
@@ -192,7 +195,14 @@ from types import TracebackType
 from typing import Final, assert_never
 
 from raftkv.core.config import MAX_LEASE_DURATION
-from raftkv.core.messages import NO_OP, LogEntry, NodeId, NoOpCommand, SetCommand
+from raftkv.core.messages import (
+    NO_OP,
+    DeleteCommand,
+    LogEntry,
+    NodeId,
+    NoOpCommand,
+    SetCommand,
+)
 from raftkv.core.node import HardState
 from raftkv.core.state_machine import SnapshotImage
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
@@ -210,7 +220,7 @@ from raftkv.server.storage_errors import StorageCorruption, StorageError
 
 # Re-exported: the escaping is shared by every file of a node and lives in textformat; callers
 # that know it as storage's keep working.
-from raftkv.server.textformat import (
+from raftkv.textformat import (
     EMPTY_FIELD,
     check_uint,
     escape_field,
@@ -406,6 +416,12 @@ def _encode_body(entry: LogEntry) -> str:
             f"SET {escape_field(command.key)} {escape_field(command.value)} {entry.term} "
             f"client={escape_field(command.client_id)} seq={command.seq}"
         )
+    if isinstance(command, DeleteCommand):
+        check_uint(command.seq, "seq")
+        return (
+            f"DEL {escape_field(command.key)} {entry.term} "
+            f"client={escape_field(command.client_id)} seq={command.seq}"
+        )
     if isinstance(command, NoOpCommand):
         return f"NO-OP {entry.term}"
     assert_never(command)
@@ -486,10 +502,21 @@ def _parse_body(fields: list[str]) -> LogEntry:
                     seq=parse_uint(_strip_label(seq, "seq="), "seq"),
                 ),
             )
+        case ["DEL", key, term, client, seq]:
+            return LogEntry(
+                parse_uint(term, "term"),
+                DeleteCommand(
+                    key=_unescape_named(key, "key"),
+                    client_id=_unescape_named(_strip_label(client, "client="), "client id"),
+                    seq=parse_uint(_strip_label(seq, "seq="), "seq"),
+                ),
+            )
         case ["NO-OP", term]:
             return LogEntry(parse_uint(term, "term"), NO_OP)
         case ["SET", *_]:
             raise ValueError(f"SET line has {len(fields)} fields, expected 6")
+        case ["DEL", *_]:
+            raise ValueError(f"DEL line has {len(fields)} fields, expected 5")
         case ["NO-OP", *_]:
             raise ValueError(f"NO-OP line has {len(fields)} fields, expected 2")
         case _:

@@ -15,6 +15,7 @@ from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
+    DeleteCommand,
     LogEntry,
     Message,
     RequestVote,
@@ -40,6 +41,11 @@ def entry_to_pb(entry: LogEntry) -> pb.LogEntry:
                 key=command.key, value=command.value, client_id=command.client_id, seq=command.seq
             ),
         )
+    if isinstance(command, DeleteCommand):
+        return pb.LogEntry(
+            term=entry.term,
+            delete=pb.DeleteCommand(key=command.key, client_id=command.client_id, seq=command.seq),
+        )
     return pb.LogEntry(term=entry.term, noop=pb.NoOp())
 
 
@@ -48,6 +54,9 @@ def entry_from_pb(message: pb.LogEntry) -> LogEntry:
     if kind == "set":
         c = message.set
         return LogEntry(message.term, SetCommand(c.key, c.value, c.client_id, c.seq))
+    if kind == "delete":
+        d = message.delete
+        return LogEntry(message.term, DeleteCommand(d.key, d.client_id, d.seq))
     if kind == "noop":
         return LogEntry(message.term, NO_OP)
     raise WireError("log entry without a command")

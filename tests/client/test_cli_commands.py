@@ -15,7 +15,7 @@ import pytest
 from raftkv.client import cli, commands
 from raftkv.client.commands import GlobalOptions, UnavailableCommand
 
-PRODUCT = ("get", "set", "status", "shell")
+PRODUCT = ("get", "set", "del", "ls", "status", "shell")
 
 
 @dataclass

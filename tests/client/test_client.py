@@ -30,7 +30,13 @@ from raftkv.client.errors import (
     TransferError,
     UnknownOutcomeError,
 )
-from raftkv.client.library import MAX_KEY_BYTES, MAX_VALUE_BYTES, RaftKVClient, SyncClient
+from raftkv.client.library import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    ListPage,
+    RaftKVClient,
+    SyncClient,
+)
 from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
@@ -90,6 +96,12 @@ class Stale:
 
 
 Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale
+ClientRequest = (
+    raftkv_pb2.GetRequest
+    | raftkv_pb2.SetRequest
+    | raftkv_pb2.DeleteRequest
+    | raftkv_pb2.ListRequest
+)
 SERVE, HANG, INVALID, STALE = Serve(), Hang(), Invalid(), Stale()
 
 
@@ -109,9 +121,9 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
         self.node_id = node_id
         self.shared = shared
         self.usual: Behaviour = NotLeader()
-        # Consumed one per GET/SET before `usual` applies again.
+        # Consumed one per GET/SET/DELETE before `usual` applies again.
         self.upcoming: list[Behaviour] = []
-        self.received: list[raftkv_pb2.GetRequest | raftkv_pb2.SetRequest] = []
+        self.received: list[ClientRequest] = []
         self.reply_budget = ReplyBudget.for_node()
         # TransferLeader: the requests received, a scripted refusal, and how a leader hands over.
         self.transfers: list[raftkv_pb2.TransferLeaderRequest] = []
@@ -121,6 +133,41 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
     @property
     def received_sets(self) -> list[raftkv_pb2.SetRequest]:
         return [r for r in self.received if isinstance(r, raftkv_pb2.SetRequest)]
+
+    @property
+    def received_writes(self) -> list[raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest]:
+        return [
+            r
+            for r in self.received
+            if isinstance(r, raftkv_pb2.SetRequest | raftkv_pb2.DeleteRequest)
+        ]
+
+    async def List(  # noqa: N802
+        self, request: raftkv_pb2.ListRequest, context: Any
+    ) -> raftkv_pb2.ListResponse:
+        # A unary RPC: refusals are status codes with the leader hint in trailing metadata,
+        # from the server's own mapping.
+        match self.next_behaviour(request):
+            case Serve():
+                keys = sorted(
+                    key
+                    for key in self.shared.store
+                    if key.startswith(request.prefix) and key > request.start_after
+                )
+                limit = request.limit or 100
+                page = [raftkv_pb2.KeyValuePair(key=k, value=self.shared.store[k]) for k in keys]
+                return raftkv_pb2.ListResponse(items=page[:limit], more=len(keys) > limit)
+            case NotLeader(leader_id):
+                refused = outcome_reply(Refused(Refusal.NOT_LEADER, leader_id), lambda _: None)
+            case Unavailable(leader_id):
+                refused = outcome_reply(Refused(Refusal.NO_LEASE, leader_id), lambda _: None)
+            case Invalid():
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the limit is 1001")
+            case _:
+                await asyncio.get_running_loop().create_future()  # Hang
+        context.set_trailing_metadata(refused.trailing_metadata())
+        await context.abort(refused.code, refused.details)
+        raise AssertionError("abort returned")
 
     async def Pipeline(  # noqa: N802
         self, request_iterator: AsyncIterator[raftkv_pb2.PipelineRequests], context: Any
@@ -176,7 +223,7 @@ class FakeNode(raftkv_pb2_grpc.KeyValueServicer):
             leader_id=target, previous_leader_id=self.node_id, term=4
         )
 
-    def next_behaviour(self, request: raftkv_pb2.GetRequest | raftkv_pb2.SetRequest) -> Behaviour:
+    def next_behaviour(self, request: ClientRequest) -> Behaviour:
         self.received.append(request)
         return self.upcoming.pop(0) if self.upcoming else self.usual
 
@@ -211,6 +258,18 @@ class _ScriptedBackend:
             shared.log_length += 1
             shared.index_of_write[write] = shared.log_length
             shared.store[request.key] = request.value
+        return ("index", shared.index_of_write[write])
+
+    def start_delete(self, request: raftkv_pb2.DeleteRequest) -> object:
+        outcome = self._refusal(self.node.next_behaviour(request))
+        if outcome is not None:
+            return outcome
+        shared = self.node.shared
+        write = (request.client_id, request.seq)
+        if write not in shared.index_of_write:
+            shared.log_length += 1
+            shared.index_of_write[write] = shared.log_length
+            shared.store.pop(request.key, None)
         return ("index", shared.index_of_write[write])
 
     def _refusal(self, behaviour: Behaviour) -> object | None:
@@ -619,6 +678,90 @@ def test_a_stale_sequence_refusal_is_raised_at_once_and_never_retried() -> None:
         assert fake.shared.store == {"k": "w"}
 
 
+def test_deletes_share_the_clients_seqs_and_a_retry_reuses_its_seq() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [Serve(), HANG]
+
+        async def scenario() -> tuple[str, list[int]]:
+            client = RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2)
+            async with client:
+                indexes = [await client.set("k", "v"), await client.delete("k")]
+                indexes.append(await client.delete("k"))
+            return client.client_id, indexes
+
+        client_id, indexes = asyncio.run(scenario())
+        assert indexes == [1, 2, 3]
+        # At the leader: the hung DELETE and its retry carry seq 2; the next write is seq 3
+        # (the timed-out try may also have asked a follower, which redirected it).
+        sent = [(type(r).__name__, r.client_id, r.seq) for r in fake.nodes[0].received_writes]
+        assert sent == [
+            ("SetRequest", client_id, 1),
+            ("DeleteRequest", client_id, 2),
+            ("DeleteRequest", client_id, 2),
+            ("DeleteRequest", client_id, 3),
+        ]
+        assert fake.shared.store == {}
+
+
+def test_a_stale_delete_is_raised_at_once_and_names_the_delete() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [STALE]
+
+        async def scenario() -> StaleSequenceError:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                with pytest.raises(StaleSequenceError) as caught:
+                    await client.delete("k")
+                return caught.value
+
+        error = asyncio.run(asyncio.wait_for(scenario(), 4.0))
+        assert (error.key, error.seq, error.verb) == ("k", 1, "DELETE")
+        assert str(error).startswith("stale sequence number: DELETE 'k' (client ")
+
+
+def test_list_follows_the_leader_hint_and_waits_out_an_unavailable_leader() -> None:
+    with FakeCluster() as fake:
+        fake.lead(2)
+        fake.shared.store.update({"user:1": "a", "user:2": "b", "other": "c"})
+        fake.nodes[2].upcoming = [Unavailable(2)]
+
+        async def scenario() -> ListPage:
+            async with RaftKVClient(fake.description, first_node=0) as client:
+                return await client.list("user:")
+
+        page = asyncio.run(scenario())
+        assert page == ListPage((("user:1", "a"), ("user:2", "b")), more=False)
+        assert page.next_start_after is None
+        # Node 0 redirected to node 2, which asked for a retry, then served.
+        assert [len(node.received) for node in fake.nodes] == [1, 0, 2]
+
+
+def test_list_all_walks_every_page_and_list_refuses_bad_arguments_before_sending() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.shared.store.update({f"k{i:02}": str(i) for i in range(25)})
+        with SyncClient(fake.description, first_node=0) as client:
+            assert list(client.list_all("k", page_size=10)) == [
+                (f"k{i:02}", str(i)) for i in range(25)
+            ]
+            requests = [r for r in fake.nodes[0].received if isinstance(r, raftkv_pb2.ListRequest)]
+            assert [(r.start_after, r.limit) for r in requests] == [
+                ("", 10),
+                ("k09", 10),
+                ("k19", 10),
+            ]
+            first = client.list("k", limit=3)
+            assert first.more and first.next_start_after == "k02"
+            for bad in ({"limit": 0}, {"limit": 1001}, {"prefix": "p" * 1025}):
+                with pytest.raises(InvalidRequestError):
+                    client.list(**bad)
+            fake.nodes[0].upcoming = [INVALID]
+            with pytest.raises(InvalidRequestError, match="1001"):
+                client.list("k")
+        assert len(fake.nodes[0].received) == 5
+
+
 def test_a_stale_sequence_error_says_what_happened() -> None:
     error = StaleSequenceError(key="k", client_id="writer.0123", seq=7)
     assert str(error) == (
@@ -743,6 +886,70 @@ def test_cli_set_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert fake.shared.store == {"greeting": "hello big world", "counter": "-1"}
 
 
+def test_cli_del_exits_0_whether_or_not_the_key_existed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+        cluster = str(fake.write_description(tmp_path))
+        fake.shared.store.update({"a": "1", "b": "2"})
+        assert main(["--cluster", cluster, "del", "a"]) == 0
+        assert capsys.readouterr().out == "OK\n"
+        assert main(["--cluster", cluster, "del", "-v", "never-set"]) == 0
+        assert capsys.readouterr().out == "OK (index 2)\n"
+        assert fake.shared.store == {"b": "2"}
+        # Each CLI run is a new client instance: a client id of its own, seqs from 1.
+        assert [(type(r).__name__, r.key, r.seq) for r in fake.nodes[1].received_writes] == [
+            ("DeleteRequest", "a", 1),
+            ("DeleteRequest", "never-set", 1),
+        ]
+        assert main(["--cluster", cluster, "del", ""]) == 5
+        assert capsys.readouterr().err == "raftkv: the key is empty\n"
+        assert main(["--cluster", cluster, "del"]) == 2
+        capsys.readouterr()
+
+
+def test_cli_del_exit_codes_for_an_unknown_outcome_and_a_stale_seq(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        fake.lead(0)
+        fake.nodes[0].usual = HANG
+        assert main(["--cluster", cluster, "--timeout", "0.3", "del", "k"]) == 4
+        assert "outcome unknown: DELETE 'k' (client " in capsys.readouterr().err
+        fake.lead(0)
+        fake.nodes[0].upcoming = [STALE]
+        assert main(["--cluster", cluster, "del", "k"]) == 6
+        assert capsys.readouterr().err.startswith("raftkv: stale sequence number: DELETE 'k' ")
+
+
+def test_cli_ls_prints_escaped_lines_page_after_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+        cluster = str(fake.write_description(tmp_path))
+        fake.shared.store.update(
+            {"user:2": "two words", "user:1": "", "user:3": "a=b\nc", "other": "x"}
+        )
+        assert main(["--cluster", cluster, "ls", "user:"]) == 0
+        assert capsys.readouterr().out == ("user:1 %-\nuser:2 two%20words\nuser:3 a%3Db%0Ac\n")
+        assert main(["--cluster", cluster, "ls", "--keys-only"]) == 0
+        assert capsys.readouterr().out == "other\nuser:1\nuser:2\nuser:3\n"
+        assert main(["--cluster", cluster, "ls", "user:", "--limit", "2"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == "user:1 %-\nuser:2 two%20words\n"
+        assert captured.err == "raftkv: more keys follow the 2 shown (raise --limit to see them)\n"
+        assert main(["--cluster", cluster, "ls", "nobody"]) == 0
+        assert capsys.readouterr().out == ""
+        assert main(["--cluster", cluster, "ls", "--limit", "0"]) == 2
+        capsys.readouterr()
+        # Without --limit it asks for the largest pages; with one, for no more than it shows.
+        limits = [r.limit for r in fake.nodes[0].received if isinstance(r, raftkv_pb2.ListRequest)]
+        assert limits == [1000, 1000, 2, 1000]
+
+
 def test_cli_finds_the_cluster_through_peers_and_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -836,8 +1043,8 @@ def test_cli_usage_and_cluster_file_errors(
     assert main(["--help"]) == 0
     help_text = capsys.readouterr().out
     assert "exit codes:" in help_text
-    assert "4    SET outcome unknown" in help_text
-    assert "6    SET refused for a stale sequence number" in help_text
+    assert "4    SET or DEL outcome unknown" in help_text
+    assert "6    SET or DEL refused for a stale sequence number" in help_text
 
 
 # -- the shell ----------------------------------------------------------------------------------
@@ -855,6 +1062,9 @@ def test_shell_reads_commands_from_a_pipe(
         "GET",
         "SET k",
         "SET  2  x",
+        "DEL greeting",
+        "delete never-set",
+        "DEL",
         "help",
         "EXIT",
         "GET greeting",  # never runs: EXIT ended the session
@@ -864,19 +1074,23 @@ def test_shell_reads_commands_from_a_pipe(
         monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(commands) + "\n"))
         assert main(["--cluster", str(fake.write_description(tmp_path)), "shell"]) == 0
         transcript = capsys.readouterr().out.splitlines()
-        assert transcript[:7] == [
+        assert transcript[:10] == [
             "OK",
             "hello big world",
             "(key not found)",
-            "unknown command 'FROB'; usage: GET key | SET key value | STATUS | HELP | EXIT",
+            "unknown command 'FROB'; usage: GET key | SET key value | DEL key | STATUS | HELP "
+            "| EXIT",
             "usage: GET key",
             "usage: SET key value",
             "OK",
+            "OK",
+            "OK",
+            "usage: DEL key",
         ]
-        assert transcript[7].startswith("commands (case-insensitive):")
+        assert transcript[10].startswith("commands (case-insensitive):")
         assert "raftkv>" not in "\n".join(transcript)
-        assert fake.shared.store == {"greeting": "hello big world", "2": "x"}
-        assert len(fake.nodes[2].received) == 4
+        assert fake.shared.store == {"2": "x"}
+        assert len(fake.nodes[2].received) == 6
 
 
 def test_shell_reports_no_leader_and_carries_on(

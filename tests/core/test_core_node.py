@@ -15,10 +15,12 @@ from raftkv.core.messages import (
     AppendEntries,
     AppendEntriesReply,
     ClientReply,
+    DeleteCommand,
     Envelope,
     LogEntry,
     Message,
     ReadPending,
+    ReadRange,
     ReadValue,
     Refusal,
     Refused,
@@ -556,6 +558,27 @@ def test_rule4_no_reads_before_the_terms_noop_commits() -> None:
     assert leader.lease_read_refusal(5.1) == Refused(Refusal.NOT_READY, 1)
     assert not leader.serves_lease_reads(5.1)
     assert leader.read("k", 5.1, 1) == Refused(Refusal.NOT_READY, 1)
+    assert leader.read_range("", "", 10, 5.1, 2) == Refused(Refusal.NOT_READY, 1)
+
+
+def test_rule4_a_list_is_served_and_refused_exactly_like_a_get() -> None:
+    h = Harness()
+    follower = h.nodes[2]
+    leader = h.elect(1, 3.0)
+    assert follower.read_range("", "", 10, 3.6, 1) == Refused(Refusal.NOT_LEADER, 1)
+    for token, key in enumerate(("k/2", "k/1", "other"), start=1):
+        leader.propose(SetCommand(key, f"v{token}"), 3.6, token=token)
+    h.flush(1)
+    h.deliver_all(3.6)
+    page = ReadRange((("k/1", "v2"), ("k/2", "v1")), more=False)
+    assert leader.read_range("k/", "", 10, 3.6, 2) == page
+    assert leader.read_range("k/", "", 1, 3.6, 3) == ReadRange((("k/1", "v2"),), more=True)
+    lease_end = 3.6 + leader.status(3.6).lease_remaining
+    # The GET's predicate decides: at the end of the lease both are refused, for one reason.
+    assert leader.read("k/1", lease_end, 4) == Refused(Refusal.NO_LEASE, 1)
+    assert leader.read_range("k/", "", 10, lease_end, 5) == Refused(Refusal.NO_LEASE, 1)
+    with pytest.raises(ValueError, match="limit"):
+        leader.read_range("", "", 0, 3.6, 6)
 
 
 def test_rule5_a_leader_whose_lease_lapses_steps_down() -> None:
@@ -584,6 +607,32 @@ def test_read_index_mode_answers_after_a_fresh_majority_round() -> None:
     assert not any(r.token == 42 for r in h.replies)
     h.deliver_all(3.3)
     assert ClientReply(42, ReadValue("v")) in h.replies
+
+
+def test_read_index_mode_answers_a_list_after_a_fresh_majority_round() -> None:
+    h = Harness(config=CONFIG.with_read_mode(ReadMode.READ_INDEX))
+    leader = h.elect(1, 3.0)
+    leader.propose(SetCommand("k", "v"), 3.1, token=1)
+    h.flush(1)
+    h.deliver_all(3.1)
+    assert isinstance(leader.read_range("", "", 10, 3.2, 42), ReadPending)
+    assert isinstance(leader.read("k", 3.2, 43), ReadPending)
+    # A write after the LIST arrived is not in its answer: the read index was taken before it.
+    leader.propose(SetCommand("later", "x"), 3.2, token=2)
+    h.flush(1)
+    assert not any(r.token in (42, 43) for r in h.replies)
+    h.deliver_all(3.3)
+    assert ClientReply(43, ReadValue("v")) in h.replies
+    [answer] = [r.result for r in h.replies if r.token == 42]
+    assert isinstance(answer, ReadRange) and ("k", "v") in answer.items
+    # A leader that steps down refuses the LISTs it holds, like its GETs.
+    held = leader.read_range("", "", 10, 3.4, 44)
+    assert isinstance(held, ReadPending)
+    h.flush(1)
+    h.in_flight.clear()
+    leader.step(AppendEntries(5, 2, 0, 0, (), 0, 0.5, 1), 3.5)
+    h.flush(1)
+    assert [r.result for r in h.replies if r.token == 44] == [Refused(Refusal.NOT_LEADER, 2)]
 
 
 def test_a_proposal_returns_its_index_and_a_reply_when_it_applies() -> None:
@@ -615,8 +664,8 @@ def test_an_overwritten_proposal_is_answered_as_lost() -> None:
 
 
 def _propose_and_commit(
-    h: Harness, leader: RaftNode, command: SetCommand, now: float, token: int
-) -> tuple[int, list[WriteDone | ReadValue | Refused]]:
+    h: Harness, leader: RaftNode, command: SetCommand | DeleteCommand, now: float, token: int
+) -> tuple[int, list[WriteDone | ReadValue | ReadRange | Refused]]:
     """Propose, deliver until quiet; the entry's index and the replies to `token`."""
     result = leader.propose(command, now, token=token)
     assert isinstance(result, Accepted)
@@ -659,6 +708,27 @@ def test_a_new_leader_answers_retries_and_stale_seqs_from_the_replicated_table()
     index, replies = _propose_and_commit(h, new, SetCommand("k", "six", "c", 6), now + 0.02, 4)
     assert replies == [WriteDone(index)]
     assert new.state_machine.get("k") == "six"
+
+
+def test_a_delete_commits_on_every_node_and_a_retry_answers_its_first_index() -> None:
+    h = Harness()
+    leader = serving_leader(h)
+    _propose_and_commit(h, leader, SetCommand("k", "v", "c", 1), 3.2, 1)
+    index, replies = _propose_and_commit(h, leader, DeleteCommand("k", "c", 2), 3.25, 2)
+    assert replies == [WriteDone(index)]
+    # The retry is a new entry every replica skips; like a SET's, it answers the first index.
+    _, replies = _propose_and_commit(h, leader, DeleteCommand("k", "c", 2), 3.3, 3)
+    assert replies == [WriteDone(index)]
+    # The client's seq is shared by its SETs and DELETEs: a SET with seq 1 is now stale.
+    _, replies = _propose_and_commit(h, leader, SetCommand("k", "again", "c", 1), 3.35, 4)
+    assert replies == [Refused(Refusal.STALE_SEQUENCE, None)]
+    h.tick(1, 3.5)  # a heartbeat tells the followers the commit index
+    h.deliver_all(3.5)
+    assert all(n.commit_index == leader.commit_index for n in h.nodes.values())
+    assert all(n.state_machine.get("k") is None for n in h.nodes.values())
+    assert leader.read("k", 3.51, 5) == ReadValue(None)
+    announced = [e for e in events(h, 2) if isinstance(e, ev.Committed)]
+    assert [e.command for e in announced] == ["SET k v", "DELETE k", "DELETE k", "SET k again"]
 
 
 def test_append_entries_batches_are_capped_by_size() -> None:

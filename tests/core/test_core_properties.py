@@ -33,6 +33,7 @@ from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
+    DeleteCommand,
     Envelope,
     LogEntry,
     Message,
@@ -68,6 +69,7 @@ floats = st.one_of(
 commands = st.one_of(
     st.just(NO_OP),
     st.builds(SetCommand, st.sampled_from(["a", "b"]), st.sampled_from(["x", "y", "z"])),
+    st.builds(DeleteCommand, st.sampled_from(["a", "b"])),
 )
 entries = st.lists(st.builds(LogEntry, st.integers(0, 6), commands), max_size=4).map(tuple)
 members = st.sampled_from((*IDS, 9))  # 9: not a member

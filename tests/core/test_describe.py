@@ -15,6 +15,7 @@ from raftkv.core.messages import (
     Envelope,
     LogEntry,
     Message,
+    ReadRange,
     ReadValue,
     Refusal,
     Refused,
@@ -92,6 +93,8 @@ def test_results() -> None:
     assert describe_result(Accepted(2, 1)) == "Accepted index=2 term=1"
     assert describe_result(ReadValue(None)) == "ReadValue <unset>"
     assert describe_result(ReadValue("v")) == "ReadValue 'v'"
+    page = ReadRange((("a", "1"), ("b c", "2")), more=True)
+    assert describe_result(page) == "ReadRange ['a'='1', 'b c'='2'] more=true"
     assert describe_result(Refused(Refusal.NO_LEASE, 1)) == "Refused NO_LEASE hint=1"
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 
 from raftkv.core import events as ev
+from raftkv.core.events import describe_command
+from raftkv.core.messages import DeleteCommand
 
 EXAMPLES: list[ev.Event] = [
     ev.Restored(node=1, entries=20, applied=15),
@@ -60,6 +62,17 @@ def test_the_assignment_sentences_are_kept_word_for_word() -> None:
         == "Node 2 (leader) committed the entry SET k v to the state machine."
     )
     assert str(ev.ReceivedRequest(1, "SET k v")) == "Node 1 (leader) received a SET k v request."
+
+
+def test_a_committed_delete_parses_back_to_its_command() -> None:
+    command = describe_command(DeleteCommand("user:1 with spaces", "c", 3))
+    assert command == "DELETE user:1 with spaces"
+    line = str(ev.Committed(1, "leader", command))
+    assert (
+        line
+        == "Node 1 (leader) committed the entry DELETE user:1 with spaces to the state machine."
+    )
+    assert ev.parse(line) == ev.Committed(1, "leader", command)
 
 
 def test_lines_that_are_no_core_event_do_not_parse() -> None:

@@ -14,6 +14,7 @@ from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
+    DeleteCommand,
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
@@ -119,6 +120,9 @@ def test_malformed_messages_are_named(message: Message, reason: str) -> None:
 def test_well_formed_messages_pass() -> None:
     well_formed: list[Message] = [
         append(entries=(LogEntry(2, SetCommand("k", "v")),), prev_log_index=1, prev_log_term=1),
+        append(
+            entries=(LogEntry(2, DeleteCommand("k", "c", 2)),), prev_log_index=1, prev_log_term=1
+        ),
         append(term=MAX_TERM, entries=(LogEntry(1, NO_OP), LogEntry(MAX_TERM, NO_OP))),
         AppendEntriesReply(2, 3, False, 0, 1, 0),
         RequestVote(1, 2, 0, 0),

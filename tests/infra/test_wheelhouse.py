@@ -75,7 +75,8 @@ def test_the_wheel_for_the_nodes_holds_the_product_and_no_tool(tmp_path: Path) -
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]
     assert requirements and all(
-        r.split("=")[0].strip() in {"grpcio", "immutables", "protobuf"} for r in requirements
+        r.split("=")[0].strip() in {"grpcio", "immutables", "protobuf", "sortedcontainers"}
+        for r in requirements
     ), requirements
     assert "Provides-Extra: bench" not in metadata
     assert "raftkv = raftkv.client.cli:main" in scripts
@@ -96,7 +97,12 @@ def test_the_wheelhouse_downloads_only_the_products_runtime_dependencies(
     wheelhouse.build(out, REPO_ROOT, "3.11", ["manylinux2014_x86_64"])
     name, version, dependencies, _ = wheelhouse.project_metadata(REPO_ROOT)
     assert asked == [dependencies]
-    assert sorted(d.split("==")[0] for d in dependencies) == ["grpcio", "immutables", "protobuf"]
+    assert sorted(d.split("==")[0] for d in dependencies) == [
+        "grpcio",
+        "immutables",
+        "protobuf",
+        "sortedcontainers",
+    ]
     assert sorted(p.name for p in out.iterdir()) == [
         ".wheelhouse-stamp",
         f"{name}-{version}-py3-none-any.whl",

@@ -22,10 +22,12 @@ _END = object()
 
 
 class ScriptedBackend:
-    """GET of "pending*" and every SET wait on a future the test resolves; GET "bad" is invalid."""
+    """GET of "pending*" and every SET and DELETE wait on a future the test resolves; GET "bad"
+    is invalid."""
 
     def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[object]] = {}
+        self.deleted: list[str] = []
 
     def start_get(self, request: pb.GetRequest) -> object:
         if request.key == "bad":
@@ -35,6 +37,10 @@ class ScriptedBackend:
         return ("value", f"value of {request.key}")
 
     def start_set(self, request: pb.SetRequest) -> object:
+        return self._future(request.key)
+
+    def start_delete(self, request: pb.DeleteRequest) -> object:
+        self.deleted.append(request.key)
         return self._future(request.key)
 
     def fill_reply(self, reply: pb.PipelineReply, outcome: object) -> None:
@@ -127,6 +133,19 @@ def test_immediate_answers_come_back_together_in_order() -> None:
     run(scenario)
 
 
+def test_a_delete_waits_like_a_set_and_its_reply_carries_the_index() -> None:
+    async def scenario(backend: ScriptedBackend, harness: Harness) -> None:
+        harness.send(pb.PipelineRequest(tag=5, delete=pb.DeleteRequest(key="gone")))
+        while "gone" not in backend.futures:
+            await asyncio.sleep(0)
+        assert backend.deleted == ["gone"]
+        backend.futures["gone"].set_result(("index", 4))
+        [reply] = await harness.next_batch()
+        assert (reply.tag, reply.code, reply.index) == (5, 0, 4)
+
+    run(scenario)
+
+
 def test_waiting_requests_are_answered_when_their_outcome_arrives_in_any_order() -> None:
     async def scenario(backend: ScriptedBackend, harness: Harness) -> None:
         harness.send(put(7, "x"), put(8, "y"), get(9, "now"))
@@ -149,7 +168,7 @@ def test_bad_requests_get_invalid_argument_and_the_stream_carries_on() -> None:
         assert (replies[1].code, replies[1].details) == (invalid, "the key is bad")
         assert (replies[2].code, replies[2].details) == (
             invalid,
-            "a request needs either get or set",
+            "a request needs one of get, set or delete",
         )
         assert (replies[3].code, replies[3].value) == (0, "value of fine")
 

@@ -1,8 +1,9 @@
 """The replies every client path gives for each core outcome, pinned to the byte.
 
-The core answers a GET or SET with ReadValue, WriteDone or Refused (one of six reasons, with or
-without a leader hint), or the wait times out. Three paths turn that into a reply: the typed unary
-Get/Set (a gRPC status, details and trailing metadata), the assignment's ServeClient (Data,
+The core answers a GET, SET or DELETE with ReadValue, WriteDone or Refused (one of six reasons,
+with or without a leader hint), or the wait times out. Three paths turn that into a reply: the
+typed unary Get/Set/Delete (a gRPC status, details and trailing metadata), the assignment's
+ServeClient (GET and SET only: Data,
 LeaderID, Success) and the Pipeline stream (a PipelineReply). Clients rely on these exact
 replies, so any change here is a change of the protocol.
 """
@@ -16,7 +17,15 @@ from typing import Any
 import grpc
 import pytest
 
-from raftkv.core.messages import ReadValue, Refusal, Refused, SetCommand, WriteDone
+from raftkv.core.messages import (
+    Command,
+    DeleteCommand,
+    ReadRange,
+    ReadValue,
+    Refusal,
+    Refused,
+    WriteDone,
+)
 from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.server.service import KeyValueService, RaftService, ReplicaPipelineBackend
 
@@ -57,6 +66,8 @@ class FakeReplica:
 
     def __init__(self, outcome: object, leader_id: int | None = 3) -> None:
         self.outcome = outcome
+        self.proposed: list[Command] = []
+        self.listed: list[tuple[str, str, int]] = []
         self.node_id = OWN_ID
         self.peers: dict[int, object] = {}
         self.options = type("Options", (), {"config": type("Config", (), {})()})()
@@ -72,13 +83,19 @@ class FakeReplica:
     async def read(self, key: str, timeout: float) -> object:
         return self._answer()
 
-    async def propose(self, command: SetCommand, timeout: float) -> object:
+    async def read_range(self, prefix: str, start_after: str, limit: int, timeout: float) -> object:
+        self.listed.append((prefix, start_after, limit))
+        return self._answer()
+
+    async def propose(self, command: Command, timeout: float) -> object:
+        self.proposed.append(command)
         return self._answer()
 
     def begin_read(self, key: str) -> object:
         return self.outcome
 
-    def begin_proposal(self, command: SetCommand) -> object:
+    def begin_proposal(self, command: Command) -> object:
+        self.proposed.append(command)
         return self.outcome
 
     def status(self) -> _Status:
@@ -116,6 +133,10 @@ def _typed(outcome: object, verb: str) -> tuple[Any, FakeContext]:
     async def call() -> Any:
         if verb == "get":
             return await service.Get(pb.GetRequest(key="k"), context)
+        if verb == "list":
+            return await service.List(pb.ListRequest(prefix="k"), context)
+        if verb == "delete":
+            return await service.Delete(pb.DeleteRequest(key="k", client_id="c", seq=1), context)
         request = pb.SetRequest(key="k", value="v", client_id="c", seq=1)
         return await service.Set(request, context)
 
@@ -148,7 +169,7 @@ def _metadata(hint: int | None) -> tuple[tuple[str, str], ...]:
 
 @pytest.mark.parametrize("hint", HINTS)
 @pytest.mark.parametrize(("reason", "code", "details"), REFUSALS)
-@pytest.mark.parametrize("verb", ["get", "set"])
+@pytest.mark.parametrize("verb", ["get", "list", "set", "delete"])
 def test_typed_api_refusals(
     verb: str, reason: Refusal, code: grpc.StatusCode, details: str, hint: int | None
 ) -> None:
@@ -195,11 +216,16 @@ def test_a_stale_sequence_is_a_failed_precondition_without_a_leader_on_every_pat
     hint: int | None,
 ) -> None:
     stale = Refused(Refusal.STALE_SEQUENCE, hint)
-    # Typed Set: no leader to follow, and `refusal: stale-sequence` tells it from "not leader".
-    reply, context = _typed(stale, "set")
-    assert reply is None
-    assert (context.code, context.details) == (grpc.StatusCode.FAILED_PRECONDITION, STALE_DETAILS)
-    assert context.trailing == (("refusal", "stale-sequence"),)
+    # Typed Set and Delete: no leader to follow, and `refusal: stale-sequence` tells it from
+    # "not leader" (the details text is the wire's marker, a DELETE's included).
+    for verb in ("set", "delete"):
+        reply, context = _typed(stale, verb)
+        assert reply is None
+        assert (context.code, context.details) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            STALE_DETAILS,
+        )
+        assert context.trailing == (("refusal", "stale-sequence"),)
     # Pipeline: no per-request metadata; no leader_id, and the details text is the marker.
     expected = pb.PipelineReply(
         tag=7, code=grpc.StatusCode.FAILED_PRECONDITION.value[0], details=STALE_DETAILS
@@ -218,6 +244,7 @@ def test_successes_on_every_path() -> None:
     assert _typed(found, "get")[0] == pb.GetResponse(found=True, value="v")
     assert _typed(absent, "get")[0] == pb.GetResponse(found=False, value="")
     assert _typed(done, "set")[0] == pb.SetResponse(index=9)
+    assert _typed(done, "delete")[0] == pb.DeleteResponse(index=9)
     assert _pipeline(found).SerializeToString() == (
         pb.PipelineReply(tag=7, found=True, value="v").SerializeToString()
     )
@@ -249,9 +276,20 @@ def test_timeouts_on_every_path() -> None:
         grpc.StatusCode.DEADLINE_EXCEEDED,
         SET_TIMEOUT,
     )
+    _, list_context = _typed(TimeoutError, "list")
+    assert (list_context.code, list_context.details) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "read timed out",
+    )
+    _, delete_context = _typed(TimeoutError, "delete")
+    assert (delete_context.code, delete_context.details) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        SET_TIMEOUT,
+    )
     backend = ReplicaPipelineBackend(FakeReplica(None))  # type: ignore[arg-type]
     assert backend.timeout_details("get") == "read timed out"
     assert backend.timeout_details("set") == SET_TIMEOUT
+    assert backend.timeout_details("delete") == SET_TIMEOUT
     for request_text in ("GET k", "SET k v"):
         for leader, shown in ((3, "3"), (None, "None")):
             expected = pb.ServeClientReply(
@@ -260,3 +298,83 @@ def test_timeouts_on_every_path() -> None:
             assert _serve_client(TimeoutError, request_text, leader) == (
                 expected.SerializeToString()
             )
+
+
+def test_a_delete_proposes_a_delete_command_on_the_typed_api_and_the_pipeline() -> None:
+    replica = FakeReplica(WriteDone(4))
+    service = KeyValueService(replica)  # type: ignore[arg-type]
+    request = pb.DeleteRequest(key="k", client_id="c", seq=2)
+    assert asyncio.run(service.Delete(request, FakeContext())) == pb.DeleteResponse(index=4)
+    backend = ReplicaPipelineBackend(replica)  # type: ignore[arg-type]
+    assert backend.start_delete(request) == WriteDone(4)
+    assert replica.proposed == [DeleteCommand("k", "c", 2), DeleteCommand("k", "c", 2)]
+
+
+@pytest.mark.parametrize(
+    ("request_obj", "problem"),
+    [
+        (pb.DeleteRequest(key=""), "the key must not be empty"),
+        (pb.DeleteRequest(key="k" * 1025), "the key is 1025 bytes"),
+        (pb.DeleteRequest(key="k", client_id="c"), "needs a seq"),
+        (pb.DeleteRequest(key="k", client_id="c" * 257, seq=1), "client_id is longer"),
+    ],
+)
+def test_a_malformed_delete_is_invalid_argument_and_proposes_nothing(
+    request_obj: pb.DeleteRequest, problem: str
+) -> None:
+    replica = FakeReplica(WriteDone(4))
+    context = FakeContext()
+    service = KeyValueService(replica)  # type: ignore[arg-type]
+    with pytest.raises(AbortError):
+        asyncio.run(service.Delete(request_obj, context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details is not None and problem in context.details
+    assert replica.proposed == []
+
+
+@pytest.mark.parametrize("request_text", ["DEL k", "DELETE k", "delete k"])
+def test_serve_client_still_refuses_delete_as_an_unknown_command(request_text: str) -> None:
+    # The assignment's API is GET and SET only, byte for byte (docs/design.md §4).
+    verb = request_text.split()[0].upper()
+    expected = pb.ServeClientReply(
+        Data=f"unknown command {verb!r}: use GET <key> or SET <key> <value>",
+        LeaderID="3",
+        Success=False,
+    )
+    assert _serve_client(WriteDone(1), request_text) == expected.SerializeToString()
+
+
+def test_a_list_answers_its_page_and_defaults_its_limit() -> None:
+    page = ReadRange((("k1", "a"), ("k2", "b")), more=True)
+    replica = FakeReplica(page)
+    service = KeyValueService(replica)  # type: ignore[arg-type]
+    reply = asyncio.run(service.List(pb.ListRequest(prefix="k", start_after="k0"), FakeContext()))
+    assert reply == pb.ListResponse(
+        items=[pb.KeyValuePair(key="k1", value="a"), pb.KeyValuePair(key="k2", value="b")],
+        more=True,
+    )
+    asyncio.run(service.List(pb.ListRequest(limit=1000), FakeContext()))
+    assert replica.listed == [("k", "k0", 100), ("", "", 1000)]
+    nothing = KeyValueService(FakeReplica(ReadRange((), more=False)))  # type: ignore[arg-type]
+    assert asyncio.run(nothing.List(pb.ListRequest(), FakeContext())) == pb.ListResponse()
+
+
+@pytest.mark.parametrize(
+    ("request_obj", "problem"),
+    [
+        (pb.ListRequest(limit=1001), "the limit is 1001; at most 1000 items per page"),
+        (pb.ListRequest(prefix="p" * 1025), "the prefix is 1025 bytes"),
+        (pb.ListRequest(start_after="s" * 1025), "the start_after is 1025 bytes"),
+    ],
+)
+def test_a_malformed_list_is_invalid_argument_and_reads_nothing(
+    request_obj: pb.ListRequest, problem: str
+) -> None:
+    replica = FakeReplica(ReadRange((), more=False))
+    context = FakeContext()
+    service = KeyValueService(replica)  # type: ignore[arg-type]
+    with pytest.raises(AbortError):
+        asyncio.run(service.List(request_obj, context))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details is not None and context.details.startswith(problem)
+    assert replica.listed == []

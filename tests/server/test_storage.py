@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.core.messages import NO_OP, DeleteCommand, LogEntry, SetCommand
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server import storage as storage_module
 from raftkv.server.storage import (
@@ -167,9 +167,12 @@ def random_text(rng: random.Random) -> str:
 
 def random_entry(rng: random.Random) -> LogEntry:
     term = rng.choice([0, 1, 2, 9, 10, rng.randint(0, 10**12)])
-    if rng.random() < 0.2:
+    roll = rng.random()
+    if roll < 0.2:
         return LogEntry(term, NO_OP)
     seq = rng.choice([0, 1, rng.randint(0, 2**63)])
+    if roll < 0.35:
+        return LogEntry(term, DeleteCommand(random_text(rng), random_text(rng), seq))
     return set_entry(term, random_text(rng), random_text(rng), random_text(rng), seq)
 
 
@@ -185,6 +188,19 @@ def test_lines_are_readable_and_match_the_documented_examples() -> None:
     assert encode_entry(set_entry(5, "naïve key", "a=b%c\nd\t日本\u2028"), 4) == (
         "SET naïve%20key a%3Db%25c%0Ad%09日本%E2%80%A8 5 client=%- seq=0 index=4 crc=dc02b4d0"
     )
+    assert encode_entry(LogEntry(5, DeleteCommand("user:1", "abc", 8)), 5) == (
+        "DEL user:1 5 client=abc seq=8 index=5 crc=65377292"
+    )
+
+
+def test_delete_lines_escape_like_set_lines_and_round_trip() -> None:
+    entry = LogEntry(6, DeleteCommand("a b=c%\n日本", "cl ient", 2))
+    line = encode_entry(entry, 9)
+    assert line.startswith("DEL a%20b%3Dc%25%0A日本 6 client=cl%20ient seq=2 index=9 crc=")
+    assert decode_entry(line, path="logs.txt", line_no=9) == entry
+    no_dedup = LogEntry(1, DeleteCommand("k"))
+    assert encode_entry(no_dedup, 1).startswith("DEL k 1 client=%- seq=0 index=1 ")
+    assert decode_entry(encode_entry(no_dedup, 1), path="logs.txt", line_no=1) == no_dedup
 
 
 def test_checksum_is_crc32_of_everything_before_crc_field_index_included() -> None:
@@ -240,7 +256,7 @@ def test_random_entries_round_trip_over_many_seeds() -> None:
         line = encode_entry(entry, seed + 1)
         assert "\n" not in line and "\r" not in line, seed
         assert line.splitlines() == [line], seed
-        expected_fields = 8 if isinstance(entry.command, SetCommand) else 4
+        expected_fields = {SetCommand: 8, DeleteCommand: 7}.get(type(entry.command), 4)
         assert len(line.split(" ")) == expected_fields, seed
         assert decode_entry(line, path="logs.txt", line_no=seed + 1) == entry, seed
 
@@ -296,6 +312,10 @@ def with_crc(body: str) -> str:
         (with_crc("SET a  b 1 client=c seq=2"), "SET line has 7 fields"),
         (with_crc("SET a b 1 client=c seq=2 extra"), "SET line has 7 fields"),
         (with_crc("NO-OP"), "NO-OP line has 1 fields"),
+        (with_crc("DEL a b 1 client=c seq=2"), "DEL line has 6 fields"),
+        (with_crc("DEL a 1 client=c"), "DEL line has 4 fields"),
+        (with_crc("DEL a%ZZ 1 client=c seq=2"), "bad key"),
+        (with_crc("DEL a 1 client=c seq=-2"), "seq '-2'"),
         (with_crc("PUT a b 1 client=c seq=2"), "unknown command 'PUT'"),
         (with_crc(""), "unknown command ''"),
         (with_crc("SET a b 01 client=c seq=2"), "term '01'"),

@@ -12,6 +12,7 @@ from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
+    DeleteCommand,
     LogEntry,
     Message,
     RequestVote,
@@ -25,7 +26,12 @@ PEERS = {0, 1, 2}
 # The largest incarnation a data directory gets (below 2**63, docs/design.md §5).
 LARGEST_INCARNATION = 2**63 - 1
 
-ENTRIES = (LogEntry(1, SetCommand("k", "v w", "client", 3)), LogEntry(2, NO_OP))
+ENTRIES = (
+    LogEntry(1, SetCommand("k", "v w", "client", 3)),
+    LogEntry(2, NO_OP),
+    LogEntry(2, DeleteCommand("k w", "client", 4)),
+    LogEntry(2, DeleteCommand("k")),
+)
 
 MESSAGES: list[Message] = [
     AppendEntries(2, 0, 0, 0, ENTRIES, 1, 0.3, 7),
@@ -80,6 +86,18 @@ def test_the_day2_fields_have_their_own_numbers_after_the_old_ones() -> None:
     assert numbers[("RequestVoteArgs", "max_clock_drift")] == 7
     assert numbers[("RequestVoteReply", "pre_vote")] == 5
     assert numbers[("RequestVoteReply", "max_clock_drift")] == 6
+
+
+def test_delete_takes_the_next_free_numbers_of_its_oneofs() -> None:
+    entry = {f.name: f.number for f in pb.LogEntry.DESCRIPTOR.fields}
+    assert (entry["set"], entry["noop"], entry["delete"]) == (2, 3, 4)
+    numbers = {f.name: f.number for f in pb.PipelineRequest.DESCRIPTOR.fields}
+    assert [numbers[name] for name in ("get", "set", "timeout_ms", "delete")] == [2, 3, 4, 5]
+
+
+def test_an_entry_without_a_command_is_refused() -> None:
+    with pytest.raises(wire.WireError, match="without a command"):
+        wire.entry_from_pb(pb.LogEntry(term=1))
 
 
 def test_a_message_of_the_previous_version_decodes_with_the_defaults() -> None:

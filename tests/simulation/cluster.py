@@ -15,6 +15,7 @@ from raftkv.core.messages import (
     AppendEntries,
     AppendEntriesReply,
     ClientReply,
+    DeleteCommand,
     Envelope,
     InstallSnapshot,
     InstallSnapshotReply,
@@ -834,11 +835,15 @@ class Simulation:
         def start() -> None:
             if client.done:
                 return
-            kind = "get" if self.rng.random() < 0.5 else "set"
+            # One draw for the kind, as before DELETE existed, so that every seed's random
+            # stream (and the seed budgets of the negative controls) stays what it was.
+            roll = self.rng.random()
+            kind = "get" if roll < 0.5 else "set" if roll < 0.9 else "delete"
             key = f"k{self.rng.randrange(self.scenario.keys)}"
             value = f"v{next(self._values)}" if kind == "set" else ""
             seq = 0
-            if kind == "set":
+            if kind != "get":
+                # A client's SETs and DELETEs share one sequence, as in the client library.
                 seq = client.next_seq
                 client.next_seq += 1
             op_timeout = 6 * self.config.election_timeout_max + 3 * self.config.lease_duration
@@ -906,7 +911,8 @@ class Simulation:
     def _finish(self, client: _Client, op: _ClientOp, outcome: Outcome, value: str | None) -> None:
         client.current = None
         completed = self.world.now if outcome is not Outcome.INFO else None
-        recorded_value = op.value if op.kind == "set" else value
+        # A delete writes "absent" (None), which is how the checker models it.
+        recorded_value = op.value if op.kind == "set" else None if op.kind == "delete" else value
         self.history.append(
             Operation(
                 f"c{client.client_id}",
@@ -956,7 +962,12 @@ class Simulation:
 
     def _propose(self, node: SimNode, core: RaftNode, request: ClientRequest, now: float) -> None:
         token = next(self._tokens)
-        command = SetCommand(request.key, request.value, f"c{request.client}", request.seq)
+        client_id = f"c{request.client}"
+        command: SetCommand | DeleteCommand = (
+            DeleteCommand(request.key, client_id, request.seq)
+            if request.kind == "delete"
+            else SetCommand(request.key, request.value, client_id, request.seq)
+        )
         result = core.propose(command, now, token)
         if isinstance(result, Accepted):
             node.waiting[token] = (request.client, request.op_id)

@@ -38,6 +38,10 @@ def info_set(process: str, value: str, invoke: float, key: str = KEY) -> Operati
     return Operation(process, "set", key, value, invoke, None, Outcome.INFO)
 
 
+def ok_delete(process: str, invoke: float, complete: float, key: str = KEY) -> Operation:
+    return Operation(process, "delete", key, None, invoke, complete, Outcome.OK)
+
+
 def info_get(process: str, invoke: float, key: str = KEY) -> Operation:
     return Operation(process, "get", key, None, invoke, None, Outcome.INFO)
 
@@ -376,7 +380,7 @@ def test_invalid_operations_are_rejected(bad_op: Operation, message: str) -> Non
 
 def test_check_history_validates_every_key_before_reporting() -> None:
     broken_first_key = [ok_set("a", "x", 0, 1, key="a"), ok_get("b", "zzz", 2, 3, key="a")]
-    malformed = Operation("a", "delete", "b", None, 0, 1, Outcome.OK)
+    malformed = Operation("a", "cas", "b", None, 0, 1, Outcome.OK)
     with pytest.raises(ValueError, match="kind"):
         check_history([*broken_first_key, malformed])
 
@@ -592,7 +596,7 @@ def test_generated_multi_key_history_with_one_corrupted_key(seed: int) -> None:
 def brute_force_linearizable(ops: Sequence[Operation], initial: str | None = None) -> bool:
     """Try every order of every admissible subset of operations (tiny histories only)."""
     required = [op for op in ops if op.outcome is Outcome.OK]
-    optional = [op for op in ops if op.outcome is Outcome.INFO and op.kind == "set"]
+    optional = [op for op in ops if op.outcome is Outcome.INFO and op.kind != "get"]
 
     def finish(op: Operation) -> float:
         return math.inf if op.complete is None else op.complete
@@ -604,8 +608,8 @@ def brute_force_linearizable(ops: Sequence[Operation], initial: str | None = Non
                     return False
         register = initial
         for op in order:
-            if op.kind == "set":
-                register = op.value
+            if op.kind != "get":
+                register = op.value  # a delete's is None: the key is absent
             elif op.value != register:
                 return False
         return True
@@ -617,13 +621,15 @@ def brute_force_linearizable(ops: Sequence[Operation], initial: str | None = Non
     return False
 
 
-def random_small_history(rng: random.Random) -> list[Operation]:
+def random_small_history(rng: random.Random, *, deletes: bool = False) -> list[Operation]:
     ops: list[Operation] = []
     for _ in range(rng.randint(1, 7)):
         invoke = rng.randint(0, 8)
         complete = invoke + rng.randint(0, 4)
-        kind = rng.choice(["get", "set"])
+        kind = rng.choice(["get", "set", "delete"] if deletes else ["get", "set"])
         value = rng.choice(["a", "b", "c", None] if kind == "get" else ["a", "b", "c"])
+        if kind == "delete":
+            value = None
         outcome = rng.choices([Outcome.OK, Outcome.INFO, Outcome.FAIL], weights=[8, 2, 1])[0]
         process = f"p{len(ops)}"
         ops.append(
@@ -652,6 +658,40 @@ def test_agrees_with_brute_force_on_small_random_histories() -> None:
         verdicts[expected] += 1
     # Make sure both verdicts are well exercised.
     assert min(verdicts.values()) > 500, verdicts
+
+
+def test_agrees_with_brute_force_on_small_random_histories_with_deletes() -> None:
+    verdicts = {True: 0, False: 0}
+    for seed in range(2_000):
+        rng = random.Random(seed)
+        ops = random_small_history(rng, deletes=True)
+        initial = rng.choice([None, None, "a"])
+        expected = brute_force_linearizable(ops, initial)
+        result = check_key(KEY, ops, initial=initial)
+        assert result.ok == expected, f"seed {seed}: {ops}\n{result.explanation}"
+        verdicts[expected] += 1
+    assert min(verdicts.values()) > 300, verdicts
+
+
+def test_a_delete_makes_the_key_absent() -> None:
+    assert_linearizable([ok_set("a", "x", 0, 1), ok_delete("a", 2, 3), ok_get("b", None, 4, 5)])
+    # A read after the delete completed must not see the old value...
+    assert_not_linearizable([ok_set("a", "x", 0, 1), ok_delete("a", 2, 3), ok_get("b", "x", 4, 5)])
+    # ... but one concurrent with it may see either.
+    for seen in ("x", None):
+        assert_linearizable([ok_set("a", "x", 0, 1), ok_delete("a", 2, 5), ok_get("b", seen, 3, 4)])
+    # Deleting an absent key is a write of "absent": a read of None before any set is fine.
+    assert_linearizable([ok_delete("a", 0, 1), ok_get("b", None, 2, 3), ok_set("a", "y", 4, 5)])
+    # An unknown-outcome delete may have taken effect at any time after its invoke.
+    unknown = Operation("a", "delete", KEY, None, 2, None, Outcome.INFO)
+    assert_linearizable([ok_set("c", "x", 0, 1), unknown, ok_get("b", None, 6, 7)])
+    assert_not_linearizable([ok_set("c", "x", 0, 1), unknown, ok_get("b", None, 1.2, 1.8)])
+
+
+def test_a_delete_carrying_a_value_is_refused() -> None:
+    with pytest.raises(ValueError, match="a delete writes None"):
+        check_history([Operation("a", "delete", KEY, "x", 0, 1, Outcome.OK)])
+    assert "delete('k')" in Operation("a", "delete", KEY, None, 0, 1, Outcome.OK).describe()
 
 
 def test_brute_force_oracle_sanity() -> None:

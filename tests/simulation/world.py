@@ -95,7 +95,7 @@ class NetworkProfile:
 class ClientRequest:
     client: int
     op_id: int
-    kind: str  # "get" | "set"
+    kind: str  # "get" | "set" | "delete"
     key: str
     value: str
     seq: int

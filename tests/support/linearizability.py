@@ -1,7 +1,8 @@
 """Linearizability checker for histories of per-key read/write registers.
 
 Each key is modelled as an independent register holding ``str | None`` (``None`` means the
-key is absent). Linearizability is local (Herlihy & Wing), so a history is linearizable
+key is absent). A delete is a write of ``None``: afterwards the key is absent and a get
+returns None. Linearizability is local (Herlihy & Wing), so a history is linearizable
 iff the sub-history of every key is, and each key is checked on its own.
 
 The per-key search is the Wing & Gong algorithm with Lowe's memoisation ("Testing for
@@ -46,7 +47,8 @@ __all__ = [
 
 GET = "get"
 SET = "set"
-_KINDS = (GET, SET)
+DELETE = "delete"
+_KINDS = (GET, SET, DELETE)
 _PREFIX_LINES_SHOWN = 20
 
 
@@ -70,7 +72,7 @@ class Operation:
     key: str
     value: str | None
     """For a set: the value written. For a get: the value read (None = absent); only
-    meaningful when the outcome is OK."""
+    meaningful when the outcome is OK. For a delete: None (it writes "absent")."""
     invoke: float
     complete: float | None
     """None when the outcome is INFO (and ignored for INFO operations if given)."""
@@ -81,6 +83,8 @@ class Operation:
             action = f"get({self.key!r})" + (
                 f" -> {self.value!r}" if self.outcome is Outcome.OK else ""
             )
+        elif self.kind == DELETE:
+            action = f"delete({self.key!r})"
         else:
             action = f"set({self.key!r}, {self.value!r})"
         complete = "?" if self.outcome is Outcome.INFO or self.complete is None else self.complete
@@ -197,7 +201,11 @@ def check_key(
 
 def _validate(op: Operation) -> None:
     if op.kind not in _KINDS:
-        raise ValueError(f"operation kind must be 'get' or 'set', got {op.kind!r}: {op!r}")
+        raise ValueError(
+            f"operation kind must be 'get', 'set' or 'delete', got {op.kind!r}: {op!r}"
+        )
+    if op.kind == DELETE and op.value is not None:
+        raise ValueError(f"a delete writes None (the key is absent), not a value: {op!r}")
     if not isinstance(op.outcome, Outcome):
         raise ValueError(f"operation outcome must be an Outcome, got {op.outcome!r}: {op!r}")
     if not _is_finite_time(op.invoke):
@@ -248,7 +256,8 @@ class _RegisterSearch:
         self.dead_end: _DeadEnd | None = None
 
         count = len(ops)
-        self.is_set = [op.kind == SET for op in ops]
+        # A delete is a write of None (absent); from here on both are "sets".
+        self.is_set = [op.kind != GET for op in ops]
         self.required = [op.outcome is Outcome.OK for op in ops]
         self.values = [op.value for op in ops]
 
@@ -283,7 +292,7 @@ class _RegisterSearch:
         # Per value, how many unlinearized reads return it and how many unlinearized writes
         # could still produce it: a value with readers but no writers must not be overwritten.
         self.reads_left = Counter(op.value for op in ops if op.kind == GET)
-        self.writes_left = Counter(op.value for op in ops if op.kind == SET)
+        self.writes_left = Counter(op.value for op in ops if op.kind != GET)
         # Frames are (operation, register value before it, forced). A forced operation was
         # taken without trying alternatives because it is safe to go first, so when it
         # fails, the configuration it was taken from fails too.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.core.messages import NO_OP, DeleteCommand, LogEntry, SetCommand
 from raftkv.server.storage import encode_entry
 from raftkv_tools import logreview
 from tests.core.test_events import EXAMPLES
@@ -225,6 +225,21 @@ def test_a_dump_commit_beyond_the_log_is_reported(tmp_path: Path) -> None:
         "node 1's dump says it committed SET k1 b but its logs.txt has only 2 entries" in v.message
         for v in result.violations
     )
+
+
+def test_committed_deletes_are_matched_to_the_del_lines_of_logs_txt(tmp_path: Path) -> None:
+    history = healthy(tmp_path)
+    for node in range(3):
+        role = "leader" if node == 0 else "follower"
+        history.at(
+            1.7, node, f"Node {node} ({role}) committed the entry DELETE k0 to the state machine."
+        )
+        history.logs[node] = [*entries("a"), LogEntry(1, DeleteCommand("k0", "c", 2))]
+    assert rules(run(history.write())) == []
+    # A DELETE the dump announces where the log holds something else is a diverging prefix.
+    history.logs[2][-1] = LogEntry(1, DeleteCommand("k9", "c", 2))
+    messages = [v.message for v in run(history.write()).violations]
+    assert any("node 2's dump says it committed DELETE k0 but entry 3" in m for m in messages)
 
 
 def test_a_start_without_a_shutdown_line_is_a_crash(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
-"""The field syntax every text file of a node shares (logs.txt, metadata.txt, snapshot.txt).
+"""The field syntax every text file of a node shares (logs.txt, metadata.txt, snapshot.txt), and
+the client's listings (`raftkv ls`) too.
 
 One implementation, so that a key written by one file's writer reads back through another's
-parser, and a rule changed here changes for every file at once (docs/design.md §5 states it):
+parser, and a rule changed here changes for every file at once (docs/design.md §5 states it).
+It lives at the top of the product, beside limits.py, because the client prints keys and values
+the way the files hold them and the client imports no server code:
 
   * A key, value, client id or cluster id is one token: the UTF-8 bytes of every space, ``%``,
     ``=`` and every character for which ``str.isprintable()`` is false are written as ``%XX``
