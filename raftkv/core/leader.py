@@ -56,6 +56,12 @@ class LeaderState:
     transfer_deadline: float = NEVER
     # Once a transfer starts, this leader serves no lease read for the rest of its term.
     lease_released: bool = False
+    # Cluster time (docs/design.md §11): the largest stamp in the log when elected, this
+    # leader's clock then, and its last stamp. A stamp is the base plus the time elapsed on the
+    # leader's clock scaled by 1 − ρ, so it never runs faster than real time.
+    time_base: int = 0
+    time_origin: float = 0.0
+    last_stamp: int = 0
 
     @classmethod
     def elected(cls, followers: Iterable[NodeId], log_length: int, last_round: int) -> LeaderState:

@@ -10,7 +10,7 @@ term 0.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,10 @@ class SetCommand:
     value: str
     client_id: str = ""
     seq: int = 0
+    # The client has had a write acknowledged under this id, so its session must exist: if it
+    # expired, the write is refused (SESSION_EXPIRED), never applied as a new session's first
+    # (Raft thesis §6.3).
+    resume: bool = False
 
     def __post_init__(self) -> None:
         # Keys and client ids repeat across a long log (every SET of a client carries its id):
@@ -44,6 +48,7 @@ class DeleteCommand:
     key: str
     client_id: str = ""
     seq: int = 0
+    resume: bool = False
 
     def __post_init__(self) -> None:
         # Interned like SetCommand's: a log of one client's writes repeats its id.
@@ -64,6 +69,11 @@ NO_OP = NoOpCommand()
 class LogEntry:
     term: int
     command: Command
+    # Cluster time in ms, stamped by the leader that appended the entry (0 in logs written
+    # before sessions expired): it never decreases along a log and never runs faster than real
+    # time, so sessions expire by it on every replica alike (docs/design.md §11). Not part of
+    # equality: an entry is named by its index and term, and its leader stamps it once.
+    time: int = field(default=0, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +213,13 @@ class Refusal(Enum):
     STALE_SEQUENCE = (
         "stale sequence number: a higher sequence number of this client id was already "
         "applied, so this SET was not applied"
+    )
+    # The write said its client's session exists (`resume`), but it expired (no write for the
+    # session lifetime) or never existed here (a cluster restored from a backup). Definite: it
+    # was not applied; the client starts a new session.
+    SESSION_EXPIRED = (
+        "session expired: this client id's session no longer exists (no write within the "
+        "session lifetime, or a cluster restored from a backup), so this write was not applied"
     )
 
 

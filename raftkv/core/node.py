@@ -85,7 +85,13 @@ from .messages import (
 from .progress import Progress, ProgressState
 from .quorum import majority, quorum_value
 from .raft_log import RaftLog
-from .state_machine import KeyValueStateMachine, SnapshotImage
+from .state_machine import (
+    DEFAULT_SESSION_RULES,
+    KeyValueStateMachine,
+    SessionExpired,
+    SessionRules,
+    SnapshotImage,
+)
 from .validation import MAX_TERM, malformed, sender_of
 
 __all__ = ["LONG_AGO", "NEVER"]
@@ -248,6 +254,7 @@ class RaftNode:
         admitted: bool = True,
         incarnation: int = 0,
         snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS,
+        sessions: SessionRules = DEFAULT_SESSION_RULES,
     ) -> None:
         config.validate()
         snapshots.validate()
@@ -258,6 +265,7 @@ class RaftNode:
         self.config = config
         self.unsafe = unsafe
         self.snapshots = snapshots
+        self.sessions = sessions
         self._rng = rng
         self._quorum = majority(len(self.peer_ids) + 1)
 
@@ -317,7 +325,7 @@ class RaftNode:
         # Figure 2's commitIndex. Committed entries are applied at once, so lastApplied is
         # always equal to it and is not kept separately.
         self.commit_index = self._snapshot_index
-        self.state_machine = KeyValueStateMachine(snapshot)
+        self.state_machine = KeyValueStateMachine(snapshot, sessions)
 
         # Log bookkeeping for Ready: entries from _unstable_from on are not yet handed out.
         self._unstable_from = self._log.last_index + 1
@@ -484,7 +492,7 @@ class RaftNode:
             # Rule 8: the log stays still while the target catches up with it.
             return Refused(Refusal.NOT_LEADER, leader.transfer_target)
         self._out.events.append(events.ReceivedRequest(self.id, describe_command(command)))
-        index = self._append(command)
+        index = self._append(command, now)
         self._pending_writes[index] = (token, self.term)
         leader.replicate_wanted = True
         return Accepted(index, self.term)
@@ -822,6 +830,12 @@ class RaftNode:
         self._pre_votes = None
         self._out.events.append(events.BecameLeader(self.id, self.term))
         leader = LeaderState.elected(self.peer_ids, self._log.last_index, self._round)
+        last_term_entry = self._log.last_index > self._log.offset
+        last_time = self._log.entry(self._log.last_index).time if last_term_entry else 0
+        # Stamps along a log never decrease: start from the largest in ours (the last entry's,
+        # or, with none held, what the state machine applied, which covers the compacted ones).
+        leader.time_base = leader.last_stamp = max(last_time, self.state_machine.cluster_time)
+        leader.time_origin = now
         if not self.unsafe.no_pre_vote:
             leader.quorum_check_at = now + self.config.election_timeout_min
         self._leader = leader
@@ -842,7 +856,7 @@ class RaftNode:
             self._start_serving(leader, now)
 
     def _start_serving(self, leader: LeaderState, now: float) -> None:
-        leader.noop_index = self._append(NO_OP)
+        leader.noop_index = self._append(NO_OP, now)
         self._broadcast(leader, now)
 
     # ------------------------------------------------------------------------------------------
@@ -938,7 +952,7 @@ class RaftNode:
     def _install(self, image: SnapshotImage) -> None:
         """Replace the state machine and the whole log by the leader's snapshot."""
         self._out.events.append(events.SnapshotInstalled(self.id, image.index, image.term))
-        self.state_machine = KeyValueStateMachine(image)
+        self.state_machine = KeyValueStateMachine(image, self.sessions)
         self._log.reset(image.index, image.term)
         self.commit_index = self._snapshot_index = image.index
         self._snapshot_term = image.term
@@ -1378,8 +1392,14 @@ class RaftNode:
     # ------------------------------------------------------------------------------------------
     # Log and state machine
 
-    def _append(self, command: Command) -> int:
-        index = self._log.append(LogEntry(self.term, command))
+    def _append(self, command: Command, now: float) -> int:
+        leader = self._leader
+        time = 0
+        if leader is not None:
+            elapsed = max(0.0, now - leader.time_origin) * (1 - self._drift)
+            time = max(leader.last_stamp, leader.time_base + int(elapsed * 1000))
+            leader.last_stamp = time
+        index = self._log.append(LogEntry(self.term, command, time))
         self._unstable_from = min(self._unstable_from, index)
         self._log_changed = True
         return index
@@ -1404,7 +1424,7 @@ class RaftNode:
         role = "leader" if self.role is Role.LEADER else "follower"
         for index in range(first, commit_index + 1):
             entry = self._log.entry(index)
-            effect_index = self.state_machine.apply(entry.command, index)
+            effect_index = self.state_machine.apply(entry.command, index, entry.time)
             if isinstance(entry.command, SetCommand):
                 self._applied_bytes += len(entry.command.key) + len(entry.command.value)
             self._out.applied.append((index, entry))
@@ -1422,6 +1442,8 @@ class RaftNode:
                     result = Refused(Refusal.ENTRY_LOST, self.leader_id)
                 elif effect_index is None:
                     result = Refused(Refusal.STALE_SEQUENCE, None)
+                elif isinstance(effect_index, SessionExpired):
+                    result = Refused(Refusal.SESSION_EXPIRED, None)
                 else:
                     # A retry of the client's last applied SET answers where that one applied.
                     result = WriteDone(effect_index)

@@ -17,11 +17,21 @@ A hash map has no order, and LIST pages through keys in order, so the machine al
 keys in a `SortedList`: an index derived from the data, changed only when a key appears or is
 deleted (an overwrite leaves it alone), rebuilt from an image's data at start and never part of
 an image (it is mutable, and the data says everything it does).
+
+Sessions are bounded (Raft thesis §6.3, docs/design.md §11). Every entry carries its leader's
+cluster time (LogEntry.time); the machine's clock is the largest it has applied. A session not
+written to for `SessionRules.lifetime_ms` of that clock expires, on every replica at the same
+entry, since only the log decides. A write that says its session exists (`resume`) but finds
+none is refused, never applied as the first write of a new session: that would apply a retry
+twice. The table also has a soft cap: beyond `max_sessions`, the sessions idle longest go first,
+but only once idle for `evict_idle_ms`, longer than any client retries one write.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Final
 
 import immutables
 from sortedcontainers import SortedList
@@ -46,39 +56,85 @@ class SnapshotImage:
     cluster_time: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRules:
+    """Replicated semantics, not node settings: two nodes with different rules would keep
+    different tables. Constants for the product; the simulator shrinks them for every node."""
+
+    lifetime_ms: int = 15 * 60 * 1000
+    max_sessions: int = 100_000
+    # Twice the longest a client retries one write (raftkv.client's MAX_WRITE_RETRY, 120 s):
+    # an evicted session's retries are over, so its writes cannot apply twice.
+    evict_idle_ms: int = 4 * 60 * 1000
+
+
+DEFAULT_SESSION_RULES: Final = SessionRules()
+
+
+class SessionExpired:
+    """`apply`'s answer to a write whose session is gone: refused, not applied."""
+
+    def __repr__(self) -> str:
+        return "SESSION_EXPIRED"
+
+
+SESSION_EXPIRED: Final = SessionExpired()
+
 _EMPTY_DATA: immutables.Map[str, str] = immutables.Map()
 _EMPTY_SESSIONS: immutables.Map[str, SessionRecord] = immutables.Map()
 
 
 class KeyValueStateMachine:
-    def __init__(self, image: SnapshotImage | None = None) -> None:
+    def __init__(
+        self, image: SnapshotImage | None = None, rules: SessionRules = DEFAULT_SESSION_RULES
+    ) -> None:
         self._data = image.data if image is not None else _EMPTY_DATA
         self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
         self._cluster_time = image.cluster_time if image is not None else 0
+        self._rules = rules
         # Invariant: holds exactly the keys of _data, sorted (code point order, like str's <).
         self._keys = SortedList(self._data.keys())
+        # Invariant: the sessions' clients, least recently active first, with that time (which
+        # only grows along the log, so appending at the end keeps the order): expiry and
+        # eviction take from the front. Derived, like _keys.
+        ordered = sorted(self._sessions.items(), key=lambda item: (item[1][2], item[0]))
+        self._idle: OrderedDict[str, int] = OrderedDict(
+            (client, record[2]) for client, record in ordered
+        )
 
-    def apply(self, command: Command, index: int) -> int | None:
-        """Apply the committed command at log `index`.
+    @property
+    def cluster_time(self) -> int:
+        return self._cluster_time
+
+    def apply(self, command: Command, index: int, time: int = 0) -> int | SessionExpired | None:
+        """Apply the committed command at log `index`, stamped with cluster time `time`.
 
         Returns the index the command's effect is at: `index` when it was applied (a no-op, a
         write without client id, or a write with a new highest seq for its client); the index of
         the original entry when it repeats the client's last applied seq (skipped); None when a
-        higher seq of its client was already applied (skipped, and must not be acknowledged).
+        higher seq of its client was already applied (skipped, and must not be acknowledged);
+        SESSION_EXPIRED when the write resumes a session that no longer exists (skipped).
         """
+        if time > self._cluster_time:
+            self._cluster_time = time
+            self._expire()
         if isinstance(command, NoOpCommand):
             return index
         if not isinstance(command, SetCommand | DeleteCommand):
             raise TypeError(f"not a command: {command!r}")
         if command.client_id:
-            last_seq, last_index, _ = self._sessions.get(command.client_id, (0, 0, 0))
-            if command.seq == last_seq:
-                return last_index
-            if command.seq < last_seq:
-                return None
-            self._sessions = self._sessions.set(
-                command.client_id, (command.seq, index, self._cluster_time)
-            )
+            record = self._sessions.get(command.client_id)
+            if record is None and command.resume:
+                return SESSION_EXPIRED
+            last_seq, last_index, _ = record or (0, 0, 0)
+            if command.seq <= last_seq:
+                if record is not None:
+                    # A retry or a stale write still shows the client is alive.
+                    self._touch(command.client_id, last_seq, last_index)
+                return last_index if command.seq == last_seq else None
+            self._touch(command.client_id, command.seq, index)
+            if record is None:
+                self._evict_over_cap()
         if isinstance(command, SetCommand):
             if command.key not in self._data:
                 self._keys.add(command.key)
@@ -87,6 +143,30 @@ class KeyValueStateMachine:
             self._keys.remove(command.key)
             self._data = self._data.delete(command.key)
         return index
+
+    def _touch(self, client: str, seq: int, index: int) -> None:
+        record = (seq, index, self._cluster_time)
+        if self._sessions.get(client) != record:
+            self._sessions = self._sessions.set(client, record)
+        self._idle[client] = self._cluster_time
+        self._idle.move_to_end(client)
+
+    def _drop_oldest(self) -> None:
+        client, _ = self._idle.popitem(last=False)
+        self._sessions = self._sessions.delete(client)
+
+    def _expire(self) -> None:
+        oldest_kept = self._cluster_time - self._rules.lifetime_ms
+        while self._idle and next(iter(self._idle.values())) <= oldest_kept:
+            self._drop_oldest()
+
+    def _evict_over_cap(self) -> None:
+        idle_enough = self._cluster_time - self._rules.evict_idle_ms
+        while (
+            len(self._idle) > self._rules.max_sessions
+            and next(iter(self._idle.values())) <= idle_enough
+        ):
+            self._drop_oldest()
 
     def get(self, key: str) -> str | None:
         return self._data.get(key)

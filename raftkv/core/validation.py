@@ -174,6 +174,8 @@ def _append_entries_problem(message: AppendEntries) -> str | None:
             return "an entry's term exceeds the leader's term"
         if entry.term == 0:
             return f"entry {position} has term 0 (only the empty prefix has term 0)"
+        if entry.time > MAX_INDEX:
+            return f"entry {position}'s time {entry.time} exceeds the limit {MAX_INDEX}"
         if entry.term < previous:
             where = "prev_log_term" if position == 1 else "the entry before it"
             return (

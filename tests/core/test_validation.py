@@ -69,6 +69,7 @@ BAD: list[tuple[Message, str]] = [
         "last entry index",
     ),
     (append(entries=(LogEntry(0, NO_OP),)), "entry 1 has term 0"),
+    (append(entries=(LogEntry(2, NO_OP, MAX_INDEX + 1),)), "entry 1's time"),
     (
         append(entries=(LogEntry(2, NO_OP), LogEntry(1, NO_OP))),
         "entry 2's term 1 is below the entry before it (2)",
