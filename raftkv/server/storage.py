@@ -287,6 +287,8 @@ _FAILPOINTS: Final = (
 _CRC_RE: Final = re.compile(r"[0-9a-f]{8}")
 _CRC_SEPARATOR: Final = " crc="
 _INDEX_LABEL: Final = "index="
+_TIME_LABEL: Final = "ts="
+_RESUME_LABEL: Final = "resume="
 _METADATA_NAMES: Final = ("commitLength", "term", "votedFor", "nodeId")
 # Written since issue 14; a file without them still loads (docs/design.md §5).
 _METADATA_ADDED_NAMES: Final = ("leaseBound", "driftBound", "incarnation", "clusterId", "admitted")
@@ -408,7 +410,13 @@ def encode_entry(entry: LogEntry, index: int) -> str:
 
 
 def _encode_body(entry: LogEntry) -> str:
-    """The fields of `entry` that both line formats share: everything before index= and crc=."""
+    """The fields of `entry` that both line formats share: everything before index= and crc=.
+    The optional fields are written only when set, so that a log without them reads as
+    before: `resume=1` (the write resumes a session) and `ts=<ms>` (the cluster time)."""
+    return _encode_command(entry) + _encode_options(entry)
+
+
+def _encode_command(entry: LogEntry) -> str:
     command = entry.command
     if isinstance(command, SetCommand):
         check_uint(command.seq, "seq")
@@ -425,6 +433,16 @@ def _encode_body(entry: LogEntry) -> str:
     if isinstance(command, NoOpCommand):
         return f"NO-OP {entry.term}"
     assert_never(command)
+
+
+def _encode_options(entry: LogEntry) -> str:
+    options = ""
+    if isinstance(entry.command, SetCommand | DeleteCommand) and entry.command.resume:
+        options += f" {_RESUME_LABEL}1"
+    if entry.time:
+        check_uint(entry.time, "ts")
+        options += f" {_TIME_LABEL}{entry.time}"
+    return options
 
 
 def _with_crc(body: str) -> str:
@@ -485,7 +503,20 @@ def _decode_line(line: str, path: str, line_no: int) -> tuple[LogEntry, int | No
     try:
         if fields[-1].startswith(_INDEX_LABEL):
             index = parse_uint(fields.pop()[len(_INDEX_LABEL) :], "index")
-        return _parse_body(fields), index
+        time = 0
+        if len(fields) > 1 and fields[-1].startswith(_TIME_LABEL):
+            time = parse_uint(fields.pop()[len(_TIME_LABEL) :], "ts")
+        resume = False
+        if len(fields) > 1 and fields[-1].startswith(_RESUME_LABEL):
+            if fields.pop() != f"{_RESUME_LABEL}1":
+                raise ValueError("resume= must be 1 when present")
+            resume = True
+        entry = _parse_body(fields)
+        if resume:
+            if not isinstance(entry.command, SetCommand | DeleteCommand):
+                raise ValueError("only a SET or DEL line can resume a session")
+            entry = replace(entry, command=replace(entry.command, resume=True))
+        return (replace(entry, time=time) if time else entry), index
     except ValueError as exc:
         raise StorageCorruption(path, line_no, str(exc)) from None
 
@@ -519,6 +550,8 @@ def _parse_body(fields: list[str]) -> LogEntry:
             raise ValueError(f"DEL line has {len(fields)} fields, expected 5")
         case ["NO-OP", *_]:
             raise ValueError(f"NO-OP line has {len(fields)} fields, expected 2")
+        case []:
+            raise ValueError("no command before index=")
         case _:
             raise ValueError(f"unknown command {preview(fields[0])}")
 

@@ -328,6 +328,11 @@ def with_crc(body: str) -> str:
         (with_crc("SET a%ZZ b 1 client=c seq=2"), "bad key"),
         (with_crc("SET a %FF 1 client=c seq=2"), "bad value"),
         (with_crc("SET a b 1 client= seq=2"), "bad client id"),
+        (with_crc("index=5"), "no command before index="),
+        (with_crc("SET a b 1 client=c seq=2 resume=2 index=1"), "resume= must be 1"),
+        (with_crc("NO-OP 1 resume=1 index=1"), "only a SET or DEL line can resume"),
+        (with_crc("NO-OP 1 ts=-3 index=1"), "ts '-3'"),
+        (with_crc("NO-OP 1 ts=01 index=1"), "ts '01'"),
     ],
 )
 def test_decode_rejects_malformed_lines_naming_file_and_line(line: str, problem: str) -> None:
@@ -1118,3 +1123,22 @@ def test_metadata_saves_and_appends_succeed_when_the_process_has_no_descriptor_l
     assert loaded.hard_state == HardState(4, None)
     assert loaded.entries == [LogEntry(3, NO_OP)]
     assert loaded.commit_length == 1
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        LogEntry(3, SetCommand("k", "v", "c", 5, resume=True), 12345),
+        LogEntry(3, DeleteCommand("k", "c", 6, resume=True), 9),
+        LogEntry(2, NO_OP, 7),
+        LogEntry(2, SetCommand("k", "v", "c", 5)),
+    ],
+)
+def test_session_fields_round_trip_and_are_written_only_when_set(entry: LogEntry) -> None:
+    line = encode_entry(entry, 4)
+    decoded = decode_entry(line, path="logs.txt", line_no=4)
+    command = decoded.command
+    assert decoded == entry and decoded.time == entry.time
+    assert ("ts=" in line) == bool(entry.time)
+    resume = isinstance(command, SetCommand | DeleteCommand) and command.resume
+    assert ("resume=1" in line) == resume == getattr(entry.command, "resume", False)
