@@ -134,6 +134,9 @@ class UnsafeSwitches:
     # Compacts the log when a snapshot is taken, not once it is durable (a crash in between
     # loses committed entries: the simulator's durability check must catch it).
     compact_before_snapshot_durable: bool = False
+    # Applies a write whose session expired as the first of a new session (`resume` ignored):
+    # a retry that outlived its session applies twice.
+    ignore_resume: bool = False
 
     def enabled(self) -> list[str]:
         return [name for name in self.__slots__ if getattr(self, name)]
@@ -325,7 +328,9 @@ class RaftNode:
         # Figure 2's commitIndex. Committed entries are applied at once, so lastApplied is
         # always equal to it and is not kept separately.
         self.commit_index = self._snapshot_index
-        self.state_machine = KeyValueStateMachine(snapshot, sessions)
+        self.state_machine = KeyValueStateMachine(
+            snapshot, sessions, honour_resume=not unsafe.ignore_resume
+        )
 
         # Log bookkeeping for Ready: entries from _unstable_from on are not yet handed out.
         self._unstable_from = self._log.last_index + 1
@@ -952,7 +957,9 @@ class RaftNode:
     def _install(self, image: SnapshotImage) -> None:
         """Replace the state machine and the whole log by the leader's snapshot."""
         self._out.events.append(events.SnapshotInstalled(self.id, image.index, image.term))
-        self.state_machine = KeyValueStateMachine(image, self.sessions)
+        self.state_machine = KeyValueStateMachine(
+            image, self.sessions, honour_resume=not self.unsafe.ignore_resume
+        )
         self._log.reset(image.index, image.term)
         self.commit_index = self._snapshot_index = image.index
         self._snapshot_term = image.term

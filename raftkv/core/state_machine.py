@@ -63,9 +63,18 @@ class SessionRules:
 
     lifetime_ms: int = 15 * 60 * 1000
     max_sessions: int = 100_000
-    # Twice the longest a client retries one write (raftkv.client's MAX_WRITE_RETRY, 120 s):
-    # an evicted session's retries are over, so its writes cannot apply twice.
+    # No session goes before it is idle this long, even over the cap (at most lifetime_ms).
     evict_idle_ms: int = 4 * 60 * 1000
+
+    @property
+    def resume_after_ms(self) -> int:
+        """A client retrying one write for longer than this (its own clock) marks the retry
+        `resume`, even the first write of its session. Until then the session an earlier try
+        may have opened cannot be gone: it was opened after that try was sent, and no session
+        goes before evict_idle_ms of cluster time, which runs no faster than real time; half
+        of it leaves room for a client clock up to 2× fast. Twice the client library's retry
+        cap (120 s): only a client suspended mid-write gets there."""
+        return self.evict_idle_ms // 2
 
 
 DEFAULT_SESSION_RULES: Final = SessionRules()
@@ -86,12 +95,18 @@ _EMPTY_SESSIONS: immutables.Map[str, SessionRecord] = immutables.Map()
 
 class KeyValueStateMachine:
     def __init__(
-        self, image: SnapshotImage | None = None, rules: SessionRules = DEFAULT_SESSION_RULES
+        self,
+        image: SnapshotImage | None = None,
+        rules: SessionRules = DEFAULT_SESSION_RULES,
+        *,
+        honour_resume: bool = True,
     ) -> None:
         self._data = image.data if image is not None else _EMPTY_DATA
         self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
         self._cluster_time = image.cluster_time if image is not None else 0
         self._rules = rules
+        # False only for the negative control UnsafeSwitches.ignore_resume.
+        self._honour_resume = honour_resume
         # Invariant: holds exactly the keys of _data, sorted (code point order, like str's <).
         self._keys = SortedList(self._data.keys())
         # Invariant: the sessions' clients, least recently active first, with that time (which
@@ -124,7 +139,7 @@ class KeyValueStateMachine:
             raise TypeError(f"not a command: {command!r}")
         if command.client_id:
             record = self._sessions.get(command.client_id)
-            if record is None and command.resume:
+            if record is None and command.resume and self._honour_resume:
                 return SESSION_EXPIRED
             last_seq, last_index, _ = record or (0, 0, 0)
             if command.seq <= last_seq:
