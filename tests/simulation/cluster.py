@@ -30,7 +30,7 @@ from raftkv.core.messages import (
     WriteDone,
 )
 from raftkv.core.node import SAFE, RaftNode, Ready, Role, UnsafeSwitches
-from raftkv.core.state_machine import SnapshotImage
+from raftkv.core.state_machine import SessionRules, SnapshotImage
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from tests.support.linearizability import Operation, Outcome, check_history
 
@@ -114,7 +114,10 @@ ALL_FAULTS = frozenset(
 # "transfer" asks the leader to hand leadership over, when the core can
 #   (RaftNode.transfer_leadership).
 DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop", "transfer"})
-EXTRA_FAULTS = frozenset({"corrupt"}) | DAY2_FAULTS
+# "client_pause": clients that go quiet for longer than a session lives (their sessions
+# expire), and clients suspended between two tries of a write for as long, which then retry
+# it (docs/design.md §11: the retry is refused, never applied twice).
+EXTRA_FAULTS = frozenset({"corrupt", "client_pause"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
 # A node id that is no member of any simulated cluster.
 STRANGER = 99
@@ -170,6 +173,8 @@ class Scenario:
     lone_one_way_cut: bool = False
     # Small thresholds, so that every run snapshots, compacts and installs many times.
     snapshots: SnapshotPolicy = field(default_factory=lambda: SnapshotPolicy(20, 1 << 20, 5))
+    # Sessions that expire within a run, yet live far longer than a client retries one write.
+    sessions: SessionRules = field(default_factory=SessionRules)
 
     def describe(self) -> str:
         unsafe = ",".join(self.unsafe.enabled()) or "none"
@@ -220,7 +225,25 @@ def make_scenario(
         unsafe=unsafe,
         suspend_clock=suspend_clock,
         snapshots=snapshots,
+        sessions=session_rules(timing),
     )
+
+
+def session_rules(timing: TimingConfig) -> SessionRules:
+    """2.5 times the longest a simulated client retries one operation (its op timeout): as
+    the product's 15 minutes are to its clients' 2-minute retry cap, a retry never outlives the
+    session it resumes."""
+    lifetime = 2.5 * op_timeout(timing)
+    # Evicted over the cap once idle as long as a session lives: a client's normal retries
+    # (one op timeout) stay below resume_after_ms, only a suspended one crosses it.
+    return SessionRules(
+        lifetime_ms=int(lifetime * 1000), max_sessions=4, evict_idle_ms=int(lifetime * 1000)
+    )
+
+
+def op_timeout(timing: TimingConfig) -> float:
+    """How long a simulated client retries one operation before it gives up (unknown)."""
+    return 6 * timing.election_timeout_max + 3 * timing.lease_duration
 
 
 ONE_WAY_CUT = "one-way-cut"
@@ -255,6 +278,7 @@ class _ClientOp:
     invoke: float
     deadline: float
     attempt: int = 0
+    suspended: bool = False
 
 
 @dataclass
@@ -264,6 +288,10 @@ class _Client:
     next_seq: int = 1
     current: _ClientOp | None = None
     done: bool = False
+    # Sessions (docs/design.md §11): the current one, and whether a write of it was
+    # acknowledged (then its writes say `resume`).
+    session: int = 0
+    acknowledged: bool = False
 
 
 @dataclass
@@ -289,7 +317,11 @@ class Simulation:
             self.world.trace = []
         self.ids = list(range(1, scenario.nodes + 1))
         self.quorum = scenario.nodes // 2 + 1
-        self.checker = SafetyChecker(self.quorum)
+        # The checker replays what the nodes apply (a negative control's rules included), so
+        # that what the control breaks shows where it matters: in what clients see.
+        self.checker = SafetyChecker(
+            self.quorum, scenario.sessions, honour_resume=not scenario.unsafe.ignore_resume
+        )
         self.blocked: set[tuple[int, int]] = set()
         # Extra one-way delay per link (congestion, a slow route): (from, to) -> seconds.
         self.slow_links: dict[tuple[int, int], float] = {}
@@ -458,6 +490,7 @@ class Simulation:
             unsafe=self.scenario.unsafe,
             admitted=node.admitted,
             snapshots=self.scenario.snapshots,
+            sessions=self.scenario.sessions,
         )
         node.pending_ready = None
         node.inbox.clear()
@@ -846,7 +879,6 @@ class Simulation:
                 # A client's SETs and DELETEs share one sequence, as in the client library.
                 seq = client.next_seq
                 client.next_seq += 1
-            op_timeout = 6 * self.config.election_timeout_max + 3 * self.config.lease_duration
             client.current = _ClientOp(
                 next(self._op_ids),
                 kind,
@@ -854,7 +886,7 @@ class Simulation:
                 value,
                 seq,
                 self.world.now,
-                self.world.now + op_timeout,
+                self.world.now + op_timeout(self.config),
             )
             self._attempt(client)
 
@@ -864,7 +896,22 @@ class Simulation:
         op = client.current
         assert op is not None
         op.attempt += 1
-        request = ClientRequest(client.client_id, op.op_id, op.kind, op.key, op.value, op.seq)
+        # `resume` as the client library sets it (docs/design.md §11): a write of this session
+        # was acknowledged, or this one has been retried past resume_after_ms.
+        retried_for = self.world.now - op.invoke
+        resume = client.acknowledged or (
+            retried_for * 1000 >= self.scenario.sessions.resume_after_ms
+        )
+        request = ClientRequest(
+            client.client_id,
+            op.op_id,
+            op.kind,
+            op.key,
+            op.value,
+            op.seq,
+            client.session,
+            resume,
+        )
         target = self.nodes[client.target]
         for delay in self._delivery_delays():
             self.world.after(delay, lambda: self._client_request_arrives(target, request))
@@ -881,6 +928,22 @@ class Simulation:
     def _retry_or_give_up(self, client: _Client, op: _ClientOp) -> None:
         if self.world.now >= op.deadline:
             self._finish(client, op, Outcome.INFO, None)
+        elif (
+            op.kind != "get"
+            and "client_pause" in self.scenario.faults
+            and self.faults_active
+            and not op.suspended
+            and self.rng.random() < 0.2
+        ):
+            # The client's process is suspended between two tries of a write for longer than a
+            # session lives, then retries it: what `resume` is for. Had an earlier try applied,
+            # a new session would apply it again.
+            op.suspended = True
+            # At most 1.3 lifetimes (3.25 op timeouts): over well within the final settling.
+            pause = self.rng.uniform(1.05, 1.3) * self.scenario.sessions.lifetime_ms / 1000
+            op.deadline += pause
+            self.world.log(f"client {client.client_id} suspended mid-write for {pause:.4f}s")
+            self.world.after(pause, lambda: self._retry_if_current(client, op))
         else:
             self._attempt(client)
 
@@ -889,10 +952,22 @@ class Simulation:
         if op is None or op.op_id != response.op_id:
             return
         if response.ok:
+            if op.kind != "get":
+                client.acknowledged = True
             self._finish(client, op, Outcome.OK, response.value)
             return
         if response.definite_failure:
-            # A stale seq: committed but skipped by every replica, so it never took effect.
+            # A stale seq, or a session that expired: committed but skipped by every replica,
+            # so it never took effect.
+            if response.session_expired:
+                client.session += 1
+                client.acknowledged = False
+                self.world.log(f"client {client.client_id} starts session {client.session}")
+                if op.attempt > 1:
+                    # This try was refused, but an earlier one may have applied (its answer
+                    # lost): the outcome is unknown, as the client library reports it.
+                    self._finish(client, op, Outcome.INFO, None)
+                    return
             self._finish(client, op, Outcome.FAIL, None)
             return
         client.target = (
@@ -929,6 +1004,10 @@ class Simulation:
         )
         if not client.done:
             think = self.rng.uniform(0, self.config.heartbeat_interval * 2)
+            if "client_pause" in self.scenario.faults and self.rng.random() < 0.05:
+                # A client that goes quiet for longer than a session lives.
+                think = self.rng.uniform(1.2, 2) * self.scenario.sessions.lifetime_ms / 1000
+                self.world.log(f"client {client.client_id} goes quiet for {think:.4f}s")
             self.world.after(think, self._next_op_for(client))
 
     def _respond(self, node: SimNode, request: ClientRequest, response: ClientResponse) -> None:
@@ -962,11 +1041,11 @@ class Simulation:
 
     def _propose(self, node: SimNode, core: RaftNode, request: ClientRequest, now: float) -> None:
         token = next(self._tokens)
-        client_id = f"c{request.client}"
+        client_id = f"c{request.client}.{request.session}"
         command: SetCommand | DeleteCommand = (
-            DeleteCommand(request.key, client_id, request.seq)
+            DeleteCommand(request.key, client_id, request.seq, request.resume)
             if request.kind == "delete"
-            else SetCommand(request.key, request.value, client_id, request.seq)
+            else SetCommand(request.key, request.value, client_id, request.seq, request.resume)
         )
         result = core.propose(command, now, token)
         if isinstance(result, Accepted):
@@ -991,8 +1070,9 @@ class Simulation:
         if isinstance(result, WriteDone):
             return ClientResponse(op_id, True, None, None, False)
         assert isinstance(result, Refused)
-        stale = result.reason is Refusal.STALE_SEQUENCE
-        return ClientResponse(op_id, False, None, result.leader_hint, stale)
+        expired = result.reason is Refusal.SESSION_EXPIRED
+        definite = expired or result.reason is Refusal.STALE_SEQUENCE
+        return ClientResponse(op_id, False, None, result.leader_hint, definite, expired)
 
     # ------------------------------------------------------------------------------------------
     # Nemesis

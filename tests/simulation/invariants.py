@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
-from raftkv.core.messages import Command, LogEntry
+from raftkv.core.messages import Command, DeleteCommand, LogEntry, SetCommand
 from raftkv.core.node import RaftNode, Ready, Role
-from raftkv.core.state_machine import KeyValueStateMachine, SnapshotImage
+from raftkv.core.state_machine import (
+    DEFAULT_SESSION_RULES,
+    KeyValueStateMachine,
+    SessionRules,
+    SnapshotImage,
+)
 
 from .world import InvariantViolationError
 
@@ -17,7 +22,13 @@ class Disk(Protocol):
 
 
 class SafetyChecker:
-    def __init__(self, quorum: int) -> None:
+    def __init__(
+        self,
+        quorum: int,
+        sessions: SessionRules = DEFAULT_SESSION_RULES,
+        *,
+        honour_resume: bool = True,
+    ) -> None:
         self.quorum = quorum
         self.leader_of_term: dict[int, int] = {}
         # (index, term) -> (previous entry's term, command): equal keys must mean equal prefixes.
@@ -26,8 +37,10 @@ class SafetyChecker:
         self.committed: dict[int, LogEntry] = {}
         # The state machine replayed from `committed`, and its image after each index: what
         # every snapshot of that index must hold.
-        self._reference = KeyValueStateMachine()
+        self._reference = KeyValueStateMachine(rules=sessions, honour_resume=honour_resume)
         self._reference_images: dict[int, SnapshotImage] = {}
+        # (client id, seq) -> the index where that write took effect.
+        self._applied_writes: dict[tuple[str, int], int] = {}
         # index -> term of the leader that committed it (the first node to apply an entry is
         # the leader that committed it: followers learn of commits from leaders).
         self.committed_in_term: dict[int, int] = {}
@@ -55,27 +68,48 @@ class SafetyChecker:
                     f"another node applied {known_entry}"
                 )
 
+        self._replay_committed()
         for image, how in ((ready.snapshot, "took"), (ready.installed, "installed")):
             if image is not None:
                 self.check_snapshot(node_id, image, how)
 
+    def _replay_committed(self) -> None:
+        """Advance the reference machine over the committed entries known in order, checking
+        exactly-once on the way: a client write (id, seq) takes effect at most once, however
+        often it was retried, and however long after (docs/design.md §11)."""
+        while (index := len(self._reference_images) + 1) in self.committed:
+            entry = self.committed[index]
+            effect = self._reference.apply(entry.command, index, entry.time)
+            self._reference_images[index] = self._reference.image(index, entry.term)
+            command = entry.command
+            if (
+                effect == index
+                and isinstance(command, SetCommand | DeleteCommand)
+                and command.client_id
+            ):
+                write = (command.client_id, command.seq)
+                first = self._applied_writes.setdefault(write, index)
+                if first != index:
+                    raise InvariantViolationError(
+                        f"exactly-once: client {command.client_id} seq {command.seq} took "
+                        f"effect at index {first} and again at index {index}"
+                    )
+
     def check_snapshot(self, node_id: int, image: SnapshotImage, how: str) -> None:
         """A snapshot at index I holds exactly the state of the committed entries 1..I."""
-        while len(self._reference_images) < image.index:
-            index = len(self._reference_images) + 1
-            entry = self.committed.get(index)
-            if entry is None:
-                raise InvariantViolationError(
-                    f"snapshot content: node {node_id} {how} a snapshot at index {image.index}, "
-                    f"but entry {index} is not known to be committed"
-                )
-            self._reference.apply(entry.command, index)
-            self._reference_images[index] = self._reference.image(index, entry.term)
+        self._replay_committed()
+        if len(self._reference_images) < image.index:
+            missing = len(self._reference_images) + 1
+            raise InvariantViolationError(
+                f"snapshot content: node {node_id} {how} a snapshot at index {image.index}, "
+                f"but entry {missing} is not known to be committed"
+            )
         expected = self._reference_images[image.index]
-        if (image.term, image.data, image.sessions) != (
+        if (image.term, image.data, image.sessions, image.cluster_time) != (
             expected.term,
             expected.data,
             expected.sessions,
+            expected.cluster_time,
         ):
             raise InvariantViolationError(
                 f"snapshot content: node {node_id} {how} a snapshot at index {image.index} "

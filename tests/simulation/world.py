@@ -99,6 +99,10 @@ class ClientRequest:
     key: str
     value: str
     seq: int
+    # The client's session number (its client id is c<client>.<session>) and whether the
+    # write says that session exists (a write of it was acknowledged).
+    session: int = 0
+    resume: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,7 @@ class ClientResponse:
     value: str | None
     leader_hint: int | None
     definite_failure: bool
+    session_expired: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
