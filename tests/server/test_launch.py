@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.core.config import ReadMode
+from raftkv.core.config import ReadMode, SnapshotPolicy
 from raftkv.core.node import UnsafeSwitches
 from raftkv.server.launch import CONSOLE_SCRIPT, PYTHON_MODULE, NodeLaunch, TlsFiles
 from raftkv.server.main import build_parser
@@ -36,6 +36,7 @@ def everything(**changes: object) -> NodeLaunch:
         "initial_cluster_state": "existing",
         "quiet": True,
         "chrony_conf": Path("/etc/chrony/other.conf"),
+        "snapshots": SnapshotPolicy(50, 4096, 10),
         "unsafe": EVERY_SWITCH,
         "fsync": False,
         "allow_unsafe": True,
@@ -74,6 +75,7 @@ def test_every_field_reaches_the_parser_with_its_meaning() -> None:
     assert args.initial_cluster_state == "existing"
     assert args.quiet is True
     assert args.chrony_conf == Path("/etc/chrony/other.conf")
+    assert (args.snapshot_entries, args.snapshot_bytes, args.trailing_entries) == (50, 4096, 10)
     assert args.unsafe_no_fsync is True
     assert args.allow_unsafe is True
     for name in UnsafeSwitches.__slots__:
