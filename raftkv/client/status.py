@@ -26,7 +26,9 @@ __all__ = [
     "unreachable_row",
 ]
 
-STATUS_COLUMNS = ("NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE")
+STATUS_COLUMNS = (
+    "NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "SNAPSHOT", "LEADER", "LEASE", "REACHABLE"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class NodeStatusRow:
     lease_remaining: float | None = None
     waiting_for_old_lease: float | None = None
     read_mode: str | None = None
+    # The node's durable snapshot's last index (0: none) and the first log entry it holds.
+    snapshot_index: int | None = None
+    first_index: int | None = None
 
 
 def row_from_status(node_id: int, address: str, reply: raftkv_pb2.StatusResponse) -> NodeStatusRow:
@@ -63,6 +68,8 @@ def row_from_status(node_id: int, address: str, reply: raftkv_pb2.StatusResponse
         lease_remaining=reply.lease_remaining,
         waiting_for_old_lease=reply.waiting_for_old_lease,
         read_mode=reply.read_mode,
+        snapshot_index=reply.snapshot_index,
+        first_index=reply.first_index,
     )
 
 
@@ -121,6 +128,7 @@ def _status_cells(row: NodeStatusRow) -> list[str]:
         row.role or "-",
         shown(row.term),
         shown(row.commit_length),
+        shown(row.snapshot_index),
         shown(row.leader_id),
         lease,
         reachable,

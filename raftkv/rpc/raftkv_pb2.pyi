@@ -355,11 +355,108 @@ class RequestVoteReply(_message.Message):
 Global___RequestVoteReply: _TypeAlias = RequestVoteReply  # noqa: Y015
 
 @_typing.final
+class InstallSnapshotArgs(_message.Message):
+    """One chunk of a snapshot a leader streams to a follower that needs entries it compacted away
+    (docs/design.md §5). The Raft fields are the core's InstallSnapshot (every chunk is news of
+    the leader, like an AppendEntries); last_index/last_term are the streamed file's header.
+    `data` is the file's bytes at `offset` (at most 256 KiB); `total_size` the file's size;
+    `done` marks the chunk that ends the file (offset + len(data) == total_size).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERM_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_TERM_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    term: _builtins.int
+    leader_id: _builtins.int
+    last_index: _builtins.int
+    last_term: _builtins.int
+    lease_duration: _builtins.float
+    max_clock_drift: _builtins.float
+    offset: _builtins.int
+    total_size: _builtins.int
+    data: _builtins.bytes
+    done: _builtins.bool
+    def __init__(
+        self,
+        *,
+        term: _builtins.int = ...,
+        leader_id: _builtins.int = ...,
+        last_index: _builtins.int = ...,
+        last_term: _builtins.int = ...,
+        lease_duration: _builtins.float = ...,
+        max_clock_drift: _builtins.float = ...,
+        offset: _builtins.int = ...,
+        total_size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "done", b"done", "last_index", b"last_index", "last_term", b"last_term", "leader_id", b"leader_id", "lease_duration", b"lease_duration", "max_clock_drift", b"max_clock_drift", "offset", b"offset", "term", b"term", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstallSnapshotArgs: _TypeAlias = InstallSnapshotArgs  # noqa: Y015
+
+@_typing.final
+class InstallSnapshotReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERM_FIELD_NUMBER: _builtins.int
+    FOLLOWER_ID_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    MATCH_INDEX_FIELD_NUMBER: _builtins.int
+    MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    term: _builtins.int
+    follower_id: _builtins.int
+    last_index: _builtins.int
+    done: _builtins.bool
+    match_index: _builtins.int
+    """On the last chunk: the follower's log matches the leader's up to here."""
+    max_clock_drift: _builtins.float
+    incarnation: _builtins.int
+    next_offset: _builtins.int
+    """The bytes of this transfer the follower holds: where the next chunk must start (0 after
+    the follower dropped the transfer, e.g. a snapshot that failed its checks).
+    """
+    def __init__(
+        self,
+        *,
+        term: _builtins.int = ...,
+        follower_id: _builtins.int = ...,
+        last_index: _builtins.int = ...,
+        done: _builtins.bool = ...,
+        match_index: _builtins.int = ...,
+        max_clock_drift: _builtins.float = ...,
+        incarnation: _builtins.int = ...,
+        next_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "follower_id", b"follower_id", "incarnation", b"incarnation", "last_index", b"last_index", "match_index", b"match_index", "max_clock_drift", b"max_clock_drift", "next_offset", b"next_offset", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstallSnapshotReply: _TypeAlias = InstallSnapshotReply  # noqa: Y015
+
+@_typing.final
 class RaftMessage(_message.Message):
-    """The peer stream: the node that dials sends its AppendEntries and RequestVote requests; the node
-    that answers writes exactly one reply per request, in the order the requests arrived. Messages
-    that queue up while a write is in progress travel together in one RaftMessages. Nodes use this
-    stream only.
+    """The peer stream: the node that dials sends its AppendEntries, RequestVote and InstallSnapshot
+    requests; the node that answers writes exactly one reply per request, in the order the
+    requests arrived. Messages that queue up while a write is in progress travel together in one
+    RaftMessages. Nodes use this stream only.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -368,6 +465,8 @@ class RaftMessage(_message.Message):
     REQUEST_VOTE_FIELD_NUMBER: _builtins.int
     APPEND_ENTRIES_REPLY_FIELD_NUMBER: _builtins.int
     REQUEST_VOTE_REPLY_FIELD_NUMBER: _builtins.int
+    INSTALL_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    INSTALL_SNAPSHOT_REPLY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def append_entries(self) -> Global___AppendEntriesArgs: ...
     @_builtins.property
@@ -376,6 +475,10 @@ class RaftMessage(_message.Message):
     def append_entries_reply(self) -> Global___AppendEntriesReply: ...
     @_builtins.property
     def request_vote_reply(self) -> Global___RequestVoteReply: ...
+    @_builtins.property
+    def install_snapshot(self) -> Global___InstallSnapshotArgs: ...
+    @_builtins.property
+    def install_snapshot_reply(self) -> Global___InstallSnapshotReply: ...
     def __init__(
         self,
         *,
@@ -383,12 +486,14 @@ class RaftMessage(_message.Message):
         request_vote: Global___RequestVoteArgs | None = ...,
         append_entries_reply: Global___AppendEntriesReply | None = ...,
         request_vote_reply: Global___RequestVoteReply | None = ...,
+        install_snapshot: Global___InstallSnapshotArgs | None = ...,
+        install_snapshot_reply: Global___InstallSnapshotReply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["append_entries", b"append_entries", "append_entries_reply", b"append_entries_reply", "message", b"message", "request_vote", b"request_vote", "request_vote_reply", b"request_vote_reply"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["append_entries", b"append_entries", "append_entries_reply", b"append_entries_reply", "install_snapshot", b"install_snapshot", "install_snapshot_reply", b"install_snapshot_reply", "message", b"message", "request_vote", b"request_vote", "request_vote_reply", b"request_vote_reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["append_entries", b"append_entries", "append_entries_reply", b"append_entries_reply", "message", b"message", "request_vote", b"request_vote", "request_vote_reply", b"request_vote_reply"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append_entries", b"append_entries", "append_entries_reply", b"append_entries_reply", "install_snapshot", b"install_snapshot", "install_snapshot_reply", b"install_snapshot_reply", "message", b"message", "request_vote", b"request_vote", "request_vote_reply", b"request_vote_reply"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["append_entries", "request_vote", "append_entries_reply", "request_vote_reply"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["append_entries", "request_vote", "append_entries_reply", "request_vote_reply", "install_snapshot", "install_snapshot_reply"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -673,6 +778,8 @@ class StatusResponse(_message.Message):
     WAITING_FOR_OLD_LEASE_FIELD_NUMBER: _builtins.int
     READ_MODE_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     role: _builtins.str
     term: _builtins.int
@@ -685,6 +792,9 @@ class StatusResponse(_message.Message):
     waiting_for_old_lease: _builtins.float
     read_mode: _builtins.str
     address: _builtins.str
+    snapshot_index: _builtins.int
+    """The node's durable snapshot's last index (0: none) and the first log entry it holds."""
+    first_index: _builtins.int
     def __init__(
         self,
         *,
@@ -699,10 +809,12 @@ class StatusResponse(_message.Message):
         waiting_for_old_lease: _builtins.float = ...,
         read_mode: _builtins.str = ...,
         address: _builtins.str = ...,
+        snapshot_index: _builtins.int = ...,
+        first_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_leader_id", b"_leader_id", "leader_id", b"leader_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leader_id", b"_leader_id", "address", b"address", "applied_length", b"applied_length", "commit_length", b"commit_length", "leader_id", b"leader_id", "lease_remaining", b"lease_remaining", "log_length", b"log_length", "node_id", b"node_id", "read_mode", b"read_mode", "role", b"role", "term", b"term", "waiting_for_old_lease", b"waiting_for_old_lease"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leader_id", b"_leader_id", "address", b"address", "applied_length", b"applied_length", "commit_length", b"commit_length", "first_index", b"first_index", "leader_id", b"leader_id", "lease_remaining", b"lease_remaining", "log_length", b"log_length", "node_id", b"node_id", "read_mode", b"read_mode", "role", b"role", "snapshot_index", b"snapshot_index", "term", b"term", "waiting_for_old_lease", b"waiting_for_old_lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__leader_id: _TypeAlias = _typing.Literal["leader_id"]  # noqa: Y015
     _WhichOneofArgType__leader_id: _TypeAlias = _typing.Literal["_leader_id", b"_leader_id"]  # noqa: Y015

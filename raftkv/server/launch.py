@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from raftkv.cluster import INITIAL_CLUSTER_STATES
-from raftkv.core.config import ReadMode
+from raftkv.core.config import ReadMode, SnapshotPolicy
 from raftkv.core.node import SAFE, UnsafeSwitches
 from raftkv.server.seams import (
     ALLOW_UNSAFE_FLAG,
@@ -90,6 +90,8 @@ class NodeLaunch:
     initial_cluster_state: str | None = None
     quiet: bool = False
     chrony_conf: Path | None = None
+    # --snapshot-entries, --snapshot-bytes, --trailing-entries (None: the node's defaults).
+    snapshots: SnapshotPolicy | None = None
     unsafe: UnsafeSwitches = SAFE
     fsync: bool = True
     allow_unsafe: bool = False
@@ -171,6 +173,10 @@ class NodeLaunch:
             argv.append("--quiet")
         if self.chrony_conf is not None:
             argv += ["--chrony-conf", str(self.chrony_conf)]
+        if self.snapshots is not None:
+            argv += ["--snapshot-entries", str(self.snapshots.entries)]
+            argv += ["--snapshot-bytes", str(self.snapshots.bytes)]
+            argv += ["--trailing-entries", str(self.snapshots.trailing_entries)]
         argv += [unsafe_flag(name) for name in self.unsafe.enabled()]
         if not self.fsync:
             argv.append(NO_FSYNC_FLAG)

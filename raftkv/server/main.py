@@ -48,7 +48,14 @@ from pathlib import Path
 import grpc
 
 from raftkv.cluster import INITIAL_CLUSTER_STATES, ClusterConfigError, ClusterDescription
-from raftkv.core.config import ConfigError, ReadMode, TimingConfig, profile
+from raftkv.core.config import (
+    DEFAULT_SNAPSHOTS,
+    ConfigError,
+    ReadMode,
+    SnapshotPolicy,
+    TimingConfig,
+    profile,
+)
 from raftkv.core.node import Role, UnsafeSwitches
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.rpc.options import NODE_OPTIONS
@@ -95,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--read-mode", choices=[m.value for m in ReadMode], default=None)
     parser.add_argument("--lease", type=float, help="override the lease duration (seconds)")
     parser.add_argument("--max-drift", type=float, help="override max_clock_drift")
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=DEFAULT_SNAPSHOTS.entries,
+        help="snapshot once this many entries committed since the last snapshot "
+        f"(default {DEFAULT_SNAPSHOTS.entries})",
+    )
+    parser.add_argument(
+        "--snapshot-bytes",
+        type=int,
+        default=DEFAULT_SNAPSHOTS.bytes,
+        help="...or once this many bytes of keys and values were applied since "
+        f"(default {DEFAULT_SNAPSHOTS.bytes}, 64 MiB)",
+    )
+    parser.add_argument(
+        "--trailing-entries",
+        type=int,
+        default=DEFAULT_SNAPSHOTS.trailing_entries,
+        help="log entries kept before the snapshot's index for followers a little behind "
+        f"(default {DEFAULT_SNAPSHOTS.trailing_entries})",
+    )
     parser.add_argument("--listen", help="client bind address (default: the node's address)")
     parser.add_argument(
         "--peer-listen", help="peer bind address (default: the node's peer_address)"
@@ -203,6 +231,7 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, Listeners]:
         client_cert_auth=args.client_cert_auth,
         peer_tls=_peer_tls(args, cluster, node_id),
         fsync=not args.unsafe_no_fsync,
+        snapshots=SnapshotPolicy(args.snapshot_entries, args.snapshot_bytes, args.trailing_entries),
     )
     return options, Listeners(
         args.listen or member.address, args.peer_listen or member.peer_address
@@ -262,7 +291,10 @@ def _tune_garbage_collector() -> None:
     """Every log entry stays in memory as GC-tracked objects, so the collector's passes over
     older generations grow with the log. Collecting less often halved SET p99.9 at C=64 in
     `raftkv bench --workloads set` (34 and 27 ms before, 13–19 ms after, in paired runs);
-    freezing moves the log loaded at start out of its reach.
+    freezing moves the log loaded at start out of its reach. Called once the Replica has
+    loaded its files: the snapshot's persistent maps (immutables.Map nodes, one per few keys)
+    would otherwise be rescanned by every full collection for as long as the node runs
+    (https://docs.python.org/3/library/gc.html#gc.freeze).
     """
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
@@ -424,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options, listen = resolve(args)
         options.config.validate()
+        options.snapshots.validate()
         clock = Clock.from_environment()
         check_seams(options, clock, args.allow_unsafe)
     except (StartupError, ClusterConfigError, ConfigError, SeamError, TlsConfigError) as error:

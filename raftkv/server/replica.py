@@ -7,9 +7,17 @@ its other messages are sent, and only then is the core advanced. Reads bypass th
 are checked against the clock at the moment they arrive (docs/design.md §3 rule 4).
 
 Peer messages travel on one stream per peer (raftkv/server/peers.py): request/response on the
-wire but one-way in the core. Every AppendEntries and RequestVote the core receives produces
-exactly one reply, in order, so an inbound request waits on a FIFO of futures keyed by (sender,
-reply type) and the Nth reply resolves the Nth waiter.
+wire but one-way in the core. Every AppendEntries, RequestVote and InstallSnapshot the core
+receives produces exactly one reply, in order, so an inbound request waits on a FIFO of futures
+keyed by (sender, reply type) and the Nth reply resolves the Nth waiter.
+
+Snapshots (docs/design.md §5): the core hands out an image (`Ready.snapshot`, an O(1) reference
+to its persistent maps); one background task writes it (`NodeStorage.save_snapshot` in a worker
+thread) and reports the outcome as an input, and the compaction the core asks for once it is
+durable (`Ready.compact_to`) runs in a worker thread too, finished before the next write to the
+log. InstallSnapshot's bytes are moved by raftkv/server/snapshot_transfer.py: a sender task per
+follower on a leader, one receiver on every node; an installed snapshot (`Ready.installed`)
+becomes snapshot.txt before the log is reset and before any reply leaves.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from pathlib import Path
 import grpc
 
 from raftkv.cluster import ClusterDescription, NodeAddress
-from raftkv.core.config import TimingConfig
+from raftkv.core.config import DEFAULT_SNAPSHOTS, SnapshotPolicy, TimingConfig
 from raftkv.core.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -50,6 +58,7 @@ from raftkv.core.messages import (
 )
 from raftkv.core.node import (
     SAFE,
+    CoreMisuseError,
     NodeStatus,
     PersistentState,
     RaftNode,
@@ -57,6 +66,7 @@ from raftkv.core.node import (
     Role,
     UnsafeSwitches,
 )
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
 from raftkv.server.peers import PeerLink
@@ -67,7 +77,19 @@ from raftkv.server.seams import (
     clock_rate_from,
     seams_in_effect,
 )
-from raftkv.server.storage import NodeStorage, StorageError, encode_lines, node_data_dir
+from raftkv.server.snapshot_transfer import (
+    SnapshotReceiver,
+    SnapshotSender,
+    TransferFailedError,
+)
+from raftkv.server.storage import (
+    SNAPSHOT_FILE_NAME,
+    SNAPSHOT_RECV_NAME,
+    NodeStorage,
+    StorageError,
+    encode_lines,
+    node_data_dir,
+)
 from raftkv.server.timecheck import TimeServiceCheck
 from raftkv.server.transfer import TransferDone, TransferRefusal, TransferRefused, TransferRequest
 from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
@@ -138,6 +160,9 @@ class ReplicaOptions:
     peer_tls: LoadedTls | None = None
     # False only for the `--unsafe-no-fsync` negative control.
     fsync: bool = True
+    # When to snapshot and how much log to keep after (--snapshot-entries, --snapshot-bytes,
+    # --trailing-entries).
+    snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS
 
     def seams(self, clock_rate: float) -> list[Seam]:
         """The test seams these options turn on, with the node's clock rate and RAFTKV_FAILPOINT
@@ -154,6 +179,22 @@ class ReplicaOptions:
 
 class FatalNodeError(RuntimeError):
     """The node cannot continue safely (storage failure, broken invariant)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotWritten:
+    """Input: the background write of the image at `index` ended (`error` None: durable, or
+    superseded by a newer snapshot, which the core ignores as it does any index ≤ its own)."""
+
+    index: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotSendFailed:
+    """Input: streaming the snapshot to `peer` failed or ran past its deadline."""
+
+    peer: int
 
 
 def _peer_channel(peer: NodeAddress, tls: LoadedTls | None) -> grpc.aio.Channel:
@@ -198,19 +239,29 @@ class Replica:
         self._commit_hint_written = loaded.commit_length
         self._commit_hint_at = 0.0
         peer_ids = [n.id for n in options.cluster.nodes if n.id != self.node_id]
+        snapshot = loaded.snapshot.image() if loaded.snapshot is not None else None
         self.core = RaftNode(
             self.node_id,
             peer_ids,
             options.config,
             random.Random(),
             self.clock.now(),
-            persisted=PersistentState(loaded.hard_state, loaded.entries, loaded.commit_length),
+            persisted=PersistentState(
+                loaded.hard_state,
+                loaded.entries,
+                loaded.commit_length,
+                snapshot=snapshot,
+                log_offset=loaded.log_offset,
+                log_offset_term=loaded.log_offset_term,
+            ),
             unsafe=options.unsafe,
             admitted=loaded.admitted,
             incarnation=loaded.incarnation,
+            snapshots=options.snapshots,
         )
         self._inputs: deque[
-            tuple[Message, None] | tuple[Command | TransferRequest, asyncio.Future[object]]
+            tuple[Message | _SnapshotWritten | _SnapshotSendFailed, None]
+            | tuple[Command | TransferRequest, asyncio.Future[object]]
         ] = deque()
         # Set, and replaced by a fresh one, whenever the node's role, term or leader changes.
         self._leadership_changed = asyncio.Event()
@@ -232,6 +283,19 @@ class Replica:
             for n in options.cluster.nodes
             if n.id != self.node_id
         }
+        self.receiver = SnapshotReceiver(
+            self.data_dir / SNAPSHOT_RECV_NAME,
+            self.node_id,
+            options.cluster.cluster_id,
+            self.begin_exchange,
+            self.dump.write,
+            sync=options.fsync,
+        )
+        # The background work the loop does not wait for: the one snapshot write, the last
+        # compaction (awaited before the next write to the log), a sender per follower.
+        self._snapshot_write: asyncio.Task[None] | None = None
+        self._compaction: asyncio.Task[None] | None = None
+        self._senders: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._stopping = False
 
     # ------------------------------------------------------------------------------------------
@@ -241,10 +305,14 @@ class Replica:
         self._inputs.append((message, None))
         self._wake.set()
 
-    def begin_exchange(self, message: AppendEntries | RequestVote) -> asyncio.Future[Message]:
+    def begin_exchange(
+        self, message: AppendEntries | RequestVote | InstallSnapshot
+    ) -> asyncio.Future[Message]:
         """Feed an inbound peer request to the core; the future gets the core's reply to it."""
         if isinstance(message, AppendEntries):
             key: tuple[int, type] = (message.leader_id, AppendEntriesReply)
+        elif isinstance(message, InstallSnapshot):
+            key = (message.leader_id, InstallSnapshotReply)
         else:
             key = (message.candidate_id, RequestVoteReply)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -418,6 +486,8 @@ class Replica:
         lease clock); the test seams in effect, if any, in the UNSAFE line right after (where
         tools look for it); its peer listener; the time-service check, if one was made."""
         config = self.options.config
+        # The format is parsed by `raftkv logs review`; a node that starts from a snapshot says
+        # so in the core's own line (SnapshotLoaded), and "log entries" counts from index 1.
         lines = [
             f"Node {self.node_id} starting at {self.address}: term {self.core.term}, "
             f"{self.core.log.last_index} log entries, read mode {config.read_mode.value}, "
@@ -477,7 +547,15 @@ class Replica:
         while self._inputs:
             item, future = self._inputs.popleft()
             if future is None:
-                self.core.step(item, now)  # type: ignore[arg-type]
+                if isinstance(item, _SnapshotWritten):
+                    if item.error is None:
+                        self.core.snapshot_saved(item.index, now)
+                    else:
+                        self.core.snapshot_failed(item.index, now, item.error)
+                elif isinstance(item, _SnapshotSendFailed):
+                    self.core.snapshot_send_failed(item.peer, now)
+                else:
+                    self.core.step(item, now)  # type: ignore[arg-type]
                 continue
             if isinstance(item, TransferRequest):
                 if not future.done():
@@ -531,6 +609,9 @@ class Replica:
             and now - self._commit_hint_at >= COMMIT_HINT_INTERVAL
         )
         if persisting or hint_due:
+            # The last compaction first: log writes stay in the order the core made them, and
+            # the loop never blocks on the storage lock a compaction in a thread holds.
+            await self._compaction_finished()
             try:
                 lines = encode_lines(ready.entries, ready.first_index) if ready.log_changed else []
                 if self.core.role is Role.LEADER:
@@ -552,12 +633,29 @@ class Replica:
                 raise FatalNodeError(str(error)) from error
             if hint_due:
                 self._commit_hint_at = now
+        if ready.compact_to:
+            # After this Ready's writes (it may hold the entries up to compact_to), in a worker
+            # thread: rewriting logs.txt takes a copy of the kept tail and two fsyncs. Nothing
+            # sent depends on it (the snapshot it follows is durable already).
+            await self._compaction_finished()
+            self._compaction = asyncio.create_task(self._compact(ready.compact_to))
+        if ready.snapshot is not None:
+            self._start_snapshot_write(ready.snapshot)
         for envelope in ready.send_after_persist:
             self._dispatch(envelope)
         self.core.advance(ready)
 
     def _persist(self, ready: Ready, lines: list[bytes], write_hint: bool) -> None:
-        """Log lines first, then the metadata that refers to them (a leader: worker thread)."""
+        """A received snapshot first, then the log reset it implies, the log lines, and the
+        metadata that refers to them (a leader: in a worker thread)."""
+        if ready.installed is not None:
+            # The receiver wrote, synced and checked snapshot.txt.recv before the core took it.
+            installed = ready.installed
+            self.storage.install_received_snapshot(
+                self.receiver.path, installed.index, installed.term
+            )
+        if ready.log_reset is not None:
+            self.storage.reset_log(*ready.log_reset)
         if ready.log_changed:
             self.storage.append_encoded(ready.first_index, lines)
         if ready.hard_state is not None or write_hint:
@@ -568,18 +666,100 @@ class Replica:
 
     def _dispatch(self, envelope: Envelope) -> None:
         message = envelope.message
-        if isinstance(message, AppendEntriesReply | RequestVoteReply):
+        if isinstance(message, AppendEntriesReply | RequestVoteReply | InstallSnapshotReply):
             waiters = self._reply_waiters.get((envelope.to, type(message)))
             if waiters:
                 future = waiters.popleft()
                 if not future.done():
                     future.set_result(message)
             return
-        if isinstance(message, InstallSnapshot | InstallSnapshotReply):
-            return  # the shell's snapshot transfer comes with the storage that compacts
+        if isinstance(message, InstallSnapshot):
+            self._start_sender(envelope.to, message)
+            return
         link = self.peers.get(envelope.to)
         if link is not None:
             link.send(message)
+
+    # ------------------------------------------------------------------------------------------
+    # Snapshots: the background write, compaction, the sender tasks
+
+    def _queue_input(self, item: _SnapshotWritten | _SnapshotSendFailed) -> None:
+        """An outcome for the core: fed in `_pump`, never between take_ready and advance."""
+        self._inputs.append((item, None))
+        self._wake.set()
+
+    def _start_snapshot_write(self, image: SnapshotImage) -> None:
+        if self._snapshot_write is not None and not self._snapshot_write.done():
+            # The core hands out one image at a time (it waits for the outcome of this one).
+            raise CoreMisuseError(f"a snapshot at {image.index} while another is being written")
+        self._snapshot_write = asyncio.create_task(self._write_snapshot(image))
+
+    async def _write_snapshot(self, image: SnapshotImage) -> None:
+        """Serialise and fsync `image` in a worker thread (seconds for a large state: the loop
+        goes on), then tell the core. None from save_snapshot (a newer snapshot, installed
+        meanwhile, won) is reported as saved: the core ignores an index ≤ its snapshot's."""
+        try:
+            await asyncio.to_thread(self.storage.save_snapshot, image)
+        except (StorageError, OSError, ValueError) as error:
+            self._queue_input(_SnapshotWritten(image.index, str(error)))
+        else:
+            self._queue_input(_SnapshotWritten(image.index, None))
+
+    async def _compact(self, compact_to: int) -> None:
+        try:
+            await asyncio.to_thread(self.storage.compact, compact_to)
+        except StorageError as error:
+            # The storage refuses every later write too: the next persist stops the node.
+            self.dump.write(f"Node {self.node_id} could not compact its log: {error}")
+
+    async def _compaction_finished(self) -> None:
+        compaction = self._compaction
+        if compaction is not None:
+            self._compaction = None
+            await compaction
+
+    def _start_sender(self, peer: int, intent: InstallSnapshot) -> None:
+        """The core's intent to stream its snapshot to `peer` (a leader's): one sender task per
+        follower; one of an earlier term that still runs is replaced."""
+        link = self.peers.get(peer)
+        if link is None:
+            return
+        running = self._senders.get(peer)
+        if running is not None and not running[1].done():
+            if running[0] == intent.term:
+                return
+            running[1].cancel()
+        task = asyncio.create_task(self._send_snapshot(peer, link, intent))
+        self._senders[peer] = (intent.term, task)
+
+    async def _send_snapshot(self, peer: int, link: PeerLink, intent: InstallSnapshot) -> None:
+        core = self.core
+        sender = SnapshotSender(
+            self.data_dir / SNAPSHOT_FILE_NAME,
+            link,
+            intent,
+            self.options.config,
+            lambda: core.role is Role.LEADER and core.term == intent.term,
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            done = await sender.run()
+        except TransferFailedError as error:
+            self.dump.write(
+                f"Leader {self.node_id} stopped sending its snapshot to Node {peer} after "
+                f"{sender.chunks_sent} chunks: {error}"
+            )
+            self._queue_input(_SnapshotSendFailed(peer))
+            return
+        if done:
+            header = sender.header
+            index = header.last_index if header is not None else intent.last_index
+            self.dump.write(
+                f"Leader {self.node_id} sent its snapshot at index {index} to Node {peer}: "
+                f"{sender.size} bytes in {sender.chunks_sent} chunks, "
+                f"{loop.time() - started:.3f} s."
+            )
 
     # ------------------------------------------------------------------------------------------
     # Shutdown
@@ -587,6 +767,15 @@ class Replica:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        for _, task in self._senders.values():
+            task.cancel()
+        self.receiver.close()
+        # A snapshot write may take seconds; it is abandoned (its temporary file is deleted at
+        # the next start). A compaction is short and holds the storage lock: let it finish.
+        if self._snapshot_write is not None:
+            self._snapshot_write.cancel()
+        with contextlib.suppress(StorageError):
+            await self._compaction_finished()
         for future in self._client_waiters.values():
             if not future.done():
                 future.set_result(Refused(Refusal.NOT_LEADER, None))

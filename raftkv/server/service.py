@@ -219,6 +219,7 @@ class PeerService(raftkv_pb2_grpc.RaftServicer):
             self.peer_ids,
             cluster_id=self.replica.options.cluster.cluster_id,
             sender=sender,
+            receive_chunk=self.replica.receiver.receive,
         )
         async for replies in session.serve(request_iterator):
             yield replies
@@ -444,6 +445,8 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
             waiting_for_old_lease=status.waiting_for_old_lease,
             read_mode=self.replica.options.config.read_mode.value,
             address=self.replica.address,
+            snapshot_index=status.snapshot_index,
+            first_index=status.first_index,
         )
         if status.leader_id is not None:
             response.leader_id = status.leader_id

@@ -443,6 +443,12 @@ class SnapshotReader:
             self._failure = exc
             raise
 
+    @property
+    def header(self) -> SnapshotHeader | None:
+        """The header, once its lines have been fed (None before): what a snapshot says it
+        holds, known before the rest of it is read."""
+        return self._header
+
     def finish(self) -> LoadedSnapshot:
         """The snapshot, once everything has been fed: raises SnapshotCorruption if it stops
         before its END line (a truncated file or stream)."""

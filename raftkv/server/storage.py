@@ -241,6 +241,7 @@ __all__ = [
     "MAX_INCARNATION",
     "METADATA_FILE_NAME",
     "SNAPSHOT_FILE_NAME",
+    "SNAPSHOT_RECV_NAME",
     "ClusterIdMismatchError",
     "HardState",
     "LoadedState",
@@ -267,9 +268,9 @@ _METADATA_TMP_NAME: Final = "metadata.txt.tmp"
 _LOG_TMP_NAME: Final = "logs.txt.tmp"
 _SNAPSHOT_TMP_NAME: Final = SNAPSHOT_FILE_NAME + ".tmp"
 # Where the InstallSnapshot receiver streams a leader's snapshot before it is installed.
-_SNAPSHOT_RECV_NAME: Final = SNAPSHOT_FILE_NAME + ".recv"
+SNAPSHOT_RECV_NAME: Final = SNAPSHOT_FILE_NAME + ".recv"
 # Left by a crash while one of them was being written; the file they were to replace is intact.
-_STALE_TMP_NAMES: Final = (_LOG_TMP_NAME, _SNAPSHOT_TMP_NAME, _SNAPSHOT_RECV_NAME)
+_STALE_TMP_NAMES: Final = (_LOG_TMP_NAME, _SNAPSHOT_TMP_NAME, SNAPSHOT_RECV_NAME)
 
 FAILPOINT_ENV: Final = "RAFTKV_FAILPOINT"
 FAILPOINT_LOG_WRITE: Final = "after-log-write-before-fsync"
@@ -1037,6 +1038,34 @@ class NodeStorage:
                         tmp_path.unlink()
                 self._snapshot_index, self._snapshot_term = image.index, image.term
                 return info
+
+    def install_received_snapshot(self, path: Path, index: int, term: int) -> None:
+        """Make the snapshot a leader sent (`path`, in this directory: the receiver wrote,
+        checked and fdatasync'ed it) the node's snapshot.txt, durably: rename, directory fsync.
+
+        Takes only the storage's lock, never the one `save_snapshot` holds while it writes (an
+        install must not wait for a local snapshot of seconds; that one, older, then finds this
+        one in place and is dropped). `index` must be above the durable snapshot's (ValueError
+        otherwise: the core installs only a snapshot beyond its commit index). The caller
+        resets the log next (`reset_log`): until then a crash leaves this snapshot beside the
+        old log, which the core replaces at start-up (it disagrees with the snapshot)."""
+        path = Path(path)
+        if path.parent != self._directory:
+            raise ValueError(f"{path} is not in {self._directory}: the rename would not be atomic")
+        with self._lock:
+            self._writable_fd()
+            if index <= self._snapshot_index:
+                raise ValueError(
+                    f"cannot install a snapshot at {index}: the durable one is at "
+                    f"{self._snapshot_index}"
+                )
+            try:
+                os.replace(path, self._snapshot_path)
+                if self._sync:
+                    self._fsync_directory(self._directory)
+            except OSError as exc:
+                raise self._fail(f"installing {self._snapshot_path} failed: {exc}") from exc
+            self._snapshot_index, self._snapshot_term = index, term
 
     def compact(self, compact_to: int) -> None:
         """Drop the log lines below `compact_to`, keeping its line as the sentinel (its term is

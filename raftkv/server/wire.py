@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Collection
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Final, TypeVar
 
 from raftkv.core.messages import (
     NO_OP,
     AppendEntries,
     AppendEntriesReply,
     DeleteCommand,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     Message,
     RequestVote,
@@ -28,8 +31,44 @@ from raftkv.rpc import raftkv_pb2 as pb
 M = TypeVar("M", bound=Message)
 
 
+# A snapshot chunk carries at most this many bytes: a peer never makes a node buffer more per
+# request (the sender reads exactly this much per chunk; the receiver refuses larger ones).
+SNAPSHOT_CHUNK_BYTES: Final = 256 * 1024
+# The largest snapshot a transfer may announce. Far beyond any state a node holds in memory;
+# it bounds what a faulty peer can make a follower write to its disk in one transfer.
+MAX_SNAPSHOT_BYTES: Final = 64 * 1024**3
+
+
 class WireError(ValueError):
     """A message from the network that the core must not see."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """One InstallSnapshotArgs: the core's message and the wire-only fields, which stay in the
+    shell. The message's `done` is False and its `image` None whatever `done` says here: the
+    core takes a chunk as the last one only with the verified image, which the receiving shell
+    attaches (raftkv/server/snapshot_transfer.py)."""
+
+    message: InstallSnapshot
+    offset: int
+    total_size: int
+    data: bytes
+    # The chunk that ends the file: offset + len(data) == total_size.
+    done: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkReply:
+    """One InstallSnapshotReply: the core's reply and where the follower wants the next chunk
+    to start (the bytes of this transfer it holds)."""
+
+    message: InstallSnapshotReply
+    next_offset: int
 
 
 def entry_to_pb(entry: LogEntry) -> pb.LogEntry:
@@ -187,6 +226,82 @@ def vote_reply_from_pb(m: pb.RequestVoteReply, peers: Collection[int]) -> Reques
         max_clock_drift=m.max_clock_drift,
     )
     return _checked(message, peers)
+
+
+def install_snapshot_to_pb(chunk: SnapshotChunk) -> pb.InstallSnapshotArgs:
+    m = chunk.message
+    return pb.InstallSnapshotArgs(
+        term=m.term,
+        leader_id=m.leader_id,
+        last_index=m.last_index,
+        last_term=m.last_term,
+        lease_duration=m.lease_duration,
+        max_clock_drift=m.max_clock_drift,
+        offset=chunk.offset,
+        total_size=chunk.total_size,
+        data=chunk.data,
+        done=chunk.done,
+    )
+
+
+def install_snapshot_from_pb(m: pb.InstallSnapshotArgs, peers: Collection[int]) -> SnapshotChunk:
+    """The chunk, refused (WireError) when its byte range is impossible: beyond the announced
+    size, a size beyond MAX_SNAPSHOT_BYTES, more than SNAPSHOT_CHUNK_BYTES of data, or `done`
+    on any chunk but the one that ends the file."""
+    size, offset, data = m.total_size, m.offset, m.data
+    if len(data) > SNAPSHOT_CHUNK_BYTES:
+        raise WireError(
+            f"a snapshot chunk carries {len(data)} bytes, more than {SNAPSHOT_CHUNK_BYTES}"
+        )
+    if size > MAX_SNAPSHOT_BYTES:
+        raise WireError(f"a snapshot of {size} bytes exceeds the limit {MAX_SNAPSHOT_BYTES}")
+    if offset + len(data) > size:
+        raise WireError(
+            f"a snapshot chunk ends at byte {offset + len(data)}, beyond the snapshot's {size}"
+        )
+    if m.done != (offset + len(data) == size):
+        raise WireError(
+            "done must be set on the chunk that ends the snapshot, and on no other "
+            f"(offset {offset}, {len(data)} bytes of {size}, done {m.done})"
+        )
+    message = InstallSnapshot(
+        m.term,
+        m.leader_id,
+        m.last_index,
+        m.last_term,
+        m.lease_duration,
+        max_clock_drift=m.max_clock_drift,
+    )
+    return SnapshotChunk(_checked(message, peers), offset, size, data, m.done)
+
+
+def install_reply_to_pb(reply: SnapshotChunkReply) -> pb.InstallSnapshotReply:
+    m = reply.message
+    return pb.InstallSnapshotReply(
+        term=m.term,
+        follower_id=m.follower_id,
+        last_index=m.last_index,
+        done=m.done,
+        match_index=m.match_index,
+        max_clock_drift=m.max_clock_drift,
+        incarnation=m.incarnation,
+        next_offset=reply.next_offset,
+    )
+
+
+def install_reply_from_pb(m: pb.InstallSnapshotReply, peers: Collection[int]) -> SnapshotChunkReply:
+    if m.next_offset > MAX_SNAPSHOT_BYTES:
+        raise WireError(f"next_offset {m.next_offset} exceeds the limit {MAX_SNAPSHOT_BYTES}")
+    message = InstallSnapshotReply(
+        m.term,
+        m.follower_id,
+        m.last_index,
+        m.done,
+        m.match_index,
+        max_clock_drift=m.max_clock_drift,
+        incarnation=m.incarnation,
+    )
+    return SnapshotChunkReply(_checked(message, peers), m.next_offset)
 
 
 def _checked(message: M, peers: Collection[int]) -> M:

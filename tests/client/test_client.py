@@ -815,12 +815,16 @@ def test_status_has_a_row_for_an_unreachable_node() -> None:
 
         table = asyncio.run(scenario()).splitlines()
         assert table[0].split() == [
-            "NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE"
+            "NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "SNAPSHOT", "LEADER", "LEASE", "REACHABLE"
         ]  # fmt: skip
-        assert table[1].split() == ["0", fake.address(0), "leader", "3", "0", "0", "0.28s", "yes"]
-        assert table[2].split() == ["1", fake.address(1), "follower", "3", "0", "0", "-", "yes"]
+        assert table[1].split() == [
+            "0", fake.address(0), "leader", "3", "0", "0", "0", "0.28s", "yes"
+        ]  # fmt: skip
+        assert table[2].split() == [
+            "1", fake.address(1), "follower", "3", "0", "0", "0", "-", "yes"
+        ]  # fmt: skip
         assert table[3].split() == [
-            "2", fake.address(2), "-", "-", "-", "-", "-", "no", "(connection", "refused)"
+            "2", fake.address(2), "-", "-", "-", "-", "-", "-", "no", "(connection", "refused)"
         ]  # fmt: skip
         # Aligned: every column starts at the same offset on every line.
         reachable_column = table[0].index("REACHABLE")

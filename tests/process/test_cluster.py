@@ -1029,9 +1029,11 @@ def test_status_table_and_leader_agreement() -> None:
         NodeStatusRow(2, "127.0.0.1:3", False, error="connection refused"),
     ]
     table = format_status_table(rows).splitlines()
-    header = ["NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "LEADER", "LEASE", "REACHABLE"]
+    header = [
+        "NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "SNAPSHOT", "LEADER", "LEASE", "REACHABLE"
+    ]  # fmt: skip
     assert table[0].split() == header
-    assert table[1].split() == ["0", "127.0.0.1:1", "leader", "3", "7", "0", "0.25s", "yes"]
+    assert table[1].split() == ["0", "127.0.0.1:1", "leader", "3", "7", "-", "0", "0.25s", "yes"]
     assert table[3].split()[-3:] == ["no", "(connection", "refused)"]
     assert elected_leader(rows) is None  # node 2 does not (yet) agree
     assert elected_leader(rows[:2]) == 0

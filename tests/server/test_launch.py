@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.core.config import ReadMode
+from raftkv.core.config import ReadMode, SnapshotPolicy
 from raftkv.core.node import UnsafeSwitches
+from raftkv.server import main as node_main
 from raftkv.server.launch import CONSOLE_SCRIPT, PYTHON_MODULE, NodeLaunch, TlsFiles
 from raftkv.server.main import build_parser
 
@@ -36,6 +37,7 @@ def everything(**changes: object) -> NodeLaunch:
         "initial_cluster_state": "existing",
         "quiet": True,
         "chrony_conf": Path("/etc/chrony/other.conf"),
+        "snapshots": SnapshotPolicy(50, 4096, 10),
         "unsafe": EVERY_SWITCH,
         "fsync": False,
         "allow_unsafe": True,
@@ -74,6 +76,7 @@ def test_every_field_reaches_the_parser_with_its_meaning() -> None:
     assert args.initial_cluster_state == "existing"
     assert args.quiet is True
     assert args.chrony_conf == Path("/etc/chrony/other.conf")
+    assert (args.snapshot_entries, args.snapshot_bytes, args.trailing_entries) == (50, 4096, 10)
     assert args.unsafe_no_fsync is True
     assert args.allow_unsafe is True
     for name in UnsafeSwitches.__slots__:
@@ -166,3 +169,21 @@ def test_a_clock_at_rate_one_is_no_seam(rate: str) -> None:
 def test_a_clock_rate_the_node_refuses_is_refused_here(rate: str) -> None:
     with pytest.raises(ValueError, match="RAFTKV_CLOCK_RATE"):
         NodeLaunch(1, cluster=Path("c.json"), env={"RAFTKV_CLOCK_RATE": rate}, allow_unsafe=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--snapshot-entries", "0"], "snapshot entries must be a positive integer, got 0"),
+        (["--snapshot-bytes", "-5"], "snapshot bytes must be a positive integer, got -5"),
+        (["--trailing-entries", "-1"], "trailing_entries must be an integer ≥ 0, got -1"),
+    ],
+)
+def test_a_snapshot_policy_the_core_refuses_exits_2_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    node = ["--id", "0", "--peers", "127.0.0.1:1,127.0.0.1:2", "--data-dir", str(tmp_path)]
+    status = node_main.main([*node, "--insecure-peers", "--allow-unsafe", *flags])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -17,6 +17,8 @@ from google.protobuf.message import DecodeError
 from raftkv.core.messages import (
     AppendEntries,
     AppendEntriesReply,
+    InstallSnapshot,
+    InstallSnapshotReply,
     Message,
     RequestVote,
     RequestVoteReply,
@@ -25,6 +27,7 @@ from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc import raftkv_pb2_grpc
 from raftkv.server import peers
 from raftkv.server.peers import PeerLink, PeerStreamSession
+from raftkv.server.wire import SnapshotChunk
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -355,5 +358,88 @@ def test_a_link_whose_peer_answers_for_another_cluster_delivers_nothing() -> Non
         assert peers.wrong_cluster("other", "mine") in harness.logged[0]
         await harness.link.close()
         await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+class ChunkPeer(ScriptedPeer):
+    """A peer whose receiver takes snapshot chunks: each gets the core's reply (here, at once)
+    and next_offset = the chunk's end, except that it answers a chunk at offset 7 with 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[SnapshotChunk] = []
+
+    async def receive_chunk(self, chunk: SnapshotChunk) -> tuple[asyncio.Future[Message], int]:
+        self.chunks.append(chunk)
+        await asyncio.sleep(0)  # the receiver writes in a worker thread
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        m = chunk.message
+        future.set_result(InstallSnapshotReply(m.term, ANSWERER, m.last_index, chunk.done, 0))
+        return future, 0 if chunk.offset == 7 else chunk.end
+
+    async def PeerStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.RaftMessages], context: Any
+    ) -> AsyncIterator[pb.RaftMessages]:
+        session = PeerStreamSession(self.begin_exchange, {DIALER}, receive_chunk=self.receive_chunk)
+        async for replies in session.serve(request_iterator):
+            yield replies
+        if session.error is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
+
+
+def test_snapshot_chunks_share_the_stream_and_their_replies_come_back_in_order() -> None:
+    async def scenario() -> None:
+        peer = ChunkPeer()
+        server, address = await start(peer)
+        harness = Harness(address)
+        intent = InstallSnapshot(3, DIALER, 40, 2, 0.3)
+        futures = []
+        for offset in (0, 3, 7):
+            harness.link.send(heartbeat(offset + 1))
+            chunk = SnapshotChunk(intent, offset, 10, b"abc", done=offset == 7)
+            futures.append(harness.link.send_chunk(chunk))
+        replies = await asyncio.gather(*futures)
+        assert [r.next_offset for r in replies] == [3, 6, 0]
+        await harness.until(lambda: len(harness.delivered) == 6, "6 replies")
+        # The core gets every reply, the chunks' too, in request order.
+        kinds = [type(m).__name__ for m in harness.delivered]
+        assert kinds == ["AppendEntriesReply", "InstallSnapshotReply"] * 3
+        assert [c.offset for c in peer.chunks] == [0, 3, 7]
+        assert harness.link.in_flight == 0
+        await harness.link.close()
+        await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_a_chunk_claiming_another_sender_or_without_a_receiver_ends_the_stream() -> None:
+    chunk = SnapshotChunk(InstallSnapshot(3, 3, 40, 2, 0.3), 0, 3, b"abc", True)
+    message = peers.request_to_pb(chunk)
+    batch = pb.RaftMessages(messages=[message], cluster_id="c")
+
+    async def serve(session: PeerStreamSession) -> None:
+        async def requests() -> AsyncIterator[pb.RaftMessages]:
+            yield batch
+
+        async for _ in session.serve(requests()):
+            pass
+
+    async def scenario() -> None:
+        peer = ChunkPeer()
+        claimed = PeerStreamSession(
+            peer.begin_exchange,
+            {DIALER, 3},
+            cluster_id="c",
+            sender=DIALER,
+            receive_chunk=peer.receive_chunk,
+        )
+        await serve(claimed)
+        assert isinstance(claimed.error, peers.PeerRefusal)
+        assert claimed.error.code is grpc.StatusCode.PERMISSION_DENIED
+        assert peer.chunks == []
+        without = PeerStreamSession(peer.begin_exchange, {DIALER, 3}, cluster_id="c")
+        await serve(without)
+        assert without.error is not None and "no snapshot chunks" in str(without.error)
 
     asyncio.run(scenario())

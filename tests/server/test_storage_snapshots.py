@@ -631,3 +631,53 @@ def test_read_node_files_returns_the_snapshot_and_the_tail(
     assert snapshot_of(files) == image(6)
     assert (files.log_offset, files.log_offset_term) == (5, entry(5).term)
     assert files.entries == entries(6, 10) and files.dropped_torn_line
+
+
+# ---------------------------------------------------------------------------------------------
+# A snapshot received from the leader (the InstallSnapshot receiver's snapshot.txt.recv).
+
+
+def received_file(data_dir: Path, installed: SnapshotImage) -> Path:
+    path = data_dir / storage_module.SNAPSHOT_RECV_NAME
+    header = SnapshotHeader(installed.index, installed.term, CLUSTER, installed.cluster_time)
+    write_snapshot_file(path, header, installed.data, installed.sessions)
+    return path
+
+
+def test_a_received_snapshot_is_installed_then_the_log_reset(
+    storage: NodeStorage, data_dir: Path
+) -> None:
+    installed = image(40, term=9, a="1")
+    path = received_file(data_dir, installed)
+    storage.install_received_snapshot(path, 40, 9)
+    assert not path.exists() and storage.snapshot_index == 40
+    storage.reset_log(40, 9)
+    storage.append_entries(41, [LogEntry(9, NO_OP)])
+    storage.close()
+    loaded = reload(data_dir)
+    assert snapshot_of(loaded) == installed
+    assert (loaded.log_offset, loaded.entries) == (40, [LogEntry(9, NO_OP)])
+
+
+def test_an_install_does_not_wait_for_a_local_snapshot_being_written(
+    storage: NodeStorage, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = image(40, term=9)
+    path = received_file(data_dir, installed)
+    # Run inside save_snapshot's write, on its thread: an install that waited for the lock
+    # save_snapshot holds would deadlock here.
+    _during_snapshot_write(monkeypatch, lambda: storage.install_received_snapshot(path, 40, 9))
+    assert storage.save_snapshot(image(8)) is None
+    loaded = read_snapshot_file(data_dir / SNAPSHOT_FILE_NAME)
+    assert loaded is not None and loaded.image() == installed
+
+
+def test_an_install_at_or_below_the_durable_snapshot_is_refused(
+    storage: NodeStorage, data_dir: Path
+) -> None:
+    storage.save_snapshot(image(8))
+    path = received_file(data_dir, image(8))
+    with pytest.raises(ValueError, match="durable one is at 8"):
+        storage.install_received_snapshot(path, 8, 4)
+    with pytest.raises(ValueError, match="not in"):
+        storage.install_received_snapshot(data_dir.parent / "elsewhere", 20, 4)

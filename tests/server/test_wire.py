@@ -13,6 +13,8 @@ from raftkv.core.messages import (
     AppendEntries,
     AppendEntriesReply,
     DeleteCommand,
+    InstallSnapshot,
+    InstallSnapshotReply,
     LogEntry,
     Message,
     RequestVote,
@@ -20,7 +22,7 @@ from raftkv.core.messages import (
     SetCommand,
 )
 from raftkv.rpc import raftkv_pb2 as pb
-from raftkv.server import wire
+from raftkv.server import peers, wire
 
 PEERS = {0, 1, 2}
 # The largest incarnation a data directory gets (below 2**63, docs/design.md §5).
@@ -118,3 +120,69 @@ def test_a_drift_bound_outside_the_allowed_range_is_refused(drift: float) -> Non
         wire.vote_reply_from_pb(
             pb.RequestVoteReply(term=3, voter_id=2, max_clock_drift=drift), PEERS
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# InstallSnapshot chunks: the core's fields plus the wire-only byte range.
+
+
+def _chunk(offset: int, data: bytes, size: int, done: bool) -> pb.InstallSnapshotArgs:
+    return pb.InstallSnapshotArgs(
+        term=3,
+        leader_id=0,
+        last_index=100,
+        last_term=2,
+        lease_duration=0.3,
+        max_clock_drift=0.01,
+        offset=offset,
+        total_size=size,
+        data=data,
+        done=done,
+    )
+
+
+def test_a_snapshot_chunk_and_its_reply_round_trip() -> None:
+    chunk = wire.SnapshotChunk(
+        InstallSnapshot(3, 0, 100, 2, 0.3, max_clock_drift=0.01), 10, 13, b"abc", done=True
+    )
+    encoded = pb.RaftMessage.FromString(peers.request_to_pb(chunk).SerializeToString())
+    assert peers.request_from_pb(encoded, PEERS) == chunk
+    reply = wire.SnapshotChunkReply(
+        InstallSnapshotReply(3, 1, 100, True, 100, 0.01, LARGEST_INCARNATION), 13
+    )
+    encoded = pb.RaftMessage.FromString(peers.reply_to_pb(reply).SerializeToString())
+    assert peers.reply_from_pb(encoded, PEERS) == reply
+
+
+@pytest.mark.parametrize(
+    ("offset", "data", "size", "done", "problem"),
+    [
+        (0, b"x" * (wire.SNAPSHOT_CHUNK_BYTES + 1), 10**7, False, "more than"),
+        (0, b"", wire.MAX_SNAPSHOT_BYTES + 1, False, "exceeds the limit"),
+        (5, b"abc", 7, True, "beyond the snapshot"),
+        (0, b"abc", 3, False, "done must be set"),
+        (0, b"abc", 4, True, "done must be set"),
+    ],
+)
+def test_a_chunk_with_an_impossible_byte_range_is_refused(
+    offset: int, data: bytes, size: int, done: bool, problem: str
+) -> None:
+    with pytest.raises(wire.WireError, match=problem):
+        wire.install_snapshot_from_pb(_chunk(offset, data, size, done), PEERS)
+
+
+def test_a_chunk_the_core_would_refuse_is_refused_on_the_wire() -> None:
+    bad = _chunk(0, b"abc", 3, True)
+    bad.lease_duration = 1e300
+    with pytest.raises(wire.WireError):
+        wire.install_snapshot_from_pb(bad, PEERS)
+    reply = pb.InstallSnapshotReply(term=3, follower_id=1, next_offset=wire.MAX_SNAPSHOT_BYTES + 1)
+    with pytest.raises(wire.WireError, match="next_offset"):
+        wire.install_reply_from_pb(reply, PEERS)
+
+
+def test_the_snapshot_messages_have_their_own_numbers_in_the_peer_oneof() -> None:
+    fields = {f.name: f.number for f in pb.RaftMessage.DESCRIPTOR.fields}
+    assert fields["install_snapshot"] == 5 and fields["install_snapshot_reply"] == 6
+    reply = {f.name: f.number for f in pb.InstallSnapshotReply.DESCRIPTOR.fields}
+    assert reply["next_offset"] == 8

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import re
 import signal
 import subprocess
 import threading
@@ -546,10 +547,20 @@ class LocalCluster:
             return []
         return text.split("\n")[:-1]
 
+    def log_first_index(self, node_id: int) -> int:
+        """The index of logs.txt's first line: 1, or later once the log was compacted (the
+        line's checksum covers its index= field, which decode_entry checks)."""
+        lines = self.log_lines(node_id)
+        found = re.search(r" index=([0-9]+) crc=", lines[0]) if lines else None
+        return int(found.group(1)) if found is not None else 1
+
     def log_entries(self, node_id: int) -> list[LogEntry]:
+        """Every line of logs.txt, from `log_first_index` on (after a compaction its first line
+        is the sentinel: an entry the snapshot covers too)."""
         path = str(self.logs_path(node_id))
+        first = self.log_first_index(node_id)
         return [
-            decode_entry(line, path=path, line_no=number)
+            decode_entry(line, path=path, line_no=number, index=first + number - 1)
             for number, line in enumerate(self.log_lines(node_id), start=1)
         ]
 

@@ -52,12 +52,14 @@ from pathlib import Path
 
 from raftkv.core import events
 from raftkv.core.events import describe_command as describe
-from raftkv.core.messages import LogEntry
+from raftkv.core.messages import Command, LogEntry
 from raftkv.server.storage import StorageError, decode_entry
 
 DEFAULT_UNCERTAINTY = 0.010
 NODE_DIR = re.compile(r"^(?:node-|logs_node_)(\d+)$")
 DUMP_FILE = re.compile(r"^dump\.txt(?:\.(\d+))?$")
+# The index field of a logs.txt line (raftkv/server/storage.py).
+FIRST_INDEX = re.compile(r" index=([1-9][0-9]{0,18}) crc=[0-9a-f]{8}$")
 
 
 class ReviewError(ValueError):
@@ -70,6 +72,8 @@ class Kind(Enum):
     SHUTDOWN = "shutdown"
     STOPPED = "stopped"
     RESTORED = "restored"
+    # The node's state is a snapshot's (loaded at start, or installed from the leader).
+    SNAPSHOT = "snapshot"
     LEADER = "leader"
     WAIT = "wait"
     LEASE_FAILED = "lease-failed"
@@ -87,6 +91,8 @@ class Kind(Enum):
 # the review distinguishes among them:
 CORE_KINDS: dict[type[events.Event], Kind] = {
     events.Restored: Kind.RESTORED,
+    events.SnapshotLoaded: Kind.SNAPSHOT,
+    events.SnapshotInstalled: Kind.SNAPSHOT,
     events.BecameLeader: Kind.LEADER,
     events.WaitingForOldLease: Kind.WAIT,
     events.LeaseRenewalFailed: Kind.LEASE_FAILED,
@@ -172,6 +178,22 @@ class NodeFiles:
     log: list[LogEntry] | None  # None: no logs.txt
     commit_hint: int | None  # metadata.txt's commitLength
     problems: list[str] = field(default_factory=list)
+    # The index of log[0]: 1, or after a compaction the first line's (the entries before it
+    # are in snapshot.txt, which the review does not read).
+    log_first: int = 1
+
+    @property
+    def log_last(self) -> int:
+        """The index of the last entry logs.txt holds (log_first − 1 when it holds none)."""
+        return self.log_first + len(self.log or []) - 1
+
+    def entry(self, index: int) -> LogEntry | None:
+        """The entry at `index`, or None when logs.txt does not hold it (compacted, or beyond
+        its end)."""
+        log = self.log or []
+        if self.log_first <= index < self.log_first + len(log):
+            return log[index - self.log_first]
+        return None
 
 
 @dataclass
@@ -209,14 +231,24 @@ def load_node(directory: Path, node: int, label: str) -> NodeFiles:
                     problems.append(f"{label}/{path.name}:{number}: no timestamp: {raw[:80]!r}")
     log: list[LogEntry] | None = None
     log_path = directory / "logs.txt"
+    first = 1
     if log_path.exists():
         log = []
         raw_lines = log_path.read_text(encoding="utf-8", errors="replace").split("\n")
         if raw_lines and raw_lines[-1] == "":
             raw_lines.pop()
+        # A compacted log starts at a later index: its first line says which (and its checksum
+        # covers that; decode_entry checks every line against first + n − 1).
+        found = FIRST_INDEX.search(raw_lines[0]) if raw_lines else None
+        if found is not None:
+            first = int(found.group(1))
         for number, raw in enumerate(raw_lines, start=1):
             try:
-                log.append(decode_entry(raw, path=f"{label}/logs.txt", line_no=number))
+                log.append(
+                    decode_entry(
+                        raw, path=f"{label}/logs.txt", line_no=number, index=first + number - 1
+                    )
+                )
             except StorageError as error:
                 if number == len(raw_lines):
                     problems.append(f"{error} (a torn last line: ignored)")
@@ -230,7 +262,7 @@ def load_node(directory: Path, node: int, label: str) -> NodeFiles:
             name, _, value = raw.partition(" ")
             if name == "commitLength" and value.isdigit():
                 hint = int(value)
-    return NodeFiles(node, lines, log, hint, problems)
+    return NodeFiles(node, lines, log, hint, problems, log_first=first)
 
 
 def load_collection(directory: Path) -> Collection:
@@ -610,32 +642,44 @@ def _commit_points(collection: Collection) -> tuple[dict[int, int], list[Violati
     points: dict[int, int] = {}
     violations: list[Violation] = []
     for node, files in sorted(collection.nodes.items()):
-        log = files.log or []
-        point = min(files.commit_hint or 0, len(log))
+        last = files.log_last
+        point = min(files.commit_hint or 0, last)
         position = 0  # index (1-based) of the last log entry matched to an announced commit
         trusted = bool(files.lines) and files.lines[0].kind is Kind.START
         for line in files.lines:
             if line.kind is Kind.START:
                 position, trusted = 0, True
-            elif line.kind is Kind.RESTORED:
-                position = int(line.get("applied"))
+            elif line.kind in (Kind.RESTORED, Kind.SNAPSHOT):
+                position = int(line.get("applied" if line.kind is Kind.RESTORED else "index"))
+                # Commits announced from there on can be matched only if the log still holds
+                # the entries after it (a node compacts what it committed long ago).
+                trusted = position >= files.log_first - 1
             elif line.kind is Kind.COMMIT and trusted and files.log is not None:
                 announced = line.get("command")
                 position += 1
-                while position <= len(log) and describe(log[position - 1].command) == "NO-OP":
+                if position < files.log_first:
+                    # Compacted since: the snapshot holds it, the review cannot check it.
+                    trusted = False
+                    continue
+                while position <= last and describe(_held(files, position)) == "NO-OP":
                     position += 1
-                if position > len(log):
+                if position > last:
+                    held_up_to = (
+                        f"has only {last} entries"
+                        if files.log_first == 1
+                        else f"ends at entry {last}"
+                    )
                     violations.append(
                         Violation(
                             "one committed prefix",
                             f"node {node}'s dump says it committed {announced} but its logs.txt "
-                            f"has only {len(log)} entries",
+                            f"{held_up_to}",
                             [line],
                         )
                     )
                     trusted = False
                     continue
-                held = _escape(describe(log[position - 1].command))
+                held = _escape(describe(_held(files, position)))
                 if held != announced:
                     violations.append(
                         Violation(
@@ -652,41 +696,58 @@ def _commit_points(collection: Collection) -> tuple[dict[int, int], list[Violati
     return points, violations
 
 
+def _held(files: NodeFiles, index: int) -> Command:
+    entry = files.entry(index)
+    if entry is None:  # pragma: no cover - callers stay within log_first..log_last
+        raise IndexError(index)
+    return entry.command
+
+
 def _check_logs(collection: Collection, points: dict[int, int]) -> list[Violation]:
-    logs = {node: files.log for node, files in collection.nodes.items() if files.log is not None}
+    """Compares the entries the nodes' logs.txt hold (entries compacted into a snapshot are
+    not compared: the review reads no snapshot.txt)."""
+    logs = {node: files for node, files in collection.nodes.items() if files.log is not None}
     if not logs:
         return []
     violations = []
     # Any two nodes agree on what both have committed.
     nodes = sorted(points)
-    for index, first in enumerate(nodes):
-        for second in nodes[index + 1 :]:
+    for number, first in enumerate(nodes):
+        for second in nodes[number + 1 :]:
             if first not in logs or second not in logs:
                 continue
             shared = min(points[first], points[second])
-            for position in range(shared):
-                a, b = logs[first][position], logs[second][position]
-                if a != b:
+            start = max(logs[first].log_first, logs[second].log_first)
+            for index in range(start, shared + 1):
+                a, b = logs[first].entry(index), logs[second].entry(index)
+                if a is not None and b is not None and a != b:
                     violations.append(
                         Violation(
                             "one committed prefix",
-                            f"entry {position + 1} is committed on nodes {first} and {second} but "
+                            f"entry {index} is committed on nodes {first} and {second} but "
                             f"differs: {describe(a.command)} (term {a.term}) vs "
                             f"{describe(b.command)} (term {b.term})",
                         )
                     )
                     break
-    # Every committed entry is on a majority.
+    # Every committed entry is on a majority (of the logs that still hold its index).
     best = max(points, key=lambda node: points[node])
-    reference = logs.get(best, [])
-    for position in range(points[best]):
-        entry = reference[position]
-        holders = [n for n, log in logs.items() if len(log) > position and log[position] == entry]
+    reference = logs.get(best)
+    if reference is None:
+        return violations
+    for index in range(reference.log_first, points[best] + 1):
+        entry = reference.entry(index)
+        if entry is None:
+            continue
+        # A node that compacted the index holds it in its snapshot: it counts as holding it.
+        holders = [
+            n for n, files in logs.items() if files.entry(index) == entry or index < files.log_first
+        ]
         if len(holders) < collection.quorum:
             violations.append(
                 Violation(
                     "committed entries on a majority",
-                    f"entry {position + 1} ({describe(entry.command)}, term {entry.term}) is "
+                    f"entry {index} ({describe(entry.command)}, term {entry.term}) is "
                     f"committed (node {best} shows it) but only nodes {holders} hold it; "
                     f"a majority is {collection.quorum} of {collection.cluster_size}",
                 )
