@@ -12,6 +12,14 @@ LEADER_ID_METADATA = "leader-id"
 LEADER_ADDRESS_METADATA = "leader-address"
 REFUSAL_METADATA = "refusal"
 STALE_SEQUENCE_REFUSAL = "stale-sequence"
+# A write that resumed a session that no longer exists (docs/design.md §11): not applied, and
+# not a redirect. FAILED_PRECONDITION, no leader hint, `refusal: session-expired`; on the
+# Pipeline stream the details text, SESSION_EXPIRED_DETAILS, is the marker.
+SESSION_EXPIRED_REFUSAL = "session-expired"
+SESSION_EXPIRED_DETAILS = (
+    "session expired: this client id's session no longer exists (no write within the session "
+    "lifetime, or a cluster restored from a backup), so this write was not applied"
+)
 # KeyValue.TransferLeader refused by the leader itself (not a redirect: no leader hint).
 TRANSFER_REFUSAL = "transfer"
 STALE_SEQUENCE_DETAILS = (

@@ -89,10 +89,13 @@ class SetCommand(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.str
     client_id: _builtins.str
     seq: _builtins.int
+    resume: _builtins.bool
+    """The client's session must exist (docs/design.md §11): if it expired, the write is refused."""
     def __init__(
         self,
         *,
@@ -100,10 +103,11 @@ class SetCommand(_message.Message):
         value: _builtins.str = ...,
         client_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        resume: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "resume", b"resume", "seq", b"seq", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,19 +135,22 @@ class DeleteCommand(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     client_id: _builtins.str
     seq: _builtins.int
+    resume: _builtins.bool
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         client_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        resume: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "resume", b"resume", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,7 +164,10 @@ class LogEntry(_message.Message):
     SET_FIELD_NUMBER: _builtins.int
     NOOP_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     term: _builtins.int
+    time: _builtins.int
+    """Cluster time in ms, stamped by the leader (0: an entry of a log written before it was)."""
     @_builtins.property
     def set(self) -> Global___SetCommand: ...
     @_builtins.property
@@ -171,10 +181,11 @@ class LogEntry(_message.Message):
         set: Global___SetCommand | None = ...,
         noop: Global___NoOp | None = ...,
         delete: Global___DeleteCommand | None = ...,
+        time: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set", "term", b"term", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["set", "noop", "delete"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
@@ -583,11 +594,17 @@ class SetRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.str
     client_id: _builtins.str
     """With a non-empty client_id, a retried (client_id, seq) is applied once."""
     seq: _builtins.int
+    resume: _builtins.bool
+    """This client id has had a write acknowledged (or this one was retried past the session
+    rules' resume_after): if its session expired, the write is refused FAILED_PRECONDITION
+    with trailing metadata refusal=session-expired, never applied (docs/design.md §11).
+    """
     def __init__(
         self,
         *,
@@ -595,10 +612,11 @@ class SetRequest(_message.Message):
         value: _builtins.str = ...,
         client_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        resume: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "resume", b"resume", "seq", b"seq", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,19 +652,22 @@ class DeleteRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     client_id: _builtins.str
     seq: _builtins.int
+    resume: _builtins.bool
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         client_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        resume: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "key", b"key", "resume", b"resume", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,8 @@ from raftkv.rpc.metadata import (
     LEADER_ADDRESS_METADATA,
     LEADER_ID_METADATA,
     REFUSAL_METADATA,
+    SESSION_EXPIRED_DETAILS,
+    SESSION_EXPIRED_REFUSAL,
     STALE_SEQUENCE_DETAILS,
     STALE_SEQUENCE_REFUSAL,
     TRANSFER_REFUSAL,
@@ -81,6 +83,13 @@ def outcome_reply(
             grpc.StatusCode.FAILED_PRECONDITION,
             STALE_SEQUENCE_DETAILS,
             refusal=STALE_SEQUENCE_REFUSAL,
+        )
+    if outcome.reason is Refusal.SESSION_EXPIRED:
+        # Definite too: the write was skipped by every replica; the client starts a new session.
+        return Reply(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            SESSION_EXPIRED_DETAILS,
+            refusal=SESSION_EXPIRED_REFUSAL,
         )
     code = _REFUSAL_CODES.get(outcome.reason, grpc.StatusCode.UNAVAILABLE)
     hint = outcome.leader_hint

@@ -90,8 +90,10 @@ def list_query(request: pb.ListRequest) -> tuple[str, str, int]:
     return request.prefix, request.start_after, limit
 
 
-def validate_session(client_id: str, seq: int) -> None:
+def validate_session(client_id: str, seq: int, resume: bool = False) -> None:
     """A write's dedup fields (SET and DELETE alike)."""
+    if resume and not client_id:
+        raise RequestError("resume needs a client_id (it says that client's session exists)")
     if len(client_id.encode()) > MAX_CLIENT_ID_BYTES:
         raise RequestError(f"client_id is longer than {MAX_CLIENT_ID_BYTES} bytes")
     if client_id and seq == 0:
@@ -101,14 +103,14 @@ def validate_session(client_id: str, seq: int) -> None:
 def command_from_set_request(request: pb.SetRequest) -> SetCommand:
     validate_key(request.key)
     validate_value(request.value)
-    validate_session(request.client_id, request.seq)
-    return SetCommand(request.key, request.value, request.client_id, request.seq)
+    validate_session(request.client_id, request.seq, request.resume)
+    return SetCommand(request.key, request.value, request.client_id, request.seq, request.resume)
 
 
 def command_from_delete_request(request: pb.DeleteRequest) -> DeleteCommand:
     validate_key(request.key)
-    validate_session(request.client_id, request.seq)
-    return DeleteCommand(request.key, request.client_id, request.seq)
+    validate_session(request.client_id, request.seq, request.resume)
+    return DeleteCommand(request.key, request.client_id, request.seq, request.resume)
 
 
 def parse_assignment_request(request: str) -> tuple[str, str, str | None]:

@@ -77,27 +77,38 @@ def entry_to_pb(entry: LogEntry) -> pb.LogEntry:
         return pb.LogEntry(
             term=entry.term,
             set=pb.SetCommand(
-                key=command.key, value=command.value, client_id=command.client_id, seq=command.seq
+                key=command.key,
+                value=command.value,
+                client_id=command.client_id,
+                seq=command.seq,
+                resume=command.resume,
             ),
+            time=entry.time,
         )
     if isinstance(command, DeleteCommand):
         return pb.LogEntry(
             term=entry.term,
-            delete=pb.DeleteCommand(key=command.key, client_id=command.client_id, seq=command.seq),
+            delete=pb.DeleteCommand(
+                key=command.key, client_id=command.client_id, seq=command.seq, resume=command.resume
+            ),
+            time=entry.time,
         )
-    return pb.LogEntry(term=entry.term, noop=pb.NoOp())
+    return pb.LogEntry(term=entry.term, noop=pb.NoOp(), time=entry.time)
 
 
 def entry_from_pb(message: pb.LogEntry) -> LogEntry:
     kind = message.WhichOneof("command")
     if kind == "set":
         c = message.set
-        return LogEntry(message.term, SetCommand(c.key, c.value, c.client_id, c.seq))
+        command = SetCommand(c.key, c.value, c.client_id, c.seq, c.resume)
+        return LogEntry(message.term, command, message.time)
     if kind == "delete":
         d = message.delete
-        return LogEntry(message.term, DeleteCommand(d.key, d.client_id, d.seq))
+        return LogEntry(
+            message.term, DeleteCommand(d.key, d.client_id, d.seq, d.resume), message.time
+        )
     if kind == "noop":
-        return LogEntry(message.term, NO_OP)
+        return LogEntry(message.term, NO_OP, message.time)
     raise WireError("log entry without a command")
 
 

@@ -27,6 +27,7 @@ from raftkv.core.messages import (
     WriteDone,
 )
 from raftkv.rpc import raftkv_pb2 as pb
+from raftkv.rpc.metadata import SESSION_EXPIRED_DETAILS
 from raftkv.server.service import KeyValueService, RaftService, ReplicaPipelineBackend
 
 OWN_ID = 1
@@ -237,6 +238,23 @@ def test_a_stale_sequence_is_a_failed_precondition_without_a_leader_on_every_pat
     assert _serve_client(stale, "SET k v") == (
         pb.ServeClientReply(Data=STALE_DETAILS, LeaderID="None", Success=False).SerializeToString()
     )
+
+
+@pytest.mark.parametrize("hint", HINTS)
+def test_an_expired_session_is_a_failed_precondition_without_a_leader(hint: int | None) -> None:
+    expired = Refused(Refusal.SESSION_EXPIRED, hint)
+    assert Refusal.SESSION_EXPIRED.value == SESSION_EXPIRED_DETAILS
+    for verb in ("set", "delete"):
+        reply, context = _typed(expired, verb)
+        assert reply is None
+        assert (context.code, context.details) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            SESSION_EXPIRED_DETAILS,
+        )
+        assert context.trailing == (("refusal", "session-expired"),)
+    piped = _pipeline(expired)
+    assert piped.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert piped.details == SESSION_EXPIRED_DETAILS and not piped.HasField("leader_id")
 
 
 def test_successes_on_every_path() -> None:
