@@ -62,6 +62,14 @@ class NoOpCommand:
 
 
 Command = SetCommand | DeleteCommand | NoOpCommand
+
+# What this version's peers understand beyond the previous release's protocol, as a bit set
+# announced in every AppendEntriesReply (docs/design.md §11): DELETE entries, stamped cluster
+# time with session expiry, and InstallSnapshot. During a rolling upgrade a leader uses them
+# only once every follower has announced them, so that an old node never meets an entry it
+# cannot decode nor keeps a session table that differs from the others'.
+FEATURE_SNAPSHOTS_AND_SESSIONS = 1
+PROTOCOL_FEATURES = FEATURE_SNAPSHOTS_AND_SESSIONS
 NO_OP = NoOpCommand()
 
 
@@ -114,6 +122,8 @@ class AppendEntriesReply:
     # The follower's data directory's incarnation (docs/design.md §8, disk loss): a leader that
     # sees a new one for a known node forgets everything it knew of that node's log.
     incarnation: int = 0
+    # What the follower's version understands (PROTOCOL_FEATURES); 0 from a version before.
+    features: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +227,8 @@ class Refusal(Enum):
     # The write said its client's session exists (`resume`), but it expired (no write for the
     # session lifetime) or never existed here (a cluster restored from a backup). Definite: it
     # was not applied; the client starts a new session.
+    # A DELETE while a rolling upgrade is in progress: some follower's version cannot decode it.
+    UNSUPPORTED = "not every node runs a version that knows this command yet (upgrade them all)"
     SESSION_EXPIRED = (
         "session expired: this client id's session no longer exists (no write within the "
         "session lifetime, or a cluster restored from a backup), so this write was not applied"

@@ -55,7 +55,9 @@ from .config import (
 from .events import Event, describe_command
 from .leader import LONG_AGO, NEVER, LeaderState, PendingRead
 from .messages import (
+    FEATURE_SNAPSHOTS_AND_SESSIONS,
     NO_OP,
+    PROTOCOL_FEATURES,
     Accepted,
     AppendEntries,
     AppendEntriesReply,
@@ -496,6 +498,10 @@ class RaftNode:
         if leader.transfer_target is not None:
             # Rule 8: the log stays still while the target catches up with it.
             return Refused(Refusal.NOT_LEADER, leader.transfer_target)
+        if isinstance(command, DeleteCommand) and not self._every_follower_has(
+            FEATURE_SNAPSHOTS_AND_SESSIONS
+        ):
+            return Refused(Refusal.UNSUPPORTED, self.id)
         self._out.events.append(events.ReceivedRequest(self.id, describe_command(command)))
         index = self._append(command, now)
         self._pending_writes[index] = (token, self.term)
@@ -871,7 +877,9 @@ class RaftNode:
         if msg.term < self.term:
             # Round 0: this reply must not vouch for any round of a later leader (or of a
             # restarted one whose round counter started again).
-            reply = AppendEntriesReply(self.term, self.id, False, 0, 0, 0)
+            reply = AppendEntriesReply(
+                self.term, self.id, False, 0, 0, 0, features=PROTOCOL_FEATURES
+            )
             self._out.messages.append(Envelope(msg.leader_id, reply))
             return
         if self.role is not Role.FOLLOWER or self.leader_id != msg.leader_id:
@@ -992,7 +1000,15 @@ class RaftNode:
         """Unsuccessful, round 0 (vouches for no round, renews no lease), conflict index 0
         (moves nothing at the leader)."""
         return AppendEntriesReply(
-            term, self.id, False, 0, 0, 0, max_clock_drift=self._drift, incarnation=self.incarnation
+            term,
+            self.id,
+            False,
+            0,
+            0,
+            0,
+            max_clock_drift=self._drift,
+            incarnation=self.incarnation,
+            features=PROTOCOL_FEATURES,
         )
 
     def _answer_unadmitted(self, message: Message) -> None:
@@ -1139,6 +1155,7 @@ class RaftNode:
             msg.round,
             max_clock_drift=self._drift,
             incarnation=self.incarnation,
+            features=PROTOCOL_FEATURES,
         )
         self._out.messages.append(Envelope(msg.leader_id, reply))
 
@@ -1163,6 +1180,7 @@ class RaftNode:
         if problem is not None:
             self._out.events.append(events.ProtocolViolation(self.id, msg.follower_id, problem))
             return
+        progress.features = msg.features
         if msg.incarnation != progress.incarnation:
             if progress.incarnation and msg.incarnation:
                 old, new = f"{progress.incarnation:x}", f"{msg.incarnation:x}"
@@ -1268,7 +1286,8 @@ class RaftNode:
             # (Raft thesis §5.3). Meanwhile it is sent heartbeats anchored where this leader
             # still knows the term, which keep its election timer and the lease going.
             answering = self._last_now - progress.heard_at < self.config.election_timeout_min
-            if progress.state is not ProgressState.SNAPSHOT and answering:
+            understands = progress.features & FEATURE_SNAPSHOTS_AND_SESSIONS
+            if progress.state is not ProgressState.SNAPSHOT and answering and understands:
                 self._send_snapshot(peer_id, progress)
             prev_index, with_entries = self._log.offset, False
         entries = self._batch_from(prev_index, limit) if with_entries else []
@@ -1290,6 +1309,10 @@ class RaftNode:
             max_clock_drift=self._drift,
         )
         self._out.messages.append(Envelope(peer_id, message))
+
+    def _every_follower_has(self, feature: int) -> bool:
+        leader = self._leader
+        return leader is not None and all(p.features & feature for p in leader.progress.values())
 
     def _send_snapshot(self, peer_id: NodeId, progress: Progress) -> None:
         # The intent: the shell streams the durable snapshot.txt in chunks, each stamped
@@ -1402,7 +1425,9 @@ class RaftNode:
     def _append(self, command: Command, now: float) -> int:
         leader = self._leader
         time = 0
-        if leader is not None:
+        # Stamped only once every follower's version keeps cluster time too (a rolling upgrade
+        # from before it): its session table would differ from ours otherwise.
+        if leader is not None and self._every_follower_has(FEATURE_SNAPSHOTS_AND_SESSIONS):
             elapsed = max(0.0, now - leader.time_origin) * (1 - self._drift)
             time = max(leader.last_stamp, leader.time_base + int(elapsed * 1000))
             leader.last_stamp = time

@@ -47,6 +47,8 @@ class Progress:
     incarnation: int = 0
     # In SNAPSHOT: the index of the snapshot being sent (0 otherwise).
     pending_snapshot: int = 0
+    # What the follower's version understands, from its last reply (messages.PROTOCOL_FEATURES).
+    features: int = 0
 
     @property
     def in_flight(self) -> int:

@@ -11,6 +11,7 @@ from raftkv.core import events as ev
 from raftkv.core.config import ReadMode, TimingConfig
 from raftkv.core.messages import (
     NO_OP,
+    PROTOCOL_FEATURES,
     Accepted,
     AppendEntries,
     AppendEntriesReply,
@@ -251,7 +252,9 @@ def test_an_append_that_would_cut_a_committed_entry_is_refused_and_answered() ->
     (violation,) = [e for e in ready.events if isinstance(e, ev.ProtocolViolation)]
     assert "conflicts with a committed entry" in violation.reason
     # Answered (the shell waits for one reply per AppendEntries), vouching for no round.
-    assert [e.message for e in ready.messages] == [AppendEntriesReply(1, 2, False, 0, 0, 0)]
+    assert [e.message for e in ready.messages] == [
+        AppendEntriesReply(1, 2, False, 0, 0, 0, features=PROTOCOL_FEATURES)
+    ]
     assert follower.term == 1
 
 
@@ -263,7 +266,9 @@ def test_a_second_leader_in_one_term_is_refused() -> None:
     ready = follower.take_ready()
     assert follower.leader_id == 1
     assert any(isinstance(e, ev.ProtocolViolation) for e in ready.events)
-    assert [e.message for e in ready.messages] == [AppendEntriesReply(1, 2, False, 0, 0, 0)]
+    assert [e.message for e in ready.messages] == [
+        AppendEntriesReply(1, 2, False, 0, 0, 0, features=PROTOCOL_FEATURES)
+    ]
 
 
 def test_replies_naming_indexes_beyond_the_leaders_log_are_dropped() -> None:

@@ -13,6 +13,7 @@ from raftkv.core import events as ev
 from raftkv.core.config import ReadMode
 from raftkv.core.messages import (
     NO_OP,
+    PROTOCOL_FEATURES,
     AppendEntries,
     AppendEntriesReply,
     Envelope,
@@ -284,7 +285,7 @@ def test_a_node_that_is_not_admitted_never_votes_acknowledges_or_campaigns() -> 
     replies = [e.message for e in node.take_ready().messages]
     assert replies == [
         RequestVoteReply(1, 3, False, 0.0),
-        AppendEntriesReply(1, 3, False, 0, 0, 0),
+        AppendEntriesReply(1, 3, False, 0, 0, 0, features=PROTOCOL_FEATURES),
     ]
     assert node.log.held() == [] and node.term == 0 and node.voted_for is None
 

@@ -11,6 +11,7 @@ from raftkv.core import events as ev
 from raftkv.core.config import SnapshotPolicy, TimingConfig
 from raftkv.core.messages import (
     NO_OP,
+    PROTOCOL_FEATURES,
     AppendEntries,
     AppendEntriesReply,
     InstallSnapshot,
@@ -236,7 +237,7 @@ def test_a_follower_behind_the_compaction_point_is_sent_the_snapshot_once() -> N
     node = leader_after_snapshot()
     now = node.next_deadline() - 0.5
     # Node 3 has an empty log: it rejects, pointing at index 1, which was compacted away.
-    node.step(AppendEntriesReply(2, 3, False, 0, 1, 1), now)
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 1, features=PROTOCOL_FEATURES), now)
     [ready] = drain(node)
     intent, heartbeat = sent_to(ready, 3)
     assert intent == InstallSnapshot(2, 1, 10, 1, CONFIG.lease_duration)
@@ -244,7 +245,7 @@ def test_a_follower_behind_the_compaction_point_is_sent_the_snapshot_once() -> N
     assert (heartbeat.prev_log_index, heartbeat.prev_log_term, heartbeat.entries) == (10, 1, ())
     assert ev.SnapshotSending(1, 3, 10, 1) in ready.events
     # While it streams, rejections move nothing and start no second transfer.
-    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2), now)
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2, features=PROTOCOL_FEATURES), now)
     assert not any(isinstance(m, InstallSnapshot) for r in drain(node) for m in sent_to(r, 3))
     # Installed: replication goes on from the snapshot's index.
     node.step(InstallSnapshotReply(2, 3, 10, True, 10), now)
@@ -256,12 +257,12 @@ def test_a_follower_behind_the_compaction_point_is_sent_the_snapshot_once() -> N
 def test_a_failed_transfer_is_retried_once_the_follower_answers_again() -> None:
     node = leader_after_snapshot()
     now = node.next_deadline() - 0.5
-    node.step(AppendEntriesReply(2, 3, False, 0, 1, 1), now)
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 1, features=PROTOCOL_FEATURES), now)
     drain(node)
     node.snapshot_send_failed(3, now)
     [ready] = drain(node)
     assert ev.SnapshotSendFailed(1, 3) in ready.events
-    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2), now)
+    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2, features=PROTOCOL_FEATURES), now)
     [ready] = drain(node)
     assert isinstance(sent_to(ready, 3)[0], InstallSnapshot)
     node.snapshot_send_failed(2, now)  # a follower not being sent one: nothing happens
