@@ -258,6 +258,7 @@ class AppendEntriesReply(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     MAX_CLOCK_DRIFT_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     follower_id: _builtins.int
     success: _builtins.bool
@@ -268,6 +269,10 @@ class AppendEntriesReply(_message.Message):
     incarnation: _builtins.int
     """The follower's data directory (docs/design.md §5): a new one means a node whose disk was
     replaced, holding none of what the old one acknowledged. Below 2^63; 0 = not told.
+    """
+    features: _builtins.int
+    """What the follower's version understands (bit set; docs/design.md §11): 0 from a version
+    before snapshots and sessions, and the leader then uses neither with anyone.
     """
     def __init__(
         self,
@@ -280,10 +285,11 @@ class AppendEntriesReply(_message.Message):
         round: _builtins.int = ...,
         max_clock_drift: _builtins.float = ...,
         incarnation: _builtins.int = ...,
+        features: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_index", b"conflict_index", "follower_id", b"follower_id", "incarnation", b"incarnation", "match_index", b"match_index", "max_clock_drift", b"max_clock_drift", "round", b"round", "success", b"success", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_index", b"conflict_index", "features", b"features", "follower_id", b"follower_id", "incarnation", b"incarnation", "match_index", b"match_index", "max_clock_drift", b"max_clock_drift", "round", b"round", "success", b"success", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -174,6 +174,7 @@ def append_reply_to_pb(m: AppendEntriesReply) -> pb.AppendEntriesReply:
         round=m.round,
         max_clock_drift=m.max_clock_drift,
         incarnation=m.incarnation,
+        features=m.features,
     )
 
 
@@ -187,6 +188,7 @@ def append_reply_from_pb(m: pb.AppendEntriesReply, peers: Collection[int]) -> Ap
         m.round,
         max_clock_drift=m.max_clock_drift,
         incarnation=m.incarnation,
+        features=m.features,
     )
     return _checked(message, peers)
 

@@ -10,6 +10,7 @@ import pytest
 
 from raftkv.core.messages import (
     NO_OP,
+    PROTOCOL_FEATURES,
     AppendEntries,
     AppendEntriesReply,
     DeleteCommand,
@@ -44,6 +45,7 @@ MESSAGES: list[Message] = [
     AppendEntriesReply(2, 1, True, 2, 0, 7),
     AppendEntriesReply(2, 1, False, 0, 3, 8, max_clock_drift=0.25, incarnation=LARGEST_INCARNATION),
     AppendEntriesReply(2, 1, True, 2, 0, 9, incarnation=0x5F0C9A1E33D2B7A4),
+    AppendEntriesReply(2, 1, True, 2, 0, 9, features=PROTOCOL_FEATURES),
     RequestVote(3, 2, 2, 2),
     RequestVote(3, 2, 2, 2, pre_vote=True, max_clock_drift=0.01),
     RequestVote(3, 2, 2, 2, transfer=True, max_clock_drift=0.49),
