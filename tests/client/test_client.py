@@ -1106,6 +1106,42 @@ def test_cli_del_exit_codes_for_an_unknown_outcome_and_a_stale_seq(
         assert capsys.readouterr().err.startswith("raftkv: stale sequence number: DELETE 'k' ")
 
 
+def test_cli_exits_8_when_a_writes_session_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        fake.lead(0)
+        for command in (["set", "k", "v"], ["del", "k"]):
+            fake.nodes[0].upcoming = [EXPIRED]
+            assert main(["--cluster", cluster, "--timeout", "5", *command]) == 8
+            err = capsys.readouterr().err
+            verb = "SET" if command[0] == "set" else "DELETE"
+            assert err.startswith(f"raftkv: session expired: {verb} 'k' (client ")
+            assert " not applied; " in err and err.count("\n") == 1
+        assert fake.shared.store == {}
+
+        # The shell says so and goes on, in a new session.
+        monkeypatch.setattr("sys.stdin", io.StringIO("SET a 1\nSET a 2\nSET a 3\n"))
+        fake.nodes[0].upcoming = [SERVE, EXPIRED]
+        assert main(["--cluster", cluster, "shell"]) == 0
+        transcript = capsys.readouterr().out.splitlines()
+        assert transcript[0] == "OK" and transcript[2] == "OK"
+        assert transcript[1].startswith("error: session expired: SET 'a' (client ")
+        writes = [(r.value, r.seq, r.resume) for r in fake.nodes[0].received_sets[-3:]]
+        assert writes == [("1", 1, False), ("2", 2, True), ("3", 1, False)]
+        assert fake.shared.store == {"a": "3"}
+
+
+def test_cli_help_documents_exit_code_8_and_one_session_per_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  8    SET or DEL refused: its client session expired" in out
+    assert "Each `set` or `del` run is one client session" in out
+
+
 def test_cli_ls_prints_escaped_lines_page_after_page(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
