@@ -41,7 +41,15 @@ Exit codes:
     6  SET or DEL refused for a stale sequence number: not applied, because a higher sequence
        number of its client id was already applied (another writer used the same client id)
     7  transfer-leader: refused by the leader, not done in time, or its outcome is unknown
+    8  SET or DEL refused because its client session expired (docs/design.md §11): not applied,
+       or, when an earlier try may have been, its outcome is unknown (the message says which)
   130  interrupted (Ctrl-C)
+
+Client sessions: every `raftkv set` or `raftkv del` run is a client of its own, with a fresh
+client id, so each run opens one session in the cluster's exactly-once table; the cluster drops
+it 15 minutes after its last write, so one-shot commands leave no state that lives forever.
+`raftkv shell` keeps one session for as long as it runs (after an exit-8 refusal it goes on in
+a new one).
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ from .errors import (
     InvalidRequestError,
     NoLeaderError,
     RaftKVError,
+    SessionExpiredError,
     StaleSequenceError,
     TransferError,
     UnknownOutcomeError,
@@ -87,6 +96,7 @@ class ExitCode(IntEnum):
     INVALID_REQUEST = 5
     STALE_SEQUENCE = 6
     TRANSFER_FAILED = 7
+    SESSION_EXPIRED = 8
     INTERRUPTED = 130
 
 
@@ -101,7 +111,12 @@ exit codes:
   6    SET or DEL refused for a stale sequence number (not applied; another writer used its
        client id)
   7    transfer-leader refused, not done in time, or its outcome unknown
+  8    SET or DEL refused: its client session expired (not applied, or outcome unknown when
+       an earlier try may have been applied; the message says which)
   130  interrupted
+
+Each `set` or `del` run is one client session (a fresh client id); the cluster forgets it 15
+minutes after its last write. `shell` keeps one session while it runs.
 
 The cluster comes from --peers, else --cluster, else $RAFTKV_CLUSTER, else cluster/cluster.json.
 Values that start with '-' go after '--':  raftkv set KEY -- -1
@@ -326,6 +341,8 @@ def _exit_code_for(error: RaftKVError) -> ExitCode:
         return ExitCode.OUTCOME_UNKNOWN
     if isinstance(error, StaleSequenceError):
         return ExitCode.STALE_SEQUENCE
+    if isinstance(error, SessionExpiredError):
+        return ExitCode.SESSION_EXPIRED
     if isinstance(error, TransferError):
         return ExitCode.TRANSFER_FAILED
     return ExitCode.NO_LEADER
@@ -474,7 +491,9 @@ def _run_shell_line(client: SyncClient, line: str, *, verbose: bool) -> bool:
         _say(str(error))
     except InvalidRequestError as error:
         _say(f"invalid request: {error}")
-    except StaleSequenceError as error:
+    except (StaleSequenceError, SessionExpiredError) as error:
+        # After a session-expired refusal the client is in a new session already: the shell
+        # goes on with it.
         _say(f"error: {error}")
     except KeyboardInterrupt:
         writes = ("SET", "DEL", "DELETE")

@@ -3,6 +3,7 @@
     RaftKVError
     ├── InvalidRequestError      the request is malformed; retrying cannot help
     ├── StaleSequenceError       a SET or DELETE was refused: its client id has a higher seq
+    ├── SessionExpiredError      a SET or DELETE was refused: its client's session expired
     ├── TransferError            a leadership transfer was refused or did not complete
     └── NoLeaderError            no node could serve before the deadline
         └── UnknownOutcomeError  a SET or DELETE may or may not have been applied
@@ -47,6 +48,48 @@ class StaleSequenceError(RaftKVError):
             f"stale sequence number: {verb} {_preview(key)} (client {client_id}, seq {seq}) was "
             f"refused and not applied, because a higher sequence number of this client id was "
             f"already applied (is another writer using this client id?)"
+        )
+
+
+class SessionExpiredError(RaftKVError):
+    """A node refused a SET (or DELETE: `verb` says which) because it said its session exists
+    (`resume`) and the cluster had no session for its client id (FAILED_PRECONDITION with
+    `refusal: session-expired`, no leader hint; docs/design.md §11): the session expired after
+    `idle_minutes` without a write of that client id (or `evict_minutes`, when the cluster holds
+    more sessions than its cap), or the cluster was restored from a backup older than it.
+
+    The refused try was not applied, and the write is never retried under the old session: a
+    new session would apply a retry as a new write. `applied_unknown` is False when no earlier
+    try of this write can have been applied (this was its first try, or every earlier one was
+    refused for certain); True when an earlier try may have been applied before the session
+    went, so the write's outcome is unknown. Either way the client has started a new session
+    (a new client id, seq 1), which its later calls use.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        client_id: str,
+        seq: int,
+        verb: str = "SET",
+        applied_unknown: bool = False,
+        idle_minutes: float = 15,
+        evict_minutes: float = 4,
+    ) -> None:
+        self.key = key
+        self.client_id = client_id
+        self.seq = seq
+        self.verb = verb
+        self.applied_unknown = applied_unknown
+        outcome = (
+            "outcome unknown: an earlier try may have applied" if applied_unknown else "not applied"
+        )
+        super().__init__(
+            f"session expired: {verb} {_preview(key)} (client {client_id}, seq {seq}) {outcome}; "
+            f"its session expired after {idle_minutes:g} min idle ({evict_minutes:g} when the "
+            f"cluster is over its session cap), or the cluster was restored from a backup (later "
+            f"writes use a new session)"
         )
 
 

@@ -15,7 +15,9 @@ FAILED_PRECONDITION, and on UNAVAILABLE, broken connections and per-try timeouts
 hinted leader or the next node, backing off exponentially with jitter, until the overall timeout.
 FAILED_PRECONDITION with `refusal: stale-sequence` (on the Pipeline stream: no leader hint and
 the stale-sequence details text) is not a redirect: `set()` and `delete()` raise
-`StaleSequenceError` at once.
+`StaleSequenceError` at once. So does the session-expired refusal (`refusal: session-expired`;
+on the stream: no leader hint and the session-expired details): `SessionExpiredError`, after
+which the client starts a new session.
 
 GETs, SETs and DELETEs travel on one `KeyValue.Pipeline` stream per node (pipeline.py): concurrent
 calls from one client share it, and whatever is queued goes out as one message, which costs the
@@ -31,6 +33,14 @@ reported as done only when a node acknowledged it. If the deadline passes after 
 fate is unknown (a timeout, or a connection that broke after the request left), `set()` and
 `delete()` raise `UnknownOutcomeError` rather than `NoLeaderError`.
 
+Sessions (docs/design.md §11): the cluster forgets a client id 15 minutes after its last write,
+so a SET or DELETE says whether it continues a session the cluster knows (`resume`): once a write
+of this client id was acknowledged, or when this write has been retried for longer than
+`SessionRules.resume_after_ms` (2 min), since an earlier try may then have opened a session
+that is gone by now. A write that resumes a session the cluster no longer has is refused
+(`SessionExpiredError`), never applied as the first write of a new session, which could apply
+it twice. A write is retried for at most MAX_WRITE_RETRY (2 min), whatever the timeout.
+
 Use one client from one event loop: grpc.aio channels belong to the loop that created them. For
 blocking code, `SyncClient` wraps a client with a private event loop.
 """
@@ -41,6 +51,7 @@ import asyncio
 import builtins  # the clients' own `list` method shadows the builtin in their class bodies
 import math
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +62,7 @@ import grpc
 import grpc.aio
 
 from raftkv.cluster import ClusterDescription
+from raftkv.core.state_machine import DEFAULT_SESSION_RULES
 from raftkv.limits import (
     DEFAULT_LIST_LIMIT,
     MAX_CLIENT_ID_BYTES,
@@ -64,6 +76,8 @@ from raftkv.rpc.metadata import (
     LEADER_ID_METADATA,
     REFUSAL_METADATA,
     RPC_LIMIT_DETAILS,
+    SESSION_EXPIRED_DETAILS,
+    SESSION_EXPIRED_REFUSAL,
     STALE_SEQUENCE_DETAILS,
     STALE_SEQUENCE_REFUSAL,
     TRANSFER_REFUSAL,
@@ -74,6 +88,7 @@ from .errors import (
     InvalidRequestError,
     NoLeaderError,
     RaftKVError,
+    SessionExpiredError,
     StaleSequenceError,
     TransferError,
     UnknownOutcomeError,
@@ -102,6 +117,31 @@ __all__ = [
 
 FIRST_BACKOFF_SECONDS = 0.02
 MAX_BACKOFF_SECONDS = 0.5
+# A write's retries stop this long after the call at the latest, even when `timeout` is longer.
+# The first try of a session's first write cannot say `resume` (its session does not exist yet),
+# and neither can its retries, so they rely on a session an earlier try opened still being
+# there: no session goes before SessionRules.evict_idle_ms (4 min) idle in cluster time, which
+# runs no faster than real time, and 2 min of retries stay well inside that even on a client
+# clock running at half speed. A retry later than that is one whose process was suspended.
+MAX_WRITE_RETRY = 120.0
+# A write retried for this long (on _write_age_clock) says `resume` even before any write of its
+# session was acknowledged: an earlier try may have opened a session that could be gone by now,
+# and a new one would apply the retry twice. The cluster's rule (SessionRules.resume_after_ms):
+# replicated semantics, so a constant here too, never an option.
+RESUME_AFTER_SECONDS = DEFAULT_SESSION_RULES.resume_after_ms / 1000
+
+
+def _write_age_clock() -> float:
+    """Seconds on the clock a write's age is measured on: CLOCK_BOOTTIME where there is one,
+    since it counts the time the machine spends suspended and CLOCK_MONOTONIC (the event loop's
+    clock) does not; a laptop that sleeps through a SET must resume its retries as `resume`."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        try:
+            return time.clock_gettime(boottime)
+        except OSError:  # EINVAL: a kernel older than the constant
+            pass
+    return time.monotonic()
 
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -138,6 +178,8 @@ class _Failure:
     may_have_applied: bool
     # A write refused for a stale seq: final, never retried.
     stale_sequence: bool = False
+    # A write that resumed a session the cluster no longer has: final, never retried.
+    session_expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +229,9 @@ class _Backoff:
 class RaftKVClient:
     """Talks to a raftkv cluster; see the module docstring for the retry rules.
 
-    `timeout` bounds a whole `get()` / `set()` including retries; `per_try_timeout` bounds each
-    RPC (never beyond the overall deadline). `first_node` is tried first while no leader is known
+    `timeout` bounds a whole `get()` / `set()` including retries (a write's at most
+    MAX_WRITE_RETRY, 120 s: see there); `per_try_timeout` bounds each RPC (never beyond the
+    overall deadline). `first_node` is tried first while no leader is known
     (default: a random node).
 
     The server's dedup table knows a client by its id and keeps the highest sequence number
@@ -203,6 +246,11 @@ class RaftKVClient:
     Writes (SETs and DELETEs) from one client are sent one at a time: the server's dedup keeps
     only the highest sequence number per client, so a later write overtaking an earlier one
     would make the earlier one look like a duplicate. Use several clients for parallel writes.
+
+    The id and its seqs are one session of the cluster's (docs/design.md §11), which expires
+    after 15 minutes without a write. A write refused because its session expired raises
+    `SessionExpiredError`, and the client goes on in a new session: a new id (the caller's
+    `client_id` with a new suffix), seqs from 1 again.
 
     `tls_root_cert` (PEM) turns TLS on and verifies the nodes against it; `tls_client_cert`,
     (private key, certificate chain) in PEM, is presented to nodes that demand a client
@@ -246,8 +294,13 @@ class RaftKVClient:
             if tls_root_cert is None
             else grpc.ssl_channel_credentials(tls_root_cert, key, chain)
         )
-        self.client_id = uuid.uuid4().hex if client_id is None else client_id + _client_id_suffix()
+        self._caller_client_id = client_id
+        self.client_id = ""
         self._last_seq = 0
+        # Whether a write of this session was acknowledged: then its session exists on the
+        # cluster (unless it expired since), and every later write says `resume`.
+        self._acknowledged = False
+        self._new_session()
         self._rng = random.Random()
         self._known_leader: _Endpoint | None = None
         self._channels: dict[str, Any] = {}
@@ -255,6 +308,13 @@ class RaftKVClient:
         self._pipes: dict[str, PipelineConnection] = {}
         self._write_lock = asyncio.Lock()
         self._closed = False
+
+    def _new_session(self) -> None:
+        """Start a session: a client id no run ever had, seqs from 1, nothing acknowledged."""
+        caller = self._caller_client_id
+        self.client_id = uuid.uuid4().hex if caller is None else caller + _client_id_suffix()
+        self._last_seq = 0
+        self._acknowledged = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -284,7 +344,7 @@ class RaftKVClient:
         check_key(key)
         check_value(value)
         # Time spent queued behind this client's earlier SETs counts against the timeout too.
-        deadline = asyncio.get_running_loop().time() + self._timeout
+        deadline = self._write_deadline()
         async with self._write_lock:
             self._last_seq += 1
             request = raftkv_pb2.SetRequest(
@@ -295,6 +355,7 @@ class RaftKVClient:
                 deadline=deadline,
                 write=request,
             )
+            self._acknowledged = True
         return int(reply.index)
 
     async def delete(self, key: str) -> int:
@@ -302,7 +363,7 @@ class RaftKVClient:
         is absent is no error (the DELETE is applied and changes nothing). It takes the next seq
         of this client, like a SET, and is retried and deduplicated the same way."""
         check_key(key)
-        deadline = asyncio.get_running_loop().time() + self._timeout
+        deadline = self._write_deadline()
         async with self._write_lock:
             self._last_seq += 1
             request = raftkv_pb2.DeleteRequest(
@@ -313,7 +374,12 @@ class RaftKVClient:
                 deadline=deadline,
                 write=request,
             )
+            self._acknowledged = True
         return int(reply.index)
+
+    def _write_deadline(self) -> float:
+        """When a SET or DELETE called now gives up: after the timeout, or MAX_WRITE_RETRY."""
+        return asyncio.get_running_loop().time() + min(self._timeout, MAX_WRITE_RETRY)
 
     async def list(
         self, prefix: str = "", start_after: str = "", limit: int = DEFAULT_LIST_LIMIT
@@ -486,16 +552,25 @@ class RaftKVClient:
         """The retry loop: `attempt` asks one node once and returns its answer or a _Failure;
         follows hints, backs off, and raises as the module docstring says."""
         loop = asyncio.get_running_loop()
-        started = deadline - self._timeout
+        started = deadline - (
+            self._timeout if write is None else min(self._timeout, MAX_WRITE_RETRY)
+        )
         backoff = _Backoff(self._rng)
         last_said: dict[_Endpoint, str] = {}
         may_have_applied = False
         # Followers with stale hints can point at each other; after this many hops without a
         # pause we back off like for any other failure.
         hops_without_pause = 0
+        first_try = _write_age_clock()
         target = self._known_leader or self._first_node or self._rng.choice(self._endpoints)
         while (remaining := deadline - loop.time()) > 0:
             try_timeout = min(self._per_try_timeout, remaining)
+            if write is not None:
+                # Each try is sent as a copy (PipelineRequest(set=...)), so setting the flag
+                # here never changes a try already queued.
+                write.resume = self._acknowledged or (
+                    _write_age_clock() - first_try >= RESUME_AFTER_SECONDS
+                )
             failure = await attempt(target, try_timeout)
             if not isinstance(failure, _Failure):
                 self._known_leader = target
@@ -503,6 +578,19 @@ class RaftKVClient:
             if failure.stale_sequence and write is not None:
                 raise StaleSequenceError(
                     key=write.key, client_id=write.client_id, seq=write.seq, verb=_verb(write)
+                )
+            if failure.session_expired and write is not None:
+                # Retrying under this id can only be refused again, and a new id would apply
+                # the write twice if an earlier try was applied: the caller decides.
+                self._new_session()
+                raise SessionExpiredError(
+                    key=write.key,
+                    client_id=write.client_id,
+                    seq=write.seq,
+                    verb=_verb(write),
+                    applied_unknown=may_have_applied,
+                    idle_minutes=DEFAULT_SESSION_RULES.lifetime_ms / 60_000,
+                    evict_minutes=DEFAULT_SESSION_RULES.evict_idle_ms / 60_000,
                 )
 
             last_said[target] = failure.reason
@@ -564,6 +652,8 @@ class RaftKVClient:
         hint = self._leader_hint(metadata)
         if code == grpc.StatusCode.FAILED_PRECONDITION and _is_stale_sequence(details, metadata):
             return _Failure("refused: stale sequence number", None, False, stale_sequence=True)
+        if code == grpc.StatusCode.FAILED_PRECONDITION and _is_session_expired(details, metadata):
+            return _Failure("refused: session expired", None, False, session_expired=True)
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             where = "leader unknown" if hint is None else f"leader is {hint.label}"
             return _Failure(f"not leader ({where})", hint, may_have_applied=False)
@@ -791,6 +881,15 @@ def _is_stale_sequence(details: str, metadata: dict[str, str]) -> bool:
         return True
     has_hint = LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
     return not has_hint and details == STALE_SEQUENCE_DETAILS
+
+
+def _is_session_expired(details: str, metadata: dict[str, str]) -> bool:
+    """Whether a FAILED_PRECONDITION is the session-expired refusal, told apart from "not the
+    leader" as `_is_stale_sequence` tells the stale-sequence one."""
+    if metadata.get(REFUSAL_METADATA) == SESSION_EXPIRED_REFUSAL:
+        return True
+    has_hint = LEADER_ID_METADATA in metadata or LEADER_ADDRESS_METADATA in metadata
+    return not has_hint and details == SESSION_EXPIRED_DETAILS
 
 
 def _trailing_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:

@@ -29,6 +29,7 @@ from raftkv.server.seams import (
     NO_FSYNC_FLAG,
     clock_rate_from,
     seams_in_effect,
+    session_rules_from,
     unsafe_flag,
 )
 from raftkv.tls import TlsFiles
@@ -65,7 +66,8 @@ class NodeLaunch:
     LD_PRELOAD for libfaketime); it is not part of the command line.
 
     Test seams (raftkv/server/seams.py: `unsafe`, `fsync=False`, an `--unsafe-*` flag in
-    `extra_args`, RAFTKV_CLOCK_RATE other than 1 or RAFTKV_FAILPOINT in `env`) need
+    `extra_args`, RAFTKV_CLOCK_RATE other than 1, RAFTKV_FAILPOINT or
+    RAFTKV_TEST_SESSION_LIFETIME_MS in `env`) need
     `allow_unsafe=True`, which passes --allow-unsafe; without it the spec is refused here, as
     the node would refuse it.
     """
@@ -125,6 +127,8 @@ class NodeLaunch:
                 clock_rate=rate,
                 failpoint=self.env.get(FAILPOINT_ENV) or None,
                 insecure_peers=self.insecure_peers,
+                # SeamError (a ValueError) for a lifetime the node refuses
+                sessions=session_rules_from(self.env),
             )
         ]
         given += [a for a in self.extra_args if a.startswith("--unsafe-") and a not in given]

@@ -17,7 +17,8 @@ The client listener is plaintext unless --tls-ca/--tls-cert/--tls-key are given;
 Test-only seams (never in production): the negative controls --unsafe-read-without-lease,
 --unsafe-skip-lease-wait, --unsafe-lease-from-ack-time, --unsafe-read-before-noop,
 --unsafe-renew-lease-on-send, --unsafe-forget-lease-on-restart, --unsafe-no-fsync, and the
-environment variables RAFTKV_CLOCK_RATE (other than 1) and RAFTKV_FAILPOINT. The node refuses
+environment variables RAFTKV_CLOCK_RATE (other than 1), RAFTKV_FAILPOINT and
+RAFTKV_TEST_SESSION_LIFETIME_MS (the same on every node of a cluster). The node refuses
 to start with any of them unless --allow-unsafe acknowledges them; then its dump names them in
 an UNSAFE line at start (raftkv/server/seams.py).
 
@@ -40,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 from dataclasses import dataclass, replace
@@ -68,6 +70,7 @@ from raftkv.server.seams import (
     NO_FSYNC_FLAG,
     SeamError,
     refusal,
+    session_rules_from,
     unsafe_flag,
 )
 from raftkv.server.service import KeyValueService, PeerService, RaftService, RefusalLog
@@ -172,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         ALLOW_UNSAFE_FLAG,
         action="store_true",
-        help="acknowledge test-only seams (--unsafe-*, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT): "
-        "without it the node refuses to start with any of them",
+        help="acknowledge test-only seams (--unsafe-*, RAFTKV_CLOCK_RATE, RAFTKV_FAILPOINT, "
+        "RAFTKV_TEST_SESSION_LIFETIME_MS): without it the node refuses to start with any of them",
     )
     parser.add_argument(NO_FSYNC_FLAG, action="store_true", help=argparse.SUPPRESS)
     for name in UnsafeSwitches.__slots__:
@@ -232,6 +235,7 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, Listeners]:
         peer_tls=_peer_tls(args, cluster, node_id),
         fsync=not args.unsafe_no_fsync,
         snapshots=SnapshotPolicy(args.snapshot_entries, args.snapshot_bytes, args.trailing_entries),
+        sessions=session_rules_from(os.environ),
     )
     return options, Listeners(
         args.listen or member.address, args.peer_listen or member.peer_address

@@ -66,7 +66,7 @@ from raftkv.core.node import (
     Role,
     UnsafeSwitches,
 )
-from raftkv.core.state_machine import SnapshotImage
+from raftkv.core.state_machine import DEFAULT_SESSION_RULES, SessionRules, SnapshotImage
 from raftkv.rpc.options import NODE_OPTIONS
 from raftkv.server.dump import DumpLog
 from raftkv.server.peers import PeerLink
@@ -163,6 +163,8 @@ class ReplicaOptions:
     # When to snapshot and how much log to keep after (--snapshot-entries, --snapshot-bytes,
     # --trailing-entries).
     snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS
+    # The product's session rules; others only through the RAFTKV_TEST_SESSION_LIFETIME_MS seam.
+    sessions: SessionRules = DEFAULT_SESSION_RULES
 
     def seams(self, clock_rate: float) -> list[Seam]:
         """The test seams these options turn on, with the node's clock rate and RAFTKV_FAILPOINT
@@ -174,6 +176,7 @@ class ReplicaOptions:
             clock_rate=clock_rate,
             failpoint=os.environ.get(FAILPOINT_ENV) or None,
             insecure_peers=self.peer_tls is None,
+            sessions=self.sessions,
         )
 
 
@@ -258,6 +261,7 @@ class Replica:
             admitted=loaded.admitted,
             incarnation=loaded.incarnation,
             snapshots=options.snapshots,
+            sessions=options.sessions,
         )
         self._inputs: deque[
             tuple[Message | _SnapshotWritten | _SnapshotSendFailed, None]

@@ -9,6 +9,11 @@ reach inside it. The seams:
   time.monotonic() where there is none) runs at that multiple of real time; any value other
   than 1 is a seam, and a value that is not a finite number above 0 is refused;
 - ``RAFTKV_FAILPOINT``: exit at a named point of a storage write (storage.py);
+- ``RAFTKV_TEST_SESSION_LIFETIME_MS``: client sessions expire after that many ms of cluster
+  time instead of 15 min, and eviction's idle floor (4 min) shrinks to at most the same, so a
+  test sees a session expire (docs/design.md §11). The session rules are replicated semantics:
+  every node of a cluster must be given the same value, or their tables would differ. A value
+  that is not a whole number above 0 is refused;
 - `--insecure-peers`: serve and dial peers without TLS, taking each message's claimed sender at
   its word (any process that reaches the peer port can then act as a node).
 
@@ -24,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from raftkv.core.node import UnsafeSwitches
+from raftkv.core.state_machine import DEFAULT_SESSION_RULES, SessionRules
 from raftkv.server.storage import FAILPOINT_ENV
 
 __all__ = [
@@ -32,11 +38,13 @@ __all__ = [
     "FAILPOINT_ENV",
     "INSECURE_PEERS_FLAG",
     "NO_FSYNC_FLAG",
+    "SESSION_LIFETIME_ENV",
     "Seam",
     "SeamError",
     "clock_rate_from",
     "refusal",
     "seams_in_effect",
+    "session_rules_from",
     "unsafe_flag",
 ]
 
@@ -44,6 +52,7 @@ ALLOW_UNSAFE_FLAG = "--allow-unsafe"
 NO_FSYNC_FLAG = "--unsafe-no-fsync"
 INSECURE_PEERS_FLAG = "--insecure-peers"
 CLOCK_RATE_ENV = "RAFTKV_CLOCK_RATE"
+SESSION_LIFETIME_ENV = "RAFTKV_TEST_SESSION_LIFETIME_MS"
 
 
 class SeamError(ValueError):
@@ -82,6 +91,27 @@ def clock_rate_from(environ: Mapping[str, str]) -> float:
     return rate
 
 
+def session_rules_from(environ: Mapping[str, str]) -> SessionRules:
+    """The session rules RAFTKV_TEST_SESSION_LIFETIME_MS sets (the product's when unset): that
+    lifetime, and eviction's idle floor at most the same. SeamError for a value that is not a
+    whole number of ms above 0."""
+    text = environ.get(SESSION_LIFETIME_ENV)
+    if text is None:
+        return DEFAULT_SESSION_RULES
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdecimal() and int(stripped) > 0):
+        raise SeamError(
+            f"{SESSION_LIFETIME_ENV}={text!r} is not a usable session lifetime: "
+            "it must be a whole number of milliseconds above 0"
+        )
+    lifetime = int(stripped)
+    return SessionRules(
+        lifetime_ms=lifetime,
+        max_sessions=DEFAULT_SESSION_RULES.max_sessions,
+        evict_idle_ms=min(lifetime, DEFAULT_SESSION_RULES.evict_idle_ms),
+    )
+
+
 def seams_in_effect(
     unsafe: UnsafeSwitches,
     *,
@@ -89,6 +119,7 @@ def seams_in_effect(
     clock_rate: float,
     failpoint: str | None,
     insecure_peers: bool = False,
+    sessions: SessionRules = DEFAULT_SESSION_RULES,
 ) -> list[Seam]:
     """Every seam that is on, in the order the UNSAFE line lists them."""
     seams = [Seam(name, unsafe_flag(name)) for name in unsafe.enabled()]
@@ -100,6 +131,9 @@ def seams_in_effect(
         seams.append(Seam(f"failpoint={failpoint}", f"{FAILPOINT_ENV}={failpoint}"))
     if insecure_peers:
         seams.append(Seam("insecure_peers", INSECURE_PEERS_FLAG))
+    if sessions != DEFAULT_SESSION_RULES:
+        lifetime = sessions.lifetime_ms
+        seams.append(Seam(f"session_lifetime_ms={lifetime}", f"{SESSION_LIFETIME_ENV}={lifetime}"))
     return seams
 
 

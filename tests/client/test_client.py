@@ -22,10 +22,12 @@ import grpc
 import grpc.aio
 import pytest
 
+from raftkv.client import library
 from raftkv.client.cli import main
 from raftkv.client.errors import (
     InvalidRequestError,
     NoLeaderError,
+    SessionExpiredError,
     StaleSequenceError,
     TransferError,
     UnknownOutcomeError,
@@ -40,8 +42,14 @@ from raftkv.client.library import (
 from raftkv.client.status import format_status_table
 from raftkv.cluster import ClusterDescription
 from raftkv.core.messages import Refusal, Refused
+from raftkv.core.state_machine import SessionRules
 from raftkv.rpc import raftkv_pb2, raftkv_pb2_grpc
-from raftkv.rpc.metadata import RPC_LIMIT_DETAILS
+from raftkv.rpc.metadata import (
+    REFUSAL_METADATA,
+    RPC_LIMIT_DETAILS,
+    SESSION_EXPIRED_DETAILS,
+    SESSION_EXPIRED_REFUSAL,
+)
 from raftkv.server import pipeline
 from raftkv.server.pipeline import (
     PipelineRequestError,
@@ -95,14 +103,20 @@ class Stale:
     """A SET refused for a stale seq, exactly as a real node's Pipeline reply says it."""
 
 
-Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale
+@dataclass(frozen=True)
+class Expired:
+    """A write refused because its session expired, exactly as a real node's Pipeline reply
+    says it."""
+
+
+Behaviour = Serve | NotLeader | Unavailable | Hang | Invalid | Stale | Expired
 ClientRequest = (
     raftkv_pb2.GetRequest
     | raftkv_pb2.SetRequest
     | raftkv_pb2.DeleteRequest
     | raftkv_pb2.ListRequest
 )
-SERVE, HANG, INVALID, STALE = Serve(), Hang(), Invalid(), Stale()
+SERVE, HANG, INVALID, STALE, EXPIRED = Serve(), Hang(), Invalid(), Stale(), Expired()
 
 
 @dataclass
@@ -289,6 +303,9 @@ class _ScriptedBackend:
             case Stale():
                 # The server's own mapping, so that a change there shows here.
                 reply = outcome_reply(Refused(Refusal.STALE_SEQUENCE, 0), lambda _: None)
+                return _Refusal(reply.code, reply.details, reply.leader_hint, None)
+            case Expired():
+                reply = outcome_reply(Refused(Refusal.SESSION_EXPIRED, 0), lambda _: None)
                 return _Refusal(reply.code, reply.details, reply.leader_hint, None)
         raise AssertionError(behaviour)
 
@@ -720,6 +737,171 @@ def test_a_stale_delete_is_raised_at_once_and_names_the_delete() -> None:
         assert str(error).startswith("stale sequence number: DELETE 'k' (client ")
 
 
+# -- sessions (docs/design.md §11) --------------------------------------------------------------
+
+
+def _resumes(node: FakeNode) -> list[tuple[str, int, bool]]:
+    return [(r.key, r.seq, r.resume) for r in node.received_writes]
+
+
+def test_writes_resume_their_session_once_a_write_of_it_was_acknowledged() -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+
+        async def scenario() -> None:
+            client = RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2)
+            async with client:
+                # Connected before the script starts: a first try slower than its 0.2 s on a
+                # busy machine would take the script's answers out of order.
+                await client.status()
+                fake.nodes[0].upcoming = [NotLeader(0), Serve(), Serve(), HANG]
+                await client.set("a", "1")
+                await client.delete("a")
+                await client.set("b", "2")
+
+        asyncio.run(scenario())
+        # The first write's retry still does not say resume (nothing was acknowledged yet);
+        # every write after the acknowledgement does, retries included.
+        assert _resumes(fake.nodes[0]) == [
+            ("a", 1, False),
+            ("a", 1, False),
+            ("a", 2, True),
+            ("b", 3, True),
+            ("b", 3, True),
+        ]
+
+
+def test_a_write_retried_past_resume_after_says_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The write's age is measured on a clock that counts suspended time: a client that slept
+    # through its first try retries with resume, since the session that try opened may be gone.
+    readings = iter([0.0, 0.0])
+    monkeypatch.setattr(library, "_write_age_clock", lambda: next(readings, 10_000.0))
+    with FakeCluster() as fake:
+        fake.lead(0)
+        fake.nodes[0].upcoming = [HANG]
+
+        async def scenario() -> None:
+            async with RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2) as client:
+                await client.set("a", "1")
+
+        asyncio.run(scenario())
+        assert _resumes(fake.nodes[0]) == [("a", 1, False), ("a", 1, True)]
+
+
+def test_resume_after_is_the_clusters_rule_and_writes_retry_at_most_two_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert library.RESUME_AFTER_SECONDS == SessionRules().resume_after_ms / 1000 == 120
+    assert library.MAX_WRITE_RETRY == 120
+    # Every retry within the cap is sent before resume_after on the same clock.
+    assert library.MAX_WRITE_RETRY <= library.RESUME_AFTER_SECONDS
+    monkeypatch.setattr(library, "RESUME_AFTER_SECONDS", 0.3)
+    monkeypatch.setattr(library, "MAX_WRITE_RETRY", 0.6)
+    with FakeCluster(size=1) as fake:
+        fake.lead(0)
+        fake.nodes[0].usual = HANG
+
+        async def scenario() -> UnknownOutcomeError:
+            client = RaftKVClient(fake.description, timeout=30.0, per_try_timeout=0.1)
+            async with client:
+                with pytest.raises(UnknownOutcomeError) as caught:
+                    await client.set("a", "1")
+            return caught.value
+
+        # Capped at MAX_WRITE_RETRY although the timeout is 30 s; GETs keep the whole timeout.
+        error = asyncio.run(asyncio.wait_for(scenario(), 5.0))
+        assert 0.6 <= error.elapsed < 2.0
+        flags = [resume for _, _, resume in _resumes(fake.nodes[0])]
+        assert flags[0] is False and flags[-1] is True
+        assert flags == sorted(flags)  # once resumed, every later retry resumes
+
+
+@pytest.mark.parametrize("verb", ["set", "delete"])
+def test_a_session_expired_refusal_is_raised_at_once_and_starts_a_new_session(verb: str) -> None:
+    with FakeCluster() as fake:
+        fake.lead(1)
+
+        async def scenario() -> tuple[str, str, SessionExpiredError]:
+            client = RaftKVClient(fake.description, first_node=1, client_id="app")
+            async with client:
+                await client.set("k", "v")
+                first_id = client.client_id
+                fake.nodes[1].upcoming = [EXPIRED]
+                with pytest.raises(SessionExpiredError) as caught:
+                    if verb == "set":
+                        await client.set("k", "w")
+                    else:
+                        await client.delete("k")
+                # A new session: a new id with the caller's prefix, seqs from 1, no resume.
+                assert client.client_id != first_id
+                assert client.client_id.startswith("app.")
+                await client.set("k", "x")
+                await client.set("k", "y")
+                return first_id, client.client_id, caught.value
+
+        first_id, second_id, error = asyncio.run(asyncio.wait_for(scenario(), 4.0))
+        assert (error.key, error.client_id, error.seq) == ("k", first_id, 2)
+        assert error.verb == ("SET" if verb == "set" else "DELETE")
+        assert error.applied_unknown is False
+        assert str(error).startswith(f"session expired: {error.verb} 'k' (client {first_id}")
+        assert " not applied; " in str(error) and "15 min idle" in str(error)
+        sent = [(r.client_id, r.seq, r.resume) for r in fake.nodes[1].received_writes]
+        # Sent once, never retried; the next writes are the new session's.
+        assert sent == [
+            (first_id, 1, False),
+            (first_id, 2, True),
+            (second_id, 1, False),
+            (second_id, 2, True),
+        ]
+        assert fake.shared.store == {"k": "y"}
+
+
+@pytest.mark.parametrize(
+    ("earlier", "applied_unknown"),
+    [
+        # The first try timed out: it may have been applied before the session went.
+        (HANG, True),
+        # The first try was refused for certain (a redirect): nothing can have been applied.
+        (NotLeader(0), False),
+    ],
+)
+def test_a_session_expired_after_an_earlier_try_says_whether_the_outcome_is_unknown(
+    earlier: Behaviour, applied_unknown: bool
+) -> None:
+    with FakeCluster() as fake:
+        fake.lead(0)
+
+        async def scenario() -> SessionExpiredError:
+            async with RaftKVClient(fake.description, first_node=0, per_try_timeout=0.2) as client:
+                await client.set("k", "v")
+                # Scripted only now: the first SET may have needed a retry on a busy machine.
+                fake.nodes[0].upcoming = [earlier, EXPIRED]
+                with pytest.raises(SessionExpiredError) as caught:
+                    await client.set("k", "w")
+                return caught.value
+
+        error = asyncio.run(asyncio.wait_for(scenario(), 4.0))
+        assert error.applied_unknown is applied_unknown
+        said = "outcome unknown: an earlier try may have applied" if applied_unknown else "not "
+        assert f"seq 2) {said}" in str(error)
+
+
+def test_the_unary_apis_session_expired_refusal_is_told_from_a_redirect() -> None:
+    client = RaftKVClient(ClusterDescription.local(3))
+    fail = grpc.StatusCode.FAILED_PRECONDITION
+    # The unary API's refusal: the server's own trailing metadata names it.
+    refused = outcome_reply(Refused(Refusal.SESSION_EXPIRED, 1), lambda _: None)
+    metadata = dict(refused.trailing_metadata())
+    assert metadata == {REFUSAL_METADATA: SESSION_EXPIRED_REFUSAL}
+    assert client._describe_failure(fail, refused.details, metadata, 1.0).session_expired
+    # The Pipeline's: no metadata, no hint, exactly the details.
+    assert client._describe_failure(fail, SESSION_EXPIRED_DETAILS, {}, 1.0).session_expired
+    # A redirect is never one, whatever its text says.
+    redirect = client._describe_failure(fail, SESSION_EXPIRED_DETAILS, {"leader-id": "1"}, 1.0)
+    assert not redirect.session_expired and redirect.leader_hint is not None
+    assert not client._describe_failure(fail, "not the leader", {}, 1.0).session_expired
+
+
 def test_list_follows_the_leader_hint_and_waits_out_an_unavailable_leader() -> None:
     with FakeCluster() as fake:
         fake.lead(2)
@@ -926,6 +1108,42 @@ def test_cli_del_exit_codes_for_an_unknown_outcome_and_a_stale_seq(
         fake.nodes[0].upcoming = [STALE]
         assert main(["--cluster", cluster, "del", "k"]) == 6
         assert capsys.readouterr().err.startswith("raftkv: stale sequence number: DELETE 'k' ")
+
+
+def test_cli_exits_8_when_a_writes_session_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeCluster() as fake:
+        cluster = str(fake.write_description(tmp_path))
+        fake.lead(0)
+        for command in (["set", "k", "v"], ["del", "k"]):
+            fake.nodes[0].upcoming = [EXPIRED]
+            assert main(["--cluster", cluster, "--timeout", "5", *command]) == 8
+            err = capsys.readouterr().err
+            verb = "SET" if command[0] == "set" else "DELETE"
+            assert err.startswith(f"raftkv: session expired: {verb} 'k' (client ")
+            assert " not applied; " in err and err.count("\n") == 1
+        assert fake.shared.store == {}
+
+        # The shell says so and goes on, in a new session.
+        monkeypatch.setattr("sys.stdin", io.StringIO("SET a 1\nSET a 2\nSET a 3\n"))
+        fake.nodes[0].upcoming = [SERVE, EXPIRED]
+        assert main(["--cluster", cluster, "shell"]) == 0
+        transcript = capsys.readouterr().out.splitlines()
+        assert transcript[0] == "OK" and transcript[2] == "OK"
+        assert transcript[1].startswith("error: session expired: SET 'a' (client ")
+        writes = [(r.value, r.seq, r.resume) for r in fake.nodes[0].received_sets[-3:]]
+        assert writes == [("1", 1, False), ("2", 2, True), ("3", 1, False)]
+        assert fake.shared.store == {"a": "3"}
+
+
+def test_cli_help_documents_exit_code_8_and_one_session_per_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  8    SET or DEL refused: its client session expired" in out
+    assert "Each `set` or `del` run is one client session" in out
 
 
 def test_cli_ls_prints_escaped_lines_page_after_page(

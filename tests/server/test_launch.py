@@ -9,9 +9,11 @@ import pytest
 
 from raftkv.core.config import ReadMode, SnapshotPolicy
 from raftkv.core.node import UnsafeSwitches
+from raftkv.core.state_machine import DEFAULT_SESSION_RULES
 from raftkv.server import main as node_main
 from raftkv.server.launch import CONSOLE_SCRIPT, PYTHON_MODULE, NodeLaunch, TlsFiles
 from raftkv.server.main import build_parser
+from raftkv.server.seams import session_rules_from
 
 EVERY_SWITCH = UnsafeSwitches(**{name: True for name in UnsafeSwitches.__slots__})
 # The assignment's positional form and its --base-port are not for launchers.
@@ -148,6 +150,10 @@ def test_a_spec_the_node_would_refuse_is_refused_here(changes: dict[str, object]
             {"env": {"RAFTKV_FAILPOINT": "after-log-write-before-fsync"}},
             "RAFTKV_FAILPOINT=after-log-write-before-fsync",
         ),
+        (
+            {"env": {"RAFTKV_TEST_SESSION_LIFETIME_MS": "2000"}},
+            "RAFTKV_TEST_SESSION_LIFETIME_MS=2000",
+        ),
     ],
 )
 def test_a_test_seam_needs_allow_unsafe(changes: dict[str, object], seam: str) -> None:
@@ -169,6 +175,25 @@ def test_a_clock_at_rate_one_is_no_seam(rate: str) -> None:
 def test_a_clock_rate_the_node_refuses_is_refused_here(rate: str) -> None:
     with pytest.raises(ValueError, match="RAFTKV_CLOCK_RATE"):
         NodeLaunch(1, cluster=Path("c.json"), env={"RAFTKV_CLOCK_RATE": rate}, allow_unsafe=True)
+
+
+@pytest.mark.parametrize("lifetime", ["0", "-5", "1.5", "abc", "", "٣"])
+def test_a_session_lifetime_the_node_refuses_is_refused_here(lifetime: str) -> None:
+    env = {"RAFTKV_TEST_SESSION_LIFETIME_MS": lifetime}
+    with pytest.raises(ValueError, match="RAFTKV_TEST_SESSION_LIFETIME_MS"):
+        NodeLaunch(1, cluster=Path("c.json"), env=env, allow_unsafe=True)
+
+
+def test_a_session_lifetime_sets_the_rules_and_eviction_never_outlasts_it() -> None:
+    assert session_rules_from({}) == DEFAULT_SESSION_RULES
+    short = session_rules_from({"RAFTKV_TEST_SESSION_LIFETIME_MS": "2000"})
+    assert (short.lifetime_ms, short.evict_idle_ms) == (2000, 2000)
+    assert short.max_sessions == DEFAULT_SESSION_RULES.max_sessions
+    long = session_rules_from({"RAFTKV_TEST_SESSION_LIFETIME_MS": "3600000"})
+    assert (long.lifetime_ms, long.evict_idle_ms) == (
+        3_600_000,
+        DEFAULT_SESSION_RULES.evict_idle_ms,
+    )
 
 
 @pytest.mark.parametrize(

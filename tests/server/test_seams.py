@@ -46,6 +46,12 @@ SEAMS = [
         f"RAFTKV_FAILPOINT={FAILPOINT_LOG_WRITE}",
     ),
     (["--insecure-peers"], {}, "insecure_peers", "--insecure-peers"),
+    (
+        [],
+        {"RAFTKV_TEST_SESSION_LIFETIME_MS": "2000"},
+        "session_lifetime_ms=2000",
+        "RAFTKV_TEST_SESSION_LIFETIME_MS=2000",
+    ),
 ]
 SEAM_IDS = [seam[2].split("=")[0] for seam in SEAMS]
 
@@ -170,6 +176,20 @@ def test_a_bad_clock_rate_is_refused_naming_the_variable(tmp_path: Path, rate: s
     assert stderr.strip() == (
         f"raftkv-node: RAFTKV_CLOCK_RATE={rate!r} is not a usable clock rate: "
         "it must be a finite number above 0 (1 = real time)"
+    )
+
+
+@pytest.mark.parametrize("lifetime", ["0", "1.5", "abc"])
+def test_a_bad_session_lifetime_is_refused_naming_the_variable(
+    tmp_path: Path, lifetime: str
+) -> None:
+    status, stderr = refused(
+        tmp_path, ["--allow-unsafe"], {"RAFTKV_TEST_SESSION_LIFETIME_MS": lifetime}
+    )
+    assert status == 2, stderr
+    assert stderr.strip() == (
+        f"raftkv-node: RAFTKV_TEST_SESSION_LIFETIME_MS={lifetime!r} is not a usable session "
+        "lifetime: it must be a whole number of milliseconds above 0"
     )
 
 
