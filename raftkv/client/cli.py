@@ -13,6 +13,7 @@
     raftkv transfer-leader [--to N]
                               hand leadership to node N (default: the most up-to-date
                               follower) and wait until it leads
+    raftkv snapshot save FILE a checked backup of the whole state (linearizable) to FILE
 
 With the development and operations tools installed (raftkv-tools, tools/), also:
 
@@ -33,7 +34,8 @@ on (`ca`) and, where nodes demand one (--client-cert-auth), presents a client ce
 
 Exit codes:
     0  success
-    1  key not found (get)
+    1  key not found (get); snapshot save: the backup failed its check or could not be
+       written
     2  usage error, or the cluster description is missing or malformed
     3  no leader: the cluster could not serve before the timeout (status: no node answered)
     4  SET or DEL outcome unknown: it may or may not have been applied
@@ -60,6 +62,7 @@ from raftkv.limits import MAX_LIST_LIMIT
 from raftkv.textformat import escape_field
 from raftkv.tls import TlsConfigError, client_tls
 
+from .backup import BackupError
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
 from .errors import (
     InvalidRequestError,
@@ -75,7 +78,16 @@ from .status import format_status_table
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
 PROMPT = "raftkv> "
-PRODUCT_COMMANDS = ("get", "set", "del", "ls", "status", "shell", "transfer-leader")
+PRODUCT_COMMANDS = (
+    "get",
+    "set",
+    "del",
+    "ls",
+    "status",
+    "shell",
+    "transfer-leader",
+    "snapshot",
+)
 
 
 class ExitCode(IntEnum):
@@ -93,7 +105,7 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
-  1    key not found (get)
+  1    key not found (get); snapshot save failed (the message says why)
   2    usage error, or the cluster description is missing or malformed
   3    no leader: the cluster could not serve before the timeout (status: no node answered)
   4    SET or DEL outcome unknown: it may or may not have been applied
@@ -269,6 +281,8 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
     )
     transfer.set_defaults(command=_transfer_leader_command)
 
+    _add_snapshot_commands(commands)
+
     for name, extra in extra_commands.items():
         # No options of its own (not even -h): everything after the name goes to the command.
         sub = commands.add_parser(name, help=extra.summary, add_help=False)
@@ -280,6 +294,26 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
             sub = commands.add_parser(name, add_help=False)
             sub.set_defaults(extra=NotInstalledCommand(name), extra_name=name)
     return parser
+
+
+def _add_snapshot_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="back up the whole state to a file",
+        description="Backup and restore (docs/design.md, README: Backup and restore).",
+    )
+    actions = snapshot.add_subparsers(title="actions", metavar="ACTION", required=True)
+    save = actions.add_parser(
+        "save",
+        help="save a checked backup of the whole state to FILE",
+        description="Fetch the leader's state at its commit index (linearizable: it holds "
+        "every write acknowledged before the command started) as a snapshot file, check it as "
+        "a node checks its snapshot.txt (format, counts, checksum) while writing FILE.tmp, "
+        "then sync it and rename it to FILE. Prints what it saved. --timeout bounds finding "
+        "the leader and its first chunk; each later chunk may take max(timeout, 30 s).",
+    )
+    save.add_argument("file", metavar="FILE", type=Path)
+    save.set_defaults(command=_snapshot_save_command)
 
 
 def _positive_seconds(text: str) -> float:
@@ -378,6 +412,21 @@ def _ls_command(client: SyncClient, args: argparse.Namespace) -> int:
     print(
         f"raftkv: more keys follow the {shown} shown (raise --limit to see them)", file=sys.stderr
     )
+    return ExitCode.OK
+
+
+# Exit status 1 for a backup or restore that failed or was refused, as for `raftkv
+# restore-node` (and for a get that found nothing: the one other "did not happen" outcome).
+_SNAPSHOT_FAILED = ExitCode.NOT_FOUND
+
+
+def _snapshot_save_command(client: SyncClient, args: argparse.Namespace) -> int:
+    try:
+        saved = client.snapshot_save(args.file)
+    except BackupError as error:
+        print(f"raftkv: {error}; nothing was saved", file=sys.stderr)
+        return _SNAPSHOT_FAILED
+    print(saved.describe())
     return ExitCode.OK
 
 
