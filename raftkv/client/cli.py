@@ -13,6 +13,10 @@
     raftkv transfer-leader [--to N]
                               hand leadership to node N (default: the most up-to-date
                               follower) and wait until it leads
+    raftkv snapshot save FILE a checked backup of the whole state (linearizable) to FILE
+    raftkv snapshot restore FILE --data-dir DIR [--node-id N] [--cluster FILE | --cluster-id ID]
+                              build node N's data directory for a NEW cluster from a backup
+                              (on the node's machine; talks to no cluster)
 
 With the development and operations tools installed (raftkv-tools, tools/), also:
 
@@ -33,7 +37,8 @@ on (`ca`) and, where nodes demand one (--client-cert-auth), presents a client ce
 
 Exit codes:
     0  success
-    1  key not found (get)
+    1  key not found (get); snapshot: the backup failed its check or could not be written,
+       or the restore was refused
     2  usage error, or the cluster description is missing or malformed
     3  no leader: the cluster could not serve before the timeout (status: no node answered)
     4  SET or DEL outcome unknown: it may or may not have been applied
@@ -68,6 +73,7 @@ from raftkv.limits import MAX_LIST_LIMIT
 from raftkv.textformat import escape_field
 from raftkv.tls import TlsConfigError, client_tls
 
+from .backup import BackupError
 from .commands import TOOLS_COMMANDS, Command, GlobalOptions, NotInstalledCommand, discover
 from .errors import (
     InvalidRequestError,
@@ -84,7 +90,16 @@ from .status import format_status_table
 CLUSTER_ENVIRONMENT_VARIABLE = "RAFTKV_CLUSTER"
 HISTORY_FILE_NAME = ".raftkv_history"
 PROMPT = "raftkv> "
-PRODUCT_COMMANDS = ("get", "set", "del", "ls", "status", "shell", "transfer-leader")
+PRODUCT_COMMANDS = (
+    "get",
+    "set",
+    "del",
+    "ls",
+    "status",
+    "shell",
+    "transfer-leader",
+    "snapshot",
+)
 
 
 class ExitCode(IntEnum):
@@ -103,7 +118,7 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
-  1    key not found (get)
+  1    key not found (get); snapshot save/restore failed or refused (the message says why)
   2    usage error, or the cluster description is missing or malformed
   3    no leader: the cluster could not serve before the timeout (status: no node answered)
   4    SET or DEL outcome unknown: it may or may not have been applied
@@ -146,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return request.code if isinstance(request.code, int) else ExitCode.USAGE
     if getattr(args, "extra", None) is not None:
         return _run_extra_command(args.extra_name, args.extra, rest, args)
+    offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline", None)
+    if offline is not None:
+        # A command that works on local files only (snapshot restore): no cluster to reach.
+        return offline(args)
     try:
         cluster = _load_cluster(args)
     except ClusterConfigError as error:
@@ -284,6 +303,8 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
     )
     transfer.set_defaults(command=_transfer_leader_command)
 
+    _add_snapshot_commands(commands)
+
     for name, extra in extra_commands.items():
         # No options of its own (not even -h): everything after the name goes to the command.
         sub = commands.add_parser(name, help=extra.summary, add_help=False)
@@ -295,6 +316,61 @@ def _build_parser(extra_commands: Mapping[str, Command]) -> argparse.ArgumentPar
             sub = commands.add_parser(name, add_help=False)
             sub.set_defaults(extra=NotInstalledCommand(name), extra_name=name)
     return parser
+
+
+def _add_snapshot_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="back up the whole state to a file, or build a new cluster's node from one",
+        description="Backup and restore (docs/design.md, README: Backup and restore).",
+    )
+    actions = snapshot.add_subparsers(title="actions", metavar="ACTION", required=True)
+    save = actions.add_parser(
+        "save",
+        help="save a checked backup of the whole state to FILE",
+        description="Fetch the leader's state at its commit index (linearizable: it holds "
+        "every write acknowledged before the command started) as a snapshot file, check it as "
+        "a node checks its snapshot.txt (format, counts, checksum) while writing FILE.tmp, "
+        "then sync it and rename it to FILE. Prints what it saved. --timeout bounds finding "
+        "the leader and its first chunk; each later chunk may take max(timeout, 30 s).",
+    )
+    save.add_argument("file", metavar="FILE", type=Path)
+    save.set_defaults(command=_snapshot_save_command)
+    restore = actions.add_parser(
+        "restore",
+        help="build node N's data directory for a NEW cluster from a backup FILE",
+        description="Write DIR/logs_node_N/ from the backup FILE so that node N starts (with "
+        "--initial-cluster-state new) holding exactly its data, in a new cluster: the backup's "
+        "keys under a new cluster id, without client sessions. Run it for every node of the "
+        "new cluster, with the same FILE and cluster id. The cluster id comes from --cluster "
+        "(its cluster_id; also the global --cluster), else --cluster-id, else a new "
+        "restored-<hex> that is printed. Refuses a DIR/logs_node_N that holds anything, a "
+        "backup that fails its check, and the backup's own cluster id.",
+    )
+    restore.add_argument("file", metavar="FILE", type=Path)
+    restore.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="the node's data directory (the parent of logs_node_N/, as raftkv-node's)",
+    )
+    restore.add_argument(
+        "--node-id",
+        metavar="N",
+        type=_node_id,
+        help="the node to restore (default: the description's node, when it has only one)",
+    )
+    new_id = restore.add_mutually_exclusive_group()
+    new_id.add_argument(
+        "--cluster",
+        dest="restore_cluster",
+        metavar="FILE",
+        type=Path,
+        help="the new cluster's description (its cluster_id, its nodes)",
+    )
+    new_id.add_argument("--cluster-id", metavar="ID", help="the new cluster's id")
+    restore.set_defaults(offline=_snapshot_restore_command)
 
 
 def _positive_seconds(text: str) -> float:
@@ -395,6 +471,66 @@ def _ls_command(client: SyncClient, args: argparse.Namespace) -> int:
     print(
         f"raftkv: more keys follow the {shown} shown (raise --limit to see them)", file=sys.stderr
     )
+    return ExitCode.OK
+
+
+# Exit status 1 for a backup or restore that failed or was refused, as for `raftkv
+# restore-node` (and for a get that found nothing: the one other "did not happen" outcome).
+_SNAPSHOT_FAILED = ExitCode.NOT_FOUND
+
+
+def _snapshot_save_command(client: SyncClient, args: argparse.Namespace) -> int:
+    try:
+        saved = client.snapshot_save(args.file)
+    except BackupError as error:
+        print(f"raftkv: {error}; nothing was saved", file=sys.stderr)
+        return _SNAPSHOT_FAILED
+    print(saved.describe())
+    return ExitCode.OK
+
+
+def _snapshot_restore_command(args: argparse.Namespace) -> int:
+    # Imported here: the server's storage code is for this command only.
+    from raftkv.server.backup import RestoreError, new_cluster_id, restore_snapshot
+
+    description_path: Path | None = args.restore_cluster or args.cluster
+    description: ClusterDescription | None = None
+    if description_path is not None:
+        try:
+            description = ClusterDescription.load(description_path)
+        except (ClusterConfigError, OSError, UnicodeDecodeError) as error:
+            print(f"raftkv: {error}", file=sys.stderr)
+            return ExitCode.USAGE
+    if args.cluster_id is not None and description is not None:
+        print("raftkv: give --cluster-id or a cluster description, not both", file=sys.stderr)
+        return ExitCode.USAGE
+    node_id: int | None = args.node_id
+    if node_id is None:
+        if description is None or len(description.nodes) != 1:
+            print(
+                "raftkv: give --node-id N (the node whose data directory to build)",
+                file=sys.stderr,
+            )
+            return ExitCode.USAGE
+        node_id = description.nodes[0].id
+    elif description is not None and node_id not in description.ids:
+        print(f"raftkv: node {node_id} is not in {description_path}", file=sys.stderr)
+        return ExitCode.USAGE
+    cluster_id = description.cluster_id if description is not None else args.cluster_id
+    generated = cluster_id is None
+    if cluster_id is None:
+        cluster_id = new_cluster_id()
+    try:
+        restored = restore_snapshot(args.file, args.data_dir, node_id, cluster_id)
+    except RestoreError as error:
+        print(f"raftkv: {error}", file=sys.stderr)
+        return _SNAPSHOT_FAILED
+    print(restored.describe(args.file))
+    if generated:
+        print(
+            f"new cluster id {cluster_id}: restore the other nodes with --cluster-id "
+            f"{cluster_id}, and set it as cluster_id in the new cluster's description"
+        )
     return ExitCode.OK
 
 

@@ -10,8 +10,8 @@ an object with
 
 raftkv-tools registers `bench`, `logs`, `certs` and `restore-node` (tools/pyproject.toml). A
 name that is one of the product's own commands (get, set, del, ls, status, shell,
-transfer-leader) is ignored; an entry point that fails to load is listed as unavailable, with
-the reason, instead of breaking the product's commands.
+transfer-leader, snapshot) is ignored; an entry point that fails to load is listed as
+unavailable, with the reason, instead of breaking the product's commands.
 Without raftkv-tools, `raftkv bench` (or logs, certs) says the command comes with raftkv-tools;
 --help then lists only what this installation can run.
 """

@@ -8,6 +8,7 @@
         async for key, value in client.list_all("user:"):   # every page
             ...
         rows = await client.status()                # one NodeStatusRow per node
+        saved = await client.snapshot_save("backup.snap")   # a checked backup of everything
 
 The client knows every node's address. It sends a request to the last node that served it (or a
 random node), follows the leader hints (leader id and address) that followers attach to
@@ -50,11 +51,13 @@ from __future__ import annotations
 import asyncio
 import builtins  # the clients' own `list` method shadows the builtin in their class bodies
 import math
+import os
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -84,6 +87,7 @@ from raftkv.rpc.metadata import (
 )
 from raftkv.rpc.options import CLIENT_CHANNEL_OPTIONS
 
+from .backup import SavedSnapshot, SnapshotSink
 from .errors import (
     InvalidRequestError,
     NoLeaderError,
@@ -109,6 +113,7 @@ __all__ = [
     "ListPage",
     "NodeStatusRow",
     "RaftKVClient",
+    "SavedSnapshot",
     "SyncClient",
     "TransferResult",
     "check_key",
@@ -142,6 +147,11 @@ def _write_age_clock() -> float:
         except OSError:  # EINVAL: a kernel older than the constant
             pass
     return time.monotonic()
+
+
+# A backup's chunks after the first: each must arrive within max(timeout, this), however long
+# the whole transfer takes (a node streams about 1 MiB per chunk).
+SNAPSHOT_STALL_SECONDS = 30.0
 
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -412,6 +422,55 @@ class RaftKVClient:
             if page.next_start_after is None:
                 return
             start_after = page.next_start_after
+
+    async def snapshot_save(self, path: str | os.PathLike[str]) -> SavedSnapshot:
+        """A backup of the whole state to `path` (`raftkv snapshot save`): the leader's
+        snapshot at its commit index when it served the read, which holds every write
+        acknowledged before this call (linearizable, served under a GET's rules). Written to
+        ``<path>.tmp`` and checked chunk by chunk as a node checks its snapshot.txt (format,
+        counts, checksum), then synced and renamed to `path` (raftkv/client/backup.py).
+
+        The leader is found, and its first chunk awaited, under this client's timeout and
+        retry rules, like a GET; after that each chunk must come within max(timeout, 30 s),
+        with no cap on the whole transfer, so that a large state is not cut off while it
+        moves. A stream that breaks is started over (from a new ``.tmp``) at the leader, while
+        the timeout lasts. Cancel the call to stop: the stream is cancelled and the ``.tmp``
+        removed. Raises BackupError when the snapshot fails its check or the file cannot be
+        written (never retried: nothing is left behind), NoLeaderError like a GET."""
+        target = Path(path)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        stall = max(self._timeout, SNAPSHOT_STALL_SECONDS)
+
+        async def attempt(endpoint: _Endpoint, try_timeout: float) -> SavedSnapshot | _Failure:
+            sink = await asyncio.to_thread(SnapshotSink, target, endpoint.label)
+            call: Any = None
+            wait = try_timeout
+            try:
+                # No gRPC deadline on the call: the waits below bound each chunk instead.
+                call = self._stub(endpoint).SnapshotSave(raftkv_pb2.SnapshotSaveRequest())
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(call.read(), wait)
+                    except TimeoutError:
+                        return _Failure(f"timed out after {wait:.2f}s", None, False)
+                    except grpc.aio.AioRpcError as error:
+                        code, details = error.code(), error.details() or ""
+                        if code == grpc.StatusCode.UNIMPLEMENTED:
+                            return _Failure("does not serve KeyValue.SnapshotSave", None, False)
+                        metadata = _trailing_metadata(error)
+                        return self._describe_failure(code, details, metadata, wait)
+                    if chunk is grpc.aio.EOF:
+                        saved: SavedSnapshot = await asyncio.to_thread(sink.finish)
+                        return saved
+                    # Parsed and written in a worker thread: a chunk is up to ~1 MiB of lines.
+                    await asyncio.to_thread(sink.write, chunk.data)
+                    wait = stall
+            finally:
+                if call is not None:
+                    call.cancel()  # nothing once the stream has ended; stops the node otherwise
+                await asyncio.to_thread(sink.discard)
+
+        return await self._retry_at_leader(attempt, deadline=deadline, write=None)
 
     async def status(self) -> builtins.list[NodeStatusRow]:
         """Every node's Status, asked in parallel; nodes that do not answer have reachable=False."""
@@ -795,6 +854,9 @@ class SyncClient:
 
     def status(self) -> builtins.list[NodeStatusRow]:
         return self._runner.run(self._client.status())
+
+    def snapshot_save(self, path: str | os.PathLike[str]) -> SavedSnapshot:
+        return self._runner.run(self._client.snapshot_save(path))
 
     def transfer_leader(self, to: int | None = None) -> TransferResult:
         return self._runner.run(self._client.transfer_leader(to))

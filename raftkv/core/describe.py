@@ -34,6 +34,7 @@ from .messages import (
     WriteDone,
 )
 from .node import Ready
+from .state_machine import SnapshotImage
 from .validation import sender_of
 
 
@@ -125,7 +126,7 @@ def describe_message(item: Envelope | Message) -> str:
 
 
 def describe_result(
-    result: Accepted | WriteDone | ReadValue | ReadRange | ReadPending | Refused,
+    result: Accepted | WriteDone | ReadValue | ReadRange | SnapshotImage | ReadPending | Refused,
 ) -> str:
     """A propose/read result or a deferred reply's result, e.g. `Refused NO_LEASE hint=1`."""
     if isinstance(result, Accepted):
@@ -137,6 +138,11 @@ def describe_result(
     if isinstance(result, ReadRange):
         items = ", ".join(f"{key!r}={value!r}" for key, value in result.items)
         return f"ReadRange [{items}] more={str(result.more).lower()}"
+    if isinstance(result, SnapshotImage):
+        return (
+            f"SnapshotImage index={result.index} term={result.term} keys={len(result.data)} "
+            f"sessions={len(result.sessions)}"
+        )
     if isinstance(result, ReadPending):
         return "ReadPending"
     hint = "none" if result.leader_hint is None else str(result.leader_hint)

@@ -267,8 +267,16 @@ class ReadRange:
     more: bool
 
 
-# What a read asks: the value of one key (GET), or a page of keys (LIST).
-ReadQuery = str | RangeQuery
+@dataclass(frozen=True, slots=True)
+class ImageQuery:
+    """A backup (`raftkv snapshot save`): the whole state machine, as a SnapshotImage at the
+    commit index when the read is served. Carries nothing: there is only one whole state."""
+
+
+IMAGE_QUERY = ImageQuery()
+
+# What a read asks: the value of one key (GET), a page of keys (LIST), or everything (IMAGE).
+ReadQuery = str | RangeQuery | ImageQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,4 +306,4 @@ class ClientReply:
     """The deferred answer to a proposal or a read_index read, keyed by the caller's token."""
 
     token: int
-    result: WriteDone | ReadValue | ReadRange | Refused
+    result: WriteDone | ReadValue | ReadRange | SnapshotImage | Refused

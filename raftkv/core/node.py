@@ -3,8 +3,8 @@
 The caller (the asyncio shell, or the test simulator) drives it:
 
 1. Feed inputs: `step(message, now)`, `propose(command, now, token)`, `tick(now)` when
-   `next_deadline()` has passed. `read(key, now, token)` and `read_range(prefix, start_after,
-   limit, now, token)` may be called at any time.
+   `next_deadline()` has passed. `read(key, now, token)`, `read_range(prefix, start_after,
+   limit, now, token)` and `read_image(now, token)` may be called at any time.
 2. `take_ready()` hands back everything to do. The caller must, in this order: send
    `ready.send_now`, persist `ready.first_index/entries` to the log and then `ready.hard_state`
    (durably), send `ready.send_after_persist`, and call `advance(ready)`. `ready.replies` may be
@@ -56,6 +56,7 @@ from .events import Event, describe_command
 from .leader import LONG_AGO, NEVER, LeaderState, PendingRead
 from .messages import (
     FEATURE_SNAPSHOTS_AND_SESSIONS,
+    IMAGE_QUERY,
     NO_OP,
     PROTOCOL_FEATURES,
     Accepted,
@@ -65,6 +66,7 @@ from .messages import (
     Command,
     DeleteCommand,
     Envelope,
+    ImageQuery,
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
@@ -524,8 +526,29 @@ class RaftNode:
         held = self._hold_read(query, now, token)
         return self.state_machine.range(query) if held is None else held
 
+    def read_image(self, now: float, token: int) -> SnapshotImage | ReadPending | Refused:
+        """The whole state machine for a backup, under exactly a GET's rules: the image at the
+        commit index when the read is served. It covers every write acknowledged before this
+        call (a write is acknowledged only once applied, and the commit index only grows),
+        which is what makes a backup linearizable. O(1): two references (state_machine.py)."""
+        held = self._hold_read(IMAGE_QUERY, now, token)
+        return self._image_at_commit() if held is None else held
+
+    def _image_at_commit(self) -> SnapshotImage:
+        index = self.commit_index
+        return self.state_machine.image(index, self._term_at(index))
+
+    def _answer(self, query: ReadQuery) -> ReadValue | ReadRange | SnapshotImage:
+        """What a read asks, from the state machine as it is now (every committed entry is
+        applied): the one place each query kind is answered, at once or deferred."""
+        if isinstance(query, RangeQuery):
+            return self.state_machine.range(query)
+        if isinstance(query, ImageQuery):
+            return self._image_at_commit()
+        return ReadValue(self.state_machine.get(query))
+
     def _hold_read(self, query: ReadQuery, now: float, token: int) -> ReadPending | Refused | None:
-        """The one read path, GET and LIST alike (rule 4): None when the read may be answered
+        """The one read path, GET, LIST and IMAGE alike (rule 4): None when the read may be answered
         now (lease mode), else why not, or that it waits (read_index mode) for a round started
         after it and for the commit index of now to apply; `_serve_confirmed_reads` answers it.
         Appends nothing and changes no persistent state, so it may come at any time."""
@@ -1399,13 +1422,7 @@ class RaftNode:
         still_waiting = []
         for read in leader.pending_reads:
             if read.round <= leader.quorum_round and self.commit_index >= read.read_index:
-                query = read.query
-                answer = (
-                    self.state_machine.range(query)
-                    if isinstance(query, RangeQuery)
-                    else ReadValue(self.state_machine.get(query))
-                )
-                self._out.replies.append(ClientReply(read.token, answer))
+                self._out.replies.append(ClientReply(read.token, self._answer(read.query)))
             else:
                 still_waiting.append(read)
         leader.pending_reads = still_waiting

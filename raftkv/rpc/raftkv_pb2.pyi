@@ -1037,3 +1037,45 @@ class PipelineReplies(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PipelineReplies: _TypeAlias = PipelineReplies  # noqa: Y015
+
+@_typing.final
+class SnapshotSaveRequest(_message.Message):
+    """A backup (`raftkv snapshot save`): the whole state, as the bytes of a snapshot.txt
+    (raftkv/server/snapshot_file.py; clusterId is this cluster's, lastIndex/lastTerm the commit
+    index and its term when the read was served), in chunks of about 1 MiB, the last one ending
+    with the END line and its checksum. Linearizable: served by the leader under a Get's rules
+    and refused the same way before the first chunk (FAILED_PRECONDITION with the leader hint,
+    UNAVAILABLE); it reflects every write acknowledged before the call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotSaveRequest: _TypeAlias = SnapshotSaveRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotChunk: _TypeAlias = SnapshotChunk  # noqa: Y015

@@ -270,6 +270,11 @@ class KeyValueStub:
                 request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.SerializeToString,
                 response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.FromString,
                 _registered_method=True)
+        self.SnapshotSave = channel.unary_stream(
+                '/raft.KeyValue/SnapshotSave',
+                request_serializer=raftkv_dot_rpc_dot_raftkv__pb2.SnapshotSaveRequest.SerializeToString,
+                response_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -317,6 +322,12 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotSave(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -354,6 +365,11 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.FromString,
                     response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.SerializeToString,
+            ),
+            'SnapshotSave': grpc.unary_stream_rpc_method_handler(
+                    servicer.SnapshotSave,
+                    request_deserializer=raftkv_dot_rpc_dot_raftkv__pb2.SnapshotSaveRequest.FromString,
+                    response_serializer=raftkv_dot_rpc_dot_raftkv__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -545,6 +561,33 @@ class KeyValue:
             '/raft.KeyValue/List',
             raftkv_dot_rpc_dot_raftkv__pb2.ListRequest.SerializeToString,
             raftkv_dot_rpc_dot_raftkv__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raft.KeyValue/SnapshotSave',
+            raftkv_dot_rpc_dot_raftkv__pb2.SnapshotSaveRequest.SerializeToString,
+            raftkv_dot_rpc_dot_raftkv__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,7 @@ class KeyValueStub:
     TransferLeader: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]
     Delete: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.DeleteRequest, _raftkv_pb2.DeleteResponse]
     List: _grpc.UnaryUnaryMultiCallable[_raftkv_pb2.ListRequest, _raftkv_pb2.ListResponse]
+    SnapshotSave: _grpc.UnaryStreamMultiCallable[_raftkv_pb2.SnapshotSaveRequest, _raftkv_pb2.SnapshotChunk]
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -104,6 +105,7 @@ class KeyValueAsyncStub(KeyValueStub):
     TransferLeader: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.TransferLeaderRequest, _raftkv_pb2.TransferLeaderReply]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.DeleteRequest, _raftkv_pb2.DeleteResponse]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_raftkv_pb2.ListRequest, _raftkv_pb2.ListResponse]  # type: ignore[assignment]
+    SnapshotSave: _aio.UnaryStreamMultiCallable[_raftkv_pb2.SnapshotSaveRequest, _raftkv_pb2.SnapshotChunk]  # type: ignore[assignment]
 
 class KeyValueServicer:
     def Get(
@@ -147,5 +149,11 @@ class KeyValueServicer:
         request: _raftkv_pb2.ListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_raftkv_pb2.ListResponse, _abc.Awaitable[_raftkv_pb2.ListResponse]]: ...
+
+    def SnapshotSave(
+        self,
+        request: _raftkv_pb2.SnapshotSaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_raftkv_pb2.SnapshotChunk], _abc.AsyncIterator[_raftkv_pb2.SnapshotChunk]]: ...
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,7 +8,7 @@ crash the node.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import NoReturn
 
 import grpc
@@ -22,6 +22,7 @@ from raftkv.core.messages import (
     SetCommand,
     WriteDone,
 )
+from raftkv.core.state_machine import SnapshotImage
 from raftkv.limits import (
     DEFAULT_LIST_LIMIT,
     MAX_CLIENT_ID_BYTES,
@@ -35,6 +36,7 @@ from raftkv.server import wire
 from raftkv.server.dump import DumpRateLimiter
 from raftkv.server.peers import PeerRefusal, PeerStreamSession
 from raftkv.server.pipeline import (
+    WRITE_STALL_TIMEOUT,
     ClientTooSlowError,
     PipelineRequestError,
     PipelineSession,
@@ -49,6 +51,7 @@ from raftkv.server.replies import (
     timeout_reply,
     transfer_reply,
 )
+from raftkv.server.snapshot_file import SnapshotHeader, encode_snapshot
 from raftkv.server.transfer import TransferRefused
 from raftkv.tls import peer_node_id
 
@@ -395,6 +398,46 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         items = [pb.KeyValuePair(key=key, value=value) for key, value in result.items]
         return pb.ListResponse(items=items, more=result.more)
 
+    # grpc.aio's writer API, like Pipeline: a chunk the client leaves unread for
+    # WRITE_STALL_TIMEOUT ends the call, so a stalled backup does not pin its image (the old
+    # version of the map, which the state machine has moved on from) for ever.
+    async def SnapshotSave(  # type: ignore[override]  # noqa: N802 - gRPC method name
+        self, request: pb.SnapshotSaveRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        # Get's path for the read (the same rules, refusals and metadata), then the image's
+        # bytes: snapshot.txt's encoder, run in a worker thread one chunk at a time, so the
+        # node holds one chunk per backup besides what gRPC's flow control lets through.
+        try:
+            image = await self.replica.read_image(_client_timeout(context))
+        except TimeoutError:
+            await self._time_out(context, "snapshot")
+        if isinstance(image, Refused):
+            await self._refuse(context, image)
+        assert isinstance(image, SnapshotImage)
+        if image.index < 1:
+            # Only under the read_before_noop control: nothing is committed, nothing to save.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing is committed yet")
+        header = SnapshotHeader(
+            image.index, image.term, self.replica.options.cluster.cluster_id, image.cluster_time
+        )
+        chunks = encode_snapshot(header, image.data, image.sessions)
+        size = 0
+        while (data := await asyncio.to_thread(_next_chunk, chunks)) is not None:
+            try:
+                await asyncio.wait_for(
+                    context.write(pb.SnapshotChunk(data=data)), WRITE_STALL_TIMEOUT
+                )
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the client left the backup unread for {WRITE_STALL_TIMEOUT:g} s",
+                )
+            size += len(data)
+        self.replica.dump.write(
+            f"Node {self.replica.node_id} served a backup at index {image.index} (term "
+            f"{image.term}): {len(image.data)} keys, {len(image.sessions)} sessions, {size} bytes."
+        )
+
     async def Set(  # noqa: N802 - gRPC method name
         self, request: pb.SetRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetResponse:
@@ -503,6 +546,11 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
     async def _time_out(self, context: grpc.aio.ServicerContext, request_kind: str) -> None:
         reply = timeout_reply(request_kind)
         await context.abort(reply.code, reply.details)
+
+
+def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
+    # None at the end: StopIteration cannot cross asyncio.to_thread's future.
+    return next(chunks, None)
 
 
 def _hint_text(leader: int | None) -> str:

@@ -38,6 +38,7 @@ from raftkv.core.node import (
     Ready,
     Role,
 )
+from raftkv.core.state_machine import SnapshotImage
 
 # No drift, so that lease arithmetic in the assertions is exact: span = L, stretch = 1.
 CONFIG = TimingConfig(
@@ -564,6 +565,7 @@ def test_rule4_no_reads_before_the_terms_noop_commits() -> None:
     assert not leader.serves_lease_reads(5.1)
     assert leader.read("k", 5.1, 1) == Refused(Refusal.NOT_READY, 1)
     assert leader.read_range("", "", 10, 5.1, 2) == Refused(Refusal.NOT_READY, 1)
+    assert leader.read_image(5.1, 3) == Refused(Refusal.NOT_READY, 1)
 
 
 def test_rule4_a_list_is_served_and_refused_exactly_like_a_get() -> None:
@@ -640,6 +642,57 @@ def test_read_index_mode_answers_a_list_after_a_fresh_majority_round() -> None:
     assert [r.result for r in h.replies if r.token == 44] == [Refused(Refusal.NOT_LEADER, 2)]
 
 
+def test_rule4_an_image_is_served_and_refused_exactly_like_a_get() -> None:
+    h = Harness()
+    follower = h.nodes[2]
+    leader = h.elect(1, 3.0)
+    assert follower.read_image(3.6, 1) == Refused(Refusal.NOT_LEADER, 1)
+    leader.propose(SetCommand("k", "v", "c", 1), 3.6, token=1)
+    h.flush(1)
+    h.deliver_all(3.6)
+    [done] = [r.result for r in h.replies if r.token == 1]
+    assert isinstance(done, WriteDone)
+    # Lease mode answers at once, with the state at the commit index: every acknowledged write.
+    image = leader.read_image(3.6, 2)
+    assert isinstance(image, SnapshotImage)
+    assert (image.index, image.term) == (leader.commit_index, leader.term)
+    assert image.index >= done.index
+    assert dict(image.data) == {"k": "v"}
+    assert image.sessions["c"][:2] == (1, done.index)
+    # The image is a version, not a view: a later write does not change it.
+    leader.propose(SetCommand("k", "w"), 3.6, token=3)
+    h.flush(1)
+    h.deliver_all(3.6)
+    assert dict(image.data) == {"k": "v"}
+    lease_end = 3.6 + leader.status(3.6).lease_remaining
+    assert leader.read("k", lease_end, 4) == Refused(Refusal.NO_LEASE, 1)
+    assert leader.read_image(lease_end, 5) == Refused(Refusal.NO_LEASE, 1)
+
+
+def test_read_index_mode_answers_an_image_after_a_fresh_majority_round() -> None:
+    h = Harness(config=CONFIG.with_read_mode(ReadMode.READ_INDEX))
+    leader = h.elect(1, 3.0)
+    leader.propose(SetCommand("k", "v"), 3.1, token=1)
+    h.flush(1)
+    h.deliver_all(3.1)
+    acked = leader.commit_index
+    assert isinstance(leader.read_image(3.2, 42), ReadPending)
+    assert not any(r.token == 42 for r in h.replies)
+    h.flush(1)
+    h.deliver_all(3.3)
+    [answer] = [r.result for r in h.replies if r.token == 42]
+    assert isinstance(answer, SnapshotImage)
+    assert answer.index >= acked and answer.term == leader.term
+    assert dict(answer.data) == {"k": "v"}
+    # A leader that steps down refuses the images it holds, like its GETs.
+    assert isinstance(leader.read_image(3.4, 44), ReadPending)
+    h.flush(1)
+    h.in_flight.clear()
+    leader.step(AppendEntries(5, 2, 0, 0, (), 0, 0.5, 1), 3.5)
+    h.flush(1)
+    assert [r.result for r in h.replies if r.token == 44] == [Refused(Refusal.NOT_LEADER, 2)]
+
+
 def test_a_proposal_returns_its_index_and_a_reply_when_it_applies() -> None:
     h = Harness()
     leader = serving_leader(h)
@@ -670,7 +723,7 @@ def test_an_overwritten_proposal_is_answered_as_lost() -> None:
 
 def _propose_and_commit(
     h: Harness, leader: RaftNode, command: SetCommand | DeleteCommand, now: float, token: int
-) -> tuple[int, list[WriteDone | ReadValue | ReadRange | Refused]]:
+) -> tuple[int, list[WriteDone | ReadValue | ReadRange | SnapshotImage | Refused]]:
     """Propose, deliver until quiet; the entry's index and the replies to `token`."""
     result = leader.propose(command, now, token=token)
     assert isinstance(result, Accepted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import immutables
 import pytest
 
 from raftkv.core.describe import describe_message, describe_ready, describe_result, fmt_float
@@ -24,6 +25,7 @@ from raftkv.core.messages import (
     SetCommand,
 )
 from raftkv.core.node import RaftNode
+from raftkv.core.state_machine import SnapshotImage
 
 from .transcripts import TEST_PROFILE, parse_message
 
@@ -95,6 +97,8 @@ def test_results() -> None:
     assert describe_result(ReadValue("v")) == "ReadValue 'v'"
     page = ReadRange((("a", "1"), ("b c", "2")), more=True)
     assert describe_result(page) == "ReadRange ['a'='1', 'b c'='2'] more=true"
+    image = SnapshotImage(7, 2, immutables.Map({"a": "1"}), immutables.Map())
+    assert describe_result(image) == "SnapshotImage index=7 term=2 keys=1 sessions=0"
     assert describe_result(Refused(Refusal.NO_LEASE, 1)) == "Refused NO_LEASE hint=1"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,7 +34,11 @@ SERVING_TIMEOUT = 10.0
 
 
 class OneNodeCluster:
-    def __init__(self, data_root: Path, *, read_mode: ReadMode = ReadMode.LEASE) -> None:
+    def __init__(
+        self, data_root: Path, *, read_mode: ReadMode = ReadMode.LEASE, cluster_id: str = ""
+    ) -> None:
+        # "" keeps the description's default id; a restored data directory needs its own.
+        self._cluster_id = cluster_id
         self._config: TimingConfig = profile("fast").with_read_mode(read_mode)
         self._data_root = data_root
         self._loop = asyncio.new_event_loop()
@@ -48,7 +53,7 @@ class OneNodeCluster:
     def __enter__(self) -> OneNodeCluster:
         self._thread.start()
         self.address = self.call(self._start(), timeout=SERVING_TIMEOUT + 5)
-        self.description = ClusterDescription.from_addresses([self.address])
+        self.description = self._describe(self.address)
         return self
 
     def __exit__(
@@ -73,9 +78,7 @@ class OneNodeCluster:
         port = server.add_insecure_port("127.0.0.1:0")
         address = f"127.0.0.1:{port}"
         # The node's own description names the port it serves on (its leader hints use it).
-        options = ReplicaOptions(
-            0, ClusterDescription.from_addresses([address]), self._config, self._data_root
-        )
+        options = ReplicaOptions(0, self._describe(address), self._config, self._data_root)
         self._dump = DumpLog(node_data_dir(self._data_root, 0), 0, to_stdout=False)
         replica = Replica(options, self._dump)
         self.replica = replica
@@ -88,6 +91,12 @@ class OneNodeCluster:
             while replica.core.lease_read_refusal(replica.clock.now()) is not None:
                 await asyncio.sleep(0.01)
         return address
+
+    def _describe(self, address: str) -> ClusterDescription:
+        description = ClusterDescription.from_addresses([address])
+        if self._cluster_id:
+            description = replace(description, cluster_id=self._cluster_id)
+        return description
 
     async def _stop(self) -> None:
         if self._server is not None:
