@@ -103,8 +103,10 @@ def _main_body(message: Message) -> str:
             f"lease={fmt_float(message.lease_duration)}{done}"
         )
     if isinstance(message, InstallSnapshotReply):
+        done = " done" if message.done else ""
         return (
-            f"MsgSnapResp term={message.term} last={message.last_index} match={message.match_index}"
+            f"MsgSnapResp term={message.term} last={message.last_index}{done} "
+            f"match={message.match_index}"
         )
     if isinstance(message, RequestVote):
         kind = "MsgPreVote" if message.pre_vote else "MsgVote"
@@ -162,6 +164,12 @@ def describe_ready(ready: Ready) -> str:
         vote = "none" if hard.voted_for is None else hard.voted_for
         bounds = f" lease_bound={fmt_float(hard.lease_bound)}" if hard.lease_bound else ""
         lines.append(f"HardState term={hard.term} vote={vote}{bounds}")
+    if ready.installed is not None:
+        image = ready.installed
+        lines.append(
+            f"Installed snapshot index={image.index} term={image.term} keys={len(image.data)} "
+            f"sessions={len(image.sessions)} (durable before the log reset)"
+        )
     if ready.log_reset is not None:
         index, term = ready.log_reset
         lines.append(f"LogReset: the log now starts after {index}/{term}")
