@@ -645,7 +645,7 @@ class RaftNode:
         return min(leader.next_heartbeat, lease_check, checks)
 
     def snapshot_saved(self, index: int, now: float) -> None:
-        """The image of `Ready.snapshot` at `index` is durable (docs/design.md §10): the log
+        """The image of `Ready.snapshot` at `index` is durable (docs/design.md §12): the log
         may now be compacted up to it."""
         self._begin_input(now)
         if index == self._snapshot_capture:
@@ -1499,7 +1499,7 @@ class RaftNode:
                 self._out.replies.append(ClientReply(token, result))
 
     # ------------------------------------------------------------------------------------------
-    # Snapshots and compaction (docs/design.md §10)
+    # Snapshots and compaction (docs/design.md §12)
 
     def _snapshot_due(self) -> bool:
         if self._snapshot_capture or self._last_now < self._snapshot_retry_at:

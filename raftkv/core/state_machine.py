@@ -11,7 +11,7 @@ still counts as applied (its seq is recorded), so its retry is recognised like a
 
 Both maps are persistent (`immutables.Map`, a hash array mapped trie): taking a snapshot is
 taking two references, O(1) whatever the size, so the Raft loop never pauses to copy the data
-(docs/design.md §10); the worker thread that writes the image reads a version nobody changes.
+(docs/design.md §12); the worker thread that writes the image reads a version nobody changes.
 
 A hash map has no order, and LIST pages through keys in order, so the machine also keeps the
 keys in a `SortedList`: an index derived from the data, changed only when a key appears or is

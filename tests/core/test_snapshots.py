@@ -1,4 +1,4 @@
-"""Snapshots and compaction in the core (docs/design.md §10): when an image is handed out, what
+"""Snapshots and compaction in the core (docs/design.md §12): when an image is handed out, what
 is compacted once it is durable, and how a node starts from a snapshot and a log tail."""
 
 from __future__ import annotations
