@@ -905,11 +905,7 @@ class RaftNode:
             )
             self._out.messages.append(Envelope(msg.leader_id, reply))
             return
-        if self.role is not Role.FOLLOWER or self.leader_id != msg.leader_id:
-            self._become_follower(msg.term, msg.leader_id, now)
-        self._reset_election_timer(now)
-        self._leader_contact = now
-        self._record_old_lease(msg, now)
+        self._hear_from_leader(msg, now)
 
         if msg.prev_log_index > self._log.last_index:
             self._reject_append(msg, conflict=self._log.last_index + 1)
@@ -956,18 +952,22 @@ class RaftNode:
         self._out.messages.append(Envelope(msg.leader_id, self._refusal_reply(self.term)))
         return True
 
-    def _on_install_snapshot(self, msg: InstallSnapshot, now: float) -> None:
-        if msg.term < self.term:
-            self._reply_snapshot(msg, match=0, term=self.term)
-            return
-        # Every chunk is news of the leader, as an AppendEntries is (Raft thesis §5.3): it
-        # resets the election timer and records the leader's lease (rule 2). Its reply vouches
-        # for no round, so a chunk never renews a lease; heartbeats go on doing that.
+    def _hear_from_leader(self, msg: AppendEntries | InstallSnapshot, now: float) -> None:
+        """A message of this term's leader (already checked): follow it, reset the election
+        timer, and record its lease (rule 2)."""
         if self.role is not Role.FOLLOWER or self.leader_id != msg.leader_id:
             self._become_follower(msg.term, msg.leader_id, now)
         self._reset_election_timer(now)
         self._leader_contact = now
         self._record_old_lease(msg, now)
+
+    def _on_install_snapshot(self, msg: InstallSnapshot, now: float) -> None:
+        if msg.term < self.term:
+            self._reply_snapshot(msg, match=0, term=self.term)
+            return
+        # Every chunk is news of the leader, as an AppendEntries is (Raft thesis §5.3). Its
+        # reply vouches for no round, so a chunk never renews a lease; heartbeats go on doing that.
+        self._hear_from_leader(msg, now)
         image = msg.image
         if image is None:
             self._reply_snapshot(msg, match=0)
