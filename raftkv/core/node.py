@@ -679,6 +679,9 @@ class RaftNode:
             return
         self._out.events.append(events.SnapshotSendFailed(self.id, peer_id))
         progress.snapshot_done(0)
+        # Another transfer only once the follower answers again: a dead or unreachable node
+        # would otherwise be sent one at every heartbeat for an election timeout.
+        progress.heard_at = LONG_AGO
 
     def has_ready(self) -> bool:
         leader = self._leader

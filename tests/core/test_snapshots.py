@@ -262,7 +262,12 @@ def test_a_failed_transfer_is_retried_once_the_follower_answers_again() -> None:
     node.snapshot_send_failed(3, now)
     [ready] = drain(node)
     assert ev.SnapshotSendFailed(1, 3) in ready.events
-    node.step(AppendEntriesReply(2, 3, False, 0, 1, 2, features=PROTOCOL_FEATURES), now)
+    # Heartbeats go on, but no new transfer until node 3 answers again.
+    now = node.next_deadline()
+    node.tick(now)
+    assert not any(isinstance(m, InstallSnapshot) for r in drain(node) for m in sent_to(r, 3))
+    answer = AppendEntriesReply(2, 3, False, 0, 1, node._round, features=PROTOCOL_FEATURES)
+    node.step(answer, now)
     [ready] = drain(node)
     assert isinstance(sent_to(ready, 3)[0], InstallSnapshot)
     node.snapshot_send_failed(2, now)  # a follower not being sent one: nothing happens
