@@ -48,7 +48,7 @@ lint: venv infra-deps
 # run adds the day-2 faults (wiped disks, one-way cuts, rolling timing changes, suspends with
 # CLOCK_BOOTTIME, leadership transfers) to the usual ones, on other seeds.
 DAY2_SEEDS ?= 2000
-DAY2_FAULTS := crash,delay,drift,duplicate,loss,partition,pause,wipe,oneway,lease_change,clockstop,transfer
+DAY2_FAULTS := crash,delay,drift,duplicate,loss,partition,pause,snapshot,wipe,oneway,lease_change,clockstop,transfer,client_pause,corrupt
 soak: venv
 	$(PY) -m tests.simulation --seeds $(SEEDS) --jobs 2
 	$(PY) -m tests.simulation --start 100000 --seeds $(DAY2_SEEDS) --faults $(DAY2_FAULTS) \
