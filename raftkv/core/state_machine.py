@@ -29,9 +29,9 @@ but only once idle for `evict_idle_ms`, longer than any client retries one write
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 import immutables
 from sortedcontainers import SortedList
@@ -46,6 +46,16 @@ SessionRecord = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedIndexes:
+    """The machine's derived indexes of an image, sorted ahead of time (off the Raft loop, by
+    the thread that read or received the snapshot): the keys, and the sessions as (last active,
+    client id). Tuples, so that an image can be shared."""
+
+    keys: tuple[str, ...]
+    idle: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotImage:
     """The state machine as of log entry `index` (of `term`): what snapshot.txt holds."""
 
@@ -54,6 +64,28 @@ class SnapshotImage:
     data: immutables.Map[str, str]
     sessions: immutables.Map[str, SessionRecord]
     cluster_time: int = 0
+    # Not part of the state: sorted copies of what the data and sessions say (prepare()).
+    prepared: PreparedIndexes | None = field(default=None, compare=False)
+
+
+def prepare(image: SnapshotImage) -> SnapshotImage:
+    """The image with its derived indexes sorted: O(n log n), for a worker thread, so that a
+    node that installs or loads it builds its machine in O(n / 1000) on the loop."""
+    keys = tuple(sorted(image.data.keys()))
+    idle = tuple(sorted((record[2], client) for client, record in image.sessions.items()))
+    return replace(image, prepared=PreparedIndexes(keys, idle))
+
+
+def _sorted_list(ordered: Sequence[Any]) -> SortedList:
+    """A SortedList of values already in order, without sorting them again. It fills the
+    list's chunks as SortedList.update does after its sort (sortedcontainers 2.4.0, pinned;
+    tests/core/test_state_machine.py checks the result against SortedList(values))."""
+    result = SortedList()
+    load = result._load
+    result._lists = [list(ordered[pos : pos + load]) for pos in range(0, len(ordered), load)]
+    result._maxes = [chunk[-1] for chunk in result._lists]
+    result._len = len(ordered)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +139,16 @@ class KeyValueStateMachine:
         self._rules = rules
         # False only for the negative control UnsafeSwitches.ignore_resume.
         self._honour_resume = honour_resume
+        if image is not None and image.prepared is None:
+            image = prepare(image)
+        prepared = image.prepared if image is not None else None
         # Invariant: holds exactly the keys of _data, sorted (code point order, like str's <).
-        self._keys = SortedList(self._data.keys())
-        # Invariant: the sessions' clients, least recently active first, with that time (which
-        # only grows along the log, so appending at the end keeps the order): expiry and
-        # eviction take from the front. Derived, like _keys.
-        ordered = sorted(self._sessions.items(), key=lambda item: (item[1][2], item[0]))
-        self._idle: OrderedDict[str, int] = OrderedDict(
-            (client, record[2]) for client, record in ordered
-        )
+        self._keys = _sorted_list(prepared.keys if prepared else ())
+        # Invariant: (last active, client id) of every session, in that order: expiry and
+        # eviction take from the front. A total order on both fields, so that every replica —
+        # one that applied every entry, one started from a snapshot — drops the same sessions
+        # among those last active at one instant. Derived, like _keys.
+        self._idle = _sorted_list(prepared.idle if prepared else ())
 
     @property
     def cluster_time(self) -> int:
@@ -139,7 +172,7 @@ class KeyValueStateMachine:
             raise TypeError(f"not a command: {command!r}")
         if command.client_id:
             record = self._sessions.get(command.client_id)
-            if record is None and command.resume and self._honour_resume:
+            if record is None and command.resume and self._resume_checked():
                 return SESSION_EXPIRED
             last_seq, last_index, _ = record or (0, 0, 0)
             if command.seq <= last_seq:
@@ -159,28 +192,36 @@ class KeyValueStateMachine:
             self._data = self._data.delete(command.key)
         return index
 
+    def _resume_checked(self) -> bool:
+        """Whether a write's `resume` is held against the table: only once cluster time runs.
+        Before it does, no session can have expired or been evicted (both need time to
+        advance), so a missing session means the write never applied; and during a rolling
+        upgrade, nodes of the old release (which ignore `resume`) keep the same table
+        (docs/design.md §12)."""
+        return self._honour_resume and self._cluster_time > 0
+
     def _touch(self, client: str, seq: int, index: int) -> None:
+        old = self._sessions.get(client)
         record = (seq, index, self._cluster_time)
-        if self._sessions.get(client) != record:
-            self._sessions = self._sessions.set(client, record)
-        self._idle[client] = self._cluster_time
-        self._idle.move_to_end(client)
+        if old == record:
+            return
+        if old is not None:
+            self._idle.remove((old[2], client))
+        self._idle.add((self._cluster_time, client))
+        self._sessions = self._sessions.set(client, record)
 
     def _drop_oldest(self) -> None:
-        client, _ = self._idle.popitem(last=False)
+        _, client = self._idle.pop(0)
         self._sessions = self._sessions.delete(client)
 
     def _expire(self) -> None:
         oldest_kept = self._cluster_time - self._rules.lifetime_ms
-        while self._idle and next(iter(self._idle.values())) <= oldest_kept:
+        while self._idle and self._idle[0][0] <= oldest_kept:
             self._drop_oldest()
 
     def _evict_over_cap(self) -> None:
         idle_enough = self._cluster_time - self._rules.evict_idle_ms
-        while (
-            len(self._idle) > self._rules.max_sessions
-            and next(iter(self._idle.values())) <= idle_enough
-        ):
+        while len(self._idle) > self._rules.max_sessions and self._idle[0][0] <= idle_enough:
             self._drop_oldest()
 
     def get(self, key: str) -> str | None:

@@ -136,7 +136,8 @@ def test_a_new_leader_stamps_from_the_largest_time_in_its_log() -> None:
 
 
 def test_the_proposer_of_a_write_whose_session_expired_is_told_so() -> None:
-    node, now = serving_leader()
+    node, elected = serving_leader()
+    now = elected + 1.0  # the write is stamped after the election: cluster time runs
     node.propose(SetCommand("k", "v", "c", 3, resume=True), now, 7)
     assert drain(node) == [Refused(Refusal.SESSION_EXPIRED, None)]
     assert node.state_machine.get("k") is None
@@ -144,3 +145,41 @@ def test_the_proposer_of_a_write_whose_session_expired_is_told_so() -> None:
     node.propose(SetCommand("k", "v", "c", 3), now, 8)
     [done] = drain(node)
     assert isinstance(done, WriteDone) and node.state_machine.get("k") == "v"
+
+
+def test_before_cluster_time_runs_resume_is_not_held_against_the_table() -> None:
+    """No session can have expired before cluster time advances, and nodes of the previous
+    release (which ignore `resume`) must keep the same table during a rolling upgrade."""
+    m = machine()
+    assert m.apply(SetCommand("k", "v", "c", 4, resume=True), 1) == 1
+    assert m.last_applied("c") == (4, 1)
+    assert m.apply(SetCommand("k", "w", "d", 1, resume=True), 2, time=5) is SESSION_EXPIRED
+
+
+def test_replicas_evict_the_same_sessions_among_those_active_at_one_instant() -> None:
+    """The cap evicts the longest idle first, and among sessions last active at the same
+    instant the same ones on every replica, whether it applied every entry or started from a
+    snapshot in between (a total order on (time, client id))."""
+    rules = SessionRules(lifetime_ms=10_000, max_sessions=2, evict_idle_ms=100)
+    live = KeyValueStateMachine(rules=rules)
+    live.apply(SetCommand("k", "1", "b", 1), 1, time=10)
+    live.apply(SetCommand("k", "2", "a", 1), 2, time=10)
+    restored = KeyValueStateMachine(live.image(2, 1), rules)
+    for m in (live, restored):
+        m.apply(SetCommand("k", "3", "c", 1), 3, time=500)  # over the cap: one of a, b goes
+    assert live.image(3, 1).sessions == restored.image(3, 1).sessions
+    assert live.last_applied("a") is None and live.last_applied("b") == (1, 1)
+
+
+def test_a_sorted_list_built_from_sorted_values_equals_one_that_sorted_them() -> None:
+    from sortedcontainers import SortedList
+
+    from raftkv.core.state_machine import _sorted_list
+
+    values = sorted(f"k{i:05d}" for i in range(2500))
+    built = _sorted_list(values)
+    assert list(built) == list(SortedList(values)) and len(built) == 2500
+    built.add("k00000a")
+    built.remove("k02499")
+    assert list(built) == sorted([*values[:-1], "k00000a"])
+    assert list(built.irange("k01000", "k01002")) == ["k01000", "k01001", "k01002"]
