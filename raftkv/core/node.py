@@ -500,9 +500,7 @@ class RaftNode:
         if leader.transfer_target is not None:
             # Rule 8: the log stays still while the target catches up with it.
             return Refused(Refusal.NOT_LEADER, leader.transfer_target)
-        if isinstance(command, DeleteCommand) and not self._every_follower_has(
-            FEATURE_SNAPSHOTS_AND_SESSIONS
-        ):
+        if isinstance(command, DeleteCommand) and not self._cluster_upgraded():
             return Refused(Refusal.UNSUPPORTED, self.id)
         self._out.events.append(events.ReceivedRequest(self.id, describe_command(command)))
         index = self._append(command, now)
@@ -1232,7 +1230,13 @@ class RaftNode:
             caught_up = advanced and self._timeout_now_due(leader, msg.follower_id)
             if progress.next_send(self._log.last_index, self._window)[1] or caught_up:
                 self._send_append(leader, msg.follower_id, progress)
-        elif msg.conflict_index > 0 and progress.on_rejection(msg.conflict_index, msg.round):
+        elif (
+            msg.conflict_index > 0
+            and progress.on_rejection(msg.conflict_index, msg.round)
+            # When nothing can catch it up now (a follower of the previous release behind the
+            # compaction point), the next heartbeat goes, not a reject/resend loop.
+            and (progress.next - 1 >= self._log.offset or self._may_send_snapshot(progress))
+        ):
             self._send_append(leader, msg.follower_id, progress)
 
     def _on_request_vote(self, msg: RequestVote, now: float) -> None:
@@ -1311,9 +1315,7 @@ class RaftNode:
             # The follower needs entries compacted away: only a snapshot can catch it up
             # (Raft thesis §5.3). Meanwhile it is sent heartbeats anchored where this leader
             # still knows the term, which keep its election timer and the lease going.
-            answering = self._last_now - progress.heard_at < self.config.election_timeout_min
-            understands = progress.features & FEATURE_SNAPSHOTS_AND_SESSIONS
-            if progress.state is not ProgressState.SNAPSHOT and answering and understands:
+            if self._may_send_snapshot(progress):
                 self._send_snapshot(peer_id, progress)
             prev_index, with_entries = self._log.offset, False
         entries = self._batch_from(prev_index, limit) if with_entries else []
@@ -1336,9 +1338,25 @@ class RaftNode:
         )
         self._out.messages.append(Envelope(peer_id, message))
 
-    def _every_follower_has(self, feature: int) -> bool:
+    def _cluster_upgraded(self) -> bool:
+        """Whether every node runs a version with snapshots and sessions (DELETE, stamped
+        cluster time): every follower announced it in this term, or a stamped entry was applied,
+        which a leader appended only when every follower had (downgrades are unsupported). The
+        latter keeps a follower that is down, or has not answered yet, from turning them off."""
         leader = self._leader
-        return leader is not None and all(p.features & feature for p in leader.progress.values())
+        if leader is None:
+            return False
+        if self.state_machine.cluster_time > 0 or leader.time_base > 0:
+            return True
+        return all(p.features & FEATURE_SNAPSHOTS_AND_SESSIONS for p in leader.progress.values())
+
+    def _may_send_snapshot(self, progress: Progress) -> bool:
+        """A follower that needs compacted entries gets a snapshot if none is being sent to it,
+        it answered within an election timeout (no transfers to a dead node), and its version
+        understands InstallSnapshot."""
+        answering = self._last_now - progress.heard_at < self.config.election_timeout_min
+        understands = progress.features & FEATURE_SNAPSHOTS_AND_SESSIONS
+        return progress.state is not ProgressState.SNAPSHOT and answering and bool(understands)
 
     def _send_snapshot(self, peer_id: NodeId, progress: Progress) -> None:
         # The intent: the shell streams the durable snapshot.txt in chunks, each stamped
@@ -1447,7 +1465,7 @@ class RaftNode:
         time = 0
         # Stamped only once every follower's version keeps cluster time too (a rolling upgrade
         # from before it): its session table would differ from ours otherwise.
-        if leader is not None and self._every_follower_has(FEATURE_SNAPSHOTS_AND_SESSIONS):
+        if leader is not None and self._cluster_upgraded():
             elapsed = max(0.0, now - leader.time_origin) * (1 - self._drift)
             time = max(leader.last_stamp, leader.time_base + int(elapsed * 1000))
             leader.last_stamp = time

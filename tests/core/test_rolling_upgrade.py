@@ -8,10 +8,12 @@ import random
 
 from raftkv.core.config import TimingConfig
 from raftkv.core.messages import (
+    NO_OP,
     PROTOCOL_FEATURES,
     AppendEntriesReply,
     DeleteCommand,
     InstallSnapshot,
+    LogEntry,
     Refusal,
     Refused,
     RequestVoteReply,
@@ -78,3 +80,25 @@ def test_an_old_follower_behind_the_compaction_point_is_sent_no_snapshot() -> No
     node.step(upgraded, now)
     ready = node.take_ready()
     assert any(isinstance(e.message, InstallSnapshot) and e.to == 3 for e in ready.messages)
+
+
+def test_once_a_stamped_entry_applied_a_silent_follower_turns_nothing_off() -> None:
+    """A follower that is down, or has not answered in this term, is no old release: once a
+    stamped entry has applied, every node had announced the features (no downgrades)."""
+    entries = (LogEntry(1, NO_OP, 5000),)
+    node, now = leader(PersistentState(HardState(1, None), entries, commit_index=1))
+    answer(node, 2, PROTOCOL_FEATURES, now)  # node 3 says nothing
+    node.propose(SetCommand("k", "v"), now + 1, 1)
+    assert node.log.entry(node.log.last_index).time > 5000
+    assert node.propose(DeleteCommand("k"), now + 1, 2) != Refused(Refusal.UNSUPPORTED, 1)
+
+
+def test_an_old_follower_behind_the_compaction_point_is_not_sent_appends_in_a_loop() -> None:
+    image = KeyValueStateMachine().image(10, 1)
+    state = PersistentState(HardState(1, 1), [], snapshot=image, log_offset=10, log_offset_term=1)
+    node, now = leader(state)
+    for round_ in range(1, 4):
+        node.step(AppendEntriesReply(2, 3, False, 0, 1, round_), now)
+        assert not node.has_ready() or not [e for e in node.take_ready().messages if e.to == 3], (
+            "a rejection of an old follower was answered at once"
+        )
