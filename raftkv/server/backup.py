@@ -108,8 +108,11 @@ def restore_snapshot(backup: Path, data_root: Path, node_id: int, cluster_id: st
         raise RestoreError(f"the backup's term {header.last_term} is above {MAX_TERM}")
     target = node_data_dir(data_root, node_id)
     _check_empty(target)
+    # Cluster time at least 1: a restored cluster holds no sessions, and only a running cluster
+    # time makes a resumed write from an old client a clear session-expired refusal
+    # (docs/design.md §11), even when the source cluster never stamped one.
     image = SnapshotImage(
-        header.last_index, header.last_term, loaded.data, _NO_SESSIONS, header.cluster_time
+        header.last_index, header.last_term, loaded.data, _NO_SESSIONS, max(1, header.cluster_time)
     )
     try:
         incarnation = _write(target, node_id, cluster_id, image)

@@ -60,7 +60,7 @@ from typing import Final
 
 import immutables
 
-from raftkv.core.state_machine import SnapshotImage
+from raftkv.core.state_machine import SnapshotImage, prepare
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.server.storage_errors import StorageCorruption, StorageError
 from raftkv.textformat import (
@@ -172,10 +172,14 @@ class LoadedSnapshot:
     crc: int
 
     def image(self) -> SnapshotImage:
-        """The core's view of this snapshot (what a loaded or received snapshot hands it)."""
+        """The core's view of this snapshot (what a loaded or received snapshot hands it), its
+        derived indexes sorted here: this runs in the thread that read the file, so the core
+        builds its machine from it without sorting on the Raft loop."""
         header = self.header
-        return SnapshotImage(
-            header.last_index, header.last_term, self.data, self.sessions, header.cluster_time
+        return prepare(
+            SnapshotImage(
+                header.last_index, header.last_term, self.data, self.sessions, header.cluster_time
+            )
         )
 
 
