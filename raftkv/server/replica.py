@@ -772,6 +772,15 @@ class Replica:
             )
             self._queue_input(_SnapshotSendFailed(peer))
             return
+        except Exception as error:  # not CancelledError: a cancelled sender reports nothing
+            # A bug or an error the sender did not foresee must still reach the core: unreported,
+            # the follower would stay waiting for a snapshot (role SNAPSHOT) for the whole term.
+            self.dump.write(
+                f"Leader {self.node_id} stopped sending its snapshot to Node {peer} after "
+                f"{sender.chunks_sent} chunks: unexpected {type(error).__name__}: {error}"
+            )
+            self._queue_input(_SnapshotSendFailed(peer))
+            return
         if done:
             header = sender.header
             index = header.last_index if header is not None else intent.last_index

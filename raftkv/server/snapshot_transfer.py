@@ -161,7 +161,7 @@ class SnapshotSender:
                     if position == 0:
                         data = first  # read for the header already
                     else:
-                        data = await asyncio.to_thread(os.pread, fd, self._chunk_bytes, position)
+                        data = await self._read(fd, position)
                     if not data:
                         short = f"{self._path} ended at byte {position} of {size}"
                         raise TransferFailedError(short)
@@ -202,6 +202,14 @@ class SnapshotSender:
                 _drop(in_flight)
         finally:
             _drop(in_flight)
+
+    async def _read(self, fd: int, position: int) -> bytes:
+        # An OSError (EIO from a failing disk) must end as a failure the caller reports to the
+        # core: escaping run() would leave the follower waiting for a transfer for the term.
+        try:
+            return await asyncio.to_thread(os.pread, fd, self._chunk_bytes, position)
+        except OSError as error:
+            raise TransferFailedError(f"cannot read {self._path}: {error}") from error
 
 
 def _drop(in_flight: deque[tuple[asyncio.Future[SnapshotChunkReply], int]]) -> None:

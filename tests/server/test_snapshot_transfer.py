@@ -5,6 +5,8 @@ follower's next_offset, its deadline), with a fake core and a fake link."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -284,3 +286,21 @@ def test_the_deadline_scales_with_the_size() -> None:
     assert transfer_deadline(big, FAST_PROFILE) == pytest.approx(
         100 * FAST_PROFILE.election_timeout_min
     )
+
+
+def test_a_read_error_mid_file_fails_the_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EIO past the header: it must end as TransferFailedError (which the replica reports to
+    # the core), not as an OSError out of run().
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if offset > 0:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    link = FakeLink(lambda chunk: chunk.end)
+    with pytest.raises(TransferFailedError, match="Input/output error"):
+        run_sender(tmp_path, link)
