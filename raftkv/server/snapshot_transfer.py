@@ -10,7 +10,9 @@ mixes two files. The file's own header names the snapshot (it may be newer than 
 the follower checks the header against the chunks). Chunks of `SNAPSHOT_CHUNK_BYTES` go out
 with the intent's term, lease and drift, at most `WINDOW` unanswered, so the leader holds at
 most that many chunks in memory. Each reply says how many bytes the follower holds
-(`next_offset`); one that differs from what the sender expects restarts the stream from there.
+(`next_offset`); one that differs from what the sender expects restarts the stream from there,
+except 0 in answer to the last chunk: the follower's checks of the whole file failed, and a
+resend of the same file would too, so the transfer fails.
 The whole transfer must finish within max(election_timeout_max, chunks × election_timeout_min)
 (hashicorp/raft's net_transport scales its deadline with the size the same way); on a failure
 or past it, the caller reports `snapshot_send_failed` to the core, which probes the follower
@@ -189,6 +191,16 @@ class SnapshotSender:
                     if expected == size:
                         return True
                     continue
+                if reply.next_offset == 0 and expected == size:
+                    # The follower took every byte and dropped them at its last-chunk check
+                    # (its dump names which one): sending the same file again would fail the
+                    # same way (bit rot in this snapshot.txt) until the deadline. The core hears
+                    # of the failure and asks for a transfer again later.
+                    raise TransferFailedError(
+                        f"the follower dropped the whole {size}-byte snapshot: it failed the "
+                        "follower's checks (checksum, counts, header or cluster id; its dump "
+                        "names which)"
+                    )
                 if reply.next_offset > size:
                     raise TransferFailedError(
                         f"the follower asks for byte {reply.next_offset} of a {size}-byte snapshot"

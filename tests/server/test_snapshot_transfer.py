@@ -304,3 +304,12 @@ def test_a_read_error_mid_file_fails_the_transfer(
     link = FakeLink(lambda chunk: chunk.end)
     with pytest.raises(TransferFailedError, match="Input/output error"):
         run_sender(tmp_path, link)
+
+
+def test_a_file_the_follower_drops_at_its_last_check_fails_the_transfer(tmp_path: Path) -> None:
+    # The follower's checks of the whole file always fail (bit rot in the leader's copy): each
+    # chunk is taken, the last one answered 0. Starting over would fail again until the deadline.
+    link = FakeLink(lambda chunk: 0 if chunk.done else chunk.end)
+    with pytest.raises(TransferFailedError, match="failed the follower's checks"):
+        run_sender(tmp_path, link)
+    assert [c.offset for c in link.sent] == list(range(0, len(snapshot_bytes()), CHUNK))
