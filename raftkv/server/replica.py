@@ -294,6 +294,7 @@ class Replica:
             self.begin_exchange,
             self.dump.write,
             sync=options.fsync,
+            current_term=lambda: self.core.term,
         )
         # The background work the loop does not wait for: the one snapshot write, the last
         # compaction (awaited before the next write to the log), a sender per follower.

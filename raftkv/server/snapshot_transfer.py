@@ -22,13 +22,16 @@ intent's term stops without a report.
 Receiver (`SnapshotReceiver`, one per node). Chunks arrive in order on a stream and are
 handled one at a time (an asyncio lock across streams): offset 0 starts a transfer (a new
 ``snapshot.txt.recv``, created with O_TRUNC and mode 0600, and a fresh `SnapshotReader`),
-replacing any partial one, so the receiver holds at most one; a chunk that continues the
-current transfer exactly where it stands is written and parsed in a worker thread; any other
-chunk writes nothing. The last chunk is fdatasync'ed and checked whole (checksum, counts,
-the header against the chunk, the cluster id); the core then gets the image with it. A
-transfer that fails a check is dropped (a dump line), the chunk goes to the core as a chunk
-that is not the last, and the reply's next_offset 0 makes the sender start over. Every chunk
-goes to the core: each one is news of the leader (election timer, lease rule 2).
+replacing any partial one, so the receiver holds at most one, unless its term is below the
+core's or a chunk's seen before (a deposed leader's: the core refuses it); a chunk that
+continues the current transfer exactly where it stands is written and parsed in a worker
+thread; any other chunk writes nothing, and one of another transfer is answered next_offset 0
+(the current one's position means nothing to its sender). The last chunk is fdatasync'ed and
+checked whole (checksum, counts, the header against the chunk, the cluster id); the core then
+gets the image with it. A transfer that fails a check is dropped (a dump line naming the
+check), the chunk goes to the core as a chunk that is not the last, and the reply's
+next_offset 0 fails the sender's transfer (it reports it; the core asks for another later).
+Every chunk goes to the core: each one is news of the leader (election timer, lease rule 2).
 
 A done chunk's answer is awaited before the next chunk is taken: the core installs the image
 by renaming ``snapshot.txt.recv`` (the Ready's `installed`, raftkv/server/replica.py) before
@@ -265,6 +268,7 @@ class SnapshotReceiver:
         log: Callable[[str], None],
         *,
         sync: bool = True,
+        current_term: Callable[[], int] | None = None,
     ) -> None:
         self.path = path
         self._node_id = node_id
@@ -272,6 +276,10 @@ class SnapshotReceiver:
         self._feed_core = feed_core
         self._log = log
         self._sync = sync
+        # The core's term (None: only the chunks' terms count), and the highest term of a chunk
+        # received: a first chunk below either is a deposed leader's (module docstring).
+        self._current_term = current_term
+        self._highest_term = 0
         self._lock = asyncio.Lock()
         self._partial: _Partial | None = None
 
@@ -285,20 +293,28 @@ class SnapshotReceiver:
         core; returns the future of the core's reply and the reply's next_offset."""
         async with self._lock:
             image: SnapshotImage | None = None
-            partial = self._partial
-            if chunk.offset == 0:
+            term = chunk.message.term
+            newest = self._highest_term
+            if self._current_term is not None:
+                newest = max(newest, self._current_term())
+            self._highest_term = max(self._highest_term, term)
+            # A deposed leader's first chunk must not truncate the current leader's transfer:
+            # the core refuses that chunk anyway, but the file would already be lost.
+            if chunk.offset == 0 and term >= newest:
                 self.close()
-                partial = self._partial = await self._start(chunk)
-            if (
-                partial is not None
-                and partial.key == _key(chunk)
-                and (chunk.offset == partial.received)
-            ):
+                self._partial = await self._start(chunk)
+            key = _key(chunk)
+            partial = self._partial
+            if partial is not None and partial.key == key and chunk.offset == partial.received:
                 try:
                     image = await asyncio.to_thread(self._write, partial, chunk)
                 except (StorageCorruption, OSError, ValueError) as error:
                     self._drop(chunk, str(error))
-            next_offset = self.received
+            # Only the chunk's own transfer has a position to resume from. Another transfer's
+            # would send its sender to an offset it cannot continue from either, again and again
+            # until its deadline; 0 makes it start over, and its first chunk replaces this one.
+            partial = self._partial
+            next_offset = partial.received if partial is not None and partial.key == key else 0
             # Only a verified snapshot makes the core's message the last chunk: a failed or
             # misplaced last chunk must not pass for a finished transfer.
             message = chunk.message
