@@ -30,6 +30,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -86,6 +87,7 @@ from raftkv.server.storage import (
     SNAPSHOT_FILE_NAME,
     SNAPSHOT_RECV_NAME,
     NodeStorage,
+    SnapshotWriteStoppedError,
     StorageError,
     encode_lines,
     node_data_dir,
@@ -294,10 +296,13 @@ class Replica:
             self.begin_exchange,
             self.dump.write,
             sync=options.fsync,
+            current_term=lambda: self.core.term,
         )
         # The background work the loop does not wait for: the one snapshot write, the last
         # compaction (awaited before the next write to the log), a sender per follower.
         self._snapshot_write: asyncio.Task[None] | None = None
+        # Set at shutdown: the writer's thread gives up before its next chunk (`stop`).
+        self._stop_snapshot_write = threading.Event()
         self._compaction: asyncio.Task[None] | None = None
         self._senders: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._stopping = False
@@ -719,7 +724,11 @@ class Replica:
         goes on), then tell the core. None from save_snapshot (a newer snapshot, installed
         meanwhile, won) is reported as saved: the core ignores an index ≤ its snapshot's."""
         try:
-            await asyncio.to_thread(self.storage.save_snapshot, image)
+            await asyncio.to_thread(
+                self.storage.save_snapshot, image, stop=self._stop_snapshot_write
+            )
+        except SnapshotWriteStoppedError:
+            return  # the node is stopping: there is no core to tell
         except (StorageError, OSError, ValueError) as error:
             self._queue_input(_SnapshotWritten(image.index, str(error)))
         else:
@@ -772,6 +781,15 @@ class Replica:
             )
             self._queue_input(_SnapshotSendFailed(peer))
             return
+        except Exception as error:  # not CancelledError: a cancelled sender reports nothing
+            # A bug or an error the sender did not foresee must still reach the core: unreported,
+            # the follower would stay waiting for a snapshot (role SNAPSHOT) for the whole term.
+            self.dump.write(
+                f"Leader {self.node_id} stopped sending its snapshot to Node {peer} after "
+                f"{sender.chunks_sent} chunks: unexpected {type(error).__name__}: {error}"
+            )
+            self._queue_input(_SnapshotSendFailed(peer))
+            return
         if done:
             header = sender.header
             index = header.last_index if header is not None else intent.last_index
@@ -790,10 +808,17 @@ class Replica:
         for _, task in self._senders.values():
             task.cancel()
         self.receiver.close()
-        # A snapshot write may take seconds; it is abandoned (its temporary file is deleted at
-        # the next start). A compaction is short and holds the storage lock: let it finish.
+        # A snapshot write may take seconds: it is told to stop before its next chunk and
+        # awaited, never just cancelled, which would leave its thread running past
+        # storage.close() below. Once that releases the directory's lock another process may
+        # take the directory, and the old thread's clean-up would delete the new process's
+        # snapshot.txt.tmp. A compaction is short and holds the storage lock: let it finish.
+        self._stop_snapshot_write.set()
         if self._snapshot_write is not None:
-            self._snapshot_write.cancel()
+            try:
+                await self._snapshot_write
+            except Exception as error:  # the write's own errors are caught in the task
+                self.dump.write(f"Node {self.node_id} snapshot write failed at stop: {error}")
         with contextlib.suppress(StorageError):
             await self._compaction_finished()
         for future in self._client_waiters.values():

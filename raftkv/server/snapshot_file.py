@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -62,7 +63,11 @@ import immutables
 
 from raftkv.core.state_machine import SnapshotImage, prepare
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
-from raftkv.server.storage_errors import StorageCorruption, StorageError
+from raftkv.server.storage_errors import (
+    SnapshotWriteStoppedError,
+    StorageCorruption,
+    StorageError,
+)
 from raftkv.textformat import (
     UINT_RE,
     escape_field,
@@ -321,6 +326,8 @@ def write_snapshot_tmp(
     header: SnapshotHeader,
     data: Mapping[str, str],
     sessions: Mapping[str, SessionRecord],
+    *,
+    stop: threading.Event | None = None,
 ) -> SnapshotInfo:
     """Write this state to ``<path>.tmp`` (mode 0600) and fdatasync it, leaving `path` alone:
     the first half of `write_snapshot_file`, for a caller that renames it under its own lock
@@ -328,7 +335,8 @@ def write_snapshot_tmp(
 
     On any failure the temporary file is removed; an OSError becomes `StorageError` naming the
     file and the system's reason, and a ValueError from `encode_snapshot` (a value no file may
-    hold) is raised as it is.
+    hold) is raised as it is. Once `stop` is set, the write ends before its next chunk (about
+    1 MiB) with `SnapshotWriteStoppedError`.
     """
     path = Path(path)
     tmp_path = snapshot_tmp_path(path)
@@ -340,6 +348,11 @@ def write_snapshot_tmp(
     try:
         try:
             for chunk in _encode(header, data, sessions, 1000, totals):
+                # Checked between chunks so that a stopping node's shutdown waits for one chunk,
+                # not the whole state: it must wait for this thread (and the removal of the
+                # temporary file) before it releases the directory's lock.
+                if stop is not None and stop.is_set():
+                    raise SnapshotWriteStoppedError(f"writing {path} stopped")
                 _write_all(fd, chunk)
             os.fdatasync(fd)
         finally:

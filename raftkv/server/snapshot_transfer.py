@@ -10,7 +10,9 @@ mixes two files. The file's own header names the snapshot (it may be newer than 
 the follower checks the header against the chunks). Chunks of `SNAPSHOT_CHUNK_BYTES` go out
 with the intent's term, lease and drift, at most `WINDOW` unanswered, so the leader holds at
 most that many chunks in memory. Each reply says how many bytes the follower holds
-(`next_offset`); one that differs from what the sender expects restarts the stream from there.
+(`next_offset`); one that differs from what the sender expects restarts the stream from there,
+except 0 in answer to the last chunk: the follower's checks of the whole file failed, and a
+resend of the same file would too, so the transfer fails.
 The whole transfer must finish within max(election_timeout_max, chunks × election_timeout_min)
 (hashicorp/raft's net_transport scales its deadline with the size the same way); on a failure
 or past it, the caller reports `snapshot_send_failed` to the core, which probes the follower
@@ -20,13 +22,16 @@ intent's term stops without a report.
 Receiver (`SnapshotReceiver`, one per node). Chunks arrive in order on a stream and are
 handled one at a time (an asyncio lock across streams): offset 0 starts a transfer (a new
 ``snapshot.txt.recv``, created with O_TRUNC and mode 0600, and a fresh `SnapshotReader`),
-replacing any partial one, so the receiver holds at most one; a chunk that continues the
-current transfer exactly where it stands is written and parsed in a worker thread; any other
-chunk writes nothing. The last chunk is fdatasync'ed and checked whole (checksum, counts,
-the header against the chunk, the cluster id); the core then gets the image with it. A
-transfer that fails a check is dropped (a dump line), the chunk goes to the core as a chunk
-that is not the last, and the reply's next_offset 0 makes the sender start over. Every chunk
-goes to the core: each one is news of the leader (election timer, lease rule 2).
+replacing any partial one, so the receiver holds at most one, unless its term is below the
+core's or a chunk's seen before (a deposed leader's: the core refuses it); a chunk that
+continues the current transfer exactly where it stands is written and parsed in a worker
+thread; any other chunk writes nothing, and one of another transfer is answered next_offset 0
+(the current one's position means nothing to its sender). The last chunk is fdatasync'ed and
+checked whole (checksum, counts, the header against the chunk, the cluster id); the core then
+gets the image with it. A transfer that fails a check is dropped (a dump line naming the
+check), the chunk goes to the core as a chunk that is not the last, and the reply's
+next_offset 0 fails the sender's transfer (it reports it; the core asks for another later).
+Every chunk goes to the core: each one is news of the leader (election timer, lease rule 2).
 
 A done chunk's answer is awaited before the next chunk is taken: the core installs the image
 by renaming ``snapshot.txt.recv`` (the Ready's `installed`, raftkv/server/replica.py) before
@@ -161,7 +166,7 @@ class SnapshotSender:
                     if position == 0:
                         data = first  # read for the header already
                     else:
-                        data = await asyncio.to_thread(os.pread, fd, self._chunk_bytes, position)
+                        data = await self._read(fd, position)
                     if not data:
                         short = f"{self._path} ended at byte {position} of {size}"
                         raise TransferFailedError(short)
@@ -189,6 +194,16 @@ class SnapshotSender:
                     if expected == size:
                         return True
                     continue
+                if reply.next_offset == 0 and expected == size:
+                    # The follower took every byte and dropped them at its last-chunk check
+                    # (its dump names which one): sending the same file again would fail the
+                    # same way (bit rot in this snapshot.txt) until the deadline. The core hears
+                    # of the failure and asks for a transfer again later.
+                    raise TransferFailedError(
+                        f"the follower dropped the whole {size}-byte snapshot: it failed the "
+                        "follower's checks (checksum, counts, header or cluster id; its dump "
+                        "names which)"
+                    )
                 if reply.next_offset > size:
                     raise TransferFailedError(
                         f"the follower asks for byte {reply.next_offset} of a {size}-byte snapshot"
@@ -202,6 +217,14 @@ class SnapshotSender:
                 _drop(in_flight)
         finally:
             _drop(in_flight)
+
+    async def _read(self, fd: int, position: int) -> bytes:
+        # An OSError (EIO from a failing disk) must end as a failure the caller reports to the
+        # core: escaping run() would leave the follower waiting for a transfer for the term.
+        try:
+            return await asyncio.to_thread(os.pread, fd, self._chunk_bytes, position)
+        except OSError as error:
+            raise TransferFailedError(f"cannot read {self._path}: {error}") from error
 
 
 def _drop(in_flight: deque[tuple[asyncio.Future[SnapshotChunkReply], int]]) -> None:
@@ -245,6 +268,7 @@ class SnapshotReceiver:
         log: Callable[[str], None],
         *,
         sync: bool = True,
+        current_term: Callable[[], int] | None = None,
     ) -> None:
         self.path = path
         self._node_id = node_id
@@ -252,6 +276,10 @@ class SnapshotReceiver:
         self._feed_core = feed_core
         self._log = log
         self._sync = sync
+        # The core's term (None: only the chunks' terms count), and the highest term of a chunk
+        # received: a first chunk below either is a deposed leader's (module docstring).
+        self._current_term = current_term
+        self._highest_term = 0
         self._lock = asyncio.Lock()
         self._partial: _Partial | None = None
 
@@ -265,20 +293,28 @@ class SnapshotReceiver:
         core; returns the future of the core's reply and the reply's next_offset."""
         async with self._lock:
             image: SnapshotImage | None = None
-            partial = self._partial
-            if chunk.offset == 0:
+            term = chunk.message.term
+            newest = self._highest_term
+            if self._current_term is not None:
+                newest = max(newest, self._current_term())
+            self._highest_term = max(self._highest_term, term)
+            # A deposed leader's first chunk must not truncate the current leader's transfer:
+            # the core refuses that chunk anyway, but the file would already be lost.
+            if chunk.offset == 0 and term >= newest:
                 self.close()
-                partial = self._partial = await self._start(chunk)
-            if (
-                partial is not None
-                and partial.key == _key(chunk)
-                and (chunk.offset == partial.received)
-            ):
+                self._partial = await self._start(chunk)
+            key = _key(chunk)
+            partial = self._partial
+            if partial is not None and partial.key == key and chunk.offset == partial.received:
                 try:
                     image = await asyncio.to_thread(self._write, partial, chunk)
                 except (StorageCorruption, OSError, ValueError) as error:
                     self._drop(chunk, str(error))
-            next_offset = self.received
+            # Only the chunk's own transfer has a position to resume from. Another transfer's
+            # would send its sender to an offset it cannot continue from either, again and again
+            # until its deadline; 0 makes it start over, and its first chunk replaces this one.
+            partial = self._partial
+            next_offset = partial.received if partial is not None and partial.key == key else 0
             # Only a verified snapshot makes the core's message the last chunk: a failed or
             # misplaced last chunk must not pass for a finished transfer.
             message = chunk.message

@@ -216,7 +216,11 @@ from raftkv.server.snapshot_file import (
     snapshot_tmp_path,
     write_snapshot_tmp,
 )
-from raftkv.server.storage_errors import StorageCorruption, StorageError
+from raftkv.server.storage_errors import (
+    SnapshotWriteStoppedError,
+    StorageCorruption,
+    StorageError,
+)
 
 # Re-exported: the escaping is shared by every file of a node and lives in textformat; callers
 # that know it as storage's keep working.
@@ -247,6 +251,7 @@ __all__ = [
     "LoadedState",
     "NodeFiles",
     "NodeStorage",
+    "SnapshotWriteStoppedError",
     "StorageCorruption",
     "StorageDataLostError",
     "StorageError",
@@ -995,7 +1000,9 @@ class NodeStorage:
             if index <= self.log_length:
                 self._truncate_locked(fd, index)
 
-    def save_snapshot(self, image: SnapshotImage) -> SnapshotInfo | None:
+    def save_snapshot(
+        self, image: SnapshotImage, *, stop: threading.Event | None = None
+    ) -> SnapshotInfo | None:
         """Write `image` as snapshot.txt, durably; None (nothing changed) when the storage
         already holds a snapshot at `image.index` or later (an installed or newer snapshot won
         while this one was written).
@@ -1005,7 +1012,9 @@ class NodeStorage:
         state); only the check, the rename and the directory fsync take it. One snapshot is
         written at a time (a second call waits). The snapshot records the configured cluster
         id. Raises ValueError for a state no file may hold, StorageError for an OSError (after
-        the rename, the storage is unusable, as after any failed write)."""
+        the rename, the storage is unusable, as after any failed write), and
+        SnapshotWriteStoppedError once `stop` is set while the file is encoded (the temporary
+        file removed: see `write_snapshot_tmp`)."""
         header = SnapshotHeader(
             image.index,
             image.term,
@@ -1018,7 +1027,9 @@ class NodeStorage:
                 self._writable_fd()
                 if self._snapshot_index >= image.index:
                     return None
-            info = write_snapshot_tmp(self._snapshot_path, header, image.data, image.sessions)
+            info = write_snapshot_tmp(
+                self._snapshot_path, header, image.data, image.sessions, stop=stop
+            )
             with self._lock:
                 try:
                     self._writable_fd()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["StorageCorruption", "StorageError"]
+__all__ = ["SnapshotWriteStoppedError", "StorageCorruption", "StorageError"]
 
 
 class StorageError(Exception):
@@ -27,3 +27,8 @@ class StorageCorruption(StorageError):  # noqa: N818
         self.path = os.fspath(path)
         self.line_no = line_no
         self.problem = problem
+
+
+class SnapshotWriteStoppedError(Exception):
+    """A snapshot write given up because its caller asked it to stop (the node is stopping);
+    its temporary file is removed, the snapshot already in place is untouched."""

@@ -5,6 +5,8 @@ follower's next_offset, its deadline), with a fake core and a fake link."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,14 +109,58 @@ def test_a_chunk_out_of_order_writes_nothing_and_names_what_is_held(tmp_path: Pa
     assert len(core.messages) == 4 and not any(m.done for m in core.messages)
 
 
-def test_a_chunk_of_another_transfer_at_the_same_offset_is_not_taken(tmp_path: Path) -> None:
+def test_a_chunk_of_another_transfer_is_not_taken_and_told_to_start_over(
+    tmp_path: Path,
+) -> None:
     chunks = chunks_of(snapshot_bytes())
     core, log = FakeCore(), list[str]()
     recv = receiver(tmp_path, core, log)
+    # A's transfer holds 2 chunks; B's chunk at 1 * CHUNK is not told A's 2 * CHUNK (B would
+    # restart there, mismatch again, and so on until its deadline) but 0.
     other = SnapshotChunk(
         InstallSnapshot(4, 0, 40, 2, 0.3), CHUNK, chunks[1].total_size, chunks[1].data
     )
-    assert receive_all(recv, [chunks[0], other]) == [CHUNK, CHUNK]
+    assert receive_all(recv, [chunks[0], chunks[1], other]) == [CHUNK, 2 * CHUNK, 0]
+    assert recv.received == 2 * CHUNK
+
+
+def restamped(chunk: SnapshotChunk, term: int, leader: int) -> SnapshotChunk:
+    message = InstallSnapshot(term, leader, 40, 2, 0.3)
+    return SnapshotChunk(message, chunk.offset, chunk.total_size, chunk.data, chunk.done)
+
+
+def test_a_deposed_leaders_first_chunk_does_not_replace_the_transfer(tmp_path: Path) -> None:
+    data = snapshot_bytes()
+    chunks = chunks_of(data)
+    core, log = FakeCore(), list[str]()
+    recv = receiver(tmp_path, core, log)
+    stale = restamped(chunks[0], 2, 5)  # leader 5 of term 2; chunks are term 3's
+    offsets = receive_all(recv, [chunks[0], chunks[1], stale, *chunks[2:]])
+    assert offsets[:3] == [CHUNK, 2 * CHUNK, 0]
+    assert offsets[-1] == len(data) and core.messages[-1].image is not None
+    assert (tmp_path / "snapshot.txt.recv").read_bytes() == data
+
+
+def test_a_first_chunk_below_the_cores_term_does_not_replace_the_transfer(
+    tmp_path: Path,
+) -> None:
+    # The core moved to term 4 while term 3's transfer went on: a term-3 restart from another
+    # node (the chunks alone would not show it stale) leaves the transfer alone.
+    data = snapshot_bytes()
+    chunks = chunks_of(data)
+    core, log = FakeCore(), list[str]()
+    recv = SnapshotReceiver(
+        tmp_path / "snapshot.txt.recv",
+        1,
+        CLUSTER,
+        core.feed,
+        log.append,
+        sync=False,
+        current_term=lambda: 4 if len(core.messages) >= 2 else 3,
+    )
+    offsets = receive_all(recv, [chunks[0], chunks[1], restamped(chunks[0], 3, 5)])
+    assert offsets == [CHUNK, 2 * CHUNK, 0]
+    assert recv.received == 2 * CHUNK
 
 
 def test_offset_zero_starts_over_and_replaces_the_partial_transfer(tmp_path: Path) -> None:
@@ -284,3 +330,30 @@ def test_the_deadline_scales_with_the_size() -> None:
     assert transfer_deadline(big, FAST_PROFILE) == pytest.approx(
         100 * FAST_PROFILE.election_timeout_min
     )
+
+
+def test_a_read_error_mid_file_fails_the_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EIO past the header: it must end as TransferFailedError (which the replica reports to
+    # the core), not as an OSError out of run().
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if offset > 0:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    link = FakeLink(lambda chunk: chunk.end)
+    with pytest.raises(TransferFailedError, match="Input/output error"):
+        run_sender(tmp_path, link)
+
+
+def test_a_file_the_follower_drops_at_its_last_check_fails_the_transfer(tmp_path: Path) -> None:
+    # The follower's checks of the whole file always fail (bit rot in the leader's copy): each
+    # chunk is taken, the last one answered 0. Starting over would fail again until the deadline.
+    link = FakeLink(lambda chunk: 0 if chunk.done else chunk.end)
+    with pytest.raises(TransferFailedError, match="failed the follower's checks"):
+        run_sender(tmp_path, link)
+    assert [c.offset for c in link.sent] == list(range(0, len(snapshot_bytes()), CHUNK))

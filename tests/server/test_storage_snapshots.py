@@ -37,6 +37,7 @@ from raftkv.server.storage import (
     ClusterIdMismatchError,
     HardState,
     NodeStorage,
+    SnapshotWriteStoppedError,
     StorageCorruption,
     StorageDataLostError,
     StorageError,
@@ -293,8 +294,10 @@ def _during_snapshot_write(
         header: SnapshotHeader,
         data: Mapping[str, str],
         sessions: Mapping[str, SessionRecord],
+        *,
+        stop: threading.Event | None = None,
     ) -> SnapshotInfo:
-        info = real(path, header, data, sessions)
+        info = real(path, header, data, sessions, stop=stop)
         action()
         ran.set()
         return info
@@ -359,6 +362,34 @@ def test_a_snapshot_write_that_fails_leaves_the_storage_usable(
         storage.save_snapshot(image(6, k="\ud800"))
     assert storage.snapshot_index == 0
     assert not (data_dir / "snapshot.txt.tmp").exists()
+    storage.append_entries(11, entries(11, 11))
+
+
+def test_a_stopped_snapshot_write_removes_its_file_and_leaves_the_old_one(
+    storage: NodeStorage, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.save_snapshot(image(5))
+    before = (data_dir / "snapshot.txt").read_bytes()
+    # Several chunks; the stop flag is set while the first is written (a stopping node).
+    monkeypatch.setattr(snapshot_file, "_CHUNK_BYTES", 64)
+    stop = threading.Event()
+    chunks: list[bytes] = []
+    real_write_all = snapshot_file._write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        real_write_all(fd, data)
+        chunks.append(data)
+        stop.set()
+
+    monkeypatch.setattr(snapshot_file, "_write_all", write_all)
+    data = immutables.Map({f"k{i:03}": "v" * 20 for i in range(100)})
+    many = SnapshotImage(8, entry(8).term, data, immutables.Map(), cluster_time=1008)
+    with pytest.raises(SnapshotWriteStoppedError):
+        storage.save_snapshot(many, stop=stop)
+    assert len(chunks) == 1  # it gave up at the next chunk, not at the end
+    assert not (data_dir / "snapshot.txt.tmp").exists()
+    assert (data_dir / "snapshot.txt").read_bytes() == before
+    assert storage.snapshot_index == 5
     storage.append_entries(11, entries(11, 11))
 
 
