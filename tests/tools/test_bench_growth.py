@@ -87,6 +87,7 @@ def test_growth_report_has_every_figure(tiny_run: tuple[str, dict[str, Any], Pat
     assert any_node["snapshots"] == sum(snapshots["per_node"].values())
     assert any_node["window_s"]["total"] > 0
     assert any_node["buckets_with"] + any_node["buckets_without"] >= 1
+    assert _number(any_node["exact_ops_per_s_inside"]) and _number(any_node["exact_ratio"])
     assert _number(any_node["latency_ms_during"]["p99.9"])
     assert any_node["sets_during"] > 0
     assert snapshots["compactions"] > 0

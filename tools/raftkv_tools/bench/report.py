@@ -500,12 +500,13 @@ def render_growth(report: Mapping[str, Any]) -> str:
                  str(part["buckets_without"]), _number(part["ops_per_s_without"], 0),
                  "-" if part["ratio"] is None else f"{part['ratio']:.3f}",
                  f"{_number(part['exact_ops_per_s_inside'], 0)} / "
-                 f"{_number(part['exact_ops_per_s_outside'], 0)}",
+                 f"{_number(part['exact_ops_per_s_outside'], 0)} "
+                 f"({_number(part['exact_ratio'], 3)})",
                  f"{part['sets_during']:,}", _number(during["p99"]), _number(during["p99.9"])]
             )  # fmt: skip
         out += _table(
             ["snapshot by", f"{options['bucket']:g}-s buckets with", "ops/s", "without", "ops/s",
-             "with ÷ without", "exact ops/s in / out", "SETs during", "p99 ms", "p99.9 ms"],
+             "with ÷ without", "ops/s in / out of windows", "SETs during", "p99 ms", "p99.9 ms"],
             rows,
             right=set(range(1, 10)),
         )  # fmt: skip
