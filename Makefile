@@ -134,7 +134,7 @@ test-deps:
 # --sets more over the same 1,000 keys, throughput and p99.9 latency in seconds with and without
 # a snapshot being written, a follower's restart time (SIGKILL, start, serving), a follower's
 # catch-up by InstallSnapshot after --catchup-sets SETs, and etcd's RSS and data dir after the
-# same loads. GROWTH_ARGS are its defaults (the issue's sizes, ~15 min here); BENCH_ARGS adds or
+# same loads. GROWTH_ARGS are its defaults (the issue's sizes, ~8 min here); BENCH_ARGS adds or
 # overrides (`make bench-growth BENCH_ARGS="--sets 300000 --json growth.json"`; later options win).
 BENCH_ARGS ?=
 BENCH_PKGS_CHECK = etcd:etcd-server etcd:etcd-client
