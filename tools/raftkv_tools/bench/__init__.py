@@ -3,13 +3,16 @@
     raftkv bench [--against etcd,pysyncobj] [--latency] [--wan 50ms] [--failover 5] ...
     make bench          # ours only: set / get / mixed at C=64
     make bench-peers    # everything, against etcd 3.4 and PySyncObj 0.3.17, in one command
+    make bench-growth   # raftkv bench growth: after 1M SETs over 1,000 keys (issue 15)
 
 Modules: `workload` (keys, values, run shape), `backends` (lean grpc.aio clients for our proto
 and etcd's KV API), `loadgen` (closed-loop generator in worker processes, progress, results),
 `clusters` (3-member launchers for raftkv, etcd and PySyncObj, with delay proxies for WAN),
 `syncobj_node` (PySyncObj behind our `KeyValue` service), `etcdstubs` (etcd stubs regenerated
 from the etcd3 package's embedded descriptors), `procstats` (/proc CPU, RSS, ports; data-dir
-size), `pyspy` (leader profiles), `suite` (the sections), `report` (the table and targets).
+size), `pyspy` (leader profiles), `suite` (the sections), `report` (the table and targets),
+`rolling` (rolling restarts) and `growth` (`raftkv bench growth`: memory, disk, snapshots,
+restart and catch-up after many SETs, issue 15).
 
 Choices worth knowing when reading the numbers:
 - The generator runs C ≥ 16 clients in 2 processes (`--procs` to change): one asyncio process

@@ -6,6 +6,8 @@
     raftkv bench --against etcd,pysyncobj --latency --wan 50ms --failover 5 --fill 100000
                                           # = make bench-peers
     raftkv bench --workloads set,get --profile-leader prof/    # py-spy on the leader
+    raftkv bench growth --sets 1000000 --against etcd   # memory, disk, snapshots, restart,
+                                          # catch-up after many SETs (raftkv bench growth --help)
 
 Exit status: 0 when every run completed (errors are counted, not fatal), 1 when a cluster or the
 load generator failed, 2 for a bad command line.
@@ -209,9 +211,14 @@ def options_from(args: argparse.Namespace) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     from raftkv_tools.bench.report import render
 
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["growth"]:
+        from raftkv_tools.bench.growth import main as growth_main
+
+        return growth_main(arguments[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as request:
         return request.code if isinstance(request.code, int) else 2
     options = options_from(args)

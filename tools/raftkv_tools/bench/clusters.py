@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 import grpc
 
 from raftkv.cluster import PEER_PORT_OFFSET, ClusterDescription, NodeAddress
+from raftkv.core.config import SnapshotPolicy
 from raftkv.server.launch import NodeLaunch
 from raftkv_tools.bench.backends import Target, kv_stub
 from raftkv_tools.bench.procstats import DirSize, dir_size, rss_bytes
-from raftkv_tools.bench.workload import keys, values
+from raftkv_tools.bench.workload import VALUE_BYTES, keys, values
 from raftkv_tools.certs import issue as issue_certificates
 from raftkv_tools.certs import local_nodes
 from raftkv_tools.launcher import spawn
@@ -243,10 +244,12 @@ class Cluster:
             data={m.name: dir_size(self.data_dir(i)) for i, m in enumerate(self.members)},
         )
 
-    def preload(self, key_count: int, timeout: float = 60.0) -> None:
+    def preload(
+        self, key_count: int, timeout: float = 60.0, value_bytes: int = VALUE_BYTES
+    ) -> None:
         """SET every key once (so that GETs find values), 16 requests at a time, following
         leader changes."""
-        value_list = values()
+        value_list = values(size=value_bytes)
         key_list = keys(key_count)
         deadline = time.monotonic() + timeout
         current: dict[str, Any] = {}
@@ -323,7 +326,10 @@ class RaftKVCluster(_KeyValueFrontDoor):
         profile: str = "fast",
         wan_delay: float = 0.0,
         fsync: bool = True,
+        snapshots: SnapshotPolicy | None = None,
     ) -> None:
+        """`snapshots`: the nodes' --snapshot-entries, --snapshot-bytes and --trailing-entries
+        (None: the nodes' defaults)."""
         super().__init__(root, wan_delay=wan_delay)
         from raftkv.rpc import raftkv_pb2
 
@@ -370,6 +376,7 @@ class RaftKVCluster(_KeyValueFrontDoor):
                 quiet=True,
                 read_mode=read_mode if read_mode != "lease" else None,
                 fsync=fsync,
+                snapshots=snapshots,
                 # fsync=False only from `raftkv bench --no-fsync`, a negative control.
                 allow_unsafe=not fsync,
             ).command()
@@ -438,7 +445,11 @@ def etcd_version() -> str:
 class EtcdCluster(Cluster):
     system = "etcd"
 
-    def __init__(self, root: Path, *, wan_delay: float = 0.0) -> None:
+    def __init__(
+        self, root: Path, *, wan_delay: float = 0.0, extra_args: Sequence[str] = ()
+    ) -> None:
+        """`extra_args` go to every member's command line, after ours (e.g.
+        --auto-compaction-mode)."""
         super().__init__(root, wan_delay=wan_delay)
         from raftkv_tools.bench import etcdstubs
 
@@ -474,6 +485,7 @@ class EtcdCluster(Cluster):
                 "--logger", "zap",
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
+                *extra_args,
             ]  # fmt: skip
             env = {"GOMAXPROCS": os.environ.get("GOMAXPROCS", str(os.cpu_count()))}
             self.members.append(

@@ -61,6 +61,10 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     # (attempt sent, completed) of successful SETs, monotonic seconds; only with timeline.
     timeline: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    # Every measured operation's completion (monotonic s) and latency (s), aligned, in no
+    # particular order; only with Workload.per_op.
+    op_finished: array.array[float] = field(default_factory=lambda: array.array("d"), repr=False)
+    op_latency: array.array[float] = field(default_factory=lambda: array.array("d"), repr=False)
 
     @property
     def ops_per_second(self) -> float:
@@ -137,7 +141,7 @@ def _cpu_seconds() -> float:
 async def _worker(conn: Connection, spec: _WorkerSpec, counters: Any) -> dict[str, Any]:
     workload = spec.workload
     key_list = keys(workload.key_count)
-    value_list = values()
+    value_list = values(size=workload.value_bytes)
     ops = open_ops(spec.target, key_list, value_list, workload.per_try_timeout, workload.op_timeout)
     loop = asyncio.get_running_loop()
     try:
@@ -147,6 +151,7 @@ async def _worker(conn: Connection, spec: _WorkerSpec, counters: Any) -> dict[st
         measure_from = start_at + workload.warmup
         measure_to = measure_from + workload.duration
         latencies = array.array("d")
+        finish_times = array.array("d")
         sent_times = array.array("d")
         done_times = array.array("d")
         errors: dict[str, int] = {}
@@ -159,6 +164,7 @@ async def _worker(conn: Connection, spec: _WorkerSpec, counters: Any) -> dict[st
         get_fraction = workload.get_fraction
         timeline = workload.timeline
         is_status = workload.name == "status"
+        per_op = workload.per_op
         key_count = len(key_list)
         value_count = len(value_list)
         pid = os.getpid()
@@ -169,6 +175,7 @@ async def _worker(conn: Connection, spec: _WorkerSpec, counters: Any) -> dict[st
             seq = 0
             monotonic = time.monotonic
             record = latencies.append
+            record_finish = finish_times.append
             while True:
                 started = monotonic()
                 if started >= measure_to:
@@ -201,6 +208,8 @@ async def _worker(conn: Connection, spec: _WorkerSpec, counters: Any) -> dict[st
                 completed[0] += 1
                 if measure_from <= finished <= measure_to:
                     record(finished - started)
+                    if per_op:
+                        record_finish(finished)
 
         async def report_progress() -> None:
             while True:
@@ -218,6 +227,7 @@ async def _worker(conn: Connection, spec: _WorkerSpec, counters: Any) -> dict[st
         cpu_used = cpu.get("to", _cpu_seconds()) - cpu.get("from", 0.0)
         return {
             "latencies": latencies.tobytes(),
+            "finished": finish_times.tobytes(),
             "errors": errors,
             "redirects": getattr(ops, "redirects", 0),
             "cpu_seconds": cpu_used,
@@ -420,6 +430,7 @@ def _coordinate(
     bodies = [_receive(conn, results_deadline, "results") for _, conn in workers]
 
     latencies = array.array("d")
+    finish_times = array.array("d")
     sent = array.array("d")
     done = array.array("d")
     errors: dict[str, int] = {}
@@ -427,6 +438,7 @@ def _coordinate(
     cpu = 0.0
     for body in bodies:
         latencies.frombytes(body["latencies"])
+        finish_times.frombytes(body["finished"])
         sent.frombytes(body["sent"])
         done.frombytes(body["done"])
         for code, count in body["errors"].items():
@@ -462,4 +474,6 @@ def _coordinate(
         started_at=measure_from,
         timeline=list(zip(sent, done, strict=True)),
         completed_total=sum(body["completed"] for body in bodies),
+        op_finished=finish_times,
+        op_latency=latencies if workload.per_op else array.array("d"),
     )

@@ -48,11 +48,14 @@ class DirSize:
         }
 
 
-def dir_size(path: Path, keep: int = 4) -> DirSize:
+def dir_size(path: Path, keep: int = 4, skip: tuple[str, ...] = ()) -> DirSize:
+    """Every file under `path`, except those whose name starts with one of `skip`."""
     apparent = allocated = 0
     files_seen: list[tuple[str, int]] = []
     for root, _, files in os.walk(path):
         for name in files:
+            if skip and name.startswith(skip):
+                continue
             full = os.path.join(root, name)
             try:
                 info = os.lstat(full)

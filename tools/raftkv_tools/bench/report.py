@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from raftkv_tools.bench import pyspy
 from raftkv_tools.bench.loadgen import RunResult
 from raftkv_tools.bench.suite import Report
+from raftkv_tools.bench.workload import KEY_BYTES
 
 MB = 1024 * 1024
 
@@ -356,4 +358,216 @@ def render(report: Report) -> str:
         out += ["", "Targets", *targets]
     if report.notes:
         out += ["", "Notes", *(f"  - {n}" for n in report.notes)]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# `raftkv bench growth` (raftkv_tools/bench/growth.py): rendered from its JSON report.
+
+
+def _per_node(values: Sequence[float | None], digits: int = 1, unit: str = "") -> str:
+    return " / ".join("-" if v is None else f"{v:,.{digits}f}{unit}" for v in values)
+
+
+def _mb(rows: Mapping[str, Mapping[str, Any]], key: str, digits: int = 1) -> str:
+    return _per_node(
+        [None if row.get(key) is None else row[key] / MB for row in rows.values()], digits
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def render_growth(report: Mapping[str, Any]) -> str:
+    options, meta = report["options"], report["meta"]
+    snapshots = options["snapshots"]
+    systems = report["systems"]
+    procs = options["procs"] or (2 if options["clients"] >= 16 else 1)
+    out = [
+        f"raftkv bench growth — {meta.get('date', '')}",
+        f"  3 nodes per system on loopback; ours: fast profile, fsync on, --snapshot-entries "
+        f"{snapshots['entries']} --snapshot-bytes {snapshots['bytes']} --trailing-entries "
+        f"{snapshots['trailing_entries']}",
+        f"  load: {options['keys']:,} SETs (one per key), then {options['sets']:,} SETs over the "
+        f"same {options['keys']:,} keys ({KEY_BYTES} B keys, {options['value_bytes']} B values); "
+        f"closed loop, C={options['clients']}, {procs} generator process(es); ours over "
+        "KeyValue.Pipeline, etcd one unary Put per SET",
+        f"  machine: {meta.get('cores')} cores, load average {meta.get('loadavg_1m_at_start')} at "
+        f"start, {meta.get('loadavg_1m_at_end')} at end — shared with other work, numbers are "
+        "noisy",
+    ]
+    # -- footprint
+    out += [
+        "",
+        f"Footprint after the first {options['keys']:,} SETs and after the load (idle); "
+        "data dir = du of each node's directory (allocated blocks)",
+    ]
+    rows = []
+    for system in systems:
+        if "footprint_start" not in system:
+            continue
+        name = system["system"]
+        start, end = system["footprint_start"], system.get("footprint_end")
+        state = system["kind"] == "raftkv"
+        rows.append(
+            [name, f"{system['sets_start']:,}", _mb(start, "rss_bytes", 0), _mb(start, "du_bytes"),
+             _mb(start, "state_du_bytes") if state else "(same)", ""]
+        )  # fmt: skip
+        if end is not None:
+            peak = system.get("load", {}).get("peak_rss_bytes", {})
+            rows.append(
+                [name, f"{system['sets_end']:,}", _mb(end, "rss_bytes", 0), _mb(end, "du_bytes"),
+                 _mb(end, "state_du_bytes") if state else "(same)",
+                 _per_node([None if v is None else v / MB for v in peak.values()], 0)]
+            )  # fmt: skip
+            ratio = system["ratios"]
+            rows.append(
+                [name, "ratio", _per_node([r["rss_bytes"] for r in ratio.values()], 2, "×"),
+                 _per_node([r["du_bytes"] for r in ratio.values()], 2, "×"),
+                 _per_node([r["state_du_bytes"] for r in ratio.values()], 2, "×") if state else "",
+                 ""]
+            )  # fmt: skip
+    out += _table(
+        ["system", "SETs", "RSS MB per node", "data dir MB per node", "without dump.txt MB",
+         "peak RSS MB in load"],
+        rows,
+        right={1},
+    )  # fmt: skip
+    for system in systems:
+        end = system.get("footprint_end")
+        if not end:
+            continue
+        name, files = next(iter(end.items()))
+        listed = ", ".join(f"{n} {b / MB:.1f}" for n, b in files["largest_files"].items())
+        out.append(f"    {system['system']}, {name} at the end (MB on disk): {listed}")
+    for system in systems:
+        idle = system.get("idle_end")
+        if idle and "nodes" in idle:
+            state = "idle" if idle["idle"] else f"NOT idle after --settle {options['settle']:g} s"
+            nodes = "; ".join(
+                f"{n} commit {v['commit']:,} applied {v['applied']:,} snapshot "
+                f"{v['snapshot_index']:,} log from {v['first_index']:,}"
+                for n, v in idle["nodes"].items()
+            )
+            out.append(
+                f"    ours measured {state} (every node applied the leader's commit index, no "
+                f"snapshot due) after {idle['waited_s']:.1f} s + 1 s: {nodes}"
+            )
+        elif idle:
+            out.append(f"    {system['system']}: measured {idle['waited_s']:g} s after the load")
+    # -- the load
+    out += ["", f"The load: {options['sets']:,} SETs, C={options['clients']}"]
+    rows = []
+    for system in systems:
+        load = system.get("load")
+        if not load:
+            continue
+        latency = load["latency_ms"]
+        rows.append(
+            [system["system"], f"{load['ops']:,}", f"{load['duration_s']:,.1f}",
+             _number(load["ops_per_s"], 0), _number(latency["p50"]), _number(latency["p99"]),
+             _number(latency["p99.9"]), _number(latency["max"]), str(load["errors"]),
+             f"{load['server_cpu_total_percent']:.0f}%", str(load["elections"])]
+        )  # fmt: skip
+    out += _table(
+        ["system", "SETs", "s", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+         "server CPU", "elections"],
+        rows,
+        right=set(range(1, 11)),
+    )  # fmt: skip
+    # -- snapshots
+    ours = next((s for s in systems if s["kind"] == "raftkv" and "snapshots" in s), None)
+    if ours is not None:
+        snap = ours["snapshots"]
+        any_node = snap["any_node"]
+        window = any_node["window_s"]
+        out += [
+            "",
+            f"Snapshots during our load ({snap['window_source']})",
+            "  written: "
+            + ", ".join(f"{n} {c}" for n, c in snap["per_node"].items())
+            + f"; window median {window['median'] * 1e3:.1f} ms, max {window['max'] * 1e3:.1f} "
+            f"ms, {window['total']:.1f} s in all (overlaps merged); {snap['compactions']} log "
+            "compactions",
+        ]
+        rows = []
+        leader = ours["load"].get("leader") or "leader"
+        for label, part in (("any node", any_node), (f"the leader ({leader})", snap["leader"])):
+            during = part["latency_ms_during"]
+            rows.append(
+                [label, str(part["buckets_with"]), _number(part["ops_per_s_with"], 0),
+                 str(part["buckets_without"]), _number(part["ops_per_s_without"], 0),
+                 "-" if part["ratio"] is None else f"{part['ratio']:.3f}",
+                 f"{_number(part['exact_ops_per_s_inside'], 0)} / "
+                 f"{_number(part['exact_ops_per_s_outside'], 0)} "
+                 f"({_number(part['exact_ratio'], 3)})",
+                 f"{part['sets_during']:,}", _number(during["p99"]), _number(during["p99.9"])]
+            )  # fmt: skip
+        out += _table(
+            ["snapshot by", f"{options['bucket']:g}-s buckets with", "ops/s", "without", "ops/s",
+             "with ÷ without", "ops/s in / out of windows", "SETs during", "p99 ms", "p99.9 ms"],
+            rows,
+            right=set(range(1, 10)),
+        )  # fmt: skip
+        overall = ours["load"]["latency_ms"]
+        out.append(
+            f"  p99.9 SET latency: {_number(overall['p99.9'])} ms over the whole load, "
+            f"{_number(any_node['latency_ms_during']['p99.9'])} ms for the SETs in flight while "
+            "a node wrote a snapshot; first and last bucket left out"
+        )
+    # -- restart
+    restart = report.get("restart")
+    if restart:
+        out += [
+            "",
+            f"Restart of {restart['node']} (a follower; {restart['how']}), holding "
+            f"{restart['applied_before_kill']:,} applied entries (snapshot at "
+            f"{restart['snapshot_index_before_kill']:,}, log from "
+            f"{restart['first_index_before_kill']:,})",
+            "  from the spawn: snapshot loaded (index "
+            f"{_number(restart['snapshot_loaded_index'], 0)}, "
+            f"{_number(restart['log_entries_after_snapshot'], 0)} log entries replayed) "
+            f"{_seconds(restart['snapshot_loaded_s'])}, first Status answer "
+            f"{_seconds(restart['first_status_s'])}, serving {_seconds(restart['serving_s'])} "
+            f"(a bare interpreter importing the node's code: "
+            f"{_seconds(restart['interpreter_and_imports_s'])})",
+            f"  {restart['definition']} ({restart['leader_commit_at_kill']:,})",
+        ]
+    catchup = report.get("catchup")
+    if catchup:
+        sent = catchup["snapshot_sent"]
+        transfer = (
+            f"snapshot at index {sent['snapshot_index']:,}: {sent['bytes']:,} bytes in "
+            f"{sent['chunks']} chunks, {sent['seconds']:.3f} s, {_number(sent['mb_per_s'])} MB/s "
+            "(the leader's dump line)"
+            if sent
+            else "no snapshot sent (the node caught up from the log)"
+        )
+        check = catchup["state_check"]
+        out += [
+            "",
+            f"Catch-up of {catchup['node']} ({catchup['how']}): down during "
+            f"{catchup['sets_while_down']:,} SETs ({_number(catchup['load_ops_per_s'], 0)} ops/s); "
+            f"leader {catchup['leader']} at commit {catchup['leader_commit_at_start']:,}, log from "
+            f"{catchup['leader_first_index']:,}",
+            f"  InstallSnapshot: {transfer}; failed transfers {catchup['failed_transfers']}",
+            f'  from the spawn: leader\'s "sending its snapshot" line '
+            f'{_seconds(catchup["sending_line_s"])}, "installed the leader\'s snapshot" '
+            f"{_seconds(catchup['installed_s'])}, caught up {_seconds(catchup['caught_up_s'])}",
+            f"  {catchup['definition']}",
+            f"  state check: {'EQUAL' if check['equal'] else 'DIFFERENT'} — {check['keys']:,} "
+            f"keys, CRC-32 {check['crc32_caught_up']} (leader {check['crc32_leader']}); "
+            f"{check['how']}",
+        ]
+    if report.get("targets"):
+        out += ["", "Targets"]
+        out += [_check(t["ok"], t["text"]) for t in report["targets"]]
+    notes = list(report.get("notes", []))
+    for system in systems:
+        notes += [f"{system['system']}: {n}" for n in system.get("load", {}).get("notes", [])]
+        if system["kind"] == "etcd":
+            notes.append(f"{system['system']}: flags {' '.join(system.get('flags', []))}")
+    if notes:
+        out += ["", "Notes", *(f"  - {n}" for n in notes)]
     return "\n".join(out)

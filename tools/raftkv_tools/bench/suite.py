@@ -233,7 +233,7 @@ class ExternalCluster(Cluster):
             channel.close()
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     load = os.getloadavg()
     return {
         "cores": os.cpu_count(),
@@ -334,7 +334,7 @@ class Suite:
     # -- the sections -------------------------------------------------------------------------
     def run(self) -> Report:
         options = self.options
-        self.report.meta = _machine()
+        self.report.meta = machine_info()
         self.report.meta["settings"] = {
             "clients": options.clients,
             "duration_s": options.duration,

@@ -21,10 +21,13 @@ def keys(count: int = KEY_COUNT) -> list[str]:
     return [f"key-{i:0{width}d}" for i in range(count)]
 
 
-def values(count: int = VALUE_VARIANTS) -> list[str]:
-    """`count` distinct values of exactly VALUE_BYTES ASCII bytes."""
-    body = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_-" * 2
-    return [f"v{i:04d}-{body}"[:VALUE_BYTES] for i in range(count)]
+def values(count: int = VALUE_VARIANTS, size: int = VALUE_BYTES) -> list[str]:
+    """`count` distinct values of exactly `size` (≥ 6) ASCII bytes."""
+    if size < 6:
+        raise ValueError("values are at least 6 bytes")
+    body = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_-"
+    body *= -(-size // len(body))
+    return [f"v{i:04d}-{body}"[:size] for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class Workload:
     # Stop after this many operations in all (0: run for the whole duration).
     op_budget: int = 0
     seed: int = 1
+    value_bytes: int = VALUE_BYTES
+    # Keep the completion time of every measured operation (RunResult.op_finished, aligned
+    # with RunResult.op_latency): per-second throughput and latency by moment.
+    per_op: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
