@@ -123,6 +123,10 @@ class SnapshotPolicy:
     # Entries kept before the snapshot's index for followers a little behind: they are caught
     # up from the log instead of by a whole snapshot.
     trailing_entries: int = 5_000
+    # Seconds without a new commit after which a node snapshots what it has not yet, and drops
+    # the log its followers no longer need (None: never). What brings a cluster at rest down to
+    # the size of its data, however long the log before.
+    idle: float | None = 2.0
 
     def validate(self) -> None:
         for name in ("entries", "bytes"):
@@ -132,6 +136,9 @@ class SnapshotPolicy:
         trailing = self.trailing_entries
         if isinstance(trailing, bool) or not isinstance(trailing, int) or trailing < 0:
             raise ConfigError(f"trailing_entries must be an integer ≥ 0, got {trailing!r}")
+        idle = self.idle
+        if idle is not None and not (isinstance(idle, float | int) and 0 < idle < math.inf):
+            raise ConfigError(f"snapshot idle must be a positive number of seconds, got {idle!r}")
 
 
 DEFAULT_SNAPSHOTS = SnapshotPolicy()

@@ -305,6 +305,8 @@ class RaftNode:
         # Bytes of keys and values applied since the last image was taken (the size trigger).
         self._applied_bytes = 0
         self._compact_to = 0
+        # When the commit index last advanced (the idle rule of SnapshotPolicy).
+        self._last_commit_at = now
         self.term = state.hard_state.term
         self.voted_for = state.hard_state.voted_for
         self._hard_state_dirty = False
@@ -634,9 +636,10 @@ class RaftNode:
 
     def next_deadline(self) -> float:
         leader = self._leader
+        idle = self._idle_at()
         if leader is None:
-            return self._election_deadline
-        checks = min(leader.quorum_check_at, leader.transfer_deadline)
+            return min(self._election_deadline, idle)
+        checks = min(leader.quorum_check_at, leader.transfer_deadline, idle)
         if leader.noop_index == 0:
             return min(leader.serving_from, leader.next_heartbeat, checks)
         lease_check = max(leader.lease_end, leader.step_down_grace_end)
@@ -694,6 +697,7 @@ class RaftNode:
             or self._log_reset is not None
             or self._compact_to > 0
             or self._snapshot_due()
+            or self._idle_compaction_due()
         )
 
     def take_ready(self) -> Ready:
@@ -703,6 +707,8 @@ class RaftNode:
         if leader is not None and (leader.replicate_wanted or leader.read_round_wanted):
             self._broadcast(leader, self._last_now)
             leader.replicate_wanted = leader.read_round_wanted = False
+        if self._idle_compaction_due():
+            self._compact(up_to=self._rest_compaction_target(), trailing=0)
         image = self._capture_snapshot() if self._snapshot_due() else None
         out, self._out = self._out, _Outbox()
         hard_state = self.hard_state if self._hard_state_dirty else None
@@ -1491,6 +1497,7 @@ class RaftNode:
         if commit_index <= self.commit_index:
             return
         first, self.commit_index = self.commit_index + 1, commit_index
+        self._last_commit_at = self._last_now
         role = "leader" if self.role is Role.LEADER else "follower"
         for index in range(first, commit_index + 1):
             entry = self._log.entry(index)
@@ -1527,7 +1534,37 @@ class RaftNode:
             return False
         since = self.commit_index - max(self._snapshot_index, self._log.offset)
         policy = self.snapshots
-        return since > 0 and (since >= policy.entries or self._applied_bytes >= policy.bytes)
+        return since > 0 and (
+            since >= policy.entries or self._applied_bytes >= policy.bytes or self._idle()
+        )
+
+    def _idle(self) -> bool:
+        idle = self.snapshots.idle
+        return idle is not None and self._last_now >= self._last_commit_at + idle
+
+    def _rest_compaction_target(self) -> int:
+        """How far a node at rest compacts: all its snapshot covers, but on a leader not past
+        what a follower still needs from the log (the lowest match index)."""
+        target = self._snapshot_index
+        if self._leader is not None:
+            target = min([target, *(p.match for p in self._leader.progress.values())])
+        return target
+
+    def _idle_compaction_due(self) -> bool:
+        return self._idle() and self._rest_compaction_target() > self._log.offset
+
+    def _idle_at(self) -> float:
+        """When the idle rule has work to do (snapshot the rest, or drop the trailing log),
+        or NEVER: so that a node at rest is woken for it, and only once."""
+        idle = self.snapshots.idle
+        if idle is None or self._snapshot_capture:
+            return NEVER
+        pending = self.commit_index > max(self._snapshot_index, self._log.offset) or (
+            self._rest_compaction_target() > self._log.offset
+        )
+        if not pending:
+            return NEVER
+        return max(self._last_commit_at + idle, self._snapshot_retry_at)
 
     def _capture_snapshot(self) -> SnapshotImage:
         # Every committed entry is applied (§2), so the state machine *is* the state at the
@@ -1541,11 +1578,12 @@ class RaftNode:
             self._compact(up_to=min(index, self._unstable_from - 1))
         return image
 
-    def _compact(self, up_to: int | None = None) -> None:
+    def _compact(self, up_to: int | None = None, trailing: int | None = None) -> None:
         """Drop log entries the durable snapshot covers, keeping `trailing_entries` before it
         for followers a little behind (hashicorp/raft: min(snapshot, last − trailing))."""
         limit = self._snapshot_index if up_to is None else up_to
-        target = min(limit, self._log.last_index - self.snapshots.trailing_entries)
+        keep = self.snapshots.trailing_entries if trailing is None else trailing
+        target = min(limit, self._log.last_index - keep)
         if self._leader is not None:
             # A follower installing a snapshot continues from the entry after it: keep that
             # entry, or it would need another snapshot, and again (a livelock under load).

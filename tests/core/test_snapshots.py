@@ -74,7 +74,7 @@ def image_of(readies: list[Ready]) -> SnapshotImage:
 
 
 def test_an_image_is_handed_out_once_enough_has_committed_and_compaction_waits_for_it() -> None:
-    node = single(SnapshotPolicy(entries=5, trailing_entries=2))
+    node = single(SnapshotPolicy(entries=5, trailing_entries=2, idle=None))
     readies = write(node, 4)
     image = image_of(readies)
     assert (image.index, image.term) == (5, 1) and len(image.data) == 4
@@ -93,7 +93,7 @@ def test_an_image_is_handed_out_once_enough_has_committed_and_compaction_waits_f
 
 
 def test_the_trailing_entries_stay_when_the_log_after_the_snapshot_is_short() -> None:
-    node = single(SnapshotPolicy(entries=5, trailing_entries=3))
+    node = single(SnapshotPolicy(entries=5, trailing_entries=3, idle=None))
     image = image_of(write(node, 4))
     node.snapshot_saved(image.index, 6.0)
     [ready] = drain(node)
@@ -101,13 +101,13 @@ def test_the_trailing_entries_stay_when_the_log_after_the_snapshot_is_short() ->
 
 
 def test_large_values_trigger_a_snapshot_before_the_entry_count_does() -> None:
-    node = single(SnapshotPolicy(entries=1000, bytes=300))
+    node = single(SnapshotPolicy(entries=1000, bytes=300, idle=None))
     assert all(r.snapshot is None for r in write(node, 1, "x" * 100))
     assert image_of(write(node, 2, "x" * 100)).index == 4
 
 
 def test_a_failed_write_is_retried_only_after_an_election_timeout() -> None:
-    node = single(SnapshotPolicy(entries=2, trailing_entries=0))
+    node = single(SnapshotPolicy(entries=2, trailing_entries=0, idle=None))
     image = image_of(write(node, 1))
     node.snapshot_failed(image.index, 6.0, "No space left on device")
     [ready] = drain(node)
@@ -119,7 +119,7 @@ def test_a_failed_write_is_retried_only_after_an_election_timeout() -> None:
 
 
 def test_a_late_or_unknown_saved_report_is_ignored_or_refused() -> None:
-    node = single(SnapshotPolicy(entries=2, trailing_entries=0))
+    node = single(SnapshotPolicy(entries=2, trailing_entries=0, idle=None))
     image = image_of(write(node, 1))
     node.snapshot_saved(image.index, 6.0)
     drain(node)
@@ -368,9 +368,56 @@ def test_a_node_that_is_not_admitted_installs_nothing() -> None:
 
 def test_the_negative_control_compacts_before_the_image_is_durable() -> None:
     node = single(
-        SnapshotPolicy(entries=2, trailing_entries=0),
+        SnapshotPolicy(entries=2, trailing_entries=0, idle=None),
         UnsafeSwitches(compact_before_snapshot_durable=True),
     )
     readies = write(node, 1)
     [ready] = [r for r in readies if r.snapshot is not None]
     assert ready.compact_to == 2 and node.log.first_index == 3
+
+
+def test_at_rest_a_node_snapshots_the_rest_and_drops_the_trailing_log() -> None:
+    node = single(SnapshotPolicy(entries=5, trailing_entries=3, idle=2.0))
+    t = node._last_commit_at + 0.1  # within the idle time of the last commit
+    image = image_of(write(node, 4, now=t))
+    node.snapshot_saved(image.index, t)
+    drain(node)
+    write(node, 2, now=t)  # 7 entries, snapshot at 5 (log after 2), 6..7 in no snapshot
+    assert (node.log.offset, node.commit_index) == (2, 7)
+    # Nothing commits for 2 s: the node is woken then, snapshots the rest...
+    rest_at = node._last_commit_at + 2.0
+    assert not node.has_ready()
+    node.tick(rest_at)
+    rest = image_of(drain(node))
+    assert rest.index == 7
+    node.snapshot_saved(7, rest_at)
+    # ...and, at rest, keeps no trailing entries (a cluster of one: nobody else needs them).
+    [ready] = drain(node)
+    assert ready.compact_to == 7 and node.log.offset == 7 and node.log.held() == []
+    # Nothing more to do at rest: the next wake-up is a heartbeat, not the idle rule again.
+    node.tick(node.next_deadline())
+    assert all(r.snapshot is None and not r.compact_to for r in drain(node))
+
+
+def test_at_rest_a_leader_keeps_what_a_lagging_follower_still_needs() -> None:
+    node = leader_after_snapshot()
+    now = node.next_deadline() - 0.5
+    assert node.log.offset == 10
+    # Its NO-OP (11) is committed with node 2; node 3 stays at 10.
+    node.step(AppendEntriesReply(2, 3, True, 10, 0, 1, features=PROTOCOL_FEATURES), now)
+    node.step(AppendEntriesReply(2, 2, True, 11, 0, 1, features=PROTOCOL_FEATURES), now)
+    drain(node)
+    assert node.commit_index == 11
+    saved = False
+    for step in range(1, 40):  # node 2 answers every heartbeat; nothing else commits
+        t = now + 0.1 * step
+        node.tick(t)
+        for ready in drain(node):
+            if ready.snapshot is not None:
+                node.snapshot_saved(ready.snapshot.index, t)
+                saved = True
+        reply = AppendEntriesReply(2, 2, True, 11, 0, node._round, features=PROTOCOL_FEATURES)
+        node.step(reply, t)
+        drain(node)
+    assert saved and node.role is Role.LEADER and node.status(t).snapshot_index == 11
+    assert node.log.offset == 10  # node 3 still needs entry 11 from the log

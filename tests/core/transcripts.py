@@ -107,6 +107,8 @@ TEST_PROFILE = TimingConfig(
 CONFIGS = {"test": TEST_PROFILE, "fast": FAST_PROFILE, "seed": SEED_PROFILE}
 
 REWRITE_ENV = "RAFTKV_REWRITE"
+# No idle snapshots unless a transcript asks: the clock moves by hand, in large steps.
+TRANSCRIPT_SNAPSHOTS = replace(DEFAULT_SNAPSHOTS, idle=None)
 
 
 class TranscriptError(Exception):
@@ -300,7 +302,7 @@ class Env:
     next_token: int = 1
     quiet: bool = False
     unsafe: UnsafeSwitches = SAFE
-    snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS
+    snapshots: SnapshotPolicy = TRANSCRIPT_SNAPSHOTS
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -433,7 +435,9 @@ class Env:
         # snapshot=ENTRIES/TRAILING: snapshot every ENTRIES committed entries, keep TRAILING.
         if "snapshot" in opts:
             every, _, trailing = opts.pop("snapshot").partition("/")
-            self.snapshots = SnapshotPolicy(entries=int(every), trailing_entries=int(trailing))
+            self.snapshots = SnapshotPolicy(
+                entries=int(every), trailing_entries=int(trailing), idle=None
+            )
         self.clock = float(opts.pop("start", "0"))
         if opts:
             raise TranscriptError(f"unknown add-nodes options {sorted(opts)}")
