@@ -181,6 +181,8 @@ class NodeLaunch:
             argv += ["--snapshot-entries", str(self.snapshots.entries)]
             argv += ["--snapshot-bytes", str(self.snapshots.bytes)]
             argv += ["--trailing-entries", str(self.snapshots.trailing_entries)]
+            if self.snapshots.idle is not None:
+                argv += ["--snapshot-idle", str(self.snapshots.idle)]
         argv += [unsafe_flag(name) for name in self.unsafe.enabled()]
         if not self.fsync:
             argv.append(NO_FSYNC_FLAG)

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="log entries kept before the snapshot's index for followers a little behind "
         f"(default {DEFAULT_SNAPSHOTS.trailing_entries})",
     )
+    parser.add_argument(
+        "--snapshot-idle",
+        type=float,
+        default=DEFAULT_SNAPSHOTS.idle,
+        help="seconds without a commit after which a node snapshots the rest and drops the log "
+        f"its followers no longer need (default {DEFAULT_SNAPSHOTS.idle})",
+    )
     parser.add_argument("--listen", help="client bind address (default: the node's address)")
     parser.add_argument(
         "--peer-listen", help="peer bind address (default: the node's peer_address)"
@@ -234,7 +241,9 @@ def resolve(args: argparse.Namespace) -> tuple[ReplicaOptions, Listeners]:
         client_cert_auth=args.client_cert_auth,
         peer_tls=_peer_tls(args, cluster, node_id),
         fsync=not args.unsafe_no_fsync,
-        snapshots=SnapshotPolicy(args.snapshot_entries, args.snapshot_bytes, args.trailing_entries),
+        snapshots=SnapshotPolicy(
+            args.snapshot_entries, args.snapshot_bytes, args.trailing_entries, args.snapshot_idle
+        ),
         sessions=session_rules_from(os.environ),
     )
     return options, Listeners(

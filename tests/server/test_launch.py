@@ -202,6 +202,8 @@ def test_a_session_lifetime_sets_the_rules_and_eviction_never_outlasts_it() -> N
         (["--snapshot-entries", "0"], "snapshot entries must be a positive integer, got 0"),
         (["--snapshot-bytes", "-5"], "snapshot bytes must be a positive integer, got -5"),
         (["--trailing-entries", "-1"], "trailing_entries must be an integer ≥ 0, got -1"),
+        (["--snapshot-idle", "0"], "snapshot idle must be a positive number of seconds, got 0"),
+        (["--snapshot-idle", "inf"], "snapshot idle must be a positive number of seconds"),
     ],
 )
 def test_a_snapshot_policy_the_core_refuses_exits_2_before_anything_is_written(
