@@ -205,7 +205,7 @@ def encode_snapshot(
     data: Mapping[str, str],
     sessions: Mapping[str, SessionRecord],
     *,
-    yield_every: int = 1000,
+    yield_every: int = 100,
 ) -> Iterator[bytes]:
     """The bytes of the snapshot file for this state, in chunks of about 1 MiB; the last chunk
     ends with the END line.
