@@ -1039,8 +1039,6 @@ class NodeStorage:
                         os._exit(FAILPOINT_EXIT_CODE)
                     try:
                         os.replace(tmp_path, self._snapshot_path)
-                        if self._sync:
-                            self._fsync_directory(self._directory)
                     except OSError as exc:
                         raise self._fail(f"saving {self._snapshot_path} failed: {exc}") from exc
                 finally:
@@ -1048,7 +1046,17 @@ class NodeStorage:
                     with contextlib.suppress(OSError):
                         tmp_path.unlink()
                 self._snapshot_index, self._snapshot_term = image.index, image.term
-                return info
+            # The directory fsync that makes the rename durable runs without the storage's lock:
+            # appends (the leader's next batch) need not wait for it. Nothing relies on this
+            # snapshot before it returns: the core compacts only once told it is saved, and an
+            # install meanwhile renames and syncs on its own.
+            if self._sync:
+                try:
+                    self._fsync_directory(self._directory)
+                except OSError as exc:
+                    with self._lock:
+                        raise self._fail(f"saving {self._snapshot_path} failed: {exc}") from exc
+            return info
 
     def install_received_snapshot(self, path: Path, index: int, term: int) -> None:
         """Make the snapshot a leader sent (`path`, in this directory: the receiver wrote,
