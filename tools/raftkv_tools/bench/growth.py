@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -737,43 +737,18 @@ class Growth:
         )
         tail = DumpTail(cluster.data_dir(node) / DUMP_FILE, wall_offset())
         cluster.kill(node)
-        probe = grpc.insecure_channel(cluster.addresses[node], options=PROBE_CHANNEL_OPTIONS)
-        status = kv_stub(probe).Status
-        first_answer: float | None = None
-        serving: float | None = None
-        try:
-            spawned = time.monotonic()
-            cluster.restart(node)
-            deadline = spawned + RESTART_TIMEOUT
-            while time.monotonic() < deadline:
-                if not cluster.members[node].alive():
-                    raise GrowthError(
-                        f"node{node} exited after its restart:\n{cluster.members[node].tail()}"
-                    )
-                try:
-                    reply = status(pb.StatusRequest(), timeout=0.5)
-                except grpc.RpcError:
-                    time.sleep(PROBE_INTERVAL)
-                    continue
-                now = time.monotonic()
-                if first_answer is None:
-                    first_answer = now
-                if (
-                    reply.HasField("leader_id")
-                    and reply.commit_length >= target
-                    and reply.applied_length >= target
-                ):
-                    serving = now
-                    break
-                time.sleep(PROBE_INTERVAL)
-        finally:
-            probe.close()
-        if serving is None:
-            raise GrowthError(
-                f"node{node} was not serving {RESTART_TIMEOUT:.0f} s after its restart"
-            )
-        time.sleep(0.2)  # the dump's last lines
-        lines = tail.read()
+        spawned, first_answer, serving = _restart_until(
+            cluster,
+            node,
+            RESTART_TIMEOUT,
+            lambda reply: (
+                reply.HasField("leader_id")
+                and reply.commit_length >= target
+                and reply.applied_length >= target
+            ),
+            "was not serving",
+        )
+        lines = _read_until(tail, LOADED)
         tail.close()
         loaded = find_line(lines, LOADED)
         imports = _import_time()
@@ -813,40 +788,15 @@ class Growth:
         offset = wall_offset()
         leader_tail = DumpTail(cluster.data_dir(leader) / DUMP_FILE, offset)
         node_tail = DumpTail(cluster.data_dir(node) / DUMP_FILE, offset)
-        probe = grpc.insecure_channel(cluster.addresses[node], options=PROBE_CHANNEL_OPTIONS)
-        status = kv_stub(probe).Status
-        caught: float | None = None
-        try:
-            spawned = time.monotonic()
-            cluster.restart(node)
-            deadline = spawned + CATCHUP_TIMEOUT
-            while time.monotonic() < deadline:
-                if not cluster.members[node].alive():
-                    raise GrowthError(
-                        f"node{node} exited after its restart:\n{cluster.members[node].tail()}"
-                    )
-                try:
-                    reply = status(pb.StatusRequest(), timeout=0.5)
-                except grpc.RpcError:
-                    time.sleep(PROBE_INTERVAL)
-                    continue
-                if reply.applied_length >= target:
-                    caught = time.monotonic()
-                    break
-                time.sleep(PROBE_INTERVAL)
-        finally:
-            probe.close()
-        if caught is None:
-            raise GrowthError(
-                f"node{node} had not caught up {CATCHUP_TIMEOUT:.0f} s after its start"
-            )
-        sent = None
-        wait_until = time.monotonic() + 5.0
-        while sent is None and time.monotonic() < wait_until:
-            sent = find_line(leader_tail.read(), SENT, peer=(3, node))
-            if sent is None:
-                time.sleep(0.1)
-        leader_lines = leader_tail.read()
+        spawned, _, caught = _restart_until(
+            cluster,
+            node,
+            CATCHUP_TIMEOUT,
+            lambda reply: reply.applied_length >= target,
+            "had not caught up",
+        )
+        leader_lines = _read_until(leader_tail, SENT, peer=(3, node))
+        sent = find_line(leader_lines, SENT, peer=(3, node))
         node_lines = node_tail.read()
         leader_tail.close()
         node_tail.close()
@@ -1262,3 +1212,57 @@ def main(argv: Sequence[str] | None = None, out: Any = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _restart_until(
+    cluster: RaftKVCluster,
+    node: int,
+    timeout: float,
+    done: Callable[[pb.StatusResponse], bool],
+    failure: str,
+) -> tuple[float, float, float]:
+    """Start `node` again and poll its Status until `done` says so: (when it was spawned, its
+    first Status answer, the answer `done` accepted), monotonic seconds. GrowthError if it exits
+    or `timeout` passes ("node1 <failure> 30 s after its restart")."""
+    probe = grpc.insecure_channel(cluster.addresses[node], options=PROBE_CHANNEL_OPTIONS)
+    status = kv_stub(probe).Status
+    first_answer: float | None = None
+    try:
+        spawned = time.monotonic()
+        cluster.restart(node)
+        deadline = spawned + timeout
+        while time.monotonic() < deadline:
+            if not cluster.members[node].alive():
+                raise GrowthError(
+                    f"node{node} exited after its restart:\n{cluster.members[node].tail()}"
+                )
+            try:
+                reply = status(pb.StatusRequest(), timeout=0.5)
+            except grpc.RpcError:
+                time.sleep(PROBE_INTERVAL)
+                continue
+            now = time.monotonic()
+            if first_answer is None:
+                first_answer = now
+            if done(reply):
+                return spawned, first_answer, now
+            time.sleep(PROBE_INTERVAL)
+    finally:
+        probe.close()
+    raise GrowthError(f"node{node} {failure} {timeout:.0f} s after its restart")
+
+
+def _read_until(
+    tail: DumpTail,
+    pattern: re.Pattern[str],
+    peer: tuple[int, int] | None = None,
+    timeout: float = 5.0,
+) -> list[DumpLine]:
+    """The dump lines kept so far, read again until one matches `pattern` (see find_line; it may
+    not be written yet when the node answers) or `timeout` passes."""
+    lines = tail.read()
+    deadline = time.monotonic() + timeout
+    while find_line(lines, pattern, peer) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = tail.read()
+    return lines
