@@ -22,9 +22,8 @@ from raftkv.rpc import raftkv_pb2 as pb
 from raftkv.rpc.metadata import REFUSAL_METADATA, SESSION_EXPIRED_REFUSAL
 from raftkv.textformat import unescape_field
 from tests.process.conftest import ClusterFactory
-from tests.process.test_day2 import run_module
 from tests.process.test_snapshots import SMALL_SNAPSHOTS, wait_caught_up, wait_for_snapshot
-from tests.support.processes import LocalCluster
+from tests.support.processes import LocalCluster, run_module
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -123,19 +122,7 @@ def test_a_lost_node_is_restored_from_the_leader_and_serves_the_same_keys(
     cluster.wait_for(lambda: cluster.dump_has(victim, "will not vote"), 10, "the refusal")
     cluster.stop_node(victim)
     leader = cluster.leader()
-    restore = run_module(
-        "raftkv",
-        "--cluster",
-        str(cluster.description_path),
-        "restore-node",
-        "--from",
-        str(cluster.node_dir(leader)),
-        "--into",
-        str(cluster.data_root),
-        "--id",
-        str(victim),
-        cwd=tmp_path,
-    )
+    restore = cluster.restore_node(victim, leader, cwd=tmp_path)
     assert restore.returncode == 0, restore.stderr
     print(f"\n$ raftkv restore-node ...\n{restore.stdout.strip()}")
     # The cluster moves on past the copy (more snapshots, compactions): only the leader's

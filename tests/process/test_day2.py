@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from raftkv.client.library import SyncClient
 from raftkv.core import events
 from raftkv_tools.ports import free_ports
-from tests.support.processes import ClusterFactory, LocalCluster, NotYet
+from tests.support.processes import ClusterFactory, LocalCluster, NotYet, run_module
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -271,20 +270,6 @@ def test_a_wiped_node_stays_out_until_restored_from_the_leader(
         f"node {victim} restored from leader {leader}'s files rejoined in {rejoined:.2f} s: "
         f"term {term_before} -> {term_of(cluster, current)}, leader {current}, "
         f"{len(cluster.log_entries(victim))} log entries equal to the leader's"
-    )
-
-
-def run_module(
-    module: str, *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`python -m module args…`, its output captured; the caller checks the exit status."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=cwd,
     )
 
 

@@ -18,7 +18,6 @@ from raftkv.core.messages import SetCommand
 from raftkv.server.snapshot_file import read_snapshot_file
 from raftkv.server.storage import NodeStorage
 from tests.process.conftest import ClusterFactory
-from tests.process.test_day2 import run_module
 from tests.support.processes import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -230,17 +229,7 @@ def test_a_wiped_follower_is_restored_and_then_caught_up_from_a_snapshot(
     cluster.stop_node(victim)
     written |= write_many(cluster, 100, "while-out")
     leader = cluster.leader()
-    restore = run_module(
-        "raftkv",
-        "restore-node",
-        "--from",
-        str(cluster.node_dir(leader)),
-        "--into",
-        str(cluster.data_root),
-        "--id",
-        str(victim),
-        cwd=tmp_path,
-    )
+    restore = cluster.restore_node(victim, leader, cwd=tmp_path)
     assert restore.returncode == 0, restore.stderr
     # While it is down, the cluster moves on past more snapshots and compactions: the
     # restored copy is behind the leader's compaction point, so only a snapshot catches it up.

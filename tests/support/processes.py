@@ -24,6 +24,7 @@ import contextlib
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -517,6 +518,25 @@ class LocalCluster:
     def node_dir(self, node_id: int) -> Path:
         return self.data_root / f"logs_node_{node_id}"
 
+    def restore_node(
+        self, node_id: int, source: int, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`raftkv restore-node` of `node_id` from `source`'s files, as an operator runs it (the
+        node stopped); the caller checks the exit status."""
+        return run_module(
+            "raftkv",
+            "--cluster",
+            str(self.description_path),
+            "restore-node",
+            "--from",
+            str(self.node_dir(source)),
+            "--into",
+            str(self.data_root),
+            "--id",
+            str(node_id),
+            cwd=cwd,
+        )
+
     def dump_path(self, node_id: int) -> Path:
         return self.node_dir(node_id) / "dump.txt"
 
@@ -637,3 +657,17 @@ def _rpc_error_text(error: BaseException) -> str:
 
 def rpc_code(error: grpc.RpcError) -> grpc.StatusCode | None:
     return error.code() if isinstance(error, grpc.Call) else None
+
+
+def run_module(
+    module: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m module args…`, its output captured; the caller checks the exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
