@@ -98,6 +98,9 @@ from raftkv.tls import TARGET_NAME_OPTION, LoadedTls, node_name
 
 # How often, at most, the lazily written commitLength hint is refreshed on disk.
 COMMIT_HINT_INTERVAL = 2.0
+# A node that appended entries this recently is busy: its snapshot write keeps to a small duty
+# (raftkv.server.snapshot_file.Pace) instead of taking a core's worth of CPU at once.
+BUSY_WINDOW = 0.5
 
 
 # The names the start-up line gives the node's clock (`clock CLOCK_BOOTTIME`).
@@ -303,6 +306,7 @@ class Replica:
         self._snapshot_write: asyncio.Task[None] | None = None
         # Set at shutdown: the writer's thread gives up before its next chunk (`stop`).
         self._stop_snapshot_write = threading.Event()
+        self._entries_at = -math.inf
         self._compaction: asyncio.Task[None] | None = None
         self._senders: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._stopping = False
@@ -618,6 +622,8 @@ class Replica:
     async def _handle_ready(self, ready: Ready) -> None:
         # A leader's AppendEntries first: the majority round is the longest wait in a SET.
         persisting = ready.needs_persist
+        if ready.log_changed:
+            self._entries_at = time.monotonic()
         for envelope in ready.send_now:
             self._dispatch(envelope)
         # Then replies: they report entries already durable on a majority (a leader counts
@@ -717,6 +723,9 @@ class Replica:
         if self._snapshot_write is not None and not self._snapshot_write.done():
             # The core hands out one image at a time (it waits for the outcome of this one).
             raise CoreMisuseError(f"a snapshot at {image.index} while another is being written")
+        # The start of the window in which a snapshot's CPU and disk work compete with the
+        # node's other work (`raftkv bench growth` measures throughput inside it).
+        self.dump.write(f"Node {self.node_id} began writing a snapshot at index {image.index}.")
         self._snapshot_write = asyncio.create_task(self._write_snapshot(image))
 
     async def _write_snapshot(self, image: SnapshotImage) -> None:
@@ -725,7 +734,10 @@ class Replica:
         meanwhile, won) is reported as saved: the core ignores an index ≤ its snapshot's."""
         try:
             await asyncio.to_thread(
-                self.storage.save_snapshot, image, stop=self._stop_snapshot_write
+                self.storage.save_snapshot,
+                image,
+                stop=self._stop_snapshot_write,
+                busy=self._taking_entries,
             )
         except SnapshotWriteStoppedError:
             return  # the node is stopping: there is no core to tell
@@ -733,6 +745,11 @@ class Replica:
             self._queue_input(_SnapshotWritten(image.index, str(error)))
         else:
             self._queue_input(_SnapshotWritten(image.index, None))
+
+    def _taking_entries(self) -> bool:
+        """Whether this node appended entries in the last `BUSY_WINDOW` s (read from the snapshot
+        writer's thread: one float, written by the loop)."""
+        return time.monotonic() - self._entries_at < BUSY_WINDOW
 
     async def _compact(self, compact_to: int) -> None:
         try:

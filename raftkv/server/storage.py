@@ -208,6 +208,8 @@ from raftkv.core.state_machine import SnapshotImage
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server.resources import DescriptorReserve
 from raftkv.server.snapshot_file import (
+    NODE_SNAPSHOT_DUTY,
+    NODE_SNAPSHOT_MAX_REST,
     SNAPSHOT_FILE_NAME,
     LoadedSnapshot,
     SnapshotHeader,
@@ -1001,7 +1003,11 @@ class NodeStorage:
                 self._truncate_locked(fd, index)
 
     def save_snapshot(
-        self, image: SnapshotImage, *, stop: threading.Event | None = None
+        self,
+        image: SnapshotImage,
+        *,
+        stop: threading.Event | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> SnapshotInfo | None:
         """Write `image` as snapshot.txt, durably; None (nothing changed) when the storage
         already holds a snapshot at `image.index` or later (an installed or newer snapshot won
@@ -1014,7 +1020,9 @@ class NodeStorage:
         id. Raises ValueError for a state no file may hold, StorageError for an OSError (after
         the rename, the storage is unusable, as after any failed write), and
         SnapshotWriteStoppedError once `stop` is set while the file is encoded (the temporary
-        file removed: see `write_snapshot_tmp`)."""
+        file removed: see `write_snapshot_tmp`). While `busy()` is true (the node takes
+        entries) the encoding keeps to `NODE_SNAPSHOT_DUTY` of the time, resting
+        `NODE_SNAPSHOT_MAX_REST` s at most."""
         header = SnapshotHeader(
             image.index,
             image.term,
@@ -1028,7 +1036,14 @@ class NodeStorage:
                 if self._snapshot_index >= image.index:
                     return None
             info = write_snapshot_tmp(
-                self._snapshot_path, header, image.data, image.sessions, stop=stop
+                self._snapshot_path,
+                header,
+                image.data,
+                image.sessions,
+                stop=stop,
+                duty=NODE_SNAPSHOT_DUTY,
+                busy=busy,
+                max_rest=NODE_SNAPSHOT_MAX_REST,
             )
             with self._lock:
                 try:

@@ -6,6 +6,7 @@ import os
 import random
 import re
 import stat
+import threading
 import time
 import zlib
 from collections.abc import Mapping
@@ -185,23 +186,174 @@ def test_the_encoder_yields_chunks_of_about_a_mib_ending_with_the_end_line() -> 
     data = {f"key:{i:05d}": "x" * 1000 for i in range(5000)}  # ~5 MB
     chunks = list(encode_snapshot(HEADER, data, {}))
     assert len(chunks) >= 4
+    # Lines of plain text are formatted in blocks of ≤ _BLOCK_CHARS characters: a chunk ends
+    # within one block (here 16 lines of 1,010 bytes) past the MiB.
+    block_bytes = (snapshot_file._BLOCK_CHARS // 1009 + 1) * 1020
     for chunk in chunks[:-1]:
-        assert (1 << 20) <= len(chunk) < (1 << 20) + 2000
+        assert (1 << 20) <= len(chunk) < (1 << 20) + block_bytes
         assert chunk.endswith(b"\n") and b"END crc=" not in chunk
     assert chunks[-1].endswith(b"\n") and chunks[-1].splitlines()[-1].startswith(b"END crc=")
     assert dict(read(b"".join(chunks)).data) == data
 
 
-def test_the_encoder_gives_the_gil_back_every_yield_every_keys(
+def test_a_chunk_never_holds_more_than_a_mib_plus_one_block_or_one_line() -> None:
+    # The worst case for the bound: one-character keys and values, the most lines per block.
+    data = {f"{i:x}": "v" for i in range(300_000)}
+    chunks = list(encode_snapshot(HEADER, data, {}, yield_every=100_000))
+    bound = (1 << 20) + 4 * snapshot_file._BLOCK_CHARS + 6 * snapshot_file._BLOCK_CHARS
+    assert len(chunks) >= 2
+    assert all(len(chunk) < bound for chunk in chunks)
+    big = {"a": "x" * MAX_VALUE_BYTES, "b": "y" * MAX_VALUE_BYTES, "c": "z"}
+    chunks = list(encode_snapshot(HEADER, big, {}))
+    # A line longer than a block is a block of its own: one chunk each (the first with the header).
+    assert len(chunks) == 3 and all(len(chunk) < MAX_VALUE_BYTES + 200 for chunk in chunks)
+
+
+_FIELD = st.one_of(
+    st.text(alphabet="abc", max_size=3),
+    st.text(max_size=4),
+    st.sampled_from(["", " ", "%", "=", "a b", "x\ny", "\x00", "é", "\U0001f642", "\ud800"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(_FIELD, _FIELD, max_size=40),
+    st.integers(min_value=1, max_value=7),
+    st.integers(min_value=1, max_value=30),
+)
+def test_block_formatting_gives_the_bytes_of_one_line_at_a_time(
+    data: dict[str, str], yield_every: int, block_chars: int
+) -> None:
+    # Blocks of every size, plain and escaped fields side by side, lone surrogates refused.
+    def one_by_one() -> bytes:
+        return b"".join(snapshot_file._key_line(key, data[key]) for key in sorted(data))
+
+    def blocks() -> bytes:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(snapshot_file, "_BLOCK_CHARS", block_chars)
+            raw = b"".join(encode_snapshot(HEADER, data, {}, yield_every=yield_every))
+        return b"".join(line + b"\n" for line in raw.splitlines() if line.startswith(b"KEY "))
+
+    try:
+        expected = one_by_one()
+    except ValueError:
+        with pytest.raises(ValueError, match="surrogate"):
+            blocks()
+        return
+    assert blocks() == expected
+
+
+def test_the_encoder_gives_the_gil_back_after_every_sort_run_and_every_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
+    # One sort run of keys; batches of 1,000, 1,000 and 500 keys.
     list(encode_snapshot(HEADER, {str(i): "" for i in range(2500)}, {}, yield_every=1000))
-    assert sleeps == [0, 0]
+    assert sleeps == [0, 0, 0, 0]
     sleeps.clear()
-    list(encode_snapshot(HEADER, {str(i): "" for i in range(10)}, {}, yield_every=3))
-    assert sleeps == [0, 0, 0]
+    # Sort runs: 3 of keys, 1 of sessions; batches: 3 of keys (10,000 at a time), 1 of sessions.
+    run = snapshot_file._SORT_RUN
+    data = {f"{i:06d}": "v" for i in range(2 * run + 1)}
+    sessions = {f"c{i}": (1, 1, 1) for i in range(5)}
+    list(encode_snapshot(HEADER, data, sessions, yield_every=run))
+    assert sleeps == [0] * 8
+
+
+class _Clock:
+    """time.monotonic and time.thread_time for `Pace`, advanced by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 5.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.wall
+
+    def thread_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.wall += seconds
+
+
+def test_pace_rests_to_its_duty_only_while_the_thread_waits_for_the_gil(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(snapshot_file, "time", clock)
+    pace = snapshot_file.Pace(duty=0.05)
+    # Idle: the slice had the CPU all along, so it only lets the GIL go.
+    clock.wall += 0.002
+    clock.cpu += 0.002
+    pace.rest()
+    assert clock.sleeps == [0.0]
+    # Busy: 2 ms of wall time, of which 0.5 ms on the CPU: 19 × 0.5 ms of rest (5% duty).
+    clock.wall += 0.002
+    clock.cpu += 0.0005
+    pace.rest()
+    assert clock.sleeps[1] == pytest.approx(0.0095)
+    assert pace.rested == pytest.approx(0.0095)
+    # The rest is not counted as work: the next idle slice does not rest.
+    clock.wall += 0.001
+    clock.cpu += 0.001
+    pace.rest()
+    assert clock.sleeps[2] == 0.0
+    # Full duty never rests, busy or not.
+    full = snapshot_file.Pace()
+    clock.wall += 0.002
+    full.rest()
+    assert clock.sleeps[3] == 0.0
+    with pytest.raises(ValueError, match="duty"):
+        snapshot_file.Pace(duty=0.0)
+    # A node that says it is busy gets the rest even when the slice had the CPU all along.
+    busy = [True]
+    told = snapshot_file.Pace(duty=0.1, busy=lambda: busy[0])
+    clock.wall += 0.001
+    clock.cpu += 0.001
+    told.rest()
+    assert clock.sleeps[4] == pytest.approx(0.009)
+    busy[0] = False
+    clock.wall += 0.001
+    clock.cpu += 0.001
+    told.rest()
+    assert clock.sleeps[5] == 0.0
+    # Rests add up to max_rest at most; then only the GIL is let go.
+    capped = snapshot_file.Pace(duty=0.01, busy=lambda: True, max_rest=0.15)
+    for _ in range(3):
+        clock.wall += 0.001
+        clock.cpu += 0.001
+        capped.rest()
+    assert clock.sleeps[6:] == pytest.approx([0.099, 0.051, 0.0])
+    assert capped.rested == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="max_rest"):
+        snapshot_file.Pace(max_rest=-1.0)
+
+
+def test_pace_stops_resting_once_stop_is_set() -> None:
+    stop = threading.Event()
+    pace = snapshot_file.Pace(duty=0.001, stop=stop, busy=lambda: True)
+    stop.set()
+    worked_until = time.thread_time() + 0.01
+    while time.thread_time() < worked_until:  # 10 ms of CPU: a rest of 10 s at this duty
+        pass
+    began = time.monotonic()
+    pace.rest()
+    assert time.monotonic() - began < 1.0
+
+
+def test_a_stopped_write_ends_within_a_chunk_even_while_pacing(tmp_path: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    data = {f"{i:07d}": "x" * 100 for i in range(30_000)}  # ~3.3 MB: four chunks
+    with pytest.raises(snapshot_file.SnapshotWriteStoppedError):
+        snapshot_file.write_snapshot_tmp(
+            tmp_path / "snapshot.txt", HEADER, data, {}, stop=stop, duty=0.001
+        )
+    assert not (tmp_path / "snapshot.txt.tmp").exists()
 
 
 @pytest.mark.parametrize(

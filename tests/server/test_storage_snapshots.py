@@ -3,6 +3,7 @@ resets, the checks at load, the temporary files and the crash points (docs/desig
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -296,8 +297,13 @@ def _during_snapshot_write(
         sessions: Mapping[str, SessionRecord],
         *,
         stop: threading.Event | None = None,
+        duty: float = 1.0,
+        busy: Callable[[], bool] | None = None,
+        max_rest: float = math.inf,
     ) -> SnapshotInfo:
-        info = real(path, header, data, sessions, stop=stop)
+        info = real(
+            path, header, data, sessions, stop=stop, duty=duty, busy=busy, max_rest=max_rest
+        )
         action()
         ran.set()
         return info
