@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 DUMP_FILE = "dump.txt"
 # DumpRateLimiter's defaults: per key, the first REPEAT_BURST lines of every REPEAT_INTERVAL
@@ -38,6 +38,11 @@ def _one_line(event: str) -> str:
     return event.replace("\n", "\\n").replace("\r", "\\r")
 
 
+# dump.txt is rotated at this size and this many older copies are kept (dump.txt.1 …).
+DUMP_MAX_BYTES: Final = 20 * 1024 * 1024
+DUMP_BACKUPS: Final = 3
+
+
 class DumpLog:
     def __init__(
         self,
@@ -45,8 +50,8 @@ class DumpLog:
         node_id: int,
         *,
         to_stdout: bool = True,
-        max_bytes: int = 20 * 1024 * 1024,
-        backups: int = 3,
+        max_bytes: int = DUMP_MAX_BYTES,
+        backups: int = DUMP_BACKUPS,
     ) -> None:
         self.node_id = node_id
         self.path = directory / DUMP_FILE

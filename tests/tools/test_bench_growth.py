@@ -7,6 +7,7 @@ the printed table shows them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from pathlib import Path
@@ -21,7 +22,9 @@ from raftkv_tools.bench.growth import (
     StatusSample,
     Window,
     by_snapshot,
+    control_windows,
     per_second,
+    rate_inside,
     snapshot_windows,
     union,
 )
@@ -179,6 +182,19 @@ def test_snapshot_windows_start_when_the_commit_index_reaches_the_snapshot() -> 
     assert early.start == 10.0
 
 
+def test_snapshot_windows_start_at_the_began_writing_line_when_there_is_one() -> None:
+    samples = [_sample(10.0, 1, 80), _sample(10.1, 1, 120)]
+    lines = {
+        1: [
+            DumpLine(10.07, "Node 1 began writing a snapshot at index 100."),
+            DumpLine(10.08, "Node 1 began writing a snapshot at index 200."),
+            DumpLine(10.15, "Node 1 saved a snapshot at index 100 (term 1)."),
+        ]
+    }
+    [window] = snapshot_windows(lines, samples)
+    assert (window.index, window.start, window.end) == (100, 10.07, 10.15)
+
+
 def test_by_snapshot_splits_seconds_and_latencies() -> None:
     windows = [Window(0, 10, 2.2, 2.3), Window(1, 10, 2.25, 2.4), Window(0, 20, 4.5, 4.6)]
     assert union(windows) == [(2.2, 2.4), (4.5, 4.6)]
@@ -198,3 +214,38 @@ def test_by_snapshot_splits_seconds_and_latencies() -> None:
         1 for f in finished if 2.2 <= f <= 2.405 or 4.5 <= f <= 4.605
     )
     assert per_second(finished, 0.0, 1.0)[:6] == [100, 100, 50, 100, 50, 100]
+
+
+def test_control_windows_have_the_same_lengths_and_avoid_the_windows_and_what_follows() -> None:
+    windows = [Window(0, 10 * i, 1.0 + i, 1.0 + i + 0.05 * (i % 3 + 1)) for i in range(8)]
+    pairs = control_windows(windows, 0.0, 10.0, settle=0.2)
+    assert len(pairs) == len(windows)
+    assert pairs == control_windows(windows, 0.0, 10.0, settle=0.2)  # fixed seed
+    for window, control in pairs:
+        assert control.end - control.start == pytest.approx(window.end - window.start)
+        assert control.start >= 0.0 and control.end <= 10.0
+        for other in windows:
+            assert control.end < other.start or control.start > other.end + 0.2
+    controls = sorted((c for _, c in pairs), key=lambda c: c.start)
+    assert all(a.end < b.start for a, b in itertools.pairwise(controls))
+
+
+def test_the_control_ratio_sees_a_dip_inside_the_windows_and_only_there() -> None:
+    windows = [Window(0, i, 1.0 + i, 1.1 + i) for i in range(8)]
+    steady = [k / 1000 for k in range(10_000)]  # 1,000 a second, evenly
+    assert rate_inside(steady, windows) == pytest.approx(1000, rel=0.02)
+    result = by_snapshot(steady, [0.001] * len(steady), windows, start=0.0, bucket=1.0)
+    assert result["control_windows"] == 8
+    assert result["control_ratio"] == pytest.approx(1.0, abs=0.03)
+    # Half the rate inside the windows, the delayed half completed just after each one.
+    dipped = [
+        k / 1000
+        for k in range(10_000)
+        if k % 2 or not any(w.start <= k / 1000 <= w.end for w in windows)
+    ]
+    dipped += [w.end + 0.001 + k / 10_000 for w in windows for k in range(50)]
+    dipped.sort()
+    result = by_snapshot(dipped, [0.001] * len(dipped), windows, start=0.0, bucket=1.0)
+    assert result["control_ratio"] == pytest.approx(0.5, abs=0.05)
+    assert result["exact_ratio"] < result["control_ratio"] + 0.1
+    assert rate_inside(dipped, []) is None

@@ -401,7 +401,9 @@ def render_growth(report: Mapping[str, Any]) -> str:
     out += [
         "",
         f"Footprint after the first {options['keys']:,} SETs and after the load (idle); "
-        "data dir = du of each node's directory (allocated blocks)",
+        "du (allocated blocks) of each node's directory, whole and its state files alone "
+        "(snapshot.txt, logs.txt, metadata.txt: the data; dump.txt and its rotated copies are "
+        "the diagnostic log)",
     ]
     rows = []
     for system in systems:
@@ -429,8 +431,8 @@ def render_growth(report: Mapping[str, Any]) -> str:
                  ""]
             )  # fmt: skip
     out += _table(
-        ["system", "SETs", "RSS MB per node", "data dir MB per node", "without dump.txt MB",
-         "peak RSS MB in load"],
+        ["system", "SETs", "RSS MB per node", "whole dir MB per node",
+         "state files MB (no dump.txt)", "peak RSS MB in load"],
         rows,
         right={1},
     )  # fmt: skip
@@ -452,7 +454,8 @@ def render_growth(report: Mapping[str, Any]) -> str:
             )
             out.append(
                 f"    ours measured {state} (every node applied the leader's commit index, no "
-                f"snapshot due) after {idle['waited_s']:.1f} s + 1 s: {nodes}"
+                f"snapshot due, at rest: snapshot at the commit index, log empty) after "
+                f"{idle['waited_s']:.1f} s + 1 s: {nodes}"
             )
         elif idle:
             out.append(f"    {system['system']}: measured {idle['waited_s']:g} s after the load")
@@ -502,14 +505,24 @@ def render_growth(report: Mapping[str, Any]) -> str:
                  f"{_number(part['exact_ops_per_s_inside'], 0)} / "
                  f"{_number(part['exact_ops_per_s_outside'], 0)} "
                  f"({_number(part['exact_ratio'], 3)})",
+                 f"{_number(part.get('ops_per_s_inside_paired'), 0)} / "
+                 f"{_number(part.get('ops_per_s_control'), 0)} "
+                 f"({_number(part.get('control_ratio'), 3)})",
                  f"{part['sets_during']:,}", _number(during["p99"]), _number(during["p99.9"])]
             )  # fmt: skip
         out += _table(
             ["snapshot by", f"{options['bucket']:g}-s buckets with", "ops/s", "without", "ops/s",
-             "with ÷ without", "ops/s in / out of windows", "SETs during", "p99 ms", "p99.9 ms"],
+             "with ÷ without", "ops/s in / out of windows", "in / control windows",
+             "SETs during", "p99 ms", "p99.9 ms"],
             rows,
-            right=set(range(1, 10)),
+            right=set(range(1, 11)),
         )  # fmt: skip
+        out.append(
+            "  control windows: for each snapshot window, one of the same length at a random "
+            f"place of the same load that meets no window and starts ≥ "
+            f"{any_node.get('control_settle_s', 0) * 1e3:.0f} ms after one ends (out of "
+            "windows counts the SETs a snapshot delayed, completed just after it)"
+        )
         overall = ours["load"]["latency_ms"]
         out.append(
             f"  p99.9 SET latency: {_number(overall['p99.9'])} ms over the whole load, "
