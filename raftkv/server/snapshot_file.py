@@ -230,9 +230,10 @@ class Pace:
     once). While the node is busy — `busy()` says so (its node is taking entries), or the slice
     shows it: the thread had the CPU for less than `_IDLE_CPU_SHARE` of its wall time, i.e. it
     waited for the GIL or for a core — it also rests long enough that its work (its CPU time)
-    takes at most `duty` of the wall time. A snapshot of a large state then costs a busy node ~`duty` of its
-    throughput while it is written, instead of half of it (measured: 50,000 keys, C=64
-    pipelined SETs, 0.45× inside the windows without pacing), and three nodes on one machine
+    takes at most `duty` of the wall time. A snapshot of a large state then costs a busy node
+    ~`duty` of its throughput while it is written, instead of half of it (measured: 50,000
+    keys, C=64 pipelined SETs, 0.45× inside the windows without pacing), and three nodes on one
+    machine
     do not take a third of its CPU at once. On an idle node it runs at full speed. Resting
     ends early once `stop` is set, and for good once it added up to `max_rest` s: a large
     snapshot must still end, or the log it lets the node compact grows meanwhile.
