@@ -18,6 +18,9 @@ from raftkv.core.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
+    Member,
+    Membership,
+    MembershipCommand,
     Message,
     RequestVote,
     RequestVoteReply,
@@ -25,7 +28,14 @@ from raftkv.core.messages import (
 )
 from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
 from raftkv.core.state_machine import KeyValueStateMachine
-from raftkv.core.validation import MAX_INDEX, MAX_TERM, malformed
+from raftkv.core.validation import (
+    MAX_ADDRESS_CHARS,
+    MAX_INDEX,
+    MAX_MEMBERS,
+    MAX_NODE_ID,
+    MAX_TERM,
+    malformed,
+)
 
 CONFIG = TimingConfig(1.0, 2.0, 0.1, 0.5, 0.0)
 MEMBERS = (2, 3)
@@ -173,3 +183,18 @@ def test_a_node_at_max_term_does_not_campaign() -> None:
     assert ev.TermExhausted(1, MAX_TERM) in ready.events
     assert node.term == MAX_TERM and node.role is Role.FOLLOWER
     assert node.next_deadline() > 10.0
+
+
+def test_a_configuration_a_peer_sends_is_bounded() -> None:
+    def append(membership: Membership) -> AppendEntries:
+        entry = LogEntry(1, MembershipCommand(membership, "add learner 2"))
+        return AppendEntries(1, 1, 0, 0, (entry,), 0, 0.5, 1)
+
+    fine = Membership((Member(1), Member(2, voter=False, peer_address="h:1")))
+    assert malformed(append(fine), [1]) is None
+    many = Membership(tuple(Member(i) for i in range(MAX_MEMBERS + 1)))
+    assert "members (at most 64)" in str(malformed(append(many), [1]))
+    huge_id = Membership((Member(1), Member(MAX_NODE_ID + 1)))
+    assert "outside 0.." in str(malformed(append(huge_id), [1]))
+    long = Membership((Member(1, client_address="x" * (MAX_ADDRESS_CHARS + 1)),))
+    assert "characters (at most 1024)" in str(malformed(append(long), [1]))
