@@ -31,6 +31,7 @@ from raftkv.server.snapshot_file import (
     write_snapshot_file,
 )
 from raftkv.server.storage import StorageCorruption, StorageError
+from raftkv.server.storage_errors import SnapshotWriteStoppedError
 
 HEADER = SnapshotHeader(last_index=1200, last_term=4, cluster_id="local-5f0c9a1e", cluster_time=0)
 SOURCE = "/data/snapshot.txt"
@@ -349,7 +350,7 @@ def test_a_stopped_write_ends_within_a_chunk_even_while_pacing(tmp_path: Path) -
     stop = threading.Event()
     stop.set()
     data = {f"{i:07d}": "x" * 100 for i in range(30_000)}  # ~3.3 MB: four chunks
-    with pytest.raises(snapshot_file.SnapshotWriteStoppedError):
+    with pytest.raises(SnapshotWriteStoppedError):
         snapshot_file.write_snapshot_tmp(
             tmp_path / "snapshot.txt", HEADER, data, {}, stop=stop, duty=0.001
         )
