@@ -136,7 +136,9 @@ Command = SetCommand | DeleteCommand | NoOpCommand | MembershipCommand
 # only once every follower has announced them, so that an old node never meets an entry it
 # cannot decode nor keeps a session table that differs from the others'.
 FEATURE_SNAPSHOTS_AND_SESSIONS = 1
-PROTOCOL_FEATURES = FEATURE_SNAPSHOTS_AND_SESSIONS
+# Configuration entries (MembershipCommand, docs/design.md §13).
+FEATURE_MEMBERSHIP = 2
+PROTOCOL_FEATURES = FEATURE_SNAPSHOTS_AND_SESSIONS | FEATURE_MEMBERSHIP
 NO_OP = NoOpCommand()
 
 

@@ -39,7 +39,7 @@ from the `random.Random` passed in.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -63,6 +63,7 @@ from .membership import (
     next_membership,
 )
 from .messages import (
+    FEATURE_MEMBERSHIP,
     FEATURE_SNAPSHOTS_AND_SESSIONS,
     IMAGE_QUERY,
     NO_OP,
@@ -353,11 +354,11 @@ class RaftNode:
         # Figure 2's commitIndex. Committed entries are applied at once, so lastApplied is
         # always equal to it and is not kept separately.
         self.commit_index = self._snapshot_index
+        # The state machine's configuration stays None (the cluster's first one) until an
+        # entry changes it: so every node's images agree, a joined node's included, whose
+        # first configuration is the one it joined with, not the cluster's (§13).
         self.state_machine = KeyValueStateMachine(
-            snapshot,
-            sessions,
-            honour_resume=not unsafe.ignore_resume,
-            membership=self._first_membership,
+            snapshot, sessions, honour_resume=not unsafe.ignore_resume
         )
         self._leader: LeaderState | None = None
         # Configuration entries in the log above the commit index, in index order: the last
@@ -429,7 +430,15 @@ class RaftNode:
         """Why `message` would be dropped as malformed (validation.py), or None."""
         if self.unsafe.accept_malformed:
             return None
-        return malformed(message, self._known_ids)
+        members: Collection[NodeId] = self._known_ids
+        sender = sender_of(message)
+        if isinstance(message, AppendEntries | InstallSnapshot | RequestVote) and sender != self.id:
+            # Raft thesis §4.1: a request is processed whatever this node's configuration says
+            # of its sender (the shell authenticated it). A node that was cut off while the
+            # configuration moved on, or that joined with an older one, must still follow a
+            # leader it has not heard of; a reply, though, only comes from a node it asked.
+            members = self._known_ids | {sender}
+        return malformed(message, members)
 
     def step(self, message: Message, now: float) -> None:
         self._begin_input(now)
@@ -484,8 +493,11 @@ class RaftNode:
             if now >= self._election_deadline:
                 if not self.admitted or self.id not in self._voters:
                     # It may not campaign: a lost disk (docs/design.md §8), or a learner or a
-                    # removed member (§13).
+                    # removed member (§13). A leader silent for a whole election timeout is
+                    # forgotten, as a campaign would, so that this term's leader is heard if
+                    # the one it followed was not it (a forged message, §8).
                     self._reset_election_timer(now)
+                    self.leader_id = None
                 elif self.term >= MAX_TERM:
                     # The next term could not be represented (validation.MAX_TERM): stay a
                     # follower. A leader of this term, if there is one, can still serve.
@@ -1044,10 +1056,7 @@ class RaftNode:
         """Replace the state machine and the whole log by the leader's snapshot."""
         self._out.events.append(events.SnapshotInstalled(self.id, image.index, image.term))
         self.state_machine = KeyValueStateMachine(
-            image,
-            self.sessions,
-            honour_resume=not self.unsafe.ignore_resume,
-            membership=self._first_membership,
+            image, self.sessions, honour_resume=not self.unsafe.ignore_resume
         )
         self._log.reset(image.index, image.term)
         self.commit_index = self._snapshot_index = image.index
@@ -1666,6 +1675,18 @@ class RaftNode:
             return MembershipRefused(
                 f"the change of entry {index} ({pending.change}) is not committed yet; one "
                 "change at a time",
+                self.id,
+            )
+        older = sorted(
+            peer
+            for peer, progress in leader.progress.items()
+            if progress.features and not progress.features & FEATURE_MEMBERSHIP
+        )
+        if older:
+            # It could not decode the entry: a rolling upgrade must finish first.
+            return MembershipRefused(
+                f"node(s) {', '.join(map(str, older))} run a version without membership "
+                "changes; upgrade every node first",
                 self.id,
             )
         membership = next_membership(self.membership, change)

@@ -144,15 +144,11 @@ class KeyValueStateMachine:
         rules: SessionRules = DEFAULT_SESSION_RULES,
         *,
         honour_resume: bool = True,
-        membership: Membership | None = None,
     ) -> None:
-        """`membership`: the cluster's first configuration, in force until an image or an
-        applied entry says otherwise."""
         self._data = image.data if image is not None else _EMPTY_DATA
-        # The configuration of the last applied MembershipCommand (docs/design.md §13).
-        self._membership = (
-            image.membership if image is not None and image.membership is not None else membership
-        )
+        # The configuration of the last applied MembershipCommand, else the image's; None: the
+        # cluster's first configuration, which only the node knows (docs/design.md §13).
+        self._membership = image.membership if image is not None else None
         self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
         self._cluster_time = image.cluster_time if image is not None else 0
         self._rules = rules
@@ -282,7 +278,7 @@ class KeyValueStateMachine:
     @property
     def membership(self) -> Membership | None:
         """The committed configuration: of the last applied MembershipCommand, else the image's
-        or the first one given (None: none was given)."""
+        (None: the cluster's first configuration)."""
         return self._membership
 
     def image(self, index: int, term: int) -> SnapshotImage:

@@ -65,9 +65,11 @@ def _first(*problems: str | None) -> str | None:
 
 
 def malformed(message: Message, members: Collection[NodeId]) -> str | None:
-    """Why `message` must not reach the core, or None when it may. `members`: the other
-    voters of this cluster (a message claiming to come from anyone else is refused)."""
+    """Why `message` must not reach the core, or None when it may. `members`: the nodes this
+    one accepts it from (a message claiming to come from anyone else is refused)."""
     sender = sender_of(message)
+    if not 0 <= sender <= MAX_NODE_ID:
+        return f"sender id {sender} is outside 0..{MAX_NODE_ID}"
     if sender not in members:
         field = {
             AppendEntries: "leader_id",

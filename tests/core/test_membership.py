@@ -15,18 +15,21 @@ from raftkv.core.membership import (
     next_membership,
 )
 from raftkv.core.messages import (
+    FEATURE_SNAPSHOTS_AND_SESSIONS,
     Accepted,
     AppendEntries,
+    AppendEntriesReply,
     ClientReply,
     LogEntry,
     Member,
     Membership,
     MembershipCommand,
     RequestVote,
+    RequestVoteReply,
     SetCommand,
     WriteDone,
 )
-from raftkv.core.node import PersistentState, RaftNode, Role, UnsafeSwitches
+from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
 
 from .test_core_node import CONFIG, Harness, events
 
@@ -307,3 +310,59 @@ def test_a_lease_is_renewed_only_by_a_majority_of_the_configuration_of_its_round
             h.deliver_all(now, drop_to={3, 4, 5})
         serving = leader.role is Role.LEADER and leader.serves_lease_reads(now)
         assert serving is keeps_lease, unsafe
+
+
+def test_a_learner_forgets_a_leader_it_has_not_heard_for_an_election_timeout() -> None:
+    h, leader = _grown_to_four()
+    learner = h.nodes[4]
+    assert learner.leader_id == 1
+    # The leader goes on; the learner hears nothing for longer than an election timeout.
+    now = h.beats(leader, 3.2, int(CONFIG.election_timeout_max / CONFIG.heartbeat_interval) + 2,
+                  drop_to={4})  # fmt: skip
+    h.tick(4, now)
+    assert learner.leader_id is None and learner.role is Role.FOLLOWER
+    assert not [m for src, m in h.take(RequestVote) if src == 4]
+    # The leader's next heartbeat is heard again.
+    now = h.beats(leader, now, 1)
+    assert learner.leader_id == 1 and leader.status(now).role is Role.LEADER
+
+
+def test_a_node_that_joins_in_the_leaders_term_with_its_vote_spent_gives_no_old_vote() -> None:
+    """Node 3 was removed, then its id came back as a learner with an empty disk, started (as
+    `--join` starts it) in the term of the leader that added it, with that term's vote taken.
+    A candidate that still has the old configuration (3 a voter) asks it for a vote of that
+    term or an earlier one: refused, or the new disk could give a vote the old one already gave.
+    A later term is a vote no disk of node 3 ever gave."""
+    joined = next_membership(Membership.of_voters([1, 2]), AddLearner(Member(3)))
+    assert isinstance(joined, Membership)
+    hard = HardState(term=7, voted_for=3)
+    fresh = RaftNode(3, [], CONFIG, random.Random(3), 0.0, PersistentState(hard, ()),
+                     membership=joined)  # fmt: skip
+
+    def ask(term: int, pre_vote: bool) -> bool:
+        fresh.step(RequestVote(term, 2, 9, min(term, 4), pre_vote=pre_vote), 10.0)
+        ready = fresh.take_ready()
+        fresh.advance(ready)
+        [reply] = [e.message for e in ready.messages]
+        assert isinstance(reply, RequestVoteReply)
+        return reply.granted
+
+    assert not ask(7, False) and not ask(6, False) and not ask(7, True)
+    assert ask(8, True) and ask(8, False)
+
+
+def test_no_change_while_a_node_of_an_older_version_answers() -> None:
+    """A node that announced features without FEATURE_MEMBERSHIP could not decode the entry."""
+    h = Cluster()
+    leader = h.elect(1, 3.0)
+    old = AppendEntriesReply(leader.term, 3, True, leader.log.last_index, 0, 0,
+                             features=FEATURE_SNAPSHOTS_AND_SESSIONS)  # fmt: skip
+    leader.step(old, 3.1)
+    h.flush(1)
+    refused = leader.change_membership(AddLearner(Member(4)), 3.1, 1)
+    assert isinstance(refused, MembershipRefused)
+    assert refused.reason == (
+        "node(s) 3 run a version without membership changes; upgrade every node first"
+    )
+    now = h.beats(leader, 3.1, 2)  # node 3 answers as this version again
+    assert isinstance(leader.change_membership(AddLearner(Member(4)), now, 2), Accepted)
