@@ -1089,6 +1089,7 @@ class NodeStorage:
                 duty=NODE_SNAPSHOT_DUTY,
                 busy=busy,
                 max_rest=NODE_SNAPSHOT_MAX_REST,
+                membership=image.membership,
             )
             with self._lock:
                 try:
