@@ -133,6 +133,9 @@ DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop", "transfe
 # it (docs/design.md §11: the retry is refused, never applied twice).
 EXTRA_FAULTS = frozenset({"corrupt", "client_pause", "membership"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
+# A timer that fires this close to its deadline (seconds) counts as due: a local deadline
+# converted to real time and back can land a few ulps short of itself.
+TIMER_RESOLUTION = 1e-9
 # A node id that is no member of any simulated cluster.
 STRANGER = 99
 
@@ -293,6 +296,10 @@ class _ClientOp:
     deadline: float
     attempt: int = 0
     suspended: bool = False
+    # A retry is scheduled: further refusals (duplicates, answers to earlier tries) schedule no
+    # other, as a client with one request outstanding would not (else duplicated requests and
+    # answers multiply the retries without bound).
+    retry_scheduled: bool = False
 
 
 @dataclass
@@ -597,8 +604,11 @@ class Simulation:
                 self._change_membership_at(node, core, payload, now)
             else:
                 self._propose(node, core, payload, now)
-        if now >= core.next_deadline():
-            core.tick(now)
+        deadline = core.next_deadline()
+        if now >= deadline - TIMER_RESOLUTION:
+            # A deadline a few ulps ahead of the clock: the timer, armed in real time, fired at
+            # the same real instant (the conversion rounds), and would again, for ever.
+            core.tick(max(now, deadline))
         self.checker.on_step(node.node_id, core)
         self._check_leases()
         if core.has_ready():
@@ -1017,11 +1027,15 @@ class Simulation:
             if hint is not None and hint != client.target and hint in self.ids
             else self.rng.choice(self.ids)
         )
+        if op.retry_scheduled:
+            return
         op.attempt += 1  # the pending per-try timer is now stale
+        op.retry_scheduled = True
         backoff = self.rng.uniform(0.5, 1.5) * self.config.heartbeat_interval
         self.world.after(backoff, lambda: self._retry_if_current(client, op))
 
     def _retry_if_current(self, client: _Client, op: _ClientOp) -> None:
+        op.retry_scheduled = False
         if client.current is op:
             self._retry_or_give_up(client, op)
 
