@@ -49,10 +49,16 @@ lint: venv infra-deps
 # CLOCK_BOOTTIME, leadership transfers) to the usual ones, on other seeds.
 DAY2_SEEDS ?= 2000
 DAY2_FAULTS := crash,delay,drift,duplicate,loss,partition,pause,snapshot,wipe,oneway,lease_change,clockstop,transfer,client_pause,corrupt
+# The third adds membership changes (learners added, promoted, removed, the leader too) to all
+# of them.
+MEMBERSHIP_SEEDS ?= 2000
+MEMBERSHIP_FAULTS := $(DAY2_FAULTS),membership
 soak: venv
 	$(PY) -m tests.simulation --seeds $(SEEDS) --jobs 2
 	$(PY) -m tests.simulation --start 100000 --seeds $(DAY2_SEEDS) --faults $(DAY2_FAULTS) \
 		--suspend-clock boottime --jobs 2
+	$(PY) -m tests.simulation --start 200000 --seeds $(MEMBERSHIP_SEEDS) \
+		--faults $(MEMBERSHIP_FAULTS) --suspend-clock boottime --jobs 2
 
 sim: venv
 	$(PY) -m tests.simulation --seeds 100

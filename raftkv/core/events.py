@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from .messages import Command, DeleteCommand, NoOpCommand
+from .messages import Command, DeleteCommand, MembershipCommand, NoOpCommand
 
 _FIELD = re.compile(r"\{(\w+)\}")
 _PATTERNS = {
@@ -30,6 +30,8 @@ def describe_command(command: Command) -> str:
         return "NO-OP"
     if isinstance(command, DeleteCommand):
         return f"DELETE {command.key}"
+    if isinstance(command, MembershipCommand):
+        return f"MEMBERSHIP {command.change or '-'}: {command.membership.describe()}"
     return f"SET {command.key} {command.value}"
 
 
@@ -398,3 +400,51 @@ def parse(text: str) -> Event | None:
         if event is not None:
             return event
     return None
+
+
+# Membership (docs/design.md §13)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipAppended(Event):
+    """A configuration entry entered this node's log: in force here from now on."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} uses the configuration of entry {index} ({change}): {members}."
+    )
+    node: int
+    index: int
+    change: str
+    members: str
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipReverted(Event):
+    """The configuration entry was overwritten (a log truncation): the previous one is back."""
+
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} dropped the configuration of entry {index}; back to: {members}."
+    )
+    node: int
+    index: int
+    members: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedLeaderSteppingDown(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Leader {node} is no longer a voter (entry {index} committed). Stepping Down."
+    )
+    node: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipCommitted(Event):
+    TEMPLATE: ClassVar[str] = (
+        "Node {node} committed the configuration of entry {index} ({change}): {members}."
+    )
+    node: int
+    index: int
+    change: str
+    members: str

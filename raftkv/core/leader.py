@@ -34,6 +34,11 @@ class LeaderState:
     progress: dict[NodeId, Progress]
     # Send time (leader's clock) of each round not yet acknowledged by a majority, once serving.
     round_sent_at: dict[int, float] = field(default_factory=dict)
+    # The voters in force when each of those rounds was sent: only a majority of them renews
+    # the lease from it (docs/design.md §13).
+    round_voters: dict[int, frozenset[NodeId]] = field(default_factory=dict)
+    # The voters when elected (only the negative control lease_from_old_config uses them).
+    elected_voters: frozenset[NodeId] = frozenset()
     # Highest round a majority (the leader included) has answered in this term.
     quorum_round: int = 0
     # Lease reads are allowed while now < lease_end (rule 1).

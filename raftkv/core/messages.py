@@ -10,6 +10,7 @@ term 0.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -61,7 +62,73 @@ class NoOpCommand:
     """Appended by every new leader so that entries of earlier terms commit with it."""
 
 
-Command = SetCommand | DeleteCommand | NoOpCommand
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One server of a configuration (docs/design.md §13). The addresses are opaque to the
+    core: the shell reaches the node there, and a node that joins learns them from the log."""
+
+    node_id: NodeId
+    # A voter counts toward every majority (votes, commit, the lease); a learner (etcd's
+    # non-voting member) receives the log and a snapshot, and counts toward none.
+    voter: bool = True
+    client_address: str = ""
+    peer_address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A configuration: its members in ascending id order, at least one a voter. Immutable, so
+    that every entry, snapshot and leader round can keep the one it was made under."""
+
+    members: tuple[Member, ...]
+    voters: frozenset[NodeId] = field(init=False, compare=False, repr=False)
+    ids: frozenset[NodeId] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ids = [member.node_id for member in self.members]
+        if ids != sorted(set(ids)):
+            raise ValueError(f"members must have distinct ids in ascending order, got {ids}")
+        voters = frozenset(m.node_id for m in self.members if m.voter)
+        if not voters:
+            raise ValueError("a configuration needs at least one voter")
+        object.__setattr__(self, "voters", voters)
+        object.__setattr__(self, "ids", frozenset(ids))
+
+    @classmethod
+    def of_voters(cls, node_ids: Iterable[NodeId]) -> Membership:
+        """The configuration a cluster starts with: these nodes, all voters, no addresses."""
+        return cls(tuple(Member(node_id) for node_id in sorted(set(node_ids))))
+
+    @property
+    def learners(self) -> frozenset[NodeId]:
+        return self.ids - self.voters
+
+    def member(self, node_id: NodeId) -> Member | None:
+        for member in self.members:
+            if member.node_id == node_id:
+                return member
+        return None
+
+    def describe(self) -> str:
+        """`voters 0,1,2 learners 3`, for events and refusals."""
+        voters = ",".join(str(i) for i in sorted(self.voters)) or "-"
+        text = f"voters {voters}"
+        if self.learners:
+            text += " learners " + ",".join(str(i) for i in sorted(self.learners))
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipCommand:
+    """Replace the configuration by `membership`: one member added as a learner, promoted, or
+    removed (docs/design.md §13). In force on every node from the moment the entry is in its
+    log, committed or not; `change` says which, for events and the dump."""
+
+    membership: Membership
+    change: str = ""
+
+
+Command = SetCommand | DeleteCommand | NoOpCommand | MembershipCommand
 
 # What this version's peers understand beyond the previous release's protocol, as a bit set
 # announced in every AppendEntriesReply (docs/design.md §11): DELETE entries, stamped cluster
@@ -69,7 +136,9 @@ Command = SetCommand | DeleteCommand | NoOpCommand
 # only once every follower has announced them, so that an old node never meets an entry it
 # cannot decode nor keeps a session table that differs from the others'.
 FEATURE_SNAPSHOTS_AND_SESSIONS = 1
-PROTOCOL_FEATURES = FEATURE_SNAPSHOTS_AND_SESSIONS
+# Configuration entries (MembershipCommand, docs/design.md §13).
+FEATURE_MEMBERSHIP = 2
+PROTOCOL_FEATURES = FEATURE_SNAPSHOTS_AND_SESSIONS | FEATURE_MEMBERSHIP
 NO_OP = NoOpCommand()
 
 

@@ -39,7 +39,7 @@ from the `random.Random` passed in.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -54,7 +54,16 @@ from .config import (
 )
 from .events import Event, describe_command
 from .leader import LONG_AGO, NEVER, LeaderState, PendingRead
+from .membership import (
+    DEFAULT_PROMOTE_MAX_LAG,
+    MembershipChange,
+    MembershipRefused,
+    Promote,
+    describe_change,
+    next_membership,
+)
 from .messages import (
+    FEATURE_MEMBERSHIP,
     FEATURE_SNAPSHOTS_AND_SESSIONS,
     IMAGE_QUERY,
     NO_OP,
@@ -70,9 +79,10 @@ from .messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
+    Membership,
+    MembershipCommand,
     Message,
     NodeId,
-    NoOpCommand,
     ProposeResult,
     RangeQuery,
     ReadPending,
@@ -141,6 +151,13 @@ class UnsafeSwitches:
     # Applies a write whose session expired as the first of a new session (`resume` ignored):
     # a retry that outlived its session applies twice.
     ignore_resume: bool = False
+    # Membership (docs/design.md §13). A leader counts its rounds (the lease, CheckQuorum)
+    # against the voters it had when elected, not the configuration in force for each round.
+    lease_from_old_config: bool = False
+    # A leader starts a membership change while another is not yet committed.
+    concurrent_config_changes: bool = False
+    # A leader starts a membership change before it committed an entry of its own term.
+    change_before_term_commit: bool = False
 
     def enabled(self) -> list[str]:
         return [name for name in self.__slots__ if getattr(self, name)]
@@ -262,19 +279,22 @@ class RaftNode:
         incarnation: int = 0,
         snapshots: SnapshotPolicy = DEFAULT_SNAPSHOTS,
         sessions: SessionRules = DEFAULT_SESSION_RULES,
+        membership: Membership | None = None,
     ) -> None:
+        """`peers`: the other members of the cluster's first configuration, all voters; or
+        `membership`, that configuration itself (then `peers` is ignored). A configuration in
+        the snapshot or the log replaces it (docs/design.md §13)."""
         config.validate()
         snapshots.validate()
         if node_id in peers:
             raise ValueError(f"node {node_id} lists itself among its peers")
         self.id = node_id
-        self.peer_ids = tuple(sorted(set(peers)))
+        self._first_membership = membership or Membership.of_voters([node_id, *peers])
         self.config = config
         self.unsafe = unsafe
         self.snapshots = snapshots
         self.sessions = sessions
         self._rng = rng
-        self._quorum = majority(len(self.peer_ids) + 1)
 
         state = persisted or PersistentState(HardState(0, None), ())
         snapshot = state.snapshot
@@ -334,9 +354,22 @@ class RaftNode:
         # Figure 2's commitIndex. Committed entries are applied at once, so lastApplied is
         # always equal to it and is not kept separately.
         self.commit_index = self._snapshot_index
+        # The state machine's configuration stays None (the cluster's first one) until an
+        # entry changes it: so every node's images agree, a joined node's included, whose
+        # first configuration is the one it joined with, not the cluster's (§13).
         self.state_machine = KeyValueStateMachine(
             snapshot, sessions, honour_resume=not unsafe.ignore_resume
         )
+        self._leader: LeaderState | None = None
+        # Configuration entries in the log above the commit index, in index order: the last
+        # one is in force (committed or not, Raft thesis §4.1); the committed one is the state
+        # machine's. Derived (the shell never stores it): rebuilt here from the log.
+        self._pending_configs: list[tuple[int, MembershipCommand]] = [
+            (index, entry.command)
+            for index in range(self.commit_index + 1, self._log.last_index + 1)
+            if isinstance((entry := self._log.entry(index)).command, MembershipCommand)
+        ]
+        self._refresh_membership()
 
         # Log bookkeeping for Ready: entries from _unstable_from on are not yet handed out.
         self._unstable_from = self._log.last_index + 1
@@ -372,7 +405,7 @@ class RaftNode:
         # life, across terms, so that no reply of an earlier leadership can vouch for a round.
         self._round = 0
         # Present exactly while this node is leader.
-        self._leader: LeaderState | None = None
+        self._leader = None
         # Proposals waiting to apply, index -> (token, term). Kept across role changes: a node
         # that stepped down still learns whether its entry committed or was overwritten.
         self._pending_writes: dict[int, tuple[int, int]] = {}
@@ -397,7 +430,15 @@ class RaftNode:
         """Why `message` would be dropped as malformed (validation.py), or None."""
         if self.unsafe.accept_malformed:
             return None
-        return malformed(message, self.peer_ids)
+        members: Collection[NodeId] = self._known_ids
+        sender = sender_of(message)
+        if isinstance(message, AppendEntries | InstallSnapshot | RequestVote) and sender != self.id:
+            # Raft thesis §4.1: a request is processed whatever this node's configuration says
+            # of its sender (the shell authenticated it). A node that was cut off while the
+            # configuration moved on, or that joined with an older one, must still follow a
+            # leader it has not heard of; a reply, though, only comes from a node it asked.
+            members = self._known_ids | {sender}
+        return malformed(message, members)
 
     def step(self, message: Message, now: float) -> None:
         self._begin_input(now)
@@ -450,14 +491,19 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             if now >= self._election_deadline:
-                if not self.admitted:
-                    self._reset_election_timer(now)  # it may not campaign (docs/design.md §8)
+                if not self.admitted or self.id not in self._voters:
+                    # It may not campaign: a lost disk (docs/design.md §8), or a learner or a
+                    # removed member (§13). A leader silent for a whole election timeout is
+                    # forgotten, as a campaign would, so that this term's leader is heard if
+                    # the one it followed was not it (a forged message, §8).
+                    self._reset_election_timer(now)
+                    self.leader_id = None
                 elif self.term >= MAX_TERM:
                     # The next term could not be represented (validation.MAX_TERM): stay a
                     # follower. A leader of this term, if there is one, can still serve.
                     self._out.events.append(events.TermExhausted(self.id, self.term))
                     self._reset_election_timer(now)
-                elif self.unsafe.no_pre_vote or not self.peer_ids:
+                elif self.unsafe.no_pre_vote or self._voters == {self.id}:
                     self._start_election(now)
                 else:
                     self._start_pre_vote(now)
@@ -465,10 +511,16 @@ class RaftNode:
         if now >= leader.quorum_check_at:
             # CheckQuorum: a leader that a majority has not answered for a whole election
             # timeout steps down, even inside its lease (which it then no longer renews).
-            answered = 1 + sum(p.recent_active for p in leader.progress.values())
+            voters = self._counting_voters(leader, self._round)
+            answered = sum(
+                1
+                for voter in voters
+                if voter == self.id
+                or ((p := leader.progress.get(voter)) is not None and p.recent_active)
+            )
             for progress in leader.progress.values():
                 progress.recent_active = False
-            if answered < self._quorum:
+            if answered < majority(len(voters)):
                 timeout = self.config.election_timeout_min
                 self._out.events.append(events.CheckQuorumFailed(self.id, timeout))
                 self._become_follower(self.term, None, now)
@@ -580,13 +632,19 @@ class RaftNode:
         # Only to a node that answers: a transfer to a dead node ends with this leader stepping
         # down (rule 8), so anyone allowed to ask could otherwise cost the cluster an election.
         silence = self.config.election_timeout_min
-        answering = [p for p, pr in leader.progress.items() if now - pr.heard_at < silence]
+        answering = [
+            p
+            for p, pr in leader.progress.items()
+            if now - pr.heard_at < silence and p in self._voters
+        ]
         if target is None:
             if not answering:
                 return f"no follower has answered within {silence}s"
             target = max(answering, key=lambda peer: (leader.progress[peer].match, -peer))
         elif target not in leader.progress:
             return f"node {target} is not another member of this cluster"
+        elif target not in self._voters:
+            return f"node {target} is a learner; only a voter can lead"
         elif target not in answering:
             return f"node {target} has not answered within {silence}s"
         behind = self._log.last_index - leader.progress[target].match
@@ -840,7 +898,7 @@ class RaftNode:
             pre_vote=True,
             max_clock_drift=self._drift,
         )
-        self._out.messages.extend(Envelope(peer, request) for peer in self.peer_ids)
+        self._out.messages.extend(Envelope(peer, request) for peer in self._other_voters())
 
     def _start_election(self, now: float, *, transfer: bool = False) -> None:
         self._out.events.append(events.ElectionTimeout(self.id))
@@ -861,7 +919,7 @@ class RaftNode:
             transfer=transfer,
             max_clock_drift=self._drift,
         )
-        self._out.messages.extend(Envelope(peer, request) for peer in self.peer_ids)
+        self._out.messages.extend(Envelope(peer, request) for peer in self._other_voters())
         if len(self._votes) >= self._quorum:
             self._become_leader(now)
 
@@ -871,6 +929,7 @@ class RaftNode:
         self._pre_votes = None
         self._out.events.append(events.BecameLeader(self.id, self.term))
         leader = LeaderState.elected(self.peer_ids, self._log.last_index, self._round)
+        leader.elected_voters = self._voters
         last_term_entry = self._log.last_index > self._log.offset
         last_time = self._log.entry(self._log.last_index).time if last_term_entry else 0
         # Stamps along a log never decrease: start from the largest in ours (the last entry's,
@@ -932,6 +991,7 @@ class RaftNode:
             self._log.extend(msg.entries[first_new - msg.prev_log_index - 1 :])
             self._unstable_from = min(self._unstable_from, first_new)
             self._log_changed = True
+            self._note_appended_configs(first_new, last_new)
         self._out.events.append(events.AppendAccepted(self.id, msg.leader_id))
         if msg.leader_commit > self.commit_index:
             self._apply_committed(min(msg.leader_commit, last_new))
@@ -1003,6 +1063,8 @@ class RaftNode:
         self._snapshot_term = image.term
         self._installed = image
         self._log_reset = (image.index, image.term)
+        self._pending_configs = []
+        self._refresh_membership()
         self._applied_bytes = 0
         self._unstable_from = image.index + 1
         self._persisted_length = image.index
@@ -1282,12 +1344,16 @@ class RaftNode:
             pre_votes = self._pre_votes
             if pre_votes is None or not msg.granted or msg.term != self.term + 1:
                 return
+            if msg.voter_id not in self._voters:
+                return
             pre_votes.add(msg.voter_id)
             if len(pre_votes) >= self._quorum:
                 self._start_election(now)
             return
         if self.role is not Role.CANDIDATE or msg.term != self.term or not msg.granted:
             return
+        if msg.voter_id not in self._voters:
+            return  # a learner's or a former member's vote counts toward no majority
         # A voter owes at most MAX_LEASE_DURATION (validation), so rule 3 never waits longer.
         self._votes.add(msg.voter_id)
         # Stretch the voter's remaining time by the worst drift between its clock and ours.
@@ -1304,6 +1370,7 @@ class RaftNode:
         self._round += 1
         if now >= leader.serving_from:
             leader.round_sent_at[self._round] = now
+            leader.round_voters[self._round] = self._voters
             if self.unsafe.renew_lease_on_send:
                 leader.lease_end = max(leader.lease_end, now + self._leader_lease_span)
         leader.next_heartbeat = now + self.config.heartbeat_interval
@@ -1432,7 +1499,7 @@ class RaftNode:
         return batch
 
     def _on_round_acked(self, leader: LeaderState, now: float) -> None:
-        quorum_round = quorum_value([self._round, *leader.acked_rounds()], self._quorum)
+        quorum_round = self._quorum_round(leader)
         if quorum_round <= leader.quorum_round:
             return
         leader.quorum_round = quorum_round
@@ -1443,7 +1510,31 @@ class RaftNode:
             leader.lease_end = max(leader.lease_end, start + self._leader_lease_span)
         for r in [r for r in leader.round_sent_at if r < quorum_round]:
             del leader.round_sent_at[r]
+        for r in [r for r in leader.round_voters if r < quorum_round]:
+            del leader.round_voters[r]
         self._serve_confirmed_reads(leader)
+
+    def _quorum_round(self, leader: LeaderState) -> int:
+        """The highest round that a majority of the voters in force when it was sent has
+        answered, this leader counting itself if it was one (docs/design.md §13: a lease is
+        renewed only by a majority of the configuration in force for its round)."""
+        acked = {peer: progress.acked_round for peer, progress in leader.progress.items()}
+        acked[self.id] = self._round
+        for candidate in sorted(set(acked.values()), reverse=True):
+            if candidate <= leader.quorum_round:
+                break
+            voters = self._counting_voters(leader, candidate)
+            answered = sum(1 for voter in voters if acked.get(voter, 0) >= candidate)
+            if answered >= majority(len(voters)):
+                return candidate
+        return leader.quorum_round
+
+    def _counting_voters(self, leader: LeaderState, round_: int) -> frozenset[NodeId]:
+        """Whose answers count for `round_`: the voters in force when it was sent (the current
+        ones for a round sent during the old-lease wait, which renews nothing)."""
+        if self.unsafe.lease_from_old_config:
+            return leader.elected_voters
+        return leader.round_voters.get(round_, self._voters)
 
     def _serve_confirmed_reads(self, leader: LeaderState) -> None:
         still_waiting = []
@@ -1458,7 +1549,11 @@ class RaftNode:
         leader = self._leader
         if leader is None:
             return
-        candidate = quorum_value([self._persisted_length, *leader.match_indexes()], self._quorum)
+        voters = self._voters
+        matches = [p.match for peer, p in leader.progress.items() if peer in voters]
+        if self.id in voters:
+            matches.append(self._persisted_length)
+        candidate = quorum_value(matches, majority(len(voters)))
         if candidate > self.commit_index and self._log.term(candidate) == self.term:
             self._apply_committed(candidate)
             self._serve_confirmed_reads(leader)
@@ -1478,6 +1573,8 @@ class RaftNode:
         index = self._log.append(LogEntry(self.term, command, time))
         self._unstable_from = min(self._unstable_from, index)
         self._log_changed = True
+        if isinstance(command, MembershipCommand):
+            self._note_appended_configs(index, index)
         return index
 
     def _truncate_from(self, index: int) -> None:
@@ -1486,6 +1583,13 @@ class RaftNode:
         self._unstable_from = min(self._unstable_from, index)
         self._persisted_length = min(self._persisted_length, index - 1)
         self._log_changed = True
+        dropped = [i for i, _ in self._pending_configs if i >= index]
+        if dropped:
+            self._pending_configs = [(i, c) for i, c in self._pending_configs if i < index]
+            self._refresh_membership()
+            self._out.events.append(
+                events.MembershipReverted(self.id, dropped[0], self.membership.describe())
+            )
         for lost in [i for i in self._pending_writes if i >= index]:
             token, _ = self._pending_writes.pop(lost)
             self._out.replies.append(
@@ -1502,12 +1606,14 @@ class RaftNode:
         for index in range(first, commit_index + 1):
             entry = self._log.entry(index)
             effect_index = self.state_machine.apply(entry.command, index, entry.time)
+            if isinstance(entry.command, MembershipCommand):
+                self._config_committed(index, entry.command)
             if isinstance(entry.command, SetCommand):
                 self._applied_bytes += len(entry.command.key) + len(entry.command.value)
             self._out.applied.append((index, entry))
             # Every client write is announced (SET and DELETE: the log review matches these
             # lines to logs.txt entry by entry, skipping only NO-OPs).
-            if announce and not isinstance(entry.command, NoOpCommand):
+            if announce and isinstance(entry.command, SetCommand | DeleteCommand):
                 self._out.events.append(
                     events.Committed(self.id, role, describe_command(entry.command))
                 )
@@ -1525,6 +1631,155 @@ class RaftNode:
                     # A retry of the client's last applied SET answers where that one applied.
                     result = WriteDone(effect_index)
                 self._out.replies.append(ClientReply(token, result))
+        leader = self._leader
+        if leader is not None and self.id not in self.state_machine_voters():
+            # Raft thesis §4.2.2: a leader removed from the configuration leads until the
+            # change is committed (without counting itself), then steps down.
+            self._out.events.append(events.RemovedLeaderSteppingDown(self.id, self.commit_index))
+            self._become_follower(self.term, None, self._last_now)
+
+    # ------------------------------------------------------------------------------------------
+    # Membership (docs/design.md §13)
+
+    def change_membership(
+        self,
+        change: MembershipChange,
+        now: float,
+        token: int,
+        *,
+        promote_max_lag: int = DEFAULT_PROMOTE_MAX_LAG,
+    ) -> Accepted | MembershipRefused:
+        """Start a single-server change: append the next configuration, in force at once; the
+        result comes as a ClientReply for `token` once it is committed (WriteDone) or lost.
+        Refused unless this node is a serving leader that has committed an entry of its own
+        term and has no other change uncommitted (the thesis' fix for single-server changes
+        across leader changes), and, to promote, the learner answers and is at most
+        `promote_max_lag` entries behind."""
+        self._begin_input(now)
+        leader = self._leader
+        if leader is None:
+            return MembershipRefused(f"node {self.id} is not the leader", self.leader_id)
+        if leader.transfer_target is not None:
+            return MembershipRefused(
+                f"leadership is being handed to node {leader.transfer_target}",
+                leader.transfer_target,
+            )
+        committed_own = leader.noop_index != 0 and self.commit_index >= leader.noop_index
+        if not committed_own and not self.unsafe.change_before_term_commit:
+            return MembershipRefused(
+                "this leader has not committed an entry of its own term yet; try again shortly",
+                self.id,
+            )
+        if self._pending_configs and not self.unsafe.concurrent_config_changes:
+            index, pending = self._pending_configs[-1]
+            return MembershipRefused(
+                f"the change of entry {index} ({pending.change}) is not committed yet; one "
+                "change at a time",
+                self.id,
+            )
+        older = sorted(
+            peer
+            for peer, progress in leader.progress.items()
+            if progress.features and not progress.features & FEATURE_MEMBERSHIP
+        )
+        if older:
+            # It could not decode the entry: a rolling upgrade must finish first.
+            return MembershipRefused(
+                f"node(s) {', '.join(map(str, older))} run a version without membership "
+                "changes; upgrade every node first",
+                self.id,
+            )
+        membership = next_membership(self.membership, change)
+        if isinstance(membership, str):
+            return MembershipRefused(membership, self.id)
+        if isinstance(change, Promote):
+            progress = leader.progress.get(change.node_id)
+            if progress is None:
+                return MembershipRefused(f"node {change.node_id} is not a learner", self.id)
+            lag = self._log.last_index - progress.match
+            if lag > promote_max_lag:
+                return MembershipRefused(
+                    f"node {change.node_id} is {lag} entries behind the leader (at most "
+                    f"{promote_max_lag} to be promoted); wait until it has caught up",
+                    self.id,
+                )
+            silence = self.config.election_timeout_min
+            if now - progress.heard_at >= silence:
+                return MembershipRefused(
+                    f"node {change.node_id} has not answered within {silence}s", self.id
+                )
+        command = MembershipCommand(membership, describe_change(change))
+        index = self._append(command, now)
+        self._pending_writes[index] = (token, self.term)
+        leader.replicate_wanted = True
+        return Accepted(index, self.term)
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force: the last in the log, committed or not."""
+        return self._membership
+
+    @property
+    def committed_membership(self) -> Membership:
+        """The configuration of the last committed configuration entry (or the first one)."""
+        return self.state_machine.membership or self._first_membership
+
+    def state_machine_voters(self) -> frozenset[NodeId]:
+        return self.committed_membership.voters
+
+    def _note_appended_configs(self, first: int, last: int) -> None:
+        """Entries first..last just entered the log: the configurations among them are in
+        force from now on (Raft thesis §4.1)."""
+        found = [
+            (index, command)
+            for index in range(first, last + 1)
+            if isinstance(command := self._log.entry(index).command, MembershipCommand)
+        ]
+        if not found:
+            return
+        self._pending_configs.extend(found)
+        self._refresh_membership()
+        for index, command in found:
+            self._out.events.append(
+                events.MembershipAppended(
+                    self.id, index, command.change or "-", command.membership.describe()
+                )
+            )
+
+    def _config_committed(self, index: int, command: MembershipCommand) -> None:
+        if self._pending_configs and self._pending_configs[0][0] == index:
+            self._pending_configs.pop(0)
+        self._refresh_membership()
+        self._out.events.append(
+            events.MembershipCommitted(
+                self.id, index, command.change or "-", command.membership.describe()
+            )
+        )
+
+    def _refresh_membership(self) -> None:
+        """Derive what every rule uses from the configuration in force; a leader starts and
+        stops replicating to the members it gained and lost."""
+        committed = self.committed_membership
+        membership = self._pending_configs[-1][1].membership if self._pending_configs else committed
+        self._membership = membership
+        self._voters = membership.voters
+        self._quorum = majority(len(self._voters))
+        self.peer_ids = tuple(sorted(membership.ids - {self.id}))
+        known = set(membership.ids) | committed.ids
+        for _, command in self._pending_configs:
+            known |= command.membership.ids
+        known.discard(self.id)
+        self._known_ids = frozenset(known)
+        leader = self._leader
+        if leader is not None:
+            for peer in self.peer_ids:
+                if peer not in leader.progress:
+                    leader.progress[peer] = Progress(next=self._log.last_index + 1)
+            for peer in [p for p in leader.progress if p not in membership.ids]:
+                del leader.progress[peer]
+
+    def _other_voters(self) -> list[NodeId]:
+        return sorted(self._voters - {self.id})
 
     # ------------------------------------------------------------------------------------------
     # Snapshots and compaction (docs/design.md §12)

@@ -38,7 +38,16 @@ from sortedcontainers import SortedList
 
 from raftkv.limits import MAX_LIST_PAGE_BYTES
 
-from .messages import Command, DeleteCommand, NoOpCommand, RangeQuery, ReadRange, SetCommand
+from .messages import (
+    Command,
+    DeleteCommand,
+    Membership,
+    MembershipCommand,
+    NoOpCommand,
+    RangeQuery,
+    ReadRange,
+    SetCommand,
+)
 
 # client id -> (highest seq applied for it, the log index where that write was applied, the cluster
 # time in ms of its last activity; 0 until sessions expire). Plain tuples: a snapshot line each.
@@ -66,6 +75,9 @@ class SnapshotImage:
     cluster_time: int = 0
     # Not part of the state: sorted copies of what the data and sessions say (prepare()).
     prepared: PreparedIndexes | None = field(default=None, compare=False)
+    # The configuration as of `index` (docs/design.md §13); None: the cluster's first one,
+    # which every node is started with (a snapshot file written before membership changes).
+    membership: Membership | None = None
 
 
 def prepare(image: SnapshotImage) -> SnapshotImage:
@@ -134,6 +146,9 @@ class KeyValueStateMachine:
         honour_resume: bool = True,
     ) -> None:
         self._data = image.data if image is not None else _EMPTY_DATA
+        # The configuration of the last applied MembershipCommand, else the image's; None: the
+        # cluster's first configuration, which only the node knows (docs/design.md §13).
+        self._membership = image.membership if image is not None else None
         self._sessions = image.sessions if image is not None else _EMPTY_SESSIONS
         self._cluster_time = image.cluster_time if image is not None else 0
         self._rules = rules
@@ -167,6 +182,9 @@ class KeyValueStateMachine:
             self._cluster_time = time
             self._expire()
         if isinstance(command, NoOpCommand):
+            return index
+        if isinstance(command, MembershipCommand):
+            self._membership = command.membership
             return index
         if not isinstance(command, SetCommand | DeleteCommand):
             raise TypeError(f"not a command: {command!r}")
@@ -257,9 +275,22 @@ class KeyValueStateMachine:
         record = self._sessions.get(client_id)
         return None if record is None else (record[0], record[1])
 
+    @property
+    def membership(self) -> Membership | None:
+        """The committed configuration: of the last applied MembershipCommand, else the image's
+        (None: the cluster's first configuration)."""
+        return self._membership
+
     def image(self, index: int, term: int) -> SnapshotImage:
         """This state, as of entry `index`, in O(1): later applies do not change the image."""
-        return SnapshotImage(index, term, self._data, self._sessions, self._cluster_time)
+        return SnapshotImage(
+            index,
+            term,
+            self._data,
+            self._sessions,
+            self._cluster_time,
+            membership=self._membership,
+        )
 
     def __len__(self) -> int:
         return len(self._data)

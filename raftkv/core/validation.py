@@ -20,6 +20,8 @@ from .messages import (
     AppendEntriesReply,
     InstallSnapshot,
     InstallSnapshotReply,
+    Membership,
+    MembershipCommand,
     Message,
     NodeId,
     RequestVote,
@@ -34,6 +36,11 @@ MAX_TERM = 2**63 - 1
 # The highest log index, commit index or round a message may name (same reasoning as MAX_TERM:
 # a log of 2**63 entries cannot exist).
 MAX_INDEX = 2**63 - 1
+# A configuration a peer sends (docs/design.md §13): at most this many members, ids in
+# 0..MAX_NODE_ID (a uint32 on the wire), addresses of at most MAX_ADDRESS_CHARS characters.
+MAX_MEMBERS = 64
+MAX_NODE_ID = 2**32 - 1
+MAX_ADDRESS_CHARS = 1024
 
 
 def sender_of(message: Message) -> NodeId:
@@ -58,9 +65,11 @@ def _first(*problems: str | None) -> str | None:
 
 
 def malformed(message: Message, members: Collection[NodeId]) -> str | None:
-    """Why `message` must not reach the core, or None when it may. `members`: the other
-    voters of this cluster (a message claiming to come from anyone else is refused)."""
+    """Why `message` must not reach the core, or None when it may. `members`: the nodes this
+    one accepts it from (a message claiming to come from anyone else is refused)."""
     sender = sender_of(message)
+    if not 0 <= sender <= MAX_NODE_ID:
+        return f"sender id {sender} is outside 0..{MAX_NODE_ID}"
     if sender not in members:
         field = {
             AppendEntries: "leader_id",
@@ -176,6 +185,10 @@ def _append_entries_problem(message: AppendEntries) -> str | None:
             return f"entry {position} has term 0 (only the empty prefix has term 0)"
         if entry.time > MAX_INDEX:
             return f"entry {position}'s time {entry.time} exceeds the limit {MAX_INDEX}"
+        if isinstance(entry.command, MembershipCommand):
+            problem = _membership_problem(entry.command.membership)
+            if problem is not None:
+                return f"entry {position}: {problem}"
         if entry.term < previous:
             where = "prev_log_term" if position == 1 else "the entry before it"
             return (
@@ -183,4 +196,21 @@ def _append_entries_problem(message: AppendEntries) -> str | None:
                 "terms in a log never go backwards"
             )
         previous = entry.term
+    return None
+
+
+def _membership_problem(membership: Membership) -> str | None:
+    """Bounds on a configuration a peer sends (its order and voters are checked when it is
+    built): so many members, ids and addresses are not a cluster this code runs."""
+    if len(membership.members) > MAX_MEMBERS:
+        return f"a configuration of {len(membership.members)} members (at most {MAX_MEMBERS})"
+    for member in membership.members:
+        if not 0 <= member.node_id <= MAX_NODE_ID:
+            return f"node id {member.node_id} is outside 0..{MAX_NODE_ID}"
+        for address in (member.client_address, member.peer_address):
+            if len(address) > MAX_ADDRESS_CHARS:
+                return (
+                    f"an address of node {member.node_id} has {len(address)} characters "
+                    f"(at most {MAX_ADDRESS_CHARS})"
+                )
     return None

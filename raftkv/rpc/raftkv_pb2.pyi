@@ -157,6 +157,65 @@ class DeleteCommand(_message.Message):
 Global___DeleteCommand: _TypeAlias = DeleteCommand  # noqa: Y015
 
 @_typing.final
+class Member(_message.Message):
+    """One server of a configuration (docs/design.md §13): a voter, or a learner that receives the
+    log but counts toward no majority; where the shell reaches it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    VOTER_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    PEER_ADDRESS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    voter: _builtins.bool
+    client_address: _builtins.str
+    peer_address: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+        voter: _builtins.bool = ...,
+        client_address: _builtins.str = ...,
+        peer_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_address", b"client_address", "node_id", b"node_id", "peer_address", b"peer_address", "voter", b"voter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class MembershipCommand(_message.Message):
+    """The whole next configuration (members in ascending id order, at least one voter), and which
+    single-server change made it ("add learner 4", "promote 4", "remove 1").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    change: _builtins.str
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        change: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MembershipCommand: _TypeAlias = MembershipCommand  # noqa: Y015
+
+@_typing.final
 class LogEntry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -164,6 +223,7 @@ class LogEntry(_message.Message):
     SET_FIELD_NUMBER: _builtins.int
     NOOP_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     time: _builtins.int
@@ -174,6 +234,8 @@ class LogEntry(_message.Message):
     def noop(self) -> Global___NoOp: ...
     @_builtins.property
     def delete(self) -> Global___DeleteCommand: ...
+    @_builtins.property
+    def membership(self) -> Global___MembershipCommand: ...
     def __init__(
         self,
         *,
@@ -181,13 +243,14 @@ class LogEntry(_message.Message):
         set: Global___SetCommand | None = ...,
         noop: Global___NoOp | None = ...,
         delete: Global___DeleteCommand | None = ...,
+        membership: Global___MembershipCommand | None = ...,
         time: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "membership", b"membership", "noop", b"noop", "set", b"set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "noop", b"noop", "set", b"set", "term", b"term", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "delete", b"delete", "membership", b"membership", "noop", b"noop", "set", b"set", "term", b"term", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["set", "noop", "delete"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["set", "noop", "delete", "membership"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 

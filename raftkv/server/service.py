@@ -420,7 +420,7 @@ class KeyValueService(raftkv_pb2_grpc.KeyValueServicer):
         header = SnapshotHeader(
             image.index, image.term, self.replica.options.cluster.cluster_id, image.cluster_time
         )
-        chunks = encode_snapshot(header, image.data, image.sessions)
+        chunks = encode_snapshot(header, image.data, image.sessions, membership=image.membership)
         size = 0
         while (data := await asyncio.to_thread(_next_chunk, chunks)) is not None:
             try:

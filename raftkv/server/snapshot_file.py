@@ -19,7 +19,13 @@ same index write byte-identical files and a ``cmp`` or a checksum compares them:
     END crc=16c5fa82
 
   * The header: ``name value`` lines, exactly these names in exactly this order. ``1`` is the
-    format version. ``lastIndex`` and ``lastTerm`` are at least 1 (an empty log needs no
+    format version. Version ``2`` (docs/design.md §13) adds a header line ``members <n>`` after
+    ``sessions`` and, after the SESSION lines, one ``MEMBER <id> voter|learner <client address>
+    <peer address>`` line per member of the configuration in force at ``lastIndex``, in
+    ascending id order, at least one a voter (addresses escaped like keys). A snapshot with no
+    configuration entry behind it (the cluster's first configuration, which every node is
+    started with) is written as version 1, so that nodes of the previous release read it.
+    ``lastIndex`` and ``lastTerm`` are at least 1 (an empty log needs no
     snapshot); ``clusterTime``, ``keys`` and ``sessions`` at least 0. Every number is an
     unsigned decimal without sign or leading zeros, at most 2**63 − 1 (so that no reader with
     signed 64-bit integers can overflow). ``clusterId`` is escaped and may be empty (``%-``).
@@ -66,7 +72,9 @@ from typing import Final
 
 import immutables
 
+from raftkv.core.messages import Member, Membership
 from raftkv.core.state_machine import SnapshotImage, prepare
+from raftkv.core.validation import MAX_MEMBERS
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.server.storage_errors import (
     SnapshotWriteStoppedError,
@@ -103,6 +111,8 @@ __all__ = [
 
 SNAPSHOT_FILE_NAME: Final = "snapshot.txt"
 FORMAT_VERSION: Final = 1
+# A snapshot that holds a configuration (MEMBER lines).
+MEMBERSHIP_FORMAT_VERSION: Final = 2
 _MAGIC: Final = "raftkv-snapshot"
 
 # The longest line a reader accepts, newline excluded. The longest line a node can write is a
@@ -122,6 +132,8 @@ _CHUNK_BYTES: Final = 1 << 20
 # holds more): a chunk is at most 4 × this (UTF-8) plus one line longer than _CHUNK_BYTES.
 _BLOCK_CHARS: Final = 16 * 1024
 _READ_BYTES: Final = 1 << 20
+# At most this many MEMBER lines (the core's bound on a configuration a peer sends).
+MAX_SNAPSHOT_MEMBERS: Final = MAX_MEMBERS
 # Keys sorted in one C call (~1 ms for ordinary keys), between two rests of the encoder.
 _SORT_RUN: Final = 4096
 # The share of a slice's wall time below which the encoding thread is taken to have waited
@@ -142,6 +154,8 @@ _HEADER_NAMES: Final = (
     "keys",
     "sessions",
 )
+# Version 2's header: the same, then the number of MEMBER lines.
+_HEADER_NAMES_V2: Final = (*_HEADER_NAMES, "members")
 _END_PREFIX: Final = b"END crc="
 _CRC_RE: Final = re.compile(rb"[0-9a-f]{8}")
 
@@ -197,6 +211,8 @@ class LoadedSnapshot:
     sessions: immutables.Map[str, SessionRecord]
     size: int
     crc: int
+    # The configuration at last_index (version 2); None: the cluster's first one (version 1).
+    membership: Membership | None = None
 
     def image(self) -> SnapshotImage:
         """The core's view of this snapshot (what a loaded or received snapshot hands it), its
@@ -205,7 +221,12 @@ class LoadedSnapshot:
         header = self.header
         return prepare(
             SnapshotImage(
-                header.last_index, header.last_term, self.data, self.sessions, header.cluster_time
+                header.last_index,
+                header.last_term,
+                self.data,
+                self.sessions,
+                header.cluster_time,
+                membership=self.membership,
             )
         )
 
@@ -233,10 +254,9 @@ class Pace:
     takes at most `duty` of the wall time. A snapshot of a large state then costs a busy node
     ~`duty` of its throughput while it is written, instead of half of it (measured: 50,000
     keys, C=64 pipelined SETs, 0.45× inside the windows without pacing), and three nodes on one
-    machine
-    do not take a third of its CPU at once. On an idle node it runs at full speed. Resting
-    ends early once `stop` is set, and for good once it added up to `max_rest` s: a large
-    snapshot must still end, or the log it lets the node compact grows meanwhile.
+    machine do not take a third of its CPU at once. On an idle node it runs at full speed.
+    Resting ends early once `stop` is set, and for good once it added up to `max_rest` s: a
+    large snapshot must still end, or the log it lets the node compact grows meanwhile.
     """
 
     def __init__(
@@ -282,6 +302,7 @@ def encode_snapshot(
     sessions: Mapping[str, SessionRecord],
     *,
     yield_every: int = 100,
+    membership: Membership | None = None,
 ) -> Iterator[bytes]:
     """The bytes of the snapshot file for this state, in chunks of about 1 MiB; the last chunk
     ends with the END line.
@@ -296,7 +317,7 @@ def encode_snapshot(
     """
     if type(yield_every) is not int or yield_every < 1:
         raise ValueError(f"yield_every must be an int ≥ 1, got {yield_every!r}")
-    return _encode(header, data, sessions, yield_every, _Totals(), Pace())
+    return _encode(header, data, sessions, yield_every, _Totals(), Pace(), membership)
 
 
 def _encode(
@@ -306,6 +327,7 @@ def _encode(
     yield_every: int,
     totals: _Totals,
     pace: Pace,
+    membership: Membership | None = None,
 ) -> Iterator[bytes]:
     pending: list[bytes] = []
     pending_bytes = 0
@@ -320,8 +342,9 @@ def _encode(
         pending, pending_bytes = [], 0
         return chunk
 
+    version = FORMAT_VERSION if membership is None else MEMBERSHIP_FORMAT_VERSION
     head = (
-        f"{_MAGIC} {FORMAT_VERSION}\n"
+        f"{_MAGIC} {version}\n"
         f"lastIndex {header.last_index}\n"
         f"lastTerm {header.last_term}\n"
         f"clusterId {escape_field(header.cluster_id)}\n"
@@ -329,6 +352,8 @@ def _encode(
         f"keys {len(data)}\n"
         f"sessions {len(sessions)}\n"
     ).encode()
+    if membership is not None:
+        head += f"members {len(membership.members)}\n".encode()
     pending.append(head)
     pending_bytes += len(head)
     # Both sorted before the first line: a key or client id that is not a str fails the write
@@ -352,6 +377,14 @@ def _encode(
             if pending_bytes >= _CHUNK_BYTES:
                 yield flush()
         pace.rest()
+    if membership is not None:
+        for member in membership.members:
+            kind = "voter" if member.voter else "learner"
+            line = (
+                f"MEMBER {member.node_id} {kind} {escape_field(member.client_address)} "
+                f"{escape_field(member.peer_address)}\n"
+            ).encode()
+            pending.append(line)
     last = flush()
     end = _END_PREFIX + f"{crc:08x}\n".encode()
     totals.size, totals.crc = size + len(end), crc
@@ -465,6 +498,7 @@ def write_snapshot_tmp(
     duty: float = 1.0,
     busy: Callable[[], bool] | None = None,
     max_rest: float = math.inf,
+    membership: Membership | None = None,
 ) -> SnapshotInfo:
     """Write this state to ``<path>.tmp`` (mode 0600) and fdatasync it, leaving `path` alone:
     the first half of `write_snapshot_file`, for a caller that renames it under its own lock
@@ -487,7 +521,7 @@ def write_snapshot_tmp(
     try:
         try:
             pace = Pace(duty, stop, busy, max_rest)
-            for chunk in _encode(header, data, sessions, 1000, totals, pace):
+            for chunk in _encode(header, data, sessions, 1000, totals, pace, membership):
                 # Checked between chunks so that a stopping node's shutdown waits for one chunk,
                 # not the whole state: it must wait for this thread (and the removal of the
                 # temporary file) before it releases the directory's lock.
@@ -578,6 +612,10 @@ class SnapshotReader:
         self._header: SnapshotHeader | None = None
         self._expected_keys = 0
         self._expected_sessions = 0
+        # Version 2: the MEMBER lines the header announces, and those read so far.
+        self._version = FORMAT_VERSION
+        self._expected_members = 0
+        self._members: list[Member] = []
         self._data = immutables.Map[str, str]().mutate()
         self._sessions = immutables.Map[str, SessionRecord]().mutate()
         # The numbers of KEY and SESSION lines so far (a MapMutation has no typed len()).
@@ -621,8 +659,16 @@ class SnapshotReader:
         header = self._header
         if header is None:  # pragma: no cover - the END line is only accepted after a header
             raise self._corrupt(self._line_no, "no header")
+        membership = None
+        if self._version == MEMBERSHIP_FORMAT_VERSION:
+            membership = Membership(tuple(self._members))  # checked line by line
         return LoadedSnapshot(
-            header, self._data.finish(), self._sessions.finish(), self._size, self._crc
+            header,
+            self._data.finish(),
+            self._sessions.finish(),
+            self._size,
+            self._crc,
+            membership=membership,
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -692,9 +738,13 @@ class SnapshotReader:
         except ValueError as exc:
             raise self._corrupt(line_no, str(exc)) from None
 
+    def _header_names(self) -> tuple[str, ...]:
+        return _HEADER_NAMES_V2 if self._version == MEMBERSHIP_FORMAT_VERSION else _HEADER_NAMES
+
     def _header_line(self, line: str) -> None:
         index = len(self._header_values)
-        expected = _HEADER_NAMES[index]
+        names = self._header_names()
+        expected = names[index]
         fields = line.split(" ")
         if fields[0] != expected:
             what = "the first line" if index == 0 else "the header"
@@ -704,19 +754,29 @@ class SnapshotReader:
         value = fields[1]
         parsed: str | int
         if index == 0:
-            if value != str(FORMAT_VERSION):
+            if value not in (str(FORMAT_VERSION), str(MEMBERSHIP_FORMAT_VERSION)):
                 raise ValueError(
                     f"unsupported snapshot format version {preview(value)} "
-                    f"(this node reads version {FORMAT_VERSION})"
+                    f"(this node reads versions {FORMAT_VERSION} and {MEMBERSHIP_FORMAT_VERSION})"
                 )
-            parsed = FORMAT_VERSION
+            parsed = int(value)
+            self._version = parsed
+            names = self._header_names()
         elif expected == "clusterId":
             parsed = _unescape(value, "clusterId")
         else:
             parsed = _parse_bounded(value, expected, 1 if expected.startswith("last") else 0)
         self._header_values.append(parsed)
-        if len(self._header_values) == len(_HEADER_NAMES):
-            _, last_index, last_term, cluster_id, cluster_time, keys, sessions = self._header_values
+        if len(self._header_values) == len(names):
+            _, last_index, last_term, cluster_id, cluster_time, keys, sessions, *members = (
+                self._header_values
+            )
+            if members:
+                self._expected_members = int(members[0])
+                if not 1 <= self._expected_members <= MAX_SNAPSHOT_MEMBERS:
+                    raise ValueError(
+                        f"members must be in 1..{MAX_SNAPSHOT_MEMBERS}, got {members[0]}"
+                    )
             # The types are fixed by the branches above.
             self._header = SnapshotHeader(
                 int(last_index), int(last_term), str(cluster_id), int(cluster_time)
@@ -767,12 +827,39 @@ class SnapshotReader:
             )
             self._session_count += 1
             self._last_client = client_id
+        elif kind == "MEMBER" and self._version == MEMBERSHIP_FORMAT_VERSION:
+            self._member_line(fields)
         else:
             raise ValueError(f"expected a KEY, SESSION or END line, got {preview(line)}")
 
+    def _member_line(self, fields: list[str]) -> None:
+        if len(fields) != 4:
+            raise ValueError(f"a MEMBER line has 5 fields, this one {len(fields) + 1}")
+        if self._keys < self._expected_keys or self._session_count < self._expected_sessions:
+            raise ValueError(
+                f"MEMBER line before the header's KEY and SESSION lines: {self._missing()}"
+            )
+        if len(self._members) >= self._expected_members:
+            raise ValueError(
+                f"more MEMBER lines than the header's members {self._expected_members}"
+            )
+        node_id = _parse_bounded(fields[0], "member id", 0)
+        if self._members and node_id <= self._members[-1].node_id:
+            raise ValueError(f"member {node_id} is not after member {self._members[-1].node_id}")
+        if fields[1] not in ("voter", "learner"):
+            raise ValueError(f"a member is a voter or a learner, got {preview(fields[1])}")
+        self._members.append(
+            Member(
+                node_id,
+                voter=fields[1] == "voter",
+                client_address=_unescape(fields[2], "client address"),
+                peer_address=_unescape(fields[3], "peer address"),
+            )
+        )
+
     def _end(self, raw: bytes, line_no: int) -> None:
         if self._header is None:
-            expected = _HEADER_NAMES[len(self._header_values)]
+            expected = self._header_names()[len(self._header_values)]
             raise self._corrupt(line_no, f"END line inside the header (expected {expected!r})")
         missing = self._missing()
         if missing:
@@ -796,11 +883,15 @@ class SnapshotReader:
     def _missing(self) -> str:
         """What the lines so far lack before an END line may come ('' when nothing)."""
         if self._header is None:
-            return f"the header stops before {_HEADER_NAMES[len(self._header_values)]!r}"
+            return f"the header stops before {self._header_names()[len(self._header_values)]!r}"
         if self._keys < self._expected_keys:
             return f"{self._keys} KEY lines of the header's {self._expected_keys}"
         if self._session_count < self._expected_sessions:
             return f"{self._session_count} SESSION lines of the header's {self._expected_sessions}"
+        if len(self._members) < self._expected_members:
+            return f"{len(self._members)} MEMBER lines of the header's {self._expected_members}"
+        if self._members and not any(m.voter for m in self._members):
+            return "no MEMBER line is a voter"
         return ""
 
 

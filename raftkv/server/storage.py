@@ -17,8 +17,11 @@ the caller must still await one call before issuing the next if their order matt
 
   * ``SET <key> <value> <term> client=<client id> seq=<seq> index=<i> crc=<crc>``,
     ``DEL <key> <term> client=<client id> seq=<seq> index=<i> crc=<crc>`` and
-    ``NO-OP <term> index=<i> crc=<crc>``. Fields are separated by exactly one space and all of
-    them are always present; ``client=%- seq=0`` is a write without deduplication. ``<i>`` is the
+    ``NO-OP <term> index=<i> crc=<crc>``, and a configuration (docs/design.md §13):
+    ``MEMBERSHIP <term> change=<change> voter=<id> client=<address> peer=<address> …
+    index=<i> crc=<crc>`` with ``voter=`` or ``learner=`` and the two addresses once per member,
+    in ascending id order. Fields are separated by exactly one space and all of them are always
+    present; ``client=%- seq=0`` is a write without deduplication. ``<i>`` is the
     entry's log index: its line number, plus the first line's index minus 1 once compacted.
     Files written before DELETE existed simply have no DEL lines.
   * ``<term>``, ``<seq>`` and ``<i>`` are unsigned decimal integers without sign or leading
@@ -199,6 +202,9 @@ from raftkv.core.messages import (
     NO_OP,
     DeleteCommand,
     LogEntry,
+    Member,
+    Membership,
+    MembershipCommand,
     NodeId,
     NoOpCommand,
     SetCommand,
@@ -440,6 +446,13 @@ def _encode_command(entry: LogEntry) -> str:
         )
     if isinstance(command, NoOpCommand):
         return f"NO-OP {entry.term}"
+    if isinstance(command, MembershipCommand):
+        members = "".join(
+            f" {'voter' if m.voter else 'learner'}={m.node_id}"
+            f" client={escape_field(m.client_address)} peer={escape_field(m.peer_address)}"
+            for m in command.membership.members
+        )
+        return f"MEMBERSHIP {entry.term} change={escape_field(command.change)}{members}"
     assert_never(command)
 
 
@@ -552,6 +565,18 @@ def _parse_body(fields: list[str]) -> LogEntry:
             )
         case ["NO-OP", term]:
             return LogEntry(parse_uint(term, "term"), NO_OP)
+        case ["MEMBERSHIP", term, change, *members] if len(members) % 3 == 0:
+            return LogEntry(
+                parse_uint(term, "term"),
+                MembershipCommand(
+                    _parse_members(members),
+                    _unescape_named(_strip_label(change, "change="), "change"),
+                ),
+            )
+        case ["MEMBERSHIP", *_]:
+            raise ValueError(
+                f"MEMBERSHIP line has {len(fields)} fields, expected 3 and three per member"
+            )
         case ["SET", *_]:
             raise ValueError(f"SET line has {len(fields)} fields, expected 6")
         case ["DEL", *_]:
@@ -562,6 +587,26 @@ def _parse_body(fields: list[str]) -> LogEntry:
             raise ValueError("no command before index=")
         case _:
             raise ValueError(f"unknown command {preview(fields[0])}")
+
+
+def _parse_members(fields: list[str]) -> Membership:
+    """`voter=<id> client=<address> peer=<address>` (or `learner=<id> …`), once per member."""
+    members = []
+    for at in range(0, len(fields), 3):
+        kind, client, peer = fields[at : at + 3]
+        label, separator, node_id = kind.partition("=")
+        if not separator or label not in ("voter", "learner"):
+            raise ValueError(f"expected voter=<id> or learner=<id>, got {preview(kind)}")
+        members.append(
+            Member(
+                parse_uint(node_id, "node id"),
+                voter=label == "voter",
+                client_address=_unescape_named(_strip_label(client, "client="), "client address"),
+                peer_address=_unescape_named(_strip_label(peer, "peer="), "peer address"),
+            )
+        )
+    # Membership refuses an empty, unordered or voterless configuration (ValueError).
+    return Membership(tuple(members))
 
 
 def _unescape_named(token: str, name: str) -> str:
@@ -1044,6 +1089,7 @@ class NodeStorage:
                 duty=NODE_SNAPSHOT_DUTY,
                 busy=busy,
                 max_rest=NODE_SNAPSHOT_MAX_REST,
+                membership=image.membership,
             )
             with self._lock:
                 try:

@@ -20,6 +20,9 @@ from raftkv.core.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
+    Member,
+    Membership,
+    MembershipCommand,
     Message,
     RequestVote,
     RequestVoteReply,
@@ -93,6 +96,21 @@ def entry_to_pb(entry: LogEntry) -> pb.LogEntry:
             ),
             time=entry.time,
         )
+    if isinstance(command, MembershipCommand):
+        members = [
+            pb.Member(
+                node_id=m.node_id,
+                voter=m.voter,
+                client_address=m.client_address,
+                peer_address=m.peer_address,
+            )
+            for m in command.membership.members
+        ]
+        return pb.LogEntry(
+            term=entry.term,
+            membership=pb.MembershipCommand(members=members, change=command.change),
+            time=entry.time,
+        )
     return pb.LogEntry(term=entry.term, noop=pb.NoOp(), time=entry.time)
 
 
@@ -109,6 +127,17 @@ def entry_from_pb(message: pb.LogEntry) -> LogEntry:
         )
     if kind == "noop":
         return LogEntry(message.term, NO_OP, message.time)
+    if kind == "membership":
+        m = message.membership
+        try:
+            membership = Membership(
+                tuple(
+                    Member(x.node_id, x.voter, x.client_address, x.peer_address) for x in m.members
+                )
+            )
+        except ValueError as error:
+            raise WireError(f"a configuration entry: {error}") from None
+        return LogEntry(message.term, MembershipCommand(membership, m.change), message.time)
     raise WireError("log entry without a command")
 
 

@@ -42,7 +42,7 @@ from raftkv.core.messages import (
     SetCommand,
 )
 from raftkv.core.node import RaftNode
-from raftkv.core.validation import MAX_INDEX, MAX_TERM, malformed
+from raftkv.core.validation import MAX_INDEX, MAX_TERM
 
 CONFIG = TimingConfig(
     election_timeout_min=1.0,
@@ -72,7 +72,8 @@ commands = st.one_of(
     st.builds(DeleteCommand, st.sampled_from(["a", "b"])),
 )
 entries = st.lists(st.builds(LogEntry, st.integers(0, 6), commands), max_size=4).map(tuple)
-members = st.sampled_from((*IDS, 9))  # 9: not a member
+# 9: not a member (its requests are processed, docs/design.md §13; its replies dropped).
+members = st.sampled_from((*IDS, 9))
 
 adversarial: st.SearchStrategy[Message] = st.one_of(
     st.builds(AppendEntries, ints, members, ints, ints, entries, ints, floats, ints),
@@ -173,7 +174,7 @@ class Cluster:
 
     def step(self, node_id: int, message: Message) -> None:
         node = self.nodes[node_id]
-        if malformed(message, node.peer_ids) is not None:
+        if node.check_message(message) is not None:
             # Refused unseen: nothing sent, persisted or changed, and the refusal reported.
             self.flush(node_id)
             before = (self.snapshot(node_id), node.log.held())
@@ -219,8 +220,8 @@ class Cluster:
             position = action[1]
             assert isinstance(position, int)
             envelope = self.in_flight.pop(position % len(self.in_flight))
-            if kind == "drop":
-                return []
+            if kind == "drop" or envelope.to not in self.nodes:
+                return []  # dropped, or the answer to a request of node 9, which is no member
             self.step(envelope.to, envelope.message)
             return [envelope.to]
         if kind == "propose":

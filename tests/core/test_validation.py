@@ -18,6 +18,9 @@ from raftkv.core.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
+    Member,
+    Membership,
+    MembershipCommand,
     Message,
     RequestVote,
     RequestVoteReply,
@@ -25,7 +28,14 @@ from raftkv.core.messages import (
 )
 from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
 from raftkv.core.state_machine import KeyValueStateMachine
-from raftkv.core.validation import MAX_INDEX, MAX_TERM, malformed
+from raftkv.core.validation import (
+    MAX_ADDRESS_CHARS,
+    MAX_INDEX,
+    MAX_MEMBERS,
+    MAX_NODE_ID,
+    MAX_TERM,
+    malformed,
+)
 
 CONFIG = TimingConfig(1.0, 2.0, 0.1, 0.5, 0.0)
 MEMBERS = (2, 3)
@@ -50,7 +60,7 @@ def append(**changes: Any) -> AppendEntries:
 
 
 BAD: list[tuple[Message, str]] = [
-    (append(leader_id=9), "leader_id 9 is not a member"),
+    (append(leader_id=MAX_NODE_ID + 1), "sender id 4294967296 is outside"),
     (append(lease_duration=float("nan")), "lease_duration must be finite, got nan"),
     (append(lease_duration=float("inf")), "lease_duration must be finite, got inf"),
     (append(lease_duration=0.0), "lease_duration must be a positive number"),
@@ -96,7 +106,7 @@ BAD: list[tuple[Message, str]] = [
     (RequestVoteReply(0, 3, True, 0.0), "a vote reply needs a term ≥ 1"),
     (RequestVoteReply(MAX_TERM + 1, 3, True, 0.0), "exceeds the limit"),
     (RequestVoteReply(1, 8, True, 0.0), "voter_id 8 is not a member"),
-    (InstallSnapshot(2, 9, 5, 1, 0.5), "leader_id 9 is not a member"),
+    (InstallSnapshotReply(2, 9, 5, True, 5), "follower_id 9 is not a member"),
     (InstallSnapshot(2, 2, 5, 1, 1e300), "exceeds the longest lease"),
     (InstallSnapshot(0, 2, 5, 1, 0.5), "an InstallSnapshot needs a term ≥ 1"),
     (InstallSnapshot(2, 2, 0, 1, 0.5), "a snapshot covers at least entry 1"),
@@ -173,3 +183,32 @@ def test_a_node_at_max_term_does_not_campaign() -> None:
     assert ev.TermExhausted(1, MAX_TERM) in ready.events
     assert node.term == MAX_TERM and node.role is Role.FOLLOWER
     assert node.next_deadline() > 10.0
+
+
+def test_a_configuration_a_peer_sends_is_bounded() -> None:
+    def append(membership: Membership) -> AppendEntries:
+        entry = LogEntry(1, MembershipCommand(membership, "add learner 2"))
+        return AppendEntries(1, 1, 0, 0, (entry,), 0, 0.5, 1)
+
+    fine = Membership((Member(1), Member(2, voter=False, peer_address="h:1")))
+    assert malformed(append(fine), [1]) is None
+    many = Membership(tuple(Member(i) for i in range(MAX_MEMBERS + 1)))
+    assert "members (at most 64)" in str(malformed(append(many), [1]))
+    huge_id = Membership((Member(1), Member(MAX_NODE_ID + 1)))
+    assert "outside 0.." in str(malformed(append(huge_id), [1]))
+    long = Membership((Member(1, client_address="x" * (MAX_ADDRESS_CHARS + 1)),))
+    assert "characters (at most 1024)" in str(malformed(append(long), [1]))
+
+
+def test_a_request_from_a_node_of_no_known_configuration_is_processed() -> None:
+    """Raft thesis §4.1: a node cut off while the configuration moved on must still follow a
+    leader it never heard of (the shell authenticated the sender); replies are only taken from
+    nodes it knows."""
+    node = RaftNode(1, [2, 3], CONFIG, random.Random(1), 0.0)
+    assert node.check_message(RequestVote(2, 9, 0, 0)) is None
+    assert node.check_message(InstallSnapshot(2, 9, 5, 1, 0.5)) is None
+    assert node.check_message(AppendEntriesReply(2, 9, True, 1, 0, 1)) is not None
+    node.step(AppendEntries(3, 9, 0, 0, (LogEntry(3, NO_OP),), 0, 0.5, 1), 0.1)
+    ready = node.take_ready()
+    assert (node.term, node.leader_id, node.log.last_index) == (3, 9, 1)
+    assert [e.to for e in ready.messages] == [9]

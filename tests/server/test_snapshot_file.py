@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftkv.core.messages import Member, Membership
 from raftkv.limits import MAX_VALUE_BYTES
 from raftkv.server import snapshot_file
 from raftkv.server.snapshot_file import (
@@ -453,7 +454,8 @@ TOP = 2**63 - 1
     ("raw", "line_no", "problem"),
     [
         (edited(1, "raftkv-snapshat 1"), 1, "expected 'raftkv-snapshot' in the first line, got"),
-        (edited(1, "raftkv-snapshot 2"), 1, "unsupported snapshot format version '2'"),
+        (edited(1, "raftkv-snapshot 3"), 1, "unsupported snapshot format version '3'"),
+        (edited(1, "raftkv-snapshot 2"), 8, "expected 'members' in the header"),
         (edited(1, "raftkv-snapshot"), 1, "expected 'raftkv-snapshot <value>', got"),
         (edited(2, "lastTerm 4"), 2, "expected 'lastIndex' in the header, got 'lastTerm 4'"),
         (edited(2, "lastIndex 0"), 2, f"lastIndex 0 is outside 1..{TOP}"),
@@ -712,3 +714,61 @@ def test_a_failed_sync_is_a_storage_error_and_the_final_name_never_holds_a_parti
 def test_yield_every_must_be_a_positive_int(yield_every: int) -> None:
     with pytest.raises(ValueError, match="yield_every must be an int ≥ 1"):
         encode_snapshot(HEADER, {}, {}, yield_every=yield_every)
+
+
+# -- version 2: the configuration ---------------------------------------------------------------
+
+
+def test_a_snapshot_with_a_configuration_is_version_2_and_round_trips() -> None:
+    membership = Membership(
+        (Member(1, client_address="10.0.0.1:50050", peer_address="10.0.0.1:51050"),
+         Member(4, voter=False, client_address="h 4"))
+    )  # fmt: skip
+    raw = b"".join(encode_snapshot(HEADER, {"k": "v"}, {}, membership=membership))
+    text = raw.decode()
+    assert text.startswith("raftkv-snapshot 2\n")
+    assert "sessions 0\nmembers 2\nKEY k v\n" in text
+    assert "MEMBER 1 voter 10.0.0.1:50050 10.0.0.1:51050\nMEMBER 4 learner h%204 %-\nEND" in text
+    loaded = read(raw)
+    assert loaded.membership == membership
+    assert loaded.image().membership == membership
+    # Without one it is version 1, byte for byte as before (the previous release reads it).
+    plain = b"".join(encode_snapshot(HEADER, {"k": "v"}, {}))
+    assert plain.startswith(b"raftkv-snapshot 1\n") and b"MEMBER" not in plain
+    assert read(plain).membership is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        (["MEMBER 1 voter %- %-"], "more MEMBER lines"),
+        ([], "0 MEMBER lines of the header's 1"),
+        (["MEMBER 1 learner %- %-"], "no MEMBER line is a voter"),
+        (["MEMBER 1 boss %- %-"], "a voter or a learner"),
+        (["MEMBER x voter %- %-"], "member id"),
+        (["MEMBER 1 voter %-"], "a MEMBER line has 5 fields"),
+    ],
+)
+def test_a_bad_member_line_is_corruption(lines: list[str], problem: str) -> None:
+    expected = 1 if problem != "more MEMBER lines" else 0
+    members = expected if problem != "more MEMBER lines" else 0
+    body = (
+        "raftkv-snapshot 2\nlastIndex 1200\nlastTerm 4\nclusterId x\nclusterTime 0\n"
+        f"keys 0\nsessions 0\nmembers {max(members, 1)}\n"
+    )
+    if problem == "more MEMBER lines":
+        lines = [*lines, "MEMBER 2 voter %- %-"]
+    body += "".join(line + "\n" for line in lines)
+    raw = body.encode()
+    raw += f"END crc={zlib.crc32(raw):08x}\n".encode()
+    with pytest.raises(SnapshotCorruption, match=problem):
+        read(raw)
+
+
+def test_version_2_header_needs_at_least_one_member() -> None:
+    body = (
+        b"raftkv-snapshot 2\nlastIndex 1\nlastTerm 1\nclusterId x\nclusterTime 0\n"
+        b"keys 0\nsessions 0\nmembers 0\n"
+    )
+    with pytest.raises(SnapshotCorruption, match=r"members must be in 1\.\.64"):
+        read(body)

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.core.messages import NO_OP, DeleteCommand, LogEntry, SetCommand
+from raftkv.core.messages import (
+    NO_OP,
+    DeleteCommand,
+    LogEntry,
+    Member,
+    Membership,
+    MembershipCommand,
+    SetCommand,
+)
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from raftkv.server import storage as storage_module
 from raftkv.server.storage import (
@@ -201,6 +209,47 @@ def test_delete_lines_escape_like_set_lines_and_round_trip() -> None:
     no_dedup = LogEntry(1, DeleteCommand("k"))
     assert encode_entry(no_dedup, 1).startswith("DEL k 1 client=%- seq=0 index=1 ")
     assert decode_entry(encode_entry(no_dedup, 1), path="logs.txt", line_no=1) == no_dedup
+
+
+def test_membership_lines_list_every_member_and_round_trip() -> None:
+    membership = Membership(
+        (
+            Member(1, client_address="10.0.0.1:50050", peer_address="10.0.0.1:51050"),
+            Member(4, voter=False, client_address="[::1]:50054"),
+        )
+    )
+    entry = LogEntry(3, MembershipCommand(membership, "add learner 4"), time=77)
+    line = encode_entry(entry, 12)
+    assert line.startswith(
+        "MEMBERSHIP 3 change=add%20learner%204 voter=1 client=10.0.0.1:50050 "
+        "peer=10.0.0.1:51050 learner=4 client=[::1]:50054 peer=%- ts=77 index=12 crc="
+    )
+    decoded = decode_entry(line, path="logs.txt", line_no=12)
+    assert decoded == entry and decoded.time == 77
+    assert decoded.command == entry.command
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("MEMBERSHIP 3 change=x voter=1 client=%-", "MEMBERSHIP line has 5 fields"),
+        ("MEMBERSHIP 3 change=x member=1 client=%- peer=%-", "expected voter=<id> or learner"),
+        ("MEMBERSHIP 3 change=x learner=1 client=%- peer=%-", "at least one voter"),
+        (
+            "MEMBERSHIP 3 change=x voter=2 client=%- peer=%- voter=1 client=%- peer=%-",
+            "ascending order",
+        ),
+        ("MEMBERSHIP 3 change=x voter=01 client=%- peer=%-", "node id"),
+        ("MEMBERSHIP 3 x voter=1 client=%- peer=%-", "change="),
+    ],
+)
+def test_a_malformed_membership_line_is_corruption_naming_the_problem(
+    body: str, problem: str
+) -> None:
+    line = f"{body} index=1"
+    line += f" crc={zlib.crc32(line.encode()):08x}"
+    with pytest.raises(StorageCorruption, match=problem):
+        decode_entry(line, path="logs.txt", line_no=1)
 
 
 def test_checksum_is_crc32_of_everything_before_crc_field_index_included() -> None:

@@ -11,12 +11,13 @@ import textwrap
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import immutables
 import pytest
 
-from raftkv.core.messages import NO_OP, LogEntry, SetCommand
+from raftkv.core.messages import NO_OP, LogEntry, Member, Membership, SetCommand
 from raftkv.core.state_machine import SnapshotImage
 from raftkv.server import snapshot_file
 from raftkv.server import storage as storage_module
@@ -149,6 +150,20 @@ def test_the_loaded_snapshot_is_the_saved_image(storage: NodeStorage, data_dir: 
     # Not compacted: the log's first line is the sentinel, and the snapshot covers it.
     assert (loaded.log_offset, loaded.log_offset_term) == (1, entry(1).term)
     assert loaded.entries == entries(2, 10)
+
+
+def test_a_snapshot_keeps_the_configuration_of_its_index(
+    storage: NodeStorage, data_dir: Path
+) -> None:
+    """Once compaction drops the configuration entries, the snapshot is where a restarted node
+    finds its configuration (docs/design.md §13)."""
+    membership = Membership((Member(1, peer_address="h1:51050"), Member(4, voter=False)))
+    saved = replace(image(6), membership=membership)
+    storage.save_snapshot(saved)
+    storage.close()
+    loaded = reload(data_dir)
+    assert snapshot_of(loaded) == saved
+    assert snapshot_of(loaded).membership == membership
 
 
 @pytest.mark.parametrize("compact_to", [6, 4])
@@ -300,9 +315,18 @@ def _during_snapshot_write(
         duty: float = 1.0,
         busy: Callable[[], bool] | None = None,
         max_rest: float = math.inf,
+        membership: Membership | None = None,
     ) -> SnapshotInfo:
         info = real(
-            path, header, data, sessions, stop=stop, duty=duty, busy=busy, max_rest=max_rest
+            path,
+            header,
+            data,
+            sessions,
+            stop=stop,
+            duty=duty,
+            busy=busy,
+            max_rest=max_rest,
+            membership=membership,
         )
         action()
         ran.set()

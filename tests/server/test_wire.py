@@ -17,6 +17,9 @@ from raftkv.core.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
+    Member,
+    Membership,
+    MembershipCommand,
     Message,
     RequestVote,
     RequestVoteReply,
@@ -206,3 +209,27 @@ def test_an_entrys_cluster_time_and_resume_cross_the_wire() -> None:
         getattr(e.command, "resume", None) for e in ENTRIES
     ]
     assert [f.number for f in pb.LogEntry.DESCRIPTOR.fields if f.name == "time"] == [5]
+
+
+def test_a_configuration_entry_crosses_the_wire_and_a_bad_one_is_refused() -> None:
+    membership = Membership(
+        (Member(1, client_address="h1:50050", peer_address="h1:51050"), Member(4, voter=False))
+    )
+    entry = LogEntry(3, MembershipCommand(membership, "add learner 4"), 99)
+    encoded = wire.entry_to_pb(entry)
+    decoded = wire.entry_from_pb(pb.LogEntry.FromString(encoded.SerializeToString()))
+    assert decoded == entry and decoded.command == entry.command and decoded.time == 99
+    assert [f.number for f in pb.LogEntry.DESCRIPTOR.fields if f.name == "membership"] == [6]
+    unordered = pb.LogEntry(
+        term=1,
+        membership=pb.MembershipCommand(
+            members=[pb.Member(node_id=2, voter=True), pb.Member(node_id=1, voter=True)]
+        ),
+    )
+    with pytest.raises(wire.WireError, match="ascending order"):
+        wire.entry_from_pb(unordered)
+    no_voter = pb.LogEntry(
+        term=1, membership=pb.MembershipCommand(members=[pb.Member(node_id=1, voter=False)])
+    )
+    with pytest.raises(wire.WireError, match="at least one voter"):
+        wire.entry_from_pb(no_voter)

@@ -9,6 +9,13 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from raftkv.core.config import FAST_PROFILE, SEED_PROFILE, ReadMode, SnapshotPolicy, TimingConfig
+from raftkv.core.membership import (
+    AddLearner,
+    MembershipChange,
+    Promote,
+    Remove,
+)
+from raftkv.core.membership import describe_change as describe_membership_change
 from raftkv.core.messages import (
     NO_OP,
     Accepted,
@@ -20,6 +27,8 @@ from raftkv.core.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     LogEntry,
+    Member,
+    Membership,
     Message,
     ReadPending,
     ReadValue,
@@ -29,7 +38,7 @@ from raftkv.core.messages import (
     SetCommand,
     WriteDone,
 )
-from raftkv.core.node import SAFE, RaftNode, Ready, Role, UnsafeSwitches
+from raftkv.core.node import SAFE, HardState, RaftNode, Ready, Role, UnsafeSwitches
 from raftkv.core.state_machine import SessionRules, SnapshotImage
 from raftkv.core.validation import MAX_INDEX, MAX_TERM
 from tests.support.linearizability import Operation, Outcome, check_history
@@ -114,11 +123,19 @@ ALL_FAULTS = frozenset(
 # "transfer" asks the leader to hand leadership over, when the core can
 #   (RaftNode.transfer_leadership).
 DAY2_FAULTS = frozenset({"wipe", "oneway", "lease_change", "clockstop", "transfer"})
+# "membership" (issue 16) changes the configuration while everything else goes on: adds a
+#   learner (a new node started empty with the configuration that names it, as `raftkv-node
+#   --join` is), promotes a learner, removes a member (the leader too); a removed node is
+#   retired once its removal is committed, and its id may come back later as a new learner with
+#   an empty disk (a replaced node).
 # "client_pause": clients that go quiet for longer than a session lives (their sessions
 # expire), and clients suspended between two tries of a write for as long, which then retry
 # it (docs/design.md §11: the retry is refused, never applied twice).
-EXTRA_FAULTS = frozenset({"corrupt", "client_pause"}) | DAY2_FAULTS
+EXTRA_FAULTS = frozenset({"corrupt", "client_pause", "membership"}) | DAY2_FAULTS
 KNOWN_FAULTS = ALL_FAULTS | EXTRA_FAULTS
+# A timer that fires this close to its deadline (seconds) counts as due: a local deadline
+# converted to real time and back can land a few ulps short of itself.
+TIMER_RESOLUTION = 1e-9
 # A node id that is no member of any simulated cluster.
 STRANGER = 99
 
@@ -279,6 +296,10 @@ class _ClientOp:
     deadline: float
     attempt: int = 0
     suspended: bool = False
+    # A retry is scheduled: further refusals (duplicates, answers to earlier tries) schedule no
+    # other, as a client with one request outstanding would not (else duplicated requests and
+    # answers multiply the retries without bound).
+    retry_scheduled: bool = False
 
 
 @dataclass
@@ -315,18 +336,34 @@ class Simulation:
         self.world = World(scenario.seed, self.rng)
         if trace:
             self.world.trace = []
+        # The nodes that run or may be restarted: the first configuration's, plus those that
+        # joined, minus those retired after their removal ("membership").
         self.ids = list(range(1, scenario.nodes + 1))
+        self.initial_ids = tuple(self.ids)
         self.quorum = scenario.nodes // 2 + 1
+        # "membership": ids that may join (started empty, as learners), and the configuration
+        # each joined node was started with (what its core starts from after any restart).
+        self.spare_ids: list[int] = []
+        if "membership" in scenario.faults:
+            self.spare_ids = [scenario.nodes + 1, scenario.nodes + 2]
+        self.joined_with: dict[int, Membership] = {}
+        # Nodes whose removal a leader accepted: retired once a committed configuration lacks
+        # them (an add that was lost leaves its node running, a member of nothing).
+        self.removal_asked: set[int] = set()
         # The checker replays what the nodes apply (a negative control's rules included), so
         # that what the control breaks shows where it matters: in what clients see.
         self.checker = SafetyChecker(
-            self.quorum, scenario.sessions, honour_resume=not scenario.unsafe.ignore_resume
+            Membership.of_voters(self.initial_ids),
+            scenario.sessions,
+            honour_resume=not scenario.unsafe.ignore_resume,
         )
         self.blocked: set[tuple[int, int]] = set()
         # Extra one-way delay per link (congestion, a slow route): (from, to) -> seconds.
         self.slow_links: dict[tuple[int, int], float] = {}
         self.network = self._draw_network()
-        self.nodes = {i: SimNode(i, self._draw_clock(), self.config) for i in self.ids}
+        self.nodes = {
+            i: SimNode(i, self._draw_clock(), self.config) for i in [*self.ids, *self.spare_ids]
+        }
         self.clients = [_Client(c, self.rng.choice(self.ids)) for c in range(scenario.clients)]
         self.history: list[Operation] = []
         self._op_ids = iter(range(1, 10**9))
@@ -412,6 +449,8 @@ class Simulation:
                 self.rng.uniform(0, self.config.election_timeout_max), self._next_op_for(client)
             )
         self._schedule_nemesis()
+        if "membership" in self.scenario.faults:
+            self.world.after(self.config.election_timeout_max, self._schedule_membership_changes)
         # Leadership changes at heartbeat granularity at best: half a heartbeat resolves it.
         self.world.sample_every(self.config.heartbeat_interval / 2, self._sample_serving)
         self.world.run_until(self.scenario.duration)
@@ -448,9 +487,11 @@ class Simulation:
             return False
         leader = leaders[0]
         noop_committed = leader.log.term(leader.commit_index) == leader.term
+        members = leader.membership.ids
         return noop_committed and all(
             n.core is not None and n.core.commit_index == leader.commit_index
             for n in self.nodes.values()
+            if n.node_id in members
         )
 
     def _no_progress_report(self) -> str:
@@ -469,6 +510,8 @@ class Simulation:
         return node.clock.local(self.world.now)
 
     def _start_node(self, node: SimNode) -> None:
+        if node.node_id not in self.ids:
+            return  # a spare that has not joined, or a node retired after its removal
         if not node.admitted:
             self.world.log(f"node {node.node_id} starts wiped (admitted=False)")
         durable = node.durable
@@ -482,7 +525,7 @@ class Simulation:
             )
         node.core = RaftNode(
             node.node_id,
-            [i for i in self.ids if i != node.node_id],
+            [i for i in self.initial_ids if i != node.node_id],
             node.config,
             random.Random(self.rng.random()),
             self._local(node),
@@ -491,6 +534,7 @@ class Simulation:
             admitted=node.admitted,
             snapshots=self.scenario.snapshots,
             sessions=self.scenario.sessions,
+            membership=self.joined_with.get(node.node_id),
         )
         node.pending_ready = None
         node.inbox.clear()
@@ -556,10 +600,15 @@ class Simulation:
                 core.snapshot_failed(payload, now, "simulated disk error")
             elif kind == "snapshot_send_failed":
                 core.snapshot_send_failed(payload, now)
+            elif kind == "membership":
+                self._change_membership_at(node, core, payload, now)
             else:
                 self._propose(node, core, payload, now)
-        if now >= core.next_deadline():
-            core.tick(now)
+        deadline = core.next_deadline()
+        if now >= deadline - TIMER_RESOLUTION:
+            # A deadline a few ulps ahead of the clock: the timer, armed in real time, fired at
+            # the same real instant (the conversion rounds), and would again, for ever.
+            core.tick(max(now, deadline))
         self.checker.on_step(node.node_id, core)
         self._check_leases()
         if core.has_ready():
@@ -970,16 +1019,23 @@ class Simulation:
                     return
             self._finish(client, op, Outcome.FAIL, None)
             return
+        hint = response.leader_hint
         client.target = (
-            response.leader_hint
-            if response.leader_hint is not None and response.leader_hint != client.target
+            hint
+            # A hint may name a node the client cannot reach: one that left, or a stranger a
+            # forged message made a node follow ("corrupt").
+            if hint is not None and hint != client.target and hint in self.ids
             else self.rng.choice(self.ids)
         )
+        if op.retry_scheduled:
+            return
         op.attempt += 1  # the pending per-try timer is now stale
+        op.retry_scheduled = True
         backoff = self.rng.uniform(0.5, 1.5) * self.config.heartbeat_interval
         self.world.after(backoff, lambda: self._retry_if_current(client, op))
 
     def _retry_if_current(self, client: _Client, op: _ClientOp) -> None:
+        op.retry_scheduled = False
         if client.current is op:
             self._retry_or_give_up(client, op)
 
@@ -1077,6 +1133,19 @@ class Simulation:
     # ------------------------------------------------------------------------------------------
     # Nemesis
 
+    def _schedule_membership_changes(self) -> None:
+        """A stream of changes of its own, faster than the nemesis, so that changes race each
+        other (two in a row, the second often refused), elections and the other faults."""
+        if not self.faults_active:
+            return
+        self._ask_membership_change()
+        if self.rng.random() < 0.3:
+            # Two in a row: the second comes before the first can commit (refused, unless a
+            # negative control lets a leader take two changes at once).
+            self._ask_membership_change()
+        interval = self.rng.uniform(0.2, 1.5) * self.config.election_timeout_max
+        self.world.after(interval, self._schedule_membership_changes)
+
     def _schedule_nemesis(self) -> None:
         interval = self.config.election_timeout_max
         self.world.after(self.rng.uniform(1, 3) * interval, self._nemesis_step)
@@ -1110,9 +1179,90 @@ class Simulation:
             actions += [self._ask_leader_to_transfer]
         if "snapshot" in f:
             actions += [self._lag_follower]
+
         if actions:
             self.rng.choice(actions)()
         self._schedule_nemesis()
+
+    # ------------------------------------------------------------------------------------------
+    # Membership ("membership")
+
+    def _ask_membership_change(self) -> None:
+        """Retire what a committed removal took out, then ask the leader for one change: add a
+        spare as a learner, promote a learner, or remove a member (the leader too)."""
+        leader_id = self._leader_id()
+        if leader_id is None:
+            return
+        core = self.nodes[leader_id].core
+        if core is None:
+            return
+        self._retire_removed(core)
+        membership = core.membership
+        options: list[MembershipChange] = []
+        for spare in self.spare_ids:
+            if spare not in membership.ids and spare not in self.ids:
+                options.append(AddLearner(Member(spare)))
+        # A node whose add was lost (it runs, a member of nothing) may be added again.
+        options += [
+            AddLearner(Member(i))
+            for i in self.ids
+            if i not in membership.ids and i not in self.removal_asked
+        ]
+        options += [Promote(i) for i in sorted(membership.learners)] * 2
+        voters = sorted(membership.voters)
+        if len(voters) > 2:
+            options += [Remove(i) for i in voters]
+        options += [Remove(i) for i in sorted(membership.learners)]
+        if not options:
+            return
+        change = self.rng.choice(options)
+        self.world.log(f"nemesis asks leader {leader_id} to {describe_membership_change(change)}")
+        self.nodes[leader_id].inbox.append(("membership", change))
+        self._process(self.nodes[leader_id])
+
+    def _change_membership_at(
+        self, node: SimNode, core: RaftNode, change: MembershipChange, now: float
+    ) -> None:
+        result = core.change_membership(change, now, next(self._tokens))
+        self.world.log(f"node {node.node_id}: {describe_membership_change(change)} -> {result}")
+        if isinstance(result, Accepted) and isinstance(change, Remove):
+            self.removal_asked.add(change.node_id)
+        if isinstance(result, Accepted) and isinstance(change, AddLearner):
+            joiner = self.nodes[change.member.node_id]
+            if joiner.node_id in self.ids:
+                return  # still running (an earlier add of it was lost): it keeps its disk
+            # `raftkv-node --join`: an empty directory and the configuration that names it, in
+            # the term of the leader that added it with that term's vote spent (its id may be a
+            # removed member's, whose old disk voted in that term or before: docs/design.md §13).
+            self.joined_with[joiner.node_id] = core.membership
+            joiner.durable = Durable()
+            joiner.durable.hard_state = HardState(core.term, joiner.node_id)
+            joiner.admitted = True
+            self.ids.append(joiner.node_id)
+            incarnation = joiner.suspensions
+
+            def start() -> None:
+                # Not if it was retired (and maybe added again) meanwhile.
+                if not joiner.up and joiner.suspensions == incarnation:
+                    self._start_node(joiner)
+
+            self.world.after(self.rng.uniform(0, 2) * self.config.election_timeout_min, start)
+
+    def _retire_removed(self, leader: RaftNode) -> None:
+        """Stop, for good, the nodes that a committed configuration no longer names (and the
+        leader's latest neither): their id becomes a spare, joinable again with an empty disk
+        (a replaced node)."""
+        keep = leader.committed_membership.ids | leader.membership.ids
+        for node_id in [i for i in self.ids if i not in keep and i in self.removal_asked]:
+            self.removal_asked.discard(node_id)
+            node = self.nodes[node_id]
+            self._crash(node)
+            node.durable = Durable()
+            self.ids.remove(node_id)
+            self.wiped.discard(node_id)
+            if node_id not in self.spare_ids:
+                self.spare_ids.append(node_id)
+            self.world.log(f"nemesis retires node {node_id} (removed, committed)")
 
     def _leader_id(self) -> int | None:
         leaders = [
@@ -1282,7 +1432,7 @@ class Simulation:
         """A node's machine is replaced with an empty disk under the same id (a VM recreated
         by Terraform). The deployment knows the cluster exists, so it starts the node as not
         admitted; a while later the operator restores it from a peer's files."""
-        if len(self.wiped) >= self.max_wiped:
+        if len(self.wiped) >= self._wipe_budget():
             return  # the cluster survives only a minority of lost disks at a time
         candidates = [self.nodes[i] for i in self.ids if i not in self.wiped]
         leader = self._leader_id()
@@ -1312,6 +1462,16 @@ class Simulation:
 
         self.world.after(downtime, restart)
         self.world.after(restore_after, restore)
+
+    def _wipe_budget(self) -> int:
+        """How many disks may be lost at once: a minority of the voters (of the configuration
+        the leader uses, and of the committed one, whichever is smaller)."""
+        leader_id = self._leader_id()
+        core = self.nodes[leader_id].core if leader_id is not None else None
+        if core is None:
+            return self.max_wiped if not self.joined_with else 0
+        voters = min(len(core.membership.voters), len(core.committed_membership.voters))
+        return min(self.max_wiped, (voters - 1) // 2)
 
     def _restore(self, node: SimNode) -> None:
         """The documented recovery of a wiped node: stop it, copy a healthy peer's log and

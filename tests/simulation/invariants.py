@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
-from raftkv.core.messages import Command, DeleteCommand, LogEntry, SetCommand
+from raftkv.core.messages import Command, DeleteCommand, LogEntry, Membership, SetCommand
 from raftkv.core.node import RaftNode, Ready, Role
 from raftkv.core.state_machine import (
     DEFAULT_SESSION_RULES,
@@ -24,12 +24,13 @@ class Disk(Protocol):
 class SafetyChecker:
     def __init__(
         self,
-        quorum: int,
+        membership: Membership,
         sessions: SessionRules = DEFAULT_SESSION_RULES,
         *,
         honour_resume: bool = True,
     ) -> None:
-        self.quorum = quorum
+        """`membership`: the cluster's first configuration."""
+        self.first_membership = membership
         self.leader_of_term: dict[int, int] = {}
         # (index, term) -> (previous entry's term, command): equal keys must mean equal prefixes.
         self._entry_identity: dict[tuple[int, int], tuple[int, Command]] = {}
@@ -105,11 +106,12 @@ class SafetyChecker:
                 f"but entry {missing} is not known to be committed"
             )
         expected = self._reference_images[image.index]
-        if (image.term, image.data, image.sessions, image.cluster_time) != (
+        if (image.term, image.data, image.sessions, image.cluster_time, image.membership) != (
             expected.term,
             expected.data,
             expected.sessions,
             expected.cluster_time,
+            expected.membership,
         ):
             raise InvariantViolationError(
                 f"snapshot content: node {node_id} {how} a snapshot at index {image.index} "
@@ -177,11 +179,22 @@ class SafetyChecker:
         because Raft keeps an entry that was on a majority as long as at most a minority is
         wiped at a time (and the wiped nodes stay out of elections until restored): what must
         not happen is a loss beyond the wiped disks."""
+        # The voters of the last configuration known committed: an entry must be on enough of
+        # them that every majority of them holds it (a candidate lacking it then lacks a vote).
+        # For an odd number of voters that is a majority; for an even number one fewer: two
+        # of four, while a change to five (committed by three of five) is in force.
+        voters = (self._reference.membership or self.first_membership).voters
+        quorum = len(voters) - (len(voters) // 2 + 1) + 1
         for index, entry in self.committed.items():
-            holders = [node_id for node_id, disk in disks.items() if disk.holds(index, entry)]
-            if len(set(holders) | set(wiped)) < self.quorum:
+            holders = [
+                node_id
+                for node_id, disk in disks.items()
+                if node_id in voters and disk.holds(index, entry)
+            ]
+            if len(set(holders) | (set(wiped) & voters)) < quorum:
                 lost = f" (wiped: {sorted(wiped)})" if wiped else ""
                 raise InvariantViolationError(
                     f"durability: committed entry {entry} at index {index} is durable only on "
-                    f"nodes {holders}{lost}, fewer than a majority"
+                    f"nodes {holders}{lost}: a majority of the voters {sorted(voters)} "
+                    "lacks it"
                 )

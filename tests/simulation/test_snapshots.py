@@ -10,9 +10,11 @@ one of its own: each snapshot taken or installed equals the committed entries re
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from raftkv.core.messages import LogEntry, SetCommand
+from raftkv.core.messages import LogEntry, Membership, SetCommand
 from raftkv.core.state_machine import KeyValueStateMachine
 from tests.simulation.cluster import (
     ALL_FAULTS,
@@ -68,7 +70,8 @@ def test_negative_control_compacting_before_the_snapshot_is_durable_is_caught() 
 
 
 def test_a_snapshot_that_differs_from_the_committed_entries_is_caught() -> None:
-    checker = SafetyChecker(quorum=2)
+    three = Membership.of_voters([1, 2, 3])
+    checker = SafetyChecker(three)
     entries = [LogEntry(1, SetCommand("k", str(i))) for i in range(1, 4)]
     checker.committed.update(enumerate(entries, start=1))
     right, wrong = KeyValueStateMachine(), KeyValueStateMachine()
@@ -81,3 +84,7 @@ def test_a_snapshot_that_differs_from_the_committed_entries_is_caught() -> None:
         checker.check_snapshot(2, wrong.image(3, 1), "took")
     with pytest.raises(InvariantViolationError, match="not known to be committed"):
         checker.check_snapshot(3, right.image(5, 1), "installed")
+    # The configuration is part of a snapshot's content too.
+    other = replace(right.image(3, 1), membership=Membership.of_voters([1, 2]))
+    with pytest.raises(InvariantViolationError, match="snapshot content"):
+        checker.check_snapshot(1, other, "took")
