@@ -84,6 +84,21 @@ class Cluster(Harness):
             self.deliver_all(now, drop_to=drop_to)
         return now
 
+    def elect_losing_noop(self, node_id: int, now: float) -> float:
+        """Make `node_id` leader and let it append its NO-OP, which is lost on the way: a
+        serving leader that has committed nothing of its term. Returns when it began serving."""
+        node = self.nodes[node_id]
+        self.tick(node_id, now)
+        while node.role is not Role.LEADER:  # deliver until elected
+            _, envelope = self.in_flight.pop(0)
+            self.nodes[envelope.to].step(envelope.message, now)
+            self.flush(envelope.to)
+        self.in_flight.clear()
+        serve_at = now + node.status(now).waiting_for_old_lease
+        self.tick(node_id, serve_at)
+        self.in_flight.clear()
+        return serve_at
+
     def committed(self, token: int) -> bool:
         return any(r.token == token and isinstance(r.result, WriteDone) for r in self.replies)
 
@@ -159,15 +174,7 @@ def test_promotion_waits_until_the_learner_has_caught_up() -> None:
 def test_one_change_at_a_time_and_only_after_a_commit_of_the_leaders_term() -> None:
     h = Cluster()
     leader = h.nodes[1]
-    h.tick(1, 3.0)
-    while leader.role is not Role.LEADER:  # deliver until elected, then lose its NO-OP
-        _, envelope = h.in_flight.pop(0)
-        h.nodes[envelope.to].step(envelope.message, 3.0)
-        h.flush(envelope.to)
-    h.in_flight.clear()
-    serve_at = 3.0 + leader.status(3.0).waiting_for_old_lease
-    h.tick(1, serve_at)
-    h.in_flight.clear()
+    serve_at = h.elect_losing_noop(1, 3.0)
     assert leader.status(serve_at).commit_index == 0
     refused = leader.change_membership(AddLearner(Member(4)), serve_at, token=1)
     assert isinstance(refused, MembershipRefused)
@@ -182,14 +189,7 @@ def test_one_change_at_a_time_and_only_after_a_commit_of_the_leaders_term() -> N
     for node in loose.nodes.values():
         node.unsafe = UnsafeSwitches(change_before_term_commit=True, concurrent_config_changes=True)
     eager = loose.nodes[1]
-    loose.tick(1, 3.0)
-    while eager.role is not Role.LEADER:
-        _, envelope = loose.in_flight.pop(0)
-        loose.nodes[envelope.to].step(envelope.message, 3.0)
-        loose.flush(envelope.to)
-    loose.in_flight.clear()
-    serve_at = 3.0 + eager.status(3.0).waiting_for_old_lease
-    loose.tick(1, serve_at)
+    serve_at = loose.elect_losing_noop(1, 3.0)
     assert isinstance(eager.change_membership(AddLearner(Member(4)), serve_at, 1), Accepted)
     assert isinstance(eager.change_membership(Remove(3), serve_at, 2), Accepted)
 
