@@ -29,7 +29,14 @@ from raftkv.core.messages import (
     SetCommand,
     WriteDone,
 )
-from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
+from raftkv.core.node import (
+    CoreMisuseError,
+    HardState,
+    PersistentState,
+    RaftNode,
+    Role,
+    UnsafeSwitches,
+)
 
 from .test_core_node import CONFIG, Harness, events
 
@@ -366,3 +373,18 @@ def test_no_change_while_a_node_of_an_older_version_answers() -> None:
     )
     now = h.beats(leader, 3.1, 2)  # node 3 answers as this version again
     assert isinstance(leader.change_membership(AddLearner(Member(4)), now, 2), Accepted)
+
+
+def test_a_learner_ignores_timeout_now_and_propose_takes_no_configuration() -> None:
+    h, leader = _grown_to_four()
+    learner = h.nodes[4]
+    last = leader.log.last_index
+    lease = CONFIG.lease_duration
+    nudge = AppendEntries(leader.term, 1, last, leader.term, (), last, lease, 99, timeout_now=True)
+    learner.step(nudge, 3.3)
+    h.flush(4)
+    assert learner.role is Role.FOLLOWER and learner.term == leader.term
+    assert not [m for src, m in h.take(RequestVote) if src == 4]
+    with pytest.raises(CoreMisuseError, match="change_membership"):
+        leader.propose(MembershipCommand(leader.membership, "sneaky"), 3.3, 5)
+
