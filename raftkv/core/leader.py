@@ -74,9 +74,3 @@ class LeaderState:
             progress={peer: Progress(next=log_length + 1) for peer in followers},
             quorum_round=last_round,
         )
-
-    def acked_rounds(self) -> list[int]:
-        return [p.acked_round for p in self.progress.values()]
-
-    def match_indexes(self) -> list[int]:
-        return [p.match for p in self.progress.values()]

@@ -360,6 +360,7 @@ class RaftNode:
         self.state_machine = KeyValueStateMachine(
             snapshot, sessions, honour_resume=not unsafe.ignore_resume
         )
+        # Present exactly while this node is leader.
         self._leader: LeaderState | None = None
         # Configuration entries in the log above the commit index, in index order: the last
         # one is in force (committed or not, Raft thesis §4.1); the committed one is the state
@@ -404,8 +405,6 @@ class RaftNode:
         # Rounds number a leader's broadcasts (rule 1). They keep increasing over the node's
         # life, across terms, so that no reply of an earlier leadership can vouch for a round.
         self._round = 0
-        # Present exactly while this node is leader.
-        self._leader = None
         # Proposals waiting to apply, index -> (token, term). Kept across role changes: a node
         # that stepped down still learns whether its entry committed or was overwritten.
         self._pending_writes: dict[int, tuple[int, int]] = {}
@@ -544,6 +543,9 @@ class RaftNode:
             self._broadcast(leader, now, heartbeat=True)
 
     def propose(self, command: Command, now: float, token: int) -> ProposeResult:
+        if isinstance(command, MembershipCommand):
+            # Only change_membership may append one: it keeps the rules of docs/design.md §13.
+            raise CoreMisuseError("propose() a MembershipCommand: use change_membership()")
         self._begin_input(now)
         leader = self._leader
         if leader is None:
@@ -908,7 +910,7 @@ class RaftNode:
         self.leader_id = None
         self._hard_state_dirty = True
         self._pre_votes = None
-        self._votes = {self.id}
+        self._votes = {self.id} & self._voters
         self._vote_lease_bound = LONG_AGO
         self._reset_election_timer(now)
         request = RequestVote(
@@ -996,7 +998,7 @@ class RaftNode:
         if msg.leader_commit > self.commit_index:
             self._apply_committed(min(msg.leader_commit, last_new))
         self._reply_append(msg, success=True, match=last_new, conflict=0)
-        if msg.timeout_now and self.term < MAX_TERM:
+        if msg.timeout_now and self.term < MAX_TERM and self.id in self._voters:
             # Rule 8: our log now holds the leader's whole log, and the leader serves no more
             # lease reads: campaign at once, with the lease handed off for the next term.
             self._handoff_term = self.term + 1
@@ -1292,6 +1294,8 @@ class RaftNode:
             advanced = progress.on_success(msg.match_index, msg.round)
             if advanced:
                 self._maybe_commit()
+                if self._leader is not leader:
+                    return  # its own removal committed: it stepped down
             # Only entries, or the timeout_now of a target that has just caught up: an empty
             # append answering a success would be answered by another success, and so on for
             # as long as the window stays full (etcd's maybeSendAppend(sendIfEmpty=false)).
@@ -1556,7 +1560,8 @@ class RaftNode:
         candidate = quorum_value(matches, majority(len(voters)))
         if candidate > self.commit_index and self._log.term(candidate) == self.term:
             self._apply_committed(candidate)
-            self._serve_confirmed_reads(leader)
+            if self._leader is leader:  # not if its own removal committed (it stepped down)
+                self._serve_confirmed_reads(leader)
 
     # ------------------------------------------------------------------------------------------
     # Log and state machine
@@ -1775,7 +1780,7 @@ class RaftNode:
             for peer in self.peer_ids:
                 if peer not in leader.progress:
                     leader.progress[peer] = Progress(next=self._log.last_index + 1)
-            for peer in [p for p in leader.progress if p not in membership.ids]:
+            for peer in [p for p in leader.progress if p not in self.peer_ids]:
                 del leader.progress[peer]
 
     def _other_voters(self) -> list[NodeId]:

@@ -41,6 +41,8 @@ MAX_INDEX = 2**63 - 1
 MAX_MEMBERS = 64
 MAX_NODE_ID = 2**32 - 1
 MAX_ADDRESS_CHARS = 1024
+# A change's description ("add learner 4"): short by construction.
+MAX_CHANGE_CHARS = 256
 
 
 def sender_of(message: Message) -> NodeId:
@@ -187,6 +189,8 @@ def _append_entries_problem(message: AppendEntries) -> str | None:
             return f"entry {position}'s time {entry.time} exceeds the limit {MAX_INDEX}"
         if isinstance(entry.command, MembershipCommand):
             problem = _membership_problem(entry.command.membership)
+            if len(entry.command.change) > MAX_CHANGE_CHARS:
+                problem = f"a change description of {len(entry.command.change)} characters"
             if problem is not None:
                 return f"entry {position}: {problem}"
         if entry.term < previous:

@@ -74,7 +74,7 @@ import immutables
 
 from raftkv.core.messages import Member, Membership
 from raftkv.core.state_machine import SnapshotImage, prepare
-from raftkv.core.validation import MAX_MEMBERS
+from raftkv.core.validation import MAX_ADDRESS_CHARS, MAX_MEMBERS, MAX_NODE_ID
 from raftkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from raftkv.server.storage_errors import (
     SnapshotWriteStoppedError,
@@ -844,6 +844,8 @@ class SnapshotReader:
                 f"more MEMBER lines than the header's members {self._expected_members}"
             )
         node_id = _parse_bounded(fields[0], "member id", 0)
+        if node_id > MAX_NODE_ID:
+            raise ValueError(f"member id {node_id} is above {MAX_NODE_ID}")
         if self._members and node_id <= self._members[-1].node_id:
             raise ValueError(f"member {node_id} is not after member {self._members[-1].node_id}")
         if fields[1] not in ("voter", "learner"):
@@ -852,8 +854,8 @@ class SnapshotReader:
             Member(
                 node_id,
                 voter=fields[1] == "voter",
-                client_address=_unescape(fields[2], "client address"),
-                peer_address=_unescape(fields[3], "peer address"),
+                client_address=_address(fields[2], "client address"),
+                peer_address=_address(fields[3], "peer address"),
             )
         )
 
@@ -893,6 +895,13 @@ class SnapshotReader:
         if self._members and not any(m.voter for m in self._members):
             return "no MEMBER line is a voter"
         return ""
+
+
+def _address(token: str, name: str) -> str:
+    address = _unescape(token, name)
+    if len(address) > MAX_ADDRESS_CHARS:
+        raise ValueError(f"a {name} of {len(address)} characters (at most {MAX_ADDRESS_CHARS})")
+    return address
 
 
 def _unescape(token: str, name: str) -> str:

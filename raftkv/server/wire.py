@@ -28,7 +28,7 @@ from raftkv.core.messages import (
     RequestVoteReply,
     SetCommand,
 )
-from raftkv.core.validation import malformed
+from raftkv.core.validation import MAX_MEMBERS, malformed
 from raftkv.rpc import raftkv_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -129,6 +129,10 @@ def entry_from_pb(message: pb.LogEntry) -> LogEntry:
         return LogEntry(message.term, NO_OP, message.time)
     if kind == "membership":
         m = message.membership
+        # Before building them: a peer's configuration is bounded (validation.MAX_MEMBERS), and
+        # millions of tiny members in one message must not become millions of objects.
+        if len(m.members) > MAX_MEMBERS:
+            raise WireError(f"a configuration of {len(m.members)} members (at most {MAX_MEMBERS})")
         try:
             membership = Membership(
                 tuple(

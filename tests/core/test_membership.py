@@ -29,7 +29,14 @@ from raftkv.core.messages import (
     SetCommand,
     WriteDone,
 )
-from raftkv.core.node import HardState, PersistentState, RaftNode, Role, UnsafeSwitches
+from raftkv.core.node import (
+    CoreMisuseError,
+    HardState,
+    PersistentState,
+    RaftNode,
+    Role,
+    UnsafeSwitches,
+)
 
 from .test_core_node import CONFIG, Harness, events
 
@@ -83,6 +90,21 @@ class Cluster(Harness):
             self.tick(leader.id, now)
             self.deliver_all(now, drop_to=drop_to)
         return now
+
+    def elect_losing_noop(self, node_id: int, now: float) -> float:
+        """Make `node_id` leader and let it append its NO-OP, which is lost on the way: a
+        serving leader that has committed nothing of its term. Returns when it began serving."""
+        node = self.nodes[node_id]
+        self.tick(node_id, now)
+        while node.role is not Role.LEADER:  # deliver until elected
+            _, envelope = self.in_flight.pop(0)
+            self.nodes[envelope.to].step(envelope.message, now)
+            self.flush(envelope.to)
+        self.in_flight.clear()
+        serve_at = now + node.status(now).waiting_for_old_lease
+        self.tick(node_id, serve_at)
+        self.in_flight.clear()
+        return serve_at
 
     def committed(self, token: int) -> bool:
         return any(r.token == token and isinstance(r.result, WriteDone) for r in self.replies)
@@ -159,15 +181,7 @@ def test_promotion_waits_until_the_learner_has_caught_up() -> None:
 def test_one_change_at_a_time_and_only_after_a_commit_of_the_leaders_term() -> None:
     h = Cluster()
     leader = h.nodes[1]
-    h.tick(1, 3.0)
-    while leader.role is not Role.LEADER:  # deliver until elected, then lose its NO-OP
-        _, envelope = h.in_flight.pop(0)
-        h.nodes[envelope.to].step(envelope.message, 3.0)
-        h.flush(envelope.to)
-    h.in_flight.clear()
-    serve_at = 3.0 + leader.status(3.0).waiting_for_old_lease
-    h.tick(1, serve_at)
-    h.in_flight.clear()
+    serve_at = h.elect_losing_noop(1, 3.0)
     assert leader.status(serve_at).commit_index == 0
     refused = leader.change_membership(AddLearner(Member(4)), serve_at, token=1)
     assert isinstance(refused, MembershipRefused)
@@ -182,14 +196,7 @@ def test_one_change_at_a_time_and_only_after_a_commit_of_the_leaders_term() -> N
     for node in loose.nodes.values():
         node.unsafe = UnsafeSwitches(change_before_term_commit=True, concurrent_config_changes=True)
     eager = loose.nodes[1]
-    loose.tick(1, 3.0)
-    while eager.role is not Role.LEADER:
-        _, envelope = loose.in_flight.pop(0)
-        loose.nodes[envelope.to].step(envelope.message, 3.0)
-        loose.flush(envelope.to)
-    loose.in_flight.clear()
-    serve_at = 3.0 + eager.status(3.0).waiting_for_old_lease
-    loose.tick(1, serve_at)
+    serve_at = loose.elect_losing_noop(1, 3.0)
     assert isinstance(eager.change_membership(AddLearner(Member(4)), serve_at, 1), Accepted)
     assert isinstance(eager.change_membership(Remove(3), serve_at, 2), Accepted)
 
@@ -366,3 +373,18 @@ def test_no_change_while_a_node_of_an_older_version_answers() -> None:
     )
     now = h.beats(leader, 3.1, 2)  # node 3 answers as this version again
     assert isinstance(leader.change_membership(AddLearner(Member(4)), now, 2), Accepted)
+
+
+def test_a_learner_ignores_timeout_now_and_propose_takes_no_configuration() -> None:
+    h, leader = _grown_to_four()
+    learner = h.nodes[4]
+    last = leader.log.last_index
+    lease = CONFIG.lease_duration
+    nudge = AppendEntries(leader.term, 1, last, leader.term, (), last, lease, 99, timeout_now=True)
+    learner.step(nudge, 3.3)
+    h.flush(4)
+    assert learner.role is Role.FOLLOWER and learner.term == leader.term
+    assert not [m for src, m in h.take(RequestVote) if src == 4]
+    with pytest.raises(CoreMisuseError, match="change_membership"):
+        leader.propose(MembershipCommand(leader.membership, "sneaky"), 3.3, 5)
+

@@ -747,6 +747,8 @@ def test_a_snapshot_with_a_configuration_is_version_2_and_round_trips() -> None:
         (["MEMBER 1 boss %- %-"], "a voter or a learner"),
         (["MEMBER x voter %- %-"], "member id"),
         (["MEMBER 1 voter %-"], "a MEMBER line has 5 fields"),
+        (["MEMBER 4294967296 voter %- %-"], "above 4294967295"),
+        ([f"MEMBER 1 voter {'x' * 1025} %-"], "1025 characters"),
     ],
 )
 def test_a_bad_member_line_is_corruption(lines: list[str], problem: str) -> None:

@@ -233,3 +233,10 @@ def test_a_configuration_entry_crosses_the_wire_and_a_bad_one_is_refused() -> No
     )
     with pytest.raises(wire.WireError, match="at least one voter"):
         wire.entry_from_pb(no_voter)
+
+
+def test_a_configuration_of_too_many_members_is_refused_before_it_is_built() -> None:
+    members = [pb.Member(node_id=i, voter=True) for i in range(65)]
+    entry = pb.LogEntry(term=1, membership=pb.MembershipCommand(members=members))
+    with pytest.raises(wire.WireError, match="65 members"):
+        wire.entry_from_pb(entry)
