@@ -387,4 +387,3 @@ def test_a_learner_ignores_timeout_now_and_propose_takes_no_configuration() -> N
     assert not [m for src, m in h.take(RequestVote) if src == 4]
     with pytest.raises(CoreMisuseError, match="change_membership"):
         leader.propose(MembershipCommand(leader.membership, "sneaky"), 3.3, 5)
-
