@@ -39,7 +39,8 @@ class LeaderState:
     round_voters: dict[int, frozenset[NodeId]] = field(default_factory=dict)
     # The voters when elected (only the negative control lease_from_old_config uses them).
     elected_voters: frozenset[NodeId] = frozenset()
-    # Highest round a majority (the leader included) has answered in this term.
+    # Highest round that a majority of the voters in force when it was sent has answered in
+    # this term (the leader counting itself if it was one of them: docs/design.md §13).
     quorum_round: int = 0
     # Lease reads are allowed while now < lease_end (rule 1).
     lease_end: float = LONG_AGO

@@ -1637,7 +1637,7 @@ class RaftNode:
                     result = WriteDone(effect_index)
                 self._out.replies.append(ClientReply(token, result))
         leader = self._leader
-        if leader is not None and self.id not in self.state_machine_voters():
+        if leader is not None and self.id not in self.committed_membership.voters:
             # Raft thesis §4.2.2: a leader removed from the configuration leads until the
             # change is committed (without counting itself), then steps down.
             self._out.events.append(events.RemovedLeaderSteppingDown(self.id, self.commit_index))
@@ -1728,9 +1728,6 @@ class RaftNode:
     def committed_membership(self) -> Membership:
         """The configuration of the last committed configuration entry (or the first one)."""
         return self.state_machine.membership or self._first_membership
-
-    def state_machine_voters(self) -> frozenset[NodeId]:
-        return self.committed_membership.voters
 
     def _note_appended_configs(self, first: int, last: int) -> None:
         """Entries first..last just entered the log: the configurations among them are in
